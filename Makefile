@@ -1,0 +1,30 @@
+# Two commands (see README): `make demo` and `make test`. Both create and reuse .venv/.
+PY ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/python -m sandbox demo
+
+test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/ruff check sandbox pipelines assets thyme_train tests benchmarks
+	$(VENV)/bin/python -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sandbox pipelines assets thyme_train tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DAGSTER_HOME)

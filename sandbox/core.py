@@ -1,0 +1,289 @@
+"""The caller's side: `Sandbox`, `Session`, `Job`.
+
+    with Sandbox() as sb:                                  # one pre-warmed worker per core
+        r = sb.run(code, inputs=["/abs/img.jpg"], timeout=10.0)
+        with sb.session(inputs=[...]) as s:                # one trajectory: variables persist
+            r1 = s.run(code1); r2 = s.run(code2)
+        results = sb.map(jobs)                             # all workers busy, results in order
+
+Thread-safe: any number of threads may call `run` and sessions at once; each worker serves one
+call at a time. A worker that dies or hangs is replaced and its call returns an `internal` error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from sandbox import result as R
+from sandbox import runner
+from sandbox.result import Result
+from sandbox.worker import WorkerConfig, _read_frame
+
+# Seconds a worker may take beyond a call's own timeout (fork, repairs, collecting images)
+# before it is declared hung and replaced.
+WORKER_GRACE_S = 30.0
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class SandboxUnavailable(RuntimeError):
+    """A required isolation mechanism is missing on this host (the message names it)."""
+
+
+@dataclass
+class Job:
+    code: str
+    inputs: Sequence[str] = ()
+    timeout: float | None = None
+
+
+# A launcher starts one worker process and returns (pid, fd to write, fd to read).
+Launcher = Callable[[WorkerConfig], tuple[int, int, int]]
+
+
+def launch_subprocess(config: WorkerConfig) -> tuple[int, int, int]:
+    """Start a worker as a fresh interpreter with a minimal environment."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": _PACKAGE_PARENT, "LANG": "C.UTF-8",
+           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # host-specific BLAS workarounds
+        if key in os.environ:
+            env[key] = os.environ[key]
+    proc = subprocess.Popen([sys.executable, "-c", "from sandbox.worker import main; main()"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env, cwd=config.scratch_root,
+                            close_fds=True)
+    fd_to, fd_from = os.dup(proc.stdin.fileno()), os.dup(proc.stdout.fileno())
+    proc.stdin.close()
+    proc.stdout.close()
+    proc.returncode = 0  # we reap it ourselves (waitpid); keep Popen from warning
+    runner.write_frame(fd_to, json.dumps(asdict(config)).encode())
+    return proc.pid, fd_to, fd_from
+
+
+class _WorkerHandle:
+    def __init__(self, config: WorkerConfig, launcher: Launcher):
+        self.config, self.launcher = config, launcher
+        self.lock = threading.Lock()
+        self.generation = 0
+        self.pid = -1
+        self.info: dict = {}
+
+    def start(self) -> None:
+        self.pid, self.fd_to, self.fd_from = self.launcher(self.config)
+        self.generation += 1
+
+    def wait_ready(self, timeout: float = 120.0) -> dict:
+        try:
+            frame = _read_frame(self.fd_from, 1 << 20, time.monotonic() + timeout)
+        except TimeoutError:
+            frame = None
+        self.info = json.loads(frame) if frame else {"ready": False, "error": "worker did not start"}
+        return self.info
+
+    def request(self, message: dict, timeout: float) -> dict | None:
+        """Send a request and wait for its reply; None if the worker died or hung (it is then
+        replaced)."""
+        try:
+            runner.write_frame(self.fd_to, json.dumps(message).encode())
+            frame = _read_frame(self.fd_from, 1 << 26, time.monotonic() + timeout)
+        except (OSError, EOFError, TimeoutError, ValueError):
+            frame = None
+        if frame is None:
+            self.restart()
+            return None
+        return json.loads(frame)
+
+    def restart(self) -> None:
+        self.stop(force=True)
+        self.start()
+        self.wait_ready()
+
+    def stop(self, force: bool = False) -> None:
+        if self.pid <= 0:
+            return
+        if not force:
+            try:
+                runner.write_frame(self.fd_to, json.dumps({"op": "shutdown"}).encode())
+            except OSError:
+                force = True
+        for fd in (self.fd_to, self.fd_from):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        deadline = time.monotonic() + (0 if force else 5)
+        while True:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            if pid or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if not pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self.pid, 0)
+        self.pid = -1
+
+
+class Sandbox:
+    """A pool of pre-warmed, confined workers that run model-written Python.
+
+    Args:
+        workers: number of worker processes; None means one per available core.
+        timeout: default wall-clock limit of one call, seconds (THYME.md: 10 s).
+        memory_mb: memory a call may allocate beyond the warmed interpreter.
+        file_mb: largest file a call may write.
+        scratch_mb: disk budget of a worker's scratch tmpfs (shared by its open sessions).
+        stdout_limit: characters of printed output kept; printing more is an `output_limit` error.
+        results_dir: where produced images are moved; None means a temporary directory that
+            is removed by `close()` (pass one to keep the images).
+        allow_degraded: run even if an isolation mechanism is missing; every result then lists
+            the missing mechanisms in `degraded`. Off by default: `Sandbox()` fails instead.
+    """
+
+    def __init__(self, workers: int | None = None, *, timeout: float = 10.0, memory_mb: int = 1024,
+                 file_mb: int = 32, scratch_mb: int = 256, stdout_limit: int = 64_000,
+                 results_dir: str | os.PathLike | None = None, allow_degraded: bool = False,
+                 launcher: Launcher = launch_subprocess):
+        self.timeout = timeout
+        self._root = tempfile.mkdtemp(prefix="thyme-sandbox-")
+        self._own_results = results_dir is None
+        self.results_dir = os.path.abspath(results_dir or os.path.join(self._root, "results"))
+        os.makedirs(self.results_dir, exist_ok=True)
+        count = workers or len(os.sched_getaffinity(0))
+        self._handles: list[_WorkerHandle] = []
+        for i in range(count):
+            scratch = os.path.join(self._root, f"w{i}")
+            os.mkdir(scratch, 0o700)
+            config = WorkerConfig(scratch_root=scratch, scratch_mb=scratch_mb, memory_mb=memory_mb,
+                                  file_mb=file_mb, stdout_limit=stdout_limit,
+                                  allow_degraded=allow_degraded)
+            self._handles.append(_WorkerHandle(config, launcher))
+        self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
+        self._next_session = itertools.count()
+        try:
+            for h in self._handles:
+                h.start()
+            for h in self._handles:
+                info = h.wait_ready()
+                if not info.get("ready"):
+                    raise SandboxUnavailable(
+                        f"sandbox worker could not start: {info.get('error')}. "
+                        "Pass allow_degraded=True to run without the missing mechanism.")
+                self._idle.put(h)
+        except BaseException:
+            self.close()
+            raise
+        self.degraded = tuple(self._handles[0].info.get("degraded", ()))
+
+    # ------------------------------------------------------------ public API
+    def run(self, code: str, inputs: Sequence[str | os.PathLike] = (),
+            timeout: float | None = None) -> Result:
+        """Run one independent code block in a fresh confined process."""
+        handle = self._idle.get()
+        try:
+            return self._call(handle, code, inputs, timeout, session=None)
+        finally:
+            self._idle.put(handle)
+
+    def session(self, inputs: Sequence[str | os.PathLike] = (), timeout: float | None = None) -> Session:
+        """A trajectory: code blocks run in one process, so variables persist between them."""
+        handle = self._handles[next(self._next_session) % len(self._handles)]
+        return Session(self, handle, [os.fspath(p) for p in inputs], timeout)
+
+    def map(self, jobs: Iterable[Job | dict], progress: bool = False) -> list[Result]:
+        """Run independent jobs on all workers; results in job order."""
+        jobs = [j if isinstance(j, Job) else Job(**j) for j in jobs]
+        with ThreadPoolExecutor(len(self._handles)) as pool:
+            results = pool.map(lambda j: self.run(j.code, j.inputs, j.timeout), jobs)
+            if progress:
+                from tqdm import tqdm
+                results = tqdm(results, total=len(jobs), desc="sandbox", unit="job")
+            return list(results)
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.stop()
+        self._handles = []
+        if self._own_results:
+            shutil.rmtree(self._root, ignore_errors=True)
+        else:
+            for entry in os.listdir(self._root):
+                shutil.rmtree(os.path.join(self._root, entry), ignore_errors=True)
+            os.rmdir(self._root)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def workers(self) -> int:
+        return len(self._handles)
+
+    # ------------------------------------------------------------ internals
+    def _call(self, handle: _WorkerHandle, code: str, inputs, timeout,
+              session: str | None) -> Result:
+        timeout = self.timeout if timeout is None else float(timeout)
+        paths = [os.path.abspath(os.fspath(p)) for p in inputs]
+        for path in paths:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"sandbox input not found: {path}")
+        message = {"op": "run", "code": code, "inputs": paths, "timeout": timeout,
+                   "session": session, "results_dir": self.results_dir}
+        t0 = time.perf_counter()
+        with handle.lock:
+            reply = handle.request(message, timeout + WORKER_GRACE_S)
+        if reply is None:
+            return Result(ok=False, code=code, wall_s=time.perf_counter() - t0,
+                          error=R.ErrorInfo(R.INTERNAL, "the sandbox worker died or hung; it was "
+                                            "replaced"), degraded=self.degraded)
+        result = Result.from_dict(reply)
+        result.wall_s = time.perf_counter() - t0
+        return result
+
+
+class Session:
+    """One trajectory's interpreter, kept alive across `run` calls (see `Sandbox.session`)."""
+
+    def __init__(self, sandbox: Sandbox, handle: _WorkerHandle, inputs: list[str],
+                 timeout: float | None):
+        self.sandbox, self.handle, self.inputs, self.timeout = sandbox, handle, inputs, timeout
+        self.id = uuid.uuid4().hex
+        self._generation = None
+
+    def run(self, code: str, timeout: float | None = None) -> Result:
+        generation = self.handle.generation
+        result = self.sandbox._call(self.handle, code, self.inputs,
+                                    self.timeout if timeout is None else timeout, session=self.id)
+        if self._generation not in (None, generation):
+            result.notes.append("session state was lost (its worker was replaced); this block "
+                                "ran in a fresh interpreter")
+        self._generation = self.handle.generation
+        return result
+
+    def close(self) -> None:
+        if self.handle.pid > 0:
+            with self.handle.lock:
+                self.handle.request({"op": "close", "session": self.id}, WORKER_GRACE_S)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

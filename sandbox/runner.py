@@ -1,0 +1,149 @@
+"""What runs inside a confined child: the exec loop of one trajectory.
+
+The child reads JSON requests from its pipe, runs each code block in one namespace (so functions
+and comprehensions see top-level names, and variables persist across blocks), and writes a JSON
+reply. Everything it reports is treated as untrusted by the worker.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import json
+import linecache
+import os
+import struct
+import sys
+import time
+import traceback
+
+from sandbox import result as R
+
+HEADER = struct.Struct("!I")
+
+
+def read_frame(fd: int, limit: int) -> bytes | None:
+    """One length-prefixed frame from `fd`; None at end of file. Raises ValueError over limit."""
+    head = _read_exact(fd, HEADER.size)
+    if head is None:
+        return None
+    (size,) = HEADER.unpack(head)
+    if size > limit:
+        raise ValueError(f"frame of {size} bytes exceeds the {limit}-byte limit")
+    body = _read_exact(fd, size)
+    if body is None:
+        raise EOFError("truncated frame")
+    return body
+
+
+def write_frame(fd: int, payload: bytes) -> None:
+    data = HEADER.pack(len(payload)) + payload
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            if got == 0:
+                return None
+            raise EOFError("truncated frame")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+class OutputLimitExceeded(BaseException):
+    """Raised when the code prints more than allowed; a BaseException so `except Exception`
+    in model code cannot swallow it."""
+
+
+class CappedWriter(io.TextIOBase):
+    def __init__(self, limit: int):
+        self.limit, self.parts, self.size = limit, [], 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        room = self.limit - self.size
+        if len(s) > room:
+            self.parts.append(s[:max(room, 0)])
+            self.size = self.limit
+            raise OutputLimitExceeded(f"printed more than {self.limit} characters")
+        self.parts.append(s)
+        self.size += len(s)
+        return len(s)
+
+    def getvalue(self) -> str:
+        return "".join(self.parts)
+
+
+def _model_traceback(exc: BaseException) -> str:
+    """The last lines of the traceback, frames of the model's code only (no host paths)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<code>"]
+    lines = [f"  line {f.lineno}: {f.line}" for f in frames[-3:] if f.line]
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return "\n".join([*lines, detail]) if lines else detail
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, OutputLimitExceeded):
+        return R.OUTPUT_LIMIT, str(exc)
+    if isinstance(exc, MemoryError):
+        return R.MEMORY, _model_traceback(exc) or "MemoryError: out of memory"
+    if isinstance(exc, SyntaxError):
+        return R.SYNTAX, "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES):
+        return R.FORBIDDEN, _model_traceback(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return R.OUTPUT_LIMIT, _model_traceback(exc)
+    text = str(exc)
+    if type(exc).__name__ == "error" and ("Insufficient memory" in text or "Failed to allocate" in text):
+        return R.MEMORY, _model_traceback(exc)
+    return R.RUNTIME, _model_traceback(exc)
+
+
+def serve(fd_in: int, fd_out: int, image_path: str | None, stdout_limit: int) -> None:
+    """Run requests until the pipe closes. Never returns normally to the caller's frames: the
+    worker treats this process as disposable."""
+    namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+    if image_path is not None:
+        namespace["image_path"] = image_path
+    while True:
+        frame = read_frame(fd_in, 1 << 24)
+        if frame is None:
+            return
+        request = json.loads(frame)
+        reply = run_block(request["code"], namespace, stdout_limit)
+        write_frame(fd_out, json.dumps(reply).encode())
+
+
+def run_block(code: str, namespace: dict, stdout_limit: int) -> dict:
+    out = CappedWriter(stdout_limit)
+    warnings_out = CappedWriter(stdout_limit)  # stderr (warnings): not part of the result
+    error = None
+    cpu0 = time.process_time()
+    sys.stdout, sys.stderr = out, warnings_out
+    # so tracebacks can quote the model's own lines
+    linecache.cache["<code>"] = (len(code), None, code.splitlines(True), "<code>")
+    try:
+        exec(compile(code, "<code>", "exec"), namespace)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            error = (R.RUNTIME, f"SystemExit: the code exited with status {exc.code}")
+    except BaseException as exc:  # noqa: BLE001 - everything the code raises is a result
+        error = classify(exc)
+    finally:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    processed = namespace.get("processed_path")
+    return {
+        "stdout": out.getvalue(),
+        "processed_path": processed if isinstance(processed, str) else None,
+        "error": error,
+        "cpu_s": time.process_time() - cpu0,
+    }
