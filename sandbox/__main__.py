@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="in-process vs fresh interpreter vs this sandbox")
     bench.add_argument("--jobs", type=int, default=200)
     bench.add_argument("--workers", type=int, default=None)
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians kept")
     bench.add_argument("--out", default=None, help="append the table to this markdown file")
     bench.set_defaults(func=lambda a: __import__("sandbox.bench").bench.main(a))
     demo = sub.add_parser("demo", help="run the bundled example snippets")

@@ -74,12 +74,13 @@ def landlock_abi() -> int:
     return max(int(ret), 0)
 
 
-def seccomp_available() -> bool:
+def seccomp_unavailable_reason() -> str | None:
+    """None when seccomp filters can be built here, else why not."""
     try:
         import pyseccomp  # noqa: F401  (needs libseccomp.so.2)
-    except Exception:
-        return False
-    return True
+    except Exception as exc:  # noqa: BLE001 - any import failure means "missing"
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 # ---------------------------------------------------------------- worker level
@@ -90,12 +91,12 @@ def enter_namespaces(scratch_root: str, scratch_mb: int) -> None:
     uid, gid = os.getuid(), os.getgid()
     _check(_libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWNET), "unshare(user, mount, net)")
     # Map ourselves to root inside the namespace: needed to mount; grants nothing on the host.
-    with open("/proc/self/setgroups", "w") as f:
-        f.write("deny")
-    with open("/proc/self/uid_map", "w") as f:
-        f.write(f"0 {uid} 1")
-    with open("/proc/self/gid_map", "w") as f:
-        f.write(f"0 {gid} 1")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+        try:
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        except OSError as exc:
+            raise ConfinementError(f"writing /proc/self/{name} failed: {exc.strerror}") from exc
     _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount(private /)")
     opts = f"size={scratch_mb}m,mode=0700".encode()
     _check(_libc.mount(b"tmpfs", scratch_root.encode(), b"tmpfs",
@@ -178,8 +179,8 @@ def landlock_restrict(abi: int, read_only: list[str], read_write: list[str]) -> 
             for path in paths:
                 try:
                     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
+                except (FileNotFoundError, PermissionError):
+                    continue  # absent, or unreachable for us anyway
                 try:
                     allowed = access & handled_fs
                     if not os.path.isdir(path):

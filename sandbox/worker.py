@@ -10,6 +10,7 @@ child's scratch only), validates images, and cleans up. It trusts nothing the ch
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import io
@@ -90,9 +91,10 @@ class Worker:
         self.landlock_abi = confine.landlock_abi()
         if self.landlock_abi < 1:
             self._missing("landlock", "Landlock is not enabled in this kernel")
-        self.seccomp = confine.seccomp_available()
-        if not self.seccomp:
-            self._missing("seccomp", "seccomp via pyseccomp/libseccomp.so.2 is unavailable")
+        problem = confine.seccomp_unavailable_reason()
+        self.seccomp = problem is None
+        if problem:
+            self._missing("seccomp", f"seccomp (pyseccomp + libseccomp.so.2) is unavailable: {problem}")
         _warm_up()
         self.read_only = _library_paths()
         # Compiled once; per child only when signals cannot be scoped by Landlock.
@@ -425,6 +427,7 @@ def _image_size(path: str) -> tuple[int, int] | None:
         return None
 
 
+@functools.cache
 def _library_paths() -> list[str]:
     """What confined code may read: the interpreter, its libraries, shared objects."""
     paths = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}

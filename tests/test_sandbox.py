@@ -1,0 +1,253 @@
+"""The sandbox on realistic Thyme snippets: images, computations, sessions, errors, the pool."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from sandbox import Job, Sandbox, SandboxUnavailable
+from sandbox.protocol import VIRTUAL_OUTPUT_DIR, render_output
+
+OUT = VIRTUAL_OUTPUT_DIR
+
+
+def test_cv2_crop_and_zoom_produces_the_right_pixels(sandbox, sample_image):
+    code = f"""
+import cv2
+import os
+img = cv2.imread(image_path)
+x1, y1, x2, y2 = 100, 50, 300, 200   # region of interest
+crop = img[y1:y2, x1:x2]
+zoomed = cv2.resize(crop, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+os.makedirs("{OUT}", exist_ok=True)
+path = os.path.join("{OUT}", "sample_zoom.png")
+cv2.imwrite(path, zoomed)
+print(path)
+"""
+    r = sandbox.run(code, inputs=[sample_image])
+    assert r.ok, r.error
+    assert r.repairs == ["output_dir"]
+    assert len(r.images) == 1 and r.images[0].startswith(sandbox.results_dir + os.sep)
+    produced = cv2.imread(r.images[0])
+    expected = cv2.resize(cv2.imread(sample_image)[50:200, 100:300], None, fx=2, fy=2,
+                          interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(produced, expected)
+    assert r.text is None and render_output(r) == "<sandbox_output><image></sandbox_output>"
+    assert OUT in r.stdout and "/tmp/" not in r.stdout  # the model sees its own path back
+
+
+def test_pil_rotate_crop_contrast(sandbox, sample_image):
+    code = f"""
+from PIL import Image, ImageEnhance
+img = Image.open(image_path)
+rotated = img.rotate(90, expand=True)
+region = rotated.crop((10, 10, 210, 110))
+processed_path = "{OUT}/enhanced.jpg"
+ImageEnhance.Contrast(region).enhance(1.8).save(processed_path)
+"""
+    r = sandbox.run(code, inputs=[sample_image])
+    assert r.ok, r.error
+    assert len(r.images) == 1  # found through `processed_path`, nothing printed
+    assert Image.open(r.images[0]).size == (200, 100)
+
+
+def test_clahe_on_a_grayscale_image(sandbox, sample_image):
+    code = f"""
+import cv2
+gray = cv2.cvtColor(cv2.imread(image_path), cv2.COLOR_BGR2GRAY)
+out = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(gray)
+cv2.imwrite("{OUT}/clahe.png", out)
+print("{OUT}/clahe.png")
+"""
+    r = sandbox.run(code, inputs=[sample_image])
+    assert r.ok, r.error
+    img = Image.open(r.images[0])
+    assert img.mode == "L" and img.size == (640, 480)
+
+
+def test_relative_output_name_is_collected(sandbox, sample_image):
+    r = sandbox.run("import cv2\ncv2.imwrite('small.jpg', cv2.imread(image_path)[:64, :64])\n"
+                    "print('saved small.jpg')", inputs=[sample_image])
+    assert r.ok and len(r.images) == 1
+
+
+def test_sympy_and_numpy_computations_return_text(sandbox):
+    r = sandbox.run("import sympy as sp\nx = sp.symbols('x')\n"
+                    "print(sp.solve(x**2 - 5*x + 6, x))")
+    assert r.ok and r.text == "[2, 3]" and r.images == []
+    r = sandbox.run("import numpy as np\nA = np.array([[2, 1], [1, 3]])\n"
+                    "print(np.linalg.solve(A, [3, 5]).round(6).tolist())")
+    assert r.ok and r.text == "[0.8, 1.4]"
+
+
+def test_float_precision_repair_keeps_digits(sandbox):
+    r = sandbox.run("ratio = 2 / 3\nprint(f'ratio = {ratio:.2f}')")
+    assert r.ok and r.text == "ratio = 0.66666667" and r.repairs == ["float_precision"]
+
+
+def test_functions_and_comprehensions_see_top_level_names(sandbox):
+    # The original ran exec with separate globals/locals: this raised NameError there.
+    code = "scale = 3\ndef f(v):\n    return v * scale\nprint([f(i) + scale for i in range(3)])"
+    r = sandbox.run(code)
+    assert r.ok and r.text == "[3, 6, 9]"
+
+
+def test_session_keeps_variables_across_blocks(sandbox, sample_image):
+    with sandbox.session(inputs=[sample_image]) as s:
+        r1 = s.run("import cv2\nimg = cv2.imread(image_path)\nprint(img.shape)")
+        r2 = s.run(f"crop = img[0:100, 0:200]\ncv2.imwrite('{OUT}/c.png', crop)\n"
+                   f"print('{OUT}/c.png')")
+        r3 = s.run(f"again = cv2.imread('{OUT}/c.png')\nprint(again.shape, crop.shape)")
+    assert r1.text == "(480, 640, 3)"
+    assert r2.ok and len(r2.images) == 1
+    assert r3.ok and r3.text == "(100, 200, 3) (100, 200, 3)"
+
+
+def test_session_after_timeout_runs_fresh_and_says_so(sandbox):
+    with sandbox.session() as s:
+        assert s.run("a = 1\nprint(a)").ok
+        r = s.run("while True:\n    pass", timeout=1)
+        assert r.error.kind == "timeout"
+        r = s.run("print(a)")
+    assert r.error.kind == "runtime" and "NameError" in r.error.message
+    assert any("state was lost" in n for n in r.notes)
+
+
+def test_image_path_predefined_and_repaired(sandbox, sample_image):
+    r = sandbox.run("print(image_path.endswith('sample.jpg'))", inputs=[sample_image])
+    assert r.text == "True"
+    r = sandbox.run("image_path = '/mnt/data/images/img_001.jpg'\nimport cv2\n"
+                    "print(cv2.imread(image_path).shape)", inputs=[sample_image])
+    assert r.ok and r.text == "(480, 640, 3)" and "image_path" in r.repairs
+    assert "/tmp" not in r.code  # the code shown back has no host paths...
+    assert "sample.jpg" in r.code  # ...but names the input
+
+
+def test_errors_are_short_and_free_of_host_paths(sandbox, sample_image):
+    r = sandbox.run("import numpy as np\nx = np.zeros((2, 2))\ny = x @ np.zeros((3, 3))",
+                    inputs=[sample_image])
+    assert r.error.kind == "runtime"
+    assert "line 3: y = x @ np.zeros((3, 3))" in r.error.message
+    assert "ValueError" in r.error.message
+    for host in ("/root", "/work", "/tmp", "site-packages", sys.prefix):
+        assert host not in r.error.message
+    r = sandbox.run("import cv2\nimg = cv2.imread('/nonexistent.jpg')\nprint(img.shape)")
+    assert r.error.kind == "runtime" and "AttributeError" in r.error.message
+
+
+def test_syntax_error(sandbox):
+    r = sandbox.run("print('unclosed'")
+    assert r.error.kind == "syntax" and "line 1" in r.error.message
+
+
+def test_no_output(sandbox):
+    r = sandbox.run("x = 1 + 1")
+    assert r.error.kind == "no_output" and not r.ok
+
+
+def test_clean_exit_counts_as_done(sandbox):
+    assert sandbox.run("print('done')\nimport sys\nsys.exit(0)").text == "done"
+
+
+def test_map_keeps_job_order_and_uses_every_worker(sandbox, sample_image):
+    jobs = [Job(f"import os, time\ntime.sleep(0.05)\nprint({i}, os.getppid())") for i in range(12)]
+    jobs.insert(5, {"code": "raise ValueError('bad job')"})
+    results = sandbox.map(jobs)
+    assert [r.text.split()[0] for r in results if r.ok] == [str(i) for i in range(12)]
+    assert results[5].error.kind == "runtime" and "bad job" in results[5].error.message
+    assert len({r.text.split()[1] for r in results if r.ok}) == sandbox.workers
+
+
+def test_map_is_parallel(sandbox):
+    start = time.perf_counter()
+    results = sandbox.map([Job("import time\ntime.sleep(0.5)\nprint(1)")] * 4)
+    elapsed = time.perf_counter() - start
+    assert all(r.ok for r in results)
+    assert elapsed < 4 * 0.5 * 0.8  # 2 workers: about half the serial time
+
+
+def test_worker_killed_mid_job_returns_internal_and_is_replaced(sample_image):
+    with Sandbox(workers=1) as sb:
+        victim = sb._handles[0].pid
+        killer = os.fork()  # not a thread: forked test workers need a single-threaded parent
+        if killer == 0:
+            time.sleep(0.5)
+            os.kill(victim, 9)
+            os._exit(0)
+        r = sb.run("import time\ntime.sleep(5)\nprint(1)")
+        os.waitpid(killer, 0)
+        assert r.error.kind == "internal"
+        assert sb.run("print(2)").text == "2"
+        assert sb._handles[0].pid != victim
+
+
+def test_missing_input_is_a_caller_error(sandbox, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        sandbox.run("print(1)", inputs=[tmp_path / "missing.jpg"])
+
+
+def test_stdout_is_capped():
+    with Sandbox(workers=1, stdout_limit=1000) as sb:
+        r = sb.run("for i in range(10000):\n    print(i)")
+    assert r.error.kind == "output_limit" and len(r.stdout) <= 1000 and r.stdout_truncated
+
+
+def test_results_survive_close_when_the_caller_owns_the_directory(tmp_path, sample_image):
+    with Sandbox(workers=1, results_dir=tmp_path / "res") as sb:
+        r = sb.run(f"import cv2\ncv2.imwrite('{OUT}/a.png', cv2.imread(image_path))\n"
+                   f"print('{OUT}/a.png')", inputs=[sample_image])
+    assert os.path.isfile(r.images[0]) and r.images[0].startswith(str(tmp_path / "res"))
+
+
+def _forked_launcher_with_landlock_disabled():
+    """A worker on a host 'without Landlock': monkeypatched in the forked worker only."""
+    from sandbox import confine, runner, worker
+
+    def launch(config):
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                confine.landlock_abi = lambda: 0
+                try:
+                    w = worker.Worker(config)
+                except Exception as exc:  # noqa: BLE001
+                    runner.write_frame(from_w, json.dumps({"ready": False, "error": str(exc)}).encode())
+                else:
+                    w.serve(to_r, from_w)
+            finally:
+                os._exit(0)
+        os.close(to_r)
+        os.close(from_w)
+        return pid, to_w, from_r
+
+    return launch
+
+
+def test_missing_mechanism_fails_loudly_unless_degraded_is_asked_for():
+    with pytest.raises(SandboxUnavailable, match="Landlock"):
+        Sandbox(workers=1, launcher=_forked_launcher_with_landlock_disabled())
+    with Sandbox(workers=1, allow_degraded=True,
+                 launcher=_forked_launcher_with_landlock_disabled()) as sb:
+        r = sb.run("print(1)")
+    assert r.ok and r.degraded == ("landlock",) and sb.degraded == ("landlock",)
+
+
+def test_cli_run_json(tmp_path, sample_image):
+    script = tmp_path / "zoom.py"
+    script.write_text(f"import cv2\ncv2.imwrite('{OUT}/z.png', cv2.imread(image_path)[:64, :64])\n"
+                      f"print('{OUT}/z.png')\n")
+    proc = subprocess.run([sys.executable, "-m", "sandbox", "run", str(script), "--input",
+                           sample_image, "--json", "--results-dir", "res"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert payload["ok"] and payload["images"][0].startswith("res/")
+    assert (tmp_path / payload["images"][0]).is_file()
