@@ -103,6 +103,31 @@ def enter_namespaces(scratch_root: str, scratch_mb: int) -> None:
                        _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, opts), "mount(tmpfs scratch)")
 
 
+_MADV_COLLAPSE = 25
+_HUGE_PAGE = 2 << 20
+
+
+def collapse_heap_to_huge_pages() -> int:
+    """Back the warmed heap with transparent huge pages (MADV_COLLAPSE, Linux 6.1+), so each
+    fork copies and each exit frees one entry per 2 MB instead of 512. A speed-up only:
+    returns the bytes collapsed (0 where the kernel cannot)."""
+    _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    collapsed = 0
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
+    for line in maps:
+        fields = line.split()
+        path = fields[5] if len(fields) > 5 else ""
+        if fields[1] != "rw-p" or path not in ("", "[heap]"):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        start = -(-start // _HUGE_PAGE) * _HUGE_PAGE
+        end = end // _HUGE_PAGE * _HUGE_PAGE
+        if end - start >= _HUGE_PAGE and _libc.madvise(start, end - start, _MADV_COLLAPSE) == 0:
+            collapsed += end - start
+    return collapsed
+
+
 # ---------------------------------------------------------------- child level
 
 @dataclass(frozen=True)
@@ -216,10 +241,24 @@ _DENIED_SYSCALLS = (
     "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "acct",
     "quotactl", "setdomainname", "sethostname", "settimeofday", "clock_settime", "adjtimex",
     "clock_adjtime", "iopl", "ioperm", "name_to_handle_at", "open_by_handle_at",
-    "fanotify_init", "lookup_dcookie", "vhangup", "nfsservctl",
+    "fanotify_init", "fanotify_mark", "lookup_dcookie", "vhangup", "nfsservctl",
+    # watching host directories
+    "inotify_init", "inotify_init1", "inotify_add_watch", "inotify_rm_watch",
     # links: outputs must be plain files the code wrote
     "link", "linkat", "symlink", "symlinkat",
 )
+# Metadata changes Landlock does not cover: the code runs as the owner of the worker's files,
+# so chmod/chown/utime/xattrs could alter host files it may merely read (or could name). They
+# succeed without doing anything, so library code that copies modes (shutil.copy) still works.
+_METADATA_NOOP = (
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+    "utime", "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr", "fsetxattr",
+    "removexattr", "lremovexattr", "fremovexattr", "setxattrat", "removexattrat",
+)
+# ioctl commands that change inode flags (chattr) on any file the code can open.
+_DENIED_IOCTLS = (0x40086602, 0x40046602, 0x401C5820, 0x40087602)  # FS_IOC_SETFLAGS, 32-bit
+# SETFLAGS, FS_IOC_FSSETXATTR, FS_IOC_SETVERSION
+
 # Allowed only when they target the calling process itself (argument 0 is a pid, 0 = self).
 _SELF_ONLY_OR_ZERO = ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
                       "sched_setattr")
@@ -244,6 +283,13 @@ def seccomp_program(self_pid: int | None = None) -> bytes:
             f.add_rule(deny, name)
         except (ValueError, RuntimeError, OSError):
             continue  # not a syscall on this architecture
+    for name in _METADATA_NOOP:
+        try:
+            f.add_rule(sc.ERRNO(0), name)
+        except (ValueError, RuntimeError, OSError):
+            continue
+    for cmd in _DENIED_IOCTLS:
+        f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, cmd))
     for name in _SELF_ONLY_OR_ZERO:
         f.add_rule(deny, name, sc.Arg(0, sc.NE, 0))
     if self_pid is not None:

@@ -21,6 +21,7 @@ import traceback
 from sandbox import result as R
 
 HEADER = struct.Struct("!I")
+MAX_ERROR_CHARS = 4000
 
 
 def read_frame(fd: int, limit: int) -> bytes | None:
@@ -120,7 +121,7 @@ def serve(fd_in: int, fd_out: int, image_path: str | None, stdout_limit: int) ->
             return
         request = json.loads(frame)
         reply = run_block(request["code"], namespace, stdout_limit)
-        write_frame(fd_out, json.dumps(reply).encode())
+        write_frame(fd_out, json.dumps(reply, ensure_ascii=False).encode())
 
 
 def run_block(code: str, namespace: dict, stdout_limit: int) -> dict:
@@ -137,7 +138,8 @@ def run_block(code: str, namespace: dict, stdout_limit: int) -> dict:
         if exc.code not in (None, 0):
             error = (R.RUNTIME, f"SystemExit: the code exited with status {exc.code}")
     except BaseException as exc:  # noqa: BLE001 - everything the code raises is a result
-        error = classify(exc)
+        kind, message = classify(exc)
+        error = (kind, message[:MAX_ERROR_CHARS])
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     processed = namespace.get("processed_path")

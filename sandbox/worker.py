@@ -21,6 +21,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import stat
 import sys
 import sysconfig
@@ -33,6 +34,10 @@ from sandbox import confine, runner
 from sandbox import result as R
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 from sandbox.repair import RepairContext, repair
+
+class ZygoteLost(RuntimeError):
+    """The zygote died: this worker can no longer start children and must be replaced."""
+
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
 _PRINTED_IMAGE = re.compile(rf"[^\s'\"<>|]*\.(?:{'|'.join(IMAGE_EXTENSIONS)})\b", re.IGNORECASE)
@@ -51,13 +56,15 @@ class WorkerConfig:
     open_files: int = 64
     stdout_limit: int = 64_000
     max_image_mb: int = 64
+    max_image_pixels: int = 50_000_000   # produced images beyond this are refused
     max_images: int = 16
     allow_degraded: bool = False
 
 
 @dataclass
 class Child:
-    pid: int
+    pid: int                          # -1 once the child is gone
+    pidfd: int                        # signals go through it: no pid-reuse races
     to_child: int
     from_child: int
     scratch: str
@@ -102,7 +109,65 @@ class Worker:
         self.seccomp_bpf = confine.seccomp_program() if self.seccomp else b""
         # Keep the warmed heap out of the collector so children do not copy it page by page.
         gc.freeze()
+        self.huge_pages_bytes = confine.collapse_heap_to_huge_pages()
         self.baseline_vm = confine.address_space_bytes()
+        self._start_zygote()
+
+    # ------------------------------------------------------------ the zygote
+    # Children are forked from a copy of this process made now, before any request: this
+    # process's heap soon holds other jobs' code and output, which a child could scan.
+    def _start_zygote(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ours.close()
+                confine.die_with_parent()
+                keep = theirs.fileno()
+                os.closerange(3, keep)
+                os.closerange(keep + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+                self._zygote_loop(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.zygote_pid, self.zygote = pid, ours
+
+    def _zygote_loop(self, sock: socket.socket) -> None:
+        while True:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2)
+            if not msg:
+                return  # the worker is gone
+            req = json.loads(msg)
+            if req["op"] == "reap":
+                status, cpu = _reap(req["pid"])
+                sock.send(json.dumps({"status": status, "cpu_s": cpu}).encode())
+                continue
+            c_in, c_out = fds
+            pid = os.fork()
+            if pid == 0:  # -------------------------------------------- the child
+                try:
+                    try:
+                        self._confine_child(req["scratch"], req["inputs"], keep=(c_in, c_out))
+                    except BaseException as exc:  # noqa: BLE001
+                        msg = {"confine_error": f"{type(exc).__name__}: {exc}"}
+                        runner.write_frame(c_out, json.dumps(msg).encode())
+                    else:
+                        runner.serve(c_in, c_out, req["inputs"][0] if req["inputs"] else None,
+                                     self.cfg.stdout_limit)
+                finally:
+                    os._exit(0)
+            os.close(c_in)
+            os.close(c_out)
+            pidfd = os.pidfd_open(pid)
+            socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
+            os.close(pidfd)
+
+    def _zygote_call(self, message: dict, fds: list[int] = ()) -> tuple[dict, list[int]]:
+        socket.send_fds(self.zygote, [json.dumps(message).encode()], list(fds))
+        msg, got, _, _ = socket.recv_fds(self.zygote, 1 << 16, 1)
+        if not msg:
+            raise ZygoteLost("the sandbox zygote died")
+        return json.loads(msg), got
 
     def _missing(self, mechanism: str, reason: str) -> None:
         if not self.cfg.allow_degraded:
@@ -133,6 +198,8 @@ class Worker:
                     notes.append("session state was lost (its previous call was stopped); "
                                  "this block ran in a fresh interpreter")
                 self.sessions[sid] = child
+        else:
+            self._signal(child, signal.SIGCONT)
         try:
             out = self._run_block(child, req["code"], float(req["timeout"]), req["results_dir"])
         finally:
@@ -141,35 +208,44 @@ class Worker:
                 if sid and child.pid < 0:
                     self.restarted.add(sid)
                 self._end(child)
+            else:
+                # Between blocks a session's child is frozen: no timer or handler can compute
+                # outside a block's time limit.
+                self._signal(child, signal.SIGSTOP)
         out["notes"] = notes + out.get("notes", [])
         out["wall_s"] = time.perf_counter() - t0
         return out
 
     # ------------------------------------------------------------ children
     def _spawn(self, inputs: list[str]) -> Child:
-        """Fork a child that confines itself and then serves code blocks. It reports a failure
-        to confine instead of a reply, and never runs code unconfined."""
+        """A new child (forked by the zygote) that confines itself, then serves code blocks.
+        It reports a failure to confine instead of a reply, and never runs code unconfined."""
         self.counter += 1
         scratch = os.path.join(self.cfg.scratch_root, str(self.counter))
         os.mkdir(scratch, 0o700)
         c_in, p_out = os.pipe()
         p_in, c_out = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # ------------------------------------------------ the child
-            try:
-                try:
-                    self._confine_child(scratch, inputs, keep=(c_in, c_out))
-                except BaseException as exc:  # noqa: BLE001
-                    msg = {"confine_error": f"{type(exc).__name__}: {exc}"}
-                    runner.write_frame(c_out, json.dumps(msg).encode())
-                else:
-                    runner.serve(c_in, c_out, inputs[0] if inputs else None,
-                                 self.cfg.stdout_limit)
-            finally:
-                os._exit(0)
-        os.close(c_in)
-        os.close(c_out)
-        return Child(pid, p_out, p_in, scratch, inputs)
+        try:
+            reply, fds = self._zygote_call({"op": "spawn", "scratch": scratch, "inputs": inputs},
+                                           [c_in, c_out])
+        finally:
+            os.close(c_in)
+            os.close(c_out)
+        return Child(reply["pid"], fds[0], p_out, p_in, scratch, inputs)
+
+    def _signal(self, child: Child, sig: int) -> None:
+        try:
+            signal.pidfd_send_signal(child.pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def _kill_and_reap(self, child: Child) -> tuple[int, float]:
+        """Stop the child for good; its exit status and CPU seconds."""
+        self._signal(child, signal.SIGKILL)
+        reply, _ = self._zygote_call({"op": "reap", "pid": child.pid})
+        os.close(child.pidfd)
+        child.pid = -1
+        return reply["status"], reply["cpu_s"]
 
     def _confine_child(self, scratch: str, inputs: list[str], keep: tuple[int, int]) -> None:
         os.setsid()
@@ -204,7 +280,7 @@ class Worker:
             except OSError:
                 pass
         if child.pid > 0:
-            _kill_and_reap(child.pid)
+            self._kill_and_reap(child)
         shutil.rmtree(child.scratch, ignore_errors=True)
 
     # ------------------------------------------------------------ one code block
@@ -220,28 +296,26 @@ class Worker:
         except SyntaxError as exc:
             return self._finish(child, base, error=(R.SYNTAX, runner.classify(exc)[1]))
         deadline = time.monotonic() + timeout
+        # UTF-8 text, JSON-escaped: at most 6 bytes per printed character, plus the envelope
+        frame_limit = 6 * self.cfg.stdout_limit + 65536
         try:
             runner.write_frame(child.to_child, json.dumps({"code": code}).encode())
-            frame = _read_frame(child.from_child, 4 * self.cfg.stdout_limit + 65536, deadline)
+            frame = _read_frame(child.from_child, frame_limit, deadline)
         except TimeoutError:
-            cpu = _kill_and_reap(child.pid)
-            child.pid = -1
+            _, cpu = self._kill_and_reap(child)
             return self._finish(child, base, cpu_s=cpu,
                                 error=(R.TIMEOUT, f"the code ran longer than {timeout:g} s and was stopped"))
         except ValueError as exc:
-            _kill_and_reap(child.pid)
-            child.pid = -1
+            self._kill_and_reap(child)
             return self._finish(child, base, error=(R.OUTPUT_LIMIT, str(exc)))
         except (EOFError, OSError):
             frame = None
         if frame is None:  # the child died mid-block
-            status, cpu = _reap(child.pid)
-            child.pid = -1
+            status, cpu = self._kill_and_reap(child)
             return self._finish(child, base, cpu_s=cpu, error=_death_reason(status))
         reply = json.loads(frame)
         if "confine_error" in reply:
-            _kill_and_reap(child.pid)
-            child.pid = -1
+            self._kill_and_reap(child)
             return self._finish(child, base, error=(
                 R.INTERNAL, f"the sandbox child could not confine itself: {reply['confine_error']}"))
         error = reply.get("error")
@@ -312,12 +386,13 @@ class Worker:
         finally:
             if fd >= 0:
                 os.close(fd)
-        return (data, *_check_image(name, data))
+        return (data, *_check_image(name, data, self.cfg.max_image_pixels))
 
     # ------------------------------------------------------------ serve
     def serve(self, fd_in: int, fd_out: int) -> None:
         hello = {"ready": True, "pid": os.getpid(), "degraded": self.degraded,
-                 "landlock_abi": self.landlock_abi}
+                 "landlock_abi": self.landlock_abi, "huge_pages_bytes": self.huge_pages_bytes,
+                 "zygote_pid": self.zygote_pid}
         runner.write_frame(fd_out, json.dumps(hello).encode())
         while True:
             frame = runner.read_frame(fd_in, 1 << 26)
@@ -328,6 +403,8 @@ class Worker:
                 break
             try:
                 reply = self.handle(req)
+            except ZygoteLost:
+                raise  # exit: the Sandbox sees the pipe close and starts a fresh worker
             except Exception:  # noqa: BLE001 - report, keep serving
                 reply = R.Result(ok=False, code=req.get("code", ""), error=R.ErrorInfo(
                     R.INTERNAL, traceback.format_exc(limit=3)[-1500:])).to_dict()
@@ -362,14 +439,6 @@ def _read_frame(fd: int, limit: int, deadline: float) -> bytes | None:
         need = runner.HEADER.size + size
 
 
-def _kill_and_reap(pid: int) -> float:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return _reap(pid)[1]
-
-
 def _reap(pid: int) -> tuple[int, float]:
     try:
         _, status, usage = os.wait4(pid, 0)
@@ -385,22 +454,27 @@ def _death_reason(status: int) -> tuple[str, str]:
         if sig == signal.SIGXCPU:
             return R.TIMEOUT, "the code used up its CPU time budget"
         if sig == signal.SIGKILL:
-            return R.MEMORY, "the process was killed (out of memory)"
+            return R.RUNTIME, "the process was killed (SIGKILL: out of memory, or by itself)"
         return R.RUNTIME, f"the interpreter crashed ({name})"
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
     return R.RUNTIME, f"the code terminated the interpreter (exit status {code}) before finishing"
 
 
-def _check_image(name: str, data: bytes) -> tuple[str, str | None]:
+def _check_image(name: str, data: bytes, max_pixels: int) -> tuple[str, str | None]:
     """(file extension, problem or None) for bytes the code claims are an image."""
     from PIL import Image
+    Image.MAX_IMAGE_PIXELS = max_pixels  # larger headers raise before any decoding
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             ext = {"JPEG": "jpg"}.get(img.format, (img.format or "img").lower())
             img.verify()
+    except Image.DecompressionBombError:
+        return "", f"{name}: more than {max_pixels} pixels"
     except Exception as exc:  # noqa: BLE001
         return "", f"{name}: not a readable image ({type(exc).__name__})"
+    if width * height > max_pixels:
+        return ext, f"{name}: {width}x{height} is more than {max_pixels} pixels"
     if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         return ext, f"{name}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}"
     return ext, None

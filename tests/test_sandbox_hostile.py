@@ -6,9 +6,10 @@ output, the workers were not replaced and still answer `print(1)`).
 Each test runs twice through `any_sandbox`: as root and as an unprivileged user, so that nothing
 passes merely because the kernel's ordinary permissions already refused it.
 
-Tests marked `xfail(strict=True, reason="HOLE: ...")` are attacks that currently SUCCEED: real
-holes, kept as they are until the sandbox is fixed (the xfail then turns into a failure: remove
-the mark).
+Four attacks here once succeeded and shaped the design: host-file metadata changes (now no-ops
+in seccomp), remnants of earlier jobs in the worker's heap (children now fork from a zygote that
+never sees a request), inotify on host directories (denied), and a session computing between
+blocks (its child is now stopped between blocks).
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def assert_healthy(sb, pids: list[int] | None = None) -> None:
         assert r.ok and r.stdout == "1\n", r
     if pids is not None:
         assert worker_pids(sb) == pids, "a worker died and was replaced"
-    for pid in worker_pids(sb):
-        assert descendants(pid) == set(), f"processes left behind under worker {pid}"
+    for h in sb._handles:
+        # the worker's zygote is the one process expected below it
+        assert descendants(h.pid) == {h.info["zygote_pid"]}, \
+            f"processes left behind under worker {h.pid}"
 
 
 def results_listing(sb) -> set[str]:
@@ -377,10 +380,6 @@ METADATA = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE: Landlock does not cover chmod/utime/setxattr, and the child keeps owner rights (its "
-    "namespace uid 0 maps to the worker's host uid): it can chmod (setuid bit included), "
-    "re-time or tag any host file that uid owns -- as root, any root-owned file on the host"))
 @pytest.mark.parametrize("how", list(METADATA))
 def test_change_host_file_metadata(any_sandbox, host_dir, sandbox_uid, how):
     path = os.path.join(host_dir, "victim.txt")
@@ -395,7 +394,8 @@ def test_change_host_file_metadata(any_sandbox, host_dir, sandbox_uid, how):
     now = os.stat(path)
     assert host_untouched, (f"host file changed: mode {oct(before.st_mode)} -> {oct(now.st_mode)}, "
                             f"mtime {before.st_mtime} -> {now.st_mtime}, xattrs {os.listxattr(path)}")
-    assert_denied(r)
+    # metadata calls are no-ops by design (so shutil.copy keeps working): the call "succeeds"
+    assert r.ok and r.text == "done", r
 
 
 # ---------------------------------------------------------------- 4./5. programs, processes, threads
@@ -606,8 +606,8 @@ KILLS = {
     "parent_group": ("import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)\nprint('sent')", R.FORBIDDEN),
     # kill(-1) returns 0 when every target refused (EPERM) -- what matters is who survived
     "everyone": ("import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('sent')", None),
-    # its own group is itself alone: a SIGKILL death, reported like the OOM killer's
-    "own_group": ("import os, signal\nos.killpg(0, signal.SIGKILL)\nprint('sent')", (R.MEMORY, R.RUNTIME)),
+    # its own group is itself alone: a SIGKILL death, reported as a runtime error
+    "own_group": ("import os, signal\nos.killpg(0, signal.SIGKILL)\nprint('sent')", R.RUNTIME),
     "victim": ("import os, signal\nos.kill(@VICTIM@, signal.SIGKILL)\nprint('sent')", R.FORBIDDEN),
 }
 
@@ -848,7 +848,6 @@ PRIVILEGES = {
     "setuid_other": ("import os\nos.setuid(12345)\nprint(os.getuid())", R.RUNTIME),  # EINVAL: unmapped
     "setgroups": ("import os\nos.setgroups([0])\nprint('done')", R.FORBIDDEN),
     "chroot": ("import os\nos.chroot('.')\nprint('done')", R.FORBIDDEN),
-    "chown_scratch_file": ("import os\nopen('f', 'w').close()\nos.chown('f', 1, 1)\nprint('done')", R.RUNTIME),
     "mknod_fifo_outside": ("import os\nos.mkfifo('/tmp/thyme-fifo-' + str(os.getpid()))\nprint('done')", R.FORBIDDEN),
 }
 
@@ -859,6 +858,15 @@ def test_privilege_operations(any_sandbox, how):
     r = any_sandbox.run(code)
     assert_denied(r, kind)
     assert not any(name.startswith("thyme-fifo-") for name in os.listdir("/tmp"))
+
+
+def test_chown_and_chmod_are_no_ops(any_sandbox):
+    r = any_sandbox.run("import os, stat\nopen('f', 'w').close()\nos.chown('f', 1, 1)\n"
+                        "os.chmod('f', 0o4777)\nst = os.stat('f')\n"
+                        "print(st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode)))")
+    assert r.ok, r
+    uid, gid, mode = r.text.split()
+    assert (uid, gid) == ("0", "0") and not int(mode, 8) & 0o4000
 
 
 def test_no_capabilities(any_sandbox):
@@ -930,10 +938,6 @@ def test_state_does_not_leak_between_jobs(any_sandbox):
         assert r.ok and r.stdout == "False False False False False []\n", r
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE: children are forked from a long-lived worker whose heap still holds earlier jobs' "
-    "code and printed output (freed, not wiped): a later job reads them by scanning its own "
-    "copy of that memory"))
 def test_previous_job_remnants_in_memory(any_sandbox):
     marker = f"THYME-REMNANT-{uuid.uuid4().hex[:12]}"
     scan = snippet("""
@@ -967,9 +971,6 @@ def test_previous_job_remnants_in_memory(any_sandbox):
     assert [r.stdout for r in leaked] == ["hits 0\n"] * any_sandbox.workers, "job 1 leaked into job 2"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE: inotify watches are not covered by Landlock: the code can watch any host directory "
-    "its uid may read and learn the names of files created there (other jobs' inputs, results)"))
 def test_inotify_watch_on_host_dir(any_sandbox, host_dir):
     name = f"created-on-host-{uuid.uuid4().hex[:8]}"
     with any_sandbox.session() as s:
@@ -987,10 +988,6 @@ def test_inotify_watch_on_host_dir(any_sandbox, host_dir):
     assert name not in r.stdout, "a host file name leaked through inotify"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HOLE: a session's child keeps running between blocks (e.g. an interval timer's signal "
-    "handler): it computes outside any call's wall-clock timeout, while the worker serves other "
-    "jobs, up to the 120 s RLIMIT_CPU backstop"))
 def test_session_computes_between_blocks(any_sandbox):
     with any_sandbox.session() as s:
         r = s.run(snippet("""
@@ -1034,8 +1031,8 @@ def test_output_bomb(any_sandbox, how):
 def test_huge_exception_message(any_sandbox):
     pids = worker_pids(any_sandbox)
     r = any_sandbox.run("raise ValueError('x' * 10**7)")
-    assert_denied(r, R.OUTPUT_LIMIT)
-    assert len(r.error.message) <= 2000
+    assert_denied(r, R.RUNTIME)  # the error is still reported, cut to a size a model can read
+    assert r.error.message.startswith("  line 1: raise ValueError") and len(r.error.message) <= 2000
     assert_healthy(any_sandbox, pids)
 
 
