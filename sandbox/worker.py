@@ -35,6 +35,7 @@ from sandbox import result as R
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 from sandbox.repair import RepairContext, repair
 
+
 class ZygoteLost(RuntimeError):
     """The zygote died: this worker can no longer start children and must be replaced."""
 
