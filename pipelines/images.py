@@ -1,0 +1,145 @@
+"""The content-addressed image store: `images/<hash[:2]>/<hash>.<ext>`, one file per distinct
+image, written atomically.
+
+Originals are kept byte for byte when they are already JPEG, PNG or WebP in RGB or grayscale (no
+JPEG is ever re-encoded); anything else is converted once: transparency flattened on white,
+palette/CMYK/16-bit to RGB. Every image is decoded once to prove it is whole (JPEGs at 1/8 scale:
+the entropy-coded data is still read end to end, so truncation shows, at a fraction of the cost).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from pipelines.schema import ImageRef
+
+KEEP_AS_IS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+_DATA_URL = re.compile(rb"^data:image/[\w.+-]+;base64,")
+
+Image.MAX_IMAGE_PIXELS = None  # we check the header ourselves, with the configured limit
+
+
+class ImageRejected(ValueError):
+    """An image that cannot enter the store; `reason` is a quarantine reason code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int = 100_000_000   # decompression-bomb guard, checked from the header
+    min_side: int = 28              # the vision encoder's patch merge needs at least this
+    max_aspect_ratio: float = 200.0
+
+
+class ImageStore:
+    def __init__(self, root: str | os.PathLike, limits: ImageLimits = ImageLimits()):
+        self.root = Path(root)
+        self.limits = limits
+        self.tmp_dir = self.root / ".partial"  # partial writes; same filesystem, so rename is atomic
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.files_written = 0   # by this instance: new files and their bytes
+        self.bytes_written = 0
+
+    def path(self, ref: ImageRef) -> Path:
+        return self.root / ref.relpath
+
+    def exists(self, ref: ImageRef) -> bool:
+        return self.path(ref).is_file()
+
+    def put_base64(self, text: str | bytes) -> tuple[ImageRef, bool]:
+        data = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
+        data = _DATA_URL.sub(b"", data.strip())
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ImageRejected("bad_base64", str(exc)) from None
+        return self.put(raw)
+
+    def put_file(self, path: str | os.PathLike) -> tuple[ImageRef, bool]:
+        return self.put(Path(path).read_bytes())
+
+    def put(self, data: bytes) -> tuple[ImageRef, bool]:
+        """Store one image; returns its reference and whether a new file was written."""
+        stored, ext, (width, height) = self.normalise(data)
+        digest = hashlib.sha256(stored).hexdigest()
+        ref = ImageRef(digest, ext, width, height)
+        target = self.path(ref)
+        if target.exists():
+            return ref, False
+        target.parent.mkdir(exist_ok=True)
+        tmp = self.tmp_dir / f"{target.name}.{os.getpid()}.tmp"
+        tmp.write_bytes(stored)
+        os.replace(tmp, target)
+        self.files_written += 1
+        self.bytes_written += len(stored)
+        return ref, True
+
+    def normalise(self, data: bytes) -> tuple[bytes, str, tuple[int, int]]:
+        """(bytes to store, extension, size), or ImageRejected with the reason."""
+        if not data:
+            raise ImageRejected("empty_image", "zero bytes")
+        try:
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+        except Exception as exc:  # noqa: BLE001 - any failure to parse the header
+            raise ImageRejected("undecodable_image", f"{type(exc).__name__}: {exc}") from None
+        self._check_size(width, height)
+        try:
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(width // 8, 1), max(height // 8, 1)))
+            img.load()
+        except Exception as exc:  # noqa: BLE001 - truncated, corrupt, unsupported codec
+            raise ImageRejected("undecodable_image", f"{type(exc).__name__}: {exc}") from None
+        if img.format in KEEP_AS_IS and img.mode in ("RGB", "L"):
+            return data, KEEP_AS_IS[img.format], (width, height)
+        # Conversion needed: decode fully (draft mode reduced the JPEG) and re-encode once.
+        img = Image.open(io.BytesIO(data))
+        try:
+            rgb = _to_rgb(img)
+        except Exception as exc:  # noqa: BLE001
+            raise ImageRejected("unsupported_image", f"{img.format} {img.mode}: {exc}") from None
+        out = io.BytesIO()
+        if img.format == "JPEG":  # CMYK/YCCK JPEG: already lossy, stay JPEG
+            rgb.save(out, format="JPEG", quality=95)
+            return out.getvalue(), "jpg", (width, height)
+        rgb.save(out, format="PNG", compress_level=1)
+        return out.getvalue(), "png", (width, height)
+
+    def _check_size(self, width: int, height: int) -> None:
+        lim = self.limits
+        if width * height > lim.max_pixels:
+            raise ImageRejected("too_many_pixels", f"{width}x{height} exceeds {lim.max_pixels} pixels")
+        if min(width, height) < lim.min_side:
+            raise ImageRejected("too_small", f"{width}x{height}: a side is below {lim.min_side} px")
+        if max(width, height) / min(width, height) > lim.max_aspect_ratio:
+            raise ImageRejected("bad_aspect_ratio", f"{width}x{height}: aspect ratio over "
+                                                    f"{lim.max_aspect_ratio:g}")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits rather than clip
+        import numpy as np
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() or 1.0
+        return Image.fromarray((arr * (255.0 / hi)).astype("uint8"), "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGB" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")

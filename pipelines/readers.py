@@ -1,0 +1,290 @@
+"""Streaming readers: source files -> raw rows -> `Sample`s (or quarantine reasons).
+
+A reader knows two things about its format: how to list a file's rows in bounded pieces
+(`units`: parquet row groups, JSONL line ranges, Arrow record batches) and how to turn one raw
+row into a `Sample` (`to_sample`). Files are never loaded whole: parquet is read in small
+record batches of a single row group, JSONL line by line.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from pipelines.images import ImageRejected, ImageStore
+from pipelines.prompts import parse_user, strip_image_tokens
+from pipelines.schema import Sample
+from sandbox.protocol import extract_answer, extract_code
+
+FORMATS = ("thyme-sft", "thyme-rl", "deepeyes", "generic")
+BATCH_ROWS = 64  # rows decoded at a time: bounds memory when rows carry large base64 images
+
+
+class RowRejected(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+# ------------------------------------------------------------------ units of work
+
+@dataclass(frozen=True)
+class Unit:
+    """A contiguous run of rows of one file: `count` rows from global row `first` on."""
+    file: str            # path as given
+    kind: str            # parquet | jsonl | arrow
+    part: int            # parquet row group / arrow file index / 0 for jsonl
+    first: int           # index of the first row within the file
+    count: int
+
+
+def list_units(path: str) -> list[Unit]:
+    """Split a file (or a saved HF dataset directory) into units, reading only metadata."""
+    p = Path(path)
+    if p.is_dir():  # datasets.save_to_disk: state.json lists Arrow stream files
+        state = json.loads((p / "state.json").read_text())
+        units, first = [], 0
+        for i, entry in enumerate(state["_data_files"]):
+            with pa.memory_map(str(p / entry["filename"])) as source:
+                rows = ipc.open_stream(source).read_all().num_rows
+            units.append(Unit(path, "arrow", i, first, rows))
+            first += rows
+        return units
+    if p.suffix == ".parquet":
+        meta = pq.ParquetFile(path).metadata
+        units, first = [], 0
+        for rg in range(meta.num_row_groups):
+            rows = meta.row_group(rg).num_rows
+            units.append(Unit(path, "parquet", rg, first, rows))
+            first += rows
+        return units
+    if p.suffix in (".jsonl", ".json"):
+        with open(path, "rb") as f:
+            rows = sum(1 for _ in f)
+        return [Unit(path, "jsonl", 0, 0, rows)]
+    raise ValueError(f"{path}: unsupported input (expected .parquet, .jsonl or a saved dataset dir)")
+
+
+def read_unit(unit: Unit, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, dict | None, str]]:
+    """Rows `lo`..`hi` (relative to the unit) as (row number in file, dict or None, error)."""
+    hi = unit.count if hi is None else hi
+    if unit.kind == "parquet":
+        pf = pq.ParquetFile(unit.file, buffer_size=1 << 20)
+        index = unit.first
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[unit.part]):
+            end = index + batch.num_rows
+            if end > unit.first + lo and index < unit.first + hi:
+                start = max(unit.first + lo - index, 0)
+                stop = min(unit.first + hi - index, batch.num_rows)
+                for k, row in enumerate(batch.slice(start, stop - start).to_pylist()):
+                    yield index + start + k, row, ""
+            index = end
+            if index >= unit.first + hi:
+                return
+    elif unit.kind == "arrow":
+        state = json.loads((Path(unit.file) / "state.json").read_text())
+        name = state["_data_files"][unit.part]["filename"]
+        with pa.memory_map(str(Path(unit.file) / name)) as source:
+            reader = ipc.open_stream(source)
+            index = unit.first
+            for batch in reader:
+                end = index + batch.num_rows
+                if end > unit.first + lo and index < unit.first + hi:
+                    start = max(unit.first + lo - index, 0)
+                    stop = min(unit.first + hi - index, batch.num_rows)
+                    for k, row in enumerate(batch.slice(start, stop - start).to_pylist()):
+                        yield index + start + k, row, ""
+                index = end
+    else:
+        with open(unit.file, "rb") as f:
+            for number, line in enumerate(f):
+                if number < lo:
+                    continue
+                if number >= hi:
+                    return
+                try:
+                    yield number, json.loads(line.decode("utf-8")), ""
+                except UnicodeDecodeError as exc:
+                    yield number, None, f"bad_text: {exc}"
+                except json.JSONDecodeError as exc:
+                    yield number, None, f"unparseable: invalid JSON ({exc.msg})"
+
+
+# ------------------------------------------------------------------ field helpers
+
+def _text(row: dict, key: str, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise RowRejected("missing_field", f"'{key}' is missing")
+        return ""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RowRejected("bad_text", f"'{key}' is not valid UTF-8") from None
+    if not isinstance(value, str):
+        raise RowRejected("wrong_type", f"'{key}' is {type(value).__name__}, expected text")
+    if "\ufffd" in value:
+        raise RowRejected("bad_text", f"'{key}' contains undecodable bytes (U+FFFD)")
+    if required and not value.strip():
+        raise RowRejected("bad_text", f"'{key}' is empty")
+    return value
+
+
+def _image_list(row: dict, key: str) -> list:
+    value = row.get(key)
+    if value is None:
+        raise RowRejected("missing_field", f"'{key}' is missing")
+    if isinstance(value, (str, bytes, dict)):
+        value = [value]
+    if not isinstance(value, list):
+        raise RowRejected("wrong_type", f"'{key}' is {type(value).__name__}, expected a list")
+    return value
+
+
+def store_image(store: ImageStore, item, image_root: str | None = None):
+    """Store one image given as base64 text, raw bytes, an HF/verl {'bytes', 'path'} dict, or
+    (with `image_root`) a relative path. Returns (ref, written)."""
+    if isinstance(item, dict):
+        if item.get("bytes"):
+            return store.put(item["bytes"])
+        item = item.get("path")
+        if not item:
+            raise ImageRejected("empty_image", "an image entry has neither bytes nor path")
+        if image_root is None:
+            raise ImageRejected("missing_image_file", f"path {item!r} given without an image root")
+    if isinstance(item, bytes):
+        return store.put(item)
+    if not isinstance(item, str):
+        raise RowRejected("wrong_type", f"an image is {type(item).__name__}")
+    if image_root is not None and not _looks_base64(item):
+        path = Path(image_root) / item
+        if not path.is_file():
+            raise ImageRejected("missing_image_file", f"{item} not found under the image root")
+        return store.put_file(path)
+    return store.put_base64(item)
+
+
+def _looks_base64(text: str) -> bool:
+    return len(text) > 256 or text.startswith("data:image/")
+
+
+# ------------------------------------------------------------------ tasks
+
+def infer_task(response: str) -> str:
+    """The paper's task of a reference trajectory, from the code it runs."""
+    code = extract_code(response or "")
+    if code is None:
+        return "no_code"
+    lowered = code.lower()
+    if "rotate" in lowered or "warpaffine" in lowered or "transpose" in lowered:
+        return "rotate"
+    if any(k in lowered for k in ("clahe", "equalizehist", "imageenhance", "contrast", "gamma")):
+        return "contrast"
+    if ".crop(" in lowered or re.search(r"\[\s*\w+\s*:\s*\w+\s*,\s*\w+\s*:\s*\w+", code):
+        return "crop"
+    if "imread" in lowered or "image.open" in lowered:
+        return "real_world"
+    return "computation"
+
+
+# ------------------------------------------------------------------ formats
+
+@dataclass
+class Reader:
+    """Turns raw rows of one format into Samples."""
+
+    format: str
+    image_root: str | None = None                   # generic: folder image paths are relative to
+    mapping: dict[str, str] = field(default_factory=dict)  # generic: our field -> their column
+    base_dir: str = ""                              # origins are recorded relative to this
+
+    def origin(self, file: str) -> str:
+        return os.path.relpath(file, self.base_dir) if self.base_dir else os.path.basename(file)
+
+    def to_sample(self, file: str, number: int, row: dict, store: ImageStore) -> Sample:
+        """One row as a Sample (its images stored). Raises RowRejected / ImageRejected."""
+        return getattr(self, "_" + self.format.replace("-", "_"))(self.origin(file), number, row, store)
+
+    def _images(self, items: list, store: ImageStore) -> list:
+        return [store_image(store, item, self.image_root)[0] for item in items]
+
+    def _thyme_sft(self, origin: str, number: int, row: dict, store: ImageStore):
+        images = _image_list(row, "image")
+        if not images:
+            raise RowRejected("missing_field", "'image' is empty")
+        question, meta = parse_user(_text(row, "question"))
+        response = _text(row, "response")
+        refs = self._images(images, store)
+        reference = {"response": response, "images": [r.relpath for r in refs[1:]]}
+        sample = Sample(question=question, images=refs[:1], source="thyme-sft",
+                        origin_file=origin, origin_row=number,
+                        answer=extract_answer(response) or "", task=infer_task(response),
+                        meta=meta, reference=reference)
+        return sample
+
+    def _thyme_rl(self, origin: str, number: int, row: dict, store: ImageStore):
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RowRejected("missing_field" if messages is None else "wrong_type", "'messages' must be a list of chat messages")
+        user = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
+        if user is None:
+            raise RowRejected("unparseable", "no user message")
+        _, meta = parse_user(_text(user, "content"))
+        system = next((m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "system"), None)
+        if system:
+            meta["system_prompt"] = system
+        refs = self._images(_image_list(row, "images"), store)
+        sample = Sample(question=_text(row, "question").strip(), images=refs, source="thyme-rl",
+                        origin_file=origin, origin_row=number, answer=_text(row, "solution").strip(),
+                        task="unknown", meta=meta)
+        return sample
+
+    def _deepeyes(self, origin: str, number: int, row: dict, store: ImageStore):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, list):
+            raise RowRejected("missing_field" if prompt is None else "wrong_type", "'prompt' must be a list of chat messages")
+        user = next((m for m in prompt if isinstance(m, dict) and m.get("role") == "user"), None)
+        if user is None:
+            raise RowRejected("unparseable", "no user message in 'prompt'")
+        question = strip_image_tokens(_text(user, "content"))
+        reward = row.get("reward_model")
+        if not isinstance(reward, dict) or reward.get("ground_truth") is None:
+            raise RowRejected("missing_field", "'reward_model.ground_truth' is missing")
+        refs = self._images(_image_list(row, "images"), store)
+        meta = {"data_source": row.get("data_source")}
+        if isinstance(row.get("extra_info"), dict):
+            meta["extra_info"] = {k: v for k, v in row["extra_info"].items() if isinstance(v, (str, int, float, bool))}
+        sample = Sample(question=question, images=refs, source="deepeyes", origin_file=origin,
+                        origin_row=number, answer=str(reward["ground_truth"]).strip(),
+                        task="unknown", meta=meta)
+        return sample
+
+    def _generic(self, origin: str, number: int, row: dict, store: ImageStore):
+        col = {"question": "question", "image": "image", "answer": "answer", "task": "task",
+               **self.mapping}
+        images = row.get(col["image"])
+        if images is None and col["image"] == "image":
+            images = row.get("images")
+        refs = self._images([] if images is None else _image_list({"i": images}, "i"), store)
+        task = _text(row, col["task"], required=False) or "unknown"
+        sample = Sample(question=_text(row, col["question"]).strip(), images=refs,
+                        source=self.mapping.get("source", "generic"), origin_file=origin,
+                        origin_row=number, answer=str(row.get(col["answer"]) or "").strip(),
+                        task=task)
+        return sample
+
+
+def b64(data: bytes) -> str:
+    """Base64 text of bytes (the released datasets' image encoding)."""
+    return base64.b64encode(data).decode("ascii")

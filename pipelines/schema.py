@@ -1,0 +1,131 @@
+"""The data contracts (DESIGN.md §3): one place for the Arrow schemas every stage writes.
+
+A `Sample` is one row of the source pool. Images live once in the content-addressed store
+(`pipelines.images`); rows carry references, never pixels. Nested ground truth and reference
+trajectories are JSON text: they vary by task and source, and stay readable by any engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+# Tasks of the paper's data (THYME.md §3), plus what readers cannot classify.
+TASKS = ("crop", "rotate", "contrast", "computation", "no_code", "real_world", "unknown")
+
+IMAGE_REF = pa.struct([
+    ("hash", pa.string()),     # sha256 of the stored bytes, hex
+    ("ext", pa.string()),      # jpg | png | webp
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+])
+ORIGIN = pa.struct([("file", pa.string()), ("row", pa.int64())])
+
+SAMPLE_SCHEMA = pa.schema([
+    ("id", pa.string()),                 # stable: a hash of the image hashes + normalised question
+    ("source", pa.string()),             # e.g. thyme-sft, deepeyes, generated
+    ("images", pa.list_(IMAGE_REF)),     # the question's images, in order
+    ("question", pa.string()),           # the bare question (templates stripped)
+    ("answer", pa.string()),             # ground truth; "" when unknown
+    ("task", pa.string()),               # one of TASKS
+    ("meta", pa.string()),               # JSON: box, angle, options, difficulty, original path/size...
+    ("reference", pa.string()),          # JSON: a reference trajectory (Thyme-SFT response + images), or null
+    ("origin", ORIGIN),                  # where the row came from (relative file, row number)
+])
+
+QUARANTINE_SCHEMA = pa.schema([
+    ("origin", ORIGIN),
+    ("reason", pa.string()),             # a reason code (see REASONS)
+    ("detail", pa.string()),             # a human-readable explanation
+    ("source", pa.string()),
+])
+
+# Reason codes for quarantined rows.
+REASONS = {
+    "bad_base64": "an image field is not valid base64",
+    "empty_image": "an image has zero bytes",
+    "undecodable_image": "the image data does not decode (corrupt or truncated)",
+    "unsupported_image": "the image format or mode cannot be stored",
+    "too_many_pixels": "the image exceeds the pixel limit (decompression bomb guard)",
+    "too_small": "an image side is below the minimum",
+    "bad_aspect_ratio": "the image aspect ratio exceeds the maximum",
+    "missing_field": "a required field is missing or null",
+    "wrong_type": "a field has the wrong type",
+    "bad_text": "a text field is not valid UTF-8 or is empty",
+    "missing_image_file": "an image path does not exist under the image root",
+    "unparseable": "the row does not follow the format's structure",
+}
+
+
+@dataclass
+class ImageRef:
+    hash: str
+    ext: str
+    width: int
+    height: int
+
+    @property
+    def relpath(self) -> str:
+        """The file's path inside the image store root."""
+        return f"{self.hash[:2]}/{self.hash}.{self.ext}"
+
+
+@dataclass
+class Sample:
+    question: str
+    images: list[ImageRef]
+    source: str
+    origin_file: str
+    origin_row: int
+    answer: str = ""
+    task: str = "unknown"
+    meta: dict = field(default_factory=dict)
+    reference: dict | None = None
+    id: str = ""
+
+    def __post_init__(self):
+        if not self.id:
+            self.id = sample_id(self.question, [im.hash for im in self.images])
+
+    def to_row(self) -> dict:
+        return {
+            "id": self.id, "source": self.source,
+            "images": [asdict(im) for im in self.images],
+            "question": self.question, "answer": self.answer, "task": self.task,
+            "meta": json.dumps(self.meta, ensure_ascii=False, sort_keys=True),
+            "reference": None if self.reference is None else json.dumps(self.reference, ensure_ascii=False),
+            "origin": {"file": self.origin_file, "row": self.origin_row},
+        }
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise_question(text: str) -> str:
+    """Unicode NFKC, case-folded, whitespace collapsed: the question part of the dedup key."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def sample_id(question: str, image_hashes: list[str]) -> str:
+    """Stable id = dedup key: identical images and question give the same id on every run."""
+    h = hashlib.blake2b(digest_size=8)
+    for image_hash in image_hashes:
+        h.update(image_hash.encode())
+        h.update(b"\x00")
+    h.update(normalise_question(question).encode())
+    return h.hexdigest()
+
+
+def samples_table(samples: list[Sample]) -> pa.Table:
+    return pa.Table.from_pylist([s.to_row() for s in samples], schema=SAMPLE_SCHEMA)
+
+
+def quarantine_row(file: str, row: int, reason: str, detail: str, source: str) -> dict:
+    assert reason in REASONS, reason
+    return {"origin": {"file": file, "row": row}, "reason": reason, "detail": detail[:500],
+            "source": source}
