@@ -1,9 +1,15 @@
 """The one `Definitions` of the project (`dagster dev -m assets.definitions`).
 
-Assets arrive with the pipeline issues (source pool, code samples, splits, training); each module
-of this package contributes its assets, checks and resources here.
+Modules of this package hold the assets of one stage each; this file only assembles them.
+Heavy libraries are imported inside asset bodies, so loading the code location stays fast.
 """
 
 from dagster import Definitions
 
-defs = Definitions(assets=[], asset_checks=[], resources={})
+from assets.pool import source_manifest, source_pool
+from assets.resources import ThymeStorage
+
+defs = Definitions(
+    assets=[source_manifest, source_pool],
+    resources={"storage": ThymeStorage()},
+)

@@ -1,0 +1,147 @@
+"""The source pool: plan the shards, then ingest (or generate) each shard.
+
+(No `from __future__ import annotations` here: Dagster reads the config annotations.)
+"""
+
+
+import json
+import os
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from assets.partitions import shards
+from assets.resources import ThymeStorage
+
+PLAN_FILE = "plan.json"
+
+
+class SourcePoolConfig(Config):
+    """What the pool is made of. The default is the generated pool with ground truth."""
+
+    format: str = Field("generated", description="generated | thyme-sft | thyme-rl | deepeyes | generic")
+    inputs: list[str] = Field(default_factory=list, description="files or directories (not for generated)")
+    count: int = Field(400, description="generated: number of samples")
+    seed: int = Field(0, description="generated: seed (same seed, same pool)")
+    shard_size: int = Field(200, description="rows per shard; thousands for real pools")
+    image_root: str | None = Field(None, description="generic: root of relative image paths")
+    mapping: dict[str, str] = Field(default_factory=dict, description="generic: field -> column")
+    max_pixels: int = Field(100_000_000, description="decompression-bomb guard")
+    min_side: int = Field(28, description="smallest allowed image side, px")
+    max_aspect_ratio: float = Field(200.0, description="largest allowed aspect ratio")
+    workers: int | None = Field(None, description="decoding processes; default one per core")
+
+
+class SourcePoolChecks(Config):
+    max_quarantine_rate: float = Field(0.05, description="blocking check: quarantined / rows read")
+
+
+def _ingest_config(config: SourcePoolConfig, out: str):
+    from pipelines.ingest import IngestConfig
+    return IngestConfig(format=config.format, out=out, inputs=list(config.inputs),
+                        shard_size=config.shard_size, workers=config.workers,
+                        image_root=config.image_root, mapping=dict(config.mapping),
+                        max_pixels=config.max_pixels, min_side=config.min_side,
+                        max_aspect_ratio=config.max_aspect_ratio, count=config.count, seed=config.seed)
+
+
+@asset(key_prefix="pool", group_name="pool", kinds={"python", "json"})
+def source_manifest(context: AssetExecutionContext, config: SourcePoolConfig,
+                    storage: ThymeStorage) -> MaterializeResult:
+    """The shard plan of the source pool: which rows of which inputs form each shard. Registers
+    one `shards` partition per shard (and removes partitions of an earlier, larger plan)."""
+    from pipelines.ingest import plan_shards
+
+    out = storage.path("pool")
+    cfg = _ingest_config(config, str(out))
+    plan = plan_shards(cfg)
+    keys = [s.key for s in plan]
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{PLAN_FILE}.tmp"
+    tmp.write_text(json.dumps({"config": config.model_dump(), "shards": keys}, indent=2))
+    os.replace(tmp, out / PLAN_FILE)
+    existing = set(context.instance.get_dynamic_partitions(shards.name))
+    context.instance.add_dynamic_partitions(shards.name, [k for k in keys if k not in existing])
+    for stale in existing - set(keys):
+        context.instance.delete_dynamic_partition(shards.name, stale)
+    return MaterializeResult(metadata={
+        "shards": len(keys), "rows": sum(s.rows for s in plan), "format": config.format,
+        "inputs": MetadataValue.json(list(config.inputs)),
+        "plan": MetadataValue.path(os.path.relpath(out / PLAN_FILE)),
+    })
+
+
+@asset(
+    key_prefix="pool", group_name="pool", kinds={"python", "parquet"},
+    partitions_def=shards, deps=[source_manifest], backfill_policy=BackfillPolicy.single_run(),
+    check_specs=[
+        AssetCheckSpec("schema", asset=["pool", "source_pool"], description="samples match SAMPLE_SCHEMA"),
+        AssetCheckSpec("images_exist", asset=["pool", "source_pool"],
+                       description="every referenced image is in the store"),
+        AssetCheckSpec("quarantine_rate", asset=["pool", "source_pool"], blocking=True,
+                       description="quarantined / rows read stays below the threshold"),
+    ],
+)
+def source_pool(context: AssetExecutionContext, config: SourcePoolChecks,
+                storage: ThymeStorage) -> Iterator[MaterializeResult | AssetCheckResult]:
+    """Clean, deduplicated `Sample` rows with images in the content-addressed store; bad rows in
+    quarantine with their origin and a reason. One shard per partition; a range of partitions
+    runs in one process pool. Finished shards with unchanged inputs are skipped."""
+    from tqdm import tqdm
+
+    from pipelines.ingest import ingest_shard, make_pool, plan_shards, summarise
+    from pipelines.pool_checks import check_images_exist, check_schema, preview_markdown
+
+    out = storage.path("pool")
+    plan = json.loads((out / PLAN_FILE).read_text())
+    cfg = _ingest_config(SourcePoolConfig(**plan["config"]), str(out))
+    wanted = set(context.partition_keys)
+    todo = [s for s in plan_shards(cfg) if s.key in wanted]
+    missing = wanted - {s.key for s in todo}
+    if missing:
+        raise ValueError(f"partitions {sorted(missing)} are not in the current plan; "
+                         "re-materialize pool/source_manifest")
+    reports = []
+    with make_pool(cfg) as pool, tqdm(total=sum(s.rows for s in todo), unit="row",
+                                      desc="source_pool") as bar:
+        for shard in todo:
+            reports.append(ingest_shard(cfg, shard, pool, bar))
+            context.log.info(f"{shard.key}: {reports[-1]}")
+    total = summarise(reports)
+    seconds = sum(r["seconds"] for r in reports if not r.get("skipped"))
+    files = [out / "samples" / f"{s.key}.parquet" for s in todo]
+    rate = total["quarantined"] / max(total["rows_read"], 1)
+    schema_ok, schema_detail = check_schema(files)
+    missing_images = check_images_exist(files, out / "images")
+    yield MaterializeResult(
+        metadata={
+            "dagster/row_count": total["kept"],
+            "rows_in": total["rows_read"], "rows_out": total["kept"],
+            "deduplicated": total["deduplicated"], "quarantined": total["quarantined"],
+            "quarantined_by_reason": MetadataValue.json(total["quarantined_by_reason"]),
+            "images_written": total["images_written"], "image_bytes": total["image_bytes"],
+            "images_per_s": round(total["images_written"] / seconds, 1) if seconds else 0.0,
+            "skipped_shards": total["skipped_shards"],
+            "preview": MetadataValue.md(preview_markdown(files, out)),
+        },
+        check_results=[
+            AssetCheckResult(check_name="schema", passed=schema_ok, metadata={"detail": schema_detail}),
+            AssetCheckResult(check_name="images_exist", passed=not missing_images,
+                             metadata={"missing": len(missing_images),
+                                       "examples": MetadataValue.json(missing_images[:10])}),
+            AssetCheckResult(check_name="quarantine_rate", passed=rate <= config.max_quarantine_rate,
+                             severity=AssetCheckSeverity.ERROR,
+                             metadata={"rate": round(rate, 4), "threshold": config.max_quarantine_rate}),
+        ],
+    )
