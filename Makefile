@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test lint bench clean
+.PHONY: demo ui test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -17,7 +17,11 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/python -m assets demo
 	$(VENV)/bin/python -m sandbox demo
+
+ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -m assets.definitions
 
 test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/ruff check sandbox pipelines assets thyme_train tests benchmarks

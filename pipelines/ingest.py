@@ -193,8 +193,11 @@ def _tasks(shard: Shard) -> Iterator[tuple]:
             yield ("generated", s, min(step, start + count - s))
         return
     for unit, lo, hi in shard.pieces:
-        for s in range(lo, hi, TASK_ROWS):
-            yield ("rows", unit, s, min(s + TASK_ROWS, hi))
+        # Parquet pieces stay whole: a row group is read front to back, so splitting one would
+        # read its first rows again. JSONL and Arrow pieces split freely.
+        step = hi - lo if unit.kind == "parquet" else TASK_ROWS
+        for s in range(lo, hi, step):
+            yield ("rows", unit, s, min(s + step, hi))
 
 
 # ------------------------------------------------------------------ shards
