@@ -15,6 +15,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.definitions import defs
 from assets.partitions import shards
+from assets.pool import source_manifest, source_pool
 
 MANIFEST = AssetKey(["pool", "source_manifest"])
 POOL = AssetKey(["pool", "source_pool"])
@@ -25,16 +26,19 @@ def demo(count: int, shard_size: int) -> int:
         print("DAGSTER_HOME is not set: run `make demo`, which sets it to .dagster_home/", file=sys.stderr)
         return 2
     instance = DagsterInstance.get()
-    graph_assets = [defs.resolve_assets_def(MANIFEST), defs.resolve_assets_def(POOL)]
-    resources = defs.resources
-    manifest_config = {"ops": {"pool__source_manifest": {"config": {"count": count, "shard_size": shard_size}}}}
+    graph_assets = [source_manifest, source_pool]
+    resources = defs.resources  # the same resources the UI's runs use
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the UI has the full logs
+    manifest_config = {**quiet, "ops": {"pool__source_manifest": {"config": {"count": count,
+                                                                             "shard_size": shard_size}}}}
     result = materialize(graph_assets, selection=[MANIFEST], instance=instance, resources=resources,
                          run_config=manifest_config, tags={"thyme/demo": "true"})
     keys = instance.get_dynamic_partitions(shards.name)
     print(f"pool/source_manifest: {len(keys)} shards planned ({keys[0]} ... {keys[-1]})")
     tags = {"dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[-1], "thyme/demo": "true"}
-    result = materialize(graph_assets, selection=[POOL], instance=instance, resources=resources, tags=tags)
+    result = materialize(graph_assets, selection=[POOL], instance=instance, resources=resources,
+                         run_config=quiet, tags=tags)
     (mat,) = list(result.asset_materializations_for_node("pool__source_pool"))[:1]
     meta = {k: v.value for k, v in mat.metadata.items()}
     print(f"pool/source_pool: {meta['rows_out']} samples kept of {meta['rows_in']} "

@@ -226,7 +226,8 @@ def ingest_shard(cfg: IngestConfig, shard: Shard, pool: ProcessPoolExecutor | No
     if done is not None:
         if progress is not None:
             progress.update(shard.rows)
-        return {**done, "skipped": True}
+        # the shard's contents as recorded; nothing was written this time
+        return {**done, "skipped": True, "images_written": 0, "image_bytes": 0, "seconds": 0.0}
     t0 = time.perf_counter()
     out = Path(cfg.out)
     remove_stale_temporaries(out / "samples", out / "quarantine", out / "images" / ".partial")

@@ -54,15 +54,17 @@ class Job:
 Launcher = Callable[[WorkerConfig], tuple[int, int, int]]
 
 
-def launch_subprocess(config: WorkerConfig) -> tuple[int, int, int]:
-    """Start a worker as a fresh interpreter with a minimal environment."""
+def launch_subprocess(config: WorkerConfig, prelude: str = "") -> tuple[int, int, int]:
+    """Start a worker as a fresh interpreter with a minimal environment (`prelude`: Python run
+    before the worker starts, e.g. a test that simulates a host without Landlock)."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": _PACKAGE_PARENT, "LANG": "C.UTF-8",
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONDONTWRITEBYTECODE": "1"}
     for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # host-specific BLAS workarounds
         if key in os.environ:
             env[key] = os.environ[key]
-    proc = subprocess.Popen([sys.executable, "-c", "from sandbox.worker import main; main()"], stdin=subprocess.PIPE,
+    code = f"{prelude}\nfrom sandbox.worker import main\nmain()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env, cwd=config.scratch_root,
                             close_fds=True)
     fd_to, fd_from = os.dup(proc.stdin.fileno()), os.dup(proc.stdout.fileno())

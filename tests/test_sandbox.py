@@ -1,5 +1,6 @@
 """The sandbox on realistic Thyme snippets: images, computations, sessions, errors, the pool."""
 
+import functools
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from sandbox import Job, Sandbox, SandboxUnavailable
+from sandbox.core import launch_subprocess
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR, render_output
 
 OUT = VIRTUAL_OUTPUT_DIR
@@ -205,37 +207,15 @@ def test_results_survive_close_when_the_caller_owns_the_directory(tmp_path, samp
     assert os.path.isfile(r.images[0]) and r.images[0].startswith(str(tmp_path / "res"))
 
 
-def _forked_launcher_with_landlock_disabled():
-    """A worker on a host 'without Landlock': monkeypatched in the forked worker only."""
-    from sandbox import confine, runner, worker
-
-    def launch(config):
-        to_r, to_w = os.pipe()
-        from_r, from_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                confine.landlock_abi = lambda: 0
-                try:
-                    w = worker.Worker(config)
-                except Exception as exc:  # noqa: BLE001
-                    runner.write_frame(from_w, json.dumps({"ready": False, "error": str(exc)}).encode())
-                else:
-                    w.serve(to_r, from_w)
-            finally:
-                os._exit(0)
-        os.close(to_r)
-        os.close(from_w)
-        return pid, to_w, from_r
-
-    return launch
+# A host "without Landlock", simulated in the worker's own fresh interpreter.
+NO_LANDLOCK = functools.partial(launch_subprocess,
+                                prelude="from sandbox import confine\nconfine.landlock_abi = lambda: 0")
 
 
 def test_missing_mechanism_fails_loudly_unless_degraded_is_asked_for():
     with pytest.raises(SandboxUnavailable, match="Landlock"):
-        Sandbox(workers=1, launcher=_forked_launcher_with_landlock_disabled())
-    with Sandbox(workers=1, allow_degraded=True,
-                 launcher=_forked_launcher_with_landlock_disabled()) as sb:
+        Sandbox(workers=1, launcher=NO_LANDLOCK)
+    with Sandbox(workers=1, allow_degraded=True, launcher=NO_LANDLOCK) as sb:
         r = sb.run("print(1)")
     assert r.ok and r.degraded == ("landlock",) and sb.degraded == ("landlock",)
 
