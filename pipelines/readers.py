@@ -79,31 +79,13 @@ def read_unit(unit: Unit, lo: int = 0, hi: int | None = None) -> Iterator[tuple[
     hi = unit.count if hi is None else hi
     if unit.kind == "parquet":
         pf = pq.ParquetFile(unit.file, buffer_size=1 << 20)
-        index = unit.first
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[unit.part]):
-            end = index + batch.num_rows
-            if end > unit.first + lo and index < unit.first + hi:
-                start = max(unit.first + lo - index, 0)
-                stop = min(unit.first + hi - index, batch.num_rows)
-                for k, row in enumerate(batch.slice(start, stop - start).to_pylist()):
-                    yield index + start + k, row, ""
-            index = end
-            if index >= unit.first + hi:
-                return
+        yield from _batch_rows(pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[unit.part]),
+                               unit.first, lo, hi)
     elif unit.kind == "arrow":
         state = json.loads((Path(unit.file) / "state.json").read_text())
         name = state["_data_files"][unit.part]["filename"]
         with pa.memory_map(str(Path(unit.file) / name)) as source:
-            reader = ipc.open_stream(source)
-            index = unit.first
-            for batch in reader:
-                end = index + batch.num_rows
-                if end > unit.first + lo and index < unit.first + hi:
-                    start = max(unit.first + lo - index, 0)
-                    stop = min(unit.first + hi - index, batch.num_rows)
-                    for k, row in enumerate(batch.slice(start, stop - start).to_pylist()):
-                        yield index + start + k, row, ""
-                index = end
+            yield from _batch_rows(ipc.open_stream(source), unit.first, lo, hi)
     else:
         with open(unit.file, "rb") as f:
             for number, line in enumerate(f):
@@ -117,6 +99,21 @@ def read_unit(unit: Unit, lo: int = 0, hi: int | None = None) -> Iterator[tuple[
                     yield number, None, f"bad_text: {exc}"
                 except json.JSONDecodeError as exc:
                     yield number, None, f"unparseable: invalid JSON ({exc.msg})"
+
+
+def _batch_rows(batches, first: int, lo: int, hi: int) -> Iterator[tuple[int, dict, str]]:
+    """Rows `lo`..`hi` of a unit whose record batches start at row `first`; stops reading at hi."""
+    index = first
+    for batch in batches:
+        end = index + batch.num_rows
+        if end > first + lo:
+            start = max(first + lo - index, 0)
+            stop = min(first + hi - index, batch.num_rows)
+            for k, row in enumerate(batch.slice(start, stop - start).to_pylist()):
+                yield index + start + k, row, ""
+        index = end
+        if index >= first + hi:
+            return
 
 
 # ------------------------------------------------------------------ field helpers
