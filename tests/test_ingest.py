@@ -296,6 +296,7 @@ def test_plan_shards_cuts_row_groups(tmp_path):
     assert shards[1].pieces[0][0].file.endswith("a.parquet") and shards[2].pieces[0][0].file.endswith("b.parquet")
 
 
+@pytest.mark.slow
 def test_killed_ingest_recovers_cleanly(tmp_path):
     rows = [SourceRow(f"Question {i}?", [encode(photo(seed=100 + i), "PNG")], response="<answer>a</answer>")
             for i in range(120)]

@@ -95,6 +95,7 @@ def test_definitions_load_with_pool_assets():
     assert {"pool/source_manifest", "pool/source_pool"} <= keys
 
 
+@pytest.mark.slow
 def test_dagster_cli_materializes_one_shard_and_a_range(tmp_path, sft_file, monkeypatch):
     home = tmp_path / "dagster_home"
     home.mkdir()
