@@ -47,13 +47,19 @@ def extract_answer(text: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
-def render_output(result: Result) -> str:
-    """A `<sandbox_output>` block for a result: one `<image>` per produced image, else the
-    printed text, else the error the model should read."""
-    if result.ok and result.images:
-        body = "".join(IMAGE_TOKEN for _ in result.images)
-    elif result.ok:
-        body = result.text or ""
+def output_block(images: int = 0, text: str = "", error: tuple[str, str] | None = None) -> str:
+    """A `<sandbox_output>` block: one `<image>` per produced image, else the error the model
+    should read, else the printed text."""
+    if error is not None:
+        body = f"Error ({error[0]}): {error[1]}"
+    elif images:
+        body = IMAGE_TOKEN * images
     else:
-        body = f"Error ({result.error.kind}): {result.error.message}"
+        body = text
     return f"{OUTPUT_OPEN}{body}{OUTPUT_CLOSE}"
+
+
+def render_output(result: Result) -> str:
+    """The `<sandbox_output>` block of a sandbox `Result`."""
+    error = None if result.ok else (result.error.kind, result.error.message)
+    return output_block(len(result.images), result.text or "", error)

@@ -1,0 +1,135 @@
+"""Trajectories (DESIGN.md §3): what a teacher wrote for a sample, what the sandbox returned, and
+what the audit decided. SFT rows, RL prompts and evaluation transcripts are renderings of these.
+
+A trajectory is a list of turns inside one assistant message (THYME.md §1): each turn is some
+reasoning, optionally followed by one code block and its sandbox result. The last turn carries
+the closing reasoning; `answer` is the final answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from sandbox.protocol import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    CODE_CLOSE,
+    CODE_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    output_block,
+)
+
+# What a trajectory's rounds are meant to do (the paper's data kinds, THYME.md §3).
+KINDS = ("direct", "single", "further_enhancement", "error_correction")
+
+RESULT = pa.struct([
+    ("kind", pa.string()),                 # image | text | error (none: not executed yet)
+    ("text", pa.string()),                 # printed text or the error message
+    ("images", pa.list_(pa.string())),     # produced images, store-relative paths
+    ("error_kind", pa.string()),           # the sandbox's error kind, when kind == error
+])
+TURN = pa.struct([
+    ("reasoning", pa.string()),
+    ("code", pa.string()),                 # null when the turn has no code
+    ("result", RESULT),                    # null until executed
+])
+CHECK = pa.struct([("name", pa.string()), ("verdict", pa.string()), ("reason", pa.string())])
+
+TRAJECTORY_SCHEMA = pa.schema([
+    ("id", pa.string()),                   # stable: hash of sample id, teacher and content
+    ("sample_id", pa.string()),
+    ("teacher", pa.string()),              # e.g. template/1, vllm:Qwen2.5-VL-72B-Instruct
+    ("kind", pa.string()),                 # one of KINDS
+    ("task", pa.string()),                 # copied from the sample
+    ("turns", pa.list_(TURN)),
+    ("answer", pa.string()),
+    ("audit", pa.list_(CHECK)),            # empty until audited
+    ("passed", pa.bool_()),                # null until audited
+])
+
+# Verdicts of an audit check.
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+
+
+@dataclass
+class Result:
+    kind: str                              # image | text | error
+    text: str = ""
+    images: list[str] = field(default_factory=list)
+    error_kind: str | None = None
+
+
+@dataclass
+class Turn:
+    reasoning: str
+    code: str | None = None
+    result: Result | None = None
+
+
+@dataclass
+class Check:
+    name: str
+    verdict: str                           # pass | fail | skip
+    reason: str = ""
+
+
+@dataclass
+class Trajectory:
+    sample_id: str
+    teacher: str
+    kind: str
+    task: str
+    turns: list[Turn]
+    answer: str
+    audit: list[Check] = field(default_factory=list)
+    passed: bool | None = None
+    id: str = ""
+
+    def __post_init__(self):
+        if not self.id:
+            content = json.dumps([[t.reasoning, t.code] for t in self.turns] + [self.answer])
+            h = hashlib.blake2b(f"{self.sample_id}|{self.teacher}|{content}".encode(), digest_size=8)
+            self.id = h.hexdigest()
+
+    @property
+    def code_turns(self) -> list[Turn]:
+        return [t for t in self.turns if t.code is not None]
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict) -> Trajectory:
+        turns = [Turn(t["reasoning"], t["code"], Result(**t["result"]) if t["result"] else None)
+                 for t in row["turns"]]
+        return cls(sample_id=row["sample_id"], teacher=row["teacher"], kind=row["kind"],
+                   task=row["task"], turns=turns, answer=row["answer"],
+                   audit=[Check(**c) for c in row["audit"] or []], passed=row["passed"], id=row["id"])
+
+    def render(self, include_outputs: bool = True) -> str:
+        """The assistant message in Thyme's tag protocol: `<think>` reasoning, code blocks with
+        their `<sandbox_output>`, `</think>`, one space, `<answer>`."""
+        parts = [THINK_OPEN]
+        for turn in self.turns:
+            parts.append(turn.reasoning)
+            if turn.code is not None:
+                parts.append(f"{CODE_OPEN}\n```python\n{turn.code}\n```\n{CODE_CLOSE}")
+                if include_outputs and turn.result is not None:
+                    parts.append(render_result(turn.result))
+        parts.append(f"{THINK_CLOSE} {ANSWER_OPEN}{self.answer}{ANSWER_CLOSE}")
+        return "".join(parts)
+
+
+def render_result(result: Result) -> str:
+    """A stored result's `<sandbox_output>` block, as the model reads it."""
+    error = (result.error_kind, result.text) if result.kind == "error" else None
+    return output_block(len(result.images), result.text, error)
+
+
+def trajectories_table(trajectories: list[Trajectory]) -> pa.Table:
+    return pa.Table.from_pylist([t.to_row() for t in trajectories], schema=TRAJECTORY_SCHEMA)
