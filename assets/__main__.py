@@ -1,8 +1,9 @@
 """`python -m assets demo`: materialize the embedded default flow into the project's Dagster
 instance (DAGSTER_HOME), so the runs, metadata and checks show in the UI (`make ui`).
 
-Today the flow is the source pool: a generated pool with ground truth, planned into shards and
-ingested shard by shard. Later stages join here as they land.
+Today the flow is the source pool (a generated pool with ground truth, planned into shards and
+ingested), then per shard: the template teacher's trajectories, their execution in the sandbox,
+and the audit. Later stages join here as they land.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import sys
 
 from dagster import AssetKey, DagsterInstance, materialize
 
+from assets.code_samples import audited, code_samples, executions
 from assets.definitions import defs
 from assets.partitions import shards
 from assets.pool import source_manifest, source_pool
 
 MANIFEST = AssetKey(["pool", "source_manifest"])
 POOL = AssetKey(["pool", "source_pool"])
+FUNNEL = [AssetKey(["samples", name]) for name in ("code_samples", "executions", "audited")]
 
 
 def demo(count: int, shard_size: int) -> int:
@@ -26,7 +29,7 @@ def demo(count: int, shard_size: int) -> int:
         print("DAGSTER_HOME is not set: run `make demo`, which sets it to .dagster_home/", file=sys.stderr)
         return 2
     instance = DagsterInstance.get()
-    graph_assets = [source_manifest, source_pool]
+    graph_assets = [source_manifest, source_pool, code_samples, executions, audited]
     resources = defs.resources  # the same resources the UI's runs use
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the UI has the full logs
     manifest_config = {**quiet, "ops": {"pool__source_manifest": {"config": {"count": count,
@@ -46,8 +49,20 @@ def demo(count: int, shard_size: int) -> int:
           f"{meta['images_written']} images written")
     for check in result.get_asset_check_evaluations():
         print(f"  check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
-    print("data: data/pool/ (samples/, quarantine/, images/); see the runs with `make ui`")
-    return 0 if result.success else 1
+    if not result.success:
+        return 1
+    for key in keys:  # teacher -> sandbox -> audit, one run per shard
+        result = materialize(graph_assets, selection=FUNNEL, instance=instance, resources=resources,
+                             run_config=quiet, partition_key=key, tags={"thyme/demo": "true"})
+        (mat,) = list(result.asset_materializations_for_node("samples__audited"))[:1]
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        print(f"samples/audited {key}: {meta['passed']} of {meta['dagster/row_count']} trajectories "
+              f"passed the audit; by task {meta['pass_rate_by_task']}")
+        if not result.success:
+            return 1
+    print("data: data/pool/, data/code_samples/, data/executions/, data/audited/; "
+          "see the runs, funnel charts and checks with `make ui`")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,10 +6,11 @@ Heavy libraries are imported inside asset bodies, so loading the code location s
 
 from dagster import Definitions
 
+from assets.code_samples import audited, code_samples, executions
 from assets.pool import source_manifest, source_pool
-from assets.resources import ThymeStorage
+from assets.resources import SandboxResource, TeacherResource, ThymeStorage
 
 defs = Definitions(
-    assets=[source_manifest, source_pool],
-    resources={"storage": ThymeStorage()},
+    assets=[source_manifest, source_pool, code_samples, executions, audited],
+    resources={"storage": ThymeStorage(), "sandbox": SandboxResource(), "teacher": TeacherResource()},
 )

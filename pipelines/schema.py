@@ -92,6 +92,15 @@ class Sample:
         if not self.id:
             self.id = sample_id(self.question, [im.hash for im in self.images])
 
+    @classmethod
+    def from_row(cls, row: dict) -> Sample:
+        return cls(question=row["question"], images=[ImageRef(**im) for im in row["images"]],
+                   source=row["source"], origin_file=row["origin"]["file"],
+                   origin_row=row["origin"]["row"], answer=row["answer"], task=row["task"],
+                   meta=json.loads(row["meta"] or "{}"),
+                   reference=json.loads(row["reference"]) if row["reference"] else None,
+                   id=row["id"])
+
     def to_row(self) -> dict:
         return {
             "id": self.id, "source": self.source,

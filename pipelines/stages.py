@@ -1,0 +1,82 @@
+"""Shard-level stages after the pool: plain functions over parquet files, called by the Dagster
+assets (and usable without Dagster). Each reads its input shard, writes its output atomically,
+and returns numbers for the asset's metadata."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.schema import Sample
+from pipelines.trajectory import FAIL, PASS, SKIP, TRAJECTORY_SCHEMA, Trajectory, trajectories_table
+
+
+def read_samples(path: Path) -> dict[str, Sample]:
+    return {row["id"]: Sample.from_row(row) for row in pq.read_table(path).to_pylist()}
+
+
+def read_trajectories(path: Path) -> list[Trajectory]:
+    return [Trajectory.from_row(row) for row in pq.read_table(path).to_pylist()]
+
+
+def write_trajectories(trajectories: list[Trajectory], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    table = trajectories_table(trajectories) if trajectories else pa.table(
+        {f.name: pa.array([], f.type) for f in TRAJECTORY_SCHEMA}, schema=TRAJECTORY_SCHEMA)
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def generate_code_samples(samples: dict[str, Sample], teacher) -> tuple[list[Trajectory], dict]:
+    t0 = time.perf_counter()
+    trajectories = [t for s in samples.values() for t in teacher.candidates(s)]
+    kinds = Counter(t.kind for t in trajectories)
+    return trajectories, {"samples": len(samples), "trajectories": len(trajectories),
+                          "by_kind": dict(kinds), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def funnel(trajectories: list[Trajectory]) -> dict[str, dict[str, int]]:
+    """Per check: how many trajectories passed, failed or skipped it."""
+    counts: dict[str, Counter] = {}
+    for t in trajectories:
+        for check in t.audit:
+            counts.setdefault(check.name, Counter())[check.verdict] += 1
+    return {name: dict(c) for name, c in counts.items()}
+
+
+def pass_rates_by_task(trajectories: list[Trajectory]) -> dict[str, float]:
+    total, passed = Counter(), Counter()
+    for t in trajectories:
+        total[t.task] += 1
+        passed[t.task] += bool(t.passed)
+    return {task: round(passed[task] / total[task], 3) for task in sorted(total)}
+
+
+def funnel_chart(counts: dict[str, dict[str, int]], path: Path) -> Path:
+    """A horizontal bar chart of the funnel (pass / fail / skip per check), as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(counts)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    left = [0] * len(names)
+    for verdict, colour in ((PASS, "#3b9c5a"), (FAIL, "#d0463b"), (SKIP, "#b9b9b9")):
+        values = [counts[n].get(verdict, 0) for n in names]
+        ax.barh(names, values, left=left, color=colour, label=verdict)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("trajectories")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("audit funnel")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

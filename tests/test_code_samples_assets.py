@@ -1,0 +1,42 @@
+"""The generate -> execute -> audit funnel as Dagster assets, on a small generated shard."""
+
+import pyarrow.parquet as pq
+from dagster import AssetKey, DagsterInstance, materialize
+
+from assets.code_samples import audited, code_samples, executions
+from assets.pool import source_manifest, source_pool
+from assets.resources import SandboxResource, TeacherResource, ThymeStorage
+
+ASSETS = [source_manifest, source_pool, code_samples, executions, audited]
+
+
+def test_funnel_on_a_generated_shard(tmp_path):
+    instance = DagsterInstance.ephemeral()
+    resources = {"storage": ThymeStorage(root=str(tmp_path / "data")),
+                 "sandbox": SandboxResource(workers=2), "teacher": TeacherResource()}
+    manifest = {"ops": {"pool__source_manifest": {"config": {"count": 40, "shard_size": 40,
+                                                             "workers": 1}}}}
+    assert materialize([source_manifest], instance=instance, resources=resources,
+                       run_config=manifest).success
+    result = materialize(ASSETS, instance=instance, resources=resources, partition_key="shard-00000",
+                         selection=[AssetKey(["pool", "source_pool"]), AssetKey(["samples", "code_samples"]),
+                                    AssetKey(["samples", "executions"]), AssetKey(["samples", "audited"])])
+    assert result.success
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["pass_rate"] and checks["every_trajectory_answers"]
+    (mat,) = list(result.asset_materializations_for_node("samples__audited"))
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert meta["pass_rate"] >= 0.8, meta
+    assert set(meta["pass_rate_by_task"]) >= {"crop", "rotate", "contrast", "computation", "no_code"}
+    assert "data:image/png;base64," in meta["funnel_chart"]
+    rows = pq.read_table(tmp_path / "data" / "audited" / "shard-00000.parquet").to_pylist()
+    assert len(rows) >= 40 and all(r["audit"] for r in rows)
+    (ex,) = list(result.asset_materializations_for_node("samples__executions"))
+    assert ex.metadata["code_blocks"].value > 20
+
+    # Re-running the executions is served by the cache.
+    again = materialize(ASSETS, instance=instance, resources=resources, partition_key="shard-00000",
+                        selection=[AssetKey(["samples", "executions"])])
+    (ex2,) = list(again.asset_materializations_for_node("samples__executions"))
+    assert ex2.metadata["cache_misses"].value == 0
+    assert ex2.metadata["cache_hits"].value == ex.metadata["code_blocks"].value
