@@ -29,7 +29,7 @@ def _shard_file(storage: ThymeStorage, stage: str, key: str) -> Path:
 
 
 @asset(key_prefix="samples", group_name="code_samples", kinds={"python", "parquet"},
-       partitions_def=shards, deps=[source_pool])
+       partitions_def=shards, deps=[source_pool], pool="teacher")
 def code_samples(context: AssetExecutionContext, storage: ThymeStorage,
                  teacher: TeacherResource) -> MaterializeResult:
     """Candidate trajectories (reasoning + code + answer) for every sample of the shard."""
@@ -49,7 +49,7 @@ def code_samples(context: AssetExecutionContext, storage: ThymeStorage,
 
 
 @asset(key_prefix="samples", group_name="code_samples", kinds={"python", "parquet"},
-       partitions_def=shards, deps=[code_samples])
+       partitions_def=shards, deps=[code_samples], pool="sandbox")
 def executions(context: AssetExecutionContext, storage: ThymeStorage,
                sandbox: SandboxResource) -> MaterializeResult:
     """Every code block run in the sandbox (one session per trajectory); results attached,
@@ -101,6 +101,7 @@ def audited(context: AssetExecutionContext, config: AuditChecks,
     """Each trajectory with every audit check's verdict and reason; `passed` when none failed."""
     from pipelines.audit import audit
     from pipelines.stages import (
+        examples_markdown,
         funnel,
         funnel_chart,
         pass_rates_by_task,
@@ -113,16 +114,15 @@ def audited(context: AssetExecutionContext, config: AuditChecks,
     samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
     trajectories = read_trajectories(_shard_file(storage, "executions", key))
     store_root = storage.path("pool", "images")
+    t0 = time.perf_counter()
     trajectories = [audit(t, samples[t.sample_id], store_root) for t in trajectories]
+    seconds = time.perf_counter() - t0
     write_trajectories(trajectories, _shard_file(storage, "audited", key))
     counts = funnel(trajectories)
     chart = funnel_chart(counts, storage.path("reports", f"funnel-{key}.png"))
     chart_md = f"![funnel](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})"
     passed = [t for t in trajectories if t.passed]
     rate = len(passed) / max(len(trajectories), 1)
-    failed = [t for t in trajectories if not t.passed][:5]
-    failures = "\n".join(f"- `{t.id}` {t.task}/{t.kind}: " + "; ".join(
-        f"{c.name}: {c.reason}" for c in t.audit if c.verdict == "fail") for t in failed)
     no_answer = [t.id for t in trajectories if not t.answer.strip()]
     return MaterializeResult(
         metadata={
@@ -130,7 +130,9 @@ def audited(context: AssetExecutionContext, config: AuditChecks,
             "pass_rate": round(rate, 3),
             "pass_rate_by_task": MetadataValue.json(pass_rates_by_task(trajectories)),
             "funnel": MetadataValue.json(counts), "funnel_chart": MetadataValue.md(chart_md),
-            "failed_examples": MetadataValue.md(failures or "(none)"),
+            "trajectories_per_s": round(len(trajectories) / seconds, 1) if seconds else 0.0,
+            "passed_examples": MetadataValue.md(examples_markdown(trajectories, samples, store_root, True)),
+            "failed_examples": MetadataValue.md(examples_markdown(trajectories, samples, store_root, False)),
         },
         check_results=[
             AssetCheckResult(check_name="pass_rate", passed=rate >= config.min_pass_rate,

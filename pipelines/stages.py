@@ -80,3 +80,24 @@ def funnel_chart(counts: dict[str, dict[str, int]], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def examples_markdown(trajectories: list[Trajectory], samples: dict[str, Sample], store_root: Path,
+                      passed: bool, n: int = 4) -> str:
+    """A few trajectories that passed (or failed) the audit, with the input and the images the
+    sandbox produced as thumbnails, and the failed checks' reasons, for the Dagster UI."""
+    from pipelines.pool_checks import thumbnail_data_url
+
+    chosen = [t for t in trajectories if bool(t.passed) == passed][:n]
+    lines = ["| input | sandbox images | task / kind | answer | checks |", "|---|---|---|---|---|"]
+    for t in chosen:
+        sample = samples[t.sample_id]
+        inputs = [store_root / im.relpath for im in sample.images[:1]]
+        produced = [store_root / p for turn in t.code_turns if turn.result
+                    for p in turn.result.images][:3]
+        thumbs = [" ".join(f"![]({thumbnail_data_url(p, 72)})" for p in group if p.is_file())
+                  for group in (inputs, produced)]
+        checks = "; ".join(f"{c.name}: {c.reason}" for c in t.audit if c.verdict == FAIL) or "all passed"
+        cells = [*thumbs, f"{t.task} / {t.kind}", t.answer[:40], checks[:200]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines) if chosen else "(none)"

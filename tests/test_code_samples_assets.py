@@ -29,6 +29,9 @@ def test_funnel_on_a_generated_shard(tmp_path):
     assert meta["pass_rate"] >= 0.8, meta
     assert set(meta["pass_rate_by_task"]) >= {"crop", "rotate", "contrast", "computation", "no_code"}
     assert "data:image/png;base64," in meta["funnel_chart"]
+    # passed examples show the input and the sandbox's images as thumbnails
+    assert meta["passed_examples"].count("data:image/jpeg;base64,") >= 2
+    assert meta["trajectories_per_s"] > 0
     rows = pq.read_table(tmp_path / "data" / "audited" / "shard-00000.parquet").to_pylist()
     assert len(rows) >= 40 and all(r["audit"] for r in rows)
     (ex,) = list(result.asset_materializations_for_node("samples__executions"))
