@@ -2,9 +2,12 @@
 
     python -m pipelines ingest --format {thyme-sft,thyme-rl,deepeyes,generic} --input PATH... --out DIR
     python -m pipelines generate --count N [--seed S] --out DIR
+    python -m pipelines rewrite-paths --input thyme-sft.parquet --images-root DIR --out OUT.parquet
 
-Both write DIR/samples/*.parquet, DIR/quarantine/*.parquet, DIR/images/ and DIR/report.json,
-and print the report.
+Ingest and generate write DIR/samples/*.parquet, DIR/quarantine/*.parquet, DIR/images/ and
+DIR/report.json, and print the report. rewrite-paths decodes the released rows' images into DIR
+once (content-addressed), rewrites the paths in questions and code, validates, writes OUT and
+OUT's .report.json, and prints the report.
 """
 
 from __future__ import annotations
@@ -43,7 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--count", type=int, required=True)
     gen.add_argument("--seed", type=int, default=0)
     _common(gen)
+    rw = sub.add_parser("rewrite-paths", help="released Thyme-SFT parquet: decode images, rewrite paths")
+    rw.add_argument("--input", required=True, help="a Thyme-SFT parquet file")
+    rw.add_argument("--images-root", required=True, help="where the images are decoded to")
+    rw.add_argument("--out", required=True, help="the rewritten parquet (paths relative to its folder)")
+    rw.add_argument("--keep-invalid", action="store_true", help="keep rows that fail validation")
+    rw.add_argument("--max-pixels", type=int, default=None, help="validation's pixel budget per image")
     args = parser.parse_args(argv)
+
+    if args.command == "rewrite-paths":
+        from pipelines.paths import RewriteConfig, rewrite_released
+        report = rewrite_released(RewriteConfig(input=args.input, images_root=args.images_root,
+                                                out=args.out, keep_invalid=args.keep_invalid,
+                                                max_pixels=args.max_pixels))
+        print(json.dumps({k: v for k, v in report.items() if k != "rejected"}, indent=2))
+        return 0
 
     limits = dict(max_pixels=args.max_pixels, min_side=args.min_side,
                   max_aspect_ratio=args.max_aspect_ratio)

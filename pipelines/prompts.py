@@ -20,8 +20,8 @@ OUTPUT_FORMAT = (
     "<answer>Your final answer.</answer>"
 )
 
-_PATH = re.compile(r'User Image Path:\*{0,2}\s*"([^"]*)"')
-_SIZE = re.compile(r'User Image Size:\*{0,2}\s*"(\d+)\s*x\s*(\d+)"')
+_PATH = re.compile(r'(User Image Path:\*{0,2}\s*")([^"]*)(")')
+_SIZE = re.compile(r'(User Image Size:\*{0,2}\s*")(\d+)\s*x\s*(\d+)(")')
 _TEMPLATE_START = re.compile(r"\n*#{2,3}\s*\**\s*User Image Path", re.IGNORECASE)
 _IMAGE_TOKENS = re.compile(r"<image>\s*")
 
@@ -40,12 +40,23 @@ def parse_user(text: str) -> tuple[str, dict]:
     """The bare question and {original_path, original_size} from a Thyme user message."""
     meta = {}
     if m := _PATH.search(text):
-        meta["original_path"] = m.group(1)
+        meta["original_path"] = m.group(2)
     if m := _SIZE.search(text):
-        meta["original_size"] = [int(m.group(1)), int(m.group(2))]
+        meta["original_size"] = [int(m.group(2)), int(m.group(3))]
     cut = _TEMPLATE_START.search(text)
     question = text[: cut.start()] if cut else text
     return strip_image_tokens(question), meta
+
+
+def set_user_image(text: str, image_path: str | None = None,
+                   image_size: tuple[int, int] | None = None) -> str:
+    """A Thyme user message with its User Image Path and/or Size lines replaced, the rest kept."""
+    if image_path is not None:
+        text = _PATH.sub(lambda m: f"{m.group(1)}{image_path}{m.group(3)}", text, count=1)
+    if image_size is not None:
+        text = _SIZE.sub(lambda m: f"{m.group(1)}{image_size[0]}x{image_size[1]}{m.group(4)}",
+                         text, count=1)
+    return text
 
 
 def strip_image_tokens(text: str) -> str:
