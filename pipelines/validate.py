@@ -1,0 +1,292 @@
+"""Validation of split and published rows (issue 5): the checks that must pass before anyone
+spends GPU time. Each check is a named function over a batch of rows returning `Failure`s (row
+id + reason); split-level checks take the split's counts or keys.
+
+Row shapes (what `pipelines.splits` writes):
+- SFT: `id`, `question` (the user message), `response` (the assistant message), `images`
+  (dataset-relative paths: the input first, then each produced image in order), `has_image`;
+- RL: `id`, `messages` (system + user), `images`, `solution`.
+`resolve(path)` maps a row's image path to the file on this machine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from pipelines.paths import find_absolute_paths
+from pipelines.prompts import DEFAULT_SYSTEM_PROMPT, parse_user
+from sandbox.protocol import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    CODE_CLOSE,
+    CODE_OPEN,
+    IMAGE_TOKEN,
+    OUTPUT_CLOSE,
+    OUTPUT_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    extract_code,
+)
+
+Resolver = Callable[[str], Path]
+
+PAIRS = {THINK_OPEN: THINK_CLOSE, CODE_OPEN: CODE_CLOSE, OUTPUT_OPEN: OUTPUT_CLOSE,
+         ANSWER_OPEN: ANSWER_CLOSE}
+_TAG = re.compile("|".join(re.escape(t) for pair in PAIRS.items() for t in pair))
+_ANSWER_OPENS = re.compile(re.escape(ANSWER_OPEN))
+# `</think>`, exactly one whitespace character, `<answer>`...`</answer>`, then nothing: the RL
+# format reward's pattern, so SFT data already satisfies it.
+_ENDING = re.compile(re.escape(THINK_CLOSE) + r"\s" + re.escape(ANSWER_OPEN) + r"(?:(?!"
+                     + re.escape(ANSWER_OPEN) + r").)*?" + re.escape(ANSWER_CLOSE) + r"\s*\Z", re.DOTALL)
+_CODE_BLOCKS = re.compile(re.escape(CODE_OPEN) + r"(.*?)" + re.escape(CODE_CLOSE), re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Failure:
+    check: str
+    row_id: str | None       # None for split-level failures
+    reason: str
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Limits the checks enforce."""
+
+    max_pixels: int = 4096 * 4096          # per image; guards memory (processors resize below this)
+    mix_tolerance: float = 0.05            # |actual share - target share| allowed per task
+    min_rows: int = 1                      # every split built must have at least this many rows
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # the RL prompt's expected system message
+    max_failures_kept: int = 200           # per check, for reports (all are counted)
+
+
+# ------------------------------------------------------------------ SFT row checks
+
+def check_balanced_tags(rows: Iterable[dict]) -> list[Failure]:
+    """Every think/code/sandbox_output/answer tag closes, in order, without overlap."""
+    out = []
+    for row in rows:
+        stack, problem = [], None
+        for m in _TAG.finditer(row["response"] or ""):
+            tag = m.group(0)
+            if tag in PAIRS:
+                if tag in stack:
+                    problem = f"{tag} opened again inside itself at {m.start()}"
+                    break
+                stack.append(tag)
+            elif not stack or PAIRS[stack[-1]] != tag:
+                problem = f"{tag} at {m.start()} closes {stack[-1] if stack else 'nothing'}"
+                break
+            else:
+                stack.pop()
+        if problem is None and stack:
+            problem = f"{', '.join(stack)} never closed"
+        if problem:
+            out.append(Failure("balanced_tags", row["id"], problem))
+    return out
+
+
+def check_one_answer(rows: Iterable[dict]) -> list[Failure]:
+    out = []
+    for row in rows:
+        n = len(_ANSWER_OPENS.findall(row["response"] or ""))
+        if n != 1:
+            out.append(Failure("one_answer", row["id"], f"{n} {ANSWER_OPEN} tags (expected 1)"))
+    return out
+
+
+def check_think_answer_format(rows: Iterable[dict]) -> list[Failure]:
+    """`</think>` + one whitespace + `<answer>...</answer>` ends the response."""
+    out = []
+    for row in rows:
+        response = row["response"] or ""
+        if not response.lstrip().startswith(THINK_OPEN):
+            out.append(Failure("think_answer_format", row["id"], f"does not start with {THINK_OPEN}"))
+        elif not _ENDING.search(response):
+            tail = response[-80:].replace("\n", "\\n")
+            out.append(Failure("think_answer_format", row["id"],
+                               f"does not end with {THINK_CLOSE} + one space + {ANSWER_OPEN}...: "
+                               f"...{tail!r}"))
+    return out
+
+
+def check_image_count(rows: Iterable[dict]) -> list[Failure]:
+    """One `<image>` in the question per input image, one in the response per produced image,
+    matching the image list in order."""
+    out = []
+    for row in rows:
+        in_question = (row["question"] or "").count(IMAGE_TOKEN)
+        in_response = (row.get("response") or "").count(IMAGE_TOKEN)
+        expected_q = 1 if row["has_image"] else 0
+        images = len(row["images"] or [])
+        if in_question != expected_q:
+            out.append(Failure("image_count", row["id"],
+                               f"{in_question} {IMAGE_TOKEN} in the question, expected {expected_q}"))
+        elif in_question + in_response != images:
+            out.append(Failure("image_count", row["id"],
+                               f"{in_question}+{in_response} {IMAGE_TOKEN} tokens but {images} images"))
+    return out
+
+
+def check_images_exist(rows: Iterable[dict], resolve: Resolver, max_pixels: int) -> list[Failure]:
+    """Every image file exists, opens, and is within the pixel budget."""
+    out = []
+    for row in rows:
+        for path in row["images"] or []:
+            file = resolve(path)
+            if not file.is_file():
+                out.append(Failure("images_exist", row["id"], f"{path}: no such file"))
+                continue
+            try:
+                with Image.open(file) as img:
+                    w, h = img.size
+            except Exception as exc:  # noqa: BLE001 - any unreadable header
+                out.append(Failure("images_exist", row["id"], f"{path}: unreadable ({exc})"))
+                continue
+            if w * h > max_pixels:
+                out.append(Failure("images_exist", row["id"],
+                                   f"{path}: {w}x{h} over the pixel budget {max_pixels}"))
+    return out
+
+
+def check_no_absolute_paths(rows: Iterable[dict]) -> list[Failure]:
+    """No absolute or author path in the text; the User Image Path names the first image."""
+    out = []
+    for row in rows:
+        texts = [row.get("question") or "", row.get("response") or ""]
+        texts += [m["content"] or "" for m in row.get("messages") or []]
+        found = [p for t in texts for p in find_absolute_paths(t)]
+        if found:
+            out.append(Failure("no_absolute_paths", row["id"], f"absolute paths: {found[:3]}"))
+            continue
+        named = parse_user(row.get("question") or "")[1].get("original_path")
+        images = row["images"] or []
+        if row["has_image"] and named != (images[0] if images else None):
+            out.append(Failure("no_absolute_paths", row["id"],
+                               f"User Image Path {named!r} is not the first image {images[:1]}"))
+    return out
+
+
+def check_no_empty_code(rows: Iterable[dict]) -> list[Failure]:
+    out = []
+    for row in rows:
+        for k, m in enumerate(_CODE_BLOCKS.finditer(row["response"] or "")):
+            code = extract_code(m.group(0)) or ""
+            if not [line for line in code.splitlines() if line.strip() and not line.strip().startswith("#")]:
+                out.append(Failure("no_empty_code", row["id"], f"code block {k + 1} has no statement"))
+                break
+    return out
+
+
+# ------------------------------------------------------------------ RL row checks
+
+def _user(row: dict) -> str:
+    return next((m["content"] for m in row.get("messages") or [] if m["role"] == "user"), "")
+
+
+def check_rl_prompt(rows: Iterable[dict], system_prompt: str) -> list[Failure]:
+    """System + user messages, the configured system prompt, a solution to reward against."""
+    out = []
+    for row in rows:
+        roles = [m["role"] for m in row["messages"] or []]
+        if roles != ["system", "user"]:
+            out.append(Failure("rl_prompt", row["id"], f"roles {roles}, expected system, user"))
+        elif row["messages"][0]["content"] != system_prompt:
+            out.append(Failure("rl_prompt", row["id"], "system prompt differs from the configured one"))
+        elif not (row.get("solution") or "").strip():
+            out.append(Failure("rl_prompt", row["id"], "empty solution"))
+    return out
+
+
+def rl_as_checked(row: dict) -> dict:
+    """An RL row in the fields the shared checks read (its user message is the question)."""
+    return {**row, "question": _user(row)}
+
+
+# ------------------------------------------------------------------ split-level checks
+
+def check_split_sizes_and_mix(counts: dict[str, dict[str, int]], targets: dict[str, dict[str, float]],
+                              cfg: ValidationConfig) -> list[Failure]:
+    """Each split has at least `min_rows`; where a task mix is configured, each present task's
+    share is within the tolerance of its target (renormalised over the tasks present)."""
+    out = []
+    for split, by_task in counts.items():
+        total = sum(by_task.values())
+        if total < cfg.min_rows:
+            out.append(Failure("split_sizes_and_mix", split, f"{total} rows < {cfg.min_rows}"))
+            continue
+        target = {t: w for t, w in (targets.get(split) or {}).items() if by_task.get(t)}
+        if not target:
+            continue
+        extra = sorted(set(by_task) - set(target))
+        if extra:
+            out.append(Failure("split_sizes_and_mix", split, f"tasks outside the mix: {extra}"))
+        weight = sum(target.values())
+        for task, w in target.items():
+            share, want = by_task[task] / total, w / weight
+            if abs(share - want) > cfg.mix_tolerance:
+                out.append(Failure("split_sizes_and_mix", split,
+                                   f"{task}: share {share:.3f}, target {want:.3f} "
+                                   f"(tolerance {cfg.mix_tolerance})"))
+    return out
+
+
+def check_no_train_test_overlap(train: dict[str, str], test: dict[str, str]) -> list[Failure]:
+    """`train`/`test` map row id -> image key (input image hash, or the normalised question of a
+    text-only row); no key may be on both sides."""
+    train_keys = set(train.values())
+    return [Failure("no_train_test_overlap", rid, f"image/question key {key[:16]} is also in train")
+            for rid, key in test.items() if key in train_keys]
+
+
+# ------------------------------------------------------------------ batches
+
+SFT_ROW_CHECKS = ("balanced_tags", "one_answer", "think_answer_format", "image_count",
+                  "images_exist", "no_absolute_paths", "no_empty_code")
+RL_ROW_CHECKS = ("rl_prompt", "image_count", "images_exist", "no_absolute_paths")
+SPLIT_CHECKS = ("split_sizes_and_mix", "no_train_test_overlap")
+
+
+def validate_sft_rows(rows: list[dict], resolve: Resolver, cfg: ValidationConfig) -> list[Failure]:
+    return (check_balanced_tags(rows) + check_one_answer(rows) + check_think_answer_format(rows)
+            + check_image_count(rows) + check_images_exist(rows, resolve, cfg.max_pixels)
+            + check_no_absolute_paths(rows) + check_no_empty_code(rows))
+
+
+def validate_rl_rows(rows: list[dict], resolve: Resolver, cfg: ValidationConfig) -> list[Failure]:
+    checked = [rl_as_checked(r) for r in rows]
+    return (check_rl_prompt(rows, cfg.system_prompt) + check_image_count(checked)
+            + check_images_exist(checked, resolve, cfg.max_pixels) + check_no_absolute_paths(checked))
+
+
+@dataclass
+class Report:
+    """Failures per check: counted in full, the first `keep` kept with their rows and reasons."""
+
+    checks: tuple[str, ...]
+    keep: int = 200
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, list[Failure]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in self.checks:
+            self.counts.setdefault(name, 0)
+            self.failures.setdefault(name, [])
+
+    def add(self, failures: Iterable[Failure]) -> None:
+        for f in failures:
+            self.counts[f.check] = self.counts.get(f.check, 0) + 1
+            kept = self.failures.setdefault(f.check, [])
+            if len(kept) < self.keep:
+                kept.append(f)
+
+    def passed(self, name: str) -> bool:
+        return self.counts.get(name, 0) == 0
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.counts.values())
