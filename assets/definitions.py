@@ -7,10 +7,11 @@ Heavy libraries are imported inside asset bodies, so loading the code location s
 from dagster import Definitions
 
 from assets.code_samples import audited, code_samples, executions
+from assets.datasets import DATASET_ASSETS
 from assets.pool import source_manifest, source_pool
 from assets.resources import SandboxResource, TeacherResource, ThymeStorage
 
 defs = Definitions(
-    assets=[source_manifest, source_pool, code_samples, executions, audited],
+    assets=[source_manifest, source_pool, code_samples, executions, audited, *DATASET_ASSETS],
     resources={"storage": ThymeStorage(), "sandbox": SandboxResource(), "teacher": TeacherResource()},
 )

@@ -1,0 +1,192 @@
+"""Corpus-level datasets (not partitioned): the training splits built from every audited shard,
+guarded by blocking checks, then the published SFT and RL datasets (HF layout + dataset card).
+
+    splits/{wo_thinking_thyme_single_round, 2round, computation, rl}   <- samples/audited
+    datasets/thyme_sft  <- the three SFT splits          datasets/thyme_rl  <- splits/rl
+
+The work is in `pipelines.splits`, `pipelines.validate` and `pipelines.publish`; heavy imports
+stay inside the bodies so loading the code location stays fast.
+(No `from __future__ import annotations` here: Dagster reads the config annotations.)
+"""
+
+import os
+from pathlib import Path
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    multi_asset,
+)
+from pydantic import Field
+
+from assets.code_samples import audited
+from assets.resources import ThymeStorage
+
+# pipelines.splits.SPLITS and pipelines.validate's check names (a test keeps them equal); spelt
+# out so that loading the definitions does not import the data stack.
+SFT_SPLITS = ("wo_thinking_thyme_single_round", "2round", "computation")
+SPLITS = (*SFT_SPLITS, "rl")
+SFT_CHECKS = ("balanced_tags", "one_answer", "think_answer_format", "image_count", "images_exist",
+              "no_absolute_paths", "no_empty_code")
+RL_CHECKS = ("rl_prompt", "image_count", "images_exist", "no_absolute_paths")
+SPLIT_CHECKS = ("split_sizes_and_mix", "no_train_test_overlap")
+CHECK_DOCS = {
+    "balanced_tags": "think/code/sandbox_output/answer tags close in order",
+    "one_answer": "exactly one <answer>",
+    "think_answer_format": "</think> + one whitespace + <answer>...</answer> ends the response",
+    "image_count": "<image> tokens match the image list",
+    "images_exist": "every image exists and is within the pixel budget",
+    "no_absolute_paths": "no absolute or author path; User Image Path names the first image",
+    "no_empty_code": "no code block without a statement",
+    "rl_prompt": "system + user messages, the configured system prompt, a solution",
+    "split_sizes_and_mix": "split size and task mix within tolerance",
+    "no_train_test_overlap": "no image (or text-only question) in both train and test",
+}
+
+
+def _key(split: str) -> AssetKey:
+    return AssetKey(["splits", split])
+
+
+def _checks(split: str) -> tuple[str, ...]:
+    return (RL_CHECKS if split == "rl" else SFT_CHECKS) + SPLIT_CHECKS
+
+
+class SplitsConfig(Config):
+    single_round_mix: dict[str, float] | None = Field(
+        None, description="task -> weight for wo_thinking_thyme_single_round; None: the paper's "
+                          "counts (pipelines.splits.PAPER_MIX); {}: keep every task as it comes")
+    test_share: float = Field(0.05, description="share of images held out as the test part")
+    rl_share: float = Field(0.2, description="share of eligible samples that become RL prompts")
+    near_dup_threshold: float = Field(0.8, description="question similarity that merges same-image samples")
+    seed: int = Field(0, description="salts every hash-based draw")
+    mix_tolerance: float = Field(0.05, description="blocking: allowed |share - target| per task")
+    max_pixels: int = Field(4096 * 4096, description="blocking: pixel budget per image")
+    min_rows: int = Field(1, description="blocking: rows every split must have")
+
+
+def _relative(path: Path) -> str:
+    return os.path.relpath(path, Path.cwd())
+
+
+def _preview(rows: list[dict], split: str) -> str:
+    if not rows:
+        return "(empty)"
+    parts = []
+    for r in rows[:3]:
+        if split == "rl":
+            text = r["messages"][-1]["content"][:600] + f"\n\nsolution: {r['solution']}"
+        else:
+            text = r["question"][:400] + "\n\n" + r["response"][:1200]
+        parts.append(f"**{r['task']}** `{r['id']}` ({len(r['images'])} images)\n\n```\n{text}\n```")
+    return "\n\n---\n\n".join(parts)
+
+
+@multi_asset(
+    specs=[AssetSpec(_key(s), group_name="datasets", kinds={"python", "parquet"}, deps=[audited],
+                     description=f"the {s} split (train + held-out test), from every audited shard")
+           for s in SPLITS],
+    check_specs=[AssetCheckSpec(c, asset=_key(s), blocking=True, description=CHECK_DOCS[c])
+                 for s in SPLITS for c in _checks(s)],
+    can_subset=False,
+)
+def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeStorage):
+    """Splits from the audited trajectories: routed by rounds and task, deduplicated across
+    splits, task mix applied, test part held out by image hash; then every validation."""
+    import pyarrow.parquet as pq
+
+    from pipelines.splits import SplitConfig, build_splits, split_file, validate_splits
+    from pipelines.validate import ValidationConfig
+
+    audited_files = sorted(str(p) for p in storage.path("audited").glob("shard-*.parquet"))
+    sample_files = sorted(str(p) for p in storage.path("pool", "samples").glob("shard-*.parquet"))
+    cfg = SplitConfig(test_share=config.test_share, rl_share=config.rl_share,
+                      near_dup_threshold=config.near_dup_threshold, seed=config.seed)
+    if config.single_round_mix is not None:
+        cfg.mix = {"wo_thinking_thyme_single_round": dict(config.single_round_mix)}
+    out = storage.path("splits")
+    report = build_splits(audited_files, sample_files, out, cfg)
+    vcfg = ValidationConfig(max_pixels=config.max_pixels, mix_tolerance=config.mix_tolerance,
+                            min_rows=config.min_rows)
+    validation = validate_splits(out, storage.path("pool", "images"), cfg.mix, vcfg)
+    for split in SPLITS:
+        first = pq.read_table(split_file(out, split, "train")).slice(0, 3).to_pylist()
+        yield MaterializeResult(asset_key=_key(split), metadata={
+            "dagster/row_count": sum(report["rows"][split].values()),
+            "rows": MetadataValue.json(report["rows"][split]),
+            "rows_by_task": MetadataValue.json(report["splits"][split]),
+            "funnel": MetadataValue.json({k: report[k] for k in
+                                          ("pool_samples", "trajectories", "passed", "routed", "dropped")}),
+            "preview": MetadataValue.md(_preview(first, split)),
+            "path": MetadataValue.path(_relative(out / split)),
+        })
+        result = validation[split]
+        for check in _checks(split):
+            failures = result.failures.get(check, [])
+            yield AssetCheckResult(asset_key=_key(split), check_name=check, passed=result.passed(check),
+                                   metadata={"failures": result.counts.get(check, 0),
+                                             "examples": MetadataValue.json(
+                                                 [{"row": f.row_id, "reason": f.reason} for f in failures[:20]])})
+
+
+class PublishSettings(Config):
+    repo_id: str = Field("", description="Hub dataset repo (user/name); empty: dry run")
+    token_env: str = Field("HF_TOKEN", description="environment variable holding the Hub token")
+    private: bool = Field(True, description="create the Hub repo private")
+    encodings: list[str] = Field(["thyme", "hf"], description="image encodings; the first is the default config")
+    license: str = Field("apache-2.0", description="the dataset card's license field")
+
+
+def _publish(context: AssetExecutionContext, config: PublishSettings, storage: ThymeStorage,
+             kind: str, name: str) -> MaterializeResult:
+    import json
+
+    from pipelines.publish import PublishConfig, publish, push
+
+    funnel = json.loads(storage.path("splits", "report.json").read_text())
+    funnel = {k: funnel[k] for k in ("pool_samples", "trajectories", "passed", "routed", "dropped", "rows")}
+    cfg = PublishConfig(kind=kind, encodings=tuple(config.encodings), license=config.license,
+                        repo_id=config.repo_id, token_env=config.token_env, private=config.private,
+                        funnel=funnel)
+    out = storage.path("published", name)
+    report = publish(storage.path("splits"), storage.path("pool", "images"), out, cfg)
+    pushed = push(out, cfg)
+    card = (out / "README.md").read_text()
+    return MaterializeResult(metadata={
+        "dagster/row_count": sum(report["rows"].values()),
+        "rows": MetadataValue.json(report["rows"]),
+        "rows_by_task": MetadataValue.json(report["rows_by_task"]),
+        "bytes": report["bytes"], "files": report["files"],
+        "path": MetadataValue.path(_relative(out)),
+        "card": MetadataValue.md(card.split("---\n", 2)[-1][:4000]),
+        "hub": MetadataValue.json({k: v for k, v in pushed.items() if k != "files"}),
+    })
+
+
+@asset(key_prefix="datasets", group_name="datasets", kinds={"parquet", "huggingface"},
+       deps=[_key(s) for s in SFT_SPLITS])
+def thyme_sft(context: AssetExecutionContext, config: PublishSettings,
+              storage: ThymeStorage) -> MaterializeResult:
+    """The SFT dataset: single-round, 2round, computation and test splits in the `thyme` and `hf`
+    encodings, with its dataset card; pushed to the Hub when configured."""
+    return _publish(context, config, storage, "sft", "thyme-sft")
+
+
+@asset(key_prefix="datasets", group_name="datasets", kinds={"parquet", "huggingface"},
+       deps=[_key("rl")])
+def thyme_rl(context: AssetExecutionContext, config: PublishSettings,
+             storage: ThymeStorage) -> MaterializeResult:
+    """The RL dataset: prompts (system + user), images (files shipped, base64 in `thyme`),
+    solutions; train and test splits; pushed to the Hub when configured."""
+    return _publish(context, config, storage, "rl", "thyme-rl")
+
+
+DATASET_ASSETS = [splits, thyme_sft, thyme_rl]
+DATASET_CHECKS: list = []  # the checks are part of `splits` (check_specs): nothing to add separately

@@ -1,0 +1,79 @@
+"""The corpus-level dataset assets (assets.datasets) on an ephemeral instance: splits from the
+audited shards with their blocking checks, then the published SFT and RL datasets; a failing
+check stops publishing in the same run."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import thyme_corpus
+from dagster import AssetKey, DagsterInstance, materialize
+
+from assets.datasets import DATASET_ASSETS, RL_CHECKS, SFT_CHECKS, SPLIT_CHECKS, SPLITS
+from assets.resources import ThymeStorage
+from pipelines import splits as splits_mod
+from pipelines import validate
+
+RUN_CONFIG = {"ops": {"splits": {"config": {"test_share": 0.25}}}}
+
+
+@pytest.fixture
+def storage(tmp_path_factory, tmp_path):
+    root, info = thyme_corpus.corpus(tmp_path_factory)
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    return ThymeStorage(root=str(data)), info
+
+
+def test_names_match_the_pipelines():
+    assert SPLITS == splits_mod.SPLITS
+    assert SFT_CHECKS == validate.SFT_ROW_CHECKS and RL_CHECKS == validate.RL_ROW_CHECKS
+    assert SPLIT_CHECKS == validate.SPLIT_CHECKS
+
+
+def test_definitions_hold_the_dataset_assets():
+    from assets.definitions import defs
+
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys >= {f"splits/{s}" for s in SPLITS} | {"datasets/thyme_sft", "datasets/thyme_rl"}
+
+
+def test_splits_checks_and_published_datasets(storage):
+    res, _ = storage
+    result = materialize(DATASET_ASSETS, instance=DagsterInstance.ephemeral(),
+                         resources={"storage": res}, run_config=RUN_CONFIG)
+    assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 3 * len(SFT_CHECKS + SPLIT_CHECKS) + len(RL_CHECKS + SPLIT_CHECKS)
+    assert all(c.passed for c in checks), [(c.asset_key, c.check_name) for c in checks if not c.passed]
+    meta = {m.asset_key: {k: v.value for k, v in m.materialization.metadata.items()}
+            for m in result.get_asset_materialization_events()}
+    single = meta[AssetKey(["splits", "wo_thinking_thyme_single_round"])]
+    assert single["dagster/row_count"] == sum(single["rows"].values()) > 0
+    assert set(single["rows_by_task"]["train"]) >= {"no_code", "crop"}
+    assert "<think>" in single["preview"] and single["path"].endswith("splits/wo_thinking_thyme_single_round")
+    sft = meta[AssetKey(["datasets", "thyme_sft"])]
+    assert set(sft["rows"]) == {"wo_thinking_thyme_single_round", "2round", "computation", "test"}
+    assert sft["hub"]["dry_run"] is True and sft["path"].endswith("published/thyme-sft")
+    assert (res.path("published", "thyme-sft", "README.md")).is_file()
+    rl = meta[AssetKey(["datasets", "thyme_rl"])]
+    assert rl["rows"]["train"] == meta[AssetKey(["splits", "rl"])]["rows"]["train"] > 0
+
+
+def test_a_failing_check_blocks_publishing(storage):
+    res, info = storage
+    # Lose a produced image: rows that show it must fail `images_exist`, and nothing publishes.
+    produced = {p for t in info["trajectories"].values() for turn in t.code_turns
+                for p in turn.result.images}
+    for p in produced:
+        res.path("pool", "images", p).unlink()
+    result = materialize(DATASET_ASSETS, instance=DagsterInstance.ephemeral(),
+                         resources={"storage": res}, run_config=RUN_CONFIG, raise_on_error=False)
+    failed = {(c.asset_key.path[-1], c.check_name) for c in result.get_asset_check_evaluations()
+              if not c.passed}
+    assert not result.success and ("2round", "images_exist") in failed
+    published = {m.asset_key for m in result.get_asset_materialization_events()}
+    assert AssetKey(["datasets", "thyme_sft"]) not in published
+    assert not res.path("published", "thyme-sft").exists()
+    assert not res.path("published", "thyme-rl").exists()   # the whole step is blocked
