@@ -3,7 +3,8 @@ instance (DAGSTER_HOME), so the runs, metadata and checks show in the UI (`make 
 
 Today the flow is the source pool (a generated pool with ground truth, planned into shards and
 ingested), then per shard: the template teacher's trajectories, their execution in the sandbox,
-and the audit. Later stages join here as they land.
+and the audit; then the training splits (with their blocking checks) and the published SFT and RL
+datasets. Later stages join here as they land.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.code_samples import audited, code_samples, executions
+from assets.datasets import DATASET_ASSETS
 from assets.definitions import defs
 from assets.partitions import shards
 from assets.pool import source_manifest, source_pool
@@ -22,6 +24,9 @@ from assets.pool import source_manifest, source_pool
 MANIFEST = AssetKey(["pool", "source_manifest"])
 POOL = AssetKey(["pool", "source_pool"])
 FUNNEL = [AssetKey(["samples", name]) for name in ("code_samples", "executions", "audited")]
+DATASETS = [AssetKey(["splits", name]) for name in
+            ("wo_thinking_thyme_single_round", "2round", "computation", "rl")] + \
+           [AssetKey(["datasets", name]) for name in ("thyme_sft", "thyme_rl")]
 
 
 def demo(count: int, shard_size: int) -> int:
@@ -60,8 +65,22 @@ def demo(count: int, shard_size: int) -> int:
               f"passed the audit; by task {meta['pass_rate_by_task']}")
         if not result.success:
             return 1
-    print("data: data/pool/, data/code_samples/, data/executions/, data/audited/; "
-          "see the runs, funnel charts and checks with `make ui`")
+    # corpus level: the splits (blocking checks) and the published SFT and RL datasets
+    result = materialize(graph_assets + DATASET_ASSETS, selection=DATASETS, instance=instance,
+                         resources=resources, run_config=quiet, tags={"thyme/demo": "true"},
+                         raise_on_error=False)
+    for check in result.get_asset_check_evaluations():
+        if not check.passed:
+            print(f"  check {check.asset_key.to_user_string()} {check.check_name}: FAILED")
+    for node in ("datasets__thyme_sft", "datasets__thyme_rl"):
+        for mat in result.asset_materializations_for_node(node):
+            meta = {k: v.value for k, v in mat.metadata.items()}
+            print(f"{mat.asset_key.to_user_string()}: {meta['rows']} at {meta['path']}")
+    if not result.success:
+        print("the datasets run failed: see it with `make ui`", file=sys.stderr)
+        return 1
+    print("data: data/pool/, data/code_samples/, data/executions/, data/audited/, data/splits/, "
+          "data/published/; see the runs, funnel charts and checks with `make ui`")
     return 0
 
 

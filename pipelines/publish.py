@@ -272,9 +272,12 @@ def push(out_dir: str | os.PathLike, cfg: PublishConfig, api=None) -> dict:
     if not cfg.repo_id or not token:
         missing = "repo_id" if not cfg.repo_id else f"a token in ${cfg.token_env}"
         print(f"dry run (no {missing}): would upload {len(files)} files, {plan['bytes']} bytes "
-              f"from {root} to {cfg.repo_id or '<repo_id>'}")
-        for f in files[:50]:
+              f"from {root.name}/ to {cfg.repo_id or '<repo_id>'}")
+        shown = [f for f in files if not f["path"].startswith("images/")][:20]
+        for f in shown:
             print(f"  {f['path']}  {f['bytes']}")
+        if len(files) > len(shown):
+            print(f"  ... and {len(files) - len(shown)} more (images/ and further shards)")
         return {"dry_run": True, "reason": f"no {missing}", **plan}
     if api is None:
         from huggingface_hub import HfApi
