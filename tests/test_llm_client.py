@@ -1,0 +1,358 @@
+"""The OpenAI-compatible client (pipelines.llm) against a loopback server that misbehaves on
+purpose (429 with Retry-After, 500, stalls, 400), and the OpenAI teacher end to end: a fake
+OpenAI server answers in the Thyme protocol, the output is parsed, executed in the sandbox and
+audited."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import re
+import threading
+import time
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pipelines.audit import audit
+from pipelines.execute import execute
+from pipelines.generate import generate_samples
+from pipelines.images import ImageStore
+from pipelines.llm import (
+    LLMClient,
+    LLMConfig,
+    LLMError,
+    _retry_after,
+    image_part,
+    request_key,
+    system_message,
+    user_message,
+)
+from pipelines.teachers import OpenAITeacher, TeacherConfig
+
+
+class FakeOpenAI:
+    """A loopback OpenAI-compatible server. `script` holds what the next requests get, in
+    order ("ok", "429", "500", "400", "stall"); when empty, every request gets "ok". `reply`
+    turns a request body into the assistant's text."""
+
+    def __init__(self, reply=None, delay: float = 0.0, retry_after: str = "1", stall_s: float = 2.0):
+        self.script: list[str] = []
+        self.bodies: list[dict] = []
+        self.headers: list[dict] = []
+        self.reply = reply or (lambda body: "<think>ok</think> <answer>A</answer>")
+        self.delay, self.retry_after, self.stall_s = delay, retry_after, stall_s
+        self.inflight = self.max_inflight = 0
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    fake.bodies.append(body)
+                    fake.headers.append(dict(self.headers))
+                    action = fake.script.pop(0) if fake.script else "ok"
+                    fake.inflight += 1
+                    fake.max_inflight = max(fake.max_inflight, fake.inflight)
+                try:
+                    fake.respond(self, action, body)
+                finally:
+                    with fake.lock:
+                        fake.inflight -= 1
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    @property
+    def requests(self) -> int:
+        return len(self.bodies)
+
+    def respond(self, handler, action: str, body: dict) -> None:
+        if action == "stall":
+            time.sleep(self.stall_s)        # the client gives up first
+            return
+        if self.delay:
+            time.sleep(self.delay)
+        if action == "ok":
+            n = body.get("n", 1)
+            text = self.reply(body)
+            payload = {"id": "fake", "object": "chat.completion", "model": body["model"],
+                       "choices": [{"index": i, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}
+                                   for i in range(n)],
+                       "usage": {"prompt_tokens": 11, "completion_tokens": 7 * n}}
+            self._send(handler, 200, payload)
+        elif action == "429":
+            self._send(handler, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
+        else:
+            self._send(handler, int(action), {"error": f"status {action}"})
+
+    @staticmethod
+    def _send(handler, status: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            handler.send_header(k, v)
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake():
+    server = FakeOpenAI()
+    yield server
+    server.close()
+
+
+def _client(fake: FakeOpenAI, **kw) -> LLMClient:
+    cfg = dict(base_url=fake.url, model="fake-vlm", api_key_env=None, max_concurrency=4,
+               timeout_s=5.0, max_retries=3, backoff_base_s=0.01, backoff_max_s=3.0)
+    cfg.update(kw)
+    return LLMClient(LLMConfig(**cfg))
+
+
+HELLO = [system_message("be brief"), user_message("hello")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries, timeouts, errors
+# ---------------------------------------------------------------------------------------------
+
+def test_429_waits_for_retry_after_then_succeeds(fake):
+    fake.script = ["429"]
+    client = _client(fake)
+    t0 = time.perf_counter()
+    completion = client.chat_sync(HELLO, temperature=0.0)
+    waited = time.perf_counter() - t0
+    assert completion.text == "<think>ok</think> <answer>A</answer>"
+    assert waited >= 0.95, f"Retry-After: 1 was not honoured (retried after {waited:.2f} s)"
+    assert client.usage.as_dict() == {"requests": 2, "retries": 1, "cache_hits": 0, "failures": 0,
+                                      "prompt_tokens": 11, "completion_tokens": 7}
+
+
+def test_500s_are_retried_with_backoff(fake):
+    fake.script = ["500", "503", "502"]
+    client = _client(fake)
+    assert client.chat_sync(HELLO).finish_reasons == ["stop"]
+    assert fake.requests == 4 and client.usage.retries == 3
+
+
+def test_a_stalled_response_times_out_and_is_retried(fake):
+    fake.script = ["stall"]
+    client = _client(fake, timeout_s=0.4)
+    t0 = time.perf_counter()
+    client.chat_sync(HELLO)
+    elapsed = time.perf_counter() - t0
+    assert 0.4 <= elapsed < fake.stall_s, elapsed        # gave up on the stall, did not wait it out
+    assert fake.requests == 2 and client.usage.retries == 1
+
+
+def test_giving_up_raises_with_the_last_error(fake):
+    fake.script = ["503"] * 10
+    client = _client(fake, max_retries=2)
+    with pytest.raises(LLMError, match="gave up after 3 attempts.*HTTP 503"):
+        client.chat_sync(HELLO)
+    assert fake.requests == 3 and client.usage.failures == 1
+
+
+def test_client_errors_are_not_retried(fake):
+    fake.script = ["400"]
+    client = _client(fake)
+    with pytest.raises(LLMError) as info:
+        client.chat_sync(HELLO)
+    assert info.value.status == 400 and fake.requests == 1
+    # in a batch, the failure comes back in its slot and the others succeed
+    fake.script = ["ok", "400", "ok"]
+    results = _client(fake, max_concurrency=1).chat_many([HELLO] * 3)
+    assert [type(r).__name__ for r in results] == ["Completion", "LLMError", "Completion"]
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    assert _retry_after("3") == 3.0
+    assert 8 <= _retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10
+    assert _retry_after("soon") is None and _retry_after(None) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrency, accounting, cache, messages
+# ---------------------------------------------------------------------------------------------
+
+def test_concurrency_limit_is_respected():
+    server = FakeOpenAI(delay=0.15)
+    try:
+        client = _client(server, max_concurrency=3)
+        conversations = [[user_message(f"q{i}")] for i in range(12)]
+        t0 = time.perf_counter()
+        results = client.chat_many(conversations, n=2)
+        elapsed = time.perf_counter() - t0
+    finally:
+        server.close()
+    assert server.max_inflight == 3                     # never more, and really parallel
+    assert elapsed < 12 * 0.15                          # faster than one at a time
+    assert all(len(r.texts) == 2 for r in results)
+    assert client.usage.as_dict() == {"requests": 12, "retries": 0, "cache_hits": 0, "failures": 0,
+                                      "prompt_tokens": 12 * 11, "completion_tokens": 12 * 14}
+
+
+def test_responses_are_cached_by_model_messages_images_and_params(fake, tmp_path, sample_image):
+    client = _client(fake, cache_dir=str(tmp_path / "cache"))
+    with_image = [user_message("what is this?", images=[sample_image])]
+    first = client.chat_sync(with_image, temperature=0.0)
+    again = client.chat_sync(with_image, temperature=0.0)
+    assert not first.cached and again.cached and again.texts == first.texts
+    assert fake.requests == 1 and client.usage.cache_hits == 1
+    assert again.prompt_tokens == 11                    # the cached entry keeps its accounting
+    assert client.usage.prompt_tokens == 11             # ...but tokens are not counted twice
+
+    client.chat_sync(with_image, temperature=0.5)       # other sampling: a new request
+    other_image = [user_message("what is this?", images=[b"\x89PNG\r\n\x1a\n" + b"0" * 300])]
+    client.chat_sync(other_image, temperature=0.0)      # other image bytes: a new request
+    assert fake.requests == 3
+    # a new client on the same directory (a re-run) is served from disk
+    rerun = _client(fake, cache_dir=str(tmp_path / "cache"))
+    assert rerun.chat_sync(with_image, temperature=0.0).cached and fake.requests == 3
+    assert not list((tmp_path / "cache").rglob("*.tmp"))     # writes were atomic
+    # a damaged entry is a miss, not a crash
+    key = request_key("fake-vlm", with_image, {"temperature": 0.0})
+    (tmp_path / "cache" / key[:2] / f"{key}.json").write_text("{trunc")
+    assert not rerun.chat_sync(with_image, temperature=0.0).cached and fake.requests == 4
+
+
+def test_images_travel_as_data_urls_and_the_key_only_by_env_var(fake, sample_image, monkeypatch):
+    monkeypatch.setenv("THYME_TEST_KEY", "sk-test-123")
+    _client(fake, api_key_env="THYME_TEST_KEY").chat_sync(
+        [user_message("describe", images=[sample_image])])
+    (body,), (headers,) = fake.bodies, fake.headers
+    assert headers["Authorization"] == "Bearer sk-test-123"
+    image, text = body["messages"][0]["content"]
+    assert text == {"type": "text", "text": "describe"}
+    url = image["image_url"]["url"]
+    assert url.startswith("data:image/jpeg;base64,")
+    with open(sample_image, "rb") as f:
+        assert base64.b64decode(url.split(",", 1)[1]) == f.read()
+    monkeypatch.delenv("THYME_TEST_KEY")
+    _client(fake, api_key_env="THYME_TEST_KEY").chat_sync(HELLO)
+    assert "Authorization" not in fake.headers[-1]
+    with pytest.raises(ValueError, match="unknown image format"):
+        image_part(b"not an image")
+
+
+def test_async_api_and_the_sync_wrapper_inside_a_loop(fake):
+    client = _client(fake)
+
+    async def main():
+        results = await asyncio.gather(*(client.chat(HELLO, seed=i) for i in range(3)))
+        with pytest.raises(RuntimeError, match="running event loop"):
+            client.chat_sync(HELLO)
+        await client.aclose()
+        return results
+
+    assert len(asyncio.run(main())) == 3 and fake.requests == 3
+    with pytest.raises(ValueError, match="model is required"):
+        LLMConfig(model="")
+
+
+# ---------------------------------------------------------------------------------------------
+# The OpenAI teacher end to end: fake server -> parse -> sandbox -> audit
+# ---------------------------------------------------------------------------------------------
+
+def _guided_reply(body: dict) -> str:
+    """A stand-in VLM that follows our guided prompts: it reads the private hints and writes
+    Thyme-protocol text. Crop, rotate and no-code prompts are answered properly; contrast and
+    computation prompts get chatter without an answer (so they must be quarantined)."""
+    user = body["messages"][-1]["content"]
+    text = user if isinstance(user, str) else user[-1]["text"]
+    if text.startswith("Decide how"):
+        return "<decision>none</decision>"
+    answer = re.search(r"The correct final answer is: (.*?)\. Reach it", text)
+    answer = answer.group(1) if answer else "unknown"
+    box = re.search(r"The target lies in the box \[(\d+), (\d+), (\d+), (\d+)\].*?of the (\d+)x(\d+) image",
+                    text)
+    angle = re.search(r"turned (-?[\d.]+) degrees counter-clockwise", text)
+    out = "/mnt/data/temp_processed_images"
+    if box:
+        x1, y1, x2, y2, W, H = (int(v) for v in box.groups())
+        m = int(0.3 * max(x2 - x1, y2 - y1)) + 10
+        x1, y1, x2, y2 = max(0, x1 - m), max(0, y1 - m), min(W, x2 + m), min(H, y2 + m)
+        code = (f"from PIL import Image\nimg = Image.open(image_path)\n"
+                f"crop = img.crop(({x1}, {y1}, {x2}, {y2}))\n"
+                f"crop = crop.resize((crop.width * 2, crop.height * 2))\n"
+                f'crop.save("{out}/zoom.jpg")\nprint("{out}/zoom.jpg")')
+        return (f"<think>The detail is tiny; I crop around it and zoom in.\n<code>\n```python\n"
+                f"{code}\n```\n</code>\nNow it is legible.</think> <answer>{answer}</answer>")
+    if angle:
+        code = (f"from PIL import Image\nimg = Image.open(image_path)\n"
+                f"up = img.rotate(-{angle.group(1)}, expand=True)\n"
+                f'up.save("{out}/up.png")\nprint("{out}/up.png")')
+        # deliberately sloppy: no fence, no closing think tag
+        return (f"<think>The page is tilted; let me turn it upright.<code>{code}</code>"
+                f"Upright now. <answer>{answer}</answer>")
+    if "without writing any code" in text:
+        return f"<think>The image shows it directly.</think> <answer>{answer}</answer>"
+    return "I am not able to help with this image."
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    store = ImageStore(tmp_path_factory.mktemp("llm-teacher-store"))
+    return store, list(generate_samples(0, 20, 0, store))
+
+
+def test_openai_teacher_end_to_end(pool, sandbox, tmp_path):
+    store, samples = pool
+    server = FakeOpenAI(reply=_guided_reply)
+    try:
+        client = LLMClient(LLMConfig(base_url=server.url, model="fake-vlm", api_key_env=None,
+                                     max_concurrency=4, backoff_base_s=0.01,
+                                     cache_dir=str(tmp_path / "llm-cache")))
+        teacher = OpenAITeacher(client, store.root, TeacherConfig(batch_size=8))
+        server.script = ["429", "500"]      # transient trouble along the way changes nothing
+        out = teacher.generate(samples)
+        tasks = {s.id: s.task for s in samples}
+        served = [s for s in samples if s.task in ("crop", "rotate", "no_code")]
+        assert len(out.trajectories) == len(served) and teacher.name == "openai:fake-vlm"
+        assert {tasks[r["sample_id"]] for r in out.quarantine} == {"contrast", "computation"}
+        assert {r["reason"] for r in out.quarantine} == {"no_answer"}
+        assert out.stats["usage"]["requests"] == len(samples) + 2
+        assert out.stats["usage"]["retries"] == 2
+
+        by_id = {s.id: s for s in samples}
+        execute(out.trajectories, by_id, store, sandbox)
+        audited = [audit(t, by_id[t.sample_id], store.root) for t in out.trajectories]
+        failures = [(t.task, [(c.name, c.reason) for c in t.audit if c.verdict == "fail"])
+                    for t in audited if not t.passed]
+        assert not failures, failures
+        assert {t.kind for t in audited} == {"direct", "single"}
+        assert all(t.code_turns[0].result.kind == "image" for t in audited if t.kind == "single")
+
+        # a re-run is served from the response cache: no new request
+        before = server.requests
+        again = teacher.generate(samples)
+        assert server.requests == before
+        assert [t.id for t in again.trajectories] == [t.id for t in out.trajectories]
+
+        # a sample of unknown task goes through the decision prompt first
+        real = dataclasses.replace(samples[0], task="real_world")
+        decided = teacher.generate([real])
+        assert decided.stats["by_operation"] == {"none": 1}
+        assert [t.kind for t in decided.trajectories] == ["direct"]
+        asked = [b for b in server.bodies[before:] if "Decide how" in json.dumps(b["messages"])]
+        assert len(asked) == 1 and asked[0]["temperature"] == 0.0
+    finally:
+        server.close()
