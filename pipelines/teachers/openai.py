@@ -1,0 +1,30 @@
+"""The teacher behind any OpenAI-compatible endpoint (vLLM or SGLang servers, commercial APIs),
+over `pipelines.llm.LLMClient`: concurrency limit, retries, response cache, token accounting.
+
+    teacher = OpenAITeacher(LLMClient(LLMConfig(base_url=..., model=...)), image_root)
+    out = teacher.generate(samples)       # TeacherOutput(trajectories, quarantine, stats)
+    teacher.client.usage.as_dict()        # requests, retries, cache hits, tokens
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.llm import Completion, LLMClient
+from pipelines.teachers.model import ModelTeacher, TeacherConfig
+
+
+class OpenAITeacher(ModelTeacher):
+    def __init__(self, client: LLMClient, image_root: str | Path,
+                 config: TeacherConfig | None = None):
+        super().__init__(image_root, config)
+        self.client = client
+        self.name = f"openai:{client.config.model}"
+
+    def complete(self, conversations: list[list[dict]], sampling: dict) -> list[Completion | Exception]:
+        return self.client.chat_many(conversations, **sampling)
+
+    def generate(self, samples):
+        out = super().generate(samples)
+        out.stats["usage"] = self.client.usage.as_dict()
+        return out

@@ -1,0 +1,104 @@
+"""The offline vLLM teacher: a VLM (e.g. Qwen2.5-VL-72B-Instruct) loaded in this process,
+batched `LLM.chat` with images, our prompts (`prompts`), tolerant parsing (`parse`).
+
+    teacher = VLLMTeacher(VLLMConfig(model="Qwen/Qwen2.5-VL-72B-Instruct",
+                                     tensor_parallel_size=8), image_root)
+    out = teacher.generate(samples)       # TeacherOutput(trajectories, quarantine, stats)
+
+vLLM is imported only when the engine is built, so this module imports in the main environment
+(which has no vLLM; GPU machines install the `gpu` extra, CPU test machines `.venv-vllm` from
+`scripts/vllm_cpu_env.sh`). A ready `vllm.LLM` can be passed instead of a config, to share one
+engine between teachers or tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.llm import Completion, Usage
+from pipelines.teachers.model import ModelTeacher, TeacherConfig
+
+
+@dataclass(frozen=True)
+class VLLMConfig:
+    """How the engine is built (`vllm.LLM` arguments)."""
+
+    model: str                        # a hub id or a local model directory
+    tensor_parallel_size: int = 1     # GPUs per engine (72B: 4-8)
+    max_model_len: int = 8192         # prompt (image tokens included) + completion
+    max_images: int = 1               # images per prompt (limit_mm_per_prompt); videos: none
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False       # True skips CUDA graphs / compilation (CPU tests)
+    seed: int = 0
+    engine_kwargs: dict = field(default_factory=dict)   # any other vllm.LLM argument, as is
+                                      # (e.g. mm_processor_kwargs={"max_pixels": ...})
+
+    def build(self):
+        from vllm import LLM
+        return LLM(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
+                   max_model_len=self.max_model_len, dtype=self.dtype,
+                   limit_mm_per_prompt={"image": self.max_images, "video": 0},
+                   gpu_memory_utilization=self.gpu_memory_utilization,
+                   enforce_eager=self.enforce_eager, seed=self.seed, **self.engine_kwargs)
+
+
+class VLLMTeacher(ModelTeacher):
+    def __init__(self, engine, image_root: str | Path, config: TeacherConfig | None = None,
+                 name: str | None = None):
+        """`engine`: a `VLLMConfig` (the engine is built at first use) or a ready `vllm.LLM`."""
+        super().__init__(image_root, config)
+        if isinstance(engine, VLLMConfig):
+            self._engine_config, self._llm = engine, None
+            model = engine.model
+        else:
+            self._engine_config, self._llm = None, engine
+            model = engine.llm_engine.model_config.model
+        self.name = name or f"vllm:{Path(model).name}"
+        self.usage = Usage()
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            self._llm = self._engine_config.build()
+        return self._llm
+
+    def complete(self, conversations: list[list[dict]], sampling: dict) -> list[Completion | Exception]:
+        if not conversations:
+            return []
+        params = _sampling_params(sampling)
+        try:
+            outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
+        except Exception:  # noqa: BLE001  one bad request must not fail the batch: isolate it
+            return [self._one(c, params) for c in conversations]
+        return [self._completion(o) for o in outputs]
+
+    def _one(self, conversation: list[dict], params) -> Completion | Exception:
+        try:
+            (output,) = self.llm.chat([conversation], sampling_params=params, use_tqdm=False)
+        except Exception as exc:  # noqa: BLE001  reported as this sample's quarantine reason
+            self.usage.add(failures=1)
+            return exc
+        return self._completion(output)
+
+    def _completion(self, output) -> Completion:
+        choices = sorted(output.outputs, key=lambda c: c.index)
+        completion = Completion(texts=[c.text for c in choices],
+                                finish_reasons=[c.finish_reason or "" for c in choices],
+                                prompt_tokens=len(output.prompt_token_ids or ()),
+                                completion_tokens=sum(len(c.token_ids) for c in choices))
+        self.usage.add(requests=1, prompt_tokens=completion.prompt_tokens,
+                       completion_tokens=completion.completion_tokens)
+        return completion
+
+    def generate(self, samples):
+        out = super().generate(samples)
+        out.stats["usage"] = self.usage.as_dict()
+        return out
+
+
+def _sampling_params(sampling: dict):
+    """vLLM's SamplingParams from the OpenAI-style fields the teachers use."""
+    from vllm import SamplingParams
+    return SamplingParams(**sampling)
