@@ -1,0 +1,109 @@
+"""Code-sample throughput: the generated pool through teacher -> sandbox -> audit, and the share
+of the time spent in the sandbox.
+
+    python benchmarks/teacher_bench.py [--samples 200] [--workers N] [--seed 0]
+
+Stages, timed one after the other in one process (as the Dagster assets run them):
+  pool      generate the samples (images into a temporary store; not part of the rate)
+  teacher   TemplateTeacher writes the candidate trajectories
+  execute   every code block in the sandbox (one session per trajectory, all workers busy,
+            no execution cache); the sandbox's start-up is reported apart
+  audit     every audit check, one trajectory after another
+Trajectories/s is over teacher + execute + audit. A last row re-runs the execution with a warm
+execution cache (what a re-materialisation costs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipelines.audit import audit  # noqa: E402
+from pipelines.execute import ExecutionCache, execute  # noqa: E402
+from pipelines.generate import generate_samples  # noqa: E402
+from pipelines.images import ImageStore  # noqa: E402
+from pipelines.teachers import TemplateTeacher  # noqa: E402
+from sandbox import Sandbox  # noqa: E402
+
+
+def run(samples: int, workers: int, seed: int, multi_round_share: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="thyme-teacher-bench-") as tmp:
+        store = ImageStore(Path(tmp) / "images")
+        t0 = time.perf_counter()
+        pool = {s.id: s for s in generate_samples(0, samples, seed, store)}
+        t_pool = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        teacher = TemplateTeacher(seed=seed, multi_round_share=multi_round_share)
+        trajectories = [t for s in pool.values() for t in teacher.candidates(s)]
+        t_teacher = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with Sandbox(workers=workers, timeout=10) as sandbox:
+            t_start = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            execute(trajectories, pool, store, sandbox)
+            t_execute = time.perf_counter() - t0
+
+            cache = ExecutionCache(Path(tmp) / "cache")
+            execute(trajectories, pool, store, sandbox, cache)            # fill the cache
+            t0 = time.perf_counter()
+            execute(trajectories, pool, store, sandbox, cache)
+            t_cached = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        audited = [audit(t, pool[t.sample_id], store.root) for t in trajectories]
+        t_audit = time.perf_counter() - t0
+
+    blocks = sum(len(t.code_turns) for t in trajectories)
+    return {"samples": len(pool), "trajectories": len(trajectories), "code_blocks": blocks,
+            "passed": sum(bool(t.passed) for t in audited), "workers": workers,
+            "pool": t_pool, "teacher": t_teacher, "sandbox_start": t_start,
+            "execute": t_execute, "audit": t_audit, "execute_cached": t_cached}
+
+
+def table(r: dict) -> str:
+    busy = r["teacher"] + r["execute"] + r["audit"]
+    n = r["trajectories"]
+    rows = [("pool (not in the rate)", r["pool"], r["samples"], "samples"),
+            ("teacher (template)", r["teacher"], n, "traj"),
+            ("execute (sandbox)", r["execute"], n, "traj"),
+            ("audit", r["audit"], n, "traj"),
+            ("teacher + execute + audit", busy, n, "traj"),
+            ("execute, cached re-run", r["execute_cached"], n, "traj")]
+    lines = [f"{r['samples']} samples -> {n} trajectories, {r['code_blocks']} code blocks, "
+             f"{r['passed']} passed the audit ({r['passed'] / max(n, 1):.1%}); "
+             f"{r['workers']} sandbox workers (start-up {r['sandbox_start']:.2f} s)", "",
+             "| stage | seconds | per second | share of teacher+execute+audit |",
+             "|---|---:|---:|---:|"]
+    for name, seconds, count, unit in rows:
+        share = f"{seconds / busy:.1%}" if name in ("teacher (template)", "execute (sandbox)",
+                                                   "audit") else ""
+        rate = f"{count / seconds:.1f} {unit}/s" if seconds else "-"
+        lines.append(f"| {name} | {seconds:.2f} | {rate} | {share} |")
+    lines.append("")
+    lines.append(f"trajectories/s through teacher -> execute -> audit: {n / busy:.1f}; "
+                 f"time in the sandbox: {r['execute'] / busy:.1%}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--multi-round-share", type=float, default=0.25)
+    args = parser.parse_args(argv)
+    print(table(run(args.samples, args.workers, args.seed, args.multi_round_share)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
