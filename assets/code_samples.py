@@ -37,13 +37,18 @@ def code_samples(context: AssetExecutionContext, storage: ThymeStorage,
 
     key = context.partition_key
     samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
-    trajectories, stats = generate_code_samples(samples, teacher.build())
+    built = teacher.build(storage.path("pool", "images"), cache_dir=storage.path("cache", "teacher"))
+    trajectories, stats = generate_code_samples(
+        samples, built, quarantine_path=storage.path("code_samples", "quarantine", f"{key}.parquet"))
     write_trajectories(trajectories, _shard_file(storage, "code_samples", key))
     preview = "\n\n---\n\n".join(f"**{t.task} / {t.kind}**\n\n```\n{t.render()[:1500]}\n```"
                                  for t in trajectories[:3])
     return MaterializeResult(metadata={
         "dagster/row_count": len(trajectories), "samples": stats["samples"],
-        "by_kind": MetadataValue.json(stats["by_kind"]), "seconds": stats["seconds"],
+        "teacher": built.name, "by_kind": MetadataValue.json(stats["by_kind"]),
+        "quarantined": stats["quarantined"],
+        "quarantine_reasons": MetadataValue.json(stats["quarantine_reasons"]),
+        "seconds": stats["seconds"],
         "preview": MetadataValue.md(preview),
     })
 

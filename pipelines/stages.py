@@ -33,12 +33,30 @@ def write_trajectories(trajectories: list[Trajectory], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def generate_code_samples(samples: dict[str, Sample], teacher) -> tuple[list[Trajectory], dict]:
+def generate_code_samples(samples: dict[str, Sample], teacher,
+                          quarantine_path: Path | None = None) -> tuple[list[Trajectory], dict]:
+    """The teacher's candidates for every sample. Model teachers batch their requests
+    (`generate`) and quarantine output they cannot parse; the quarantine is written (atomically,
+    possibly empty) to `quarantine_path` and its reason counts returned in the stats."""
     t0 = time.perf_counter()
-    trajectories = [t for s in samples.values() for t in teacher.candidates(s)]
+    quarantine: list[dict] = []
+    if hasattr(teacher, "generate"):
+        out = teacher.generate(list(samples.values()))
+        trajectories, quarantine = out.trajectories, out.quarantine
+    else:
+        trajectories = [t for s in samples.values() for t in teacher.candidates(s)]
+    if quarantine_path is not None:
+        from pipelines.teachers.parse import quarantine_table
+        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = quarantine_path.with_name(f"{quarantine_path.name}.{os.getpid()}.tmp")
+        pq.write_table(quarantine_table(quarantine), tmp)
+        os.replace(tmp, quarantine_path)
     kinds = Counter(t.kind for t in trajectories)
+    reasons = Counter(row["reason"] for row in quarantine)
     return trajectories, {"samples": len(samples), "trajectories": len(trajectories),
-                          "by_kind": dict(kinds), "seconds": round(time.perf_counter() - t0, 3)}
+                          "by_kind": dict(kinds), "quarantined": len(quarantine),
+                          "quarantine_reasons": dict(reasons),
+                          "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def funnel(trajectories: list[Trajectory]) -> dict[str, dict[str, int]]:

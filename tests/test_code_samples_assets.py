@@ -43,3 +43,44 @@ def test_funnel_on_a_generated_shard(tmp_path):
     (ex2,) = list(again.asset_materializations_for_node("samples__executions"))
     assert ex2.metadata["cache_misses"].value == 0
     assert ex2.metadata["cache_hits"].value == ex.metadata["code_blocks"].value
+
+
+def test_openai_teacher_through_the_resource(tmp_path):
+    """The teacher resource builds the OpenAI teacher from configuration; unparseable output is
+    quarantined with its reason and counted in the asset's metadata."""
+    from fake_openai import FakeOpenAI, guided_reply
+
+    server = FakeOpenAI(reply=guided_reply)
+    try:
+        instance = DagsterInstance.ephemeral()
+        storage = ThymeStorage(root=str(tmp_path / "data"))
+        teacher = TeacherResource(kind="openai", model="fake-vlm", base_url=server.url,
+                                  api_key_env="THYME_TEST_NO_KEY", max_concurrency=2)
+        resources = {"storage": storage, "sandbox": SandboxResource(workers=2), "teacher": teacher}
+        manifest = {"ops": {"pool__source_manifest": {"config": {"count": 20, "shard_size": 20,
+                                                                 "workers": 1}}}}
+        assert materialize([source_manifest], instance=instance, resources=resources,
+                           run_config=manifest).success
+        result = materialize(ASSETS, instance=instance, resources=resources, partition_key="shard-00000",
+                             selection=[AssetKey(["pool", "source_pool"]),
+                                        AssetKey(["samples", "code_samples"])])
+        assert result.success
+        (mat,) = list(result.asset_materializations_for_node("samples__code_samples"))
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        assert meta["teacher"] == "openai:fake-vlm"
+        assert meta["quarantined"] > 0 and set(meta["quarantine_reasons"]) == {"no_answer"}
+        quarantine = pq.read_table(storage.path("code_samples", "quarantine", "shard-00000.parquet"))
+        assert quarantine.num_rows == meta["quarantined"]
+        assert meta["dagster/row_count"] + meta["quarantined"] == meta["samples"]
+        assert (storage.path("cache", "teacher")).is_dir()
+    finally:
+        server.close()
+
+
+def test_unknown_teacher_kind_is_a_clear_error(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="expected template, openai or vllm"):
+        TeacherResource(kind="gpt").build(tmp_path)
+    with pytest.raises(ValueError, match="needs `model`"):
+        TeacherResource(kind="openai").build(tmp_path)
