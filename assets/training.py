@@ -1,0 +1,123 @@
+"""SFT stage 1 and stage 2 (DESIGN.md §5), each launched as its own process through Dagster
+Pipes, never inside the Dagster process:
+
+    datasets/thyme_sft -> training/sft_stage1 -> training/sft_stage2
+
+The trainer (`python -m thyme_train.sft`, or under torchrun / accelerate / deepspeed) streams its
+log lines and its loss at every logged step into the run, and reports the checkpoint, the final
+and best loss, the steps, the samples dropped, the loss curve and the dataset version it trained
+on. A failed run fails the asset with the trainer's own error.
+(No `from __future__ import annotations` here: Dagster reads the config annotations.)
+"""
+
+import json
+import os
+import sys
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    PipesSubprocessClient,
+    asset,
+)
+from pydantic import Field
+
+from assets.resources import ThymeStorage
+
+SFT_DATASET = AssetKey(["datasets", "thyme_sft"])
+ERROR_FILE_ENV = "THYME_TRAIN_ERROR_FILE"  # = thyme_train.pipes.ERROR_FILE_ENV (kept import-free)
+
+
+class SFTStageConfig(Config):
+    config_file: str = Field(
+        "thyme_train/configs/stage1_tiny.yaml",
+        description="the stage's YAML for thyme_train.sft (relative to the working directory); "
+                    "stage1.yaml / stage2.yaml are the GPU recipes")
+    model: str = Field(
+        "tiny", description="stage 1's base model: 'tiny' (the tiny Qwen2.5-VL, built under the "
+                            "storage's models/tiny) or a hub id / local path. Stage 2 always "
+                            "continues from stage 1's checkpoint")
+    overrides: list[str] = Field(
+        [], description="extra `key=value` settings for thyme_train.sft (its --set)")
+    launcher: list[str] = Field(
+        [], description="command placed before the module name: [] runs `python -m`; e.g. "
+                        "['torchrun', '--nproc-per-node', '8', '-m'], ['accelerate', 'launch', "
+                        "'-m'] or ['deepspeed', '--module']")
+
+
+class SFTStage2Config(SFTStageConfig):
+    config_file: str = Field(
+        "thyme_train/configs/stage2_tiny.yaml",
+        description="the stage's YAML for thyme_train.sft (relative to the working directory)")
+
+
+def _dataset_version(context: AssetExecutionContext) -> str:
+    """The data version of the published SFT dataset's latest materialization, if any."""
+    event = context.instance.get_latest_materialization_event(SFT_DATASET)
+    if event is None:
+        return ""
+    mat = event.asset_materialization
+    version = mat.tags.get("dagster/data_version") if mat and mat.tags else None
+    return version or f"run:{event.run_id}"
+
+
+def _launch(context: AssetExecutionContext, config: SFTStageConfig, storage: ThymeStorage,
+            pipes_subprocess_client: PipesSubprocessClient, stage: str,
+            model: str) -> MaterializeResult:
+    out = storage.path("checkpoints", "sft", stage)
+    error_file = storage.path("checkpoints", "sft", f".{stage}-error.json")
+    error_file.unlink(missing_ok=True)
+    settings = [f"data={storage.path('published', 'thyme-sft')}", f"output_dir={out}",
+                f"model={model}", f"stage={stage}", f"cache_dir={storage.path('cache', 'hf')}",
+                f"dataset_version={_dataset_version(context)}", *config.overrides]
+    prefix = config.launcher or [sys.executable, "-m"]
+    command = [*prefix, "thyme_train.sft", "--config", config.config_file]
+    for item in settings:
+        command += ["--set", item]
+    stale = out / "metrics.json"  # a finished run is never continued: a new one starts fresh
+    if stale.is_file():
+        command += ["--set", "resume=never"]
+    context.log.info("launching: " + " ".join(command))
+    try:
+        invocation = pipes_subprocess_client.run(
+            context=context, command=command, env={ERROR_FILE_ENV: str(error_file)})
+    except Exception as exc:
+        if not error_file.is_file():
+            raise  # the process died before it could say why (killed, out of memory, ...)
+        error = json.loads(error_file.read_text())
+        raise Failure(description=f"SFT {stage} failed: {error['error']}",
+                      metadata={"traceback": MetadataValue.text(error["traceback"])}) from exc
+    return invocation.get_materialize_result()
+
+
+@asset(key_prefix="training", group_name="training", kinds={"python", "pytorch"},
+       deps=[SFT_DATASET])
+def sft_stage1(context: AssetExecutionContext, config: SFTStageConfig, storage: ThymeStorage,
+               pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
+    """SFT stage 1 on the single-round and 2round splits: sandbox outputs masked, only the last
+    round of multi-round samples trained (THYME.md §4)."""
+    model = config.model
+    if model == "tiny":
+        model = f"tiny:{storage.path('models', 'tiny')}"
+    return _launch(context, config, storage, pipes_subprocess_client, "stage1", model)
+
+
+@asset(key_prefix="training", group_name="training", kinds={"python", "pytorch"},
+       deps=[SFT_DATASET, sft_stage1])
+def sft_stage2(context: AssetExecutionContext, config: SFTStage2Config, storage: ThymeStorage,
+               pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
+    """SFT stage 2, computation annealing: stage 1's model on the computation split, rows with
+    and without images in the same run."""
+    stage1 = storage.path("checkpoints", "sft", "stage1")
+    if not (stage1 / "config.json").is_file():
+        raise Failure(description=f"stage 1's model is missing at {os.path.relpath(stage1)}: "
+                                  f"materialize training/sft_stage1 first")
+    return _launch(context, config, storage, pipes_subprocess_client, "stage2", str(stage1))
+
+
+TRAINING_ASSETS = [sft_stage1, sft_stage2]
+TRAINING_RESOURCES = {"pipes_subprocess_client": PipesSubprocessClient()}

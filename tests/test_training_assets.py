@@ -1,0 +1,72 @@
+"""The SFT assets: both stages launched through Dagster Pipes on the tiny model, their metadata,
+and a training failure surfacing the trainer's own error."""
+
+import json
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, materialize
+from sft_data import write_dataset
+
+from assets.resources import ThymeStorage
+from assets.training import TRAINING_ASSETS, TRAINING_RESOURCES
+
+FAST = ["max_steps=4", "save_steps=100", "learning_rate=3e-3"]
+
+
+def _resources(root: Path) -> dict:
+    return {"storage": ThymeStorage(root=str(root)), **TRAINING_RESOURCES}
+
+
+def _run_config(stage1: list[str], stage2: list[str]) -> dict:
+    return {"ops": {"training__sft_stage1": {"config": {"overrides": stage1}},
+                    "training__sft_stage2": {"config": {"overrides": stage2}}}}
+
+
+@pytest.mark.slow
+def test_both_stages_train_through_pipes_and_record_metadata(tmp_path):
+    root = tmp_path / "data"
+    write_dataset(root / "published" / "thyme-sft")
+    instance = DagsterInstance.ephemeral()
+    # The published dataset as its asset would have recorded it, with a data version.
+    instance.report_runless_asset_event(AssetMaterialization(
+        asset_key=AssetKey(["datasets", "thyme_sft"]), tags={"dagster/data_version": "v-test"}))
+    result = materialize(TRAINING_ASSETS, instance=instance,
+                         resources=_resources(root), run_config=_run_config(FAST, FAST))
+    assert result.success
+    meta = {}
+    for stage in ("stage1", "stage2"):
+        (mat,) = result.asset_materializations_for_node(f"training__sft_{stage}")
+        meta[stage] = {k: v.value for k, v in mat.metadata.items()}
+        m = meta[stage]
+        out = root / "checkpoints" / "sft" / stage
+        assert Path(m["checkpoint"]).resolve() == out.resolve()
+        assert m["steps"] == 4 and m["best_loss"] <= m["final_loss"] < 20
+        assert "data:image/png;base64," in m["loss_curve"]
+        assert m["dataset_fingerprint"] and m["samples_dropped"] == 0
+        assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+    assert meta["stage1"]["samples_trained"] == 32      # single-round + 2round
+    assert meta["stage2"]["samples_trained"] == 12      # computation, with and without images
+    # Stage 2 continued from stage 1's model; both record the dataset version they trained on.
+    stage2 = json.loads((root / "checkpoints" / "sft" / "stage2" / "metrics.json").read_text())
+    assert Path(stage2["model"]).resolve() == (root / "checkpoints" / "sft" / "stage1").resolve()
+    assert meta["stage1"]["dataset_version"] == meta["stage2"]["dataset_version"] == "v-test"
+    # The trainer's logged steps streamed into the run's event log through Pipes.
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("step 4/4" in m and '"loss"' in m for m in messages), messages[-20:]
+
+
+@pytest.mark.slow
+def test_a_failed_training_fails_the_asset_with_the_trainers_error(tmp_path):
+    root = tmp_path / "data"
+    write_dataset(root / "published" / "thyme-sft")
+    result = materialize([TRAINING_ASSETS[0]], instance=DagsterInstance.ephemeral(),
+                         resources=_resources(root), raise_on_error=False,
+                         run_config={"ops": {"training__sft_stage1": {"config": {
+                             "overrides": [*FAST, "max_length=50"]}}}},
+                         selection=[AssetKey(["training", "sft_stage1"])])
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.error.message
+    assert "SFT stage1 failed: ValueError: no trainable rows" in message
+    assert "'too_long': 32" in message
