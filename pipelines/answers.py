@@ -505,6 +505,40 @@ def _same_text(given: str, truth: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# An answer against a value the sandbox printed (consistency)
+# ---------------------------------------------------------------------------------------------
+
+def last_printed_number(text: str) -> Fraction | None:
+    """The last number on the last line of printed output that has one, else None."""
+    for line in reversed((text or "").splitlines()):
+        nums = numbers_in(line)
+        if nums:
+            return nums[-1]
+    return None
+
+
+def stated_number(answer: str, options: dict[str, str] | None = None) -> tuple[Fraction | None, str]:
+    """The number an (extracted) answer states, and the text it was read from: the chosen
+    option's text for an option letter, else the answer; None when it is not one number."""
+    stated_text = answer
+    letter = choice(answer, options) if options else None
+    if letter is not None:
+        stated_text = options[letter]
+    stated = as_number(stated_text)
+    if stated is None:
+        nums = numbers_in(stated_text)
+        stated = nums[0] if len(nums) == 1 else None
+    return stated, stated_text
+
+
+def agrees_with_printed(stated: Fraction, stated_text: str, printed: Fraction, tol: float) -> bool:
+    """Does a stated answer equal a printed value (within `tol`, or the printed value rounded to
+    the answer's decimal places: "0.67" agrees with 0.6666…)?"""
+    places = decimals(stated_text)
+    return close(stated, printed, tol) or (places > 0 and round_to(printed, places) == stated)
+
+
+# ---------------------------------------------------------------------------------------------
 # Symbolic math
 # ---------------------------------------------------------------------------------------------
 

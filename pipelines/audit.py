@@ -79,6 +79,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.answers import (
+    agrees_with_printed,
     answers_match,
     as_number,
     choice,
@@ -86,9 +87,10 @@ from pipelines.answers import (
     decimals,
     final_answer,
     format_number,
-    numbers_in,
+    last_printed_number,
     parse_options,
     round_to,
+    stated_number,
 )
 from pipelines.images import ImageLimits
 from pipelines.schema import Sample
@@ -519,20 +521,12 @@ def check_consistency(c: _Context) -> Check:
         return Check(name, FAIL, why)
     given = final_answer(c.t.answer)
     options = c.options()
-    stated_text = given
     letter = choice(given, options) if options else None
-    if letter is not None:
-        stated_text = options[letter]
-    stated = as_number(stated_text)
-    if stated is None:
-        nums = numbers_in(stated_text)
-        stated = nums[0] if len(nums) == 1 else None
+    stated, stated_text = stated_number(given, options)
     said = f"option {letter} ({stated_text!r})" if letter else _short(given)
     if stated is None:
         return Check(name, FAIL, f"the answer {said} is not a number; the code printed {format_number(printed)}")
-    places = decimals(stated_text)
-    ok = close(stated, printed, c.cfg.numeric_tolerance) or (
-        places > 0 and round_to(printed, places) == stated)
+    ok = agrees_with_printed(stated, stated_text, printed, c.cfg.numeric_tolerance)
     return Check(name, PASS if ok else FAIL,
                  f"the answer {said} {'agrees' if ok else 'disagrees'} with the printed {format_number(printed)}")
 
@@ -938,10 +932,9 @@ def _printed_value(c: _Context) -> tuple[Fraction | None, str]:
         return None, "the last code turn has no result"
     if r.kind == "error":
         return None, f"the last code turn failed ({_error(r)}): nothing printed"
-    for line in reversed((r.text or "").splitlines()):
-        nums = numbers_in(line)
-        if nums:
-            return nums[-1], ""
+    value = last_printed_number(r.text or "")
+    if value is not None:
+        return value, ""
     return None, f"the code printed no number ({_short(r.text or '')})"
 
 
