@@ -1,0 +1,341 @@
+"""GRPO-ATS rewards (THYME.md §4): total = accuracy + 0.5 * format + 0.5 * consistency * [accuracy > 0].
+
+    rewards = ThymeRewards(RewardConfig(), judge=None)            # or judge=Judge(LLMClient(...))
+    scores = rewards.score(completions, truths, options=..., questions=..., sandbox_texts=...)
+    GRPOTrainer(reward_funcs=rewards.reward_funcs(), args=GRPOConfig(reward_weights=rewards.weights()))
+
+accuracy     the rule cascade of `pipelines.answers.score_answer` (option letters, yes/no, numbers
+             with tolerance and units, normalised text, symbolic math). Only when the rules cannot
+             decide (an open answer worded differently from the truth; free text naming no
+             option) and a `Judge` is configured does an LLM judge decide. Without a judge, an
+             undecided answer scores 0 (as the rules say: it does not match).
+format       `strict` (the original): exactly one `<think>`, `</think>`, `<answer>`, `</answer>`,
+             in that order, exactly one whitespace character between `</think>` and `<answer>`,
+             nothing after `</answer>`. `lenient`: tags in any case, any whitespace (or none)
+             between `</think>` and `<answer>`, trailing whitespace allowed, `<think>` may be
+             missing (templates that pre-fill it), but still exactly one answer after the
+             reasoning. Sandbox outputs are removed first: the format judges the model's writing,
+             and code may print anything.
+consistency  does the end of the reasoning support the answer? A rule where it can know: the
+             last sandbox output printed a number and the answer states one (the chosen option's
+             text for a letter) — they must agree (rounding to the answer's decimals allowed).
+             Otherwise the judge, shown the last `consistency_tail_chars` of the reasoning. With
+             neither, it is not scored (None: TRL leaves it out of the sum). The returned value
+             is already gated: consistency * [accuracy > 0].
+
+A judge failure (network, budget exhausted, unreadable reply) is recorded in the scores and the
+statistics, never silently scored 0: every reward of that completion is None, which TRL treats as
+unscorable (left out of the group baseline, advantage 0).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pipelines.answers import (
+    agrees_with_printed,
+    last_printed_number,
+    parse_options,
+    score_answer,
+    stated_number,
+)
+from sandbox.protocol import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    OUTPUT_CLOSE,
+    OUTPUT_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+)
+from thyme_train.config import doc
+
+FORMAT_RULES = ("strict", "lenient")
+_OUTPUT_SPAN = re.compile(f"{re.escape(OUTPUT_OPEN)}.*?(?:{re.escape(OUTPUT_CLOSE)}|$)", re.DOTALL)
+
+
+@dataclass
+class RewardConfig:
+    """Reward weights and rules."""
+
+    accuracy_weight: float = doc("weight of the accuracy reward (paper: 1)", default=1.0)
+    format_weight: float = doc("weight of the format reward (paper: 0.5)", default=0.5)
+    consistency_weight: float = doc("weight of the consistency reward, which only counts when "
+                                    "accuracy > 0 (paper: 0.5)", default=0.5)
+    format_rule: str = doc("strict (the original's rule) or lenient (see thyme_train.rewards)",
+                           default="strict")
+    numeric_tolerance: float = doc("relative tolerance for numbers (absolute below 1)", default=1e-6)
+    consistency_tail_chars: int = doc("characters of the end of the reasoning shown to the "
+                                      "consistency judge", default=1500)
+    judge_accuracy: bool = doc("ask the judge when the accuracy rules cannot decide (needs a "
+                               "judge)", default=True)
+    judge_consistency: bool = doc("ask the judge for consistency where no rule applies (needs "
+                                  "a judge)", default=True)
+
+    def __post_init__(self):
+        if self.format_rule not in FORMAT_RULES:
+            raise ValueError(f"format_rule must be one of {FORMAT_RULES}, got {self.format_rule!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Format
+# ---------------------------------------------------------------------------------------------
+
+def model_text(completion: str) -> str:
+    """The completion without its sandbox outputs (what the model itself wrote)."""
+    return _OUTPUT_SPAN.sub("", completion or "")
+
+
+def format_score(completion: str, rule: str = "strict") -> float:
+    """1.0 when the completion follows the tag format (`rule`: strict | lenient), else 0.0."""
+    text = model_text(completion)
+    if rule == "strict":
+        tags = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+        if any(text.count(t) != 1 for t in tags):
+            return 0.0
+        positions = [text.index(t) for t in tags]
+        if positions != sorted(positions) or not text.endswith(ANSWER_CLOSE):
+            return 0.0
+        return 1.0 if re.search(rf"{THINK_CLOSE}\s{ANSWER_OPEN}", text) and not re.search(
+            rf"{THINK_CLOSE}\s\s", text) else 0.0
+    if rule == "lenient":
+        low = text.lower()
+        if low.count(ANSWER_OPEN) != 1 or low.count(ANSWER_CLOSE) != 1:
+            return 0.0
+        if low.count(THINK_OPEN) > 1 or low.count(THINK_CLOSE) != 1:
+            return 0.0
+        think_open = low.find(THINK_OPEN)
+        think_close, a_open, a_close = (low.index(t) for t in (THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE))
+        if not (think_open <= think_close < a_open < a_close):
+            return 0.0
+        between = low[think_close + len(THINK_CLOSE):a_open]
+        after = low[a_close + len(ANSWER_CLOSE):]
+        return 1.0 if not between.strip() and not after.strip() else 0.0
+    raise ValueError(f"unknown format rule {rule!r}; choose one of {FORMAT_RULES}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Judge
+# ---------------------------------------------------------------------------------------------
+
+ACCURACY_PROMPT = (
+    "You grade answers to questions about images. Decide whether the model's answer means the "
+    "same as the reference answer (same entity, value or choice; wording, units and formatting "
+    "may differ). Reply with exactly one word: yes or no.\n\n"
+    "Question: {question}\nReference answer: {truth}\nModel's answer: {answer}\n\nSame meaning?")
+CONSISTENCY_PROMPT = (
+    "You check reasoning. Below is the end of a model's reasoning (it may include outputs of "
+    "code it ran) and the final answer it gave. Decide whether the reasoning supports that "
+    "answer, i.e. the answer follows from what the reasoning concluded, without contradicting "
+    "it. Do not judge whether the answer is correct. Reply with exactly one word: yes or no.\n\n"
+    "Question: {question}\nEnd of the reasoning:\n{reasoning}\n\nFinal answer: {answer}\n\n"
+    "Does the reasoning support the answer?")
+
+
+@dataclass
+class JudgeStats:
+    calls: int = 0                       # verdicts asked for (cache hits included)
+    failures: int = 0                    # requests that failed or gave no yes/no
+    over_budget: int = 0                 # verdicts refused because the budget was spent
+    errors: list[str] = field(default_factory=list)   # the last few failure messages
+
+
+class Judge:
+    """An LLM judge through `pipelines.llm.LLMClient` (any OpenAI-compatible server): our prompts,
+    yes/no verdicts at temperature 0. Caching and rate limiting are the client's (`cache_dir`,
+    `max_concurrency`, retries); `max_calls` is a budget over the judge's life. A verdict is True,
+    False, or None when it could not be had (the reason is kept in `stats`)."""
+
+    def __init__(self, client, max_calls: int | None = None, max_tokens: int = 4):
+        self.client, self.max_calls, self.max_tokens = client, max_calls, max_tokens
+        self.stats = JudgeStats()
+
+    def accuracy(self, items: Sequence[tuple[str, str, str]]) -> list[bool | None]:
+        """Verdicts for (question, reference answer, model answer) triples."""
+        return self._ask([ACCURACY_PROMPT.format(question=q, truth=t, answer=a) for q, t, a in items])
+
+    def consistency(self, items: Sequence[tuple[str, str, str]]) -> list[bool | None]:
+        """Verdicts for (question, end of the reasoning, answer) triples."""
+        return self._ask([CONSISTENCY_PROMPT.format(question=q, reasoning=r, answer=a)
+                          for q, r, a in items])
+
+    def _ask(self, prompts: list[str]) -> list[bool | None]:
+        from pipelines.llm import LLMError, user_message
+
+        verdicts: list[bool | None] = [None] * len(prompts)
+        allowed = len(prompts) if self.max_calls is None else max(0, self.max_calls - self.stats.calls)
+        asked = list(range(min(allowed, len(prompts))))
+        self.stats.over_budget += len(prompts) - len(asked)
+        if not asked:
+            return verdicts
+        self.stats.calls += len(asked)
+        replies = self.client.chat_many([[user_message(prompts[i])] for i in asked],
+                                        temperature=0.0, max_tokens=self.max_tokens)
+        for i, reply in zip(asked, replies, strict=True):
+            if isinstance(reply, LLMError | Exception):
+                self._failed(f"request failed: {reply}")
+                continue
+            word = re.match(r"\W*(yes|no)\b", reply.text.strip().lower())
+            if word is None:
+                self._failed(f"not a yes/no reply: {reply.text[:80]!r}")
+                continue
+            verdicts[i] = word.group(1) == "yes"
+        return verdicts
+
+    def _failed(self, message: str) -> None:
+        self.stats.failures += 1
+        self.stats.errors = (self.stats.errors + [message])[-5:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Scores:
+    """One completion's rewards. None = not scored (see the module docstring)."""
+
+    accuracy: float | None
+    format: float | None
+    consistency: float | None          # already gated by accuracy > 0
+    accuracy_by: str = ""              # rule name, "judge", or why unscored
+    consistency_by: str = ""           # "rule", "judge", "gated", "none", or why unscored
+    judge_failed: bool = False
+
+    def total(self, config: RewardConfig) -> float:
+        """The weighted sum, None counting as 0 (TRL's nansum does the same)."""
+        return sum(w * (v or 0.0) for w, v in ((config.accuracy_weight, self.accuracy),
+                                                (config.format_weight, self.format),
+                                                (config.consistency_weight, self.consistency)))
+
+
+class ThymeRewards:
+    """The three rewards, computed once per batch and served to TRL as three reward functions
+    (`reward_funcs()`, in the order of `weights()`), so each is logged under its own name."""
+
+    def __init__(self, config: RewardConfig | None = None, judge: Judge | None = None):
+        self.config = config or RewardConfig()
+        self.judge = judge
+        self._memo: tuple[tuple, list[Scores]] | None = None
+
+    def score(self, completions: Sequence[str], truths: Sequence[str],
+              options: Sequence | None = None, questions: Sequence[str] | None = None,
+              sandbox_texts: Sequence[Sequence[str]] | None = None) -> list[Scores]:
+        """Score a batch. `options`: per completion, {letter: text} or option lines (or None);
+        `questions`: the bare questions (for the judge); `sandbox_texts`: per completion, the
+        printed text of each successful sandbox call, in order (for the consistency rule)."""
+        cfg, n = self.config, len(completions)
+        options = options or [None] * n
+        questions = questions or [""] * n
+        sandbox_texts = sandbox_texts or [[] for _ in range(n)]
+        tables = [o if isinstance(o, dict) else parse_options(o) for o in options]
+        verdicts = [score_answer(c, t, tab or None, cfg.numeric_tolerance)
+                    for c, t, tab in zip(completions, truths, tables, strict=True)]
+        accuracy: list[float | None] = [1.0 if v.correct else 0.0 for v in verdicts]
+        acc_by = [v.how for v in verdicts]
+        failed = [False] * n
+        undecided = [i for i, v in enumerate(verdicts) if not v.decisive and v.given]
+        if undecided and self.judge is not None and cfg.judge_accuracy:
+            answers = self.judge.accuracy([(questions[i], truths[i], verdicts[i].given) for i in undecided])
+            for i, verdict in zip(undecided, answers, strict=True):
+                if verdict is None:
+                    accuracy[i], acc_by[i], failed[i] = None, "judge failed", True
+                else:
+                    accuracy[i], acc_by[i] = float(verdict), "judge"
+        consistency: list[float | None] = [None] * n
+        cons_by = ["none"] * n
+        to_judge = []
+        for i in range(n):
+            if failed[i]:
+                continue
+            if not accuracy[i]:
+                consistency[i], cons_by[i] = 0.0, "gated"
+                continue
+            rule = _consistency_rule(verdicts[i].given, sandbox_texts[i], tables[i],
+                                     cfg.numeric_tolerance)
+            if rule is not None:
+                consistency[i], cons_by[i] = float(rule), "rule"
+            elif self.judge is not None and cfg.judge_consistency:
+                to_judge.append(i)
+        if to_judge:
+            tails = [_reasoning_tail(completions[i], cfg.consistency_tail_chars) for i in to_judge]
+            answers = self.judge.consistency([(questions[i], tail, verdicts[i].given)
+                                              for i, tail in zip(to_judge, tails, strict=True)])
+            for i, verdict in zip(to_judge, answers, strict=True):
+                if verdict is None:
+                    failed[i], cons_by[i] = True, "judge failed"
+                else:
+                    consistency[i], cons_by[i] = float(verdict), "judge"
+        out = []
+        for i in range(n):
+            if failed[i]:   # unscorable: every reward None, so TRL gives it no advantage
+                out.append(Scores(None, None, None, acc_by[i], cons_by[i], judge_failed=True))
+            else:
+                out.append(Scores(accuracy[i], format_score(completions[i], cfg.format_rule),
+                                  consistency[i], acc_by[i], cons_by[i]))
+        return out
+
+    # -- TRL reward functions ----------------------------------------------------------------
+
+    def weights(self) -> list[float]:
+        c = self.config
+        return [c.accuracy_weight, c.format_weight, c.consistency_weight]
+
+    def reward_funcs(self) -> list:
+        return [self.accuracy_reward, self.format_reward, self.consistency_reward]
+
+    def accuracy_reward(self, completions, **kwargs) -> list[float | None]:
+        return [s.accuracy for s in self._batch(completions, kwargs)]
+
+    def format_reward(self, completions, **kwargs) -> list[float | None]:
+        return [s.format for s in self._batch(completions, kwargs)]
+
+    def consistency_reward(self, completions, **kwargs) -> list[float | None]:
+        return [s.consistency for s in self._batch(completions, kwargs)]
+
+    def _batch(self, completions, kwargs) -> list[Scores]:
+        """Scores of a TRL batch (memoised: the three reward functions see the same batch).
+        Columns: `solution` (or `answer`), optional `options`, `question`, and the rollout's
+        `sandbox_texts`."""
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        truths = kwargs.get("solution") or kwargs.get("answer")
+        if truths is None:
+            raise KeyError("the dataset needs a `solution` (or `answer`) column with the ground truth")
+        truths = [str(t) for t in truths]
+        key = (tuple(texts), tuple(truths))
+        if self._memo is None or self._memo[0] != key:
+            scores = self.score(texts, truths, kwargs.get("options"), kwargs.get("question"),
+                                kwargs.get("sandbox_texts"))
+            log = kwargs.get("log_metric")
+            if log is not None:
+                log("rewards/judge_failures", float(sum(s.judge_failed for s in scores)))
+                log("rewards/accuracy_by_judge", float(sum(s.accuracy_by == "judge" for s in scores)))
+            self._memo = (key, scores)
+        return self._memo[1]
+
+
+def _consistency_rule(answer: str, sandbox_texts: Sequence[str], options: dict | None,
+                      tol: float) -> bool | None:
+    """Answer vs the number the last sandbox output printed; None when the rule does not apply
+    (no printed number, or an answer that is not a number)."""
+    if not sandbox_texts:
+        return None
+    printed = last_printed_number(sandbox_texts[-1])
+    if printed is None:
+        return None
+    stated, stated_text = stated_number(answer, options or None)
+    if stated is None:
+        return None
+    return agrees_with_printed(stated, stated_text, printed, tol)
+
+
+def _reasoning_tail(completion: str, chars: int) -> str:
+    """The end of the reasoning: the text before `</think>` (or before the answer)."""
+    cut = completion.rfind(THINK_CLOSE)
+    if cut < 0:
+        cut = completion.rfind(ANSWER_OPEN)
+    body = completion[:cut] if cut >= 0 else completion
+    return body[-chars:]
+
+
