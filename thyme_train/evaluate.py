@@ -184,3 +184,63 @@ def evaluate(items: list[EvalItem], policy: Policy, out_dir: Path, title: str,
     summaries = {m: summarize(rs) for m, rs in results.items()}
     write_report(summaries, results, out_dir, title)
     return summaries
+
+
+def thyme_policy(thyme) -> Policy:
+    """The evaluator's policy over a loaded `thyme_train.infer.Thyme`."""
+
+    def policy(item: EvalItem, tools: bool) -> Answered:
+        t = thyme.ask(item.image, item.prompt_text(), tools=tools)
+        return Answered(response=t.response if not t.fell_back else f"<answer>{t.answer}</answer>",
+                        code_blocks=t.code_calls, code_ok=t.code_calls - t.code_errors,
+                        end_reason=t.end_reason, fell_back=t.fell_back,
+                        error=t.error if t.end_reason == "engine_error" else None)
+    return policy
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from thyme_train.eval_data import BenchmarkError, load_items
+    from thyme_train.infer import InferConfig, InferenceError, Thyme
+
+    parser = argparse.ArgumentParser(prog="python -m thyme_train.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a checkpoint directory or a hub id")
+    parser.add_argument("--benchmark", required=True,
+                        help="a VLMEvalKit .tsv, a .jsonl, or a published dataset directory")
+    parser.add_argument("--split", default="test", help="split of a published dataset")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--out", default=None, help="report folder (default: eval/<benchmark>)")
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--on-code-error", choices=("rollback", "show"), default="rollback")
+    parser.add_argument("--max-new-tokens", type=int, default=2048)
+    parser.add_argument("--no-ablation", action="store_true", help="skip the tools-disabled run")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="record unreadable benchmark rows and go on (default: stop)")
+    args = parser.parse_args(argv)
+
+    bench = Path(args.benchmark)
+    out = Path(args.out) if args.out else Path("eval") / bench.stem
+    errors: list[BenchmarkError] = []
+    try:
+        items = load_items(bench, out / "images", limit=args.limit, split=args.split,
+                           on_error="skip" if args.skip_bad_rows else "raise", errors=errors)
+        config = InferConfig(model=args.model, engine=args.engine, on_code_error=args.on_code_error,
+                             max_new_tokens=args.max_new_tokens)
+        with Thyme(config) as thyme:
+            summaries = evaluate(items, thyme_policy(thyme), out, title=f"{bench.stem} ({args.model})",
+                                 ablation=not args.no_ablation)
+    except (BenchmarkError, InferenceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for e in errors:
+        print(f"skipped: {e}", file=sys.stderr)
+    print((out / "report.md").read_text())
+    print(f"results: {out / 'results.json'}, chart: {out / 'accuracy.png'}")
+    return 0 if summaries["tools"].errors < summaries["tools"].items else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,272 @@
+"""Inference: ask a checkpoint a question about an image and watch it think with code — the same
+rollout loop, sandbox and prompt rendering as training (thyme_train.rollout), with the original
+evaluation's defaults (THYME.md §5): greedy, at most 5 generation calls, stop at `</code>` to run
+the code and at `</answer>`, failed code rounds rolled back and generated again, and a direct
+answer when the loop ends without one.
+
+    python -m thyme_train.infer --model DIR_OR_NAME --image PATH --question TEXT [--engine hf|vllm]
+
+prints the transcript as it happens and saves it (`transcript.json`, processed images beside it)
+under `--out`. The `Thyme` class is the Python API the CLI and the evaluator share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from thyme_train.config import doc
+
+DIRECT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the question about the image directly, without writing "
+    "code. Put your brief reasoning in <think></think> and the final answer in <answer></answer>."
+)
+_VISION_RUN = re.compile(r"<\|vision_start\|>(?:<\|image_pad\|>)*<\|vision_end\|>")
+
+
+class InferenceError(RuntimeError):
+    """A clear, user-facing failure (bad model path, unreadable image, engine failure)."""
+
+
+@dataclass
+class InferConfig:
+    """How a checkpoint is asked. Defaults are the original evaluation's."""
+
+    model: str = doc("a local checkpoint directory or a hub model id", default="")
+    engine: str = doc("`hf` (transformers generate; CPU or GPU) or `vllm` (needs vLLM)", default="hf")
+    system_prompt: str | None = doc("system prompt; None: the training default "
+                                    "(pipelines.prompts.DEFAULT_SYSTEM_PROMPT)", default=None)
+    max_turns: int = doc("generation calls per question (stop at </code> to run it)", default=5)
+    max_new_tokens: int = doc("new tokens per generation call", default=2048)
+    max_total_tokens: int = doc("prompt + completion tokens, sandbox outputs included",
+                                default=10240)
+    temperature: float = doc("text temperature (0 = greedy, the evaluation default); code is "
+                             "always greedy", default=0.0)
+    on_code_error: str = doc("`rollback` (drop a failed code round and generate it again, as the "
+                             "original evaluation) or `show` (show the error, as in RL)",
+                             default="rollback")
+    fallback_direct: bool = doc("answer directly when the loop ends without an answer", default=True)
+    max_pixels: int | None = doc("pixel budget per image; None: the processor's (training's)",
+                                 default=None)
+    sandbox_timeout: float = doc("seconds one code block may run", default=10.0)
+    seed: int = doc("sampling seed (matters only when temperature > 0)", default=0)
+
+    def __post_init__(self):
+        if self.engine not in ("hf", "vllm"):
+            raise ValueError(f"engine must be 'hf' or 'vllm', not {self.engine!r}")
+
+
+@dataclass
+class Transcript:
+    question: str
+    image: str | None
+    response: str                       # the assistant text (sandbox images shown as <image>)
+    answer: str                         # the extracted final answer ("" when none)
+    end_reason: str
+    code_calls: int
+    code_errors: int
+    rollbacks: int
+    turns: int
+    fell_back: bool = False
+    error: str = ""
+    images: list[str] = field(default_factory=list)   # processed images, saved copies
+
+
+class Thyme:
+    """A loaded checkpoint with its engine and a sandbox: `ask(image, question)`."""
+
+    def __init__(self, config: InferConfig, sandbox=None):
+        from sandbox import Sandbox
+        from thyme_train.rollout import ChatCodec, RolloutConfig, RolloutRunner
+
+        self.config = config
+        self.model, self.processor = load_checkpoint(config.model, config.max_pixels)
+        self.codec = ChatCodec(self.processor)
+        rollout = RolloutConfig(max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,
+                                max_total_tokens=config.max_total_tokens,
+                                temperature_text=config.temperature, temperature_code=0.0,
+                                repetition_penalty=1.0, on_code_error=config.on_code_error,
+                                sandbox_timeout=config.sandbox_timeout, seed=config.seed)
+        self.engine = self._engine(rollout)
+        self._own_sandbox = sandbox is None
+        self.sandbox = Sandbox(timeout=config.sandbox_timeout) if sandbox is None else sandbox
+        self.runner = RolloutRunner(self.engine, self.codec, self.sandbox, rollout)
+        self.direct = RolloutRunner(self.engine, self.codec, self.sandbox,
+                                    RolloutConfig(**{**asdict(rollout), "max_turns": 1}))
+
+    def _engine(self, rollout):
+        if self.config.engine == "vllm":
+            try:
+                from thyme_train.vllm_engine import VLLMEngine
+            except ImportError as exc:
+                raise InferenceError(f"the vllm engine needs vLLM installed ({exc})") from None
+            return VLLMEngine.from_model(self.config.model, rollout.sampling())
+        from thyme_train.rollout import HFEngine
+        return HFEngine(self.model, self.processor, rollout.sampling(), batch_size=1)
+
+    def close(self) -> None:
+        if self._own_sandbox:
+            self.sandbox.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def ask(self, image: str | None, question: str, tools: bool = True,
+            on_text: Callable[[str, str], None] | None = None, save_dir: Path | None = None,
+            force=None) -> Transcript:
+        """One question, one rollout. `tools=False` answers directly (the ablation).
+        `on_text(kind, text)` follows it live: kind is model | sandbox | rollback | end.
+        `force`: a scripted policy (`RolloutRunner.run`'s), for tests and demos."""
+        from pipelines.answers import extract
+        from pipelines.prompts import render_user
+        from thyme_train.chat import thyme_messages
+
+        size = None
+        if image is not None:
+            size = _image_size(image)
+            image = str(Path(image).resolve())
+        user = render_user(question, image, size) if image else render_user(question)
+        system = DIRECT_SYSTEM_PROMPT if not tools else self.config.system_prompt
+        if system is None:
+            from pipelines.prompts import DEFAULT_SYSTEM_PROMPT
+            system = DEFAULT_SYSTEM_PROMPT
+        prompt = self.codec.prompt(thyme_messages(user, None, system), images=[image] if image else [],
+                                   image_path=image)
+        runner = self.runner if tools else self.direct
+        (rollout,) = runner.run([prompt], force=force, on_event=self._events(on_text))
+        text = self._text(rollout.completion_ids)
+        transcript = Transcript(
+            question=question, image=image, response=text, answer=extract(text).text,
+            end_reason=rollout.end_reason, code_calls=rollout.code_calls,
+            code_errors=rollout.code_errors, rollbacks=rollout.rollbacks, turns=rollout.turns,
+            error=rollout.error)
+        if save_dir is not None:
+            transcript.images = _save_images(rollout.sandbox_image_paths, save_dir)
+        if rollout.end_reason != "answer" and tools and self.config.fallback_direct:
+            if on_text:
+                on_text("end", f"[no answer ({rollout.end_reason}); answering directly]")
+            direct = self.ask(image, question, tools=False, on_text=on_text)
+            transcript.answer, transcript.fell_back = direct.answer, True
+            transcript.response += "\n" + direct.response
+        return transcript
+
+    def _text(self, ids) -> str:
+        return _VISION_RUN.sub("<image>", self.codec.decode(ids))
+
+    def _events(self, on_text):
+        if on_text is None:
+            return None
+
+        def event(rollout, kind, payload):
+            if kind == "generation":
+                on_text("model", self._text(payload.token_ids))
+            elif kind == "sandbox":
+                from sandbox.protocol import render_output
+                on_text("sandbox", render_output(payload))
+            elif kind == "rollback":
+                on_text("rollback", "[the code failed: round rolled back, generating it again]")
+            elif kind == "end":
+                on_text("end", f"[end: {payload}]")
+        return event
+
+
+def load_checkpoint(model: str, max_pixels: int | None = None):
+    """Model and processor from a local directory or a hub id, with a clear error otherwise."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    local = Path(model)
+    if (model.startswith((".", "/")) or local.exists()) and not (local / "config.json").is_file():
+        raise InferenceError(f"model {model}: not a checkpoint directory (no config.json)")
+    try:
+        processor = AutoProcessor.from_pretrained(model)
+        net = AutoModelForImageTextToText.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise InferenceError(f"model {model}: cannot be loaded ({str(exc).splitlines()[0]})") from None
+    if max_pixels is not None:
+        ip = processor.image_processor
+        ip.max_pixels = max_pixels
+        if isinstance(getattr(ip, "size", None), dict) and "longest_edge" in ip.size:
+            ip.size = {**ip.size, "longest_edge": max_pixels}
+    return net.eval(), processor
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InferenceError(f"image {path}: cannot be read ({exc})") from None
+
+
+def _save_images(paths: list[str], out: Path) -> list[str]:
+    """Copies of the sandbox's images under out/images/, paths relative to `out`."""
+    saved = []
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for k, p in enumerate(paths, start=1):
+        target = out / "images" / f"processed_{k:02d}{Path(p).suffix or '.png'}"
+        shutil.copyfile(p, target)
+        saved.append(target.relative_to(out).as_posix())
+    return saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m thyme_train.infer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--image", help="the image file (omit for a text-only question)")
+    parser.add_argument("--question", required=True)
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--out", default="thyme-transcript", help="folder for the transcript")
+    parser.add_argument("--no-tools", action="store_true", help="answer directly (no code)")
+    parser.add_argument("--on-code-error", choices=("rollback", "show"), default="rollback")
+    parser.add_argument("--max-turns", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=2048)
+    parser.add_argument("--max-pixels", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    def show(kind: str, text: str) -> None:
+        prefix = {"sandbox": "\n[sandbox] ", "model": ""}.get(kind, "\n")
+        print(prefix + text, end="" if kind == "model" else "\n", flush=True)
+
+    config = InferConfig(model=args.model, engine=args.engine, on_code_error=args.on_code_error,
+                         max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
+                         max_pixels=args.max_pixels)
+    out = Path(args.out)
+    try:
+        if args.image:
+            _image_size(args.image)            # fail on a bad image before loading a model
+        with Thyme(config) as thyme:
+            transcript = thyme.ask(args.image, args.question, tools=not args.no_tools,
+                                   on_text=show, save_dir=out)
+    except InferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    record = asdict(transcript)
+    record["image"] = os.path.relpath(transcript.image, out) if transcript.image else None
+    tmp = out / f"transcript.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False))
+    os.replace(tmp, out / "transcript.json")
+    print(f"\nanswer: {transcript.answer!r} ({transcript.end_reason}; {transcript.code_calls} code "
+          f"runs, {transcript.rollbacks} rolled back) -> {out / 'transcript.json'}")
+    if transcript.end_reason == "engine_error":
+        print(f"error: the engine failed: {transcript.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
