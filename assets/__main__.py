@@ -18,6 +18,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from assets.code_samples import audited, code_samples, executions
 from assets.datasets import DATASET_ASSETS
 from assets.definitions import defs
+from assets.evaluation import EVALUATION_ASSETS
 from assets.partitions import shards
 from assets.pool import source_manifest, source_pool
 from assets.training import TRAINING_ASSETS
@@ -28,7 +29,11 @@ FUNNEL = [AssetKey(["samples", name]) for name in ("code_samples", "executions",
 DATASETS = [AssetKey(["splits", name]) for name in
             ("wo_thinking_thyme_single_round", "2round", "computation", "rl")] + \
            [AssetKey(["datasets", name]) for name in ("thyme_sft", "thyme_rl")]
-TRAINING = [AssetKey(["training", name]) for name in ("sft_stage1", "sft_stage2")]
+TRAINING = [AssetKey(["training", name]) for name in ("sft_stage1", "sft_stage2", "grpo_ats")]
+SHOWN = ("steps", "final_loss", "best_loss", "samples_trained", "samples_dropped",
+         "reward_first_quarter", "reward_last_quarter", "items", "accuracy_tools",
+         "accuracy_direct", "used_code", "checkpoint")
+EVALUATION = [AssetKey(["evaluation", name]) for name in ("sft_stage2", "grpo_ats")]
 
 
 def demo(count: int, shard_size: int) -> int:
@@ -81,21 +86,24 @@ def demo(count: int, shard_size: int) -> int:
     if not result.success:
         print("the datasets run failed: see it with `make ui`", file=sys.stderr)
         return 1
-    # training, each stage its own process (Dagster Pipes), on the tiny model
-    for key in TRAINING:
-        result = materialize(graph_assets + DATASET_ASSETS + TRAINING_ASSETS, selection=[key],
-                             instance=instance, resources=resources, run_config=quiet,
+    # training, each stage its own process (Dagster Pipes), on the tiny model; then evaluation
+    # of each checkpoint on the held-out split (the tiny model's numbers mean nothing)
+    evaluation = {"ops": {key.to_python_identifier(): {"config": {"max_new_tokens": 48}}
+                          for key in EVALUATION}}
+    for key in TRAINING + EVALUATION:
+        result = materialize(graph_assets + DATASET_ASSETS + TRAINING_ASSETS + EVALUATION_ASSETS,
+                             selection=[key], instance=instance, resources=resources,
+                             run_config={**quiet, **(evaluation if key in EVALUATION else {})},
                              tags={"thyme/demo": "true"}, raise_on_error=False)
         if not result.success:
             print(f"{key.to_user_string()} failed: see the run with `make ui`", file=sys.stderr)
             return 1
         for mat in result.asset_materializations_for_node(key.to_python_identifier()):
             meta = {k: v.value for k, v in mat.metadata.items()}
-            shown = {k: meta[k] for k in ("steps", "final_loss", "best_loss", "samples_trained",
-                                          "samples_dropped", "checkpoint") if k in meta}
+            shown = {k: meta[k] for k in SHOWN if k in meta}
             print(f"{key.to_user_string()}: {shown}")
     print("data: data/pool/, data/code_samples/, data/executions/, data/audited/, data/splits/, "
-          "data/published/, data/checkpoints/; see the runs, funnel charts and checks with `make ui`")
+          "data/published/, data/checkpoints/, data/evaluation/; see the runs, funnel charts and checks with `make ui`")
     return 0
 
 

@@ -8,13 +8,14 @@ from dagster import Definitions
 
 from assets.code_samples import audited, code_samples, executions
 from assets.datasets import DATASET_ASSETS
+from assets.evaluation import EVALUATION_ASSETS
 from assets.pool import source_manifest, source_pool
 from assets.resources import SandboxResource, TeacherResource, ThymeStorage
 from assets.training import TRAINING_ASSETS, TRAINING_RESOURCES
 
 defs = Definitions(
     assets=[source_manifest, source_pool, code_samples, executions, audited, *DATASET_ASSETS,
-            *TRAINING_ASSETS],
+            *TRAINING_ASSETS, *EVALUATION_ASSETS],
     resources={"storage": ThymeStorage(), "sandbox": SandboxResource(), "teacher": TeacherResource(),
                **TRAINING_RESOURCES},
 )

@@ -70,7 +70,6 @@ def _launch(context: AssetExecutionContext, config: SFTStageConfig, storage: Thy
             model: str) -> MaterializeResult:
     out = storage.path("checkpoints", "sft", stage)
     error_file = storage.path("checkpoints", "sft", f".{stage}-error.json")
-    error_file.unlink(missing_ok=True)
     settings = [f"data={storage.path('published', 'thyme-sft')}", f"output_dir={out}",
                 f"model={model}", f"stage={stage}", f"cache_dir={storage.path('cache', 'hf')}",
                 f"dataset_version={_dataset_version(context)}", *config.overrides]
@@ -81,15 +80,23 @@ def _launch(context: AssetExecutionContext, config: SFTStageConfig, storage: Thy
     stale = out / "metrics.json"  # a finished run is never continued: a new one starts fresh
     if stale.is_file():
         command += ["--set", "resume=never"]
+    return launch(context, pipes_subprocess_client, command, error_file, f"SFT {stage}")
+
+
+def launch(context: AssetExecutionContext, client: PipesSubprocessClient, command: list[str],
+           error_file, what: str) -> MaterializeResult:
+    """Run `command` as its own process through Pipes; a failure fails the asset with the
+    process's own error (written to `error_file` by thyme_train.pipes.write_error)."""
+    error_file.unlink(missing_ok=True)
     context.log.info("launching: " + " ".join(command))
     try:
-        invocation = pipes_subprocess_client.run(
-            context=context, command=command, env={ERROR_FILE_ENV: str(error_file)})
+        invocation = client.run(context=context, command=command,
+                                env={ERROR_FILE_ENV: str(error_file)})
     except Exception as exc:
         if not error_file.is_file():
             raise  # the process died before it could say why (killed, out of memory, ...)
         error = json.loads(error_file.read_text())
-        raise Failure(description=f"SFT {stage} failed: {error['error']}",
+        raise Failure(description=f"{what} failed: {error['error']}",
                       metadata={"traceback": MetadataValue.text(error["traceback"])}) from exc
     return invocation.get_materialize_result()
 
@@ -119,5 +126,43 @@ def sft_stage2(context: AssetExecutionContext, config: SFTStage2Config, storage:
     return _launch(context, config, storage, pipes_subprocess_client, "stage2", str(stage1))
 
 
-TRAINING_ASSETS = [sft_stage1, sft_stage2]
+RL_DATASET = AssetKey(["datasets", "thyme_rl"])
+
+
+class GRPOConfig(Config):
+    config_file: str = Field(
+        "thyme_train/configs/rl_tiny.yaml",
+        description="the YAML for thyme_train.grpo (relative to the working directory); rl.yaml "
+                    "is the GPU recipe")
+    overrides: list[str] = Field([], description="extra `key=value` settings (its --set)")
+    launcher: list[str] = Field(
+        [], description="command placed before the module name: [] runs `python -m`; e.g. "
+                        "['deepspeed', '--module'] with a ZeRO-3 config in overrides")
+
+
+@asset(key_prefix="training", group_name="training", kinds={"python", "pytorch"},
+       deps=[RL_DATASET, sft_stage2])
+def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeStorage,
+             pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
+    """GRPO-ATS from SFT stage 2's model on the published RL prompts: rollouts with the sandbox
+    in the loop, greedy code inside sampled text, repetition stop, accuracy/format/consistency
+    rewards. Records the checkpoint, the reward and tool-use curves and the run summary."""
+    stage2 = storage.path("checkpoints", "sft", "stage2")
+    if not (stage2 / "config.json").is_file():
+        raise Failure(description=f"SFT stage 2's model is missing at {os.path.relpath(stage2)}: "
+                                  f"materialize training/sft_stage2 first")
+    out = storage.path("checkpoints", "grpo_ats")
+    settings = [f"model={stage2}", f"data={storage.path('published', 'thyme-rl')}",
+                f"output_dir={out}", *config.overrides]
+    if (out / "metrics.json").is_file():  # a finished run is never continued: start fresh
+        settings.append("resume=never")
+    command = [*(config.launcher or [sys.executable, "-m"]), "thyme_train.grpo",
+               "--config", config.config_file]
+    for item in settings:
+        command += ["--set", item]
+    return launch(context, pipes_subprocess_client, command,
+                  storage.path("checkpoints", ".grpo_ats-error.json"), "GRPO-ATS")
+
+
+TRAINING_ASSETS = [sft_stage1, sft_stage2, grpo_ats]
 TRAINING_RESOURCES = {"pipes_subprocess_client": PipesSubprocessClient()}

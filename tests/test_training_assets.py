@@ -31,8 +31,10 @@ def test_both_stages_train_through_pipes_and_record_metadata(tmp_path):
     # The published dataset as its asset would have recorded it, with a data version.
     instance.report_runless_asset_event(AssetMaterialization(
         asset_key=AssetKey(["datasets", "thyme_sft"]), tags={"dagster/data_version": "v-test"}))
-    result = materialize(TRAINING_ASSETS, instance=instance,
-                         resources=_resources(root), run_config=_run_config(FAST, FAST))
+    result = materialize(TRAINING_ASSETS, instance=instance, resources=_resources(root),
+                         run_config=_run_config(FAST, FAST),
+                         selection=[AssetKey(["training", "sft_stage1"]),
+                                    AssetKey(["training", "sft_stage2"])])
     assert result.success
     meta = {}
     for stage in ("stage1", "stage2"):
@@ -70,3 +72,47 @@ def test_a_failed_training_fails_the_asset_with_the_trainers_error(tmp_path):
     message = failure.step_failure_data.error.message
     assert "SFT stage1 failed: ValueError: no trainable rows" in message
     assert "'too_long': 32" in message
+
+
+@pytest.mark.slow
+def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
+    """GRPO-ATS from a stage-2 checkpoint on a really published RL dataset, then both
+    evaluations on its held-out split, each its own process, their metadata recorded."""
+    import thyme_corpus
+
+    from assets.evaluation import EVALUATION_ASSETS
+    from pipelines.publish import PublishConfig, publish
+    from pipelines.splits import SplitConfig, build_splits
+    from thyme_train.tiny import build_tiny_model
+
+    root = tmp_path / "data"
+    build_tiny_model(root / "checkpoints" / "sft" / "stage2")
+    corpus, _ = thyme_corpus.corpus(tmp_path_factory)
+    report = build_splits(*thyme_corpus.files(corpus), root / "splits",
+                          SplitConfig(test_share=0.5, rl_share=0.5))
+    publish(root / "splits", corpus / "pool" / "images", root / "published" / "thyme-rl",
+            PublishConfig(kind="rl", funnel=report))
+    test_rows = report["rows"]["rl"]["test"]
+    assert test_rows >= 1
+    run_config = {"ops": {
+        "training__grpo_ats": {"config": {"overrides": ["max_steps=1", "max_new_tokens=16",
+                                                        "max_turns=2", "save_steps=100"]}},
+        "evaluation__sft_stage2": {"config": {"max_new_tokens": 8, "ablation": False, "limit": 2}},
+        "evaluation__grpo_ats": {"config": {"max_new_tokens": 8, "limit": 1}}}}
+    result = materialize([*TRAINING_ASSETS, *EVALUATION_ASSETS], instance=DagsterInstance.ephemeral(),
+                         resources=_resources(root), run_config=run_config,
+                         selection=[AssetKey(["training", "grpo_ats"]),
+                                    AssetKey(["evaluation", "sft_stage2"]),
+                                    AssetKey(["evaluation", "grpo_ats"])])
+    assert result.success
+    (grpo,) = result.asset_materializations_for_node("training__grpo_ats")
+    meta = {k: v.value for k, v in grpo.metadata.items()}
+    assert meta["steps"] == 1 and "data:image/png;base64," in meta["curves_rewards"]
+    assert (root / "checkpoints" / "grpo_ats" / "model.safetensors").is_file()
+    for name, items, modes in (("sft_stage2", min(2, test_rows), {"tools"}), ("grpo_ats", 1, {"tools", "direct"})):
+        (mat,) = result.asset_materializations_for_node(f"evaluation__{name}")
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        assert meta["items"] == items and {f"accuracy_{m}" for m in modes} <= set(meta)
+        assert "| tools |" in meta["report"] and "data:image/png;base64," in meta["chart"]
+        results = json.loads((root / "evaluation" / name / "results.json").read_text())
+        assert set(results["summaries"]) == modes

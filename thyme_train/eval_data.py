@@ -200,6 +200,10 @@ def _published_rows(path: Path, image_dir: Path, split: str):
                     images = row.get("images") or row.get("image") or []
                     image = _image_from(images[0], file.parent, image_dir) if images else None
                     answer = row.get("solution") or row.get("answer")
+                    if answer is None and row.get("response"):
+                        # an SFT row: its audited trajectory's answer is the ground truth
+                        from pipelines.answers import extract
+                        answer = extract(row["response"]).text or None
                     if answer is None:
                         raise ValueError("no solution/answer")
                     meta = row.get("meta")

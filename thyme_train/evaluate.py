@@ -221,25 +221,59 @@ def main(argv: list[str] | None = None) -> int:
                         help="record unreadable benchmark rows and go on (default: stop)")
     args = parser.parse_args(argv)
 
+    import contextlib
+
+    from thyme_train.pipes import open_pipes, write_error
+
     bench = Path(args.benchmark)
     out = Path(args.out) if args.out else Path("eval") / bench.stem
     errors: list[BenchmarkError] = []
-    try:
-        items = load_items(bench, out / "images", limit=args.limit, split=args.split,
-                           on_error="skip" if args.skip_bad_rows else "raise", errors=errors)
-        config = InferConfig(model=args.model, engine=args.engine, on_code_error=args.on_code_error,
-                             max_new_tokens=args.max_new_tokens)
-        with Thyme(config) as thyme:
-            summaries = evaluate(items, thyme_policy(thyme), out, title=f"{bench.stem} ({args.model})",
-                                 ablation=not args.no_ablation)
-    except (BenchmarkError, InferenceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with contextlib.ExitStack() as stack:
+        pipes = open_pipes()                 # launched by the Dagster `evaluation` asset
+        if pipes is not None:
+            stack.enter_context(pipes)
+        try:
+            items = load_items(bench, out / "images", limit=args.limit, split=args.split,
+                               on_error="skip" if args.skip_bad_rows else "raise", errors=errors)
+            config = InferConfig(model=args.model, engine=args.engine,
+                                 on_code_error=args.on_code_error, max_new_tokens=args.max_new_tokens)
+            with Thyme(config) as thyme:
+                summaries = evaluate(items, thyme_policy(thyme), out,
+                                     title=f"{bench.stem} ({Path(args.model).name})",
+                                     ablation=not args.no_ablation)
+        except (BenchmarkError, InferenceError) as exc:
+            write_error(exc)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:
+            write_error(exc)
+            raise
+        if pipes is not None:
+            pipes.report_asset_materialization(metadata=materialization_metadata(summaries, out))
     for e in errors:
         print(f"skipped: {e}", file=sys.stderr)
     print((out / "report.md").read_text())
     print(f"results: {out / 'results.json'}, chart: {out / 'accuracy.png'}")
     return 0 if summaries["tools"].errors < summaries["tools"].items else 1
+
+
+def materialization_metadata(summaries: dict[str, Summary], out: Path) -> dict:
+    """What the Dagster `evaluation` asset records: accuracies, the table, the chart, the path."""
+    import base64
+
+    chart = base64.b64encode((out / "accuracy.png").read_bytes()).decode()
+    meta = {f"accuracy_{mode}": {"raw_value": round(s.accuracy, 4), "type": "float"}
+            for mode, s in summaries.items()}
+    meta.update({
+        "items": {"raw_value": summaries["tools"].items, "type": "int"},
+        "used_code": {"raw_value": round(summaries["tools"].used_code, 4), "type": "float"},
+        "execution_success": {"raw_value": round(summaries["tools"].execution_success, 4),
+                              "type": "float"},
+        "report": {"raw_value": (out / "report.md").read_text(), "type": "md"},
+        "chart": {"raw_value": f"![accuracy](data:image/png;base64,{chart})", "type": "md"},
+        "results": {"raw_value": os.path.relpath(out / "results.json"), "type": "path"},
+    })
+    return meta
 
 
 if __name__ == "__main__":

@@ -435,9 +435,9 @@ def _metrics_callback(out_dir: str):
 # Training
 # ---------------------------------------------------------------------------------------------
 
-def train(cfg: GRPOATSConfig, force=None):
+def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     """Run GRPO-ATS; returns the trainer (its state holds the log history). `force`: a scripted
-    policy for tests and demos (RolloutRunner.run)."""
+    policy for tests and demos (RolloutRunner.run); `callbacks`: extra `TrainerCallback`s."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOConfig
 
@@ -486,7 +486,7 @@ def train(cfg: GRPOATSConfig, force=None):
         trainer = Trainer(model=model, processing_class=processor, args=args,
                           reward_funcs=rewards.reward_funcs(), train_dataset=dataset,
                           rollout_func=ThymeRolloutFunc(cfg, processor, sandbox, force),
-                          callbacks=[_metrics_callback(str(out))])
+                          callbacks=[_metrics_callback(str(out)), *(callbacks or [])])
         resume = {"auto": last_checkpoint(str(out)), "never": None}.get(cfg.resume, cfg.resume)
         if resume:
             log.info("resuming from %s", resume)
@@ -526,10 +526,45 @@ def run_summary(history: list[dict], steps: int) -> dict:
     }
 
 
+def materialization_metadata(out: Path, summary: dict) -> dict:
+    """What the Dagster `grpo_ats` asset records: checkpoint, the run summary, the curves."""
+    import base64
+
+    meta = {"checkpoint": {"raw_value": os.path.relpath(out), "type": "path"},
+            "summary": {"raw_value": summary, "type": "json"}}
+    for key in ("steps",):
+        meta[key] = {"raw_value": summary[key], "type": "int"}
+    for key in ("reward_first_quarter", "reward_last_quarter"):
+        value = summary.get(key)
+        meta[key] = {"raw_value": value, "type": "null" if value is None else "float"}
+    for name in ("curves_rewards.png", "curves_tool_use.png"):
+        if (out / name).is_file():
+            data = base64.b64encode((out / name).read_bytes()).decode()
+            meta[name.removesuffix(".png")] = {"raw_value": f"![{name}](data:image/png;base64,{data})",
+                                               "type": "md"}
+    return meta
+
+
 def main(argv: list[str] | None = None) -> None:
+    import contextlib
+
+    from thyme_train.pipes import log_callback, open_pipes, write_error
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = parse_config(GRPOATSConfig, argv, description=__doc__.split("\n\n")[0])
-    train(cfg)
+    with contextlib.ExitStack() as stack:
+        pipes = open_pipes()
+        if pipes is not None:
+            stack.enter_context(pipes)  # closes Pipes, reporting any exception, on the way out
+        try:
+            cfg = parse_config(GRPOATSConfig, argv, description=__doc__.split("\n\n")[0])
+            trainer = train(cfg, callbacks=[log_callback(pipes)] if pipes else [])
+            out = Path(cfg.output_dir)
+            if pipes is not None and trainer.is_world_process_zero():
+                summary = json.loads((out / "metrics.json").read_text())
+                pipes.report_asset_materialization(metadata=materialization_metadata(out, summary))
+        except Exception as exc:
+            write_error(exc)
+            raise
 
 
 if __name__ == "__main__":
