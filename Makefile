@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-VLLM_TESTS := tests/test_vllm_teacher.py tests/test_vllm_engine.py
+VLLM_TESTS := tests/test_vllm_teacher.py tests/test_vllm_engine.py tests/test_vllm_infer.py
 
 .PHONY: demo ui test lint bench clean
 

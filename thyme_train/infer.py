@@ -87,7 +87,8 @@ class Thyme:
         from thyme_train.rollout import ChatCodec, RolloutConfig, RolloutRunner
 
         self.config = config
-        self.model, self.processor = load_checkpoint(config.model, config.max_pixels)
+        self.model, self.processor = load_checkpoint(config.model, config.max_pixels,
+                                                     weights=config.engine == "hf")
         self.codec = ChatCodec(self.processor)
         rollout = RolloutConfig(max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,
                                 max_total_tokens=config.max_total_tokens,
@@ -103,11 +104,14 @@ class Thyme:
 
     def _engine(self, rollout):
         if self.config.engine == "vllm":
+            from pipelines.teachers.vllm import VLLMConfig
+            from thyme_train.vllm_engine import VLLMEngine
             try:
-                from thyme_train.vllm_engine import VLLMEngine
+                return VLLMEngine(VLLMConfig(model=self.config.model, max_images=self.config.max_turns + 1,
+                                             max_model_len=self.config.max_total_tokens),
+                                  self.processor, rollout.sampling())
             except ImportError as exc:
                 raise InferenceError(f"the vllm engine needs vLLM installed ({exc})") from None
-            return VLLMEngine.from_model(self.config.model, rollout.sampling())
         from thyme_train.rollout import HFEngine
         return HFEngine(self.model, self.processor, rollout.sampling(), batch_size=1)
 
@@ -180,8 +184,9 @@ class Thyme:
         return event
 
 
-def load_checkpoint(model: str, max_pixels: int | None = None):
-    """Model and processor from a local directory or a hub id, with a clear error otherwise."""
+def load_checkpoint(model: str, max_pixels: int | None = None, weights: bool = True):
+    """Model (None unless `weights`: vLLM loads its own) and processor from a local directory or
+    a hub id, with a clear error otherwise."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     local = Path(model)
@@ -189,7 +194,7 @@ def load_checkpoint(model: str, max_pixels: int | None = None):
         raise InferenceError(f"model {model}: not a checkpoint directory (no config.json)")
     try:
         processor = AutoProcessor.from_pretrained(model)
-        net = AutoModelForImageTextToText.from_pretrained(model)
+        net = AutoModelForImageTextToText.from_pretrained(model).eval() if weights else None
     except (OSError, ValueError) as exc:
         raise InferenceError(f"model {model}: cannot be loaded ({str(exc).splitlines()[0]})") from None
     if max_pixels is not None:
@@ -197,7 +202,7 @@ def load_checkpoint(model: str, max_pixels: int | None = None):
         ip.max_pixels = max_pixels
         if isinstance(getattr(ip, "size", None), dict) and "longest_edge" in ip.size:
             ip.size = {**ip.size, "longest_edge": max_pixels}
-    return net.eval(), processor
+    return net, processor
 
 
 def _image_size(path: str) -> tuple[int, int]:
