@@ -89,8 +89,20 @@ def executions(context: AssetExecutionContext, storage: ThymeStorage,
     })
 
 
+class AuditJudge(Config):
+    enabled: bool = Field(False, description="ask a VLM whether each result supports the reasoning "
+                          "and helps answer (only trajectories that pass the rule checks)")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="the judge server's OpenAI root")
+    model: str = Field("", description="the served judge model (required when enabled)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the API key (unset: "
+                             "no auth header, as local vLLM/SGLang servers need)")
+    max_calls: int = Field(10_000, description="budget of judge requests per run; answers in the "
+                           "cache are free; beyond it the judge check is skipped with the reason")
+
+
 class AuditChecks(Config):
     min_pass_rate: float = Field(0.5, description="blocking: share of trajectories that pass")
+    judge: AuditJudge = Field(default_factory=AuditJudge, description="the optional VLM judge")
 
 
 @asset(key_prefix="samples", group_name="code_samples", kinds={"python", "parquet"},
@@ -104,7 +116,7 @@ class AuditChecks(Config):
 def audited(context: AssetExecutionContext, config: AuditChecks,
             storage: ThymeStorage) -> MaterializeResult:
     """Each trajectory with every audit check's verdict and reason; `passed` when none failed."""
-    from pipelines.audit import audit
+    from pipelines.audit import audit_many
     from pipelines.stages import (
         examples_markdown,
         funnel,
@@ -119,8 +131,15 @@ def audited(context: AssetExecutionContext, config: AuditChecks,
     samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
     trajectories = read_trajectories(_shard_file(storage, "executions", key))
     store_root = storage.path("pool", "images")
+    judge = None
+    if config.judge.enabled:
+        from pipelines.judge import Judge
+        from pipelines.llm import LLMClient, LLMConfig
+        j = config.judge
+        judge = Judge(LLMClient(LLMConfig(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env,
+                                          cache_dir=str(storage.path("cache", "judge")))), j.max_calls)
     t0 = time.perf_counter()
-    trajectories = [audit(t, samples[t.sample_id], store_root) for t in trajectories]
+    trajectories = audit_many(trajectories, samples, store_root, judge=judge)
     seconds = time.perf_counter() - t0
     write_trajectories(trajectories, _shard_file(storage, "audited", key))
     counts = funnel(trajectories)
@@ -138,6 +157,9 @@ def audited(context: AssetExecutionContext, config: AuditChecks,
             "trajectories_per_s": round(len(trajectories) / seconds, 1) if seconds else 0.0,
             "passed_examples": MetadataValue.md(examples_markdown(trajectories, samples, store_root, True)),
             "failed_examples": MetadataValue.md(examples_markdown(trajectories, samples, store_root, False)),
+            **({} if judge is None else {
+                **{f"judge_{k}": v for k, v in judge.stats.as_dict().items()},
+                "judge_errors": MetadataValue.json(judge.stats.errors)}),
         },
         check_results=[
             AssetCheckResult(check_name="pass_rate", passed=rate >= config.min_pass_rate,

@@ -3,7 +3,9 @@ whose code ran AND whose result actually helps answer — the rule-based stand-i
 72B VLM audit.
 
     audit(trajectory, sample, store_root, config=AuditConfig()) -> Trajectory
-    CHECKS   the check names, in the order every audit lists them (for funnel counts)
+    audit_many(trajectories, samples_by_id, store_root, config, judge=None) -> [Trajectory]
+    CHECKS   the rule checks' names, in the order every audit lists them (for funnel counts)
+    JUDGE    the optional judge check's name, listed after them when a judge is given
 
 `audit` returns a copy of the trajectory with `audit` = one `Check` per name in CHECKS (verdict
 pass / fail / skip and a reason a person can read) and `passed` = no check failed. Every check
@@ -44,6 +46,18 @@ The checks, in order:
                        choice) equals the printed value (rounding to the answer's decimals
                        allowed); image results would need OCR: SKIP.
 
+10. judge (optional)    a VLM (`pipelines.judge.Judge`, any OpenAI-compatible server) sees the
+                       question, the input image, each turn's reasoning, code and sandbox result
+                       (produced images, printed text, errors) and the final answer, and says
+                       yes or no to our question: does the result support the reasoning and help
+                       answer? Only trajectories that failed no rule check are asked (a sample
+                       without ground truth skips the rule checks that need it, so there the
+                       judge decides); the others, direct answers (no result to judge), and
+                       verdicts the judge could not give (over budget, request failed, no yes/no)
+                       SKIP with the reason. Asked in batches across trajectories (judge_batch
+                       at a time), through the client's disk cache (a re-run is free) and within
+                       the judge's budget.
+
 Geometry follows `pipelines.generate`: `box` = [x1, y1, x2, y2] in input pixels (x2, y2
 exclusive); `angle` = degrees counter-clockwise the upright page was turned, so
 `Image.rotate(-angle, expand=True)` restores it. Produced images are store-relative paths.
@@ -65,11 +79,12 @@ never read (no OCR), so image answers are checked only against the ground truth.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
@@ -93,6 +108,7 @@ from pipelines.answers import (
     stated_number,
 )
 from pipelines.images import ImageLimits
+from pipelines.judge import Judge
 from pipelines.schema import Sample
 from pipelines.trajectory import FAIL, KINDS, PASS, SKIP, Check, Result, Trajectory
 
@@ -100,6 +116,7 @@ CHECKS: tuple[str, ...] = (
     "executed", "result_kind", "image_sanity", "crop_semantics", "rotation_semantics",
     "contrast_semantics", "computation", "answer", "consistency",
 )
+JUDGE = "judge"
 
 # What the last code turn of each task must return.
 EXPECTED_RESULT = {"crop": "image", "rotate": "image", "contrast": "image", "computation": "text"}
@@ -149,12 +166,22 @@ class AuditConfig:
     crop_band_clip: float = 8.0       # grey levels the band-passed images are clipped at when
                                       # locating crops (see `_band`)
     rotation_side: int = 256          # long side the input is reduced to for the rotation search
+    # judge (only with a judge: see `audit_many`)
+    judge_image_side: int = 1024      # images shown to the judge are reduced to this long side
+                                      # (a 3000 px page costs a VLM ~4x the tokens, sees no more)
+    judge_max_images: int = 6         # produced images shown, the last ones (the final result)
+    judge_text_chars: int = 3000      # each reasoning, code and printed text is cut to this
+    judge_batch: int = 256            # questions built and sent together (memory: their images;
+                                      # speed: enough to keep the client's concurrency busy)
 
 
 def audit(trajectory: Trajectory, sample: Sample, store_root: str | Path,
-          config: AuditConfig = AuditConfig()) -> Trajectory:
-    """Run every check (in CHECKS order) and return a copy of `trajectory` with `audit` and
-    `passed` set; the input trajectory is not modified."""
+          config: AuditConfig = AuditConfig(), judge: Judge | None = None) -> Trajectory:
+    """Run every check (in CHECKS order, then JUDGE when a judge is given) and return a copy of
+    `trajectory` with `audit` and `passed` set; the input trajectory is not modified. Many
+    trajectories with a judge: `audit_many` (one batch of judge requests)."""
+    if judge is not None:
+        return audit_many([trajectory], {trajectory.sample_id: sample}, store_root, config, judge)[0]
     ctx = _Context(trajectory, sample, Path(store_root), config)
     checks = []
     for name, check in _CHECK_FUNCTIONS.items():
@@ -209,10 +236,10 @@ class _Context:
         return _input(self._resolve(self.sample.images[0].relpath), self.cfg.max_pixels)
 
     def _resolve(self, relpath: str) -> Path:
-        parts = PurePosixPath(relpath).parts
-        if not parts or PurePosixPath(relpath).is_absolute() or ".." in parts:
-            raise _Unreadable(f"{relpath!r} is not a path inside the image store")
-        return self.root / relpath
+        try:
+            return _store_path(self.root, relpath)
+        except ValueError as exc:
+            raise _Unreadable(str(exc)) from None
 
     # -- ground truth --------------------------------------------------------------------------
     def gt_box(self) -> tuple[int, int, int, int] | None:
@@ -539,6 +566,142 @@ _CHECK_FUNCTIONS: dict[str, Callable[[_Context], Check]] = {
     "answer": check_answer, "consistency": check_consistency,
 }
 assert tuple(_CHECK_FUNCTIONS) == CHECKS
+
+
+# ---------------------------------------------------------------------------------------------
+# The optional judge: a VLM decides what the rules passed (or could not check)
+# ---------------------------------------------------------------------------------------------
+
+JUDGE_INSTRUCTIONS = (
+    "You audit training data for a vision-language model that answers questions about images by "
+    "reasoning and writing Python code that a sandbox runs (cropping and zooming, rotating, "
+    "enhancing contrast, computing). Below are the question, the input image, the model's "
+    "reasoning and code, what the sandbox returned for each code block (the images the code "
+    "produced and/or the text it printed), and the model's final answer.\n"
+    "Decide whether the sandbox's result supports the reasoning and helps answer the question: a "
+    "crop shows the region the reasoning is about, a rotated image is upright, an enhanced image "
+    "makes the target easier to see, a printed value is the one the reasoning and the answer "
+    "use. An earlier attempt may fail or miss when a later one fixes it: judge the final result. "
+    "Say no when the result is irrelevant, shows the wrong region, contradicts the reasoning, or "
+    "the answer does not follow from it. Do not judge style.\n"
+    "Reply with exactly one word: yes or no.")
+JUDGE_QUESTION = ("Does the sandbox's result support the reasoning and help answer the question? "
+                  "Reply yes or no.")
+
+
+def audit_many(trajectories: Sequence[Trajectory], samples: Mapping[str, Sample],
+               store_root: str | Path, config: AuditConfig = AuditConfig(),
+               judge: Judge | None = None) -> list[Trajectory]:
+    """`audit` for each trajectory (`samples` by id); with a judge, the trajectories that failed
+    no rule check are then put to it in one batch and every audit ends with a JUDGE check."""
+    root = Path(store_root)
+    done = []
+    for t in trajectories:
+        if t.sample_id not in samples:
+            raise KeyError(f"trajectory {t.id}: its sample {t.sample_id!r} is not among the "
+                           f"{len(samples)} samples given")
+        done.append(audit(t, samples[t.sample_id], root, config))
+    if judge is None:
+        return done
+    if config.judge_batch < 1:
+        raise ValueError(f"AuditConfig.judge_batch must be >= 1 (got {config.judge_batch})")
+    verdicts: dict[int, Check] = {}
+    eligible = []
+    for i, t in enumerate(done):
+        failed = [c.name for c in t.audit if c.verdict == FAIL]
+        if failed:
+            verdicts[i] = Check(JUDGE, SKIP, f"not asked: rule check(s) {', '.join(failed)} failed")
+        elif not t.code_turns:
+            verdicts[i] = Check(JUDGE, SKIP, "not asked: a direct answer has no sandbox result to judge")
+        else:
+            eligible.append(i)
+    model = getattr(getattr(judge.client, "config", None), "model", "the judge")
+    # In chunks: a question carries its images, and a real shard has thousands of trajectories.
+    for start in range(0, len(eligible), config.judge_batch):
+        asked, questions = [], []
+        for i in eligible[start:start + config.judge_batch]:
+            try:
+                questions.append(judge_question(done[i], samples[done[i].sample_id], root, config))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                verdicts[i] = Check(JUDGE, SKIP, f"not asked: an image could not be shown ({exc})")
+                continue
+            asked.append(i)
+        for i, v in zip(asked, judge.verdicts(questions), strict=True):
+            if v.value is None:
+                verdicts[i] = Check(JUDGE, SKIP, f"no verdict: {v.reason}")
+            else:
+                says = "supports the reasoning and helps answer" if v.value else \
+                    "does not support the reasoning or help answer"
+                verdicts[i] = Check(JUDGE, PASS if v.value else FAIL,
+                                    f"{model}: the result {says} (reply {v.reason[:40]!r})")
+    return [replace(t, audit=[*t.audit, verdicts[i]], passed=t.passed and verdicts[i].verdict != FAIL)
+            for i, t in enumerate(done)]
+
+
+def judge_question(t: Trajectory, sample: Sample, root: Path, cfg: AuditConfig) -> list:
+    """What the judge is shown, in order (`pipelines.judge` question parts): our instructions,
+    the question (and options), the input image(s), each turn's reasoning, code and sandbox
+    result with its images (the last `judge_max_images` produced), the final answer."""
+    n = cfg.judge_text_chars
+    parts: list = [JUDGE_INSTRUCTIONS, f"\n\nQuestion: {sample.question}"]
+    options = parse_options((sample.meta or {}).get("options"))
+    if options and not any(f"{k}. {v}" in sample.question for k, v in options.items()):
+        parts.append("\nOptions: " + "; ".join(f"{k}. {v}" for k, v in options.items()))
+    if sample.images:
+        parts.append("\nInput image:" if len(sample.images) == 1 else f"\nInput images ({len(sample.images)}):")
+        parts += [_judge_image(root / im.relpath, cfg.judge_image_side) for im in sample.images]
+    else:
+        parts.append("\n(The question has no image.)")
+    produced = [(k, p) for k, turn in enumerate(t.turns) if turn.result is not None
+                for p in turn.result.images]
+    shown = set(produced[-cfg.judge_max_images:]) if cfg.judge_max_images > 0 else set()
+    for k, turn in enumerate(t.turns):
+        if turn.reasoning.strip():
+            parts.append(f"\n\nReasoning:\n{_cut(turn.reasoning.strip(), n)}")
+        if turn.code is None:
+            continue
+        parts.append(f"\n\nCode:\n```python\n{_cut(turn.code, n)}\n```\nSandbox result: ")
+        r = turn.result
+        if r is None:
+            parts.append("(not executed)")
+            continue
+        if r.kind == "error":
+            parts.append(f"error ({r.error_kind or 'error'}): {_cut(r.text, n)}")
+            continue
+        parts.append(f"printed:\n{_cut(r.text, n)}" if r.text.strip() else "printed nothing")
+        if r.images:
+            mine = [p for p in r.images if (k, p) in shown]
+            parts.append(f"\nproduced {len(r.images)} image(s)"
+                         + (f", {len(r.images) - len(mine)} not shown" if len(mine) < len(r.images) else "")
+                         + (":" if mine else ""))
+            for p in mine:
+                parts.append(_judge_image(_store_path(root, p), cfg.judge_image_side))
+    parts.append(f"\n\nFinal answer: {_cut(t.answer, n)}\n\n{JUDGE_QUESTION}")
+    return parts
+
+
+def _judge_image(path: Path, side: int) -> bytes:
+    """The image's bytes as stored, or re-encoded (JPEG) at `side` px when larger."""
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        if max(im.size) <= side and im.format in ("JPEG", "PNG", "WEBP", "GIF"):
+            return data
+        im.thumbnail((side, side), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _store_path(root: Path, relpath: str) -> Path:
+    parts = PurePosixPath(relpath).parts
+    if not parts or PurePosixPath(relpath).is_absolute() or ".." in parts:
+        raise ValueError(f"{relpath!r} is not a path inside the image store")
+    return root / relpath
+
+
+def _cut(text: str | None, n: int) -> str:
+    text = text or ""
+    return text if len(text) <= n else text[:n] + f" [... {len(text) - n} more characters]"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pipelines.answers import (
     agrees_with_printed,
@@ -41,6 +41,7 @@ from pipelines.answers import (
     score_answer,
     stated_number,
 )
+from pipelines.judge import Judge as JudgeCore
 from sandbox.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -133,59 +134,20 @@ CONSISTENCY_PROMPT = (
     "Does the reasoning support the answer?")
 
 
-@dataclass
-class JudgeStats:
-    calls: int = 0                       # verdicts asked for (cache hits included)
-    failures: int = 0                    # requests that failed or gave no yes/no
-    over_budget: int = 0                 # verdicts refused because the budget was spent
-    errors: list[str] = field(default_factory=list)   # the last few failure messages
-
-
-class Judge:
-    """An LLM judge through `pipelines.llm.LLMClient` (any OpenAI-compatible server): our prompts,
-    yes/no verdicts at temperature 0. Caching and rate limiting are the client's (`cache_dir`,
-    `max_concurrency`, retries); `max_calls` is a budget over the judge's life. A verdict is True,
-    False, or None when it could not be had (the reason is kept in `stats`)."""
-
-    def __init__(self, client, max_calls: int | None = None, max_tokens: int = 4):
-        self.client, self.max_calls, self.max_tokens = client, max_calls, max_tokens
-        self.stats = JudgeStats()
+class Judge(JudgeCore):
+    """The rewards' LLM judge: `pipelines.judge.Judge` (budget, stats, yes/no verdicts at
+    temperature 0 through any OpenAI-compatible server, cached by the client) with our two
+    prompts. A verdict is True, False, or None when it could not be had (the reason is kept in
+    `stats`)."""
 
     def accuracy(self, items: Sequence[tuple[str, str, str]]) -> list[bool | None]:
         """Verdicts for (question, reference answer, model answer) triples."""
-        return self._ask([ACCURACY_PROMPT.format(question=q, truth=t, answer=a) for q, t, a in items])
+        return self.ask([ACCURACY_PROMPT.format(question=q, truth=t, answer=a) for q, t, a in items])
 
     def consistency(self, items: Sequence[tuple[str, str, str]]) -> list[bool | None]:
         """Verdicts for (question, end of the reasoning, answer) triples."""
-        return self._ask([CONSISTENCY_PROMPT.format(question=q, reasoning=r, answer=a)
-                          for q, r, a in items])
-
-    def _ask(self, prompts: list[str]) -> list[bool | None]:
-        from pipelines.llm import LLMError, user_message
-
-        verdicts: list[bool | None] = [None] * len(prompts)
-        allowed = len(prompts) if self.max_calls is None else max(0, self.max_calls - self.stats.calls)
-        asked = list(range(min(allowed, len(prompts))))
-        self.stats.over_budget += len(prompts) - len(asked)
-        if not asked:
-            return verdicts
-        self.stats.calls += len(asked)
-        replies = self.client.chat_many([[user_message(prompts[i])] for i in asked],
-                                        temperature=0.0, max_tokens=self.max_tokens)
-        for i, reply in zip(asked, replies, strict=True):
-            if isinstance(reply, LLMError | Exception):
-                self._failed(f"request failed: {reply}")
-                continue
-            word = re.match(r"\W*(yes|no)\b", reply.text.strip().lower())
-            if word is None:
-                self._failed(f"not a yes/no reply: {reply.text[:80]!r}")
-                continue
-            verdicts[i] = word.group(1) == "yes"
-        return verdicts
-
-    def _failed(self, message: str) -> None:
-        self.stats.failures += 1
-        self.stats.errors = (self.stats.errors + [message])[-5:]
+        return self.ask([CONSISTENCY_PROMPT.format(question=q, reasoning=r, answer=a)
+                         for q, r, a in items])
 
 
 # ---------------------------------------------------------------------------------------------
