@@ -1,5 +1,6 @@
 """Run every benchmark and append the tables to docs/benchmarks.md: `make bench`
-(the sandbox throughput, then the ingest decode benchmark; ~10 minutes on 2 cores).
+(the sandbox throughput, the ingest decode benchmark, code-sample throughput through
+teacher -> sandbox -> audit, and the repetition detector; ~15 minutes on 2 cores).
 
 Each benchmark measures ratios side by side in one run (never a timed test)."""
 
@@ -23,7 +24,18 @@ def main() -> int:
                           "--out", args.out])
     ingest = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ingest_bench.py"),
                              "--rows", "10000", "100000", "--out", args.out])
-    return status or ingest.returncode
+    status = status or ingest.returncode
+    import datetime
+    today = datetime.date.today().isoformat()
+    for script, title in (("teacher_bench.py", "Code-sample throughput"),
+                          ("repetition_bench.py", "Repetition detector at 3,196 tokens")):
+        run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script)],
+                             capture_output=True, text=True)
+        print(run.stdout, end="")
+        with open(args.out, "a") as f:
+            f.write(f"\n### `benchmarks/{script}`: {title} ({today})\n\n{run.stdout}\n")
+        status = status or run.returncode
+    return status
 
 
 if __name__ == "__main__":
