@@ -2,7 +2,7 @@
 
     python -m pipelines ingest --format {thyme-sft,thyme-rl,deepeyes,generic} --input PATH... --out DIR
     python -m pipelines generate --count N [--seed S] --out DIR
-    python -m pipelines rewrite-paths --input thyme-sft.parquet --images-root DIR --out OUT.parquet
+    python -m pipelines rewrite-paths --input thyme-{sft,rl}.parquet --images-root DIR --out OUT.parquet
 
 Ingest and generate write DIR/samples/*.parquet, DIR/quarantine/*.parquet, DIR/images/ and
 DIR/report.json, and print the report. rewrite-paths decodes the released rows' images into DIR
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--count", type=int, required=True)
     gen.add_argument("--seed", type=int, default=0)
     _common(gen)
-    rw = sub.add_parser("rewrite-paths", help="released Thyme-SFT parquet: decode images, rewrite paths")
-    rw.add_argument("--input", required=True, help="a Thyme-SFT parquet file")
+    rw = sub.add_parser("rewrite-paths", help="released Thyme-SFT/RL parquet: decode images, rewrite paths")
+    rw.add_argument("--input", required=True, help="a Thyme-SFT or Thyme-RL parquet file")
     rw.add_argument("--images-root", required=True, help="where the images are decoded to")
     rw.add_argument("--out", required=True, help="the rewritten parquet (paths relative to its folder)")
     rw.add_argument("--keep-invalid", action="store_true", help="keep rows that fail validation")

@@ -157,9 +157,10 @@ def rewrite_trajectory(trajectory: Trajectory, input_path: str | None,
 
 @dataclass
 class RewriteConfig:
-    """The `rewrite-paths` command: released Thyme-SFT parquet -> the same rows, paths rewritten."""
+    """The `rewrite-paths` command: released Thyme-SFT or Thyme-RL parquet -> the same rows,
+    images decoded to files once, paths rewritten."""
 
-    input: str                  # a Thyme-SFT parquet file (columns image, question, response)
+    input: str                  # Thyme-SFT (image, question, response) or Thyme-RL (messages, images, ...)
     images_root: str            # where the decoded images go (content-addressed, written once)
     out: str                    # the rewritten parquet; paths in it are relative to its folder
     keep_invalid: bool = False  # keep rows that fail validation (default: drop, list them in the report)
@@ -187,10 +188,43 @@ def rewrite_thyme_row(row: dict, store: ImageStore, base: Path, rewrites: Rewrit
     return {**row, "question": question, "response": response, "image_paths": paths}
 
 
+def rewrite_thyme_rl_row(row: dict, store: ImageStore, base: Path) -> dict:
+    """One released Thyme-RL row: its images decoded into the store, the user message's User
+    Image Path naming the decoded file (relative to `base`) and its size the real one. Adds
+    `image_paths`. Raises ImageRejected."""
+    paths, sizes = [], []
+    for item in row.get("images") or []:
+        ref, _ = store.put_base64(item)
+        paths.append(Path(os.path.relpath(store.path(ref), base)).as_posix())
+        sizes.append((ref.width, ref.height))
+    messages = []
+    for m in row.get("messages") or []:
+        content = m["content"]
+        if m["role"] == "user" and paths and "original_path" in parse_user(content)[1]:
+            content = rewrite_question(content, paths[0], sizes[0])
+        messages.append({**m, "content": content})
+    return {**row, "messages": messages, "image_paths": paths}
+
+
+def _validate_released(new: dict, number: int, base: Path, vcfg) -> list:
+    from pipelines.validate import validate_rl_rows, validate_sft_rows
+
+    if "messages" in new:           # RL: checked against its own system prompt (the release's)
+        row = {"id": str(number), "messages": new["messages"], "images": new["image_paths"],
+               "solution": str(new.get("solution") or ""), "has_image": bool(new["image_paths"])}
+        system = next((m["content"] for m in new["messages"] if m["role"] == "system"), "")
+        return validate_rl_rows([row], lambda p: base / p, replace(vcfg, system_prompt=system))
+    row = {"id": str(number), "question": new["question"], "response": new["response"],
+           "images": new["image_paths"],
+           "has_image": bool(parse_user(new["question"])[1].get("original_path"))}
+    return validate_sft_rows([row], lambda p: base / p, vcfg)
+
+
 def rewrite_released(cfg: RewriteConfig) -> dict:
-    """Stream a released Thyme-SFT parquet through `rewrite_thyme_row` and the row validations;
-    write the output atomically. Returns a report (counts, failures by check with rows)."""
-    from pipelines.validate import ValidationConfig, validate_sft_rows
+    """Stream a released Thyme-SFT or Thyme-RL parquet (told apart by its columns) through the
+    rewrite and the row validations; write the output atomically. Returns a report (counts,
+    failures by check with rows)."""
+    from pipelines.validate import ValidationConfig
 
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +235,7 @@ def rewrite_released(cfg: RewriteConfig) -> dict:
     failures_by_check: Counter = Counter()
     written = rows_in = 0
     pf = pq.ParquetFile(cfg.input)
+    rl = "messages" in pf.schema_arrow.names
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     writer = None
     try:
@@ -210,15 +245,13 @@ def rewrite_released(cfg: RewriteConfig) -> dict:
                 number = rows_in
                 rows_in += 1
                 try:
-                    new = rewrite_thyme_row(row, store, out.parent, rewrites)
+                    new = (rewrite_thyme_rl_row(row, store, out.parent) if rl
+                           else rewrite_thyme_row(row, store, out.parent, rewrites))
                 except ImageRejected as exc:
                     rejected.append({"row": number, "check": "image", "reason": str(exc)})
                     failures_by_check["image"] += 1
                     continue
-                check_row = {"id": str(number), "question": new["question"],
-                             "response": new["response"], "images": new["image_paths"],
-                             "has_image": bool(parse_user(new["question"])[1].get("original_path"))}
-                failures = validate_sft_rows([check_row], lambda p: out.parent / p, vcfg)
+                failures = _validate_released(new, number, out.parent, vcfg)
                 for f in failures:
                     failures_by_check[f.check] += 1
                     rejected.append({"row": number, "check": f.check, "reason": f.reason})

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from pipelines.__main__ import main
-from pipelines.formats import SourceRow, thyme_sft_table, write_parquet
+from pipelines.formats import SourceRow, thyme_rl_table, thyme_sft_table, write_parquet
 from pipelines.images import ImageStore
 from pipelines.paths import find_absolute_paths, rewrite_question, rewrite_text
 from pipelines.prompts import parse_user
@@ -113,6 +113,30 @@ def test_rewrite_paths_command(released, tmp_path, capsys):
     assert again["images_written"] == 0 and again["written"] == 2
     kept = _run(released, tmp_path / "ds" / "all.parquet", capsys, "--keep-invalid")
     assert kept["written"] == 4
+
+
+def test_rewrite_paths_on_released_rl_rows(tmp_path, capsys):
+    """Thyme-RL rows: images decoded to files, the prompt's User Image Path names that file and
+    its size is the real one; the release's own system prompt is kept; a row without a
+    solution is rejected with its reason."""
+    original_system = "You are a helpful assistant (the original release's text)."
+    img = _jpeg(640, 480, "red")
+    rows = [SourceRow("What does the sign say?", [img], answer="OPEN", image_path=AUTHOR_INPUT,
+                      image_size=(1, 1)),
+            SourceRow("Which colour?", [_jpeg(300, 200, "blue")], answer="", image_path="/mnt/x/2.jpg",
+                      image_size=(300, 200))]
+    write_parquet(thyme_rl_table(rows, system_prompt=original_system), tmp_path / "thyme-rl.parquet")
+    out = tmp_path / "ds" / "thyme-rl.parquet"
+    report = _run(tmp_path / "thyme-rl.parquet", out, capsys)
+    assert report["rows"] == 2 and report["written"] == 1
+    assert report["failures_by_check"] == {"rl_prompt": 1}
+    (row,) = pq.read_table(out).to_pylist()
+    assert row["messages"][0]["content"] == original_system
+    path = row["image_paths"][0]
+    assert not path.startswith("/") and (out.parent / path).read_bytes() == img
+    assert parse_user(row["messages"][1]["content"])[1] == {"original_path": path,
+                                                            "original_size": [640, 480]}
+    assert "/mnt/" not in json.dumps(row["messages"]) and row["solution"] == "OPEN"
 
 
 def test_rewritten_rows_reingest_through_the_thyme_reader(released, tmp_path, capsys):
