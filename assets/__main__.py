@@ -88,9 +88,9 @@ def demo(count: int, shard_size: int) -> int:
         return 1
     # training, each stage its own process (Dagster Pipes), on the tiny model; then evaluation
     # of each checkpoint on the held-out split (the tiny model's numbers mean nothing)
-    evaluation = {"ops": {key.to_python_identifier(): {"config": {"max_new_tokens": 48}}
-                          for key in EVALUATION}}
     for key in TRAINING + EVALUATION:
+        # run config may name only the ops that run
+        evaluation = {"ops": {key.to_python_identifier(): {"config": {"max_new_tokens": 48}}}}
         result = materialize(graph_assets + DATASET_ASSETS + TRAINING_ASSETS + EVALUATION_ASSETS,
                              selection=[key], instance=instance, resources=resources,
                              run_config={**quiet, **(evaluation if key in EVALUATION else {})},
