@@ -61,7 +61,7 @@ def _evaluation_asset(checkpoint: str):
             command.append("--no-ablation")
         return launch(context, pipes_subprocess_client, command,
                       storage.path("evaluation", f".{checkpoint}-error.json"),
-                      f"evaluation of {checkpoint}")
+                      f"evaluation of {checkpoint}", images={"chart": out / "accuracy.png"})
 
     _evaluate.__doc__ = (f"Accuracy (overall, per category, with and without tools) and tool use "
                          f"of the {checkpoint} checkpoint on the held-out split.")

@@ -10,6 +10,7 @@ on. A failed run fails the asset with the trainer's own error.
 (No `from __future__ import annotations` here: Dagster reads the config annotations.)
 """
 
+import base64
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.pipes_reader import WholeLineTempFileMessageReader
 from assets.resources import ThymeStorage
 
 SFT_DATASET = AssetKey(["datasets", "thyme_sft"])
@@ -80,13 +82,16 @@ def _launch(context: AssetExecutionContext, config: SFTStageConfig, storage: Thy
     stale = out / "metrics.json"  # a finished run is never continued: a new one starts fresh
     if stale.is_file():
         command += ["--set", "resume=never"]
-    return launch(context, pipes_subprocess_client, command, error_file, f"SFT {stage}")
+    return launch(context, pipes_subprocess_client, command, error_file, f"SFT {stage}",
+                  images={"loss_curve": out / "loss_curve.png"})
 
 
 def launch(context: AssetExecutionContext, client: PipesSubprocessClient, command: list[str],
-           error_file, what: str) -> MaterializeResult:
+           error_file, what: str, images: dict | None = None) -> MaterializeResult:
     """Run `command` as its own process through Pipes; a failure fails the asset with the
-    process's own error (written to `error_file` by thyme_train.pipes.write_error)."""
+    process's own error (written to `error_file` by thyme_train.pipes.write_error). `images`
+    (metadata name -> PNG path the process wrote) are embedded here, not sent through Pipes,
+    whose messages are lines in a file that a reader can catch half-written when long."""
     error_file.unlink(missing_ok=True)
     context.log.info("launching: " + " ".join(command))
     try:
@@ -98,7 +103,11 @@ def launch(context: AssetExecutionContext, client: PipesSubprocessClient, comman
         error = json.loads(error_file.read_text())
         raise Failure(description=f"{what} failed: {error['error']}",
                       metadata={"traceback": MetadataValue.text(error["traceback"])}) from exc
-    return invocation.get_materialize_result()
+    result = invocation.get_materialize_result()
+    embedded = {name: MetadataValue.md(f"![{name}](data:image/png;base64,"
+                                       f"{base64.b64encode(path.read_bytes()).decode()})")
+                for name, path in (images or {}).items() if path.is_file()}
+    return result._replace(metadata={**(result.metadata or {}), **embedded})
 
 
 @asset(key_prefix="training", group_name="training", kinds={"python", "pytorch"},
@@ -161,8 +170,11 @@ def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeS
     for item in settings:
         command += ["--set", item]
     return launch(context, pipes_subprocess_client, command,
-                  storage.path("checkpoints", ".grpo_ats-error.json"), "GRPO-ATS")
+                  storage.path("checkpoints", ".grpo_ats-error.json"), "GRPO-ATS",
+                  images={"curves_rewards": out / "curves_rewards.png",
+                          "curves_tool_use": out / "curves_tool_use.png"})
 
 
 TRAINING_ASSETS = [sft_stage1, sft_stage2, grpo_ats]
-TRAINING_RESOURCES = {"pipes_subprocess_client": PipesSubprocessClient()}
+TRAINING_RESOURCES = {"pipes_subprocess_client": PipesSubprocessClient(
+    message_reader=WholeLineTempFileMessageReader())}

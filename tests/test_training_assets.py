@@ -116,3 +116,36 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
         assert "| tools |" in meta["report"] and "data:image/png;base64," in meta["chart"]
         results = json.loads((root / "evaluation" / name / "results.json").read_text())
         assert set(results["summaries"]) == modes
+
+
+def test_pipes_reader_waits_for_a_whole_line(tmp_path):
+    """A message the training process is still writing is not parsed half-written (Dagster's
+    own file reader does, and its reader thread dies, losing every later message)."""
+    import threading
+    import time
+
+    from assets.pipes_reader import WholeLineFileMessageReader
+
+    got, errors = [], []
+
+    class Handler:
+        def handle_message(self, message):
+            got.append(message)
+
+        def report_pipes_framework_exception(self, *args):
+            errors.append(args)
+
+    path = tmp_path / "messages"
+    message = json.dumps({"method": "log", "params": {"message": "x" * 20000, "level": "INFO"}})
+    with WholeLineFileMessageReader(str(path)).read_messages(Handler()):
+        def write():
+            with open(path, "a") as f:
+                f.write(message[:300])
+                f.flush()
+                time.sleep(0.3)          # the reader polls every 10 ms: it sees the cut line
+                f.write(message[300:] + "\n")
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join()
+        time.sleep(0.1)
+    assert not errors and [m["params"]["message"] for m in got] == ["x" * 20000]

@@ -527,9 +527,8 @@ def run_summary(history: list[dict], steps: int) -> dict:
 
 
 def materialization_metadata(out: Path, summary: dict) -> dict:
-    """What the Dagster `grpo_ats` asset records: checkpoint, the run summary, the curves."""
-    import base64
-
+    """What the Dagster `grpo_ats` asset records: checkpoint, the run summary (the curve PNGs are
+    embedded by the launching asset: a long Pipes line can be read half-written)."""
     meta = {"checkpoint": {"raw_value": os.path.relpath(out), "type": "path"},
             "summary": {"raw_value": summary, "type": "json"}}
     for key in ("steps",):
@@ -537,11 +536,6 @@ def materialization_metadata(out: Path, summary: dict) -> dict:
     for key in ("reward_first_quarter", "reward_last_quarter"):
         value = summary.get(key)
         meta[key] = {"raw_value": value, "type": "null" if value is None else "float"}
-    for name in ("curves_rewards.png", "curves_tool_use.png"):
-        if (out / name).is_file():
-            data = base64.b64encode((out / name).read_bytes()).decode()
-            meta[name.removesuffix(".png")] = {"raw_value": f"![{name}](data:image/png;base64,{data})",
-                                               "type": "md"}
     return meta
 
 

@@ -410,10 +410,9 @@ def _check_trackers(report_to: list[str]) -> None:
 
 def materialization_metadata(metrics: dict) -> dict:
     """What the Dagster asset records: checkpoint, losses, steps, drops, curve, data version."""
-    import base64
-
     out = Path(metrics["output_dir"])
-    curve = base64.b64encode((out / LOSS_CURVE_FILE).read_bytes()).decode()
+    # The loss curve is not sent: Pipes messages are lines in a file, and a long line can be read
+    # half-written. The launching asset embeds the PNG itself (assets.training.launch).
     meta = {
         "checkpoint": {"raw_value": os.path.relpath(out), "type": "path"},
         # None when no step was logged (logging_steps beyond the run's steps)
@@ -427,8 +426,7 @@ def materialization_metadata(metrics: dict) -> dict:
         "dropped_by_reason": {"raw_value": metrics["dropped_by_reason"], "type": "json"},
         "dataset_version": {"raw_value": metrics["dataset"]["version"] or "", "type": "text"},
         "dataset_fingerprint": {"raw_value": metrics["dataset"]["fingerprint"], "type": "text"},
-        "loss_curve": {"raw_value": f"![loss curve](data:image/png;base64,{curve})",
-                       "type": "md"},
+        "loss_curve_file": {"raw_value": os.path.relpath(out / LOSS_CURVE_FILE), "type": "path"},
         "runtime_s": {"raw_value": metrics["runtime_s"], "type": "float"},
         "resumed_from": {"raw_value": metrics["resumed_from"] or "", "type": "text"},
     }
