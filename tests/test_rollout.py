@@ -163,9 +163,11 @@ def test_forced_crop_runs_and_its_image_comes_back(tiny, codec, image_file, sand
     env = [t for t, m in zip(r.completion_ids, r.env_mask, strict=True) if m == 0]
     model_text = codec.decode([t for t, m in zip(r.completion_ids, r.env_mask, strict=True) if m])
     assert codec.decode(env).startswith("<sandbox_output><|vision_start|><|image_pad|>")
-    assert codec.decode(env).endswith("<|vision_end|></sandbox_output>")
+    # ... and the end-of-turn token closing the answered turn (not sampled: no loss either)
+    assert codec.decode(env).endswith("<|vision_end|></sandbox_output><|im_end|>")
+    assert r.completion_ids[-1] == codec.tokenizer.eos_token_id and r.env_mask[-1] == 0
     assert model_text == CROP + ANSWER
-    assert sum(t == codec.image_token_id for t in env) == len(env) - 4
+    assert sum(t == codec.image_token_id for t in env) == len(env) - 5
     assert all(math.isnan(t) for t, m in zip(r.temperatures, r.env_mask, strict=True) if m == 0)
     # with code_token_loss=mask, the greedy code tokens leave the loss too
     assert sum(r.loss_mask("mask")) < sum(r.loss_mask("train")) == sum(r.env_mask)
@@ -216,6 +218,7 @@ def test_rollback_policy_drops_failed_rounds(tiny, codec, image_file, sandbox):
         [make_prompt(codec, image_file)], force=scripted(codec, [bad, ANSWER]),
         on_event=lambda rollout, kind, payload: events.append(kind))
     assert (r.end_reason, r.code_errors, r.rollbacks, r.turns) == ("answer", 1, 1, 2)
-    assert codec.decode(r.completion_ids) == ANSWER               # the failed round is gone
-    assert all(r.env_mask) and len(r.env_mask) == len(r.logprobs) == len(r.completion_ids)
+    # the failed round is gone; the turn ends with the end-of-turn token (not model-written)
+    assert codec.decode(r.completion_ids) == ANSWER + "<|im_end|>" and r.env_mask[-1] == 0
+    assert all(r.env_mask[:-1]) and len(r.env_mask) == len(r.logprobs) == len(r.completion_ids)
     assert events == ["generation", "sandbox", "rollback", "generation", "end"]

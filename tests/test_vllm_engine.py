@@ -163,15 +163,17 @@ def check_forced_crop_rollout(engine, codec, prompt, sandbox):
         assert r.end_reason == "answer", r.error
         assert (r.turns, r.code_calls, r.code_errors) == (2, 1, 0)
         assert len(r.sandbox_image_paths) == 1 and len(r.images) == 2
-        # the sandbox block: exactly the env_mask zeros, right after </code>, an image inside
-        zeros = [i for i, m in enumerate(r.env_mask) if m == 0]
+        # the answered turn closes with the end-of-turn token, not model-written
+        assert r.completion_ids[-1] == codec.tokenizer.eos_token_id and r.env_mask[-1] == 0
+        # the sandbox block: exactly the other env_mask zeros, right after </code>, an image inside
+        zeros = [i for i, m in enumerate(r.env_mask[:-1]) if m == 0]
         assert zeros == list(range(zeros[0], zeros[-1] + 1))
         block = codec.decode(r.completion_ids[zeros[0]:zeros[-1] + 1])
         assert block.startswith("<sandbox_output><|vision_start|><|image_pad|>")
         assert block.endswith("<|vision_end|></sandbox_output>")
         assert codec.decode(r.completion_ids[:zeros[0]]) == CROP
-        assert codec.decode(r.completion_ids[zeros[-1] + 1:]) == ANSWER
-        assert r.loss_mask("mask").count(0) > len(zeros)            # greedy code tokens too
+        assert codec.decode(r.completion_ids[zeros[-1] + 1:-1]) == ANSWER
+        assert r.loss_mask("mask").count(0) > len(zeros) + 1        # greedy code tokens too
         assert len(r.logprobs) == len(r.completion_ids)
     # the second call carried the cropped image: two images, their tokens in the context, and
     # vLLM's own expansion of them matched the context token for token (else an error)

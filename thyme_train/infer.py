@@ -165,6 +165,9 @@ class Thyme:
         return transcript
 
     def _text(self, ids) -> str:
+        ids = list(ids)
+        if ids and ids[-1] == self.codec.tokenizer.eos_token_id:   # the closing end-of-turn
+            ids = ids[:-1]
         return _VISION_RUN.sub("<image>", self.codec.decode(ids))
 
     def _events(self, on_text):

@@ -354,6 +354,11 @@ class RolloutRunner:
             r.behaviour_logprobs += res.behaviour_logprobs
             r.temperatures += res.temperatures
             r.in_code += res.in_code
+            if res.finish == "answer" and self.codec.tokenizer.eos_token_id is not None:
+                # The call stops at </answer>; the turn still ends with the end-of-turn token, so
+                # the completion reads as finished (TRL counts one without it as truncated). It
+                # was not sampled: added like an environment token (no loss, no log-prob).
+                self._append_environment(r, [self.codec.tokenizer.eos_token_id])
             if res.finish in ("answer", "eos"):
                 self._end(s, res.finish)
             elif res.finish == "watch":
@@ -427,13 +432,7 @@ class RolloutRunner:
             r.code_errors += 1
         if result.text and len(result.text) > cfg.max_output_chars:
             result = dataclasses.replace(result, text=result.text[:cfg.max_output_chars] + " …[cut]")
-        ids = self.codec.block(render_output(result), images)
-        r.completion_ids += ids
-        r.env_mask += [0] * len(ids)
-        r.logprobs += [0.0] * len(ids)
-        r.behaviour_logprobs += [0.0] * len(ids)
-        r.temperatures += [math.nan] * len(ids)
-        r.in_code += [False] * len(ids)
+        self._append_environment(r, self.codec.block(render_output(result), images))
         r.images += images
         r.sandbox_image_paths += list(result.images) if result.ok else []
         if len(r.prompt_ids) + len(r.completion_ids) >= cfg.max_total_tokens:
@@ -442,6 +441,16 @@ class RolloutRunner:
             self._end(s, "turn_cap", f"{r.turns} generation calls")
 
     # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _append_environment(r: Rollout, ids: list[int]) -> None:
+        """Tokens the model did not write (sandbox outputs, the closing end-of-turn): no loss."""
+        r.completion_ids += ids
+        r.env_mask += [0] * len(ids)
+        r.logprobs += [0.0] * len(ids)
+        r.behaviour_logprobs += [0.0] * len(ids)
+        r.temperatures += [math.nan] * len(ids)
+        r.in_code += [False] * len(ids)
 
     @staticmethod
     def _last_call_tokens(r: Rollout) -> list[int]:
