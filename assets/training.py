@@ -104,6 +104,9 @@ def launch(context: AssetExecutionContext, client: PipesSubprocessClient, comman
         raise Failure(description=f"{what} failed: {error['error']}",
                       metadata={"traceback": MetadataValue.text(error["traceback"])}) from exc
     result = invocation.get_materialize_result()
+    if not result.metadata:
+        raise Failure(description=f"{what} finished but its report never arrived through Pipes "
+                                  f"(no metadata): see the run's logs")
     embedded = {name: MetadataValue.md(f"![{name}](data:image/png;base64,"
                                        f"{base64.b64encode(path.read_bytes()).decode()})")
                 for name, path in (images or {}).items() if path.is_file()}

@@ -128,3 +128,17 @@ def test_report_on_a_fake_policy_with_known_accuracy(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| tools | 20 | 70.0 |" in md and "| direct | 20 | 50.0 |" in md
     assert Image.open(tmp_path / "out" / "accuracy.png").size[0] > 300
+
+
+def test_published_dataset_with_two_encodings_is_read_once(tmp_path):
+    from pipelines.prompts import render_user
+
+    for encoding in ("thyme", "hf"):
+        folder = tmp_path / "ds" / "data" / encoding
+        folder.mkdir(parents=True)
+        images = ([base64.b64encode(_png()).decode()] if encoding == "thyme"
+                  else [{"bytes": _png(), "path": None}])
+        pq.write_table(pa.table({"id": ["r1"], "question": [render_user("Colour?", "x.png", (40, 30))],
+                                 "images": [images], "solution": ["red"]}),
+                       folder / "test-00000.parquet")
+    assert [i.id for i in load_items(tmp_path / "ds", tmp_path / "img", split="test")] == ["r1"]
