@@ -221,17 +221,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="record unreadable benchmark rows and go on (default: stop)")
     args = parser.parse_args(argv)
 
-    import contextlib
-
-    from thyme_train.pipes import open_pipes, write_error
+    from thyme_train.pipes import launched_process, write_error
 
     bench = Path(args.benchmark)
     out = Path(args.out) if args.out else Path("eval") / bench.stem
     errors: list[BenchmarkError] = []
-    with contextlib.ExitStack() as stack:
-        pipes = open_pipes()                 # launched by the Dagster `evaluation` asset
-        if pipes is not None:
-            stack.enter_context(pipes)
+    with launched_process() as pipes:        # Pipes when the `evaluation` asset launched it
         try:
             items = load_items(bench, out / "images", limit=args.limit, split=args.split,
                                on_error="skip" if args.skip_bad_rows else "raise", errors=errors)
@@ -241,13 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                 summaries = evaluate(items, thyme_policy(thyme), out,
                                      title=f"{bench.stem} ({Path(args.model).name})",
                                      ablation=not args.no_ablation)
-        except (BenchmarkError, InferenceError) as exc:
+        except (BenchmarkError, InferenceError) as exc:   # a clear message, exit status 2
             write_error(exc)
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        except Exception as exc:
-            write_error(exc)
-            raise
         if pipes is not None:
             pipes.report_asset_materialization(metadata=materialization_metadata(summaries, out))
     for e in errors:

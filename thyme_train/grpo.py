@@ -540,25 +540,16 @@ def materialization_metadata(out: Path, summary: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import contextlib
-
-    from thyme_train.pipes import log_callback, open_pipes, write_error
+    from thyme_train.pipes import launched_process, log_callback
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    with contextlib.ExitStack() as stack:
-        pipes = open_pipes()
-        if pipes is not None:
-            stack.enter_context(pipes)  # closes Pipes, reporting any exception, on the way out
-        try:
-            cfg = parse_config(GRPOATSConfig, argv, description=__doc__.split("\n\n")[0])
-            trainer = train(cfg, callbacks=[log_callback(pipes)] if pipes else [])
-            out = Path(cfg.output_dir)
-            if pipes is not None and trainer.is_world_process_zero():
-                summary = json.loads((out / "metrics.json").read_text())
-                pipes.report_asset_materialization(metadata=materialization_metadata(out, summary))
-        except Exception as exc:
-            write_error(exc)
-            raise
+    with launched_process() as pipes:
+        cfg = parse_config(GRPOATSConfig, argv, description=__doc__.split("\n\n")[0])
+        trainer = train(cfg, callbacks=[log_callback(pipes)] if pipes else [])
+        out = Path(cfg.output_dir)
+        if pipes is not None and trainer.is_world_process_zero():
+            summary = json.loads((out / "metrics.json").read_text())
+            pipes.report_asset_materialization(metadata=materialization_metadata(out, summary))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ asset fails with the trainer's own error instead of a bare exit code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import traceback
@@ -53,3 +54,19 @@ def write_error(exc: BaseException) -> None:
     tmp.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}",
                                "traceback": traceback.format_exc()[-6000:]}))
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def launched_process():
+    """The body of a launched process's `main`: yields Pipes (None outside Dagster, or on ranks
+    other than 0), closes it on the way out (reporting any exception to Dagster), and writes any
+    exception where the launcher looks before re-raising it."""
+    with contextlib.ExitStack() as stack:
+        pipes = open_pipes()
+        if pipes is not None:
+            stack.enter_context(pipes)
+        try:
+            yield pipes
+        except Exception as exc:
+            write_error(exc)
+            raise

@@ -27,7 +27,7 @@ from pathlib import Path
 from pipelines.prompts import DEFAULT_SYSTEM_PROMPT
 from thyme_train.config import doc, parse_config, to_dict
 from thyme_train.data import data_files, fingerprint, load_rows, measure_and_filter
-from thyme_train.pipes import log_callback, open_pipes, write_error
+from thyme_train.pipes import launched_process, log_callback
 
 log = logging.getLogger("thyme_train.sft")
 TINY_PREFIX = "tiny:"
@@ -434,21 +434,12 @@ def materialization_metadata(metrics: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import contextlib
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with contextlib.ExitStack() as stack:
-        pipes = open_pipes()
-        if pipes is not None:
-            stack.enter_context(pipes)  # closes Pipes, reporting any exception, on the way out
-        try:
-            cfg = parse_config(ThymeSFTConfig, argv, description=__doc__.split("\n\n")[0])
-            metrics = train(cfg, [log_callback(pipes)] if pipes else [])
-            if pipes is not None and metrics:
-                pipes.report_asset_materialization(metadata=materialization_metadata(metrics))
-        except Exception as exc:
-            write_error(exc)
-            raise
+    with launched_process() as pipes:
+        cfg = parse_config(ThymeSFTConfig, argv, description=__doc__.split("\n\n")[0])
+        metrics = train(cfg, [log_callback(pipes)] if pipes else [])
+        if pipes is not None and metrics:
+            pipes.report_asset_materialization(metadata=materialization_metadata(metrics))
     if metrics:
         print(json.dumps({k: metrics[k] for k in ("stage", "steps", "final_loss", "best_loss",
                                                   "samples_trained", "samples_dropped")}))
