@@ -6,25 +6,16 @@ random model's text structure only.
     .venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_infer.py
 """
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from vllm_support import ROOT, VLLM_ENV, require_vllm
 
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip("vLLM is not installed here: run `bash scripts/vllm_cpu_env.sh`, then "
-                "`.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_infer.py`",
-                allow_module_level=True)
-
+require_vllm(__file__)
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parent.parent
-VLLM_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1",
-            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TORCH_COMPILE_DISABLE": "1",
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 def test_infer_cli_with_the_vllm_engine(tmp_path, request):

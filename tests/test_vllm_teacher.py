@@ -13,28 +13,12 @@ before the server starts: vLLM pins a core, never run two at once.
 from __future__ import annotations
 
 import gc
-import importlib.util
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from vllm_support import require_vllm, vllm_server
 
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip("vLLM is not installed here: run `bash scripts/vllm_cpu_env.sh`, then "
-                "`.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_teacher.py`",
-                allow_module_level=True)
-
-# Before vLLM is imported (STACK.md: offline, small KV cache, loopback, in-process engine).
-VLLM_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1",
-            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TORCH_COMPILE_DISABLE": "1"}
-os.environ.update(VLLM_ENV)
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"     # offline engine starts in ~3 s, not ~20
+require_vllm(__file__)   # before vLLM is imported
 
 from pipelines.generate import generate_samples  # noqa: E402
 from pipelines.images import ImageStore  # noqa: E402
@@ -45,7 +29,6 @@ from thyme_train.tiny import build_tiny_model  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 MAX_TOKENS = 24
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -133,47 +116,11 @@ class TestOffline:
 # OpenAI-compatible server on loopback
 # ---------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="class")
 def server(model_dir, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    env = {**os.environ, **VLLM_ENV}      # the engine in the server's process: up in ~30 s, not ~60
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
-           "--max-model-len", "2048", "--enforce-eager",
-           "--limit-mm-per-prompt", '{"image": 1, "video": 0}']
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the vLLM server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the vLLM server did not answer in 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+    with vllm_server(model_dir, tmp_path_factory.mktemp("vllm-server") / "server.log",
+                     "--limit-mm-per-prompt", '{"image": 1, "video": 0}') as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 class TestServer:
