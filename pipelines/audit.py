@@ -396,22 +396,32 @@ def check_image_sanity(c: _Context) -> Check:
                              "not a copy of the input")
 
 
-def check_crop_semantics(c: _Context) -> Check:
-    name, cfg = "crop_semantics", c.cfg
-    if c.task != "crop":
-        return Check(name, SKIP, f"not a crop task ({c.task})")
+def _semantic_gates(c: _Context, name: str, task: str, done: str, truth, truth_name: str):
+    """What the crop, rotation and contrast checks decide before looking at pixels: the task,
+    a code turn, the ground truth, a produced image that loads. Returns (a Check, None) when one
+    of these decides, else (None, (the produced image in grey, the input))."""
+    if c.task != task:
+        return Check(name, SKIP, f"not a {'rotation' if task == 'rotate' else task} task ({c.task})"), None
     if not c.code_turns:
-        return Check(name, SKIP, "no code turn: nothing was cropped")
-    box = c.gt_box()
-    if box is None:
-        return Check(name, SKIP, "the sample has no ground-truth box")
+        return Check(name, SKIP, f"no code turn: nothing was {done}"), None
+    if truth is None:
+        return Check(name, SKIP, f"the sample has no ground-truth {truth_name}"), None
     rel = c.final_image()
     if rel is None:
-        return Check(name, FAIL, "no image was produced")
+        return Check(name, FAIL, "no image was produced"), None
     try:
-        needle, inp = c.grey(rel), c.input()
+        return None, (c.grey(rel), c.input())
     except _Unreadable as exc:
-        return Check(name, FAIL, str(exc))
+        return Check(name, FAIL, str(exc)), None
+
+
+def check_crop_semantics(c: _Context) -> Check:
+    name, cfg = "crop_semantics", c.cfg
+    box = c.gt_box()
+    gate, loaded = _semantic_gates(c, name, "crop", "cropped", box, "box")
+    if gate is not None:
+        return gate
+    needle, inp = loaded
     found = _locate(needle, inp.pyramid, cfg, cfg.zoom_min, cfg.zoom_max, clip=cfg.crop_band_clip)
     if found is None or found.score < cfg.match_min_score:
         best = "no usable match" if found is None else f"best match {found.score:.2f}"
@@ -431,41 +441,25 @@ def check_crop_semantics(c: _Context) -> Check:
 
 def check_rotation_semantics(c: _Context) -> Check:
     name, cfg = "rotation_semantics", c.cfg
-    if c.task != "rotate":
-        return Check(name, SKIP, f"not a rotation task ({c.task})")
-    if not c.code_turns:
-        return Check(name, SKIP, "no code turn: nothing was rotated")
     try:
         angle = float(c.meta["angle"])
     except (KeyError, TypeError, ValueError):
-        return Check(name, SKIP, "the sample has no ground-truth angle")
-    rel = c.final_image()
-    if rel is None:
-        return Check(name, FAIL, "no image was produced")
-    try:
-        out, inp = c.grey(rel), c.input()
-    except _Unreadable as exc:
-        return Check(name, FAIL, str(exc))
+        angle = None
+    gate, loaded = _semantic_gates(c, name, "rotate", "rotated", angle, "angle")
+    if gate is not None:
+        return gate
+    out, inp = loaded
     v = _rotation_verdict(inp.grey, out, angle, cfg)
     return Check(name, PASS if v.ok else FAIL, v.reason)
 
 
 def check_contrast_semantics(c: _Context) -> Check:
     name, cfg = "contrast_semantics", c.cfg
-    if c.task != "contrast":
-        return Check(name, SKIP, f"not a contrast task ({c.task})")
-    if not c.code_turns:
-        return Check(name, SKIP, "no code turn: nothing was enhanced")
     box = c.gt_box()
-    if box is None:
-        return Check(name, SKIP, "the sample has no ground-truth box for the target")
-    rel = c.final_image()
-    if rel is None:
-        return Check(name, FAIL, "no image was produced")
-    try:
-        out, inp = c.grey(rel), c.input()
-    except _Unreadable as exc:
-        return Check(name, FAIL, str(exc))
+    gate, loaded = _semantic_gates(c, name, "contrast", "enhanced", box, "box for the target")
+    if gate is not None:
+        return gate
+    out, inp = loaded
     grey = inp.grey
     H, W = grey.shape
     oh, ow = out.shape
