@@ -157,6 +157,8 @@ def run_seed(seed: int, args, work: Path) -> dict:
                    "--set", f"warmup_ratio={args.warmup_ratio}", "--set", f"beta={args.beta}",
                    "--set", f"max_new_tokens={args.max_new_tokens}",
                    "--set", f"max_turns={args.max_turns}", "--set", "sandbox_workers=1",
+                   "--set", f"top_p={args.top_p}", "--set", f"top_k={args.top_k}",
+                   "--set", f"shuffle_dataset={str(not args.balanced).lower()}",
                    "--set", f"save_steps={args.steps + 1}", "--set", f"seed={seed}"],
                   folder / "grpo.log")
 
@@ -275,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beta", type=float, default=0.04,
                         help="KL weight towards the warm start (k3 estimator). rl_tiny's 0.001 let "
                              "one seed in three collapse to a constant answer (docs/benchmarks.md)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus mass for text (ATS default)")
+    parser.add_argument("--top-k", type=int, default=50, help="top-k for text (0 = off)")
+    parser.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the prompts in file order (colours alternate), so every step "
+                             "holds as many red as blue images: a colour-blind policy then gains "
+                             "nothing from drifting to one answer")
     parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--num-generations", type=int, default=4, help="G")
     parser.add_argument("--max-new-tokens", type=int, default=24)
@@ -289,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 2 * args.k:
         parser.error(f"--steps {args.steps} must be at least 2 x --k ({2 * args.k})")
+    if args.balanced and (args.prompts_per_step % 2 or args.rl_prompts % args.prompts_per_step):
+        parser.error("--balanced needs an even --prompts-per-step that divides --rl-prompts")
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -75,6 +75,8 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
                       default=0.001)
     loss_type: str = doc("TRL loss aggregation (grpo, dapo, dr_grpo, bnpo)", default="grpo")
     num_train_epochs: float = doc("epochs over the prompts (paper: 1-2)", default=1.0)
+    shuffle_dataset: bool = doc("shuffle the prompts each epoch; false keeps the data's order "
+                                "(a curriculum, or batches balanced by construction)", default=True)
     max_steps: int = doc("stop after this many steps (-1 = by epochs)", default=-1)
     max_pixels: int | None = doc("pixel budget per image, prompt and sandbox images alike (paper: "
                                  "3,072 visual tokens = 3,072 x 28 x 28); null = the processor's",
@@ -473,6 +475,7 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_rate}, warmup_steps=cfg.warmup_ratio,
         beta=cfg.beta, loss_type=cfg.loss_type, num_train_epochs=cfg.num_train_epochs,
+        shuffle_dataset=cfg.shuffle_dataset,
         max_steps=cfg.max_steps, max_completion_length=cfg.max_total_tokens,
         reward_weights=rewards.weights(), scale_rewards="group",
         bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed,
