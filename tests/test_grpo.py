@@ -33,6 +33,22 @@ def test_config_files_load_and_document_every_field():
         load_config(GRPOATSConfig, None, ["code_token_loss=skip"])
 
 
+def test_config_reaches_trl(tmp_path):
+    from thyme_train.grpo import trl_args
+    from thyme_train.rewards import ThymeRewards
+
+    cfg = load_config(GRPOATSConfig, os.path.join("thyme_train", "configs", "rl.yaml"), [
+        f"output_dir={tmp_path}", "shuffle_dataset=false", "beta=0.04", "learning_rate=2e-6",
+        "report_to=none", "deepspeed=null", "bf16=false", "gradient_checkpointing=false"])
+    args = trl_args(cfg, ThymeRewards(cfg.rewards()))
+    assert args.shuffle_dataset is False and args.beta == 0.04 and args.learning_rate == 2e-6
+    assert args.num_generations == 4 and args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    assert args.reward_weights == [1.0, 0.5, 0.5]       # accuracy + 0.5 format + 0.5 consistency
+    assert trl_args(load_config(GRPOATSConfig, None, [f"output_dir={tmp_path}", "bf16=false",
+                                                      "gradient_checkpointing=false"]),
+                    ThymeRewards(cfg.rewards())).shuffle_dataset is True
+
+
 def test_bad_rows_name_the_row(tmp_path):
     data = tmp_path / "rl.jsonl"
     data.write_text(json.dumps({"question": "q", "solution": "1"}) + "\n"

@@ -437,11 +437,31 @@ def _metrics_callback(out_dir: str):
 # Training
 # ---------------------------------------------------------------------------------------------
 
+def trl_args(cfg: GRPOATSConfig, rewards):
+    """TRL's GRPOConfig for our config (`rewards`: the ThymeRewards whose weights TRL applies)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=cfg.output_dir, num_generations=cfg.num_generations,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_rate}, warmup_steps=cfg.warmup_ratio,
+        beta=cfg.beta, loss_type=cfg.loss_type, num_train_epochs=cfg.num_train_epochs,
+        shuffle_dataset=cfg.shuffle_dataset,
+        max_steps=cfg.max_steps, max_completion_length=cfg.max_total_tokens,
+        reward_weights=rewards.weights(), scale_rewards="group",
+        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed,
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, seed=cfg.seed, remove_unused_columns=False,
+        report_to=[s.strip() for s in cfg.report_to.split(",") if s.strip()],
+    )
+
+
 def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     """Run GRPO-ATS; returns the trainer (its state holds the log history). `force`: a scripted
     policy for tests and demos (RolloutRunner.run); `callbacks`: extra `TrainerCallback`s."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import GRPOConfig
 
     from sandbox import Sandbox
     from thyme_train.rewards import Judge, ThymeRewards
@@ -468,21 +488,7 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
         judge = Judge(LLMClient(LLMConfig(base_url=cfg.judge_base_url, model=cfg.judge_model,
                                           cache_dir=cfg.judge_cache_dir)), cfg.judge_max_calls)
     rewards = ThymeRewards(cfg.rewards(), judge)
-    args = GRPOConfig(
-        output_dir=str(out), num_generations=cfg.num_generations,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_rate}, warmup_steps=cfg.warmup_ratio,
-        beta=cfg.beta, loss_type=cfg.loss_type, num_train_epochs=cfg.num_train_epochs,
-        shuffle_dataset=cfg.shuffle_dataset,
-        max_steps=cfg.max_steps, max_completion_length=cfg.max_total_tokens,
-        reward_weights=rewards.weights(), scale_rewards="group",
-        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed,
-        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit, seed=cfg.seed, remove_unused_columns=False,
-        report_to=[s.strip() for s in cfg.report_to.split(",") if s.strip()],
-    )
+    args = trl_args(cfg, rewards)
     Trainer = thyme_grpo_trainer_class()
     with Sandbox(workers=cfg.sandbox_workers, timeout=cfg.sandbox_timeout) as sandbox:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
