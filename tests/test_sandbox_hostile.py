@@ -1058,7 +1058,7 @@ def test_forged_reply_claiming_gigabytes(any_sandbox):
     pids = worker_pids(any_sandbox)
     r = any_sandbox.run(_forge("struct.pack('!I', 1 << 30) + b'{' * 1000"), timeout=8)
     assert_denied(r, R.OUTPUT_LIMIT)
-    assert r.wall_s < 2  # rejected on the header, not after reading
+    assert r.wall_s < 2.5  # rejected on the header, not after reading (the child then sleeps 3 s)
     assert_healthy(any_sandbox, pids)
 
 

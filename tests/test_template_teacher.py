@@ -6,7 +6,6 @@ error-correction first attempts really fail)."""
 from __future__ import annotations
 
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -212,16 +211,6 @@ def test_unsupported_samples_get_no_candidate(pool):
                         origin_file=s.origin_file, origin_row=s.origin_row, answer=answer,
                         task=task, meta=meta)
         assert teacher.candidates(clone) == []
-
-
-def test_generation_speed(pool):
-    _, samples = pool
-    teachers = [TemplateTeacher(seed=k) for k in range(10)]
-    t0 = time.perf_counter()
-    count = sum(len(t.candidates(s)) for t in teachers for s in samples.values())
-    rate = count / (time.perf_counter() - t0)
-    print(f"\ntemplate teacher: {count} trajectories, {rate:.0f} trajectories/s (no execution)")
-    assert rate > 200
 
 
 # ---------------------------------------------------------------------------------------------
