@@ -103,6 +103,8 @@ class AuditJudge(Config):
 class AuditChecks(Config):
     min_pass_rate: float = Field(0.5, description="blocking: share of trajectories that pass")
     judge: AuditJudge = Field(default_factory=AuditJudge, description="the optional VLM judge")
+    workers: int | None = Field(None, description="trajectories audited at once, in threads "
+                                                  "(OpenCV releases the GIL); null = one per core")
 
 
 @asset(key_prefix="samples", group_name="code_samples", kinds={"python", "parquet"},
@@ -116,7 +118,7 @@ class AuditChecks(Config):
 def audited(context: AssetExecutionContext, config: AuditChecks,
             storage: ThymeStorage) -> MaterializeResult:
     """Each trajectory with every audit check's verdict and reason; `passed` when none failed."""
-    from pipelines.audit import audit_many
+    from pipelines.audit import AuditConfig, audit_many
     from pipelines.stages import (
         examples_markdown,
         funnel,
@@ -139,7 +141,8 @@ def audited(context: AssetExecutionContext, config: AuditChecks,
         judge = Judge(LLMClient(LLMConfig(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env,
                                           cache_dir=str(storage.path("cache", "judge")))), j.max_calls)
     t0 = time.perf_counter()
-    trajectories = audit_many(trajectories, samples, store_root, judge=judge)
+    trajectories = audit_many(trajectories, samples, store_root, AuditConfig(workers=config.workers),
+                              judge=judge)
     seconds = time.perf_counter() - t0
     write_trajectories(trajectories, _shard_file(storage, "audited", key))
     counts = funnel(trajectories)

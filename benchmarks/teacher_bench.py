@@ -2,13 +2,15 @@
 of the time spent in the sandbox.
 
     python benchmarks/teacher_bench.py [--samples 200] [--workers N] [--seed 0]
+    (--workers: sandbox workers and audit threads)
 
 Stages, timed one after the other in one process (as the Dagster assets run them):
   pool      generate the samples (images into a temporary store; not part of the rate)
   teacher   TemplateTeacher writes the candidate trajectories
   execute   every code block in the sandbox (one session per trajectory, all workers busy,
             no execution cache); the sandbox's start-up is reported apart
-  audit     every audit check, one trajectory after another
+  audit     every audit check (`audit_many`, as many threads as sandbox workers); the same audit
+            one trajectory at a time is timed beside it (and must agree), not in the rate
 Trajectories/s is over teacher + execute + audit. A last row re-runs the execution with a warm
 execution cache (what a re-materialisation costs).
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.audit import audit  # noqa: E402
+from pipelines.audit import AuditConfig, audit, audit_many  # noqa: E402
 from pipelines.execute import ExecutionCache, execute  # noqa: E402
 from pipelines.generate import generate_samples  # noqa: E402
 from pipelines.images import ImageStore  # noqa: E402
@@ -60,13 +62,19 @@ def run(samples: int, workers: int, seed: int, multi_round_share: float) -> dict
 
         t0 = time.perf_counter()
         audited = [audit(t, pool[t.sample_id], store.root) for t in trajectories]
+        t_audit_serial = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        threaded = audit_many(trajectories, pool, store.root, AuditConfig(workers=workers))
         t_audit = time.perf_counter() - t0
+        if [t.audit for t in threaded] != [t.audit for t in audited]:
+            raise AssertionError("the threaded audit disagrees with the one-at-a-time audit")
 
     blocks = sum(len(t.code_turns) for t in trajectories)
     return {"samples": len(pool), "trajectories": len(trajectories), "code_blocks": blocks,
             "passed": sum(bool(t.passed) for t in audited), "workers": workers,
             "pool": t_pool, "teacher": t_teacher, "sandbox_start": t_start,
-            "execute": t_execute, "audit": t_audit, "execute_cached": t_cached}
+            "execute": t_execute, "audit": t_audit, "audit_serial": t_audit_serial,
+            "execute_cached": t_cached}
 
 
 def table(r: dict) -> str:
@@ -75,7 +83,8 @@ def table(r: dict) -> str:
     rows = [("pool (not in the rate)", r["pool"], r["samples"], "samples"),
             ("teacher (template)", r["teacher"], n, "traj"),
             ("execute (sandbox)", r["execute"], n, "traj"),
-            ("audit", r["audit"], n, "traj"),
+            (f"audit ({r['workers']} threads)", r["audit"], n, "traj"),
+            ("audit, one at a time (not in the rate)", r["audit_serial"], n, "traj"),
             ("teacher + execute + audit", busy, n, "traj"),
             ("execute, cached re-run", r["execute_cached"], n, "traj")]
     lines = [f"{r['samples']} samples -> {n} trajectories, {r['code_blocks']} code blocks, "
@@ -84,13 +93,14 @@ def table(r: dict) -> str:
              "| stage | seconds | per second | share of teacher+execute+audit |",
              "|---|---:|---:|---:|"]
     for name, seconds, count, unit in rows:
-        share = f"{seconds / busy:.1%}" if name in ("teacher (template)", "execute (sandbox)",
-                                                   "audit") else ""
+        in_rate = name.startswith(("teacher (", "execute (", "audit ("))
+        share = f"{seconds / busy:.1%}" if in_rate else ""
         rate = f"{count / seconds:.1f} {unit}/s" if seconds else "-"
         lines.append(f"| {name} | {seconds:.2f} | {rate} | {share} |")
     lines.append("")
     lines.append(f"trajectories/s through teacher -> execute -> audit: {n / busy:.1f}; "
-                 f"time in the sandbox: {r['execute'] / busy:.1%}")
+                 f"time in the sandbox: {r['execute'] / busy:.1%}; audit in threads vs one at a "
+                 f"time: {r['audit_serial'] / r['audit']:.2f}x")
     return "\n".join(lines)
 
 

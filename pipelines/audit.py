@@ -81,10 +81,12 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
@@ -166,6 +168,8 @@ class AuditConfig:
     crop_band_clip: float = 8.0       # grey levels the band-passed images are clipped at when
                                       # locating crops (see `_band`)
     rotation_side: int = 256          # long side the input is reduced to for the rotation search
+    workers: int | None = None        # trajectories audited at once by `audit_many`, in threads
+                                      # (OpenCV and numpy release the GIL); None = one per core
     # judge (only with a judge: see `audit_many`)
     judge_image_side: int = 1024      # images shown to the judge are reduced to this long side
                                       # (a 3000 px page costs a VLM ~4x the tokens, sees no more)
@@ -589,12 +593,14 @@ def audit_many(trajectories: Sequence[Trajectory], samples: Mapping[str, Sample]
     """`audit` for each trajectory (`samples` by id); with a judge, the trajectories that failed
     no rule check are then put to it in one batch and every audit ends with a JUDGE check."""
     root = Path(store_root)
-    done = []
     for t in trajectories:
         if t.sample_id not in samples:
             raise KeyError(f"trajectory {t.id}: its sample {t.sample_id!r} is not among the "
                            f"{len(samples)} samples given")
-        done.append(audit(t, samples[t.sample_id], root, config))
+    if config.workers is not None and config.workers < 1:
+        raise ValueError(f"AuditConfig.workers must be >= 1 or None (got {config.workers})")
+    with ThreadPoolExecutor(config.workers or os.cpu_count() or 1) as pool:
+        done = list(pool.map(lambda t: audit(t, samples[t.sample_id], root, config), trajectories))
     if judge is None:
         return done
     if config.judge_batch < 1:

@@ -562,3 +562,24 @@ def test_crop_audit_on_large_images(pool):
     for t, s in cases:
         done = audit(t, s, root)
         assert done.passed, done.audit
+
+
+def test_audit_many_in_threads_matches_one_at_a_time(pool):
+    from pipelines.audit import AuditConfig, audit_many
+
+    root, by_task = pool
+    rng = np.random.default_rng(1)
+    trajectories, samples = [], {}
+    for s in _crop_samples(by_task):
+        img = _rgb(root, s)
+        good = _margin_crop(img, s.meta["box"], 0.4, 2)
+        miss = img.crop(_elsewhere(img, s.meta["box"], good.size, rng))
+        trajectories += [_traj(s, [_image(_save(root, good, f"many_good_{s.id}.png"))]),
+                         _traj(s, [_image(_save(root, miss, f"many_miss_{s.id}.png"))])]
+        samples[s.id] = s
+    one_at_a_time = [audit(t, samples[t.sample_id], root) for t in trajectories]
+    threaded = audit_many(trajectories, samples, root, AuditConfig(workers=2))
+    assert [t.audit for t in threaded] == [t.audit for t in one_at_a_time]   # same order, verdicts
+    assert [t.passed for t in threaded] == [True, False] * len(samples)
+    with pytest.raises(ValueError, match="workers"):
+        audit_many(trajectories, samples, root, AuditConfig(workers=0))
