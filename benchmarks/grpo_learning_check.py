@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_seed, seed, tiny[seed], args, work) for seed in args.seeds]
         for future in as_completed(futures):
-            r, s = future.result(), future.result()["summary"]
+            r = future.result()
+            s = r["summary"]
             print(f"seed {r['seed']}: reward first {args.k} steps {s['first']:.3f}, last {args.k} "
                   f"{s['last']:.3f}, rise {s['rise']:+.3f} (se {s['rise_se']:.3f}) -> "
                   f"{'ROSE' if s['rose'] else 'no clear rise'}; accuracy {s['accuracy_first']:.2f}"
