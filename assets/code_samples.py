@@ -33,7 +33,7 @@ def _shard_file(storage: ThymeStorage, stage: str, key: str) -> Path:
 def code_samples(context: AssetExecutionContext, storage: ThymeStorage,
                  teacher: TeacherResource) -> MaterializeResult:
     """Candidate trajectories (reasoning + code + answer) for every sample of the shard."""
-    from pipelines.stages import generate_code_samples, read_samples, write_trajectories
+    from pipelines.samples.shards import generate_code_samples, read_samples, write_trajectories
 
     key = context.partition_key
     samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
@@ -63,9 +63,9 @@ def executions(context: AssetExecutionContext, storage: ThymeStorage,
 
     from tqdm import tqdm
 
-    from pipelines.execute import ExecutionCache, execute
-    from pipelines.images import ImageStore
-    from pipelines.stages import read_samples, read_trajectories, write_trajectories
+    from pipelines.core.images import ImageStore
+    from pipelines.samples.execute import ExecutionCache, execute
+    from pipelines.samples.shards import read_samples, read_trajectories, write_trajectories
 
     key = context.partition_key
     samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
@@ -118,8 +118,8 @@ class AuditChecks(Config):
 def audited(context: AssetExecutionContext, config: AuditChecks,
             storage: ThymeStorage) -> MaterializeResult:
     """Each trajectory with every audit check's verdict and reason; `passed` when none failed."""
-    from pipelines.audit import AuditConfig, audit_many
-    from pipelines.stages import (
+    from pipelines.samples.audit import AuditConfig, audit_many
+    from pipelines.samples.shards import (
         examples_markdown,
         funnel,
         funnel_chart,
@@ -135,8 +135,8 @@ def audited(context: AssetExecutionContext, config: AuditChecks,
     store_root = storage.path("pool", "images")
     judge = None
     if config.judge.enabled:
-        from pipelines.judge import Judge
-        from pipelines.llm import LLMClient, LLMConfig
+        from pipelines.core.judge import Judge
+        from pipelines.core.llm import LLMClient, LLMConfig
         j = config.judge
         judge = Judge(LLMClient(LLMConfig(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env,
                                           cache_dir=str(storage.path("cache", "judge")))), j.max_calls)

@@ -4,7 +4,7 @@ guarded by blocking checks, then the published SFT and RL datasets (HF layout + 
     splits/{wo_thinking_thyme_single_round, 2round, computation, rl}   <- samples/audited
     datasets/thyme_sft  <- the three SFT splits          datasets/thyme_rl  <- splits/rl
 
-The work is in `pipelines.splits`, `pipelines.validate` and `pipelines.publish`; heavy imports
+The work is in `pipelines.datasets.splits`, `pipelines.datasets.validate` and `pipelines.datasets.publish`; heavy imports
 stay inside the bodies so loading the code location stays fast.
 (No `from __future__ import annotations` here: Dagster reads the config annotations.)
 """
@@ -29,7 +29,7 @@ from pydantic import Field
 from assets.code_samples import audited
 from assets.resources import ThymeStorage
 
-# pipelines.splits.SPLITS and pipelines.validate's check names (a test keeps them equal); spelt
+# pipelines.datasets.splits.SPLITS and pipelines.datasets.validate's check names (a test keeps them equal); spelt
 # out so that loading the definitions does not import the data stack.
 SFT_SPLITS = ("wo_thinking_thyme_single_round", "2round", "computation")
 SPLITS = (*SFT_SPLITS, "rl")
@@ -62,7 +62,7 @@ def _checks(split: str) -> tuple[str, ...]:
 class SplitsConfig(Config):
     single_round_mix: dict[str, float] | None = Field(
         None, description="task -> weight for wo_thinking_thyme_single_round; None: the paper's "
-                          "counts (pipelines.splits.PAPER_MIX); {}: keep every task as it comes")
+                          "counts (pipelines.datasets.splits.PAPER_MIX); {}: keep every task as it comes")
     test_share: float = Field(0.05, description="share of images held out as the test part")
     rl_share: float = Field(0.2, description="share of eligible samples that become RL prompts")
     near_dup_threshold: float = Field(0.8, description="question similarity that merges same-image samples")
@@ -102,8 +102,8 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
     splits, task mix applied, test part held out by image hash; then every validation."""
     import pyarrow.parquet as pq
 
-    from pipelines.splits import SplitConfig, build_splits, split_file, validate_splits
-    from pipelines.validate import ValidationConfig
+    from pipelines.datasets.splits import SplitConfig, build_splits, split_file, validate_splits
+    from pipelines.datasets.validate import ValidationConfig
 
     audited_files = sorted(str(p) for p in storage.path("audited").glob("shard-*.parquet"))
     sample_files = sorted(str(p) for p in storage.path("pool", "samples").glob("shard-*.parquet"))
@@ -148,7 +148,7 @@ def _publish(context: AssetExecutionContext, config: PublishSettings, storage: T
              kind: str, name: str) -> MaterializeResult:
     import json
 
-    from pipelines.publish import PublishConfig, publish, push
+    from pipelines.datasets.publish import PublishConfig, publish, push
 
     funnel = json.loads(storage.path("splits", "report.json").read_text())
     funnel = {k: funnel[k] for k in ("pool_samples", "trajectories", "passed", "routed", "dropped", "rows")}

@@ -48,7 +48,7 @@ class SourcePoolChecks(Config):
 
 
 def _ingest_config(config: SourcePoolConfig, out: str):
-    from pipelines.ingest import IngestConfig
+    from pipelines.pool.ingest import IngestConfig
     return IngestConfig(format=config.format, out=out, inputs=list(config.inputs),
                         shard_size=config.shard_size, workers=config.workers,
                         image_root=config.image_root, mapping=dict(config.mapping),
@@ -61,7 +61,7 @@ def source_manifest(context: AssetExecutionContext, config: SourcePoolConfig,
                     storage: ThymeStorage) -> MaterializeResult:
     """The shard plan of the source pool: which rows of which inputs form each shard. Registers
     one `shards` partition per shard (and removes partitions of an earlier, larger plan)."""
-    from pipelines.ingest import plan_shards
+    from pipelines.pool.ingest import plan_shards
 
     out = storage.path("pool")
     cfg = _ingest_config(config, str(out))
@@ -100,8 +100,8 @@ def source_pool(context: AssetExecutionContext, config: SourcePoolChecks,
     runs in one process pool. Finished shards with unchanged inputs are skipped."""
     from tqdm import tqdm
 
-    from pipelines.ingest import ingest_shard, make_pool, plan_shards, summarise
-    from pipelines.pool_checks import check_images_exist, check_schema, preview_markdown
+    from pipelines.pool.checks import check_images_exist, check_schema, preview_markdown
+    from pipelines.pool.ingest import ingest_shard, make_pool, plan_shards, summarise
 
     out = storage.path("pool")
     plan = json.loads((out / PLAN_FILE).read_text())

@@ -53,24 +53,25 @@ class TeacherResource(ConfigurableResource):
     def build(self, image_root, cache_dir=None):
         """A teacher whose images are read from `image_root` (the pool's store)."""
         if self.kind == "template":
-            from pipelines.teachers.template import TemplateTeacher
+            from pipelines.samples.teachers.template import TemplateTeacher
             return TemplateTeacher(seed=self.seed, multi_round_share=self.multi_round_share)
         if self.kind not in ("openai", "vllm"):
             raise ValueError(f"teacher kind {self.kind!r}: expected template, openai or vllm")
         if not self.model:
             raise ValueError(f"teacher kind {self.kind!r} needs `model`")
-        from pipelines.teachers import TeacherConfig
+        from pipelines.samples.teachers import TeacherConfig
         config = TeacherConfig(candidates=self.candidates, temperature=self.temperature,
                                max_tokens=self.max_tokens, seed=self.seed)
         if self.kind == "openai":
-            from pipelines.llm import LLMClient, LLMConfig
-            from pipelines.teachers import OpenAITeacher
+            from pipelines.core.llm import LLMClient, LLMConfig
+            from pipelines.samples.teachers import OpenAITeacher
             client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
                                          api_key_env=self.api_key_env,
                                          max_concurrency=self.max_concurrency,
                                          cache_dir=str(cache_dir) if cache_dir else None))
             return OpenAITeacher(client, image_root, config)
-        from pipelines.teachers import VLLMConfig, VLLMTeacher
+        from pipelines.core.vllm_config import VLLMConfig
+        from pipelines.samples.teachers import VLLMTeacher
         engine = VLLMConfig(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
                             seed=self.seed).build()
         return VLLMTeacher(engine, image_root, config)

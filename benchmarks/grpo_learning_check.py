@@ -78,7 +78,7 @@ def write_data(folder: Path, seed: int, sft_rows: int, rl_prompts: int,
     RL JSONL (answers are the colours), on disjoint images. Returns (sft parquet, rl jsonl)."""
     import io
 
-    from pipelines.formats import SourceRow, thyme_sft_table, write_parquet
+    from pipelines.core.formats import SourceRow, thyme_sft_table, write_parquet
 
     rng = random.Random(f"grpo-learning-check-{seed}")
     images = folder / "images"

@@ -32,7 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.formats import SourceRow, thyme_sft_table  # noqa: E402
+from pipelines.core.formats import SourceRow, thyme_sft_table  # noqa: E402
 
 JPEG_SHARE, PNG_SHARE = 0.7, 0.2  # the rest is RGBA PNG
 

@@ -27,11 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.audit import AuditConfig, audit, audit_many  # noqa: E402
-from pipelines.execute import ExecutionCache, execute  # noqa: E402
-from pipelines.generate import generate_samples  # noqa: E402
-from pipelines.images import ImageStore  # noqa: E402
-from pipelines.teachers import TemplateTeacher  # noqa: E402
+from pipelines.core.images import ImageStore  # noqa: E402
+from pipelines.pool.generate import generate_samples  # noqa: E402
+from pipelines.samples.audit import AuditConfig, audit, audit_many  # noqa: E402
+from pipelines.samples.execute import ExecutionCache, execute  # noqa: E402
+from pipelines.samples.teachers import TemplateTeacher  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
 
 

@@ -16,9 +16,9 @@ import argparse
 import json
 import sys
 
-from pipelines.images import ImageLimits
-from pipelines.ingest import IngestConfig, ingest
-from pipelines.readers import FORMATS
+from pipelines.core.images import ImageLimits
+from pipelines.pool.ingest import IngestConfig, ingest
+from pipelines.pool.readers import FORMATS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "rewrite-paths":
-        from pipelines.paths import RewriteConfig, rewrite_released
+        from pipelines.datasets.released import RewriteConfig, rewrite_released
         report = rewrite_released(RewriteConfig(input=args.input, images_root=args.images_root,
                                                 out=args.out, keep_invalid=args.keep_invalid,
                                                 max_pixels=args.max_pixels))

@@ -1,4 +1,4 @@
-"""A loopback OpenAI-compatible server for tests (pipelines.llm, the OpenAI teacher, the
+"""A loopback OpenAI-compatible server for tests (pipelines.core.llm, the OpenAI teacher, the
 Dagster teacher resource), and a stand-in VLM that follows our guided teacher prompts."""
 
 import json

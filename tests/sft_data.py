@@ -1,4 +1,4 @@
-"""Small Thyme-SFT datasets for the training tests: real-format parquet (pipelines.formats) laid
+"""Small Thyme-SFT datasets for the training tests: real-format parquet (pipelines.core.formats) laid
 out as a published dataset directory, one folder per split."""
 
 import io
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipelines.formats import SourceRow, thyme_sft_table, write_parquet
+from pipelines.core.formats import SourceRow, thyme_sft_table, write_parquet
 
 COLORS = ["red", "green", "blue", "yellow"]
 RGB = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220),
@@ -53,14 +53,14 @@ def computation(i: int, with_image: bool) -> SourceRow:
 def thyme_table(rows):
     table = thyme_sft_table(rows)
     # Text-only rows: no image, and a question without the image template (THYME.md §3).
-    from pipelines.prompts import render_user
+    from pipelines.core.prompts import render_user
     questions = [render_user(r.question, r.image_path, r.image_size) if r.images
                  else render_user(r.question) for r in rows]
     return table.set_column(table.schema.get_field_index("question"), "question", [questions])
 
 
 def write_dataset(root: Path, n_single=24, n_two=8, n_computation=12) -> Path:
-    """A directory laid out as a published dataset (pipelines.publish):
+    """A directory laid out as a published dataset (pipelines.datasets.publish):
     data/thyme/<split>-00000.parquet."""
     splits = {
         "wo_thinking_thyme_single_round": [single_round(i) for i in range(n_single)],

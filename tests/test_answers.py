@@ -1,8 +1,8 @@
-"""Answer extraction and matching (pipelines.answers): table-driven, one row per style."""
+"""Answer extraction and matching (pipelines.core.answers): table-driven, one row per style."""
 
 import pytest
 
-from pipelines.answers import (
+from pipelines.core.answers import (
     answers_match,
     as_quantity,
     extract,

@@ -1,4 +1,4 @@
-"""The audit funnel (pipelines.audit): each check accepts a good case and rejects a crafted bad
+"""The audit funnel (pipelines.samples.audit): each check accepts a good case and rejects a crafted bad
 one. Samples come from the generated pool in a temporary store; trajectories are written by hand
 and their "produced" images saved under the store root (no sandbox needed)."""
 
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.audit import CHECKS, audit
-from pipelines.generate import generate_samples
-from pipelines.images import ImageStore
-from pipelines.schema import Sample
-from pipelines.trajectory import FAIL, PASS, SKIP, Result, Trajectory, Turn
+from pipelines.core.images import ImageStore
+from pipelines.core.schema import Sample
+from pipelines.core.trajectory import FAIL, PASS, SKIP, Result, Trajectory, Turn
+from pipelines.pool.generate import generate_samples
+from pipelines.samples.audit import CHECKS, audit
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures and helpers
@@ -565,7 +565,7 @@ def test_crop_audit_on_large_images(pool):
 
 
 def test_audit_many_in_threads_matches_one_at_a_time(pool):
-    from pipelines.audit import AuditConfig, audit_many
+    from pipelines.samples.audit import AuditConfig, audit_many
 
     root, by_task = pool
     rng = np.random.default_rng(1)

@@ -1,4 +1,4 @@
-"""The audit's optional VLM judge (pipelines.audit.audit_many with pipelines.judge.Judge) against
+"""The audit's optional VLM judge (pipelines.samples.audit.audit_many with pipelines.core.judge.Judge) against
 a loopback OpenAI-compatible server: who is asked, what they are shown, the cache, the budget,
 failures, samples without ground truth, and the Dagster asset's metadata."""
 
@@ -12,13 +12,13 @@ import pytest
 from fake_openai import FakeOpenAI
 from PIL import Image
 
-from pipelines.audit import CHECKS, JUDGE, AuditConfig, audit, audit_many
-from pipelines.generate import generate_samples
-from pipelines.images import ImageStore
-from pipelines.judge import Judge
-from pipelines.llm import LLMClient, LLMConfig
-from pipelines.schema import Sample
-from pipelines.trajectory import FAIL, PASS, SKIP, Result, Trajectory, Turn
+from pipelines.core.images import ImageStore
+from pipelines.core.judge import Judge
+from pipelines.core.llm import LLMClient, LLMConfig
+from pipelines.core.schema import Sample
+from pipelines.core.trajectory import FAIL, PASS, SKIP, Result, Trajectory, Turn
+from pipelines.pool.generate import generate_samples
+from pipelines.samples.audit import CHECKS, JUDGE, AuditConfig, audit, audit_many
 
 
 def _texts(body: dict) -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.prompts import DEFAULT_SYSTEM_PROMPT, render_user
+from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
 from thyme_train.chat import IGNORE, RowError, ThymeChat, ThymeCollator
 from thyme_train.tiny import build_tiny_model
 

@@ -12,8 +12,8 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.datasets import DATASET_ASSETS, RL_CHECKS, SFT_CHECKS, SPLIT_CHECKS, SPLITS
 from assets.resources import ThymeStorage
-from pipelines import splits as splits_mod
-from pipelines import validate
+from pipelines.datasets import splits as splits_mod
+from pipelines.datasets import validate
 
 RUN_CONFIG = {"ops": {"splits": {"config": {"test_share": 0.25}}}}
 

@@ -57,7 +57,7 @@ def test_jsonl_with_relative_image_paths(tmp_path):
 
 
 def test_published_split(tmp_path):
-    from pipelines.prompts import DEFAULT_SYSTEM_PROMPT, render_user
+    from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
 
     user = render_user("Which option?\nOptions:\nA. cat\nB. dog", "images/x.png", (40, 30))
     table = pa.table({
@@ -131,7 +131,7 @@ def test_report_on_a_fake_policy_with_known_accuracy(tmp_path):
 
 
 def test_published_dataset_with_two_encodings_is_read_once(tmp_path):
-    from pipelines.prompts import render_user
+    from pipelines.core.prompts import render_user
 
     for encoding in ("thyme", "hf"):
         folder = tmp_path / "ds" / "data" / encoding

@@ -3,10 +3,10 @@
 import pytest
 from conftest import make_image
 
-from pipelines.execute import ExecutionCache, execute
-from pipelines.images import ImageStore
-from pipelines.schema import Sample
-from pipelines.trajectory import Trajectory, Turn
+from pipelines.core.images import ImageStore
+from pipelines.core.schema import Sample
+from pipelines.core.trajectory import Trajectory, Turn
+from pipelines.samples.execute import ExecutionCache, execute
 
 OUT = "/mnt/data/temp_processed_images"
 

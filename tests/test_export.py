@@ -1,4 +1,4 @@
-"""Exporters (pipelines.export): each output loads in the shape its framework documents —
+"""Exporters (pipelines.datasets.export): each output loads in the shape its framework documents —
 TRL conversational vision rows, ms-swift messages JSONL, LLaMA-Factory ShareGPT with
 dataset_info.json, verl RL parquet — and carries the same rows as the splits."""
 
@@ -10,9 +10,9 @@ import pytest
 import thyme_corpus
 from PIL import Image
 
-from pipelines.export import ExportConfig, content_parts, export
-from pipelines.prompts import DEFAULT_SYSTEM_PROMPT, parse_user
-from pipelines.splits import PARTS, SFT_SPLITS, SplitConfig, build_splits, iter_split
+from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, parse_user
+from pipelines.datasets.export import ExportConfig, content_parts, export
+from pipelines.datasets.splits import PARTS, SFT_SPLITS, SplitConfig, build_splits, iter_split
 
 
 @pytest.fixture(scope="module")

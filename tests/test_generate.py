@@ -1,4 +1,4 @@
-"""The generated source pool (pipelines.generate): deterministic, sharded by index, every task and
+"""The generated source pool (pipelines.pool.generate): deterministic, sharded by index, every task and
 variant present, and every answer checkable from the ground truth in `meta` (no OCR: geometry,
 pixels and exact arithmetic only)."""
 
@@ -14,9 +14,9 @@ import pytest
 import sympy
 from PIL import Image
 
-from pipelines.generate import generate_samples
-from pipelines.images import ImageStore
-from pipelines.schema import TASKS, samples_table
+from pipelines.core.images import ImageStore
+from pipelines.core.schema import TASKS, samples_table
+from pipelines.pool.generate import generate_samples
 
 SEED = 11
 N = 60

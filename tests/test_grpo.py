@@ -61,7 +61,7 @@ def test_published_rl_dataset_is_read(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.prompts import render_user
+    from pipelines.core.prompts import render_user
 
     (tmp_path / "images" / "ab").mkdir(parents=True)
     Image.new("RGB", (40, 30)).save(tmp_path / "images" / "ab" / "ab12.png")

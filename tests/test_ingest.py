@@ -16,17 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.formats import (
+from pipelines.core.formats import (
     SourceRow,
     deepeyes_table,
     thyme_rl_table,
     thyme_sft_table,
     write_parquet,
 )
-from pipelines.images import ImageLimits, ImageRejected, ImageStore
-from pipelines.ingest import IngestConfig, ingest, plan_shards, scan_pool
-from pipelines.prompts import parse_user, render_user
-from pipelines.schema import SAMPLE_SCHEMA, sample_id
+from pipelines.core.images import ImageLimits, ImageRejected, ImageStore
+from pipelines.core.prompts import parse_user, render_user
+from pipelines.core.schema import SAMPLE_SCHEMA, sample_id
+from pipelines.pool.ingest import IngestConfig, ingest, plan_shards, scan_pool
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible client (pipelines.llm) against a loopback server that misbehaves on
+"""The OpenAI-compatible client (pipelines.core.llm) against a loopback server that misbehaves on
 purpose (429 with Retry-After, 500, stalls, 400), and the OpenAI teacher end to end: a fake
 OpenAI server answers in the Thyme protocol, the output is parsed, executed in the sandbox and
 audited."""
@@ -15,11 +15,8 @@ from email.utils import formatdate
 import pytest
 from fake_openai import FakeOpenAI, guided_reply
 
-from pipelines.audit import audit
-from pipelines.execute import execute
-from pipelines.generate import generate_samples
-from pipelines.images import ImageStore
-from pipelines.llm import (
+from pipelines.core.images import ImageStore
+from pipelines.core.llm import (
     LLMClient,
     LLMConfig,
     LLMError,
@@ -29,7 +26,10 @@ from pipelines.llm import (
     system_message,
     user_message,
 )
-from pipelines.teachers import OpenAITeacher, TeacherConfig
+from pipelines.pool.generate import generate_samples
+from pipelines.samples.audit import audit
+from pipelines.samples.execute import execute
+from pipelines.samples.teachers import OpenAITeacher, TeacherConfig
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Path rewriting (pipelines.paths) and the `rewrite-paths` command on realistic released
+"""Path rewriting (pipelines.datasets.paths) and the `rewrite-paths` command on realistic released
 Thyme-SFT rows: the authors' absolute paths in the question and in code, an author's own
 processed-image folder, several processed images, a row without code, and rows the validation
 must reject."""
@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from pipelines.__main__ import main
-from pipelines.formats import SourceRow, thyme_rl_table, thyme_sft_table, write_parquet
-from pipelines.images import ImageStore
-from pipelines.paths import find_absolute_paths, rewrite_question, rewrite_text
-from pipelines.prompts import parse_user
-from pipelines.readers import Reader, list_units, read_unit
+from pipelines.core.formats import SourceRow, thyme_rl_table, thyme_sft_table, write_parquet
+from pipelines.core.images import ImageStore
+from pipelines.core.prompts import parse_user
+from pipelines.datasets.paths import find_absolute_paths, rewrite_question, rewrite_text
+from pipelines.pool.readers import Reader, list_units, read_unit
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 
 AUTHOR_INPUT = "/mnt/bn/thyme-authors/data/images/train/000123.jpg"

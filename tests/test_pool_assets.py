@@ -16,7 +16,7 @@ from PIL import Image
 from assets.definitions import defs
 from assets.pool import source_manifest, source_pool
 from assets.resources import ThymeStorage
-from pipelines.formats import SourceRow, thyme_sft_table, write_parquet
+from pipelines.core.formats import SourceRow, thyme_sft_table, write_parquet
 
 MANIFEST = AssetKey(["pool", "source_manifest"])
 POOL = AssetKey(["pool", "source_pool"])

@@ -1,4 +1,4 @@
-"""Publishing (pipelines.publish): the dataset directory loads with `datasets` from its local
+"""Publishing (pipelines.datasets.publish): the dataset directory loads with `datasets` from its local
 path in both image encodings, its rows equal the trajectories they came from, a published
 Thyme-format split re-ingests through the Thyme-SFT reader unchanged, and the Hub push is a dry
 run unless a repo id and a token are configured."""
@@ -13,12 +13,12 @@ import thyme_corpus
 import yaml
 from PIL import Image
 
-from pipelines.images import ImageStore
-from pipelines.paths import dataset_path, rewrite_trajectory
-from pipelines.prompts import parse_user, render_user
-from pipelines.publish import PublishConfig, publish, push
-from pipelines.readers import Reader, list_units, read_unit
-from pipelines.splits import SplitConfig, build_splits
+from pipelines.core.images import ImageStore
+from pipelines.core.prompts import parse_user, render_user
+from pipelines.datasets.paths import dataset_path, rewrite_trajectory
+from pipelines.datasets.publish import PublishConfig, publish, push
+from pipelines.datasets.splits import SplitConfig, build_splits
+from pipelines.pool.readers import Reader, list_units, read_unit
 
 SFT_SPLITS = ["wo_thinking_thyme_single_round", "2round", "computation", "test"]
 

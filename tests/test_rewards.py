@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.llm import Completion, LLMError
+from pipelines.core.llm import Completion, LLMError
 from thyme_train.rewards import Judge, RewardConfig, ThymeRewards, format_score
 
 GOOD = "<think>I zoom in.<code>```python\nprint(1)\n```</code><sandbox_output>1</sandbox_output>" \

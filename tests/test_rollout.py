@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.prompts import render_user
+from pipelines.core.prompts import render_user
 from thyme_train.ats import SamplingConfig, SegmentTracker, sample_token
 from thyme_train.chat import thyme_messages
 from thyme_train.rollout import (

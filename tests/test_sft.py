@@ -285,13 +285,13 @@ def test_malformed_rows_stop_with_their_origin_or_are_counted(tiny, tmp_path):
 @pytest.mark.slow
 def test_rows_published_by_the_pipeline_encode_with_exact_masks(tiny, tmp_path_factory, tmp_path):
     """Real audited trajectories (template teacher, sandbox, audit), split and published by
-    pipelines.publish: every row of both encodings measures, batches and masks as it should."""
+    pipelines.datasets.publish: every row of both encodings measures, batches and masks as it should."""
     import re
 
     import thyme_corpus
 
-    from pipelines.publish import PublishConfig, publish
-    from pipelines.splits import SplitConfig, build_splits
+    from pipelines.datasets.publish import PublishConfig, publish
+    from pipelines.datasets.splits import SplitConfig, build_splits
 
     root, _ = thyme_corpus.corpus(tmp_path_factory)
     report = build_splits(*thyme_corpus.files(root), tmp_path / "splits",

@@ -1,5 +1,5 @@
-"""Splits (pipelines.splits) on a real audited corpus, and every validation check
-(pipelines.validate) failing on a crafted bad row."""
+"""Splits (pipelines.datasets.splits) on a real audited corpus, and every validation check
+(pipelines.datasets.validate) failing on a crafted bad row."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import replace
 import pytest
 import thyme_corpus
 
-from pipelines import validate as v
-from pipelines.paths import dataset_path, find_absolute_paths, rewrite_trajectory
-from pipelines.prompts import DEFAULT_SYSTEM_PROMPT, parse_user, render_user
-from pipelines.splits import (
+from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, parse_user, render_user
+from pipelines.datasets import validate as v
+from pipelines.datasets.paths import dataset_path, find_absolute_paths, rewrite_trajectory
+from pipelines.datasets.splits import (
     COMPUTATION,
     PAPER_MIX,
     PARTS,

@@ -1,15 +1,15 @@
-"""Parsing teacher text into turns (pipelines.teachers.parse) and the teacher prompts
-(pipelines.teachers.prompts): what is tolerated, what is quarantined and why."""
+"""Parsing teacher text into turns (pipelines.samples.teachers.parse) and the teacher prompts
+(pipelines.samples.teachers.prompts): what is tolerated, what is quarantined and why."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipelines.generate import generate_samples
-from pipelines.images import ImageStore
-from pipelines.schema import ImageRef, Sample
-from pipelines.teachers import TemplateTeacher, prompts
-from pipelines.teachers.parse import (
+from pipelines.core.images import ImageStore
+from pipelines.core.schema import ImageRef, Sample
+from pipelines.pool.generate import generate_samples
+from pipelines.samples.teachers import TemplateTeacher, prompts
+from pipelines.samples.teachers.parse import (
     REASONS,
     Unparseable,
     parse_output,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.generate import generate_samples
-from pipelines.images import ImageStore
-from pipelines.teachers import TemplateTeacher
-from pipelines.trajectory import KINDS, Result, Trajectory
+from pipelines.core.images import ImageStore
+from pipelines.core.trajectory import KINDS, Result, Trajectory
+from pipelines.pool.generate import generate_samples
+from pipelines.samples.teachers import TemplateTeacher
 from sandbox import Sandbox
 from sandbox.protocol import extract_answer, extract_code
 

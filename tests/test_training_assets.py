@@ -81,8 +81,8 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
     import thyme_corpus
 
     from assets.evaluation import EVALUATION_ASSETS
-    from pipelines.publish import PublishConfig, publish
-    from pipelines.splits import SplitConfig, build_splits
+    from pipelines.datasets.publish import PublishConfig, publish
+    from pipelines.datasets.splits import SplitConfig, build_splits
     from thyme_train.tiny import build_tiny_model
 
     root = tmp_path / "data"

@@ -25,8 +25,8 @@ require_vllm(__file__)   # before vLLM is imported
 
 from PIL import Image  # noqa: E402
 
-from pipelines.prompts import render_user  # noqa: E402
-from pipelines.teachers.vllm import VLLMConfig  # noqa: E402
+from pipelines.core.prompts import render_user  # noqa: E402
+from pipelines.core.vllm_config import VLLMConfig  # noqa: E402
 from thyme_train.ats import SamplingConfig  # noqa: E402
 from thyme_train.chat import thyme_messages  # noqa: E402
 from thyme_train.rollout import (  # noqa: E402

@@ -20,11 +20,12 @@ from vllm_support import require_vllm, vllm_server
 
 require_vllm(__file__)   # before vLLM is imported
 
-from pipelines.generate import generate_samples  # noqa: E402
-from pipelines.images import ImageStore  # noqa: E402
-from pipelines.llm import LLMClient, LLMConfig, LLMError, user_message  # noqa: E402
-from pipelines.teachers import OpenAITeacher, TeacherConfig, VLLMConfig, VLLMTeacher  # noqa: E402
-from pipelines.teachers.parse import REASONS  # noqa: E402
+from pipelines.core.images import ImageStore  # noqa: E402
+from pipelines.core.llm import LLMClient, LLMConfig, LLMError, user_message  # noqa: E402
+from pipelines.core.vllm_config import VLLMConfig  # noqa: E402
+from pipelines.pool.generate import generate_samples  # noqa: E402
+from pipelines.samples.teachers import OpenAITeacher, TeacherConfig, VLLMTeacher  # noqa: E402
+from pipelines.samples.teachers.parse import REASONS  # noqa: E402
 from thyme_train.tiny import build_tiny_model  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

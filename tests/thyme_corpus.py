@@ -18,13 +18,13 @@ COUNT = 40
 
 
 def build(root: Path, count: int = COUNT) -> dict:
-    from pipelines.audit import audit
-    from pipelines.execute import execute
-    from pipelines.generate import generate_samples
-    from pipelines.images import ImageStore
-    from pipelines.schema import Sample, samples_table
-    from pipelines.stages import write_trajectories
-    from pipelines.teachers.template import TemplateTeacher
+    from pipelines.core.images import ImageStore
+    from pipelines.core.schema import Sample, samples_table
+    from pipelines.pool.generate import generate_samples
+    from pipelines.samples.audit import audit
+    from pipelines.samples.execute import execute
+    from pipelines.samples.shards import write_trajectories
+    from pipelines.samples.teachers.template import TemplateTeacher
     from sandbox import Sandbox
 
     store = ImageStore(root / "pool" / "images")

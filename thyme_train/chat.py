@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from pipelines.prompts import DEFAULT_SYSTEM_PROMPT
+from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
 from sandbox.protocol import IMAGE_TOKEN, OUTPUT_CLOSE, OUTPUT_OPEN
 
 IGNORE = -100  # the label of a token that takes no loss (the transformers/PyTorch convention)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 COLUMNS = ("image", "question", "response")
-ENCODINGS = ("thyme", "hf")   # a published dataset's image encodings (pipelines.publish)
+ENCODINGS = ("thyme", "hf")   # a published dataset's image encodings (pipelines.datasets.publish)
 
 
 def data_files(paths: list[str], splits: list[str], encoding: str = "thyme") -> list[Path]:

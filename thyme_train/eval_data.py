@@ -4,7 +4,7 @@
   `image_path`), `question`, options in columns `A`…`E`, `answer`, `category`, optional `hint`;
 - `jsonl`: one object per line, `image` (a path relative to the file), `question`, `answer`,
   optional `options` (a dict or a list), `category`, `id`;
-- `published`: a split of a dataset this project published (pipelines.publish): parquet shards
+- `published`: a split of a dataset this project published (pipelines.datasets.publish): parquet shards
   with `question` or `messages`, `images` (base64 strings, image structs or paths), `solution` or
   `answer`, `task`.
 
@@ -178,8 +178,8 @@ def _jsonl_rows(path: Path, image_dir: Path, split: str):
 def _published_rows(path: Path, image_dir: Path, split: str):
     import pyarrow.parquet as pq
 
-    from pipelines.answers import parse_options
-    from pipelines.prompts import parse_user
+    from pipelines.core.answers import parse_options
+    from pipelines.core.prompts import parse_user
 
     if path.is_dir():
         files = sorted(path.glob(f"**/{split}-*.parquet")) or sorted(path.glob(f"**/{split}/*.parquet"))
@@ -208,7 +208,7 @@ def _published_rows(path: Path, image_dir: Path, split: str):
                     answer = row.get("solution") or row.get("answer")
                     if answer is None and row.get("response"):
                         # an SFT row: its audited trajectory's answer is the ground truth
-                        from pipelines.answers import extract
+                        from pipelines.core.answers import extract
                         answer = extract(row["response"]).text or None
                     if answer is None:
                         raise ValueError("no solution/answer")

@@ -1,5 +1,5 @@
 """Evaluation: run a policy over a benchmark with the sandbox and prompts of training, score the
-answers with the shared rule cascade (pipelines.answers) and an optional judge, and report.
+answers with the shared rule cascade (pipelines.core.answers) and an optional judge, and report.
 
     python -m thyme_train.evaluate --model DIR --benchmark bench.tsv [--limit N] [--out DIR]
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipelines.answers import score_answer
+from pipelines.core.answers import score_answer
 from thyme_train.eval_data import EvalItem
 
 

@@ -5,11 +5,11 @@ consistency rewards.
     python -m thyme_train.grpo --config thyme_train/configs/rl.yaml [--set key=value ...]
     accelerate launch --config_file ... -m thyme_train.grpo --config rl.yaml    # multi-GPU
 
-Data (`data`): the published RL dataset (pipelines.publish; its `data/hf` parquet and image
+Data (`data`): the published RL dataset (pipelines.datasets.publish; its `data/hf` parquet and image
 files), or a JSONL / parquet file with `question`, `solution` (or `answer`), optional `image` (a
 path, relative to the file's folder or absolute), `options` (lines "A. text"), `category`, or
 `generated:N` (the generated pool, for CPU runs). Each prompt is the Thyme prompt (system prompt +
-user message with the image's absolute path and size, pipelines.prompts): the rollout hands the
+user message with the image's absolute path and size, pipelines.core.prompts): the rollout hands the
 sandbox the file that path names.
 
 What TRL's hooks do and do not cover (TRL 1.16):
@@ -54,14 +54,14 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
 
     model: str = doc("policy checkpoint (the SFT stage-2 output) or a tiny model directory",
                      default="")
-    data: str = doc("RL prompts: a published RL dataset directory (pipelines.publish), a JSONL "
+    data: str = doc("RL prompts: a published RL dataset directory (pipelines.datasets.publish), a JSONL "
                     "or parquet file (see the module docstring), or `generated:N` for N prompts "
                     "of the generated pool (CPU demo)", default="")
     data_split: str = doc("split of a published dataset to train on", default="train")
     output_dir: str = doc("checkpoints, the final model, metrics.json (written last: a finished "
                           "run), metrics.jsonl (every log record) and the curve PNGs",
                           default="data/checkpoints/grpo_ats")
-    system_prompt: str | None = doc("system prompt; null = pipelines.prompts.DEFAULT_SYSTEM_PROMPT",
+    system_prompt: str | None = doc("system prompt; null = pipelines.core.prompts.DEFAULT_SYSTEM_PROMPT",
                                     default=None)
     num_generations: int = doc("rollouts per prompt, G (paper: 4)", default=4)
     per_device_train_batch_size: int = doc("completions per device per step (a multiple of G "
@@ -131,12 +131,12 @@ def load_rl_rows(path: str | os.PathLike, system_prompt: str | None = None,
     gets that file), `images` (paths), `solution`, `question`, `options`, `image_path`.
 
     `path`: a JSONL or parquet file of simple rows (see the module docstring), or a published
-    RL dataset directory (pipelines.publish: `data/hf/<split>-*.parquet`, images under the
+    RL dataset directory (pipelines.datasets.publish: `data/hf/<split>-*.parquet`, images under the
     directory, named by each prompt's "User Image Path"). Bad rows raise ValueError naming the
     file, the row and the reason."""
     from PIL import Image
 
-    from pipelines.prompts import DEFAULT_SYSTEM_PROMPT, render_user
+    from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
     from thyme_train.chat import thyme_messages
 
     rows = []
@@ -172,13 +172,13 @@ def _raw_rl_rows(path: Path, split: str):
     """(where, folder image paths are relative to, {question, solution, image, options})."""
     import pyarrow.parquet as pq
 
-    from pipelines.prompts import parse_user
+    from pipelines.core.prompts import parse_user
 
     if path.is_dir():                               # a published RL dataset (hf encoding)
         files = sorted((path / "data" / "hf").glob(f"{split}-*.parquet"))
         if not files:
             raise FileNotFoundError(f"{path}: no data/hf/{split}-*.parquet (a published RL "
-                                    "dataset, pipelines.publish)")
+                                    "dataset, pipelines.datasets.publish)")
         for file in files:
             for i, r in enumerate(pq.read_table(file).to_pylist()):
                 user = next((m for m in r.get("messages") or [] if m.get("role") == "user"), None)
@@ -202,11 +202,11 @@ GENERATED_PREFIX = "generated:"
 
 
 def write_generated_rl_data(folder: str | os.PathLike, count: int, seed: int = 0) -> Path:
-    """RL prompts from the generated pool (pipelines.generate: crop, rotate, contrast,
+    """RL prompts from the generated pool (pipelines.pool.generate: crop, rotate, contrast,
     computation... with ground truth), for the demo and CPU runs: images in an image store
     under `folder`, prompts in `folder/rl.jsonl`. Reused when already written."""
-    from pipelines.generate import generate_samples
-    from pipelines.images import ImageStore
+    from pipelines.core.images import ImageStore
+    from pipelines.pool.generate import generate_samples
 
     folder = Path(folder)
     target = folder / f"rl_{count}_{seed}.jsonl"
@@ -484,7 +484,7 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
 
     judge = None
     if cfg.judge_base_url:
-        from pipelines.llm import LLMClient, LLMConfig
+        from pipelines.core.llm import LLMClient, LLMConfig
         judge = Judge(LLMClient(LLMConfig(base_url=cfg.judge_base_url, model=cfg.judge_model,
                                           cache_dir=cfg.judge_cache_dir)), cfg.judge_max_calls)
     rewards = ThymeRewards(cfg.rewards(), judge)

@@ -42,7 +42,7 @@ class InferConfig:
     model: str = doc("a local checkpoint directory or a hub model id", default="")
     engine: str = doc("`hf` (transformers generate; CPU or GPU) or `vllm` (needs vLLM)", default="hf")
     system_prompt: str | None = doc("system prompt; None: the training default "
-                                    "(pipelines.prompts.DEFAULT_SYSTEM_PROMPT)", default=None)
+                                    "(pipelines.core.prompts.DEFAULT_SYSTEM_PROMPT)", default=None)
     max_turns: int = doc("generation calls per question (stop at </code> to run it)", default=5)
     max_new_tokens: int = doc("new tokens per generation call", default=2048)
     max_total_tokens: int = doc("prompt + completion tokens, sandbox outputs included",
@@ -104,7 +104,7 @@ class Thyme:
 
     def _engine(self, rollout):
         if self.config.engine == "vllm":
-            from pipelines.teachers.vllm import VLLMConfig
+            from pipelines.core.vllm_config import VLLMConfig
             from thyme_train.vllm_engine import VLLMEngine
             try:
                 return VLLMEngine(VLLMConfig(model=self.config.model, max_images=self.config.max_turns + 1,
@@ -131,8 +131,8 @@ class Thyme:
         """One question, one rollout. `tools=False` answers directly (the ablation).
         `on_text(kind, text)` follows it live: kind is model | sandbox | rollback | end.
         `force`: a scripted policy (`RolloutRunner.run`'s), for tests and demos."""
-        from pipelines.answers import extract
-        from pipelines.prompts import render_user
+        from pipelines.core.answers import extract
+        from pipelines.core.prompts import render_user
         from thyme_train.chat import thyme_messages
 
         size = None
@@ -142,7 +142,7 @@ class Thyme:
         user = render_user(question, image, size) if image else render_user(question)
         system = DIRECT_SYSTEM_PROMPT if not tools else self.config.system_prompt
         if system is None:
-            from pipelines.prompts import DEFAULT_SYSTEM_PROMPT
+            from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
             system = DEFAULT_SYSTEM_PROMPT
         prompt = self.codec.prompt(thyme_messages(user, None, system), images=[image] if image else [],
                                    image_path=image)

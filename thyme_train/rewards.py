@@ -4,7 +4,7 @@
     scores = rewards.score(completions, truths, options=..., questions=..., sandbox_texts=...)
     GRPOTrainer(reward_funcs=rewards.reward_funcs(), args=GRPOConfig(reward_weights=rewards.weights()))
 
-accuracy     the rule cascade of `pipelines.answers.score_answer` (option letters, yes/no, numbers
+accuracy     the rule cascade of `pipelines.core.answers.score_answer` (option letters, yes/no, numbers
              with tolerance and units, normalised text, symbolic math). Only when the rules cannot
              decide (an open answer worded differently from the truth; free text naming no
              option) and a `Judge` is configured does an LLM judge decide. Without a judge, an
@@ -34,14 +34,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipelines.answers import (
+from pipelines.core.answers import (
     agrees_with_printed,
     last_printed_number,
     parse_options,
     score_answer,
     stated_number,
 )
-from pipelines.judge import Judge as JudgeCore
+from pipelines.core.judge import Judge as JudgeCore
 from sandbox.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -135,7 +135,7 @@ CONSISTENCY_PROMPT = (
 
 
 class Judge(JudgeCore):
-    """The rewards' LLM judge: `pipelines.judge.Judge` (budget, stats, yes/no verdicts at
+    """The rewards' LLM judge: `pipelines.core.judge.Judge` (budget, stats, yes/no verdicts at
     temperature 0 through any OpenAI-compatible server, cached by the client) with our two
     prompts. A verdict is True, False, or None when it could not be had (the reason is kept in
     `stats`)."""

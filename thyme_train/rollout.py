@@ -35,7 +35,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from pipelines.prompts import parse_user
+from pipelines.core.prompts import parse_user
 from sandbox.protocol import IMAGE_TOKEN, extract_code, render_output
 from sandbox.result import INTERNAL
 from thyme_train.ats import ATSLogitsProcessor, ATSStoppingCriteria, RowState, SamplingConfig

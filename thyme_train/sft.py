@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.prompts import DEFAULT_SYSTEM_PROMPT
+from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
 from thyme_train.config import doc, parse_config, to_dict
 from thyme_train.data import data_files, fingerprint, load_rows, measure_and_filter
 from thyme_train.pipes import launched_process, log_callback

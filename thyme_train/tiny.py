@@ -191,7 +191,7 @@ def build_tokenizer(vocab_size: int):
 
 def _corpus() -> list[str]:
     """Text like what the tiny model will see: prompts, the tag protocol, Python, numbers."""
-    from pipelines.prompts import DEFAULT_SYSTEM_PROMPT, OUTPUT_FORMAT, render_user
+    from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, OUTPUT_FORMAT, render_user
 
     examples = Path(__file__).resolve().parent.parent / "sandbox" / "examples"
     code = [p.read_text() for p in sorted(examples.glob("*.py"))]

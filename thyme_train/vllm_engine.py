@@ -65,7 +65,7 @@ import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from pipelines.teachers.vllm import VLLMConfig
+from pipelines.core.vllm_config import VLLMConfig
 from sandbox.protocol import ANSWER_CLOSE, CODE_CLOSE
 from thyme_train.ats import SamplingConfig, SegmentTracker
 from thyme_train.rollout import ChatCodec, GenerationRequest, GenerationResult

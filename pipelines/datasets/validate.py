@@ -2,7 +2,7 @@
 spends GPU time. Each check is a named function over a batch of rows returning `Failure`s (row
 id + reason); split-level checks take the split's counts or keys.
 
-Row shapes (what `pipelines.splits` writes):
+Row shapes (what `pipelines.datasets.splits` writes):
 - SFT: `id`, `question` (the user message), `response` (the assistant message), `images`
   (dataset-relative paths: the input first, then each produced image in order), `has_image`;
 - RL: `id`, `messages` (system + user), `images`, `solution`.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipelines.paths import find_absolute_paths
-from pipelines.prompts import DEFAULT_SYSTEM_PROMPT, parse_user
+from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, parse_user
+from pipelines.datasets.paths import find_absolute_paths
 from sandbox.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,

@@ -30,9 +30,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.images import ImageLimits, ImageRejected, ImageStore
-from pipelines.readers import FORMATS, Reader, RowRejected, Unit, list_units, read_unit
-from pipelines.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA, quarantine_row
+from pipelines.core.images import ImageLimits, ImageRejected, ImageStore
+from pipelines.core.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA, quarantine_row
+from pipelines.pool.readers import FORMATS, Reader, RowRejected, Unit, list_units, read_unit
 
 TASK_ROWS = 256        # rows per unit of parallel work
 FINGERPRINT_KEY = b"thyme.fingerprint"
@@ -155,7 +155,7 @@ def _run_task(task) -> tuple[list[dict], list[dict], dict]:
     stats = Counter()
     files0, bytes0 = store.files_written, store.bytes_written
     if task[0] == "generated":
-        from pipelines.generate import generate_samples
+        from pipelines.pool.generate import generate_samples
         _, start, count = task
         samples = [sample.to_row() for sample in generate_samples(start, count, cfg.seed, store)]
         stats["rows_read"] = count

@@ -44,8 +44,8 @@ import numpy as np
 import sympy
 from PIL import Image, ImageDraw, ImageFont
 
-from pipelines.images import ImageStore
-from pipelines.schema import TASKS, Sample
+from pipelines.core.images import ImageStore
+from pipelines.core.schema import TASKS, Sample
 
 GENERATOR = "thyme-generate/1"   # bump when the output for a (seed, index) changes
 SOURCE = "generated"

@@ -46,7 +46,7 @@ The checks, in order:
                        choice) equals the printed value (rounding to the answer's decimals
                        allowed); image results would need OCR: SKIP.
 
-10. judge (optional)    a VLM (`pipelines.judge.Judge`, any OpenAI-compatible server) sees the
+10. judge (optional)    a VLM (`pipelines.core.judge.Judge`, any OpenAI-compatible server) sees the
                        question, the input image, each turn's reasoning, code and sandbox result
                        (produced images, printed text, errors) and the final answer, and says
                        yes or no to our question: does the result support the reasoning and help
@@ -58,7 +58,7 @@ The checks, in order:
                        at a time), through the client's disk cache (a re-run is free) and within
                        the judge's budget.
 
-Geometry follows `pipelines.generate`: `box` = [x1, y1, x2, y2] in input pixels (x2, y2
+Geometry follows `pipelines.pool.generate`: `box` = [x1, y1, x2, y2] in input pixels (x2, y2
 exclusive); `angle` = degrees counter-clockwise the upright page was turned, so
 `Image.rotate(-angle, expand=True)` restores it. Produced images are store-relative paths.
 Images are compared in grey (ITU-R 601 luma, as PIL's "L" and the generator's contrast).
@@ -95,7 +95,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipelines.answers import (
+from pipelines.core.answers import (
     agrees_with_printed,
     answers_match,
     as_number,
@@ -109,10 +109,10 @@ from pipelines.answers import (
     round_to,
     stated_number,
 )
-from pipelines.images import ImageLimits
-from pipelines.judge import Judge
-from pipelines.schema import Sample
-from pipelines.trajectory import FAIL, KINDS, PASS, SKIP, Check, Result, Trajectory
+from pipelines.core.images import ImageLimits
+from pipelines.core.judge import Judge
+from pipelines.core.schema import Sample
+from pipelines.core.trajectory import FAIL, KINDS, PASS, SKIP, Check, Result, Trajectory
 
 CHECKS: tuple[str, ...] = (
     "executed", "result_kind", "image_sanity", "crop_semantics", "rotation_semantics",
@@ -639,7 +639,7 @@ def audit_many(trajectories: Sequence[Trajectory], samples: Mapping[str, Sample]
 
 
 def judge_question(t: Trajectory, sample: Sample, root: Path, cfg: AuditConfig) -> list:
-    """What the judge is shown, in order (`pipelines.judge` question parts): our instructions,
+    """What the judge is shown, in order (`pipelines.core.judge` question parts): our instructions,
     the question (and options), the input image(s), each turn's reasoning, code and sandbox
     result with its images (the last `judge_max_images` produced), the final answer."""
     n = cfg.judge_text_chars
@@ -1085,7 +1085,7 @@ def _aligned_score(grey: np.ndarray, out: np.ndarray, box) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Computation values (answer parsing and matching live in pipelines.answers)
+# Computation values (answer parsing and matching live in pipelines.core.answers)
 # ---------------------------------------------------------------------------------------------
 
 def _printed_value(c: _Context) -> tuple[Fraction | None, str]:

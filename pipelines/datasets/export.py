@@ -11,7 +11,7 @@
 - `llamafactory`: ShareGPT JSON lines `{"messages": [...], "images": [...], "system": ...}` plus
   `dataset_info.json` naming each file, its columns and tags.
 - `verl`: RL parquet (`data_source`, `prompt`, `images`, `ability`, `reward_model`, `extra_info`),
-  written through `pipelines.formats.deepeyes_table` (DeepEyes data is verl parquet).
+  written through `pipelines.core.formats.deepeyes_table` (DeepEyes data is verl parquet).
 
 SFT formats read the three SFT splits, `verl` the RL split; file names are `<split>-<part>` (an
 empty part gets no parquet file). Image
@@ -31,9 +31,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.formats import SourceRow, deepeyes_table
-from pipelines.prompts import DEFAULT_SYSTEM_PROMPT
-from pipelines.splits import (
+from pipelines.core.formats import SourceRow, deepeyes_table
+from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
+from pipelines.datasets.splits import (
     PARTS,
     RL,
     SFT_SPLITS,

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipelines.schema import Sample
-from pipelines.trajectory import Trajectory, Turn
+from pipelines.core.schema import Sample
+from pipelines.core.trajectory import Trajectory, Turn
 from sandbox.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,

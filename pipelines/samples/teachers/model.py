@@ -19,10 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.llm import Completion, image_part
-from pipelines.schema import Sample
-from pipelines.teachers import parse, prompts
-from pipelines.trajectory import Trajectory
+from pipelines.core.llm import Completion, image_part
+from pipelines.core.schema import Sample
+from pipelines.core.trajectory import Trajectory
+from pipelines.samples.teachers import parse, prompts
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.schema import Sample
-from pipelines.trajectory import FAIL, PASS, SKIP, TRAJECTORY_SCHEMA, Trajectory, trajectories_table
+from pipelines.core.schema import Sample
+from pipelines.core.trajectory import (
+    FAIL,
+    PASS,
+    SKIP,
+    TRAJECTORY_SCHEMA,
+    Trajectory,
+    trajectories_table,
+)
 
 
 def read_samples(path: Path) -> dict[str, Sample]:
@@ -46,7 +53,7 @@ def generate_code_samples(samples: dict[str, Sample], teacher,
     else:
         trajectories = [t for s in samples.values() for t in teacher.candidates(s)]
     if quarantine_path is not None:
-        from pipelines.teachers.parse import quarantine_table
+        from pipelines.samples.teachers.parse import quarantine_table
         quarantine_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = quarantine_path.with_name(f"{quarantine_path.name}.{os.getpid()}.tmp")
         pq.write_table(quarantine_table(quarantine), tmp)
@@ -104,7 +111,7 @@ def examples_markdown(trajectories: list[Trajectory], samples: dict[str, Sample]
                       passed: bool, n: int = 4) -> str:
     """A few trajectories that passed (or failed) the audit, with the input and the images the
     sandbox produced as thumbnails, and the failed checks' reasons, for the Dagster UI."""
-    from pipelines.pool_checks import thumbnail_data_url
+    from pipelines.pool.checks import thumbnail_data_url
 
     chosen = [t for t in trajectories if bool(t.passed) == passed][:n]
     lines = ["| input | sandbox images | task / kind | answer | checks |", "|---|---|---|---|---|"]

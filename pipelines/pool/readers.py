@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from pipelines.images import ImageRejected, ImageStore
-from pipelines.prompts import parse_user, strip_image_tokens
-from pipelines.schema import Sample
+from pipelines.core.images import ImageRejected, ImageStore
+from pipelines.core.prompts import parse_user, strip_image_tokens
+from pipelines.core.schema import Sample
 from sandbox.protocol import extract_answer, extract_code
 
 FORMATS = ("thyme-sft", "thyme-rl", "deepeyes", "generic")

@@ -1,5 +1,5 @@
 """The teacher behind any OpenAI-compatible endpoint (vLLM or SGLang servers, commercial APIs),
-over `pipelines.llm.LLMClient`: concurrency limit, retries, response cache, token accounting.
+over `pipelines.core.llm.LLMClient`: concurrency limit, retries, response cache, token accounting.
 
     teacher = OpenAITeacher(LLMClient(LLMConfig(base_url=..., model=...)), image_root)
     out = teacher.generate(samples)       # TeacherOutput(trajectories, quarantine, stats)
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.llm import Completion, LLMClient
-from pipelines.teachers.model import ModelTeacher, TeacherConfig
+from pipelines.core.llm import Completion, LLMClient
+from pipelines.samples.teachers.model import ModelTeacher, TeacherConfig
 
 
 class OpenAITeacher(ModelTeacher):

@@ -1,4 +1,4 @@
-"""A yes/no judge over an OpenAI-compatible model (`pipelines.llm.LLMClient`): the core shared by
+"""A yes/no judge over an OpenAI-compatible model (`pipelines.core.llm.LLMClient`): the core shared by
 the audit's `judge` check and the RL rewards' judge (`thyme_train.rewards.Judge`).
 
     judge = Judge(LLMClient(LLMConfig(model="Qwen2.5-VL-72B", cache_dir="data/cache/judge")),
@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipelines.llm import image_part, request_key
+from pipelines.core.llm import image_part, request_key
 
 Question = str | Sequence[str | bytes | os.PathLike | dict]
 

@@ -15,8 +15,8 @@ split priority. A configurable task mix downsamples over-represented tasks per s
 
 Only an index (ids, task, kind, question, image hash) is collected, through lazy scans; rows are
 rendered and written one audited shard at a time, so memory stays bounded by a shard. SFT rows
-are `Trajectory.render()` of the trajectory with its paths rewritten (`pipelines.paths`) and
-`pipelines.prompts.render_user` of the sample; image paths are dataset-relative
+are `Trajectory.render()` of the trajectory with its paths rewritten (`pipelines.datasets.paths`) and
+`pipelines.core.prompts.render_user` of the sample; image paths are dataset-relative
 (`images/<hash[:2]>/<hash>.<ext>`, the store layout under `images/`).
 """
 
@@ -37,10 +37,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.paths import dataset_path, rewrite_trajectory, store_relpath
-from pipelines.prompts import DEFAULT_SYSTEM_PROMPT, render_user
-from pipelines.schema import Sample, normalise_question
-from pipelines.trajectory import Trajectory
+from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
+from pipelines.core.schema import Sample, normalise_question
+from pipelines.core.trajectory import Trajectory
+from pipelines.datasets.paths import dataset_path, rewrite_trajectory, store_relpath
 
 SINGLE, TWO_ROUND, COMPUTATION, RL = "wo_thinking_thyme_single_round", "2round", "computation", "rl"
 SFT_SPLITS = (SINGLE, TWO_ROUND, COMPUTATION)
@@ -440,9 +440,9 @@ def store_resolver(store_root: str | os.PathLike):
 
 def validate_splits(split_dir: str | os.PathLike, store_root: str | os.PathLike,
                     mix: dict[str, dict[str, float]] | None = None, vcfg=None) -> dict:
-    """Every validation of `pipelines.validate` over the built splits.
+    """Every validation of `pipelines.datasets.validate` over the built splits.
     Returns {split: validate.Report} (split-level checks included in each split's report)."""
-    from pipelines import validate as v
+    from pipelines.datasets import validate as v
 
     vcfg = vcfg or v.ValidationConfig()
     resolve = store_resolver(store_root)

@@ -1,4 +1,4 @@
-"""Writers for the released dataset formats (THYME.md §3), the inverse of `pipelines.readers`:
+"""Writers for the released dataset formats (THYME.md §3), the inverse of `pipelines.pool.readers`:
 tests and benchmarks build real-format files with them, and publishing exports through them.
 
 Rows carry image *bytes*; the writers encode them the way each release does (base64 text for
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.prompts import DEFAULT_SYSTEM_PROMPT, render_user
+from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
 
 
 @dataclass

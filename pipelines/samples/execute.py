@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from pipelines.images import ImageRejected, ImageStore
-from pipelines.schema import Sample
-from pipelines.trajectory import Result, Trajectory
+from pipelines.core.images import ImageRejected, ImageStore
+from pipelines.core.schema import Sample
+from pipelines.core.trajectory import Result, Trajectory
 from sandbox import Sandbox
 
 # Bump when what the sandbox returns for the same code and inputs changes (repairs, limits).

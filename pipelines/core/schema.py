@@ -1,7 +1,7 @@
 """The data contracts (DESIGN.md §3): one place for the Arrow schemas every stage writes.
 
 A `Sample` is one row of the source pool. Images live once in the content-addressed store
-(`pipelines.images`); rows carry references, never pixels. Nested ground truth and reference
+(`pipelines.core.images`); rows carry references, never pixels. Nested ground truth and reference
 trajectories are JSON text: they vary by task and source, and stay readable by any engine.
 """
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipelines.schema import ImageRef
+from pipelines.core.schema import ImageRef
 
 KEEP_AS_IS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 _DATA_URL = re.compile(rb"^data:image/[\w.+-]+;base64,")

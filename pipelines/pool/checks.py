@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.schema import SAMPLE_SCHEMA
+from pipelines.core.schema import SAMPLE_SCHEMA
 
 
 def check_schema(files: list[Path]) -> tuple[bool, str]:

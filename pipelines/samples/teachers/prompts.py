@@ -10,7 +10,7 @@
 
 Messages are OpenAI chat format with the image as a data URL: the same list serves an
 OpenAI-compatible server and vLLM's offline `LLM.chat`. The student-facing part of the user
-message is `pipelines.prompts.render_user`, exactly what training will show.
+message is `pipelines.core.prompts.render_user`, exactly what training will show.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from pipelines.llm import system_message, user_message
-from pipelines.prompts import render_user
-from pipelines.schema import Sample
+from pipelines.core.llm import system_message, user_message
+from pipelines.core.prompts import render_user
+from pipelines.core.schema import Sample
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 
 OPERATIONS = ("none", "crop", "rotate", "contrast", "compute")

@@ -3,7 +3,7 @@ so the whole flow runs without a model (THYME.md §3, how the paper's generator 
 
     TemplateTeacher(seed=0, multi_round_share=0.25).candidates(sample) -> [Trajectory]
 
-Per task (the generated pool's `meta` conventions, `pipelines.generate`):
+Per task (the generated pool's `meta` conventions, `pipelines.pool.generate`):
 - crop: a box = ground-truth box + a random margin (inside the image, sides >= 64 px), zoomed
   2-4x with OpenCV or PIL, saved under the virtual output directory, path printed;
 - rotate: the image rotated back (PIL `rotate(expand=True)` or OpenCV `warpAffine` on the
@@ -37,8 +37,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from pipelines.schema import Sample
-from pipelines.trajectory import Trajectory, Turn
+from pipelines.core.schema import Sample
+from pipelines.core.trajectory import Trajectory, Turn
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 
 MIN_SIDE = 64                 # the sandbox's minimum crop side (THYME.md §2)

@@ -34,9 +34,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.readers import b64
-from pipelines.splits import COMPUTATION, RL, SINGLE, TWO_ROUND, iter_split, replace_dir, split_file
-from pipelines.splits import store_resolver as _store_resolver
+from pipelines.datasets.splits import (
+    COMPUTATION,
+    RL,
+    SINGLE,
+    TWO_ROUND,
+    iter_split,
+    replace_dir,
+    split_file,
+)
+from pipelines.datasets.splits import store_resolver as _store_resolver
+from pipelines.pool.readers import b64
 
 ENCODINGS = ("thyme", "hf")
 # HF split -> the (split, part) files it is made of.

@@ -2,17 +2,17 @@
 
 Every teacher has a `name` (recorded in each trajectory) and
 `candidates(sample) -> list[Trajectory]`, deterministic for a given configuration. Results are
-attached later by execution (`pipelines.execute`), never by the teacher.
+attached later by execution (`pipelines.samples.execute`), never by the teacher.
 
 Model teachers (`OpenAITeacher` over any OpenAI-compatible endpoint, `VLLMTeacher` offline) also
 have `generate(samples) -> TeacherOutput(trajectories, quarantine, stats)`, which batches
 requests; output that cannot be parsed is quarantined with a reason code (`parse.REASONS`).
 """
 
-from pipelines.teachers.model import ModelTeacher, TeacherConfig, TeacherOutput
-from pipelines.teachers.openai import OpenAITeacher
-from pipelines.teachers.template import TemplateTeacher
-from pipelines.teachers.vllm import VLLMConfig, VLLMTeacher
+from pipelines.samples.teachers.model import ModelTeacher, TeacherConfig, TeacherOutput
+from pipelines.samples.teachers.openai import OpenAITeacher
+from pipelines.samples.teachers.template import TemplateTeacher
+from pipelines.samples.teachers.vllm import VLLMTeacher
 
 __all__ = ["ModelTeacher", "OpenAITeacher", "TeacherConfig", "TeacherOutput", "TemplateTeacher",
-           "VLLMConfig", "VLLMTeacher"]
+           "VLLMTeacher"]
