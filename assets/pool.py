@@ -61,16 +61,14 @@ def source_manifest(context: AssetExecutionContext, config: SourcePoolConfig,
                     storage: ThymeStorage) -> MaterializeResult:
     """The shard plan of the source pool: which rows of which inputs form each shard. Registers
     one `shards` partition per shard (and removes partitions of an earlier, larger plan)."""
+    from pipelines.core.atomic import write_json
     from pipelines.pool.ingest import plan_shards
 
     out = storage.path("pool")
     cfg = _ingest_config(config, str(out))
     plan = plan_shards(cfg)
     keys = [s.key for s in plan]
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{PLAN_FILE}.tmp"
-    tmp.write_text(json.dumps({"config": config.model_dump(), "shards": keys}, indent=2))
-    os.replace(tmp, out / PLAN_FILE)
+    write_json(out / PLAN_FILE, {"config": config.model_dump(), "shards": keys})
     existing = set(context.instance.get_dynamic_partitions(shards.name))
     context.instance.add_dynamic_partitions(shards.name, [k for k in keys if k not in existing])
     for stale in existing - set(keys):

@@ -29,14 +29,15 @@ class SourceRow:
     extra: dict = field(default_factory=dict)
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
+    """Base64 text of bytes (the released datasets' image encoding)."""
     return base64.b64encode(data).decode("ascii")
 
 
 def thyme_sft_table(rows: Iterable[SourceRow]) -> pa.Table:
     rows = list(rows)
     return pa.table({
-        "image": [[_b64(b) for b in r.images] for r in rows],
+        "image": [[b64(b) for b in r.images] for r in rows],
         "question": [render_user(r.question, r.image_path, r.image_size) for r in rows],
         "response": [r.response for r in rows],
     })
@@ -48,7 +49,7 @@ def thyme_rl_table(rows: Iterable[SourceRow], system_prompt: str = DEFAULT_SYSTE
         "messages": [[{"role": "system", "content": system_prompt},
                       {"role": "user", "content": render_user(r.question, r.image_path, r.image_size)}]
                      for r in rows],
-        "images": [[_b64(b) for b in r.images] for r in rows],
+        "images": [[b64(b) for b in r.images] for r in rows],
         "solution": [r.answer for r in rows],
         "question": [r.question for r in rows],
     })

@@ -31,6 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core.atomic import atomic_path
 from pipelines.core.formats import SourceRow, deepeyes_table
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
 from pipelines.datasets.splits import (
@@ -38,7 +39,6 @@ from pipelines.datasets.splits import (
     RL,
     SFT_SPLITS,
     iter_split,
-    replace_dir,
     split_file,
     store_resolver,
 )
@@ -141,13 +141,10 @@ def export(split_dir: str | os.PathLike, store_root: str | os.PathLike, out_dir:
     def read(path: str) -> bytes:
         return resolve(path).read_bytes()
 
-    out = Path(out_dir)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     counts: dict[str, int] = {}
     images: set[str] = set()
-    try:
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
         for split in cfg.splits:
             for part in PARTS:
                 if not split_file(split_dir, split, part).exists():
@@ -166,9 +163,6 @@ def export(split_dir: str | os.PathLike, store_root: str | os.PathLike, out_dir:
                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                          "assistant_tag": "assistant"}} for f, n in counts.items() if n}
             (tmp / "dataset_info.json").write_text(json.dumps(info, indent=2))
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return counts
 
 

@@ -34,17 +34,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core.atomic import atomic_path
+from pipelines.core.formats import b64
 from pipelines.datasets.splits import (
     COMPUTATION,
     RL,
     SINGLE,
     TWO_ROUND,
     iter_split,
-    replace_dir,
     split_file,
 )
 from pipelines.datasets.splits import store_resolver as _store_resolver
-from pipelines.pool.readers import b64
 
 ENCODINGS = ("thyme", "hf")
 # HF split -> the (split, part) files it is made of.
@@ -152,14 +152,12 @@ def publish(split_dir: str | os.PathLike, store_root: str | os.PathLike, out_dir
     cfg = cfg or PublishConfig()
     resolve = _store_resolver(store_root)
     out = Path(out_dir)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     rows: dict[str, int] = {}
     by_task: dict[str, dict[str, int]] = {}
     shipped: set[str] = set()
     sizes: dict[tuple[str, str], int] = {}
-    try:
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
         for encoding in cfg.encodings:
             folder = tmp / "data" / encoding
             folder.mkdir(parents=True)
@@ -189,9 +187,6 @@ def publish(split_dir: str | os.PathLike, store_root: str | os.PathLike, out_dir
             shutil.copyfile(resolve(path), target)
         splits = [s for s in cfg.layout if rows[s]]
         (tmp / "README.md").write_text(dataset_card(cfg, splits, rows, by_task, sizes))
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     files = sorted(p for p in out.rglob("*") if p.is_file())
     return {"path": str(out), "kind": cfg.kind, "splits": splits, "rows": rows, "rows_by_task": by_task,
             "encodings": list(cfg.encodings), "image_files": len(shipped), "files": len(files),

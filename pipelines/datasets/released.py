@@ -7,7 +7,6 @@ paths`), every row validated (`pipelines.datasets.validate`).
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -16,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core.atomic import atomic_path, write_json
 from pipelines.core.images import ImageRejected, ImageStore
 from pipelines.core.prompts import parse_user
 from pipelines.datasets.paths import Rewrites, rewrite_question, rewrite_text
@@ -99,49 +99,45 @@ def rewrite_released(cfg: RewriteConfig) -> dict:
     written = rows_in = 0
     pf = pq.ParquetFile(cfg.input)
     rl = "messages" in pf.schema_arrow.names
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    writer = None
-    try:
-        for batch in pf.iter_batches(batch_size=cfg.batch_rows):
-            kept = []
-            for row in batch.to_pylist():
-                number = rows_in
-                rows_in += 1
-                try:
-                    new = (rewrite_thyme_rl_row(row, store, out.parent) if rl
-                           else rewrite_thyme_row(row, store, out.parent, rewrites))
-                except ImageRejected as exc:
-                    rejected.append({"row": number, "check": "image", "reason": str(exc)})
-                    failures_by_check["image"] += 1
-                    continue
-                failures = _validate_released(new, number, out.parent, vcfg)
-                for f in failures:
-                    failures_by_check[f.check] += 1
-                    rejected.append({"row": number, "check": f.check, "reason": f.reason})
-                if failures and not cfg.keep_invalid:
-                    continue
-                kept.append(new)
-            if not kept:
-                continue
-            table = pa.Table.from_pylist(kept)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-            writer.write_table(table.cast(writer.schema))
-            written += len(kept)
-        if writer is None:  # nothing kept: still write a valid, empty file
-            schema = pf.schema_arrow.append(pa.field("image_paths", pa.list_(pa.string())))
-            writer = pq.ParquetWriter(tmp, schema)
-        writer.close()
+    with atomic_path(out) as tmp:
         writer = None
-        os.replace(tmp, out)
-    finally:
-        if writer is not None:
+        try:
+            for batch in pf.iter_batches(batch_size=cfg.batch_rows):
+                kept = []
+                for row in batch.to_pylist():
+                    number = rows_in
+                    rows_in += 1
+                    try:
+                        new = (rewrite_thyme_rl_row(row, store, out.parent) if rl
+                               else rewrite_thyme_row(row, store, out.parent, rewrites))
+                    except ImageRejected as exc:
+                        rejected.append({"row": number, "check": "image", "reason": str(exc)})
+                        failures_by_check["image"] += 1
+                        continue
+                    failures = _validate_released(new, number, out.parent, vcfg)
+                    for f in failures:
+                        failures_by_check[f.check] += 1
+                        rejected.append({"row": number, "check": f.check, "reason": f.reason})
+                    if failures and not cfg.keep_invalid:
+                        continue
+                    kept.append(new)
+                if not kept:
+                    continue
+                table = pa.Table.from_pylist(kept)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table.cast(writer.schema))
+                written += len(kept)
+            if writer is None:  # nothing kept: still write a valid, empty file
+                schema = pf.schema_arrow.append(pa.field("image_paths", pa.list_(pa.string())))
+                writer = pq.ParquetWriter(tmp, schema)
             writer.close()
-        if tmp.exists():
-            tmp.unlink()
+            writer = None
+        finally:
+            if writer is not None:
+                writer.close()
     report = {"input": cfg.input, "out": str(out), "rows": rows_in, "written": written,
               "images_written": store.files_written, "rewrites": dict(rewrites.counts),
               "failures_by_check": dict(failures_by_check), "rejected": rejected[:1000]}
-    report_path = out.with_name(out.stem + ".report.json")
-    report_path.write_text(json.dumps(report, indent=2))
+    write_json(out.with_name(out.stem + ".report.json"), report)
     return report

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core.atomic import atomic_path
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
 from pipelines.core.schema import Sample, normalise_question
 from pipelines.core.trajectory import Trajectory
@@ -365,55 +365,41 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
         raise FileNotFoundError("no pool sample shards to join the trajectories with")
     index, totals = scan_index(audited_files, sample_files)
     assignment, funnel = assign(index, cfg)
-    out = Path(out_dir)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    writers = {}
-    for split in SPLITS:
-        (tmp / split).mkdir(parents=True)
-        for part in PARTS:
-            writers[split, part] = _Writer(tmp / split / f"{part}.parquet", SCHEMAS[split], cfg.batch_rows)
-    assigned = pl.DataFrame({"id": list(assignment), "split": [v[0] for v in assignment.values()],
-                             "part": [v[1] for v in assignment.values()]},
-                            schema={"id": pl.String, "split": pl.String, "part": pl.String})
-    samples_lf = pl.scan_parquet(sample_files)
-    try:
-        for file in audited_files:  # one shard's rows in memory at a time
-            shard = pl.scan_parquet(file).join(assigned.lazy(), on="id", how="inner").collect()
-            if shard.height == 0:
-                continue
-            ids = shard["sample_id"].unique().to_list()
-            samples = {r["id"]: Sample.from_row(r) for r in
-                       samples_lf.filter(pl.col("id").is_in(ids)).collect().to_dicts()}
-            for row in shard.to_dicts():
-                sample = samples[row["sample_id"]]
-                split, part = row["split"], row["part"]
-                if split == RL:
-                    writers[split, part].add(rl_row(sample, cfg.system_prompt))
-                else:
-                    writers[split, part].add(sft_row(Trajectory.from_row(row), sample))
-        for w in writers.values():
-            w.close()
+    with atomic_path(out_dir) as tmp:
+        writers = {}
+        for split in SPLITS:
+            (tmp / split).mkdir(parents=True)
+            for part in PARTS:
+                writers[split, part] = _Writer(tmp / split / f"{part}.parquet", SCHEMAS[split], cfg.batch_rows)
+        assigned = pl.DataFrame({"id": list(assignment), "split": [v[0] for v in assignment.values()],
+                                 "part": [v[1] for v in assignment.values()]},
+                                schema={"id": pl.String, "split": pl.String, "part": pl.String})
+        samples_lf = pl.scan_parquet(sample_files)
+        try:
+            for file in audited_files:  # one shard's rows in memory at a time
+                shard = pl.scan_parquet(file).join(assigned.lazy(), on="id", how="inner").collect()
+                if shard.height == 0:
+                    continue
+                ids = shard["sample_id"].unique().to_list()
+                samples = {r["id"]: Sample.from_row(r) for r in
+                           samples_lf.filter(pl.col("id").is_in(ids)).collect().to_dicts()}
+                for row in shard.to_dicts():
+                    sample = samples[row["sample_id"]]
+                    split, part = row["split"], row["part"]
+                    if split == RL:
+                        writers[split, part].add(rl_row(sample, cfg.system_prompt))
+                    else:
+                        writers[split, part].add(sft_row(Trajectory.from_row(row), sample))
+            for w in writers.values():
+                w.close()
+        finally:
+            for w in writers.values():
+                if w.writer.is_open:
+                    w.writer.close()
         report = {**totals, **funnel, "config": _jsonable(asdict(cfg)),
                   "rows": {s: {p: writers[s, p].count for p in PARTS} for s in SPLITS}}
         (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-        replace_dir(tmp, out)
-    finally:
-        for w in writers.values():
-            if w.writer.is_open:
-                w.writer.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Put the finished directory `tmp` in place of `out` (two renames; readers never see a
-    half-written directory)."""
-    old = out.with_name(f"{out.name}.{os.getpid()}.old")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _jsonable(value):

@@ -30,6 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core.atomic import remove_stale_temporaries, write_json, write_parquet
 from pipelines.core.images import ImageLimits, ImageRejected, ImageStore
 from pipelines.core.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA, quarantine_row
 from pipelines.pool.readers import FORMATS, Reader, RowRejected, Unit, list_units, read_unit
@@ -257,40 +258,11 @@ def ingest_shard(cfg: IngestConfig, shard: Shard, pool: ProcessPoolExecutor | No
         "seconds": round(time.perf_counter() - t0, 3), "skipped": False,
     }
     samples_path, quarantine_path = shard_paths(cfg.out, shard)
-    _write_atomic(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), quarantine_path)
+    write_parquet(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), quarantine_path)
     table = pa.Table.from_pylist(kept, schema=SAMPLE_SCHEMA).replace_schema_metadata(
         {FINGERPRINT_KEY: fp.encode(), REPORT_KEY: json.dumps(report).encode()})
-    _write_atomic(table, samples_path)  # last: its presence marks the shard done
+    write_parquet(table, samples_path)  # last: its presence marks the shard done
     return report
-
-
-def remove_stale_temporaries(*dirs: Path) -> int:
-    """Delete `*.<pid>.tmp` files whose writing process is gone (a killed run's leftovers)."""
-    removed = 0
-    for d in dirs:
-        for tmp in d.glob("*.tmp") if d.is_dir() else ():
-            pid = tmp.name.rsplit(".", 2)[-2]
-            if pid.isdigit() and not _alive(int(pid)):
-                tmp.unlink(missing_ok=True)
-                removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
 
 
 def make_pool(cfg: IngestConfig) -> ProcessPoolExecutor:
@@ -322,10 +294,7 @@ def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = 
     total["seconds"] = round(time.perf_counter() - t0, 3)
     total["shards"] = len(reports)
     total["format"] = cfg.format
-    report_path = Path(cfg.out) / "report.json"
-    tmp = report_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(total, indent=2))
-    os.replace(tmp, report_path)
+    write_json(Path(cfg.out) / "report.json", total)
     return total
 
 

@@ -8,7 +8,6 @@ record batches of a single row group, JSONL line by line.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -280,8 +279,3 @@ class Reader:
                         origin_row=number, answer=str(row.get(col["answer"]) or "").strip(),
                         task=task)
         return sample
-
-
-def b64(data: bytes) -> str:
-    """Base64 text of bytes (the released datasets' image encoding)."""
-    return base64.b64encode(data).decode("ascii")

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from pipelines.core.atomic import write_json
 from pipelines.core.images import ImageRejected, ImageStore
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import Result, Trajectory
@@ -46,11 +47,7 @@ class ExecutionCache:
         return Result(**json.loads(path.read_text()))
 
     def put(self, key: str, result: Result) -> None:
-        path = self.root / key[:2] / f"{key}.json"
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(result)}.tmp")
-        tmp.write_text(json.dumps(asdict(result)))
-        os.replace(tmp, path)
+        write_json(self.root / key[:2] / f"{key}.json", asdict(result), indent=None)
 
 
 def execute(trajectories: list[Trajectory], samples: dict[str, Sample], store: ImageStore,

@@ -4,7 +4,6 @@ and returns numbers for the asset's metadata."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core.atomic import write_parquet
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import (
     FAIL,
@@ -32,12 +32,9 @@ def read_trajectories(path: Path) -> list[Trajectory]:
 
 
 def write_trajectories(trajectories: list[Trajectory], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     table = trajectories_table(trajectories) if trajectories else pa.table(
         {f.name: pa.array([], f.type) for f in TRAJECTORY_SCHEMA}, schema=TRAJECTORY_SCHEMA)
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    write_parquet(table, path)
 
 
 def generate_code_samples(samples: dict[str, Sample], teacher,
@@ -54,10 +51,7 @@ def generate_code_samples(samples: dict[str, Sample], teacher,
         trajectories = [t for s in samples.values() for t in teacher.candidates(s)]
     if quarantine_path is not None:
         from pipelines.samples.teachers.parse import quarantine_table
-        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = quarantine_path.with_name(f"{quarantine_path.name}.{os.getpid()}.tmp")
-        pq.write_table(quarantine_table(quarantine), tmp)
-        os.replace(tmp, quarantine_path)
+        write_parquet(quarantine_table(quarantine), quarantine_path)
     kinds = Counter(t.kind for t in trajectories)
     reasons = Counter(row["reason"] for row in quarantine)
     return trajectories, {"samples": len(samples), "trajectories": len(trajectories),

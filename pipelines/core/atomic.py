@@ -1,0 +1,116 @@
+"""Atomic writes: a file or folder is either absent, the old version, or the whole new one.
+
+Every writer in the project goes through here. A temporary sits beside its target (same
+filesystem, so the rename is atomic) under a name that carries the writer's pid, so a re-run can
+tell a killed writer's leftovers (`remove_stale_temporaries`) from a live writer's work. A write
+that fails (a full disk, an exception while producing the content) removes its temporary and
+raises; the target is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+
+
+def temporary_name(path: Path) -> Path:
+    """`<name>.<pid>-<thread>.tmp` beside `path`: unique per writer, and names its process."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}{TMP_SUFFIX}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, make_parent: bool = True) -> Iterator[Path]:
+    """Yields a temporary path to write (a file or a folder); renamed over `path` when the block
+    ends without an exception, removed otherwise. An existing folder at `path` is replaced."""
+    path = Path(path)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        if tmp.is_dir():
+            replace_dir(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, data, indent: int | None = 2) -> Path:
+    return write_text(path, json.dumps(data, indent=indent, ensure_ascii=False, default=str))
+
+
+def write_parquet(table, path: str | os.PathLike, **options) -> Path:
+    """A pyarrow table as one parquet file (zstd unless `compression` is given)."""
+    import pyarrow.parquet as pq
+
+    options.setdefault("compression", "zstd")
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **options)
+    return Path(path)
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` in place of `out`: the old one is moved aside first (two
+    renames; a reader sees the old or the new folder, a crash between leaves the old one aside,
+    which `remove_stale_temporaries` does not touch and the next replace clears)."""
+    old = out.with_name(f"{out.name}.old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temporaries(*dirs: Path) -> int:
+    """Delete temporaries in `dirs` whose writing process is gone (a killed run's leftovers)."""
+    removed = 0
+    for d in dirs:
+        for tmp in Path(d).glob(f"*{TMP_SUFFIX}") if Path(d).is_dir() else ():
+            pid = _writer_pid(tmp.name)
+            if pid is not None and not _alive(pid):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _writer_pid(name: str) -> int | None:
+    """The pid in `<name>.<pid>[-<thread>].tmp`, or None when the name has none."""
+    stem = name[: -len(TMP_SUFFIX)]
+    if "." not in stem:
+        return None
+    pid = stem.rsplit(".", 1)[1].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

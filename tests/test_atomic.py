@@ -1,0 +1,55 @@
+"""Atomic writes (pipelines.core.atomic): the target is the old version or the whole new one."""
+
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+
+from pipelines.core.atomic import (
+    atomic_path,
+    remove_stale_temporaries,
+    temporary_name,
+    write_json,
+    write_parquet,
+    write_text,
+)
+
+
+def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
+    target = write_text(tmp_path / "a.txt", "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_folder_replaced_whole(tmp_path):
+    out = tmp_path / "split"
+    for content in ("first", "second"):
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / "f.txt").write_text(content)
+    assert (out / "f.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["split"]
+
+
+def test_parquet_and_json(tmp_path):
+    path = write_parquet(pa.table({"x": [1, 2]}), tmp_path / "sub" / "t.parquet")
+    import pyarrow.parquet as pq
+    assert pq.read_table(path).column("x").to_pylist() == [1, 2]
+    assert write_json(tmp_path / "r.json", {"a": 1}).read_text().startswith("{")
+
+
+def test_stale_temporaries_of_dead_writers_only(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f"x.parquet.{dead}-1.tmp"
+    stale.write_text("left by a killed run")
+    live = temporary_name(tmp_path / "y.parquet")
+    live.write_text("being written")
+    assert str(os.getpid()) in live.name
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and live.exists()
