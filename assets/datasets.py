@@ -28,35 +28,11 @@ from pydantic import Field
 
 from assets.code_samples import audited
 from assets.resources import ThymeStorage
-
-# pipelines.datasets.splits.SPLITS and pipelines.datasets.validate's check names (a test keeps them equal); spelt
-# out so that loading the definitions does not import the data stack.
-SFT_SPLITS = ("wo_thinking_thyme_single_round", "2round", "computation")
-SPLITS = (*SFT_SPLITS, "rl")
-SFT_CHECKS = ("balanced_tags", "one_answer", "think_answer_format", "image_count", "images_exist",
-              "no_absolute_paths", "no_empty_code")
-RL_CHECKS = ("rl_prompt", "image_count", "images_exist", "no_absolute_paths")
-SPLIT_CHECKS = ("split_sizes_and_mix", "no_train_test_overlap")
-CHECK_DOCS = {
-    "balanced_tags": "think/code/sandbox_output/answer tags close in order",
-    "one_answer": "exactly one <answer>",
-    "think_answer_format": "</think> + one whitespace + <answer>...</answer> ends the response",
-    "image_count": "<image> tokens match the image list",
-    "images_exist": "every image exists and is within the pixel budget",
-    "no_absolute_paths": "no absolute or author path; User Image Path names the first image",
-    "no_empty_code": "no code block without a statement",
-    "rl_prompt": "system + user messages, the configured system prompt, a solution",
-    "split_sizes_and_mix": "split size and task mix within tolerance",
-    "no_train_test_overlap": "no image (or text-only question) in both train and test",
-}
+from pipelines.datasets.names import CHECKS, RL, SFT_SPLITS, SINGLE, SPLITS, split_checks
 
 
 def _key(split: str) -> AssetKey:
     return AssetKey(["splits", split])
-
-
-def _checks(split: str) -> tuple[str, ...]:
-    return (RL_CHECKS if split == "rl" else SFT_CHECKS) + SPLIT_CHECKS
 
 
 class SplitsConfig(Config):
@@ -81,7 +57,7 @@ def _preview(rows: list[dict], split: str) -> str:
         return "(empty)"
     parts = []
     for r in rows[:3]:
-        if split == "rl":
+        if split == RL:
             text = r["messages"][-1]["content"][:600] + f"\n\nsolution: {r['solution']}"
         else:
             text = r["question"][:400] + "\n\n" + r["response"][:1200]
@@ -93,8 +69,8 @@ def _preview(rows: list[dict], split: str) -> str:
     specs=[AssetSpec(_key(s), group_name="datasets", kinds={"python", "parquet"}, deps=[audited],
                      description=f"the {s} split (train + held-out test), from every audited shard")
            for s in SPLITS],
-    check_specs=[AssetCheckSpec(c, asset=_key(s), blocking=True, description=CHECK_DOCS[c])
-                 for s in SPLITS for c in _checks(s)],
+    check_specs=[AssetCheckSpec(c, asset=_key(s), blocking=True, description=CHECKS[c])
+                 for s in SPLITS for c in split_checks(s)],
     can_subset=False,
 )
 def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeStorage):
@@ -110,7 +86,7 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
     cfg = SplitConfig(test_share=config.test_share, rl_share=config.rl_share,
                       near_dup_threshold=config.near_dup_threshold, seed=config.seed)
     if config.single_round_mix is not None:
-        cfg.mix = {"wo_thinking_thyme_single_round": dict(config.single_round_mix)}
+        cfg.mix = {SINGLE: dict(config.single_round_mix)}
     out = storage.path("splits")
     report = build_splits(audited_files, sample_files, out, cfg)
     vcfg = ValidationConfig(max_pixels=config.max_pixels, mix_tolerance=config.mix_tolerance,
@@ -128,7 +104,7 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
             "path": MetadataValue.path(_relative(out / split)),
         })
         result = validation[split]
-        for check in _checks(split):
+        for check in split_checks(split):
             failures = result.failures.get(check, [])
             yield AssetCheckResult(asset_key=_key(split), check_name=check, passed=result.passed(check),
                                    metadata={"failures": result.counts.get(check, 0),
@@ -180,12 +156,12 @@ def thyme_sft(context: AssetExecutionContext, config: PublishSettings,
 
 
 @asset(key_prefix="datasets", group_name="datasets", kinds={"parquet", "huggingface"},
-       deps=[_key("rl")])
+       deps=[_key(RL)])
 def thyme_rl(context: AssetExecutionContext, config: PublishSettings,
              storage: ThymeStorage) -> MaterializeResult:
     """The RL dataset: prompts (system + user), images (files shipped, base64 in `thyme`),
     solutions; train and test splits; pushed to the Hub when configured."""
-    return _publish(context, config, storage, "rl", "thyme-rl")
+    return _publish(context, config, storage, RL, "thyme-rl")
 
 
 DATASET_ASSETS = [splits, thyme_sft, thyme_rl]

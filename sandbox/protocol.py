@@ -41,6 +41,11 @@ def extract_code(text: str) -> str | None:
     return body.strip("\n")
 
 
+def code_blocks(text: str) -> list[str]:
+    """The code of every complete `<code>` block, in order (as `extract_code` reads one)."""
+    return [extract_code(m.group(0)) for m in _CODE_BLOCK.finditer(text)]
+
+
 def extract_answer(text: str) -> str | None:
     """The first `<answer>…</answer>`, stripped; None when absent."""
     match = _ANSWER.search(text)

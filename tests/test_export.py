@@ -12,7 +12,8 @@ from PIL import Image
 
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, parse_user
 from pipelines.datasets.export import ExportConfig, content_parts, export
-from pipelines.datasets.splits import PARTS, SFT_SPLITS, SplitConfig, build_splits, iter_split
+from pipelines.datasets.names import PARTS, SFT_SPLITS
+from pipelines.datasets.splits import SplitConfig, build_splits, iter_split
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,18 @@ import thyme_corpus
 
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, parse_user, render_user
 from pipelines.datasets import validate as v
-from pipelines.datasets.paths import dataset_path, find_absolute_paths, rewrite_trajectory
-from pipelines.datasets.splits import (
+from pipelines.datasets.names import (
     COMPUTATION,
-    PAPER_MIX,
     PARTS,
     RL,
+    SFT_ROW_CHECKS,
     SINGLE,
     SPLITS,
     TWO_ROUND,
+)
+from pipelines.datasets.paths import dataset_path, find_absolute_paths, rewrite_trajectory
+from pipelines.datasets.splits import (
+    PAPER_MIX,
     SplitConfig,
     build_splits,
     iter_split,
@@ -179,7 +182,7 @@ BAD_SFT = {
 }
 
 
-@pytest.mark.parametrize("check", v.SFT_ROW_CHECKS)
+@pytest.mark.parametrize("check", SFT_ROW_CHECKS)
 def test_each_sft_check_fails_on_a_bad_row(check, tmp_path):
     row, resolve = _good_sft(tmp_path)
     cfg = v.ValidationConfig()

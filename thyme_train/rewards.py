@@ -30,7 +30,6 @@ unscorable (left out of the group baseline, advantage 0).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,18 +41,12 @@ from pipelines.core.answers import (
     stated_number,
 )
 from pipelines.core.judge import Judge as JudgeCore
+from pipelines.core.trajectory import FORMAT_RULES, follows_format
 from sandbox.protocol import (
-    ANSWER_CLOSE,
     ANSWER_OPEN,
-    OUTPUT_CLOSE,
-    OUTPUT_OPEN,
     THINK_CLOSE,
-    THINK_OPEN,
 )
 from thyme_train.config import doc
-
-FORMAT_RULES = ("strict", "lenient")
-_OUTPUT_SPAN = re.compile(f"{re.escape(OUTPUT_OPEN)}.*?(?:{re.escape(OUTPUT_CLOSE)}|$)", re.DOTALL)
 
 
 @dataclass
@@ -83,37 +76,10 @@ class RewardConfig:
 # Format
 # ---------------------------------------------------------------------------------------------
 
-def model_text(completion: str) -> str:
-    """The completion without its sandbox outputs (what the model itself wrote)."""
-    return _OUTPUT_SPAN.sub("", completion or "")
-
-
 def format_score(completion: str, rule: str = "strict") -> float:
-    """1.0 when the completion follows the tag format (`rule`: strict | lenient), else 0.0."""
-    text = model_text(completion)
-    if rule == "strict":
-        tags = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
-        if any(text.count(t) != 1 for t in tags):
-            return 0.0
-        positions = [text.index(t) for t in tags]
-        if positions != sorted(positions) or not text.endswith(ANSWER_CLOSE):
-            return 0.0
-        return 1.0 if re.search(rf"{THINK_CLOSE}\s{ANSWER_OPEN}", text) and not re.search(
-            rf"{THINK_CLOSE}\s\s", text) else 0.0
-    if rule == "lenient":
-        low = text.lower()
-        if low.count(ANSWER_OPEN) != 1 or low.count(ANSWER_CLOSE) != 1:
-            return 0.0
-        if low.count(THINK_OPEN) > 1 or low.count(THINK_CLOSE) != 1:
-            return 0.0
-        think_open = low.find(THINK_OPEN)
-        think_close, a_open, a_close = (low.index(t) for t in (THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE))
-        if not (think_open <= think_close < a_open < a_close):
-            return 0.0
-        between = low[think_close + len(THINK_CLOSE):a_open]
-        after = low[a_close + len(ANSWER_CLOSE):]
-        return 1.0 if not between.strip() and not after.strip() else 0.0
-    raise ValueError(f"unknown format rule {rule!r}; choose one of {FORMAT_RULES}")
+    """1.0 when the completion follows the tag format (`rule`: strict | lenient; the one rule of
+    `pipelines.core.trajectory.follows_format`), else 0.0."""
+    return 1.0 if follows_format(completion, rule) else 0.0
 
 
 # ---------------------------------------------------------------------------------------------

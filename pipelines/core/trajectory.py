@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -19,6 +20,8 @@ from sandbox.protocol import (
     ANSWER_OPEN,
     CODE_CLOSE,
     CODE_OPEN,
+    OUTPUT_CLOSE,
+    OUTPUT_OPEN,
     THINK_CLOSE,
     THINK_OPEN,
     output_block,
@@ -133,3 +136,52 @@ def render_result(result: Result) -> str:
 
 def trajectories_table(trajectories: list[Trajectory]) -> pa.Table:
     return pa.Table.from_pylist([t.to_row() for t in trajectories], schema=TRAJECTORY_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------
+# The answer format: what `render` produces, what SFT data must follow and the RL format reward
+# scores (one rule, used by `pipelines.datasets.validate` and `thyme_train.rewards`).
+# ---------------------------------------------------------------------------------------------
+
+FORMAT_RULES = ("strict", "lenient")
+_OUTPUT_SPAN = re.compile(f"{re.escape(OUTPUT_OPEN)}.*?(?:{re.escape(OUTPUT_CLOSE)}|$)", re.DOTALL)
+
+
+def model_text(text: str) -> str:
+    """The text without its sandbox outputs: what the model itself wrote (code may print
+    anything, tags included)."""
+    return _OUTPUT_SPAN.sub("", text or "")
+
+
+def follows_format(text: str, rule: str = "strict") -> bool:
+    """Whether the model's writing follows the tag format.
+
+    `strict` (the original's rule): exactly one `<think>`, `</think>`, `<answer>`, `</answer>`,
+    in that order, exactly one whitespace character between `</think>` and `<answer>`, nothing
+    after `</answer>`. `lenient`: tags in any case, any whitespace (or none) between `</think>`
+    and `<answer>`, trailing whitespace allowed, `<think>` may be missing (templates that
+    pre-fill it), but still exactly one answer after the reasoning."""
+    text = model_text(text)
+    if rule == "strict":
+        tags = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+        if any(text.count(t) != 1 for t in tags):
+            return False
+        positions = [text.index(t) for t in tags]
+        if positions != sorted(positions) or not text.endswith(ANSWER_CLOSE):
+            return False
+        between = text[positions[1] + len(THINK_CLOSE):positions[2]]
+        return len(between) == 1 and between.isspace()
+    if rule == "lenient":
+        low = text.lower()
+        if low.count(ANSWER_OPEN) != 1 or low.count(ANSWER_CLOSE) != 1:
+            return False
+        if low.count(THINK_OPEN) > 1 or low.count(THINK_CLOSE) != 1:
+            return False
+        think_open = low.find(THINK_OPEN)
+        think_close, a_open, a_close = (low.index(t) for t in (THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE))
+        if not (think_open <= think_close < a_open < a_close):
+            return False
+        between = low[think_close + len(THINK_CLOSE):a_open]
+        after = low[a_close + len(ANSWER_CLOSE):]
+        return not between.strip() and not after.strip()
+    raise ValueError(f"unknown format rule {rule!r}; choose one of {FORMAT_RULES}")

@@ -34,14 +34,8 @@ import pyarrow.parquet as pq
 from pipelines.core.atomic import atomic_path
 from pipelines.core.formats import SourceRow, deepeyes_table
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
-from pipelines.datasets.splits import (
-    PARTS,
-    RL,
-    SFT_SPLITS,
-    iter_split,
-    split_file,
-    store_resolver,
-)
+from pipelines.datasets.names import PARTS, RL, SFT_SPLITS
+from pipelines.datasets.splits import iter_split, split_file, store_resolver
 from sandbox.protocol import IMAGE_TOKEN
 
 FORMATS = ("trl", "swift", "llamafactory", "verl")

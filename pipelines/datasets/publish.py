@@ -36,14 +36,8 @@ import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_path
 from pipelines.core.formats import b64
-from pipelines.datasets.splits import (
-    COMPUTATION,
-    RL,
-    SINGLE,
-    TWO_ROUND,
-    iter_split,
-    split_file,
-)
+from pipelines.datasets.names import COMPUTATION, RL, SINGLE, TWO_ROUND
+from pipelines.datasets.splits import iter_split, split_file
 from pipelines.datasets.splits import store_resolver as _store_resolver
 
 ENCODINGS = ("thyme", "hf")

@@ -40,12 +40,17 @@ from pipelines.core.atomic import atomic_path
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
 from pipelines.core.schema import Sample, normalise_question
 from pipelines.core.trajectory import Trajectory
+from pipelines.datasets.names import (
+    COMPUTATION,
+    PARTS,
+    RL,
+    SFT_SPLITS,
+    SINGLE,
+    SPLITS,
+    TWO_ROUND,
+    split_checks,
+)
 from pipelines.datasets.paths import dataset_path, rewrite_trajectory, store_relpath
-
-SINGLE, TWO_ROUND, COMPUTATION, RL = "wo_thinking_thyme_single_round", "2round", "computation", "rl"
-SFT_SPLITS = (SINGLE, TWO_ROUND, COMPUTATION)
-SPLITS = (*SFT_SPLITS, RL)
-PARTS = ("train", "test")
 
 # The paper's component counts (THYME.md §3) for the single-round data: no-code ~100K,
 # real-world code ~50K, crop ~28K, rotation ~14K, contrast ~10K.
@@ -435,8 +440,7 @@ def validate_splits(split_dir: str | os.PathLike, store_root: str | os.PathLike,
     reports, counts, keys = {}, {}, {p: {} for p in PARTS}
     for split in SPLITS:
         is_rl = split == RL
-        report = v.Report((v.RL_ROW_CHECKS if is_rl else v.SFT_ROW_CHECKS) + v.SPLIT_CHECKS,
-                          keep=vcfg.max_failures_kept)
+        report = v.Report(split_checks(split), keep=vcfg.max_failures_kept)
         by_task = Counter()
         for part in PARTS:
             for rows in iter_split(split_dir, split, part):

@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, parse_user
+from pipelines.core.trajectory import follows_format
 from pipelines.datasets.paths import find_absolute_paths
 from sandbox.protocol import (
     ANSWER_CLOSE,
@@ -30,7 +31,7 @@ from sandbox.protocol import (
     OUTPUT_OPEN,
     THINK_CLOSE,
     THINK_OPEN,
-    extract_code,
+    code_blocks,
 )
 
 Resolver = Callable[[str], Path]
@@ -39,11 +40,6 @@ PAIRS = {THINK_OPEN: THINK_CLOSE, CODE_OPEN: CODE_CLOSE, OUTPUT_OPEN: OUTPUT_CLO
          ANSWER_OPEN: ANSWER_CLOSE}
 _TAG = re.compile("|".join(re.escape(t) for pair in PAIRS.items() for t in pair))
 _ANSWER_OPENS = re.compile(re.escape(ANSWER_OPEN))
-# `</think>`, exactly one whitespace character, `<answer>`...`</answer>`, then nothing: the RL
-# format reward's pattern, so SFT data already satisfies it.
-_ENDING = re.compile(re.escape(THINK_CLOSE) + r"\s" + re.escape(ANSWER_OPEN) + r"(?:(?!"
-                     + re.escape(ANSWER_OPEN) + r").)*?" + re.escape(ANSWER_CLOSE) + r"\s*\Z", re.DOTALL)
-_CODE_BLOCKS = re.compile(re.escape(CODE_OPEN) + r"(.*?)" + re.escape(CODE_CLOSE), re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -100,13 +96,18 @@ def check_one_answer(rows: Iterable[dict]) -> list[Failure]:
 
 
 def check_think_answer_format(rows: Iterable[dict]) -> list[Failure]:
-    """`</think>` + one whitespace + `<answer>...</answer>` ends the response."""
+    """The response starts with `<think>` and follows the RL format reward's strict rule
+    (`pipelines.core.trajectory.follows_format`), so SFT data already earns it; trailing
+    whitespace is allowed (generation stops at `</answer>`). Rows with other than one
+    `<answer>` are `one_answer`'s to report."""
     out = []
     for row in rows:
         response = row["response"] or ""
+        if len(_ANSWER_OPENS.findall(response)) != 1:
+            continue
         if not response.lstrip().startswith(THINK_OPEN):
             out.append(Failure("think_answer_format", row["id"], f"does not start with {THINK_OPEN}"))
-        elif not _ENDING.search(response):
+        elif not follows_format(response.strip(), "strict"):
             tail = response[-80:].replace("\n", "\\n")
             out.append(Failure("think_answer_format", row["id"],
                                f"does not end with {THINK_CLOSE} + one space + {ANSWER_OPEN}...: "
@@ -174,8 +175,7 @@ def check_no_absolute_paths(rows: Iterable[dict]) -> list[Failure]:
 def check_no_empty_code(rows: Iterable[dict]) -> list[Failure]:
     out = []
     for row in rows:
-        for k, m in enumerate(_CODE_BLOCKS.finditer(row["response"] or "")):
-            code = extract_code(m.group(0)) or ""
+        for k, code in enumerate(code_blocks(row["response"] or "")):
             if not [line for line in code.splitlines() if line.strip() and not line.strip().startswith("#")]:
                 out.append(Failure("no_empty_code", row["id"], f"code block {k + 1} has no statement"))
                 break
@@ -244,12 +244,6 @@ def check_no_train_test_overlap(train: dict[str, str], test: dict[str, str]) -> 
 
 
 # ------------------------------------------------------------------ batches
-
-SFT_ROW_CHECKS = ("balanced_tags", "one_answer", "think_answer_format", "image_count",
-                  "images_exist", "no_absolute_paths", "no_empty_code")
-RL_ROW_CHECKS = ("rl_prompt", "image_count", "images_exist", "no_absolute_paths")
-SPLIT_CHECKS = ("split_sizes_and_mix", "no_train_test_overlap")
-
 
 def validate_sft_rows(rows: list[dict], resolve: Resolver, cfg: ValidationConfig) -> list[Failure]:
     return (check_balanced_tags(rows) + check_one_answer(rows) + check_think_answer_format(rows)

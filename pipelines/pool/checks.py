@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.core.schema import SAMPLE_SCHEMA
+from pipelines.core.schema import SAMPLE_SCHEMA, ImageRef
 
 
 def check_schema(files: list[Path]) -> tuple[bool, str]:
@@ -23,7 +23,8 @@ def check_schema(files: list[Path]) -> tuple[bool, str]:
 
 
 def image_relpaths(files: list[Path]) -> list[str]:
-    """Distinct store paths of every image the shards reference (lazy scan, no Python loop)."""
+    """Distinct store paths of every image the shards reference (lazy scan, no Python loop; the
+    columnar form of `ImageRef.relpath`)."""
     if not files:
         return []
     refs = (pl.scan_parquet([str(f) for f in files]).select(pl.col("images").explode())
@@ -55,9 +56,9 @@ def preview_markdown(files: list[Path], out: Path, rows: int = 8) -> str:
     for row in table.iter_rows(named=True):
         image = ""
         if row["images"]:
-            ref = row["images"][0]
-            path = out / "images" / ref["hash"][:2] / f"{ref['hash']}.{ref['ext']}"
-            image = f"![]({thumbnail_data_url(path)}) {ref['width']}x{ref['height']}"
+            ref = ImageRef(**row["images"][0])
+            path = out / "images" / ref.relpath
+            image = f"![]({thumbnail_data_url(path)}) {ref.width}x{ref.height}"
         meta = json.loads(row["meta"] or "{}")
         truth = {k: v for k, v in meta.items() if k in ("box", "angle", "options", "expression")}
         cells = [image, row["task"], row["question"][:80], row["answer"][:40], json.dumps(truth)[:80]]
