@@ -3,6 +3,7 @@ PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export THYME_DATA := $(CURDIR)/data
 
 VLLM_TESTS := tests/test_vllm_teacher.py tests/test_vllm_engine.py tests/test_vllm_infer.py
 

@@ -9,9 +9,6 @@ stay inside the bodies so loading the code location stays fast.
 (No `from __future__ import annotations` here: Dagster reads the config annotations.)
 """
 
-import os
-from pathlib import Path
-
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -46,10 +43,6 @@ class SplitsConfig(Config):
     mix_tolerance: float = Field(0.05, description="blocking: allowed |share - target| per task")
     max_pixels: int = Field(4096 * 4096, description="blocking: pixel budget per image")
     min_rows: int = Field(1, description="blocking: rows every split must have")
-
-
-def _relative(path: Path) -> str:
-    return os.path.relpath(path, Path.cwd())
 
 
 def _preview(rows: list[dict], split: str) -> str:
@@ -101,7 +94,7 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
             "funnel": MetadataValue.json({k: report[k] for k in
                                           ("pool_samples", "trajectories", "passed", "routed", "dropped")}),
             "preview": MetadataValue.md(_preview(first, split)),
-            "path": MetadataValue.path(_relative(out / split)),
+            "path": MetadataValue.path(storage.relative(out / split)),
         })
         result = validation[split]
         for check in split_checks(split):
@@ -140,7 +133,7 @@ def _publish(context: AssetExecutionContext, config: PublishSettings, storage: T
         "rows": MetadataValue.json(report["rows"]),
         "rows_by_task": MetadataValue.json(report["rows_by_task"]),
         "bytes": report["bytes"], "files": report["files"],
-        "path": MetadataValue.path(_relative(out)),
+        "path": MetadataValue.path(storage.relative(out)),
         "card": MetadataValue.md(card.split("---\n", 2)[-1][:4000]),
         "hub": MetadataValue.json({k: v for k, v in pushed.items() if k != "files"}),
     })

@@ -1,7 +1,8 @@
 """The one `Definitions` of the project (`dagster dev -m assets.definitions`).
 
-Modules of this package hold the assets of one stage each; this file only assembles them.
-Heavy libraries are imported inside asset bodies, so loading the code location stays fast.
+Modules of this package hold the assets of one stage each, the resources and the jobs; this file
+only assembles them. Heavy libraries are imported inside asset bodies, so loading the code
+location stays fast.
 """
 
 from dagster import Definitions
@@ -9,13 +10,15 @@ from dagster import Definitions
 from assets.code_samples import audited, code_samples, executions
 from assets.datasets import DATASET_ASSETS
 from assets.evaluation import EVALUATION_ASSETS
+from assets.jobs import JOBS
 from assets.pool import source_manifest, source_pool
-from assets.resources import SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
 from assets.training import TRAINING_ASSETS, TRAINING_RESOURCES
 
 defs = Definitions(
     assets=[source_manifest, source_pool, code_samples, executions, audited, *DATASET_ASSETS,
             *TRAINING_ASSETS, *EVALUATION_ASSETS],
+    jobs=JOBS,
     resources={"storage": ThymeStorage(), "sandbox": SandboxResource(), "teacher": TeacherResource(),
-               **TRAINING_RESOURCES},
+               "judge": JudgeResource(), **TRAINING_RESOURCES},
 )

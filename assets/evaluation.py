@@ -1,7 +1,9 @@
 """Evaluation of each trained checkpoint on the held-out split (or any benchmark file), with the
 sandbox, prompts and rollout loop of training, as its own process (Dagster Pipes):
 
-    training/sft_stage2 -> evaluation/sft_stage2        training/grpo_ats -> evaluation/grpo_ats
+    training/sft_stage2 -> evaluation/sft_stage2_scores    training/grpo_ats -> evaluation/grpo_ats_scores
+
+A new checkpoint is evaluated automatically (eager automation condition).
 
 Each records accuracy with tools and without (the ablation), tool use, the markdown table and
 the bar chart. The work is `python -m thyme_train.evaluate`.
@@ -13,6 +15,7 @@ import sys
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AutomationCondition,
     Config,
     Failure,
     MaterializeResult,
@@ -40,14 +43,18 @@ class EvaluationConfig(Config):
 def _evaluation_asset(checkpoint: str):
     upstream = AssetKey(["training", checkpoint])
 
-    @asset(name=checkpoint, key_prefix="evaluation", group_name="evaluation",
-           kinds={"python", "pytorch"}, deps=[upstream, RL_DATASET])
+    @asset(name=f"{checkpoint}_scores", key_prefix="evaluation", group_name="evaluation",
+           kinds={"python", "pytorch"}, deps=[upstream, RL_DATASET],
+           automation_condition=AutomationCondition.eager(),
+           description=f"Accuracy (overall, per category, with and without tools) and tool use of "
+                       f"the {checkpoint} checkpoint on the held-out RL split (or the configured "
+                       f"benchmark), with the same sandbox, prompts and rollout loop as training.")
     def _evaluate(context: AssetExecutionContext, config: EvaluationConfig, storage: ThymeStorage,
                   pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
         model = storage.path("checkpoints", *(("sft", "stage2") if checkpoint == "sft_stage2"
                                               else ("grpo_ats",)))
         if not (model / "config.json").is_file():
-            raise Failure(description=f"no model at {model.name}: materialize "
+            raise Failure(description=f"no model at {storage.relative(model)}: materialize "
                                       f"{upstream.to_user_string()} first")
         benchmark = config.benchmark or str(storage.path("published", "thyme-rl"))
         out = storage.path("evaluation", checkpoint)
@@ -63,8 +70,6 @@ def _evaluation_asset(checkpoint: str):
                       storage.path("evaluation", f".{checkpoint}-error.json"),
                       f"evaluation of {checkpoint}", images={"chart": out / "accuracy.png"})
 
-    _evaluate.__doc__ = (f"Accuracy (overall, per category, with and without tools) and tool use "
-                         f"of the {checkpoint} checkpoint on the held-out split.")
     return _evaluate
 
 

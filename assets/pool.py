@@ -5,8 +5,6 @@
 
 
 import json
-import os
-from collections.abc import Iterator
 
 from dagster import (
     AssetCheckResult,
@@ -76,7 +74,7 @@ def source_manifest(context: AssetExecutionContext, config: SourcePoolConfig,
     return MaterializeResult(metadata={
         "shards": len(keys), "rows": sum(s.rows for s in plan), "format": config.format,
         "inputs": MetadataValue.json(list(config.inputs)),
-        "plan": MetadataValue.path(os.path.relpath(out / PLAN_FILE)),
+        "plan": MetadataValue.path(storage.relative(out / PLAN_FILE)),
     })
 
 
@@ -92,7 +90,7 @@ def source_manifest(context: AssetExecutionContext, config: SourcePoolConfig,
     ],
 )
 def source_pool(context: AssetExecutionContext, config: SourcePoolChecks,
-                storage: ThymeStorage) -> Iterator[MaterializeResult | AssetCheckResult]:
+                storage: ThymeStorage) -> MaterializeResult:
     """Clean, deduplicated `Sample` rows with images in the content-addressed store; bad rows in
     quarantine with their origin and a reason. One shard per partition; a range of partitions
     runs in one process pool. Finished shards with unchanged inputs are skipped."""
@@ -110,29 +108,31 @@ def source_pool(context: AssetExecutionContext, config: SourcePoolChecks,
     if missing:
         raise ValueError(f"partitions {sorted(missing)} are not in the current plan; "
                          "re-materialize pool/source_manifest")
-    reports = []
+    totals, files = [], []
     with make_pool(cfg) as pool, tqdm(total=sum(s.rows for s in todo), unit="row",
                                       desc="source_pool") as bar:
         for shard in todo:
-            reports.append(ingest_shard(cfg, shard, pool, bar))
-            context.log.info(f"{shard.key}: {reports[-1]}")
-    total = summarise(reports)
-    seconds = sum(r["seconds"] for r in reports if not r.get("skipped"))
-    files = [out / "samples" / f"{s.key}.parquet" for s in todo]
+            report = ingest_shard(cfg, shard, pool, bar)
+            totals.append(report)
+            files.append(out / "samples" / f"{shard.key}.parquet")
+            context.log.info(f"{shard.key}: {report}")
+            context.add_asset_metadata({
+                "dagster/row_count": report["kept"],
+                "rows_in": report["rows_read"], "rows_out": report["kept"],
+                "deduplicated": report["deduplicated"], "quarantined": report["quarantined"],
+                "quarantined_by_reason": MetadataValue.json(report["quarantined_by_reason"]),
+                "images_written": report["images_written"], "image_bytes": report["image_bytes"],
+                "images_per_s": round(report["images_written"] / report["seconds"], 1)
+                if report["seconds"] else 0.0,
+                "skipped": report.get("skipped", False),
+                "preview": MetadataValue.md(preview_markdown(files[-1:], out)),
+            }, partition_key=shard.key)
+    total = summarise(totals)
     rate = total["quarantined"] / max(total["rows_read"], 1)
     schema_ok, schema_detail = check_schema(files)
     missing_images = check_images_exist(files, out / "images")
-    yield MaterializeResult(
-        metadata={
-            "dagster/row_count": total["kept"],
-            "rows_in": total["rows_read"], "rows_out": total["kept"],
-            "deduplicated": total["deduplicated"], "quarantined": total["quarantined"],
-            "quarantined_by_reason": MetadataValue.json(total["quarantined_by_reason"]),
-            "images_written": total["images_written"], "image_bytes": total["image_bytes"],
-            "images_per_s": round(total["images_written"] / seconds, 1) if seconds else 0.0,
-            "skipped_shards": total["skipped_shards"],
-            "preview": MetadataValue.md(preview_markdown(files, out)),
-        },
+    return MaterializeResult(
+        metadata={"shards_in_run": len(todo), "skipped_shards": total["skipped_shards"]},
         check_results=[
             AssetCheckResult(check_name="schema", passed=schema_ok, metadata={"detail": schema_detail}),
             AssetCheckResult(check_name="images_exist", passed=not missing_images,
@@ -140,6 +140,7 @@ def source_pool(context: AssetExecutionContext, config: SourcePoolChecks,
                                        "examples": MetadataValue.json(missing_images[:10])}),
             AssetCheckResult(check_name="quarantine_rate", passed=rate <= config.max_quarantine_rate,
                              severity=AssetCheckSeverity.ERROR,
-                             metadata={"rate": round(rate, 4), "threshold": config.max_quarantine_rate}),
+                             metadata={"rate": round(rate, 4), "threshold": config.max_quarantine_rate,
+                                       "shards": MetadataValue.json([s.key for s in todo])}),
         ],
     )

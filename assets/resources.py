@@ -1,31 +1,58 @@
-"""Resources: where the data lives (swappable in tests)."""
+"""Resources: every external system the assets use, configurable and swappable in tests.
+
+    storage   where the data lives (pool, images, splits, checkpoints, reports)
+    sandbox   the isolated executor
+    teacher   who writes reasoning and code (template | openai | vllm)
+    judge     the optional VLM judge of the audit (any OpenAI-compatible server)
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dagster import ConfigurableResource
+from pydantic import Field
+
+DATA_ENV = "THYME_DATA"
 
 
 class ThymeStorage(ConfigurableResource):
-    """The project's data directory: pool, images, splits, checkpoints.
+    """The project's data directory: pool, images, splits, checkpoints, reports.
 
-    `root` is relative to the Dagster process's working directory unless absolute; every path
-    written into tables and metadata is relative to it.
+    `root` absolute, or relative to `$DAGSTER_HOME`; empty: `$THYME_DATA` when set, else
+    `$DAGSTER_HOME/data`. Never relative to the working directory, so the UI, the CLI and the
+    demo see the same data wherever they start. Paths written into metadata are relative to it.
     """
 
-    root: str = "data"
+    root: str = Field("", description="data directory: absolute, or relative to DAGSTER_HOME; "
+                                      f"empty: ${DATA_ENV}, else DAGSTER_HOME/data")
+
+    @property
+    def base(self) -> Path:
+        root = self.root or os.environ.get(DATA_ENV, "")
+        if root and Path(root).is_absolute():
+            return Path(root)
+        home = os.environ.get("DAGSTER_HOME")
+        if not home:
+            raise RuntimeError(f"storage: set DAGSTER_HOME (or {DATA_ENV}, or an absolute `root`): "
+                               "data paths are never taken relative to the working directory")
+        return Path(home).resolve() / (root or "data")
 
     def path(self, *parts: str) -> Path:
-        return Path(self.root).resolve().joinpath(*parts)
+        return self.base.joinpath(*parts)
+
+    def relative(self, path: Path) -> str:
+        """`path` as shown in metadata: relative to the data directory."""
+        return os.path.relpath(path, self.base)
 
 
 class SandboxResource(ConfigurableResource):
     """The isolated executor, started once per run step and shared by its code."""
 
-    workers: int | None = None      # None: one per core
-    timeout: float = 10.0           # seconds per code block (THYME.md: 10 s)
-    memory_mb: int = 1024
+    workers: int | None = Field(None, description="worker processes; null: one per core")
+    timeout: float = Field(10.0, description="seconds per code block (THYME.md: 10 s)")
+    memory_mb: int = Field(1024, description="memory budget per code block, MB")
 
     def open(self):
         """A started `sandbox.Sandbox` (a context manager)."""
@@ -38,17 +65,18 @@ class TeacherResource(ConfigurableResource):
     `openai` (any OpenAI-compatible endpoint: a vLLM or SGLang server, a commercial API) or
     `vllm` (an offline vLLM engine in this process; needs the `gpu` extra)."""
 
-    kind: str = "template"          # template | openai | vllm
-    seed: int = 0
-    multi_round_share: float = 0.25  # template: share of two-round trajectories
-    model: str = ""                 # openai: the served model name; vllm: a hub id or local dir
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key (never the key itself)
-    max_concurrency: int = 8        # openai: requests in flight
-    candidates: int = 1             # completions per sample
-    temperature: float = 0.7
-    max_tokens: int = 2048
-    tensor_parallel_size: int = 1   # vllm: GPUs per engine
+    kind: str = Field("template", description="template | openai | vllm")
+    seed: int = Field(0, description="sampling seed (template: the draw of phrasings and rounds)")
+    multi_round_share: float = Field(0.25, description="template: share of two-round trajectories")
+    model: str = Field("", description="openai: the served model name; vllm: a hub id or local dir")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's API root")
+    api_key_env: str = Field("OPENAI_API_KEY", description="the variable holding the key (never "
+                                                           "the key itself)")
+    max_concurrency: int = Field(8, description="openai: requests in flight")
+    candidates: int = Field(1, description="completions per sample")
+    temperature: float = Field(0.7, description="sampling temperature of model teachers")
+    max_tokens: int = Field(2048, description="new tokens per completion")
+    tensor_parallel_size: int = Field(1, description="vllm: GPUs per engine")
 
     def build(self, image_root, cache_dir=None):
         """A teacher whose images are read from `image_root` (the pool's store)."""
@@ -75,3 +103,29 @@ class TeacherResource(ConfigurableResource):
         engine = VLLMConfig(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
                             seed=self.seed).build()
         return VLLMTeacher(engine, image_root, config)
+
+
+class JudgeResource(ConfigurableResource):
+    """The audit's optional VLM judge (`pipelines.core.judge.Judge`): asked whether each result
+    supports the reasoning and helps answer, for trajectories that pass the rule checks. Off by
+    default: the embedded demo has no judge server."""
+
+    enabled: bool = Field(False, description="ask the judge (needs a server and `model`)")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="the judge server's API root")
+    model: str = Field("", description="the served judge model (required when enabled)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the API key (unset: "
+                                                           "no auth header, as local servers need)")
+    max_calls: int = Field(10_000, description="budget of judge requests per step; cached answers "
+                                               "are free; beyond it the judge check is skipped")
+
+    def build(self, cache_dir: Path):
+        """A `Judge`, or None when disabled."""
+        if not self.enabled:
+            return None
+        if not self.model:
+            raise ValueError("judge: `model` is required when the judge is enabled")
+        from pipelines.core.judge import Judge
+        from pipelines.core.llm import LLMClient, LLMConfig
+        client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
+                                     api_key_env=self.api_key_env, cache_dir=str(cache_dir)))
+        return Judge(client, self.max_calls)

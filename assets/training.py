@@ -11,9 +11,10 @@ on. A failed run fails the asset with the trainer's own error.
 """
 
 import base64
+import importlib.util
 import json
-import os
 import sys
+from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
@@ -36,9 +37,10 @@ ERROR_FILE_ENV = "THYME_TRAIN_ERROR_FILE"  # = thyme_train.pipes.ERROR_FILE_ENV 
 
 class SFTStageConfig(Config):
     config_file: str = Field(
-        "thyme_train/configs/stage1_tiny.yaml",
-        description="the stage's YAML for thyme_train.sft (relative to the working directory); "
-                    "stage1.yaml / stage2.yaml are the GPU recipes")
+        "stage1_tiny.yaml",
+        description="the stage's YAML for thyme_train.sft: an absolute path or the name of a "
+                    "config shipped in thyme_train/configs (stage1.yaml / stage2.yaml are the "
+                    "GPU recipes)")
     model: str = Field(
         "tiny", description="stage 1's base model: 'tiny' (the tiny Qwen2.5-VL, built under the "
                             "storage's models/tiny) or a hub id / local path. Stage 2 always "
@@ -53,8 +55,20 @@ class SFTStageConfig(Config):
 
 class SFTStage2Config(SFTStageConfig):
     config_file: str = Field(
-        "thyme_train/configs/stage2_tiny.yaml",
-        description="the stage's YAML for thyme_train.sft (relative to the working directory)")
+        "stage2_tiny.yaml",
+        description="the stage's YAML for thyme_train.sft: an absolute path or a shipped config's name")
+
+
+def config_path(name: str) -> str:
+    """A training config: an absolute path as given, else a file shipped in thyme_train/configs
+    (found without importing thyme_train, which would load the training stack)."""
+    if Path(name).is_absolute():
+        return name
+    shipped = Path(importlib.util.find_spec("thyme_train").origin).parent / "configs" / name
+    if not shipped.is_file():
+        raise Failure(description=f"config {name!r}: not an absolute path and not shipped in "
+                                  f"thyme_train/configs ({sorted(p.name for p in shipped.parent.glob('*.yaml'))})")
+    return str(shipped)
 
 
 def _dataset_version(context: AssetExecutionContext) -> str:
@@ -76,7 +90,7 @@ def _launch(context: AssetExecutionContext, config: SFTStageConfig, storage: Thy
                 f"model={model}", f"stage={stage}", f"cache_dir={storage.path('cache', 'hf')}",
                 f"dataset_version={_dataset_version(context)}", *config.overrides]
     prefix = config.launcher or [sys.executable, "-m"]
-    command = [*prefix, "thyme_train.sft", "--config", config.config_file]
+    command = [*prefix, "thyme_train.sft", "--config", config_path(config.config_file)]
     for item in settings:
         command += ["--set", item]
     stale = out / "metrics.json"  # a finished run is never continued: a new one starts fresh
@@ -133,7 +147,7 @@ def sft_stage2(context: AssetExecutionContext, config: SFTStage2Config, storage:
     and without images in the same run."""
     stage1 = storage.path("checkpoints", "sft", "stage1")
     if not (stage1 / "config.json").is_file():
-        raise Failure(description=f"stage 1's model is missing at {os.path.relpath(stage1)}: "
+        raise Failure(description=f"stage 1's model is missing at {storage.relative(stage1)}: "
                                   f"materialize training/sft_stage1 first")
     return _launch(context, config, storage, pipes_subprocess_client, "stage2", str(stage1))
 
@@ -143,9 +157,9 @@ RL_DATASET = AssetKey(["datasets", "thyme_rl"])
 
 class GRPOConfig(Config):
     config_file: str = Field(
-        "thyme_train/configs/rl_tiny.yaml",
-        description="the YAML for thyme_train.grpo (relative to the working directory); rl.yaml "
-                    "is the GPU recipe")
+        "rl_tiny.yaml",
+        description="the YAML for thyme_train.grpo: an absolute path or a shipped config's name "
+                    "(rl.yaml is the GPU recipe)")
     overrides: list[str] = Field([], description="extra `key=value` settings (its --set)")
     launcher: list[str] = Field(
         [], description="command placed before the module name: [] runs `python -m`; e.g. "
@@ -161,7 +175,7 @@ def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeS
     rewards. Records the checkpoint, the reward and tool-use curves and the run summary."""
     stage2 = storage.path("checkpoints", "sft", "stage2")
     if not (stage2 / "config.json").is_file():
-        raise Failure(description=f"SFT stage 2's model is missing at {os.path.relpath(stage2)}: "
+        raise Failure(description=f"SFT stage 2's model is missing at {storage.relative(stage2)}: "
                                   f"materialize training/sft_stage2 first")
     out = storage.path("checkpoints", "grpo_ats")
     settings = [f"model={stage2}", f"data={storage.path('published', 'thyme-rl')}",
@@ -169,7 +183,7 @@ def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeS
     if (out / "metrics.json").is_file():  # a finished run is never continued: start fresh
         settings.append("resume=never")
     command = [*(config.launcher or [sys.executable, "-m"]), "thyme_train.grpo",
-               "--config", config.config_file]
+               "--config", config_path(config.config_file)]
     for item in settings:
         command += ["--set", item]
     return launch(context, pipes_subprocess_client, command,

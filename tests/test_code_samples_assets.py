@@ -5,7 +5,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.code_samples import audited, code_samples, executions
 from assets.pool import source_manifest, source_pool
-from assets.resources import SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
 
 ASSETS = [source_manifest, source_pool, code_samples, executions, audited]
 
@@ -13,7 +13,8 @@ ASSETS = [source_manifest, source_pool, code_samples, executions, audited]
 def test_funnel_on_a_generated_shard(tmp_path):
     instance = DagsterInstance.ephemeral()
     resources = {"storage": ThymeStorage(root=str(tmp_path / "data")),
-                 "sandbox": SandboxResource(workers=2), "teacher": TeacherResource()}
+                 "sandbox": SandboxResource(workers=2), "teacher": TeacherResource(),
+                 "judge": JudgeResource()}
     manifest = {"ops": {"pool__source_manifest": {"config": {"count": 40, "shard_size": 40,
                                                              "workers": 1}}}}
     assert materialize([source_manifest], instance=instance, resources=resources,
@@ -56,7 +57,8 @@ def test_openai_teacher_through_the_resource(tmp_path):
         storage = ThymeStorage(root=str(tmp_path / "data"))
         teacher = TeacherResource(kind="openai", model="fake-vlm", base_url=server.url,
                                   api_key_env="THYME_TEST_NO_KEY", max_concurrency=2)
-        resources = {"storage": storage, "sandbox": SandboxResource(workers=2), "teacher": teacher}
+        resources = {"storage": storage, "sandbox": SandboxResource(workers=2), "teacher": teacher,
+                     "judge": JudgeResource()}
         manifest = {"ops": {"pool__source_manifest": {"config": {"count": 20, "shard_size": 20,
                                                                  "workers": 1}}}}
         assert materialize([source_manifest], instance=instance, resources=resources,

@@ -60,11 +60,18 @@ def test_pool_assets_in_process(tmp_path, sft_file):
     result = materialize([source_manifest, source_pool], selection=[POOL], instance=instance,
                          resources=resources, run_config=pool_config(), tags=tags)
     assert result.success
-    (mat,) = [m for m in result.asset_materializations_for_node("pool__source_pool")][:1]
-    meta = {k: v.value for k, v in mat.metadata.items()}
-    assert meta["rows_in"] == 6 and meta["rows_out"] == 5 and meta["quarantined"] == 1
-    assert meta["quarantined_by_reason"] == {"undecodable_image": 1}
-    assert "![](data:image/jpeg;base64," in meta["preview"]
+    # one materialization per partition, each with that shard's own numbers (as its file holds)
+    mats = {m.partition: {k: v.value for k, v in m.metadata.items()}
+            for m in result.asset_materializations_for_node("pool__source_pool")}
+    assert sorted(mats) == ["shard-00000", "shard-00001"]
+    for key, meta in mats.items():
+        kept = pq.read_table(tmp_path / "data" / "pool" / "samples" / f"{key}.parquet").num_rows
+        quarantined = pq.read_table(tmp_path / "data" / "pool" / "quarantine" / f"{key}.parquet").num_rows
+        assert meta["dagster/row_count"] == meta["rows_out"] == kept
+        assert meta["quarantined"] == quarantined and meta["rows_in"] == 3
+        assert "![](data:image/jpeg;base64," in meta["preview"]
+    assert mats["shard-00001"]["quarantined_by_reason"] == {"undecodable_image": 1}
+    assert sum(m["rows_out"] for m in mats.values()) == 5
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"schema": True, "images_exist": True, "quarantine_rate": True}
     rows = [r for f in sorted((tmp_path / "data" / "pool" / "samples").glob("*.parquet"))
@@ -74,8 +81,8 @@ def test_pool_assets_in_process(tmp_path, sft_file):
     # Same inputs and config again: nothing to do.
     again = materialize([source_manifest, source_pool], selection=[POOL], instance=instance,
                         resources=resources, run_config=pool_config(), tags=tags)
-    (mat,) = list(again.asset_materializations_for_node("pool__source_pool"))[:1]
-    assert mat.metadata["skipped_shards"].value == 2
+    assert all(m.metadata["skipped"].value
+               for m in again.asset_materializations_for_node("pool__source_pool"))
 
 
 def test_blocking_quarantine_check_fails_the_run(tmp_path, sft_file):
@@ -102,8 +109,9 @@ def test_dagster_cli_materializes_one_shard_and_a_range(tmp_path, sft_file, monk
     (home / "dagster.yaml").write_text(Path("dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     cli = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "assets.definitions"]
-    work = tmp_path / "work"  # the storage root "data" is relative to the working directory
+    work = tmp_path / "work"  # data goes to DAGSTER_HOME/data wherever the command starts
     work.mkdir()
+    env.pop("THYME_DATA", None)
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo
 
@@ -114,11 +122,12 @@ def test_dagster_cli_materializes_one_shard_and_a_range(tmp_path, sft_file, monk
 
     run("--select", "pool/source_manifest", config=manifest_config(sft_file))
     run("--select", "pool/source_pool", "--partition", "shard-00000", config=pool_config())
-    assert (work / "data" / "pool" / "samples" / "shard-00000.parquet").exists()
-    assert not (work / "data" / "pool" / "samples" / "shard-00001.parquet").exists()
+    assert (home / "data" / "pool" / "samples" / "shard-00000.parquet").exists()
+    assert not (home / "data" / "pool" / "samples" / "shard-00001.parquet").exists()
+    assert not (work / "data").exists()
     run("--select", "pool/source_pool", "--partition-range", "shard-00000...shard-00001",
         config=pool_config())
-    assert (work / "data" / "pool" / "samples" / "shard-00001.parquet").exists()
+    assert (home / "data" / "pool" / "samples" / "shard-00001.parquet").exists()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     instance = DagsterInstance.from_config(str(home))
     records = instance.fetch_materializations(POOL, limit=10).records

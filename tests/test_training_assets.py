@@ -97,20 +97,20 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
     run_config = {"ops": {
         "training__grpo_ats": {"config": {"overrides": ["max_steps=1", "max_new_tokens=16",
                                                         "max_turns=2", "save_steps=100"]}},
-        "evaluation__sft_stage2": {"config": {"max_new_tokens": 8, "ablation": False, "limit": 2}},
-        "evaluation__grpo_ats": {"config": {"max_new_tokens": 8, "limit": 1}}}}
+        "evaluation__sft_stage2_scores": {"config": {"max_new_tokens": 8, "ablation": False, "limit": 2}},
+        "evaluation__grpo_ats_scores": {"config": {"max_new_tokens": 8, "limit": 1}}}}
     result = materialize([*TRAINING_ASSETS, *EVALUATION_ASSETS], instance=DagsterInstance.ephemeral(),
                          resources=_resources(root), run_config=run_config,
                          selection=[AssetKey(["training", "grpo_ats"]),
-                                    AssetKey(["evaluation", "sft_stage2"]),
-                                    AssetKey(["evaluation", "grpo_ats"])])
+                                    AssetKey(["evaluation", "sft_stage2_scores"]),
+                                    AssetKey(["evaluation", "grpo_ats_scores"])])
     assert result.success
     (grpo,) = result.asset_materializations_for_node("training__grpo_ats")
     meta = {k: v.value for k, v in grpo.metadata.items()}
     assert meta["steps"] == 1 and "data:image/png;base64," in meta["curves_rewards"]
     assert (root / "checkpoints" / "grpo_ats" / "model.safetensors").is_file()
     for name, items, modes in (("sft_stage2", min(2, test_rows), {"tools"}), ("grpo_ats", 1, {"tools", "direct"})):
-        (mat,) = result.asset_materializations_for_node(f"evaluation__{name}")
+        (mat,) = result.asset_materializations_for_node(f"evaluation__{name}_scores")
         meta = {k: v.value for k, v in mat.metadata.items()}
         assert meta["items"] == items and {f"accuracy_{m}" for m in modes} <= set(meta)
         assert "| tools |" in meta["report"] and "data:image/png;base64," in meta["chart"]
