@@ -11,7 +11,8 @@ imports (autopep8, timeout_decorator, opencv-python-headless, pillow, numpy), e.
     python -m venv /tmp/thyme-orig && /tmp/thyme-orig/bin/pip install -c constraints.txt \
         autopep8 timeout_decorator opencv-python-headless pillow numpy
     /tmp/thyme-orig/bin/python scripts/sandbox_compat_record.py \
-        --original THYME_CHECKOUT/swift/trainers/sandbox.py
+        --original THYME_CHECKOUT/swift/trainers/sandbox.py \
+        --source github.com/yfzhang114/Thyme@COMMIT:swift/trainers/sandbox.py
 
 Each case runs in a forked process with its own working directory, so what one snippet does to
 the interpreter (or the original's timer) cannot reach the next.
@@ -138,10 +139,24 @@ def run_isolated(original, case) -> dict:
     return json.loads(data)
 
 
+def _versions(*names: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--original", required=True,
                         help="the original Thyme sandbox module (swift/trainers/sandbox.py)")
+    parser.add_argument("--source", default="",
+                        help="where the module came from, recorded as is (repository@commit:path)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--only", nargs="*", help="case ids to run (default: all)")
     args = parser.parse_args()
@@ -157,8 +172,11 @@ def main() -> int:
     document = {
         "about": "Outcomes of the original Thyme sandbox module on tests/sandbox_compat_corpus.py "
                  "(regenerate with scripts/sandbox_compat_record.py)",
+        "original_source": args.source,
         "original_sha256": module_digest,
         "python": platform.python_version(),
+        "packages": _versions("autopep8", "timeout-decorator", "opencv-python-headless", "pillow",
+                              "numpy"),
         "cases": recorded,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
