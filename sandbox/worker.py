@@ -42,7 +42,11 @@ class ZygoteLost(RuntimeError):
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
 _EXTENSIONS = "|".join(IMAGE_EXTENSIONS)
-_PRINTED_IMAGE = re.compile(rf"[^\s'\"<>|]*\.(?:{_EXTENSIONS})\b", re.IGNORECASE)
+# A printed word that ends in an image extension (the longest such start of each word). Matched
+# word by word, anchored: a search over the whole text backtracks quadratically on a long word.
+_WORD_SEPARATORS = re.compile(r"[\s'\"<>|]+")
+_IMAGE_WORD = re.compile(rf".*\.(?:{_EXTENSIONS})\b", re.IGNORECASE)
+_MAX_PATH_CHARS = 255  # a path with spaces under the output directory is read up to this long
 MAX_ASPECT_RATIO = 200
 CHILD_ENV = {"LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
              "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"}
@@ -456,14 +460,24 @@ def _printed_images(text: str, scratch: str) -> list[str]:
     """Image paths in printed text, in order. A path under the output directory may contain
     spaces (a sub-folder the model named so); it counts only if that file exists, else the
     words around it are read as usual."""
-    spaced = re.compile(rf"{re.escape(scratch)}/[^\n'\"<>|]*?\.(?:{_EXTENSIONS})\b", re.IGNORECASE)
+    spaced = re.compile(rf"{re.escape(scratch)}/[^\n'\"<>|]{{0,{_MAX_PATH_CHARS}}}?"
+                        rf"\.(?:{_EXTENSIONS})\b", re.IGNORECASE)
     found, pos = [], 0
     for match in spaced.finditer(text):
         if " " in match.group() and os.path.isfile(match.group()):
-            found += _PRINTED_IMAGE.findall(text[pos:match.start()])
+            found += _image_words(text[pos:match.start()])
             found.append(match.group())
             pos = match.end()
-    return found + _PRINTED_IMAGE.findall(text[pos:])
+    return found + _image_words(text[pos:])
+
+
+def _image_words(text: str) -> list[str]:
+    found = []
+    for word in _WORD_SEPARATORS.split(text):
+        match = _IMAGE_WORD.match(word)
+        if match:  # the rest of the word holds no further match: this one is the longest
+            found.append(match.group())
+    return found
 
 
 def _reap(pid: int) -> tuple[int, float]:

@@ -130,3 +130,26 @@ def test_printed_paths_with_spaces_count_only_when_the_file_exists(tmp_path):
     # "…/ holds result.png" names no file: read as words, so result.png is still seen
     assert _printed_images(text, scratch) == [
         f"{scratch}/my crops/c.png", f"{scratch}/b.png", "result.png"]
+
+
+def test_printed_words_match_the_path_regex_without_its_backtracking():
+    import random
+    import re
+
+    from sandbox.worker import _EXTENSIONS, _image_words
+
+    reference = re.compile(rf"[^\s'\"<>|]*\.(?:{_EXTENSIONS})\b", re.IGNORECASE)
+    pieces = ["a", "B", ".", "png", "JPG", "tiff", "jpeg", " ", "\n", "'", '"', "<", "|", "/",
+              "_", ",", ".png", ".jpg ", "é", "1"]
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
+        assert _image_words(text) == reference.findall(text), repr(text)
+
+
+def test_a_long_printed_word_is_returned_as_text(sandbox):
+    # Searched as a whole, this text kept the worker busy for ~45 s on the project's machines,
+    # past its hang limit (timeout + 30 s), and the call came back as an internal error.
+    r = sandbox.run("print('a' * 63000)", timeout=5)
+    assert r.ok, r.error
+    assert r.text == "a" * 63000
