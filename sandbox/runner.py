@@ -1,8 +1,9 @@
 """What runs inside a confined child: the exec loop of one trajectory.
 
 The child reads JSON requests from its pipe, runs each code block in one namespace (so functions
-and comprehensions see top-level names, and variables persist across blocks), and writes a JSON
-reply. Everything it reports is treated as untrusted by the worker.
+and comprehensions see top-level names, and variables persist across blocks) that starts with
+the names the original Thyme sandbox pre-bound ("compat") or only `image_path` ("strict"), and
+writes a JSON reply. Everything it reports is treated as untrusted by the worker.
 """
 
 from __future__ import annotations
