@@ -155,13 +155,19 @@ class Sandbox:
             is removed by `close()` (pass one to keep the images).
         allow_degraded: run even if an isolation mechanism is missing; every result then lists
             the missing mechanisms in `degraded`. Off by default: `Sandbox()` fails instead.
+        namespace: "compat" (default) pre-binds what the original Thyme sandbox did (`cv2`,
+            `np`/`numpy`, `os`, `math`, `Image`, `json`, `re`, `random`, `string`,
+            `temp_output_dir`, ...), as released checkpoints expect; "strict" binds only
+            `image_path`, so code must import what it uses.
     """
 
     def __init__(self, workers: int | None = None, *, timeout: float = 10.0, memory_mb: int = 1024,
                  file_mb: int = 32, scratch_mb: int = 256, stdout_limit: int = 64_000,
                  results_dir: str | os.PathLike | None = None, allow_degraded: bool = False,
-                 launcher: Launcher = launch_subprocess):
-        self.timeout = timeout
+                 namespace: str = "compat", launcher: Launcher = launch_subprocess):
+        if namespace not in runner.NAMESPACES:
+            raise ValueError(f"namespace must be one of {runner.NAMESPACES}, not {namespace!r}")
+        self.timeout, self.namespace = timeout, namespace
         self._root = tempfile.mkdtemp(prefix="thyme-sandbox-")
         self._own_results = results_dir is None
         self.results_dir = os.path.abspath(results_dir or os.path.join(self._root, "results"))
@@ -173,7 +179,7 @@ class Sandbox:
             os.mkdir(scratch, 0o700)
             config = WorkerConfig(scratch_root=scratch, scratch_mb=scratch_mb, memory_mb=memory_mb,
                                   file_mb=file_mb, stdout_limit=stdout_limit,
-                                  allow_degraded=allow_degraded)
+                                  allow_degraded=allow_degraded, namespace=namespace)
             self._handles.append(_WorkerHandle(config, launcher))
         self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
         self._next_session = itertools.count()

@@ -2,18 +2,24 @@
 
 The tree finds what to change; the edit splices new text into the original source, so comments
 and formatting survive. A repair fires only when it changes something, and its name is reported.
-Repairs (names as reported):
-- `indentation`: only if the code does not parse: dedent, or re-indent a flush-left first line.
+Each follows the original sandbox's rule, so released checkpoints see the results they were
+trained on (tests/test_sandbox_compat.py runs both side by side). Repairs (names as reported):
+- `indentation`: only if the code does not parse: dedent, re-indent the first line to match the
+  second (flush-left or deeper), or both.
 - `image_path`: `image_path = "<literal>"` naming no file of this call becomes the real input.
-- `crop_box`: literal crop boxes are clamped to the image, corners ordered, sides >= 64 px.
+- `crop_box`: a literal tuple assigned to corner names (`x1, y1, x2, y2 = ...`, any of x1 y1 x2
+  y2 left top right bottom) or to a box name (`bbox`, `crop_box`, ...) is clamped to the image,
+  corners ordered, sides grown to 64 px from the first corner, as integers.
 - `cv2_alias`: `cv.`/`cv3.`/`cv4.`/`CV.` attribute access means `cv2.` (unless the name is bound).
-- `output_dir`: the fictitious `/mnt/data/temp_processed_images` becomes the call's scratch dir.
-- `float_precision`: one-digit float formats (`:.2f`, `%.2f`) print eight digits.
+- `output_dir`: the fictitious `/mnt/data/temp_processed_images` becomes the call's scratch dir;
+  `output_subfolders` lists the sub-folders that literal paths under it name (to be created).
+- `float_precision`: a one-digit format `:.Nf}` in a string prints eight digits (`:.8f}`).
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import re
 import textwrap
 from collections.abc import Callable
@@ -23,17 +29,14 @@ from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 
 MIN_CROP_SIDE = 64
 CV2_ALIASES = {"cv", "cv3", "cv4", "CV"}
-# Tuple unpacking targets that name a box, in (x_min, y_min, x_max, y_max) order.
-_CORNER_NAMES = {
-    ("x1", "y1", "x2", "y2"), ("x0", "y0", "x1", "y1"), ("left", "top", "right", "bottom"),
-    ("xmin", "ymin", "xmax", "ymax"), ("x_min", "y_min", "x_max", "y_max"),
-    ("x_start", "y_start", "x_end", "y_end"), ("start_x", "start_y", "end_x", "end_y"),
-}
-_BOX_NAMES = re.compile(r"^(bbox|box|crop_box|crop_bbox|coords|crop_coords|crop_area|"
-                        r"crop_region|region|roi|bounding_box|bbox_coords|box_coords)$")
-_BRACE_PRECISION = re.compile(r"(\{[^{}:]*:[<>^=+\- #0-9,_]*\.)([0-7])f(?=\})")
-_SPEC_PRECISION = re.compile(r"^([rRuU]?['\"][<>^=+\- #0-9,_]*\.)([0-7])f(?=['\"]$)")
-_PERCENT_PRECISION = re.compile(r"(%[-+ #0-9]*\.)([0-7])f")
+# The original's rules for what a crop box is: four names unpacked from a literal tuple, one of
+# them a corner name (the four values read as x1, y1, x2, y2 whatever the names), or one of
+# these names assigned a literal 4-tuple. Lists, `.crop(...)` arguments and negative literals
+# were never clamped, and code written for it relies on that (PIL pads such crops).
+_CORNER_WORDS = {"x1", "y1", "x2", "y2", "left", "top", "right", "bottom"}
+_BOX_NAMES = {"crop_box", "bbox", "box", "coordinates", "coords", "crop_coords",
+              "left_crop_coords", "right_crop_coords", "top_crop_coords", "bottom_crop_coords"}
+_ONE_DIGIT_PRECISION = re.compile(r":\.\df\}")
 
 
 @dataclass
@@ -87,13 +90,40 @@ def _parseable(code: str, fired: list[str]) -> tuple[str, ast.Module | None]:
 
 
 def _indentation_candidates(code: str):
-    code = code.replace("\r\n", "\n").expandtabs(4)
-    yield textwrap.dedent(code)
-    lines = code.split("\n")
-    if len(lines) > 1 and lines[0].strip() and not lines[0][0].isspace():
-        yield lines[0] + "\n" + textwrap.dedent("\n".join(lines[1:]))
-    # the model indented everything but the first line by one extra level
-    yield textwrap.dedent("\n".join(lines[1:])) if len(lines) > 1 and not lines[0].strip() else code
+    seen = set()
+    for tabsize in (8, 4):  # Python's own tab stops first, then the common editor setting
+        lines = [_expand_leading_tabs(line, tabsize)
+                 for line in code.replace("\r\n", "\n").split("\n")]
+        candidates = [textwrap.dedent("\n".join(lines))]
+        if len(lines) > 1 and lines[0].strip() and not lines[0][0].isspace():
+            candidates.append(lines[0] + "\n" + textwrap.dedent("\n".join(lines[1:])))
+        aligned = _align_first_line_to_second(lines)
+        if aligned is not None:
+            candidates.append(textwrap.dedent("\n".join(aligned)))
+        for candidate in candidates:
+            if candidate not in seen:
+                seen.add(candidate)
+                yield candidate
+
+
+def _expand_leading_tabs(line: str, tabsize: int) -> str:
+    body = line.lstrip(" \t")
+    return line[:len(line) - len(body)].expandtabs(tabsize) + body
+
+
+def _align_first_line_to_second(lines: list[str]) -> list[str] | None:
+    """The original's rule: the first non-empty line takes the indentation of the second (the
+    model indented the first line deeper than the rest, or the rest deeper than the first)."""
+    filled = [i for i, line in enumerate(lines) if line.strip()][:2]
+    if len(filled) < 2:
+        return None
+    first, second = (lines[i] for i in filled)
+    indent = second[:len(second) - len(second.lstrip(" "))]
+    if first[:len(first) - len(first.lstrip(" "))] == indent:
+        return None
+    lines = list(lines)
+    lines[filled[0]] = indent + first.lstrip(" ")
+    return lines
 
 
 # ------------------------------------------------------------------ finders
@@ -142,70 +172,69 @@ def _find_image_path(src: _Source, ctx: RepairContext) -> dict:
 
 
 def _number(node: ast.AST) -> float | None:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
         return node.value
-    if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
-            and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float)):
-        return -node.operand.value
     return None
 
 
-def clamp_box(box: list[float], width: int, height: int) -> list[float]:
-    """Order the corners, clamp to the image, and grow sides shorter than 64 px around their
-    centre (within the image)."""
-    x1, x2 = sorted((box[0], box[2]))
-    y1, y2 = sorted((box[1], box[3]))
-    out = []
-    for lo, hi, size in ((x1, x2, width), (y1, y2, height)):
-        lo, hi = min(max(lo, 0), size), min(max(hi, 0), size)
-        need = min(MIN_CROP_SIDE, size)
-        if hi - lo < need:
-            centre = (lo + hi) / 2
-            lo = min(max(centre - need / 2, 0), size - need)
-            hi = lo + need
-        out.append((lo, hi))
-    (x1, x2), (y1, y2) = out
-    result = [x1, y1, x2, y2]
-    if all(isinstance(v, int) for v in box):
-        result = [int(round(v)) for v in result]
-    return result
+def clamp_box(box: list[float], width: int, height: int) -> list[int]:
+    """The original's clamp: order the corners, keep them inside the image, grow a side shorter
+    than 64 px from its first corner (back from the far edge when there is no room), and round
+    to integers."""
+    (x1, x2), (y1, y2) = (_clamp_side(box[0], box[2], width), _clamp_side(box[1], box[3], height))
+    return [int(round(v)) for v in (x1, y1, x2, y2)]
+
+
+def _clamp_side(a: float, b: float, size: int) -> tuple[float, float]:
+    size = float(size)
+    lo, hi = min(a, b), max(a, b)
+    lo = min(max(0.0, lo), size - 1.0 if size > 0 else 0.0)
+    hi = min(max(0.0, hi), size)
+    if lo >= hi and size > 0:
+        lo = max(0.0, hi - 1.0)
+        if hi <= lo:
+            hi = min(size, lo + 1.0)
+    if size > 0 and hi - lo < MIN_CROP_SIDE:
+        if size < MIN_CROP_SIDE:
+            lo, hi = 0.0, size
+        else:
+            hi = lo + MIN_CROP_SIDE
+            if hi > size:
+                hi, lo = size, max(0.0, size - MIN_CROP_SIDE)
+    if size > 0 and lo >= hi:
+        hi = min(size, lo + 1.0)
+    return lo, hi
 
 
 def _box_literal(node: ast.AST) -> list[float] | None:
-    if isinstance(node, (ast.Tuple, ast.List)) and len(node.elts) == 4:
+    if isinstance(node, ast.Tuple) and len(node.elts) == 4:
         values = [_number(e) for e in node.elts]
         if all(v is not None for v in values):
             return values
     return None
 
 
-def _format_box(node: ast.AST, values: list[float]) -> str:
-    body = ", ".join(repr(v) for v in values)
-    return f"[{body}]" if isinstance(node, ast.List) else f"({body})"
-
-
 def _find_crop_boxes(src: _Source, ctx: RepairContext) -> dict:
-    edits, literals = {}, []
+    literals = []
     for node in src.nodes:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-            if isinstance(target, ast.Tuple) and len(target.elts) == 4 and all(
-                    isinstance(e, ast.Name) for e in target.elts):
-                if tuple(e.id for e in target.elts) in _CORNER_NAMES:
-                    literals.append(node.value)
-            elif isinstance(target, ast.Name) and _BOX_NAMES.match(target.id):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target = node.targets[0]
+        if isinstance(target, ast.Tuple) and len(target.elts) == 4 and all(
+                isinstance(e, ast.Name) for e in target.elts):
+            if any(e.id.lower() in _CORNER_WORDS for e in target.elts):
                 literals.append(node.value)
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr == "crop" and len(node.args) == 1):
-            literals.append(node.args[0])
+        elif isinstance(target, ast.Name) and target.id in _BOX_NAMES:
+            literals.append(node.value)
     boxes = [(lit, values) for lit in literals if (values := _box_literal(lit)) is not None]
     size = ctx.image_size() if boxes else None
     if size is None:
         return {}
+    edits = {}
     for literal, values in boxes:
         fixed = clamp_box(values, *size)
-        if fixed != values:
-            edits[src.span(literal)] = _format_box(literal, fixed)
+        if fixed != [int(round(v)) for v in values]:
+            edits[src.span(literal)] = "(" + ", ".join(map(str, fixed)) + ")"
     return edits
 
 
@@ -236,26 +265,11 @@ def _find_output_dir(src: _Source, ctx: RepairContext) -> dict:
 
 
 def _find_float_formats(src: _Source, ctx: RepairContext) -> dict:
-    patterns = {}  # id(string node) -> the precision pattern that applies to it
-    for node in src.nodes:
-        if isinstance(node, ast.JoinedStr):
-            patterns[id(node)] = _BRACE_PRECISION
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr == "format"):
-            patterns[id(node.func.value)] = _BRACE_PRECISION
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-              and node.func.id == "format" and len(node.args) == 2):
-            patterns[id(node.args[1])] = _SPEC_PRECISION
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
-            patterns[id(node.left)] = _PERCENT_PRECISION
     edits = {}
     for node in src.strings:
-        pattern = patterns.get(id(node))
-        if pattern is None:
-            continue
         span = src.span(node)
         text = src.text(span)
-        new = pattern.sub(r"\g<1>8f", text)
+        new = _ONE_DIGIT_PRECISION.sub(":.8f}", text)
         if new != text:
             edits[span] = new
     return edits
@@ -275,3 +289,33 @@ def _splice(code: str, edits: dict[tuple[int, int], str]) -> str:
     for (start, end), text in sorted(edits.items(), reverse=True):
         data = data[:start] + text.encode() + data[end:]
     return data.decode()
+
+
+def output_subfolders(code: str, output_dir: str) -> list[str]:
+    """The sub-folders of `output_dir` that the code's literal paths name, e.g.
+    `f"{output_dir}/crops/{name}.jpg"` -> `{output_dir}/crops`, so that saving there works as it
+    did in the original. Only paths that stay inside `output_dir`; for an f-string, the part
+    before its first placeholder."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    root = output_dir.rstrip("/") + "/"
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            literal = node.value
+        elif isinstance(node, ast.JoinedStr):
+            literal = ""
+            for part in node.values:
+                if not isinstance(part, ast.Constant):
+                    break
+                literal += part.value
+        else:
+            continue
+        if not literal.startswith(root):
+            continue
+        folder = os.path.normpath(os.path.dirname(literal))
+        if folder.startswith(root) and folder not in found:
+            found.append(folder)
+    return found

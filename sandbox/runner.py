@@ -1,8 +1,9 @@
 """What runs inside a confined child: the exec loop of one trajectory.
 
 The child reads JSON requests from its pipe, runs each code block in one namespace (so functions
-and comprehensions see top-level names, and variables persist across blocks), and writes a JSON
-reply. Everything it reports is treated as untrusted by the worker.
+and comprehensions see top-level names, and variables persist across blocks) that starts with
+the names the original Thyme sandbox pre-bound ("compat") or only `image_path` ("strict"), and
+writes a JSON reply. Everything it reports is treated as untrusted by the worker.
 """
 
 from __future__ import annotations
@@ -109,25 +110,70 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return R.RUNTIME, _model_traceback(exc)
 
 
-def serve(fd_in: int, fd_out: int, image_path: str | None, stdout_limit: int) -> None:
-    """Run requests until the pipe closes. Never returns normally to the caller's frames: the
-    worker treats this process as disposable."""
+# Names the original Thyme sandbox bound for every snippet (its globals, and the modules it put
+# among the builtins): released checkpoints write code that uses them without importing.
+COMPAT_MODULES = {"os": "os", "random": "random", "string": "string", "math": "math",
+                  "json": "json", "re": "re", "cv2": "cv2", "np": "numpy", "numpy": "numpy",
+                  "shutil": "shutil", "itertools": "itertools", "time": "time",
+                  "datetime": "datetime", "cmath": "cmath", "collections": "collections",
+                  "PIL": "PIL"}
+NAMESPACES = ("compat", "strict")
+
+
+def initial_namespace(image_path: str | None, output_dir: str | None, mode: str) -> dict:
+    """A trajectory's globals. "strict": `image_path` only; "compat" (the default): also what
+    the original pre-bound. The modules are already imported by the worker before it forks, so
+    this is a handful of dictionary lookups."""
+    if mode not in NAMESPACES:
+        raise ValueError(f"namespace must be one of {NAMESPACES}, not {mode!r}")
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+    if mode == "compat":
+        import importlib
+
+        from PIL import Image, UnidentifiedImageError
+        for name, module in COMPAT_MODULES.items():
+            namespace[name] = importlib.import_module(module)
+        namespace.update(Image=Image, UnidentifiedImageError=UnidentifiedImageError)
+        if output_dir is not None:
+            namespace["temp_output_dir"] = output_dir
     if image_path is not None:
         namespace["image_path"] = image_path
+    return namespace
+
+
+def serve(fd_in: int, fd_out: int, image_path: str | None, stdout_limit: int,
+          output_dir: str | None = None, namespace_mode: str = "compat") -> None:
+    """Run requests until the pipe closes. Never returns normally to the caller's frames: the
+    worker treats this process as disposable."""
+    namespace = initial_namespace(image_path, output_dir, namespace_mode)
     while True:
         frame = read_frame(fd_in, 1 << 24)
         if frame is None:
             return
         request = json.loads(frame)
+        _make_dirs(request.get("make_dirs", ()))
         reply = run_block(request["code"], namespace, stdout_limit)
         write_frame(fd_out, json.dumps(reply, ensure_ascii=False).encode())
+
+
+def _make_dirs(paths) -> None:
+    """Sub-folders of the output directory the code names (the original created them too).
+    Created here, under the child's confinement, since the paths come from model code."""
+    for path in paths:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
+            pass  # e.g. a file of that name: the code's own save then reports the problem
+
+
+_UNSET = object()
 
 
 def run_block(code: str, namespace: dict, stdout_limit: int) -> dict:
     out = CappedWriter(stdout_limit)
     warnings_out = CappedWriter(stdout_limit)  # stderr (warnings): not part of the result
     error = None
+    processed_before = namespace.get("processed_path", _UNSET)
     cpu0 = time.process_time()
     sys.stdout, sys.stderr = out, warnings_out
     # so tracebacks can quote the model's own lines
@@ -142,7 +188,11 @@ def run_block(code: str, namespace: dict, stdout_limit: int) -> dict:
         error = (kind, message[:MAX_ERROR_CHARS])
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    # Only a `processed_path` this block (re)bound names its image: a later block that just
+    # prints a result must not return the earlier block's image again.
     processed = namespace.get("processed_path")
+    if processed is processed_before:
+        processed = None
     return {
         "stdout": out.getvalue(),
         "processed_path": processed if isinstance(processed, str) else None,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from sandbox import confine, runner
 from sandbox import result as R
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
-from sandbox.repair import RepairContext, repair
+from sandbox.repair import RepairContext, output_subfolders, repair
 
 
 class ZygoteLost(RuntimeError):
@@ -41,7 +41,12 @@ class ZygoteLost(RuntimeError):
 
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
-_PRINTED_IMAGE = re.compile(rf"[^\s'\"<>|]*\.(?:{'|'.join(IMAGE_EXTENSIONS)})\b", re.IGNORECASE)
+_EXTENSIONS = "|".join(IMAGE_EXTENSIONS)
+# A printed word that ends in an image extension (the longest such start of each word). Matched
+# word by word, anchored: a search over the whole text backtracks quadratically on a long word.
+_WORD_SEPARATORS = re.compile(r"[\s'\"<>|]+")
+_IMAGE_WORD = re.compile(rf".*\.(?:{_EXTENSIONS})\b", re.IGNORECASE)
+_MAX_PATH_CHARS = 255  # a path with spaces under the output directory is read up to this long
 MAX_ASPECT_RATIO = 200
 CHILD_ENV = {"LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
              "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"}
@@ -60,6 +65,7 @@ class WorkerConfig:
     max_image_pixels: int = 50_000_000   # produced images beyond this are refused
     max_images: int = 16
     allow_degraded: bool = False
+    namespace: str = "compat"         # pre-bound names: "compat" (the original's) or "strict"
 
 
 @dataclass
@@ -154,7 +160,7 @@ class Worker:
                         runner.write_frame(c_out, json.dumps(msg).encode())
                     else:
                         runner.serve(c_in, c_out, req["inputs"][0] if req["inputs"] else None,
-                                     self.cfg.stdout_limit)
+                                     self.cfg.stdout_limit, req["scratch"], self.cfg.namespace)
                 finally:
                     os._exit(0)
             os.close(c_in)
@@ -300,7 +306,8 @@ class Worker:
         # UTF-8 text, JSON-escaped: at most 6 bytes per printed character, plus the envelope
         frame_limit = 6 * self.cfg.stdout_limit + 65536
         try:
-            runner.write_frame(child.to_child, json.dumps({"code": code}).encode())
+            request = {"code": code, "make_dirs": output_subfolders(code, child.scratch)}
+            runner.write_frame(child.to_child, json.dumps(request).encode())
             frame = _read_frame(child.from_child, frame_limit, deadline)
         except TimeoutError:
             _, cpu = self._kill_and_reap(child)
@@ -352,13 +359,22 @@ class Worker:
     def _collect_images(self, child: Child, processed: str | None, stdout: str,
                         results_dir: str) -> tuple[list[str], tuple | None]:
         candidates = [processed] if processed else []
-        candidates += _PRINTED_IMAGE.findall(stdout.replace(VIRTUAL_OUTPUT_DIR, child.scratch))
+        candidates += _printed_images(stdout.replace(VIRTUAL_OUTPUT_DIR, child.scratch),
+                                      child.scratch)
         found: list[str] = []
+        missing: list[str] = []  # output-directory paths the code named but never saved
         for cand in candidates:
-            path = os.path.normpath(os.path.join(child.scratch, cand.replace(
-                VIRTUAL_OUTPUT_DIR, child.scratch)))
-            if path.startswith(child.scratch + "/") and path not in found and os.path.lexists(path):
+            cand = cand.replace(VIRTUAL_OUTPUT_DIR, child.scratch)
+            path = os.path.normpath(os.path.join(child.scratch, cand))
+            if not path.startswith(child.scratch + "/") or path in found:
+                continue
+            if os.path.lexists(path):
                 found.append(path)
+            elif os.path.isabs(cand):
+                missing.append(path)
+        if missing and not found:  # as the original: a claimed image that is not there fails
+            return [], (R.NO_OUTPUT, f"{missing[0]}: the code printed or set this image path, "
+                                     "but saved no image there")
         images = []
         for path in found[: self.cfg.max_images]:
             data, ext, problem = self._read_output_file(child, path)
@@ -438,6 +454,30 @@ def _read_frame(fd: int, limit: int, deadline: float) -> bytes | None:
         if size > limit:
             raise ValueError(f"the code's output exceeded {limit} bytes")
         need = runner.HEADER.size + size
+
+
+def _printed_images(text: str, scratch: str) -> list[str]:
+    """Image paths in printed text, in order. A path under the output directory may contain
+    spaces (a sub-folder the model named so); it counts only if that file exists, else the
+    words around it are read as usual."""
+    spaced = re.compile(rf"{re.escape(scratch)}/[^\n'\"<>|]{{0,{_MAX_PATH_CHARS}}}?"
+                        rf"\.(?:{_EXTENSIONS})\b", re.IGNORECASE)
+    found, pos = [], 0
+    for match in spaced.finditer(text):
+        if " " in match.group() and os.path.isfile(match.group()):
+            found += _image_words(text[pos:match.start()])
+            found.append(match.group())
+            pos = match.end()
+    return found + _image_words(text[pos:])
+
+
+def _image_words(text: str) -> list[str]:
+    found = []
+    for word in _WORD_SEPARATORS.split(text):
+        match = _IMAGE_WORD.match(word)
+        if match:  # the rest of the word holds no further match: this one is the longest
+            found.append(match.group())
+    return found
 
 
 def _reap(pid: int) -> tuple[int, float]:
@@ -536,6 +576,7 @@ def _warm_up() -> None:
     sympy.solve(sympy.Eq(x**2 - 2 * x, 3), x)
     sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
     np.linalg.solve(np.eye(3), np.ones(3))
+    runner.initial_namespace(None, None, "compat")  # imports what compat children pre-bind
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from pipelines.core.trajectory import Result, Trajectory
 from sandbox import Sandbox
 
 # Bump when what the sandbox returns for the same code and inputs changes (repairs, limits).
-SANDBOX_SEMANTICS = "sandbox/1"
+SANDBOX_SEMANTICS = "sandbox/2"  # 2: the original's pre-bound names, crop and format rules
 
 
 class ExecutionCache:
@@ -34,8 +34,9 @@ class ExecutionCache:
         self.hits = self.misses = 0
 
     @staticmethod
-    def key(codes: list[str], input_hashes: list[str], timeout: float) -> str:
-        payload = json.dumps([SANDBOX_SEMANTICS, timeout, input_hashes, codes])
+    def key(codes: list[str], input_hashes: list[str], timeout: float,
+            namespace: str = "compat") -> str:
+        payload = json.dumps([SANDBOX_SEMANTICS, namespace, timeout, input_hashes, codes])
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get(self, key: str) -> Result | None:
@@ -72,8 +73,8 @@ def _execute_one(trajectory: Trajectory, sample: Sample, store: ImageStore, sand
     if not turns:
         return
     input_hashes = [im.hash for im in sample.images[:1]]
-    keys = [ExecutionCache.key([t.code for t in turns[: k + 1]], input_hashes, timeout)
-            for k in range(len(turns))]
+    keys = [ExecutionCache.key([t.code for t in turns[: k + 1]], input_hashes, timeout,
+                               sandbox.namespace) for k in range(len(turns))]
     if cache is not None:
         cached = [cache.get(k) for k in keys]
         if all(r is not None and all((store.root / p).exists() for p in r.images) for r in cached):
