@@ -164,3 +164,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def thumbnail_data_url(path: Path, size: int = 96) -> str:
+    """A small JPEG of the image as a data URL, for previews in the Dagster UI."""
+    with Image.open(path) as img:
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
-from PIL import Image
 
+from pipelines.core.images import thumbnail_data_url
 from pipelines.core.schema import SAMPLE_SCHEMA, ImageRef
 
 
@@ -37,14 +35,6 @@ def image_relpaths(files: list[Path]) -> list[str]:
 def check_images_exist(files: list[Path], images_root: Path) -> list[str]:
     """Referenced images missing from the store (empty when all are there)."""
     return [p for p in image_relpaths(files) if not (images_root / p).is_file()]
-
-
-def thumbnail_data_url(path: Path, size: int = 96) -> str:
-    with Image.open(path) as img:
-        img.thumbnail((size, size))
-        buf = io.BytesIO()
-        img.convert("RGB").save(buf, format="JPEG", quality=70)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def preview_markdown(files: list[Path], out: Path, rows: int = 8) -> str:

@@ -105,7 +105,7 @@ def examples_markdown(trajectories: list[Trajectory], samples: dict[str, Sample]
                       passed: bool, n: int = 4) -> str:
     """A few trajectories that passed (or failed) the audit, with the input and the images the
     sandbox produced as thumbnails, and the failed checks' reasons, for the Dagster UI."""
-    from pipelines.pool.checks import thumbnail_data_url
+    from pipelines.core.images import thumbnail_data_url
 
     chosen = [t for t in trajectories if bool(t.passed) == passed][:n]
     lines = ["| input | sandbox images | task / kind | answer | checks |", "|---|---|---|---|---|"]
