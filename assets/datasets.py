@@ -40,6 +40,8 @@ class SplitsConfig(Config):
     rl_share: float = Field(0.2, description="share of eligible samples that become RL prompts")
     near_dup_threshold: float = Field(0.8, description="question similarity that merges same-image samples")
     seed: int = Field(0, description="salts every hash-based draw")
+    prompt_set: str = Field("thyme", description="the prompts rows are rendered with: a shipped set "
+                            "(thyme, thyme-release), a YAML path, or from:<dataset file>")
     mix_tolerance: float = Field(0.05, description="blocking: allowed |share - target| per task")
     max_pixels: int = Field(4096 * 4096, description="blocking: pixel budget per image")
     min_rows: int = Field(1, description="blocking: rows every split must have")
@@ -71,19 +73,22 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
     splits, task mix applied, test part held out by image hash; then every validation."""
     import pyarrow.parquet as pq
 
+    from pipelines.core.prompts import load_prompt_set
     from pipelines.datasets.splits import SplitConfig, build_splits, split_file, validate_splits
     from pipelines.datasets.validate import ValidationConfig
 
     audited_files = sorted(str(p) for p in storage.path("audited").glob("shard-*.parquet"))
     sample_files = sorted(str(p) for p in storage.path("pool", "samples").glob("shard-*.parquet"))
     cfg = SplitConfig(test_share=config.test_share, rl_share=config.rl_share,
-                      near_dup_threshold=config.near_dup_threshold, seed=config.seed)
+                      near_dup_threshold=config.near_dup_threshold, seed=config.seed,
+                      prompt_set=config.prompt_set)
     if config.single_round_mix is not None:
         cfg.mix = {SINGLE: dict(config.single_round_mix)}
     out = storage.path("splits")
     report = build_splits(audited_files, sample_files, out, cfg)
     vcfg = ValidationConfig(max_pixels=config.max_pixels, mix_tolerance=config.mix_tolerance,
-                            min_rows=config.min_rows)
+                            min_rows=config.min_rows,
+                            system_prompt=load_prompt_set(config.prompt_set).system)
     validation = validate_splits(out, storage.path("pool", "images"), cfg.mix, vcfg)
     for split in SPLITS:
         first = pq.read_table(split_file(out, split, "train")).slice(0, 3).to_pylist()

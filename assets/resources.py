@@ -77,6 +77,8 @@ class TeacherResource(ConfigurableResource):
     temperature: float = Field(0.7, description="sampling temperature of model teachers")
     max_tokens: int = Field(2048, description="new tokens per completion")
     tensor_parallel_size: int = Field(1, description="vllm: GPUs per engine")
+    prompt_set: str = Field("thyme", description="model teachers: the student prompts they are "
+                            "shown (thyme, thyme-release, a YAML path, from:<dataset>)")
 
     def build(self, image_root, cache_dir=None):
         """A teacher whose images are read from `image_root` (the pool's store)."""
@@ -89,7 +91,8 @@ class TeacherResource(ConfigurableResource):
             raise ValueError(f"teacher kind {self.kind!r} needs `model`")
         from pipelines.samples.teachers import TeacherConfig
         config = TeacherConfig(candidates=self.candidates, temperature=self.temperature,
-                               max_tokens=self.max_tokens, seed=self.seed)
+                               max_tokens=self.max_tokens, seed=self.seed,
+                               prompt_set=self.prompt_set)
         if self.kind == "openai":
             from pipelines.core.llm import LLMClient, LLMConfig
             from pipelines.samples.teachers import OpenAITeacher

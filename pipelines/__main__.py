@@ -3,6 +3,7 @@
     python -m pipelines ingest --format {thyme-sft,thyme-rl,deepeyes,generic} --input PATH... --out DIR
     python -m pipelines generate --count N [--seed S] --out DIR
     python -m pipelines rewrite-paths --input thyme-{sft,rl}.parquet --images-root DIR --out OUT.parquet
+    python -m pipelines prompt-sets
 
 Ingest and generate write DIR/samples/*.parquet, DIR/quarantine/*.parquet, DIR/images/ and
 DIR/report.json, and print the report. rewrite-paths decodes the released rows' images into DIR
@@ -52,8 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     rw.add_argument("--out", required=True, help="the rewritten parquet (paths relative to its folder)")
     rw.add_argument("--keep-invalid", action="store_true", help="keep rows that fail validation")
     rw.add_argument("--max-pixels", type=int, default=None, help="validation's pixel budget per image")
+    sub.add_parser("prompt-sets", help="list the shipped prompt sets (system + user templates)")
     args = parser.parse_args(argv)
 
+    if args.command == "prompt-sets":
+        from pipelines.core.prompts import available_prompt_sets, load_prompt_set
+        for name in available_prompt_sets():
+            print(f"{name}: {load_prompt_set(name).description}")
+        return 0
     if args.command == "rewrite-paths":
         from pipelines.datasets.released import RewriteConfig, rewrite_released
         report = rewrite_released(RewriteConfig(input=args.input, images_root=args.images_root,

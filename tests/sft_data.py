@@ -51,12 +51,8 @@ def computation(i: int, with_image: bool) -> SourceRow:
 
 
 def thyme_table(rows):
-    table = thyme_sft_table(rows)
-    # Text-only rows: no image, and a question without the image template (THYME.md §3).
-    from pipelines.core.prompts import render_user
-    questions = [render_user(r.question, r.image_path, r.image_size) if r.images
-                 else render_user(r.question) for r in rows]
-    return table.set_column(table.schema.get_field_index("question"), "question", [questions])
+    """Thyme-SFT rows; text-only rows get the text-only question template (THYME.md §3)."""
+    return thyme_sft_table(rows)
 
 
 def write_dataset(root: Path, n_single=24, n_two=8, n_computation=12) -> Path:

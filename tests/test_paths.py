@@ -17,7 +17,7 @@ from PIL import Image
 from pipelines.__main__ import main
 from pipelines.core.formats import SourceRow, thyme_rl_table, thyme_sft_table, write_parquet
 from pipelines.core.images import ImageStore
-from pipelines.core.prompts import parse_user
+from pipelines.core.prompts import load_prompt_set, parse_user
 from pipelines.datasets.paths import find_absolute_paths, rewrite_question, rewrite_text
 from pipelines.pool.readers import Reader, list_units, read_unit
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
@@ -119,13 +119,14 @@ def test_rewrite_paths_on_released_rl_rows(tmp_path, capsys):
     """Thyme-RL rows: images decoded to files, the prompt's User Image Path names that file and
     its size is the real one; the release's own system prompt is kept; a row without a
     solution is rejected with its reason."""
-    original_system = "You are a helpful assistant (the original release's text)."
+    release = load_prompt_set("thyme-release")
+    original_system = release.system
     img = _jpeg(640, 480, "red")
     rows = [SourceRow("What does the sign say?", [img], answer="OPEN", image_path=AUTHOR_INPUT,
                       image_size=(1, 1)),
             SourceRow("Which colour?", [_jpeg(300, 200, "blue")], answer="", image_path="/mnt/x/2.jpg",
                       image_size=(300, 200))]
-    write_parquet(thyme_rl_table(rows, system_prompt=original_system), tmp_path / "thyme-rl.parquet")
+    write_parquet(thyme_rl_table(rows, release), tmp_path / "thyme-rl.parquet")
     out = tmp_path / "ds" / "thyme-rl.parquet"
     report = _run(tmp_path / "thyme-rl.parquet", out, capsys)
     assert report["rows"] == 2 and report["written"] == 1

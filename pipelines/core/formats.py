@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
+from pipelines.core.prompts import PromptSet, load_prompt_set
 
 
 @dataclass
@@ -34,20 +34,28 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def thyme_sft_table(rows: Iterable[SourceRow]) -> pa.Table:
+def _user(prompts: PromptSet | None, row: SourceRow) -> str:
+    """The row's user message in the set's template (text-only when it has no image)."""
+    prompts = prompts or load_prompt_set()
+    if not row.images:
+        return prompts.render_user(row.question)
+    return prompts.render_user(row.question, row.image_path, row.image_size)
+
+
+def thyme_sft_table(rows: Iterable[SourceRow], prompts: PromptSet | None = None) -> pa.Table:
     rows = list(rows)
     return pa.table({
         "image": [[b64(b) for b in r.images] for r in rows],
-        "question": [render_user(r.question, r.image_path, r.image_size) for r in rows],
+        "question": [_user(prompts, r) for r in rows],
         "response": [r.response for r in rows],
     })
 
 
-def thyme_rl_table(rows: Iterable[SourceRow], system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> pa.Table:
+def thyme_rl_table(rows: Iterable[SourceRow], prompts: PromptSet | None = None) -> pa.Table:
     rows = list(rows)
     return pa.table({
-        "messages": [[{"role": "system", "content": system_prompt},
-                      {"role": "user", "content": render_user(r.question, r.image_path, r.image_size)}]
+        "messages": [[{"role": "system", "content": (prompts or load_prompt_set()).system},
+                      {"role": "user", "content": _user(prompts, r)}]
                      for r in rows],
         "images": [[b64(b) for b in r.images] for r in rows],
         "solution": [r.answer for r in rows],

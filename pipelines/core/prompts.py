@@ -1,43 +1,166 @@
-"""Prompt rendering and parsing: the one module that knows the Thyme prompt text (THYME.md §1).
+"""Prompts: the one module that knows the Thyme prompt text (THYME.md §1).
 
-The system prompt is configuration: users of the released checkpoints pass the original text.
+Prompts a model was trained with are data: each prompt set is a YAML file (`prompt_sets/<name>.
+yaml`: `system`, `user` for a question with images, `user_text` for a text-only question,
+`description`), selectable by name, by path, or taken from a released dataset's own rows:
+
+    load_prompt_set("thyme")                      # ours, the default
+    load_prompt_set("thyme-release")              # the released checkpoints' prompts, verbatim
+    load_prompt_set("path/to/my_prompts.yaml")    # a user's file
+    load_prompt_set("from:thyme-rl.parquet")      # the system and user prompt of a dataset's rows
+
+Templates name their slots `{image_tokens}` (one `<image>` line per input image), `{question}`,
+`{image_path}` and `{image_size}` (`WxH`, the original pixel size of the first image); any other
+brace is text. Parsing (`parse_user`) reads every set's user messages back: the bare question
+and the original path and size.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant that solves problems step by step. You may write Python code "
-    "to process the image (for example crop a region of interest and zoom in, resize, rotate, or "
-    "adjust contrast) or to compute something. The code runs in a secure sandbox and its output "
-    "is returned to you inside <sandbox_output></sandbox_output>. Wrap code in <code> and a "
-    "```python fence; at the end, print the path of the processed image or the result."
-)
-OUTPUT_FORMAT = (
-    "### **Output Format (strict adherence required):**\n\n"
-    "<think>Your reasoning, with any code blocks and their sandbox outputs.</think>\n"
-    "<answer>Your final answer.</answer>"
-)
+from sandbox.protocol import IMAGE_TOKEN
+
+PROMPT_SETS_DIR = Path(__file__).parent / "prompt_sets"
+DEFAULT_PROMPT_SET = "thyme"
+FROM_DATASET = "from:"
+SLOTS = ("{image_tokens}", "{image_path}", "{image_size}", "{question}")
 
 _PATH = re.compile(r'(User Image Path:\*{0,2}\s*")([^"]*)(")')
 _SIZE = re.compile(r'(User Image Size:\*{0,2}\s*")(\d+)\s*x\s*(\d+)(")')
-_TEMPLATE_START = re.compile(r"\n*#{2,3}\s*\**\s*User Image Path", re.IGNORECASE)
+_TEMPLATE_START = re.compile(r"\n*#{2,3}\s*\**\s*(?:User Image Path|Output Format)", re.IGNORECASE)
 _IMAGE_TOKENS = re.compile(r"<image>\s*")
+
+
+class PromptSetError(ValueError):
+    """A prompt set that cannot be loaded (the message names the file and the reason)."""
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    system: str
+    user: str          # a question with images
+    user_text: str     # a text-only question
+    description: str = ""
+
+    def render_user(self, question: str, image_path: str | None = None,
+                    image_size: tuple[int, int] | None = None, images: int = 1) -> str:
+        """The user message: `images` image tokens, the question, the first image's path and
+        original size; the text-only template when there is no image."""
+        if image_path is None or images == 0:
+            return self.user_text.replace("{question}", question)
+        width, height = image_size
+        text = (self.user.replace("{image_tokens}", f"{IMAGE_TOKEN}\n" * images)
+                .replace("{image_path}", image_path).replace("{image_size}", f"{width}x{height}"))
+        return text.replace("{question}", question)  # last: a question may hold slot-like text
+
+
+@functools.cache
+def load_prompt_set(spec: str | None = None) -> PromptSet:
+    """A prompt set by name (`prompt_sets/<name>.yaml`), by path to such a YAML file, or
+    `from:<file>` (a Thyme-RL/verl parquet or JSONL whose rows hold system and user messages)."""
+    spec = spec or DEFAULT_PROMPT_SET
+    if spec.startswith(FROM_DATASET):
+        return prompt_set_from_dataset(spec[len(FROM_DATASET):])
+    path = Path(spec)
+    if not path.suffix:
+        path = PROMPT_SETS_DIR / f"{spec}.yaml"
+        if not path.is_file():
+            raise PromptSetError(f"prompt set {spec!r}: no such set; shipped sets are "
+                                 f"{available_prompt_sets()} (or give a YAML path or from:<dataset>)")
+    return _read_yaml(path)
+
+
+def available_prompt_sets() -> list[str]:
+    return sorted(p.stem for p in PROMPT_SETS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> PromptSet:
+    import yaml
+
+    if not path.is_file():
+        raise PromptSetError(f"prompt set {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PromptSetError(f"prompt set {path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise PromptSetError(f"prompt set {path}: expected a mapping with system, user, user_text")
+    missing = [k for k in ("system", "user", "user_text") if not isinstance(data.get(k), str)]
+    if missing:
+        raise PromptSetError(f"prompt set {path}: missing or not text: {missing}")
+    for key, required in (("user", ("{question}", "{image_path}", "{image_size}")),
+                          ("user_text", ("{question}",))):
+        absent = [slot for slot in required if slot not in data[key]]
+        if absent:
+            raise PromptSetError(f"prompt set {path}: `{key}` lacks the slot(s) {absent}")
+    return PromptSet(path.stem, data["system"], data["user"], data["user_text"],
+                     data.get("description", ""))
+
+
+def prompt_set_from_dataset(file: str) -> PromptSet:
+    """The prompts of a dataset's first row that has system and user messages: the user template
+    is that row's user message with its question, image path, size and image tokens turned back
+    into slots (the row's `question` column names the question)."""
+    rows = _first_rows(Path(file))
+    for number, row in enumerate(rows):
+        messages = row.get("messages") or row.get("prompt") or []
+        system = next((m.get("content") for m in messages if m.get("role") == "system"), None)
+        user = next((m.get("content") for m in messages if m.get("role") == "user"), None)
+        question = row.get("question") or (row.get("extra_info") or {}).get("question")
+        if not (system and user and question) or question not in user:
+            continue
+        template = _PATH.sub(lambda m: m.group(1) + "{image_path}" + m.group(3), user, count=1)
+        template = _SIZE.sub(lambda m: m.group(1) + "{image_size}" + m.group(4), template, count=1)
+        template = re.sub(r"^(?:<image>\s*\n?)+", "{image_tokens}", template)
+        template = template.replace(question, "{question}", 1)
+        if "{image_path}" not in template:
+            raise PromptSetError(f"{file} row {number}: the user message has no User Image Path "
+                                 "line; write a prompt-set YAML instead")
+        text_only = "{question}" + template[template.index("{question}") + len("{question}"):]
+        text_only = _TEMPLATE_START.split(text_only, maxsplit=1)[0]
+        tail = template[template.lower().find("### **output format"):] \
+            if "### **output format" in template.lower() else ""
+        return PromptSet(f"from:{Path(file).name}", system, template,
+                         text_only + ("\n\n" + tail if tail else ""),
+                         f"taken from {Path(file).name}, row {number}")
+    raise PromptSetError(f"{file}: no row with a system message, a user message and a `question` "
+                         "found in it (first rows read)")
+
+
+def _first_rows(path: Path, limit: int = 64) -> list[dict]:
+    if not path.is_file():
+        raise PromptSetError(f"{path}: file not found")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        pf = pq.ParquetFile(path)
+        columns = [c for c in ("messages", "prompt", "question", "extra_info") if c in pf.schema_arrow.names]
+        batch = next(pf.iter_batches(batch_size=limit, columns=columns), None)
+        return batch.to_pylist() if batch is not None else []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for _, line in zip(range(limit), f, strict=False) if line.strip()]
+
+
+# The default set, for code that renders without a choice (tests, the generated pool's files).
+DEFAULT_SYSTEM_PROMPT = load_prompt_set().system
+# Its output-format block (what follows a text-only question): the tiny tokenizer's corpus.
+OUTPUT_FORMAT = load_prompt_set().user_text.replace("{question}\n\n", "", 1)
 
 
 def render_user(question: str, image_path: str | None = None,
                 image_size: tuple[int, int] | None = None) -> str:
-    """The Thyme user message: `<image>`, the question, the image's path and size, the format."""
-    if image_path is None:
-        return f"{question}\n\n{OUTPUT_FORMAT}"
-    width, height = image_size
-    return (f"<image>\n{question}\n\n### User Image Path:** \"{image_path}\"\n"
-            f"### User Image Size:** \"{width}x{height}\"\n\n{OUTPUT_FORMAT}")
+    """The default set's user message (see `PromptSet.render_user`)."""
+    return load_prompt_set().render_user(question, image_path, image_size)
 
 
 def parse_user(text: str) -> tuple[str, dict]:
-    """The bare question and {original_path, original_size} from a Thyme user message."""
+    """The bare question and {original_path, original_size} from a Thyme user message (any
+    prompt set: the question ends where the path or output-format lines begin)."""
     meta = {}
     if m := _PATH.search(text):
         meta["original_path"] = m.group(2)

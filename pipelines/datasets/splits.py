@@ -16,7 +16,7 @@ split priority. A configurable task mix downsamples over-represented tasks per s
 Only an index (ids, task, kind, question, image hash) is collected, through lazy scans; rows are
 rendered and written one audited shard at a time, so memory stays bounded by a shard. SFT rows
 are `Trajectory.render()` of the trajectory with its paths rewritten (`pipelines.datasets.paths`) and
-`pipelines.core.prompts.render_user` of the sample; image paths are dataset-relative
+the configured prompt set's user message (`pipelines.core.prompts`) of the sample; image paths are dataset-relative
 (`images/<hash[:2]>/<hash>.<ext>`, the store layout under `images/`).
 """
 
@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_path
-from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
+from pipelines.core.prompts import DEFAULT_PROMPT_SET, PromptSet, load_prompt_set
 from pipelines.core.schema import Sample, normalise_question
 from pipelines.core.trajectory import Trajectory
 from pipelines.datasets.names import (
@@ -98,7 +98,7 @@ class SplitConfig:
     priority: tuple[str, ...] = (TWO_ROUND, COMPUTATION, SINGLE)  # which split keeps a duplicate
     max_code_rounds: int = 2          # trajectories with more code rounds are left out
     seed: int = 0                     # salts every hash-based draw (mix, RL share, test part)
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # the RL prompts' system message
+    prompt_set: str = DEFAULT_PROMPT_SET  # the prompts rows are rendered with (name, path, from:<dataset>)
     batch_rows: int = 512             # rows buffered per output file before a row group is written
 
     def __post_init__(self):
@@ -306,7 +306,7 @@ def _input(sample: Sample) -> tuple[str | None, tuple[int, int] | None]:
     return dataset_path(ref.relpath), (ref.width, ref.height)
 
 
-def sft_row(trajectory: Trajectory, sample: Sample) -> dict:
+def sft_row(trajectory: Trajectory, sample: Sample, prompts: PromptSet) -> dict:
     """One SFT row: the user message and the assistant message of a trajectory, paths rewritten."""
     input_path, size = _input(sample)
     originals = [sample.meta.get("original_path")] if sample.meta.get("original_path") else []
@@ -315,19 +315,19 @@ def sft_row(trajectory: Trajectory, sample: Sample) -> dict:
                 for p in t.result.images]
     return {"id": trajectory.id, "sample_id": sample.id, "task": trajectory.task,
             "kind": trajectory.kind, "has_image": input_path is not None,
-            "question": render_user(sample.question, input_path, size),
+            "question": prompts.render_user(sample.question, input_path, size),
             "response": rewritten.render(),
             "images": ([input_path] if input_path else []) + produced,
             "image_key": image_key(sample.images[0].hash if sample.images else None, sample.question),
             "answer": sample.answer}
 
 
-def rl_row(sample: Sample, system_prompt: str) -> dict:
+def rl_row(sample: Sample, prompts: PromptSet) -> dict:
     """One RL prompt: the system prompt and the user message naming the image file."""
     input_path, size = _input(sample)
     return {"id": sample.id, "task": sample.task, "has_image": input_path is not None,
-            "messages": [{"role": "system", "content": system_prompt},
-                         {"role": "user", "content": render_user(sample.question, input_path, size)}],
+            "messages": [{"role": "system", "content": prompts.system},
+                         {"role": "user", "content": prompts.render_user(sample.question, input_path, size)}],
             "images": [input_path] if input_path else [], "solution": sample.answer,
             "question": sample.question,
             "meta": json.dumps(sample.meta, ensure_ascii=False, sort_keys=True),
@@ -370,6 +370,7 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
         raise FileNotFoundError("no pool sample shards to join the trajectories with")
     index, totals = scan_index(audited_files, sample_files)
     assignment, funnel = assign(index, cfg)
+    prompts = load_prompt_set(cfg.prompt_set)
     with atomic_path(out_dir) as tmp:
         writers = {}
         for split in SPLITS:
@@ -392,9 +393,9 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
                     sample = samples[row["sample_id"]]
                     split, part = row["split"], row["part"]
                     if split == RL:
-                        writers[split, part].add(rl_row(sample, cfg.system_prompt))
+                        writers[split, part].add(rl_row(sample, prompts))
                     else:
-                        writers[split, part].add(sft_row(Trajectory.from_row(row), sample))
+                        writers[split, part].add(sft_row(Trajectory.from_row(row), sample, prompts))
             for w in writers.values():
                 w.close()
         finally:

@@ -42,6 +42,7 @@ class TeacherConfig:
     max_code_blocks: int = parse.MAX_CODE_BLOCKS
     batch_size: int = 64              # samples whose requests (images inlined) are built and
                                       # sent together; bounds memory, keeps the engine busy
+    prompt_set: str | None = None     # the student's prompts shown to the teacher (None: default)
 
     def __post_init__(self):
         if self.candidates < 1:
@@ -111,7 +112,8 @@ class ModelTeacher:
     def _generate_batch(self, samples: list[Sample], operations: list[str | None],
                         trajectories: list[Trajectory], quarantine: list[dict]) -> None:
         todo = [(s, op) for s, op in zip(samples, operations, strict=True) if op is not None]
-        requests = [prompts.generation_messages(s, op, self._image(s), self.config.give_answer)
+        requests = [prompts.generation_messages(s, op, self._image(s), self.config.give_answer,
+                                                 self.config.prompt_set)
                     for s, op in todo]
         results = self.complete([messages for messages, _ in requests], self.config.sampling())
         for (sample, _), (_, hidden), result in zip(todo, requests, results, strict=True):

@@ -10,7 +10,7 @@
 
 Messages are OpenAI chat format with the image as a data URL: the same list serves an
 OpenAI-compatible server and vLLM's offline `LLM.chat`. The student-facing part of the user
-message is `pipelines.core.prompts.render_user`, exactly what training will show.
+message is the configured prompt set's (`pipelines.core.prompts`), exactly what training will show.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import re
 from pathlib import PurePosixPath
 
 from pipelines.core.llm import system_message, user_message
-from pipelines.core.prompts import render_user
+from pipelines.core.prompts import load_prompt_set
 from pipelines.core.schema import Sample
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 
@@ -108,7 +108,8 @@ def parse_decision(text: str) -> str | None:
 
 
 def generation_messages(sample: Sample, operation: str, image: dict | None,
-                        give_answer: bool = True) -> tuple[list[dict], dict]:
+                        give_answer: bool = True,
+                        prompt_set: str | None = None) -> tuple[list[dict], dict]:
     """(messages, hidden): the generation prompt for `operation`, guided by the sample's ground
     truth where it has some; `hidden` is the ground truth the reasoning must not state."""
     if operation not in OPERATIONS:
@@ -121,7 +122,7 @@ def generation_messages(sample: Sample, operation: str, image: dict | None,
     guidance = _GUIDANCE[operation]
     if hints:
         guidance += "\n\nPrivate hints (use them, never reveal them):\n" + "\n".join(f"- {h}" for h in hints)
-    student = _student_prompt(sample)
+    student = _student_prompt(sample, prompt_set)
     text = f"{guidance}\n\nThe assistant's task follows.\n\n{student}"
     messages = [system_message(TEACHER_SYSTEM_PROMPT), user_message(text, [image] if image else ())]
     return messages, hidden
@@ -165,14 +166,15 @@ def _box(box) -> str:
     return "[" + ", ".join(str(int(v)) for v in box) + "]"
 
 
-def _student_prompt(sample: Sample) -> str:
-    """The user message the trained model will see (THYME.md §1)."""
+def _student_prompt(sample: Sample, prompt_set: str | None) -> str:
+    """The user message the trained model will see (THYME.md §1), in the configured set."""
+    prompts = load_prompt_set(prompt_set)
     if not sample.images:
-        return render_user(sample.question)
+        return prompts.render_user(sample.question)
     ref = sample.images[0]
     path = (sample.meta or {}).get("original_path") or str(PurePosixPath("/mnt/data/images") /
                                                          f"{sample.id}.{ref.ext}")
-    return render_user(sample.question, path, (ref.width, ref.height))
+    return prompts.render_user(sample.question, path, (ref.width, ref.height), len(sample.images))
 
 
 def describe(messages: list[dict]) -> str:
