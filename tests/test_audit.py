@@ -197,8 +197,9 @@ def test_image_sanity(pool):
     assert check.verdict == FAIL and "decode" in check.reason
     check = _check(audit(_traj(s, [_image("produced/missing.png")]), s, root), "image_sanity")
     assert check.verdict == FAIL and "missing" in check.reason
-    check = _check(audit(_traj(s, [_image("../outside.png")]), s, root), "image_sanity")
-    assert check.verdict == FAIL and "inside the image store" in check.reason
+    for outside in ("../outside.png", "/etc/hostname", ""):        # never read outside the store
+        check = _check(audit(_traj(s, [_image(outside)]), s, root), "image_sanity")
+        assert check.verdict == FAIL and "inside the image store" in check.reason, (outside, check)
 
 
 # ---------------------------------------------------------------------------------------------

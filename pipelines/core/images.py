@@ -18,7 +18,7 @@ import io
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
@@ -45,6 +45,16 @@ class ImageLimits:
     max_aspect_ratio: float = 200.0
 
 
+def store_path(root: str | os.PathLike, relpath: str) -> Path:
+    """The file under the store root of a store-relative path (`ImageRef.relpath`, or a produced
+    image as execution results carry it); ValueError for a path that would leave the store (rows
+    and results are data, not trusted)."""
+    parts = PurePosixPath(relpath).parts
+    if not parts or PurePosixPath(relpath).is_absolute() or ".." in parts:
+        raise ValueError(f"{relpath!r} is not a path inside the image store")
+    return Path(root) / relpath
+
+
 class ImageStore:
     def __init__(self, root: str | os.PathLike, limits: ImageLimits = ImageLimits()):
         self.root = Path(root)
@@ -56,7 +66,7 @@ class ImageStore:
         self.bytes_written = 0
 
     def path(self, ref: ImageRef) -> Path:
-        return self.root / ref.relpath
+        return store_path(self.root, ref.relpath)
 
     def exists(self, ref: ImageRef) -> bool:
         return self.path(ref).is_file()

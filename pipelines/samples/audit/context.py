@@ -1,0 +1,138 @@
+"""What the audit's checks share for one trajectory (`Context`): the sample's ground truth, the last
+code result, and decoded images, each image decoded once; inputs (with their pyramid for
+`locate`) also stay cached across the trajectories of one sample."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from pipelines.core.answers import parse_options
+from pipelines.core.images import store_path
+from pipelines.core.schema import Sample
+from pipelines.core.trajectory import Result, Trajectory
+from pipelines.samples.audit.config import AuditConfig
+from pipelines.samples.audit.locate import Pyramid
+
+
+class Unreadable(Exception):
+    """An image that cannot be used; the message says why."""
+
+
+class Context:
+    """One trajectory under audit: what every check reads (see the module docstring)."""
+
+    def __init__(self, trajectory: Trajectory, sample: Sample, root: Path, config: AuditConfig):
+        self.t, self.sample, self.root, self.cfg = trajectory, sample, root, config
+        self.task = sample.task or trajectory.task
+        self.meta = sample.meta or {}
+        self.code_turns = trajectory.code_turns
+        self.last: Result | None = self.code_turns[-1].result if self.code_turns else None
+        self._grey: dict[str, np.ndarray | Unreadable] = {}
+
+    # -- images --------------------------------------------------------------------------------
+    def produced(self) -> list[str]:
+        """Every image the code produced, in order (results that are not errors)."""
+        return [p for turn in self.code_turns if turn.result is not None
+                and turn.result.kind != "error" for p in turn.result.images]
+
+    def final_image(self) -> str | None:
+        images = self.produced()
+        return images[-1] if images else None
+
+    def grey(self, relpath: str) -> np.ndarray:
+        if relpath not in self._grey:
+            try:
+                self._grey[relpath] = _load_grey(self._resolve(relpath), self.cfg.max_pixels)
+            except Unreadable as exc:
+                self._grey[relpath] = exc
+        value = self._grey[relpath]
+        if isinstance(value, Unreadable):
+            raise value
+        return value
+
+    def input(self) -> Input:
+        if not self.sample.images:
+            raise Unreadable("the sample has no input image")
+        return _cached_input(self._resolve(self.sample.images[0].relpath), self.cfg.max_pixels)
+
+    def _resolve(self, relpath: str) -> Path:
+        try:
+            return store_path(self.root, relpath)
+        except ValueError as exc:
+            raise Unreadable(str(exc)) from None
+
+    # -- ground truth --------------------------------------------------------------------------
+    def gt_box(self) -> tuple[int, int, int, int] | None:
+        box = self.meta.get("box")
+        if not isinstance(box, list | tuple) or len(box) != 4 or not self.sample.images:
+            return None
+        try:
+            x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        except (TypeError, ValueError):
+            return None
+        ref = self.sample.images[0]
+        x1, y1, x2, y2 = max(0, x1), max(0, y1), min(ref.width, x2), min(ref.height, y2)
+        return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+
+    def options(self) -> dict[str, str]:
+        return parse_options(self.meta.get("options"))
+
+
+def _load_grey(path: Path, max_pixels: int) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                raise Unreadable(f"{im.width}x{im.height} exceeds {max_pixels} pixels")
+            if im.format == "JPEG":
+                im.draft("L", im.size)   # decode the luma plane only
+            im.load()
+            grey = im if im.mode == "L" else im.convert("L")
+            return np.asarray(grey)
+    except FileNotFoundError:
+        raise Unreadable(f"{path.name} is missing") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise Unreadable(f"{path.name} does not decode ({exc})") from None
+
+
+@dataclass
+class Input:
+    grey: np.ndarray
+    pyramid: Pyramid
+    thumb: np.ndarray       # 128 x 128 float32, for the copy-of-the-input test
+
+
+_INPUTS: OrderedDict[tuple, Input] = OrderedDict()
+_INPUTS_LOCK = threading.Lock()
+_INPUTS_KEPT = 4            # trajectories of one sample usually come together
+
+
+def _cached_input(path: Path, max_pixels: int) -> Input:
+    try:
+        st = path.stat()
+    except OSError:
+        raise Unreadable(f"input image {path.name} is missing") from None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    with _INPUTS_LOCK:
+        if key in _INPUTS:
+            _INPUTS.move_to_end(key)
+            return _INPUTS[key]
+    grey = _load_grey(path, max_pixels)
+    item = Input(grey, Pyramid(grey), thumbnail(grey))
+    with _INPUTS_LOCK:
+        _INPUTS[key] = item
+        while len(_INPUTS) > _INPUTS_KEPT:
+            _INPUTS.popitem(last=False)
+    return item
+
+
+def thumbnail(grey: np.ndarray) -> np.ndarray:
+    """128 x 128 float32: what the copy-of-the-input test compares."""
+    return cv2.resize(grey, (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32)
+

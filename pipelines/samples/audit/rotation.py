@@ -1,0 +1,118 @@
+"""Is a rotated output upright? `rotation_verdict` tests residual-angle hypotheses by locating the
+output's centre (`locate`) in the input turned back, and names what a wrong output looks like
+(not rotated, rotated the wrong way, 90/180/270 off, tilted). `angle` follows the generator:
+degrees counter-clockwise the upright page was turned (`Image.rotate(-angle, expand=True)`
+restores it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from pipelines.samples.audit.config import AuditConfig
+from pipelines.samples.audit.locate import Pyramid, locate
+
+ROTATION_STEP = 3.0         # degrees between residual hypotheses
+
+
+def _rotate(grey: np.ndarray, degrees: float) -> np.ndarray:
+    """`grey` turned counter-clockwise by `degrees` on an enlarged canvas (PIL's expand=True),
+    filled with black."""
+    h, w = grey.shape
+    M = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    cos, sin = abs(M[0, 0]), abs(M[0, 1])
+    nw, nh = math.ceil(h * sin + w * cos), math.ceil(h * cos + w * sin)
+    M[0, 2] += nw / 2 - w / 2
+    M[1, 2] += nh / 2 - h / 2
+    return cv2.warpAffine(grey, M, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+@dataclass
+class RotationVerdict:
+    """Upright or not, and the reason a person reads in the audit."""
+
+    ok: bool
+    reason: str
+
+
+def _wrap(d: float) -> float:
+    return (d + 180.0) % 360.0 - 180.0
+
+
+def _residual_label(d: float, angle: float) -> str:
+    if abs(_wrap(d - angle)) < 1e-6:
+        return "not rotated at all"
+    if abs(_wrap(d - 2 * angle)) < 1e-6:
+        return "rotated the wrong way"
+    return f"off by {_wrap(d):+.0f} deg"
+
+
+def rotation_verdict(grey: np.ndarray, out: np.ndarray, angle: float,
+                     cfg: AuditConfig) -> RotationVerdict:
+    """Is `out` the input turned upright? A residual hypothesis d says the output is the upright
+    image turned d degrees further counter-clockwise; it scores how well the output's central
+    half is located (`locate`) in the input turned by d - angle, all at ~rotation_side px,
+    where a hypothesis 1.5 deg off still scores > 0.9 and a wrong one < 0.8.
+
+    Fast path: d = 0 scores >= rotation_fast_score: upright.
+    Otherwise residuals -tol-2step .. tol+2step (step ROTATION_STEP) and the far alternatives
+    (90, 180, 270, not rotated, rotated the wrong way) are all scored; the best must be a near
+    one, score >= rotation_min_score, and its interpolated residual lie within the tolerance."""
+    a = min(1.0, cfg.rotation_side / max(grey.shape))
+    small = cv2.resize(grey, None, fx=a, fy=a, interpolation=cv2.INTER_AREA) if a < 1 else grey
+    oh, ow = out.shape
+    centre = out[oh // 4: oh - oh // 4, ow // 4: ow - ow // 4]
+    # Output px per small-input px is zoom / a; shrink the needle once so zoom_min maps to 1:1.
+    f = min(1.0, a / cfg.zoom_min)
+    if f < 1:
+        centre = cv2.resize(centre, (max(1, round(centre.shape[1] * f)), max(1, round(centre.shape[0] * f))),
+                            interpolation=cv2.INTER_AREA)
+    lo, hi = cfg.zoom_min * f / a, cfg.rotation_zoom_max * f / a
+    scores: dict[float, float] = {}
+
+    def score(d: float) -> float:
+        d = round(d, 6)
+        if d not in scores:
+            found = locate(centre, Pyramid(_rotate(small, d - angle)), cfg, lo, hi,
+                           max_scale=1.0, early_exit=1.01, keep=2)
+            scores[d] = found.score if found is not None else -1.0
+        return scores[d]
+
+    tol, step = cfg.rotation_tolerance_deg, ROTATION_STEP
+
+    def residual_at(d: float) -> float:                  # parabola through d and its neighbours
+        s, left, right = score(d), score(d - step), score(d + step)
+        denom = left - 2 * s + right
+        return d + (step * 0.5 * (left - right) / denom if denom < 0 else 0.0)
+
+    if score(0.0) >= cfg.rotation_fast_score:
+        return RotationVerdict(True, f"upright: matches the input turned by {-angle:+g} deg "
+                                     f"(match {score(0.0):.2f} >= {cfg.rotation_fast_score:g}, "
+                                     "residual < 2 deg)")
+    n = math.ceil(tol / step) + 2
+    near = [k * step for k in range(-n, n + 1)]
+    far: list[float] = []
+    for d in (90.0, 180.0, 270.0, angle, 2 * angle):
+        if all(abs(_wrap(d - e)) > step for e in near + far):
+            far.append(d)
+    best_near = max(near, key=score)
+    s_up = score(best_near)
+    s_far, d_far = max(((score(d), d) for d in far), default=(-1.0, None))
+    if s_far > s_up and s_far >= cfg.rotation_min_score:
+        return RotationVerdict(False, f"the output looks {_residual_label(d_far, angle)} "
+                                      f"(match {s_far:.2f}) rather than upright (best {s_up:.2f})")
+    if s_up < cfg.rotation_min_score:
+        return RotationVerdict(False, "the output matches neither the input turned upright nor "
+                                      f"any tested angle (best {max(s_up, s_far):.2f} < "
+                                      f"{cfg.rotation_min_score:g})")
+    residual = residual_at(best_near) if abs(best_near) < n * step else best_near
+    if abs(residual) > tol:
+        return RotationVerdict(False, f"the output is tilted ~{residual:+.1f} deg from upright "
+                                      f"(> {tol:g}; match {s_up:.2f})")
+    return RotationVerdict(True, f"upright within {tol:g} deg (residual ~{residual:+.1f} deg, "
+                                 f"match {s_up:.2f})")
+
+
