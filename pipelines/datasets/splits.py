@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_path
+from pipelines.core.images import store_path
 from pipelines.core.prompts import DEFAULT_PROMPT_SET, PromptSet, load_prompt_set
 from pipelines.core.schema import Sample, normalise_question
 from pipelines.core.trajectory import Trajectory
@@ -426,8 +427,8 @@ def iter_split(split_dir: str | os.PathLike, split: str, part: str, batch_rows: 
 
 
 def store_resolver(store_root: str | os.PathLike):
-    root = Path(store_root)
-    return lambda path: root / store_relpath(path)
+    """Dataset image path (`images/...`) -> the file in the image store."""
+    return lambda path: store_path(store_root, store_relpath(path))
 
 
 def validate_splits(split_dir: str | os.PathLike, store_root: str | os.PathLike,

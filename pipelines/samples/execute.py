@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipelines.core.atomic import write_json
-from pipelines.core.images import ImageRejected, ImageStore
+from pipelines.core.images import ImageRejected, ImageStore, store_path
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import Result, Trajectory
 from sandbox import Sandbox
@@ -77,7 +77,7 @@ def _execute_one(trajectory: Trajectory, sample: Sample, store: ImageStore, sand
                                sandbox.namespace) for k in range(len(turns))]
     if cache is not None:
         cached = [cache.get(k) for k in keys]
-        if all(r is not None and all((store.root / p).exists() for p in r.images) for r in cached):
+        if all(r is not None and all(store_path(store.root, p).exists() for p in r.images) for r in cached):
             for turn, result in zip(turns, cached, strict=True):
                 turn.result = result
             return

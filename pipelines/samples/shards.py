@@ -105,14 +105,14 @@ def examples_markdown(trajectories: list[Trajectory], samples: dict[str, Sample]
                       passed: bool, n: int = 4) -> str:
     """A few trajectories that passed (or failed) the audit, with the input and the images the
     sandbox produced as thumbnails, and the failed checks' reasons, for the Dagster UI."""
-    from pipelines.core.images import thumbnail_data_url
+    from pipelines.core.images import store_path, thumbnail_data_url
 
     chosen = [t for t in trajectories if bool(t.passed) == passed][:n]
     lines = ["| input | sandbox images | task / kind | answer | checks |", "|---|---|---|---|---|"]
     for t in chosen:
         sample = samples[t.sample_id]
         inputs = [store_root / im.relpath for im in sample.images[:1]]
-        produced = [store_root / p for turn in t.code_turns if turn.result
+        produced = [store_path(store_root, p) for turn in t.code_turns if turn.result
                     for p in turn.result.images][:3]
         thumbs = [" ".join(f"![]({thumbnail_data_url(p, 72)})" for p in group if p.is_file())
                   for group in (inputs, produced)]

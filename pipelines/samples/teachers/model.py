@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.core.images import store_path
 from pipelines.core.llm import Completion, image_part
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import Trajectory
@@ -133,7 +134,7 @@ class ModelTeacher:
     # -- steps --------------------------------------------------------------------------------
 
     def _image(self, sample: Sample) -> dict | None:
-        return image_part(self.image_root / sample.images[0].relpath) if sample.images else None
+        return image_part(store_path(self.image_root, sample.images[0].relpath)) if sample.images else None
 
     def _decide(self, samples: list[Sample], quarantine: list[dict]) -> list[str | None]:
         """The operation per sample: from its task, or asked of the model."""
