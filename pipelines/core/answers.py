@@ -285,12 +285,14 @@ def answers_match(given: str, truth: str, options: dict[str, str] | None = None,
 
 
 _YES_NO = {"yes": "yes", "no": "no", "true": "yes", "false": "no"}
+_YES_NO_FIRST = re.compile(r"^\W*(yes|no|true|false)\s*[,.;:!]", re.IGNORECASE)
 
 
 def _compare(given: str, truth: str, tol: float) -> tuple[bool, str, bool]:
     """(equal, how judged, decisive) for an extracted answer against an open ground truth."""
     g, t = _plain(given), _plain(truth)
-    t_word = _YES_NO.get(_text_key(t))
+    said = _YES_NO_FIRST.match(t)     # "yes", or "Yes, the light is on." (not "No parking")
+    t_word = _YES_NO.get(_text_key(t)) or (_YES_NO[said.group(1).lower()] if said else None)
     if t_word:
         first = re.match(r"^\W*([A-Za-z]+)", g)
         g_word = _YES_NO.get(first.group(1).lower()) if first else None
@@ -365,7 +367,7 @@ def looks_like_math(text: str) -> bool:
     s = (text or "").strip()
     if not s or len(s) > MAX_MATH_CHARS:
         return False
-    words = re.sub(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}", r" \1 ", s)
+    words = re.sub(r"\\(?:text|textbf|textnormal|mathrm|mbox)\s*\{([^{}]*)\}", r" \1 ", s)
     words = re.sub(r"\\[A-Za-z]+", " ", words)        # LaTeX commands are math
     for word in re.findall(r"[A-Za-z]+", words):
         w = word.lower()
@@ -395,12 +397,13 @@ def math_equal(given: str, truth: str, tol: float = 1e-6) -> bool:
 
 def _plain(text: str) -> str:
     """LaTeX decorations that do not change a value: \\text{}, \\%, ^\\circ, \\$, thin spaces."""
-    s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}", r"\1", text)
+    s = re.sub(r"\\(?:text|textbf|textnormal|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}", r"\1",
+               text)
     s = re.sub(r"\^\s*\{?\\circ\}?|\\circ|\\degree", "\u00b0", s)
+    if s.count("$") - s.count("\\$") == 2:
+        s = re.sub(r"(?<!\\)\$", "", s)   # inline math "$125$ miles", not a currency sign
     s = s.replace("\\%", "%").replace("\\$", "$").replace("\\!", "").replace("\\,", "")
     s = s.replace("\\ ", " ").replace("~", " ")
-    if s.count("$") == 2 and s.strip().startswith("$") and s.strip().endswith("$"):
-        s = s.strip()[1:-1]            # inline math $...$, not a currency sign
     return s.strip()
 
 
