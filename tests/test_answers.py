@@ -69,7 +69,8 @@ def test_extract_choice_checks_option_text():
 @pytest.mark.parametrize("text, value, unit", [
     ("12", 12, None), ("12 cm", 12, "cm"), ("-3.5 km/h", -3.5, "km/h"), ("$1,234.50", 1234.5, None),
     ("45°", 45, "°"), ("50%", 50, "%"), ("twenty-five", 25, None), ("three kg", 3, "kg"),
-    ("3/4 cup", 0.75, "cup"), ("12 apples", 12, "apples"),
+    ("3/4 cup", 0.75, "cup"), ("12 apples", 12, "apples"), ("1 000", 1000, None),
+    ("12 345.5 m", 12345.5, "m"), ("0,111", None, None),       # "0," is no thousands separator
     ("5 or 6", None, None), ("one of them", None, None), ("STOP 34", None, None), ("", None, None),
 ])
 def test_quantities(text, value, unit):
@@ -106,6 +107,7 @@ def test_quantities(text, value, unit):
     ("<answer>twenty-five</answer>", "25", True, True),
     ("<answer>The total is $96.52.</answer>", "96.52", True, True),
     ("<answer>5 or 6</answer>", "5", False, False),
+    ("<answer>68 °F</answer>", "20 °C", False, False),          # never converted: the judge's
     ("<answer>about seventy</answer>", "70", False, False),
     # normalised strings, yes/no
     ("<answer>Stop 34.</answer>", "STOP 34", True, True),

@@ -305,6 +305,8 @@ def _compare(given: str, truth: str, tol: float) -> tuple[bool, str, bool]:
         if g_q is not None:            # both whole quantities: units are ours to judge
             if quantities_equal(g_q, t_q, tol):
                 return True, "numbers", True
+            if g_q.unit and t_q.unit and not (unit_dimension(g_q.unit) and unit_dimension(t_q.unit)):
+                return False, "numbers in units we do not convert", False   # 68 °F vs 20 °C
             rounded = None if g_q.unit or t_q.unit else _rounded_truth(g_q.value, g, t)
             return (True, rounded, True) if rounded else (False, "numbers", True)
         nums = numbers_in(g)
