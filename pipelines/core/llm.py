@@ -36,23 +36,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextvars
 import hashlib
-import inspect
 import json
-import math
 import os
-import random
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
-import httpx2
-import openai
-from openai.resources.chat.completions import AsyncCompletions
+from typing import TYPE_CHECKING
 
 from pipelines.core.atomic import write_json
+
+if TYPE_CHECKING:
+    from pipelines.core.llm_sdk import SDKClient
 
 _MIME = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG": "image/png", b"RIFF": "image/webp",
          b"GIF8": "image/gif"}
@@ -201,38 +197,6 @@ class ResponseCache:
 # The client
 # ---------------------------------------------------------------------------------------------
 
-# Sampling fields the SDK's `chat.completions.create` takes by name; others go in `extra_body`.
-_SDK_FIELDS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {
-    "self", "messages", "model", "stream", "timeout", "extra_headers", "extra_query", "extra_body"}
-# HTTP attempts of the request in flight in this task (the SDK retries inside one call).
-_attempts: contextvars.ContextVar[list[int]] = contextvars.ContextVar("llm_attempts")
-
-
-async def _count_attempt(request: httpx2.Request) -> None:
-    counter = _attempts.get(None)
-    if counter is not None:
-        counter[0] += 1
-
-
-class _OpenAI(openai.AsyncOpenAI):
-    """The SDK's async client with LLMConfig's wait between attempts (see the module docstring).
-    `_calculate_retry_timeout` is the SDK's hook for that wait; tests/test_llm_client.py checks
-    it is still called, so an SDK that renames it fails there, not silently."""
-
-    def __init__(self, *, backoff_base_s: float, backoff_max_s: float, **kwargs):
-        super().__init__(**kwargs)
-        self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
-
-    def _calculate_retry_timeout(self, remaining_retries, options, response_headers=None) -> float:
-        attempt = options.get_max_retries(self.max_retries) - remaining_retries
-        backoff = min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt)
-        delay = backoff * (0.5 + random.random() / 2)      # jitter: spread out a herd
-        retry_after = self._parse_retry_after_header(response_headers)
-        if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
-            delay = max(delay, min(retry_after, self.backoff_max_s))
-        return delay
-
-
 class LLMClient:
     """See the module docstring. One client may serve several event loops (one SDK client and
     semaphore per loop); `chat_many` runs its own loop."""
@@ -241,12 +205,8 @@ class LLMClient:
         self.config = config
         self.usage = Usage()
         self.cache = ResponseCache(config.cache_dir) if config.cache_dir else None
-        self._loops: dict[asyncio.AbstractEventLoop, tuple[_OpenAI, asyncio.Semaphore]] = {}
+        self._loops: dict[asyncio.AbstractEventLoop, tuple[SDKClient, asyncio.Semaphore]] = {}
         self._lock = threading.Lock()
-        key = os.environ.get(config.api_key_env) if config.api_key_env else None
-        self._api_key = key or "unused"
-        # no key: no Authorization header (the placeholder above only satisfies the SDK)
-        self._headers = {} if key else {"Authorization": openai.Omit()}
 
     # -- async API --------------------------------------------------------------------------
 
@@ -305,53 +265,48 @@ class LLMClient:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _session(self) -> tuple[_OpenAI, asyncio.Semaphore]:
+    def _session(self) -> tuple[SDKClient, asyncio.Semaphore]:
+        from pipelines.core.llm_sdk import sdk_client  # the SDK takes ~1 s to import: on use
+
         loop = asyncio.get_running_loop()
         with self._lock:
             session = self._loops.get(loop)
             if session is None:
                 cfg = self.config
-                timeout = httpx2.Timeout(cfg.timeout_s)
-                http = openai.DefaultAsyncHttpxClient(
-                    timeout=timeout, event_hooks={"request": [_count_attempt]},
-                    limits=httpx2.Limits(max_connections=cfg.max_concurrency,
-                                         max_keepalive_connections=cfg.max_concurrency))
-                client = _OpenAI(base_url=cfg.base_url, api_key=self._api_key, timeout=timeout,
-                                 max_retries=cfg.max_retries, http_client=http,
-                                 backoff_base_s=cfg.backoff_base_s,
-                                 backoff_max_s=cfg.backoff_max_s)
+                client = sdk_client(cfg, os.environ.get(cfg.api_key_env) if cfg.api_key_env else None)
                 session = self._loops[loop] = (client, asyncio.Semaphore(cfg.max_concurrency))
             return session
 
-    async def _create(self, client: _OpenAI, messages: list[dict], params: dict) -> Completion:
+    async def _create(self, client: SDKClient, messages: list[dict], params: dict) -> Completion:
+        import openai
+
+        from pipelines.core.llm_sdk import counting_attempts, split_params
+
         cfg = self.config
-        named = {k: v for k, v in params.items() if k in _SDK_FIELDS}
-        extra = {k: v for k, v in params.items() if k not in _SDK_FIELDS}
-        counter = [0]
-        token = _attempts.set(counter)
-        try:
-            response = await client.chat.completions.create(
-                model=cfg.model, messages=messages, **named, extra_body=extra or None,
-                extra_headers=self._headers)
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            last = f"HTTP {status}: {exc.response.text[:300]}"
-            if (status in (408, 409, 429) or status >= 500) and counter[0] > cfg.max_retries:
-                raise LLMError(f"{cfg.base_url}: gave up after {counter[0]} attempts; last: {last}",
-                               status) from None
-            raise LLMError(f"{cfg.base_url}: {last}", status) from None
-        except openai.APITimeoutError:
-            raise LLMError(f"{cfg.base_url}: gave up after {counter[0]} attempts; last: timed out "
-                           f"after {cfg.timeout_s:g} s") from None
-        except openai.APIConnectionError as exc:
-            cause = exc.__cause__ or exc
-            raise LLMError(f"{cfg.base_url}: gave up after {counter[0]} attempts; last: "
-                           f"{type(cause).__name__}: {cause}") from None
-        except openai.OpenAIError as exc:
-            raise LLMError(f"{cfg.base_url}: {type(exc).__name__}: {exc}") from None
-        finally:
-            _attempts.reset(token)
-            self.usage.add(requests=counter[0], retries=max(0, counter[0] - 1))
+        named, extra = split_params(params)
+        with counting_attempts() as attempts:
+            try:
+                response = await client.chat.completions.create(
+                    model=cfg.model, messages=messages, **named, extra_body=extra or None,
+                    extra_headers=client.request_headers)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                last = f"HTTP {status}: {exc.response.text[:300]}"
+                if (status in (408, 409, 429) or status >= 500) and attempts[0] > cfg.max_retries:
+                    raise LLMError(f"{cfg.base_url}: gave up after {attempts[0]} attempts; last: "
+                                   f"{last}", status) from None
+                raise LLMError(f"{cfg.base_url}: {last}", status) from None
+            except openai.APITimeoutError:
+                raise LLMError(f"{cfg.base_url}: gave up after {attempts[0]} attempts; last: timed "
+                               f"out after {cfg.timeout_s:g} s") from None
+            except openai.APIConnectionError as exc:
+                cause = exc.__cause__ or exc
+                raise LLMError(f"{cfg.base_url}: gave up after {attempts[0]} attempts; last: "
+                               f"{type(cause).__name__}: {cause}") from None
+            except openai.OpenAIError as exc:
+                raise LLMError(f"{cfg.base_url}: {type(exc).__name__}: {exc}") from None
+            finally:
+                self.usage.add(requests=attempts[0], retries=max(0, attempts[0] - 1))
         return _parse_completion(response)
 
 
