@@ -10,13 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FakeOpenAI:
     """A loopback OpenAI-compatible server. `script` holds what the next requests get, in
-    order ("ok", "429", "500", "400", "stall"); when empty, every request gets "ok". `reply`
-    turns a request body into the assistant's text."""
+    order ("ok", "429", "500", "400", "stall", "malformed"); when empty, every request gets
+    "ok". `reply` turns a request body into the assistant's text."""
 
     def __init__(self, reply=None, delay: float = 0.0, retry_after: str = "1", stall_s: float = 2.0):
         self.script: list[str] = []
         self.bodies: list[dict] = []
-        self.headers: list[dict] = []
+        self.headers: list = []              # each request's headers (an email.message.Message)
         self.reply = reply or (lambda body: "<think>ok</think> <answer>A</answer>")
         self.delay, self.retry_after, self.stall_s = delay, retry_after, stall_s
         self.inflight = self.max_inflight = 0
@@ -31,7 +31,7 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with fake.lock:
                     fake.bodies.append(body)
-                    fake.headers.append(dict(self.headers))
+                    fake.headers.append(self.headers)     # case-insensitive lookups
                     action = fake.script.pop(0) if fake.script else "ok"
                     fake.inflight += 1
                     fake.max_inflight = max(fake.max_inflight, fake.inflight)
@@ -66,6 +66,8 @@ class FakeOpenAI:
                                    for i in range(n)],
                        "usage": {"prompt_tokens": 11, "completion_tokens": 7 * n}}
             self._send(handler, 200, payload)
+        elif action == "malformed":         # 200, but not a chat completion
+            self._send(handler, 200, {"id": "fake", "object": "error", "detail": "overloaded"})
         elif action == "429":
             self._send(handler, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
         else:

@@ -11,7 +11,9 @@ import dataclasses
 import json
 import time
 from email.utils import formatdate
+from types import SimpleNamespace
 
+import httpx2
 import pytest
 from fake_openai import FakeOpenAI, guided_reply
 
@@ -20,7 +22,6 @@ from pipelines.core.llm import (
     LLMClient,
     LLMConfig,
     LLMError,
-    _retry_after,
     image_part,
     request_key,
     system_message,
@@ -102,10 +103,42 @@ def test_client_errors_are_not_retried(fake):
     assert [type(r).__name__ for r in results] == ["Completion", "LLMError", "Completion"]
 
 
-def test_retry_after_accepts_seconds_and_http_dates():
-    assert _retry_after("3") == 3.0
-    assert 8 <= _retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10
-    assert _retry_after("soon") is None and _retry_after(None) is None
+def test_a_malformed_response_is_an_error_not_a_crash(fake):
+    fake.script = ["malformed"]
+    client = _client(fake)
+    with pytest.raises(LLMError, match="malformed response"):
+        client.chat_sync(HELLO)
+    assert client.usage.failures == 1 and client.usage.requests == 1
+
+
+def test_retry_after_accepts_seconds_and_http_dates_and_the_backoff_is_ours(fake):
+    client = _client(fake, max_retries=3, backoff_base_s=0.5, backoff_max_s=30.0)
+
+    async def sdk_client():
+        return client._session()[0]
+
+    sdk = asyncio.run(sdk_client())
+    options = SimpleNamespace(get_max_retries=lambda default: default)   # as the SDK passes it
+
+    def wait(headers: dict, remaining: int = 3) -> float:
+        return sdk._calculate_retry_timeout(remaining, options, httpx2.Headers(headers))
+
+    assert 3.0 <= wait({"retry-after": "3"}) <= 3.0 + 0.5
+    assert 8 <= wait({"retry-after": formatdate(time.time() + 10, usegmt=True)}) <= 10.5
+    assert wait({"retry-after": "600"}) <= 30.0                 # capped at backoff_max_s
+    assert 0.25 <= wait({"retry-after": "soon"}) <= 0.5         # unreadable: our backoff
+    assert 0.25 <= wait({}, remaining=3) <= 0.5                 # first retry: ~backoff_base_s
+    assert 1.0 <= wait({}, remaining=1) <= 2.0                  # third retry: doubled twice
+
+
+def test_our_backoff_replaces_the_sdks(fake):
+    """The SDK's own wait (0.5 s doubling to 8 s) would take >= 2.6 s for three 500s; ours, at
+    backoff_base_s=0.01, a few hundredths. Catches an SDK that stops calling our hook."""
+    fake.script = ["500", "500", "500"]
+    client = _client(fake, backoff_base_s=0.01)
+    t0 = time.perf_counter()
+    client.chat_sync(HELLO)
+    assert time.perf_counter() - t0 < 2.0 and client.usage.retries == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,17 +4,26 @@ truth. The one module the audit, the RL rewards and the evaluation share.
     extract(response) -> Extracted          the answer text and where it came from
     extract_choice(text, options) -> "B"    an option letter written in any common style
     score_answer(response, truth, options)  -> Verdict(correct, decisive, how, given, source)
-    answers_match(given, truth, options)    -> (ok, how)   the audit's entry point (an answer
-                                            already extracted by `final_answer`)
+    match_answer(given, truth, options)     -> Verdict   the same cascade on an answer already
+                                            extracted (the audit's `final_answer`)
+    answers_match(given, truth, options)    -> (ok, how)  the audit's entry point
 
-The matching cascade, cheapest and surest first: option letters (and an option's text), yes/no,
-numbers (currency, thousands separators, fractions, percentages, number words, units with
-conversion between the common ones), normalised text (case, punctuation, a leading article),
-then symbolic math (LaTeX fractions/roots, equations `x = 5`, tuples and sets) with sympy, in
-the spirit of math-verify (not a dependency). A `Verdict` is `decisive` when a rule knew the
-answer was right or wrong (both sides read as letters, numbers or math); an open text answer
-that differs from the truth is not decisive: a paraphrase may still be right, so that is where
-an optional LLM judge comes in (thyme_train.rewards).
+The cascade (docs/answers.md has the whole story and the parity table against math-verify):
+  1. option letters and an option's text, when the truth names an option;
+  2. the same text (case, spacing, punctuation and a leading article aside), for prose answers;
+  3. yes/no;
+  4. numbers with units (pipelines.core.quantities: currency, thousands separators, fractions,
+     percentages, number words, conversion between common units), decisive when both sides are
+     whole quantities;
+  5. math-verify (pipelines.core.mathverify: LaTeX, expressions, sets, intervals, equations),
+     for answers that read as math on both sides, in worker processes bounded in time;
+  6. an exact answer against a truth written as a decimal rounded to 2 or more places
+     ("\\frac{2}{3}" vs "0.67"), which math-verify rejects.
+A rule that says yes decides. A rule that says no decides only where no later rule could say
+yes (a number found inside "\\pi/2" does not stop math-verify from reading it). A `Verdict` is
+`decisive` when a rule knew the answer was right or wrong; a differently worded open answer, or
+math that could not be read or timed out, is not: that is where an optional LLM judge comes in
+(thyme_train.rewards, thyme_train.evaluate).
 """
 
 from __future__ import annotations
@@ -23,179 +32,22 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
+from pipelines.core.mathverify import float_rounding, math_check
+from pipelines.core.quantities import (  # noqa: F401  re-exported: the audit reads numbers here
+    Quantity,
+    as_number,
+    as_quantity,
+    close,
+    decimals,
+    format_number,
+    numbers_in,
+    quantities_equal,
+    round_to,
+    unit_dimension,
+)
 from sandbox.protocol import extract_answer
-
-# ---------------------------------------------------------------------------------------------
-# Numbers
-# ---------------------------------------------------------------------------------------------
-
-_NUMBER = re.compile(
-    r"(?<![\w.])(?P<sign>[-+\u2212]?)(?:"
-    r"(?P<num>\d+(?:\.\d+)?)\s*/\s*(?P<den>\d+(?:\.\d+)?)"
-    r"|(?P<dec>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+)"
-    r")(?![\w])")
-_WHOLE_NUMBER = re.compile(
-    r"^\s*(?P<sign>[-+\u2212]?)\s*[$\u20ac\u00a3\u00a5]?\s*(?P<sign2>[-+\u2212]?)(?:"
-    r"(?P<num>\d+(?:\.\d+)?)\s*/\s*(?P<den>\d+(?:\.\d+)?)"
-    r"|(?P<dec>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+)"
-    r")\s*%?\s*\.?\s*$")
-
-
-def _to_fraction(m: re.Match) -> Fraction | None:
-    signs = (m.group("sign") or "") + (m.groupdict().get("sign2") or "")
-    negative = signs.count("-") + signs.count("\u2212") == 1
-    try:
-        if m.group("dec") is not None:
-            value = Fraction(m.group("dec").replace(",", ""))
-        else:
-            den = Fraction(m.group("den"))
-            if den == 0:
-                return None
-            value = Fraction(m.group("num")) / den
-    except (ValueError, ZeroDivisionError):
-        return None
-    return -value if negative else value
-
-
-def as_number(text: str) -> Fraction | None:
-    """`text` as one number ("74.6", "$1,234.50", "3/4", "-5", "12%"), else None."""
-    m = _WHOLE_NUMBER.match(text or "")
-    return _to_fraction(m) if m else None
-
-
-def numbers_in(text: str) -> list[Fraction]:
-    """Every number written in `text`, in order."""
-    return [v for m in _NUMBER.finditer(text or "") if (v := _to_fraction(m)) is not None]
-
-
-def decimals(text: str) -> int:
-    """Decimal places of the number `text` ends with ("0.67" -> 2)."""
-    m = re.search(r"\d\.(\d+)\s*%?\s*\.?\s*$", (text or "").strip())
-    return len(m.group(1)) if m else 0
-
-
-def close(a: Fraction, b: Fraction, tol: float) -> bool:
-    """|a - b| within `tol` relative to b (absolute when |b| < 1)."""
-    return abs(a - b) <= Fraction(tol) * max(Fraction(1), abs(b))
-
-
-def round_to(value: Fraction, places: int) -> Fraction:
-    """`value` rounded half-up to `places` decimals."""
-    q = Decimal(1).scaleb(-places)
-    d = (Decimal(value.numerator) / Decimal(value.denominator)).quantize(q, rounding=ROUND_HALF_UP)
-    return Fraction(d)
-
-
-def format_number(v: Fraction) -> str:
-    if v.denominator == 1:
-        return str(v.numerator)
-    as_float = float(v)
-    if Fraction(repr(as_float)) == v:
-        return repr(as_float)
-    return f"{v} (~{as_float:.6g})"
-
-
-# Units the number comparison converts between: name -> (dimension, factor to the base unit).
-# Unknown unit words ("12 apples") are ignored; different dimensions never match.
-_UNITS: dict[str, tuple[str, Fraction]] = {}
-for _dim, _table in {
-    "length": {"mm": "0.001", "millimeter": "0.001", "cm": "0.01", "centimeter": "0.01",
-               "m": "1", "meter": "1", "metre": "1", "km": "1000", "kilometer": "1000",
-               "in": "0.0254", "inch": "0.0254", "inche": "0.0254", "ft": "0.3048",
-               "foot": "0.3048", "feet": "0.3048", "yd": "0.9144", "yard": "0.9144",
-               "mi": "1609.344", "mile": "1609.344"},
-    "mass": {"mg": "0.001", "milligram": "0.001", "g": "1", "gram": "1", "kg": "1000",
-             "kilogram": "1000", "lb": "453.59237", "pound": "453.59237", "oz": "28.349523125",
-             "ounce": "28.349523125"},
-    "time": {"ms": "0.001", "millisecond": "0.001", "s": "1", "sec": "1", "second": "1",
-             "min": "60", "minute": "60", "h": "3600", "hr": "3600", "hour": "3600",
-             "day": "86400"},
-    "volume": {"ml": "0.001", "milliliter": "0.001", "l": "1", "liter": "1", "litre": "1"},
-    "angle": {"°": "1", "deg": "1", "degree": "1"},
-    "percent": {"%": "1", "percent": "1", "per cent": "1"},
-}.items():
-    for _name, _factor in _table.items():
-        _UNITS[_name] = (_dim, Fraction(_factor))
-
-_UNIT_TOKEN = r"[A-Za-z\u00b5\u00b0\u00b2\u00b3]+(?:\^[23])?"
-_QUANTITY = re.compile(
-    r"^\s*(?P<sign>[-+\u2212]?)\s*[$\u20ac\u00a3\u00a5]?\s*(?P<sign2>[-+\u2212]?)(?:"
-    r"(?P<num>\d+(?:\.\d+)?)\s*/\s*(?P<den>\d+(?:\.\d+)?)"
-    r"|(?P<dec>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+)"
-    rf")\s*(?P<unit>%|\u00b0\s*[CFcf]?|{_UNIT_TOKEN}(?:(?:\s*/\s*|\s+|\s*[*\u00b7]\s*){_UNIT_TOKEN}){{0,2}})?"
-    r"\s*\.?\s*$")
-
-_SMALL_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-                  "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
-                  "seventeen", "eighteen", "nineteen"]
-_TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-_NUMBER_WORDS = re.compile(
-    rf"^\s*(?:(?P<tens>{'|'.join(_TENS)})(?:[\s-]+(?P<unit>{'|'.join(_SMALL_NUMBERS[1:10])}))?"
-    rf"|(?P<small>{'|'.join(_SMALL_NUMBERS)}))\b", re.IGNORECASE)
-
-
-def _words_to_digits(text: str) -> str:
-    """A leading English number word written as digits ("twenty-five cm" -> "25 cm")."""
-    m = _NUMBER_WORDS.match(text)
-    if not m:
-        return text
-    if m.group("small"):
-        value = _SMALL_NUMBERS.index(m.group("small").lower())
-    else:
-        value = 10 * (2 + _TENS.index(m.group("tens").lower()))
-        value += _SMALL_NUMBERS.index(m.group("unit").lower()) if m.group("unit") else 0
-    return f"{value}{text[m.end():]}"
-
-
-def _unit(name: str | None) -> tuple[str, Fraction] | None:
-    if not name:
-        return None
-    key = " ".join(name.split()).replace("\u00ba", "\u00b0")
-    if key.startswith("\u00b0") and len(key) > 1:
-        return None                    # a temperature (°C, °F): never converted, never an angle
-    for candidate in (key, key.lower(), key.lower()[:-1] if key.lower().endswith("s") else None):
-        if candidate and candidate in _UNITS:
-            return _UNITS[candidate]
-    return None
-
-
-@dataclass(frozen=True)
-class Quantity:
-    value: Fraction
-    unit: str | None = None            # as written ("cm", "%", "km/h"), None for a bare number
-
-
-def as_quantity(text: str) -> Quantity | None:
-    """`text` as one number with an optional unit ("12 cm", "45°", "$5", "50%", "twenty"),
-    else None."""
-    digits = _words_to_digits(text or "")
-    m = _QUANTITY.match(digits)
-    if not m:
-        return None
-    value, unit = _to_fraction(m), (m.group("unit") or "").strip() or None
-    if digits != (text or "") and unit and _unit(unit) is None:
-        return None                    # "one of them" is not a quantity; "three apples" neither
-    return None if value is None else Quantity(value, unit)
-
-
-def quantities_equal(given: Quantity, truth: Quantity, tol: float) -> bool:
-    """Equal numbers, in the same unit after conversion; a percentage equals its fraction
-    ("50%" and "0.5"); a unit one side omits is not held against it."""
-    gu, tu = _unit(given.unit), _unit(truth.unit)
-    if gu and tu:
-        if gu[0] != tu[0]:
-            return False
-        return close(given.value * gu[1], truth.value * tu[1], tol)
-    g_pct = gu is not None and gu[0] == "percent"
-    t_pct = tu is not None and tu[0] == "percent"
-    if g_pct != t_pct:
-        scaled = given.value / 100 if g_pct else given.value * 100
-        return close(given.value, truth.value, tol) or close(scaled, truth.value, tol)
-    return close(given.value, truth.value, tol)
-
 
 # ---------------------------------------------------------------------------------------------
 # Extraction
@@ -391,96 +243,169 @@ def score_answer(response: str, truth: str, options: Mapping[str, str] | list[st
     {letter: text} or option lines ("A. text"); a truth that is an option letter (or a single
     capital letter when no options are given) makes it a multiple-choice question."""
     ex = extract(response)
-    if not ex.text:
-        return Verdict(False, True, "no answer in the response", "", ex.source)
+    return match_answer(ex.text, truth, options, tol, ex.source)
+
+
+def match_answer(given: str, truth: str, options: Mapping[str, str] | list[str] | None = None,
+                 tol: float = 1e-6, source: str = "answer") -> Verdict:
+    """The cascade on an answer already extracted (`given`); `source` is recorded as is."""
+    if not (given or "").strip():
+        return Verdict(False, True, "no answer in the response", "", source)
     table = dict(options) if isinstance(options, Mapping) else parse_options(options)
     t = (truth or "").strip()
     want = _truth_letter(t, table)
     if want is not None:
-        letter = extract_choice(ex.text, table or "ABCDEFGH" + want)
+        letter = extract_choice(given, table or "ABCDEFGH" + want)
         if letter is not None:
-            return Verdict(letter == want, True, f"option letter {letter}", ex.text, ex.source)
-        hits = [k for k, text in table.items() if text and _compare(ex.text, text, tol)[0]]
+            return Verdict(letter == want, True, f"option letter {letter}", given, source)
+        hits = [k for k, text in table.items() if text and _compare(given, text, tol)[0]]
         if hits:
             ok = hits == [want]
             return Verdict(ok, True, "the correct option's text" if ok else
-                           f"the text of option {hits[0]}", ex.text, ex.source)
-        return Verdict(False, False, "neither an option letter nor an option's text", ex.text,
-                       ex.source)
+                           f"the text of option {hits[0]}", given, source)
+        return Verdict(False, False, "neither an option letter nor an option's text", given,
+                       source)
     if table:                          # truth given as text, answer as a letter
-        letter = choice(ex.text, table)
+        letter = choice(given, table)
         if letter is not None and table[letter]:
             ok, how, decisive = _compare(table[letter], t, tol)
             if not ok and any(_compare(text, t, tol)[0] for text in table.values() if text):
                 decisive = True            # another option is the truth
-            return Verdict(ok, decisive, f"option {letter}: {how}", ex.text, ex.source)
-    ok, how, decisive = _compare(ex.text, t, tol)
-    return Verdict(ok, decisive, how, ex.text, ex.source)
+            return Verdict(ok, decisive, f"option {letter}: {how}", given, source)
+    ok, how, decisive = _compare(given, t, tol)
+    return Verdict(ok, decisive, how, given, source)
 
 
 def answers_match(given: str, truth: str, options: dict[str, str] | None = None,
                   tol: float = 1e-6) -> tuple[bool, str]:
     """Does the (already extracted) answer `given` equal the ground truth `truth`? Returns
-    (verdict, how judged)."""
-    options = options or {}
-    t = truth.strip()
-    if options and len(t) <= 3 and choice(t, options) is not None and as_number(t) is None:
-        want = choice(t, options)
-        letter = choice(given, options)
-        if letter is not None:
-            return letter == want, f"option letter {letter}"
-        hits = [k for k, text in options.items() if _compare(given, text, tol)[0]]
-        if hits == [want]:
-            return True, "the correct option's text"
-        if hits:
-            return False, f"the text of option {hits[0]}"
-        return False, "neither an option letter nor an option's text"
-    ok, how, _ = _compare(given, t, tol)
-    return ok, how
+    (verdict, how judged): `match_answer` without the decisiveness."""
+    v = match_answer(given, truth, options or None, tol)
+    return v.correct, v.how
 
 
 _YES_NO = {"yes": "yes", "no": "no", "true": "yes", "false": "no"}
+_YES_NO_FIRST = re.compile(r"^\W*(yes|no|true|false)\s*[,.;:!]", re.IGNORECASE)
 
 
 def _compare(given: str, truth: str, tol: float) -> tuple[bool, str, bool]:
     """(equal, how judged, decisive) for an extracted answer against an open ground truth."""
-    given, truth = _plain(given), _plain(truth)
-    t_word = _YES_NO.get(_text_key(truth))
+    g, t = _plain(given), _plain(truth)
+    said = _YES_NO_FIRST.match(t)     # "yes", or "Yes, the light is on." (not "No parking")
+    t_word = _YES_NO.get(_text_key(t)) or (_YES_NO[said.group(1).lower()] if said else None)
     if t_word:
-        first = re.match(r"^\W*([A-Za-z]+)", given)
+        first = re.match(r"^\W*([A-Za-z]+)", g)
         g_word = _YES_NO.get(first.group(1).lower()) if first else None
         if g_word:
             return g_word == t_word, "yes/no", True
-    t_q = as_quantity(truth)
+    rejected: tuple[str, bool] | None = None     # a "no" that a later rule may overturn
+    t_q = as_quantity(t)
     if t_q is not None:
-        g_q = as_quantity(given) or as_quantity(_PREFIX.sub("", given, count=1))
-        if g_q is None:
-            nums = numbers_in(given)
-            g_q = Quantity(nums[0]) if len(nums) == 1 else None
-        if g_q is not None:
-            return quantities_equal(g_q, t_q, tol), "numbers", True
-    math = None
-    if _collection(given) or _collection(truth):   # "(1, 2)" is not the text "12"
-        math = _math_compare(given, truth, tol)
-    if math is None and _same_text(given, truth):
+        g_q = as_quantity(g) or as_quantity(_PREFIX.sub("", g, count=1))
+        if g_q is not None:            # both whole quantities: units are ours to judge
+            if quantities_equal(g_q, t_q, tol):
+                return True, "numbers", True
+            if g_q.unit and t_q.unit and not (unit_dimension(g_q.unit) and unit_dimension(t_q.unit)):
+                return False, "numbers in units we do not convert", False   # 68 °F vs 20 °C
+            rounded = None if g_q.unit or t_q.unit else _rounded_truth(g_q.value, g, t)
+            return (True, rounded, True) if rounded else (False, "numbers", True)
+        nums = numbers_in(g)
+        if len(nums) == 1 and quantities_equal(Quantity(nums[0]), t_q, tol):
+            return True, "numbers", True
+        rejected = ("numbers", True) if len(nums) == 1 else ("not a single number", False)
+    if " ".join(g.split()).casefold() == " ".join(t.split()).casefold():
         return True, "normalised text", True
-    if math is None:
-        math = _math_compare(given, truth, tol)
-    if math is not None:
-        return math, "symbolic math", True
-    if t_q is not None:
-        return False, "not a single number", False
+    mathy = looks_like_math(given) and looks_like_math(truth)
+    if not mathy and _same_text(g, t):
+        return True, "normalised text", True
+    if mathy:
+        if _too_large(given) or _too_large(truth):
+            return False, "math too large to evaluate safely", False
+        m = math_check(given, truth, float_rounding(tol))
+        if m.correct:
+            return True, "symbolic math", True
+        rounded = _rounded_truth(m.given_value, g, t)
+        if rounded:
+            return True, rounded, True
+        if m.decided:
+            return False, "symbolic math", True
+        if rejected is None or not rejected[1]:
+            rejected = (f"math-verify undecided: {m.note or 'unreadable math'}", False)
+    if rejected is not None:
+        return False, rejected[0], rejected[1]
     return False, "numbers, normalised text and math differ", False
+
+
+def _rounded_truth(value: Fraction | None, given: str, truth: str) -> str | None:
+    """How an exact answer ("2/3", "\\frac{2}{3}", "\\pi") matches a ground truth written as a
+    decimal rounded to k >= 2 places ("0.67", "3.14"); None when it does not. A given decimal
+    must match within the tolerance instead: "0.674" is not "0.67"."""
+    if value is None or re.search(r"\d\.\d", given) or "%" in truth:
+        return None
+    places, rounded = decimals(truth), as_number(truth)
+    if places < 2 or rounded is None or round_to(value, places) != rounded:
+        return None
+    return f"numbers (the truth rounded to {places} decimals)"
+
+
+# Words that may stand in math: function names, LaTeX names written plainly.
+_MATH_WORDS = frozenset({
+    "sqrt", "pi", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh",
+    "cosh", "tanh", "log", "ln", "exp", "lim", "max", "min", "gcd", "lcm", "mod", "det", "inf",
+    "infty"})
+# Two-letter English words: "5 or 6" is prose, "2xy" is math.
+_PROSE_PAIRS = frozenset({
+    "or", "and", "is", "of", "to", "in", "it", "be", "by", "no", "so", "as", "at", "an", "if",
+    "on", "we", "he", "me", "my", "up", "do", "go", "am", "us", "ok"})
+_MATH_SIGNAL = re.compile(r"\d|\\[A-Za-z]|[=+\-*/^<>!_|()\[\]{}]")
+MAX_MATH_CHARS = 300                   # longer answers are prose or a derivation: the judge's
+
+
+def looks_like_math(text: str) -> bool:
+    """Is `text` an answer math-verify should read: a number, a formula, LaTeX, a set or an
+    interval, with no prose word, unit name or code in it ("5 or 6", "12 cm", "red", "GN-4885"
+    are not)? Those go to the text rules and the judge: math-verify reads "no" as n*o, and "on"
+    as the same product."""
+    s = (text or "").strip()
+    if not s or len(s) > MAX_MATH_CHARS:
+        return False
+    words = re.sub(r"\\(?:text|textbf|textnormal|mathrm|mbox)\s*\{([^{}]*)\}", r" \1 ", s)
+    words = re.sub(r"\\[A-Za-z]+", " ", words)        # LaTeX commands are math
+    for word in re.findall(r"[A-Za-z]+", words):
+        w = word.lower()
+        if len(w) == 1 or w in _MATH_WORDS:
+            continue
+        if (len(w) >= 3 or w in _PROSE_PAIRS or unit_dimension(w) is not None
+                or word != w):         # "GN-4885", "AB12": a code or a name, not a product
+            return False
+    return bool(_MATH_SIGNAL.search(s))
+
+
+# Numbers no answer needs and no check should build: 9^9^9, 2^{12345}, 123456!
+_TOO_LARGE = re.compile(r"\^\s*\{?\s*\d+\s*\^|\^\s*\{?\s*\(?\s*\d{5,}|\d{5,}\s*!")
+
+
+def _too_large(text: str) -> bool:
+    return bool(_TOO_LARGE.search(text.replace("**", "^")))
+
+
+def math_equal(given: str, truth: str, tol: float = 1e-6) -> bool:
+    """Do two math answers (plain or LaTeX) denote the same value or expression, per math-verify?
+    False for anything that does not read as math."""
+    if not (looks_like_math(given) and looks_like_math(truth)) or _too_large(given + " " + truth):
+        return False
+    return math_check(given, truth, float_rounding(tol)).correct
 
 
 def _plain(text: str) -> str:
     """LaTeX decorations that do not change a value: \\text{}, \\%, ^\\circ, \\$, thin spaces."""
-    s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}", r"\1", text)
+    s = re.sub(r"\\(?:text|textbf|textnormal|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}", r"\1",
+               text)
     s = re.sub(r"\^\s*\{?\\circ\}?|\\circ|\\degree", "\u00b0", s)
+    if s.count("$") - s.count("\\$") == 2:
+        s = re.sub(r"(?<!\\)\$", "", s)   # inline math "$125$ miles", not a currency sign
     s = s.replace("\\%", "%").replace("\\$", "$").replace("\\!", "").replace("\\,", "")
     s = s.replace("\\ ", " ").replace("~", " ")
-    if s.count("$") == 2 and s.strip().startswith("$") and s.strip().endswith("$"):
-        s = s.strip()[1:-1]            # inline math $...$, not a currency sign
     return s.strip()
 
 
@@ -536,134 +461,3 @@ def agrees_with_printed(stated: Fraction, stated_text: str, printed: Fraction, t
     the answer's decimal places: "0.67" agrees with 0.6666…)?"""
     places = decimals(stated_text)
     return close(stated, printed, tol) or (places > 0 and round_to(printed, places) == stated)
-
-
-# ---------------------------------------------------------------------------------------------
-# Symbolic math
-# ---------------------------------------------------------------------------------------------
-
-_MATH_NAMES = {"sqrt", "pi", "exp", "log", "ln", "sin", "cos", "tan", "E", "I"}
-_MATH_CHARS = re.compile(r"^[\w\s+\-*/^().]*$")
-_SIMPLE_LHS = re.compile(r"^\s*[A-Za-z]\w{0,2}\s*=\s*(?P<rhs>[^=]+)$")
-
-
-def _latex_to_text(s: str) -> str:
-    s = s.strip().strip("$").replace("\\left", "").replace("\\right", "").replace("\\,", "")
-    s = s.replace("\\cdot", "*").replace("\\times", "*").replace("\\pi", "pi").replace("\\div", "/")
-    s = re.sub(r"\\[dt]?frac\s*(\d)\s*(\d)", r"((\1)/(\2))", s)     # \frac12
-    s = re.sub(r"\\sqrt\s*(\d+)", r"sqrt(\1)", s)                    # \sqrt2
-    for _ in range(5):
-        s2 = re.sub(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"((\1)/(\2))", s)
-        s2 = re.sub(r"\\sqrt\s*\{([^{}]*)\}", r"sqrt(\1)", s2)
-        if s2 == s:
-            break
-        s = s2
-    return s.replace("{", "(").replace("}", ")")
-
-
-def _sympy_expr(text: str):
-    """A sympy expression for short, plain math text; None for anything else (never evaluates
-    names outside a small whitelist, never builds huge powers)."""
-    s = _latex_to_text(text)
-    if not s or len(s) > 100 or not _MATH_CHARS.match(s) or "__" in s or "\\" in s:
-        return None
-    if any(len(n) > 1 and n not in _MATH_NAMES for n in re.findall(r"[A-Za-z_]\w*", s)):
-        return None
-    if not re.search(r"[\d+\-*/^()]|sqrt|pi", s):
-        return None
-    powers = re.findall(r"(?:\^|\*\*)\s*\(?\s*-?(\d*)", s)
-    if len(powers) > 2 or any(len(p) > 3 for p in powers):
-        return None
-    from sympy.parsing.sympy_parser import (
-        convert_xor,
-        implicit_multiplication_application,
-        parse_expr,
-        standard_transformations,
-    )
-
-    try:
-        import sympy
-
-        return parse_expr(s, local_dict={"ln": sympy.log, "e": sympy.E},
-                          transformations=standard_transformations
-                          + (implicit_multiplication_application, convert_xor))
-    except Exception:  # noqa: BLE001  sympy raises many kinds on odd input
-        return None
-
-
-def _exprs_equal(a, b, tol: float) -> bool:
-    import sympy
-
-    try:
-        diff = a - b
-        if not diff.free_symbols:
-            value, scale = complex(sympy.N(diff)), abs(complex(sympy.N(b)))
-            return abs(value) <= tol * max(1.0, scale)
-        return sympy.simplify(diff) == 0
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _split_top(s: str) -> list[str]:
-    """`s` split at commas outside brackets."""
-    parts, depth, cur = [], 0, []
-    for ch in s:
-        depth += (ch in "([{") - (ch in ")]}")
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return [p.strip() for p in parts]
-
-
-def _collection(s: str) -> tuple[str, list[str]] | None:
-    """("set" | "tuple" | "[)"-style interval brackets, elements) for "\\{1, 2\\}", "(1, 2)",
-    "[0, 1)", "1, 2"; None for a single value."""
-    s = s.strip().strip("$").replace("\\left", "").replace("\\right", "").strip()
-    kind = "tuple"
-    if s.startswith("\\{") and s.endswith("\\}"):
-        kind, s = "set", s[2:-2]
-    elif len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _split_top(s[1:-1]) != [s[1:-1].strip()]:
-        kind, s = s[0] + s[-1], s[1:-1]
-    parts = _split_top(s)
-    return (kind, parts) if len(parts) > 1 and all(parts) else None
-
-
-def _math_compare(given: str, truth: str, tol: float) -> bool | None:
-    """Mathematical equality; None when either side is not math the parser accepts."""
-    g, t = _collection(given), _collection(truth)
-    if g is not None or t is not None:
-        if g is None or t is None or len(g[1]) != len(t[1]):
-            return False               # a single value is not a tuple; sizes differ
-        if g[0] == "set" or t[0] == "set":
-            rest = list(t[1])
-            for item in g[1]:
-                hit = next((x for x in rest if _math_compare(item, x, tol)), None)
-                if hit is None:
-                    return False
-                rest.remove(hit)
-            return True
-        if g[0] != t[0] and ("tuple" not in (g[0], t[0])):
-            return False               # [0, 1) vs (0, 1]: different intervals
-        results = [_math_compare(a, b, tol) for a, b in zip(g[1], t[1], strict=True)]
-        return None if None in results else all(results)
-    if (m := _SIMPLE_LHS.match(given)) and "=" not in truth:
-        given = m.group("rhs")         # "x = 5" answers "5"
-    if (m := _SIMPLE_LHS.match(truth)) and "=" not in given:
-        truth = m.group("rhs")
-    if "=" in given and "=" in truth:
-        gl, _, gr = given.partition("=")
-        tl, _, tr = truth.partition("=")
-        left, right = _math_compare(gl, tl, tol), _math_compare(gr, tr, tol)
-        return None if None in (left, right) else left and right
-    a, b = _sympy_expr(given), _sympy_expr(truth)
-    if a is None or b is None:
-        return None
-    return _exprs_equal(a, b, tol)
-
-
-def math_equal(given: str, truth: str, tol: float = 1e-6) -> bool:
-    """Do two math answers (plain or LaTeX) denote the same value or expression?"""
-    return bool(_math_compare(given, truth, tol))

@@ -7,6 +7,9 @@ palette/CMYK/16-bit to RGB. Every image is checked whole before it is stored: JP
 the end-of-image marker (else they are entropy-decoded at 1/8 scale, which catches truncation),
 PNGs kept as they are have every chunk's CRC and the end marker verified, anything converted is
 decoded in full.
+
+`perceptual_hash` / `hash_distance`: imagehash's DCT hash, for finding the same picture again
+(re-encoded, resized) when decontaminating against benchmark images.
 """
 
 from __future__ import annotations
@@ -183,3 +186,29 @@ def thumbnail_data_url(path: Path, size: int = 96) -> str:
         buf = io.BytesIO()
         img.convert("RGB").save(buf, format="JPEG", quality=70)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def perceptual_hash(path: str | os.PathLike, hash_size: int = 8) -> str:
+    """The DCT perceptual hash of an image file (imagehash's `phash`, `hash_size`² bits) as hex:
+    the same picture re-encoded, resized or slightly recoloured hashes a few bits apart, different
+    pictures about half the bits apart (compare with `hash_distance`). For decontamination
+    against benchmark images. Transparency is flattened on white first, as the store does; a
+    large JPEG is decoded at reduced scale (the hash looks at 32x32 pixels). A file that is not a
+    readable image raises ImageRejected naming it."""
+    import imagehash
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (hash_size * 8, hash_size * 8))
+            return str(imagehash.phash(_to_rgb(img), hash_size=hash_size))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, not an image
+        raise ImageRejected("undecodable_image", f"{path}: {type(exc).__name__}: {exc}") from None
+
+
+def hash_distance(a: str, b: str) -> int:
+    """How many bits two perceptual hashes (hex, same size) differ in."""
+    import imagehash
+
+    return int(imagehash.hex_to_hash(a) - imagehash.hex_to_hash(b))

@@ -1,5 +1,6 @@
 """An OpenAI-compatible chat client for teachers and judges: any vLLM or SGLang server, or a
-commercial API (`POST {base_url}/chat/completions`).
+commercial API (`POST {base_url}/chat/completions`), over the official `openai` SDK's async
+client.
 
     client = LLMClient(LLMConfig(base_url="http://127.0.0.1:8000/v1", model="Qwen2.5-VL-7B",
                                  api_key_env="OPENAI_API_KEY", cache_dir="data/cache/llm"))
@@ -10,38 +11,45 @@ commercial API (`POST {base_url}/chat/completions`).
     completion.text, completion.prompt_tokens, client.usage.as_dict()
 
 - At most `max_concurrency` requests are in flight (an asyncio semaphore per event loop).
-- 429, 5xx, timeouts and connection errors are retried up to `max_retries` times with
-  exponential backoff and jitter; a `Retry-After` header (seconds or an HTTP date) is honoured,
-  capped at `backoff_max_s`. Other 4xx errors fail at once. A request that still fails raises
-  `LLMError` (`chat`) or comes back as one (`chat_many`).
-- Every request has a total timeout (`timeout_s`, covering a server that stalls mid-response).
+- The SDK retries 408, 409, 429, 5xx, timeouts and connection errors up to `max_retries` times
+  and honours `Retry-After` (seconds, milliseconds or an HTTP date; a wait over 120 s is not
+  retried); the wait between attempts is ours: `backoff_base_s` doubling per retry, capped at
+  `backoff_max_s`, with jitter, and at least the server's `Retry-After` (capped likewise), where
+  the SDK's own is fixed at 0.5 s doubling to 8 s. Other 4xx errors fail at once. A request that
+  still fails raises `LLMError` (`chat`) or comes back as one (`chat_many`).
+- Every connect, send and read has a timeout (`timeout_s`): a server that stalls, before or in
+  the middle of its response, is given up on and the request retried.
 - Responses are cached on disk (one JSON file per key, written atomically), keyed by the model,
   the messages (images by the SHA-256 of their data URL) and every sampling parameter; a cached
   answer costs no request. Sampling at T > 0 is cached too: a re-run reproduces the same data.
 - `usage` counts requests sent, retries, cache hits, failures and prompt/completion tokens.
 - Images travel as base64 data URLs (`image_part`), which every OpenAI-compatible server takes.
+- Sampling fields the OpenAI API does not define (vLLM's `top_k`, `repetition_penalty`,
+  `vllm_xargs`) travel in the request body as given (the SDK's `extra_body`).
 
-The API key is never configuration: `api_key_env` names the environment variable that holds it.
+The API key is never configuration: `api_key_env` names the environment variable that holds it;
+an unset variable sends no Authorization header at all (the SDK would otherwise fall back to
+`OPENAI_API_KEY`, sending that key to whatever server `base_url` names).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import hashlib
 import json
 import os
-import random
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx2 as httpx
+from pipelines.core.atomic import write_json
 
-RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+if TYPE_CHECKING:
+    from pipelines.core.llm_sdk import SDKClient
+
 _MIME = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG": "image/png", b"RIFF": "image/webp",
          b"GIF8": "image/gif"}
 
@@ -56,8 +64,8 @@ class LLMConfig:
                                       # header (local vLLM/SGLang servers need none)
     max_concurrency: int = 8          # requests in flight at once (a server's batch, an API's
                                       # rate limit)
-    timeout_s: float = 300.0          # total seconds per request attempt, stalls included (long
-                                      # reasoning at a few tokens/s on a busy server)
+    timeout_s: float = 300.0          # seconds a connect, send or read may wait for progress (a
+                                      # long reasoning at a few tokens/s on a busy server)
     max_retries: int = 6              # retries after the first attempt (429/5xx/timeouts)
     backoff_base_s: float = 1.0       # first retry waits ~this; doubles per retry, with jitter
     backoff_max_s: float = 60.0       # cap for one wait, Retry-After included
@@ -163,8 +171,8 @@ def request_key(model: str, messages: list[dict], params: dict) -> str:
 
 
 class ResponseCache:
-    """Completions on disk: `<root>/<key[:2]>/<key>.json`, each written to a temporary file and
-    renamed, so a crash never leaves half an entry."""
+    """Completions on disk: `<root>/<key[:2]>/<key>.json`, each written atomically
+    (pipelines.core.atomic), so a crash never leaves half an entry."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -180,13 +188,9 @@ class ResponseCache:
             return None     # absent, or damaged (a miss: the request is made again)
 
     def put(self, key: str, completion: Completion) -> None:
-        path = self._path(key)
-        path.parent.mkdir(exist_ok=True)
         data = asdict(completion)
         data.pop("cached")
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False))
-        os.replace(tmp, path)
+        write_json(self._path(key), data, indent=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,14 +198,14 @@ class ResponseCache:
 # ---------------------------------------------------------------------------------------------
 
 class LLMClient:
-    """See the module docstring. One client may serve several event loops (one HTTP
-    connection pool and semaphore per loop); `chat_many` runs its own loop."""
+    """See the module docstring. One client may serve several event loops (one SDK client and
+    semaphore per loop); `chat_many` runs its own loop."""
 
     def __init__(self, config: LLMConfig):
         self.config = config
         self.usage = Usage()
         self.cache = ResponseCache(config.cache_dir) if config.cache_dir else None
-        self._loops: dict[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]] = {}
+        self._loops: dict[asyncio.AbstractEventLoop, tuple[SDKClient, asyncio.Semaphore]] = {}
         self._lock = threading.Lock()
 
     # -- async API --------------------------------------------------------------------------
@@ -213,11 +217,10 @@ class LLMClient:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.usage.add(cache_hits=1)
             return hit
-        http, semaphore = self._session()
-        body = {"model": self.config.model, "messages": messages, **params}
+        client, semaphore = self._session()
         async with semaphore:
             try:
-                completion = await self._post_with_retries(http, body)
+                completion = await self._create(client, messages, params)
             except LLMError:
                 self.usage.add(failures=1)
                 raise
@@ -232,7 +235,7 @@ class LLMClient:
         with self._lock:
             session = self._loops.pop(asyncio.get_running_loop(), None)
         if session is not None:
-            await session[0].aclose()
+            await session[0].close()
 
     # -- sync API ---------------------------------------------------------------------------
 
@@ -262,83 +265,62 @@ class LLMClient:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _session(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+    def _session(self) -> tuple[SDKClient, asyncio.Semaphore]:
+        from pipelines.core.llm_sdk import sdk_client  # the SDK takes ~1 s to import: on use
+
         loop = asyncio.get_running_loop()
         with self._lock:
             session = self._loops.get(loop)
             if session is None:
                 cfg = self.config
-                headers = {"Content-Type": "application/json"}
-                key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-                if key:
-                    headers["Authorization"] = f"Bearer {key}"
-                http = httpx.AsyncClient(
-                    base_url=cfg.base_url.rstrip("/") + "/", headers=headers,
-                    timeout=httpx.Timeout(cfg.timeout_s),
-                    limits=httpx.Limits(max_connections=cfg.max_concurrency,
-                                        max_keepalive_connections=cfg.max_concurrency))
-                session = self._loops[loop] = (http, asyncio.Semaphore(cfg.max_concurrency))
+                client = sdk_client(cfg, os.environ.get(cfg.api_key_env) if cfg.api_key_env else None)
+                session = self._loops[loop] = (client, asyncio.Semaphore(cfg.max_concurrency))
             return session
 
-    async def _post_with_retries(self, http: httpx.AsyncClient, body: dict) -> Completion:
+    async def _create(self, client: SDKClient, messages: list[dict], params: dict) -> Completion:
+        import openai
+
+        from pipelines.core.llm_sdk import counting_attempts, split_params
+
         cfg = self.config
-        last = ""
-        for attempt in range(cfg.max_retries + 1):
-            if attempt:
-                self.usage.add(retries=1)
-            self.usage.add(requests=1)
-            retry_after = None
+        named, extra = split_params(params)
+        with counting_attempts() as attempts:
             try:
-                async with asyncio.timeout(cfg.timeout_s):
-                    response = await http.post("chat/completions", json=body)
-            except (TimeoutError, httpx.TimeoutException):
-                last = f"timed out after {cfg.timeout_s:g} s"
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    return _parse_completion(response)
-                last = f"HTTP {response.status_code}: {response.text[:300]}"
-                if response.status_code not in RETRY_STATUS:
-                    raise LLMError(f"{cfg.base_url}: {last}", response.status_code)
-                retry_after = _retry_after(response.headers.get("retry-after"))
-            if attempt == cfg.max_retries:
-                break
-            backoff = min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** attempt)
-            delay = backoff * (0.5 + random.random() / 2)      # jitter: spread out a herd
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, cfg.backoff_max_s))
-            await asyncio.sleep(delay)
-        raise LLMError(f"{cfg.base_url}: gave up after {cfg.max_retries + 1} attempts; last: {last}")
+                response = await client.chat.completions.create(
+                    model=cfg.model, messages=messages, **named, extra_body=extra or None,
+                    extra_headers=client.request_headers)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                last = f"HTTP {status}: {exc.response.text[:300]}"
+                if (status in (408, 409, 429) or status >= 500) and attempts[0] > cfg.max_retries:
+                    raise LLMError(f"{cfg.base_url}: gave up after {attempts[0]} attempts; last: "
+                                   f"{last}", status) from None
+                raise LLMError(f"{cfg.base_url}: {last}", status) from None
+            except openai.APITimeoutError:
+                raise LLMError(f"{cfg.base_url}: gave up after {attempts[0]} attempts; last: timed "
+                               f"out after {cfg.timeout_s:g} s") from None
+            except openai.APIConnectionError as exc:
+                cause = exc.__cause__ or exc
+                raise LLMError(f"{cfg.base_url}: gave up after {attempts[0]} attempts; last: "
+                               f"{type(cause).__name__}: {cause}") from None
+            except openai.OpenAIError as exc:
+                raise LLMError(f"{cfg.base_url}: {type(exc).__name__}: {exc}") from None
+            finally:
+                self.usage.add(requests=attempts[0], retries=max(0, attempts[0] - 1))
+        return _parse_completion(response)
 
 
-def _parse_completion(response: httpx.Response) -> Completion:
+def _parse_completion(response) -> Completion:
     try:
-        data = response.json()
-        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-        texts = [c["message"].get("content") or "" for c in choices]
-        reasons = [c.get("finish_reason") or "" for c in choices]
-    except (ValueError, KeyError, TypeError) as exc:
+        choices = sorted(response.choices, key=lambda c: c.index or 0)
+        texts = [c.message.content or "" for c in choices]
+        reasons = [c.finish_reason or "" for c in choices]
+    except (AttributeError, TypeError) as exc:
         raise LLMError(f"malformed response ({type(exc).__name__}: {exc}): "
-                       f"{response.text[:300]}") from None
-    usage = data.get("usage") or {}
-    return Completion(texts, reasons, int(usage.get("prompt_tokens") or 0),
-                      int(usage.get("completion_tokens") or 0))
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+                       f"{str(response)[:300]}") from None
+    usage = response.usage
+    return Completion(texts, reasons, int(getattr(usage, "prompt_tokens", 0) or 0),
+                      int(getattr(usage, "completion_tokens", 0) or 0))
 
 
 def _run_sync(coro):
