@@ -10,14 +10,9 @@ from PIL import Image
 from pipelines.core.prompts import render_user
 from thyme_train.ats import SamplingConfig, SegmentTracker, sample_token
 from thyme_train.chat import thyme_messages
-from thyme_train.rollout import (
-    END_REASONS,
-    ChatCodec,
-    GenerationRequest,
-    HFEngine,
-    RolloutConfig,
-    RolloutRunner,
-)
+from thyme_train.engine import ChatCodec, GenerationRequest
+from thyme_train.hf_engine import HFEngine
+from thyme_train.rollout import END_REASONS, RolloutConfig, RolloutRunner
 from thyme_train.tiny import build_tiny_model
 
 CROP = ("<think>Zoom in.<code>\n```python\nfrom PIL import Image\nimg = Image.open(image_path)\n"
@@ -202,7 +197,7 @@ def test_failures_end_only_their_sample(tiny, codec, image_file, sandbox, tmp_pa
     gone = tmp_path / "gone.png"
     Image.new("RGB", (64, 64)).save(gone)
     broken_sandbox = make_prompt(codec, image_file)
-    broken_sandbox.image_path = str(gone)
+    broken_sandbox.image_files = [str(gone)]
     gone.unlink()                                               # the sandbox input vanished
     rollouts = runner(tiny, sandbox, max_new_tokens=120).run(
         [good, broken_engine, broken_sandbox], force=scripted(codec, [CROP, ANSWER]))
@@ -222,3 +217,16 @@ def test_rollback_policy_drops_failed_rounds(tiny, codec, image_file, sandbox):
     assert codec.decode(r.completion_ids) == ANSWER + "<|im_end|>" and r.env_mask[-1] == 0
     assert all(r.env_mask[:-1]) and len(r.env_mask) == len(r.logprobs) == len(r.completion_ids)
     assert events == ["generation", "sandbox", "rollback", "generation", "end"]
+
+
+def test_the_sandbox_gets_the_prompts_image_files_not_its_text(tiny, codec, image_file, sandbox):
+    """The prompt's text names the image as the dataset does (a relative path no file answers
+    to); the sandbox gets the row's file, and the model's literal `image_path` points at it."""
+    messages = thyme_messages(render_user("What colour is it?", "images/ab/ab12.png", (320, 240)))
+    prompt = codec.prompt(messages, images=[image_file])
+    assert prompt.image_files == [image_file] and prompt.images[0].size == (320, 240)
+    literal = CROP.replace("img = Image.open(image_path)",
+                           'image_path = "images/ab/ab12.png"\nimg = Image.open(image_path)')
+    r, = runner(tiny, sandbox, max_new_tokens=160).run([prompt], force=scripted(codec, [literal, ANSWER]))
+    assert (r.end_reason, r.code_calls, r.code_errors) == ("answer", 1, 0), r.error
+    assert len(r.sandbox_image_paths) == 1 and r.images[1].size == (160, 120)

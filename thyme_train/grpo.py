@@ -278,7 +278,7 @@ class ThymeRolloutFunc:
     repeats each prompt G times), with the sandbox in the loop."""
 
     def __init__(self, config: GRPOATSConfig, processor, sandbox, force=None):
-        from thyme_train.rollout import ChatCodec
+        from thyme_train.engine import ChatCodec
 
         self.config, self.processor, self.sandbox = config, processor, sandbox
         self.force = force                # a scripted policy (tests, demos): see RolloutRunner.run
@@ -289,7 +289,8 @@ class ThymeRolloutFunc:
     def __call__(self, prompts: list, trainer) -> dict:
         from trl.models.utils import unwrap_model_for_generation
 
-        from thyme_train.rollout import HFEngine, RolloutRunner
+        from thyme_train.hf_engine import HFEngine
+        from thyme_train.rollout import RolloutRunner
 
         cfg = self.config
         encoded = [self.codec.prompt(messages) for messages in prompts]

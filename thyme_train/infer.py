@@ -84,7 +84,8 @@ class Thyme:
 
     def __init__(self, config: InferConfig, sandbox=None):
         from sandbox import Sandbox
-        from thyme_train.rollout import ChatCodec, RolloutConfig, RolloutRunner
+        from thyme_train.engine import ChatCodec
+        from thyme_train.rollout import RolloutConfig, RolloutRunner
 
         self.config = config
         self.model, self.processor = load_checkpoint(config.model, config.max_pixels,
@@ -112,7 +113,7 @@ class Thyme:
                                   self.processor, rollout.sampling())
             except ImportError as exc:
                 raise InferenceError(f"the vllm engine needs vLLM installed ({exc})") from None
-        from thyme_train.rollout import HFEngine
+        from thyme_train.hf_engine import HFEngine
         return HFEngine(self.model, self.processor, rollout.sampling(), batch_size=1)
 
     def close(self) -> None:
@@ -144,8 +145,7 @@ class Thyme:
         if system is None:
             from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
             system = DEFAULT_SYSTEM_PROMPT
-        prompt = self.codec.prompt(thyme_messages(user, None, system), images=[image] if image else [],
-                                   image_path=image)
+        prompt = self.codec.prompt(thyme_messages(user, None, system), images=[image] if image else [])
         runner = self.runner if tools else self.direct
         (rollout,) = runner.run([prompt], force=force, on_event=self._events(on_text))
         text = self._text(rollout.completion_ids)
