@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from pipelines.core.prompts import render_user
-from thyme_train.ats import SamplingConfig, SegmentTracker, sample_token
+from thyme_train.ats import SamplingConfig, SegmentTracker, sample_token, stop_reason
 from thyme_train.chat import thyme_messages
 from thyme_train.engine import ChatCodec, GenerationRequest
 from thyme_train.hf_engine import HFEngine
@@ -80,6 +80,16 @@ def test_tracker_reads_tags_split_over_tokens():
     assert t.feed("de>x = 1") == ["<code>"] and t.inside_code
     assert t.feed("</CODE>") == ["</code>"] and not t.inside_code
     assert t.feed("</ans") == [] and t.feed("wer>") == ["</answer>"]
+
+
+def test_stop_rule_shared_by_the_engines():
+    never = lambda token: False  # noqa: E731
+    assert stop_reason(7, ["</answer>"], {7}, never, 1, 10) == "eos"          # EOS first
+    assert stop_reason(5, ["</code>", "</answer>"], {7}, never, 1, 10) == "answer"
+    assert stop_reason(5, ["</code>"], {7}, lambda t: True, 10, 10) == "code"
+    assert stop_reason(5, [], {7}, lambda t: True, 10, 10) == "watch"
+    assert stop_reason(5, ["<code>"], {7}, never, 10, 10) == "length"
+    assert stop_reason(5, ["<code>"], {7}, None, 9, 10) is None
 
 
 def test_sampling_rules():
