@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from thyme_train.config import load_config
-from thyme_train.grpo import GRPOATSConfig, ToolUseMonitor, load_rl_rows, rollout_statistics
+from thyme_train.grpo import GRPOATSConfig, ToolUseMonitor, rollout_statistics
+from thyme_train.rl_data import load_rl_rows
 from thyme_train.rollout import Rollout
 
 CROP = ("<think>Zoom in.<code>\n```python\nfrom PIL import Image\nimg = Image.open(image_path)\n"
@@ -73,11 +74,39 @@ def test_published_rl_dataset_is_read(tmp_path):
         "solution": ["B"], "question": ["Which?\nA. x\nB. y"],
         "meta": [json.dumps({"options": ["A. x", "B. y"]})]}), tmp_path / "data/hf/train-00000.parquet")
     row, = load_rl_rows(tmp_path)
-    assert row["image_path"] == str(tmp_path / "images" / "ab" / "ab12.png")
+    assert row["images"] == [str(tmp_path / "images" / "ab" / "ab12.png")]   # the sandbox's file
     assert (row["solution"], row["options"]) == ("B", ["A. x", "B. y"])
-    assert row["image_path"] in row["prompt"][-1]["content"][-1]["text"]   # the sandbox's file
+    # the prompt is the dataset's own user message: its image named as the dataset names it
+    text = "".join(p["text"] for p in row["prompt"][-1]["content"] if p["type"] == "text")
+    assert '"images/ab/ab12.png"' in text and str(tmp_path) not in text
+    assert [p["type"] for p in row["prompt"][-1]["content"]][0] == "image"
     with pytest.raises(FileNotFoundError, match="test"):
         load_rl_rows(tmp_path, split="test")
+
+
+def test_simple_rows_name_their_image_as_written(tmp_path):
+    Image.new("RGB", (40, 30)).save(tmp_path / "0.png")
+    (tmp_path / "rl.jsonl").write_text(json.dumps({"question": "Colour?", "solution": "red",
+                                                   "image": "0.png"}) + "\n")
+    row, = load_rl_rows(tmp_path / "rl.jsonl")
+    assert row["images"] == [str(tmp_path / "0.png")]
+    text = "".join(p["text"] for p in row["prompt"][-1]["content"] if p["type"] == "text")
+    assert 'User Image Path:** "0.png"' in text and 'Size:** "40x30"' in text
+
+
+def test_a_published_row_whose_images_do_not_match_its_prompt_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.core.prompts import render_user
+
+    (tmp_path / "data" / "hf").mkdir(parents=True)
+    pq.write_table(pa.table({
+        "messages": [[{"role": "user", "content": render_user("Which?", "images/a.png", (40, 30))}]],
+        "images": [[]], "solution": ["B"], "question": ["Which?"], "meta": ["{}"]}),
+        tmp_path / "data/hf/train-00000.parquet")
+    with pytest.raises(ValueError, match=r"train-00000.parquet row 0: .*1 <image> .* 0 image"):
+        load_rl_rows(tmp_path)
 
 
 def test_tool_collapse_warning_and_statistics():
@@ -123,6 +152,12 @@ def test_grpo_steps_end_to_end(tmp_path, request):
         return script[len(tokens)] if len(tokens) < len(script) else None
 
     import torch
+    from transformers import TrainerCallback
+
+    class WeightsAtStart(TrainerCallback):       # the policy the run starts training from
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     trainer = train(cfg, force=force)
     assert trainer.state.global_step == 2
     logs = [r for r in trainer.state.log_history if "thyme/tool_call_rate" in r]
@@ -147,6 +182,10 @@ def test_grpo_steps_end_to_end(tmp_path, request):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     # a longer run over the same output_dir resumes from checkpoint-2
     cfg.max_steps = 3
-    again = train(cfg, force=force)
+    saved = AutoModelForImageTextToText.from_pretrained(out / "checkpoint-2").state_dict()
+    start = WeightsAtStart()
+    again = train(cfg, force=force, callbacks=[start])
     assert again.state.global_step == 3
     assert json.loads((out / "metrics.json").read_text())["resumed_from"] == "checkpoint-2"
+    # ... with checkpoint-2's policy, not the initial one (transformers' own resume keeps it)
+    assert all(torch.equal(start.state[k], saved[k]) for k in saved)

@@ -7,7 +7,7 @@ import os
 import pytest
 from PIL import Image
 
-from thyme_train.infer import InferConfig, Thyme, main
+from thyme_train.infer import InferConfig, Thyme, evaluation_rollout, main
 from thyme_train.tiny import build_tiny_model
 
 CROP = ("<think>Zoom in.<code>\n```python\nfrom PIL import Image\nimg = Image.open(image_path)\n"
@@ -45,7 +45,7 @@ def scripted(thyme, turns):
 
 def test_transcript_of_a_crop_then_an_answer(tiny_path, image_file, sandbox, tmp_path):
     seen = []
-    with Thyme(InferConfig(model=tiny_path, max_new_tokens=200), sandbox=sandbox) as thyme:
+    with Thyme(InferConfig(model=tiny_path, rollout=evaluation_rollout(max_new_tokens=200)), sandbox=sandbox) as thyme:
         t = thyme.ask(image_file, "What colour is it?", force=scripted(thyme, [CROP, ANSWER]),
                       on_text=lambda kind, text: seen.append(kind), save_dir=tmp_path)
     assert t.end_reason == "answer" and t.answer == "red" and not t.fell_back
@@ -59,7 +59,8 @@ def test_transcript_of_a_crop_then_an_answer(tiny_path, image_file, sandbox, tmp
 
 @pytest.mark.parametrize("policy", ["rollback", "show"])
 def test_failed_code_rounds(policy, tiny_path, image_file, sandbox):
-    cfg = InferConfig(model=tiny_path, max_new_tokens=200, on_code_error=policy)
+    cfg = InferConfig(model=tiny_path,
+                      rollout=evaluation_rollout(max_new_tokens=200, on_code_error=policy))
     with Thyme(cfg, sandbox=sandbox) as thyme:
         t = thyme.ask(image_file, "What colour is it?", force=scripted(thyme, [FAIL, CROP, ANSWER]))
     assert t.answer == "red" and t.code_calls == 2 and t.code_errors == 1
@@ -70,7 +71,7 @@ def test_failed_code_rounds(policy, tiny_path, image_file, sandbox):
 
 
 def test_no_answer_falls_back_to_a_direct_answer(tiny_path, image_file, sandbox):
-    cfg = InferConfig(model=tiny_path, max_new_tokens=6, max_turns=1)
+    cfg = InferConfig(model=tiny_path, rollout=evaluation_rollout(max_new_tokens=6, max_turns=1))
     with Thyme(cfg, sandbox=sandbox) as thyme:
         t = thyme.ask(image_file, "What colour is it?", force=None)
         assert t.fell_back and t.end_reason in ("length", "eos", "turn_cap")

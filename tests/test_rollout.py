@@ -8,16 +8,11 @@ import torch
 from PIL import Image
 
 from pipelines.core.prompts import render_user
-from thyme_train.ats import SamplingConfig, SegmentTracker, sample_token
+from thyme_train.ats import SamplingConfig, SegmentTracker, sample_token, stop_reason
 from thyme_train.chat import thyme_messages
-from thyme_train.rollout import (
-    END_REASONS,
-    ChatCodec,
-    GenerationRequest,
-    HFEngine,
-    RolloutConfig,
-    RolloutRunner,
-)
+from thyme_train.engine import ChatCodec, GenerationRequest
+from thyme_train.hf_engine import HFEngine
+from thyme_train.rollout import END_REASONS, RolloutConfig, RolloutRunner
 from thyme_train.tiny import build_tiny_model
 
 CROP = ("<think>Zoom in.<code>\n```python\nfrom PIL import Image\nimg = Image.open(image_path)\n"
@@ -85,6 +80,16 @@ def test_tracker_reads_tags_split_over_tokens():
     assert t.feed("de>x = 1") == ["<code>"] and t.inside_code
     assert t.feed("</CODE>") == ["</code>"] and not t.inside_code
     assert t.feed("</ans") == [] and t.feed("wer>") == ["</answer>"]
+
+
+def test_stop_rule_shared_by_the_engines():
+    never = lambda token: False  # noqa: E731
+    assert stop_reason(7, ["</answer>"], {7}, never, 1, 10) == "eos"          # EOS first
+    assert stop_reason(5, ["</code>", "</answer>"], {7}, never, 1, 10) == "answer"
+    assert stop_reason(5, ["</code>"], {7}, lambda t: True, 10, 10) == "code"
+    assert stop_reason(5, [], {7}, lambda t: True, 10, 10) == "watch"
+    assert stop_reason(5, ["<code>"], {7}, never, 10, 10) == "length"
+    assert stop_reason(5, ["<code>"], {7}, None, 9, 10) is None
 
 
 def test_sampling_rules():
@@ -202,7 +207,7 @@ def test_failures_end_only_their_sample(tiny, codec, image_file, sandbox, tmp_pa
     gone = tmp_path / "gone.png"
     Image.new("RGB", (64, 64)).save(gone)
     broken_sandbox = make_prompt(codec, image_file)
-    broken_sandbox.image_path = str(gone)
+    broken_sandbox.image_files = [str(gone)]
     gone.unlink()                                               # the sandbox input vanished
     rollouts = runner(tiny, sandbox, max_new_tokens=120).run(
         [good, broken_engine, broken_sandbox], force=scripted(codec, [CROP, ANSWER]))
@@ -222,3 +227,16 @@ def test_rollback_policy_drops_failed_rounds(tiny, codec, image_file, sandbox):
     assert codec.decode(r.completion_ids) == ANSWER + "<|im_end|>" and r.env_mask[-1] == 0
     assert all(r.env_mask[:-1]) and len(r.env_mask) == len(r.logprobs) == len(r.completion_ids)
     assert events == ["generation", "sandbox", "rollback", "generation", "end"]
+
+
+def test_the_sandbox_gets_the_prompts_image_files_not_its_text(tiny, codec, image_file, sandbox):
+    """The prompt's text names the image as the dataset does (a relative path no file answers
+    to); the sandbox gets the row's file, and the model's literal `image_path` points at it."""
+    messages = thyme_messages(render_user("What colour is it?", "images/ab/ab12.png", (320, 240)))
+    prompt = codec.prompt(messages, images=[image_file])
+    assert prompt.image_files == [image_file] and prompt.images[0].size == (320, 240)
+    literal = CROP.replace("img = Image.open(image_path)",
+                           'image_path = "images/ab/ab12.png"\nimg = Image.open(image_path)')
+    r, = runner(tiny, sandbox, max_new_tokens=160).run([prompt], force=scripted(codec, [literal, ANSWER]))
+    assert (r.end_reason, r.code_calls, r.code_errors) == ("answer", 1, 0), r.error
+    assert len(r.sandbox_image_paths) == 1 and r.images[1].size == (160, 120)

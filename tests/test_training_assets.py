@@ -149,3 +149,34 @@ def test_pipes_reader_waits_for_a_whole_line(tmp_path):
         writer.join()
         time.sleep(0.1)
     assert not errors and [m["params"]["message"] for m in got] == ["x" * 20000]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # re-raised, as Dagster's
+def test_pipes_reader_delivers_what_was_written_as_the_session_closed(tmp_path):
+    """Messages written just before the session ends (the last one without its newline) all
+    arrive, in order; an unreadable message is reported to Dagster, not dropped silently."""
+    from assets.pipes_reader import WholeLineFileMessageReader
+
+    class Handler:
+        def __init__(self):
+            self.got, self.errors = [], []
+
+        def handle_message(self, message):
+            self.got.append(message["params"]["n"])
+
+        def report_pipes_framework_exception(self, origin, exc_info):
+            self.errors.append((origin, exc_info[0]))
+
+    path, handler = tmp_path / "messages", Handler()
+    with WholeLineFileMessageReader(str(path)).read_messages(handler) as params:
+        assert params["path"] == str(path)
+        with open(path, "a") as f:
+            f.write("".join(json.dumps({"method": "log", "params": {"n": n}}) + "\n" for n in range(50)))
+            f.write(json.dumps({"method": "log", "params": {"n": 50}}))
+    assert handler.got == list(range(51)) and not handler.errors and not path.exists()
+
+    broken = Handler()
+    with WholeLineFileMessageReader(str(path)).read_messages(broken):
+        path.write_text("{not json}\n")
+    assert [origin for origin, _ in broken.errors] == ["WholeLineFileMessageReader reader thread"]
+    assert broken.errors[0][1] is json.JSONDecodeError

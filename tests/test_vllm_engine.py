@@ -29,12 +29,8 @@ from pipelines.core.prompts import render_user  # noqa: E402
 from pipelines.core.vllm_config import VLLMConfig  # noqa: E402
 from thyme_train.ats import SamplingConfig  # noqa: E402
 from thyme_train.chat import thyme_messages  # noqa: E402
-from thyme_train.rollout import (  # noqa: E402
-    ChatCodec,
-    GenerationRequest,
-    RolloutConfig,
-    RolloutRunner,
-)
+from thyme_train.engine import ChatCodec, GenerationRequest  # noqa: E402
+from thyme_train.rollout import RolloutConfig, RolloutRunner  # noqa: E402
 from thyme_train.tiny import build_tiny_model  # noqa: E402
 from thyme_train.vllm_engine import PROCESSOR, VLLMEngine, VLLMServerEngine  # noqa: E402
 

@@ -4,29 +4,26 @@
 token inside ONE generation request — not, as the original did, by stopping at `<code>` and
 re-requesting.
 
-Engine-agnostic pieces (torch only):
+Engine-agnostic pieces (torch only), shared by every engine:
     SamplingConfig        the knobs
     SegmentTracker        reads the decoded stream; knows whether the next token is inside code
                           and which tags (`<code>`, `</code>`, `</answer>`) just completed
     sample_token(...)     one token from one row's logits, with its policy log-prob (the model
                           at T = 1), its behaviour log-prob (the distribution actually sampled
                           from: 0 for a greedy token) and the temperature used
-and the transformers integration: `ATSLogitsProcessor` (does the sampling itself, per row, with
-a per-row seeded generator, and hands `generate` a one-hot row so greedy decoding picks it) with
-`ATSStoppingCriteria` (records each token, stops a row after `</code>`, `</answer>`, EOS, its
-token budget, or when the row's `watch` — the repetition detector — says so). A vLLM engine
-implements the same rule as an engine-level logits processor (STACK.md).
+    stop_reason(...)      whether a generation call ends at a token, and why
+The transformers engine samples with them in its own logits processor (thyme_train.hf_engine);
+the vLLM engines run the same rule as an engine-level logits processor (thyme_train.vllm_ats).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
 
 from sandbox.protocol import ANSWER_CLOSE, CODE_CLOSE, CODE_OPEN
 from thyme_train.config import doc
@@ -115,91 +112,24 @@ def sample_token(logits: torch.Tensor, context: torch.Tensor, in_code: bool, cfg
     return token, float(policy[token]), float(behaviour[token]), float(temperature)
 
 
-# ---------------------------------------------------------------------------------------------
-# transformers `generate` integration
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class RowState:
-    """One generation row: its budget, its stream state and what was recorded."""
-
-    max_new_tokens: int
-    generator: torch.Generator | None = None
-    tracker: SegmentTracker = field(default_factory=SegmentTracker)
-    watch: Callable[[int], bool] | None = None        # True = stop now (repetition)
-    force: Callable[[list[int]], int | None] | None = None   # a token to force (tests, steering)
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    behaviour_logprobs: list[float] = field(default_factory=list)
-    temperatures: list[float] = field(default_factory=list)
-    in_code: list[bool] = field(default_factory=list)
-    finish: str | None = None                          # code | answer | eos | length | watch
-    _pending: tuple | None = None
+FINISHES = ("code", "answer", "eos", "length", "watch")   # why a generation call ended
 
 
-class ATSLogitsProcessor(LogitsProcessor):
-    """Samples each row itself (ATS rule, per-row generator) and returns a one-hot row, so
-    `generate` (greedy) emits exactly that token. Must be the only processor: call `generate`
-    with `do_sample=False` and no temperature/top-k/top-p/repetition-penalty of its own."""
-
-    def __init__(self, rows: list[RowState], cfg: SamplingConfig, banned: Sequence[int] = ()):
-        self.rows, self.cfg = rows, cfg
-        self.banned = list(banned)       # tokens only the environment may write (vision tokens)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.banned:
-            scores = scores.clone()
-            scores[:, self.banned] = -math.inf
-        out = torch.full_like(scores, -math.inf)
-        for i, row in enumerate(self.rows):
-            if row.finish is not None:
-                out[i, 0] = 0.0                         # ignored: generate pads finished rows
-                continue
-            forced = row.force(row.tokens) if row.force is not None else None
-            if forced is not None:
-                logp = float(torch.log_softmax(scores[i].float(), dim=-1)[forced])
-                temp = self.cfg.temperature_code if row.tracker.inside_code else self.cfg.temperature_text
-                row._pending = (forced, logp, 0.0, temp, row.tracker.inside_code)   # probability 1
-                out[i, forced] = 0.0
-                continue
-            inside = row.tracker.inside_code
-            row._pending = (*sample_token(scores[i], input_ids[i], inside, self.cfg, row.generator),
-                            inside)
-            out[i, row._pending[0]] = 0.0
-        return out
-
-
-class ATSStoppingCriteria(StoppingCriteria):
-    """Records each row's new token and decides when the row is done."""
-
-    def __init__(self, rows: list[RowState], decode: Callable[[list[int]], str], eos_ids: set[int]):
-        self.rows, self.decode, self.eos_ids = rows, decode, eos_ids
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        done = torch.zeros(len(self.rows), dtype=torch.bool, device=input_ids.device)
-        for i, row in enumerate(self.rows):
-            if row.finish is not None:
-                done[i] = True
-                continue
-            token, logp, blogp, temp, in_code = row._pending
-            if int(input_ids[i, -1]) != token:
-                raise RuntimeError(f"generate emitted {int(input_ids[i, -1])}, ATS chose {token}: "
-                                   "another logits processor or sampler interfered")
-            row.tokens.append(token)
-            row.logprobs.append(logp)
-            row.behaviour_logprobs.append(blogp)
-            row.temperatures.append(temp)
-            row.in_code.append(in_code)
-            tags = row.tracker.feed(self.decode([token]))
-            if token in self.eos_ids:
-                row.finish = "eos"
-            elif ANSWER_CLOSE in tags:
-                row.finish = "answer"
-            elif CODE_CLOSE in tags:
-                row.finish = "code"
-            elif row.watch is not None and row.watch(token):
-                row.finish = "watch"
-            elif len(row.tokens) >= row.max_new_tokens:
-                row.finish = "length"
-            done[i] = row.finish is not None
-        return done
+def stop_reason(token: int, tags: list[str], eos_ids, watch: Callable[[int], bool] | None,
+                generated: int, budget: int) -> str | None:
+    """Why a generation call ends at `token` (one of FINISHES), or None when it goes on: an
+    end-of-sequence token, then a completed `</answer>`, then `</code>` (the sandbox runs it),
+    then `watch` (the repetition detector, fed every token), then the call's token budget.
+    `tags`: what `SegmentTracker.feed` returned for this token; `generated`: tokens so far,
+    this one included."""
+    if token in eos_ids:
+        return "eos"
+    if ANSWER_CLOSE in tags:
+        return "answer"
+    if CODE_CLOSE in tags:
+        return "code"
+    if watch is not None and watch(token):
+        return "watch"
+    if generated >= budget:
+        return "length"
+    return None

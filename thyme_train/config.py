@@ -1,5 +1,6 @@
 """Training configuration files: a dataclass per stage, loaded from YAML and overridden from the
-command line with `--set key=value`.
+command line with `--set key=value`; and what the stages' configs mean alike (the TrainingArguments
+fields they share, `resume`).
 
     cfg = parse_config(ThymeSFTConfig, ["--config", "stage1.yaml", "--set", "learning_rate=2e-5"])
 
@@ -76,6 +77,40 @@ def describe(cls) -> str:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def trainer_arguments(cfg) -> dict:
+    """The `TrainingArguments` fields SFT and GRPO share, from either stage's config (TRL's
+    SFTConfig / GRPOConfig take them; each stage adds its own). `report_to` may be a list or a
+    comma-separated string; empty means none."""
+    report_to = cfg.report_to.split(",") if isinstance(cfg.report_to, str) else cfg.report_to
+    report_to = [name.strip() for name in report_to if name.strip()]
+    return dict(
+        output_dir=cfg.output_dir, learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_ratio,          # a float below 1 is a ratio of the total steps
+        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed,
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, seed=cfg.seed,
+        report_to=report_to or "none",
+        remove_unused_columns=False,            # our collator / rollout reads the raw columns
+    )
+
+
+def resume_checkpoint(resume: str, output_dir: str | Path) -> str | None:
+    """A config's `resume`: `auto` = the newest checkpoint in output_dir (None when there is
+    none), `never` = None, else the checkpoint directory it names."""
+    if resume == "never":
+        return None
+    if resume != "auto":
+        return resume
+    if not Path(output_dir).is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir))
 
 
 def _types(cls) -> dict:

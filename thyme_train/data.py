@@ -12,15 +12,18 @@ import hashlib
 import os
 from pathlib import Path
 
+from pipelines.core import published
+
 COLUMNS = ("image", "question", "response")
-ENCODINGS = ("thyme", "hf")   # a published dataset's image encodings (pipelines.datasets.publish)
 
 
 def data_files(paths: list[str], splits: list[str], encoding: str = "thyme") -> list[Path]:
-    """The parquet files of `paths`, in a stable order, filtered by split names and, in a
-    published directory holding several encodings, by `encoding`."""
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")
+    """The parquet files of `paths`, in a stable order. A published dataset directory
+    (pipelines.core.published) gives the shards of `splits` (empty: all) in `encoding`; any other
+    directory every parquet file under it whose path has a component starting with a split name
+    (folders named like an encoding are left out: they hold a split once per encoding)."""
+    if encoding not in published.ENCODINGS:
+        raise ValueError(f"encoding must be one of {published.ENCODINGS}, not {encoding!r}")
     files = []
     for raw in paths:
         p = Path(raw)
@@ -29,14 +32,20 @@ def data_files(paths: list[str], splits: list[str], encoding: str = "thyme") -> 
             continue
         if not p.is_dir():
             raise FileNotFoundError(f"data: {raw} does not exist")
-        found = sorted(p.rglob("*.parquet"))
-        found = [f for f in found  # a published dataset holds each split once per encoding
-                 if not (set(f.relative_to(p).parts[:-1]) & set(ENCODINGS))
-                 or encoding in f.relative_to(p).parts[:-1]]
-        if splits:
-            found = [f for f in found
-                     if any(part.startswith(s) for s in splits
-                            for part in f.relative_to(p).parts)]
+        if published.encodings(p):
+            wanted = splits or published.splits(p, encoding)
+            try:
+                found = sorted({f for s in wanted for f in published.split_files(p, s, encoding)})
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"data: no parquet files under {raw} for splits "
+                                        f"{splits} ({exc})") from None
+        else:
+            found = [f for f in sorted(p.rglob("*.parquet"))
+                     if not set(f.relative_to(p).parts[:-1]) & set(published.ENCODINGS)]
+            if splits:
+                found = [f for f in found
+                         if any(part.startswith(s) for s in splits
+                                for part in f.relative_to(p).parts)]
         if not found:
             raise FileNotFoundError(f"data: no parquet files under {raw}"
                                     + (f" for splits {splits}" if splits else ""))
@@ -65,7 +74,7 @@ def load_rows(files: list[Path], base: Path | None = None, cache_dir: str | None
     for f in files:
         ds = datasets.Dataset.from_parquet(str(f), cache_dir=cache_dir)
         if "image" not in ds.column_names and "images" in ds.column_names:
-            ds = ds.rename_column("images", "image")  # the `hf` encoding's name
+            ds = ds.rename_column("images", "image")  # the `hf` encoding's column (published.image_column)
         missing = set(COLUMNS) - set(ds.column_names)
         if missing:
             raise ValueError(f"{f}: missing column(s) {sorted(missing)}; expected the Thyme-SFT "

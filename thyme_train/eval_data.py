@@ -4,28 +4,26 @@
   `image_path`), `question`, options in columns `A`…`E`, `answer`, `category`, optional `hint`;
 - `jsonl`: one object per line, `image` (a path relative to the file), `question`, `answer`,
   optional `options` (a dict or a list), `category`, `id`;
-- `published`: a split of a dataset this project published (pipelines.datasets.publish): parquet shards
-  with `question` or `messages`, `images` (base64 strings, image structs or paths), `solution` or
-  `answer`, `task`.
+- `published`: a split of a dataset this project published (read through
+  pipelines.core.published, the reader SFT and GRPO share): parquet shards with `question` or
+  `messages`, `images` (base64 strings, image structs or paths), `solution` or `answer`, `task`.
 
-Every item's image is a real file (decoded once into a cache folder beside the results), because
-the sandbox and the User Image Path need one. A broken row raises `BenchmarkError` naming the
+Every item's image is a real file, because the sandbox and the User Image Path need one: the file
+a row names when there is one, else its bytes decoded once into a cache folder beside the
+results (pipelines.core.published.image_file). A broken row raises `BenchmarkError` naming the
 file, the row and the reason; `load_items(..., on_error="skip")` records it and goes on.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import hashlib
-import io
 import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from pipelines.core import published
 
 OPTION_LETTERS = "ABCDEFGH"
 
@@ -89,40 +87,10 @@ def load_items(path: str | os.PathLike, image_dir: str | os.PathLike, limit: int
     return items
 
 
-def _save_image(data: bytes, image_dir: Path) -> str:
-    """Decode-checked image bytes written once under their content hash; returns the path."""
-    digest = hashlib.sha256(data).hexdigest()[:24]
-    with Image.open(io.BytesIO(data)) as img:
-        img.verify()
-    with Image.open(io.BytesIO(data)) as img:
-        ext = {"JPEG": "jpg", "PNG": "png"}.get(img.format, "png")
-        out = image_dir / f"{digest}.{ext}"
-        if not out.exists():
-            tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-            if ext == "png" and img.format != "PNG":
-                img.save(tmp, format="PNG")
-            else:
-                tmp.write_bytes(data)
-            os.replace(tmp, out)
-    return str(out)
-
-
 def _image_from(value, base: Path, image_dir: Path) -> str:
-    """An image given as base64 text, bytes, an HF image struct, or a path (relative to `base`)."""
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, bytes | bytearray):
-        return _save_image(bytes(value), image_dir)
-    if not isinstance(value, str) or not value:
-        raise ValueError("no image")
-    candidate = Path(value) if os.path.isabs(value) else base / value
-    if len(value) < 1024 and candidate.is_file():
-        return _save_image(candidate.read_bytes(), image_dir)
-    try:
-        data = base64.b64decode(value, validate=True)
-    except ValueError:
-        raise ValueError(f"image {value[:60]!r} is neither a file nor base64") from None
-    return _save_image(data, image_dir)
+    """An image given as base64 text, bytes, an HF image struct, or a path (relative to `base`),
+    as a file that opens (pipelines.core.published.image_file)."""
+    return str(published.image_file(value, base, image_dir))
 
 
 def _tsv_rows(path: Path, image_dir: Path, split: str):
@@ -176,46 +144,39 @@ def _jsonl_rows(path: Path, image_dir: Path, split: str):
 
 
 def _published_rows(path: Path, image_dir: Path, split: str):
-    import pyarrow.parquet as pq
-
     from pipelines.core.answers import parse_options
     from pipelines.core.prompts import parse_user
 
     if path.is_dir():
-        files = sorted(path.glob(f"**/{split}-*.parquet")) or sorted(path.glob(f"**/{split}/*.parquet"))
-        # a published dataset holds each split once per image encoding: read one of them
-        for encoding in ("thyme", "hf"):
-            chosen = [f for f in files if encoding in f.relative_to(path).parts[:-1]]
-            if chosen:
-                files = chosen
-                break
-        if not files:
-            raise BenchmarkError(str(path), "-", f"no parquet files for split {split!r}")
+        try:
+            files = published.split_files(path, split)
+        except FileNotFoundError:
+            raise BenchmarkError(str(path), "-", f"no parquet files for split {split!r}") from None
     else:
         files = [path]
-    for file in files:
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=256):
-            for n, row in enumerate(batch.to_pylist()):
-                rid = row.get("id") or f"{file.name}:{n}"
-                try:
-                    if "messages" in row and row["messages"]:
-                        user = next(m["content"] for m in row["messages"] if m["role"] == "user")
-                    else:
-                        user = row["question"]
-                    question, _ = parse_user(user)
-                    images = row.get("images") or row.get("image") or []
-                    image = _image_from(images[0], file.parent, image_dir) if images else None
-                    answer = row.get("solution") or row.get("answer")
-                    if answer is None and row.get("response"):
-                        # an SFT row: its audited trajectory's answer is the ground truth
-                        from pipelines.core.answers import extract
-                        answer = extract(row["response"]).text or None
-                    if answer is None:
-                        raise ValueError("no solution/answer")
-                    meta = row.get("meta")
-                    meta = json.loads(meta) if isinstance(meta, str) and meta else (meta or {})
-                    yield EvalItem(id=str(rid), image=image, question=question, answer=str(answer),
-                                   options=parse_options(meta.get("options")), show_options=False,
-                                   category=row.get("task") or "all")
-                except (ValueError, KeyError, StopIteration, OSError) as exc:
-                    yield BenchmarkError(str(file), rid, str(exc) or type(exc).__name__)
+    base = path if path.is_dir() else path.parent     # rows name image files relative to it
+    for where, row in published.iter_rows(files):
+        file, n = where.rsplit(" row ", 1)
+        rid = row.get("id") or f"{Path(file).name}:{n}"
+        try:
+            if "messages" in row and row["messages"]:
+                user = next(m["content"] for m in row["messages"] if m["role"] == "user")
+            else:
+                user = row["question"]
+            question, _ = parse_user(user)
+            images = published.image_entries(row)
+            image = _image_from(images[0], base, image_dir) if images else None
+            answer = row.get("solution") or row.get("answer")
+            if answer is None and row.get("response"):
+                # an SFT row: its audited trajectory's answer is the ground truth
+                from pipelines.core.answers import extract
+                answer = extract(row["response"]).text or None
+            if answer is None:
+                raise ValueError("no solution/answer")
+            meta = row.get("meta")
+            meta = json.loads(meta) if isinstance(meta, str) and meta else (meta or {})
+            yield EvalItem(id=str(rid), image=image, question=question, answer=str(answer),
+                           options=parse_options(meta.get("options")), show_options=False,
+                           category=row.get("task") or "all")
+        except (ValueError, KeyError, StopIteration, OSError) as exc:
+            yield BenchmarkError(file, rid, str(exc) or type(exc).__name__)

@@ -12,7 +12,6 @@ the same with tools disabled (direct answering) for an ablation, and is written 
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,7 +21,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipelines.core.answers import score_answer
+from pipelines.core.atomic import write_json, write_text
 from thyme_train.eval_data import EvalItem
+from thyme_train.plots import accuracy_bars
 
 
 @dataclass
@@ -126,9 +127,12 @@ def write_report(summaries: dict[str, Summary], results: dict[str, list[ItemResu
                "items": {m: [asdict(r) for r in rs] for m, rs in results.items()}}
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "report.md",
              "chart": out_dir / "accuracy.png"}
-    _atomic_write(paths["json"], json.dumps(payload, indent=1, ensure_ascii=False))
-    _atomic_write(paths["markdown"], markdown_table(summaries, title))
-    _chart(summaries, paths["chart"], title)
+    write_json(paths["json"], payload, indent=1)
+    write_text(paths["markdown"], markdown_table(summaries, title))
+    categories = sorted({c for s in summaries.values() for c in s.by_category})
+    accuracy_bars(["overall", *categories],
+                  {mode: [s.accuracy] + [s.by_category.get(c, 0.0) for c in categories]
+                   for mode, s in summaries.items()}, paths["chart"], title)
     return paths
 
 
@@ -143,37 +147,6 @@ def markdown_table(summaries: dict[str, Summary], title: str) -> str:
                  f"{100 * s.execution_success:.1f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _chart(summaries: dict[str, Summary], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    categories = ["overall", *sorted({c for s in summaries.values() for c in s.by_category})]
-    width = 0.8 / max(len(summaries), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(categories)), 3.2))
-    for k, (mode, s) in enumerate(summaries.items()):
-        values = [s.accuracy] + [s.by_category.get(c, 0.0) for c in categories[1:]]
-        ax.bar([i + k * width for i in range(len(categories))], [100 * v for v in values], width,
-               label=mode)
-    ax.set_xticks([i + width * (len(summaries) - 1) / 2 for i in range(len(categories))], categories,
-                  rotation=20, ha="right")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def evaluate(items: list[EvalItem], policy: Policy, out_dir: Path, title: str,
@@ -203,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from thyme_train.eval_data import BenchmarkError, load_items
-    from thyme_train.infer import InferConfig, InferenceError, Thyme
+    from thyme_train.infer import InferConfig, InferenceError, Thyme, evaluation_rollout
 
     parser = argparse.ArgumentParser(prog="python -m thyme_train.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             items = load_items(bench, out / "images", limit=args.limit, split=args.split,
                                on_error="skip" if args.skip_bad_rows else "raise", errors=errors)
             config = InferConfig(model=args.model, engine=args.engine,
-                                 on_code_error=args.on_code_error, max_new_tokens=args.max_new_tokens)
+                                 rollout=evaluation_rollout(on_code_error=args.on_code_error,
+                                                           max_new_tokens=args.max_new_tokens))
             with Thyme(config) as thyme:
                 summaries = evaluate(items, thyme_policy(thyme), out,
                                      title=f"{bench.stem} ({Path(args.model).name})",

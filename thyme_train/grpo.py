@@ -5,31 +5,22 @@ consistency rewards.
     python -m thyme_train.grpo --config thyme_train/configs/rl.yaml [--set key=value ...]
     accelerate launch --config_file ... -m thyme_train.grpo --config rl.yaml    # multi-GPU
 
-Data (`data`): the published RL dataset (pipelines.datasets.publish; its `data/hf` parquet and image
-files), or a JSONL / parquet file with `question`, `solution` (or `answer`), optional `image` (a
-path, relative to the file's folder or absolute), `options` (lines "A. text"), `category`, or
-`generated:N` (the generated pool, for CPU runs). Each prompt is the Thyme prompt (system prompt +
-user message with the image's absolute path and size, pipelines.core.prompts): the rollout hands the
-sandbox the file that path names.
+The prompts come from thyme_train.rl_data (a published RL dataset, a JSONL / parquet file, or
+`generated:N`); each row carries its image files, which the rollout hands to the sandbox.
 
-What TRL's hooks do and do not cover (TRL 1.16):
-  - `rollout_func` returns prompt/completion ids, log-probs and `env_mask` (0 = sandbox tokens:
-    no loss), and extra fields that reach the reward functions (`sandbox_texts`). Covered.
-  - Images the sandbox produced inside a completion: NOT covered. On the `rollout_func` path
-    TRL builds the vision inputs of the training forward pass from the dataset's prompt images
-    only; its own path for images inside completions is reserved for its `tools=` loop. So
-    `ThymeGRPOTrainer` overrides one private method, `_generate`: it hands TRL each
-    completion's images (prompt's + sandbox's) and marks the batch as holding tool images, so
-    TRL builds pixel values and `mm_token_type_ids` from the full sequences. Nothing else of
-    TRL changes; `tests/test_grpo.py` trains through it.
-  - Per-token temperatures: TRL's loss knows none; `code_token_loss: mask` removes greedy code
-    tokens through `env_mask` (see RolloutConfig). The k3 KL estimator is TRL's (beta > 0).
-Rollout statistics are logged through the trainer's metric hook (`_log_metric`, the one reward
-functions use): tool-call rate, execution success, code calls / images / turns per rollout,
-end-reason shares, sandbox tokens, and a warning (plus `thyme/tool_collapse` = 1) when the
-tool-call rate falls below `tool_collapse_fraction` of its early value. Curves of the rewards and
-of tool use are saved as PNGs in `output_dir` at every save and at the end, with every logged
-record in `metrics.jsonl`.
+What TRL's hooks cover (TRL 1.16): `rollout_func` returns prompt/completion ids, log-probs and
+`env_mask` (0 = sandbox tokens: no loss), and extra fields that reach the reward functions
+(`sandbox_texts`). Images the sandbox produced inside a completion are not covered: the one
+override of a private TRL method, in thyme_train.trl_adapter (with strict resume). Per-token
+temperatures: TRL's loss knows none; `code_token_loss: mask` removes greedy code tokens through
+`env_mask` (see RolloutConfig). The k3 KL estimator is TRL's (beta > 0).
+
+Rollout statistics are logged through the `log_metric` TRL hands every reward function:
+tool-call rate, execution success, code calls / images / turns per rollout, end-reason shares,
+sandbox tokens, and a warning (plus `thyme/tool_collapse` = 1) when the tool-call rate falls below
+`tool_collapse_fraction` of its early value. Every logged record goes to `metrics.jsonl` and the
+curves of the rewards and of tool use are redrawn as PNGs in `output_dir` at every save and at the
+end (thyme_train.plots); `metrics.json`, written last, marks a finished run.
 """
 
 from __future__ import annotations
@@ -55,7 +46,7 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
     model: str = doc("policy checkpoint (the SFT stage-2 output) or a tiny model directory",
                      default="")
     data: str = doc("RL prompts: a published RL dataset directory (pipelines.datasets.publish), a JSONL "
-                    "or parquet file (see the module docstring), or `generated:N` for N prompts "
+                    "or parquet file (see thyme_train.rl_data), or `generated:N` for N prompts "
                     "of the generated pool (CPU demo)", default="")
     data_split: str = doc("split of a published dataset to train on", default="train")
     output_dir: str = doc("checkpoints, the final model, metrics.json (written last: a finished "
@@ -92,8 +83,8 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
                       "`never`: start fresh; or a checkpoint directory", default="auto")
     report_to: str = doc("metrics destination(s), comma-separated: none, tensorboard, wandb, ...",
                          default="tensorboard")
-    engine: str = doc("rollout engine: hf (transformers generate). The vLLM engine is separate "
-                      "work; see the module docstring of thyme_train.rollout", default="hf")
+    engine: str = doc("rollout engine: hf (transformers generate). The vLLM engines "
+                      "(thyme_train.vllm_engine) are not wired into training yet", default="hf")
     engine_batch_size: int = doc("requests per generate() call of the hf engine", default=8)
     sandbox_workers: int | None = doc("sandbox worker processes (null = one per core)", default=None)
     tool_collapse_fraction: float = doc("warn when the tool-call rate falls below this share of "
@@ -112,124 +103,13 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
         RewardConfig.__post_init__(self)
         if self.engine != "hf":
             raise ValueError(f"engine {self.engine!r}: only `hf` is available here (the vLLM "
-                             "engine plugs into thyme_train.rollout.Engine)")
+                             "engines plug into thyme_train.engine.Engine)")
 
     def rollout(self) -> RolloutConfig:
         return RolloutConfig(**{f.name: getattr(self, f.name) for f in fields(RolloutConfig)})
 
     def rewards(self) -> RewardConfig:
         return RewardConfig(**{f.name: getattr(self, f.name) for f in fields(RewardConfig)})
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-
-def load_rl_rows(path: str | os.PathLike, system_prompt: str | None = None,
-                 split: str = "train") -> list[dict]:
-    """TRL rows: `prompt` (the Thyme chat, naming the image by its absolute path so the sandbox
-    gets that file), `images` (paths), `solution`, `question`, `options`, `image_path`.
-
-    `path`: a JSONL or parquet file of simple rows (see the module docstring), or a published
-    RL dataset directory (pipelines.datasets.publish: `data/hf/<split>-*.parquet`, images under the
-    directory, named by each prompt's "User Image Path"). Bad rows raise ValueError naming the
-    file, the row and the reason."""
-    from PIL import Image
-
-    from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
-    from thyme_train.chat import thyme_messages
-
-    rows = []
-    for where, base, r in _raw_rl_rows(Path(path), split):
-        question = r.get("question")
-        truth = r.get("solution", r.get("answer"))
-        if not question or truth is None or str(truth).strip() == "":
-            raise ValueError(f"{where}: needs a non-empty `question` and `solution` (or `answer`)")
-        image = r.get("image")
-        images, image_path = [], None
-        if image:
-            image_path = image if os.path.isabs(image) else str((base / image).resolve())
-            try:
-                with Image.open(image_path) as im:
-                    size = im.size
-            except OSError as exc:
-                raise ValueError(f"{where}: image {image!r} does not open ({exc})") from None
-            user = render_user(question, image_path, size)
-            images = [image_path]
-        else:
-            user = render_user(question)
-        rows.append({
-            "prompt": thyme_messages(user, None, system_prompt or DEFAULT_SYSTEM_PROMPT),
-            "images": images, "solution": str(truth), "question": question,
-            "options": list(r.get("options") or []), "image_path": image_path or "",
-        })
-    if not rows:
-        raise ValueError(f"{path} holds no rows" + (f" for split {split!r}" if Path(path).is_dir() else ""))
-    return rows
-
-
-def _raw_rl_rows(path: Path, split: str):
-    """(where, folder image paths are relative to, {question, solution, image, options})."""
-    import pyarrow.parquet as pq
-
-    from pipelines.core.prompts import parse_user
-
-    if path.is_dir():                               # a published RL dataset (hf encoding)
-        files = sorted((path / "data" / "hf").glob(f"{split}-*.parquet"))
-        if not files:
-            raise FileNotFoundError(f"{path}: no data/hf/{split}-*.parquet (a published RL "
-                                    "dataset, pipelines.datasets.publish)")
-        for file in files:
-            for i, r in enumerate(pq.read_table(file).to_pylist()):
-                user = next((m for m in r.get("messages") or [] if m.get("role") == "user"), None)
-                image = parse_user(user["content"])[1].get("original_path") if user else None
-                meta = json.loads(r.get("meta") or "{}")
-                yield f"{file} row {i}", path, {
-                    "question": r.get("question"), "solution": r.get("solution"),
-                    "image": image if r.get("images") else None, "options": meta.get("options")}
-        return
-    if not path.is_file():
-        raise FileNotFoundError(f"RL data {path} does not exist")
-    if path.suffix == ".parquet":
-        raw = pq.read_table(path).to_pylist()
-    else:
-        raw = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for i, r in enumerate(raw):
-        yield f"{path} row {i}", path.parent, r
-
-
-GENERATED_PREFIX = "generated:"
-
-
-def write_generated_rl_data(folder: str | os.PathLike, count: int, seed: int = 0) -> Path:
-    """RL prompts from the generated pool (pipelines.pool.generate: crop, rotate, contrast,
-    computation... with ground truth), for the demo and CPU runs: images in an image store
-    under `folder`, prompts in `folder/rl.jsonl`. Reused when already written."""
-    from pipelines.core.images import ImageStore
-    from pipelines.pool.generate import generate_samples
-
-    folder = Path(folder)
-    target = folder / f"rl_{count}_{seed}.jsonl"
-    if target.is_file():
-        return target
-    store = ImageStore(folder / "images")
-    lines = []
-    for s in generate_samples(0, count, seed, store):
-        row = {"question": s.question, "solution": s.answer, "category": s.task,
-               "options": s.meta.get("options") or []}
-        if s.images:
-            row["image"] = os.path.relpath(store.path(s.images[0]), folder)
-        lines.append(json.dumps(row))
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, target)
-    return target
-
-
-def rl_dataset(rows: list[dict]):
-    from datasets import Dataset, Image, Sequence
-
-    return Dataset.from_list(rows).cast_column("images", Sequence(Image()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,21 +155,24 @@ def rollout_statistics(rollouts) -> dict[str, float]:
 
 class ThymeRolloutFunc:
     """TRL's `rollout_func(prompts, trainer)`: one Thyme rollout per prompt entry (TRL already
-    repeats each prompt G times), with the sandbox in the loop."""
+    repeats each prompt G times), with the sandbox in the loop. Each prompt's image parts carry
+    the row's image files (TRL fills them from the `images` column)."""
 
     def __init__(self, config: GRPOATSConfig, processor, sandbox, force=None):
-        from thyme_train.rollout import ChatCodec
+        from thyme_train.engine import ChatCodec
 
         self.config, self.processor, self.sandbox = config, processor, sandbox
         self.force = force                # a scripted policy (tests, demos): see RolloutRunner.run
         self.codec = ChatCodec(processor)
         self.monitor = ToolUseMonitor(config.tool_collapse_fraction, config.tool_collapse_early_steps)
         self.runner = None
+        self.statistics: dict[str, float] = {}   # the last batch's, until a reward function logs them
 
     def __call__(self, prompts: list, trainer) -> dict:
         from trl.models.utils import unwrap_model_for_generation
 
-        from thyme_train.rollout import HFEngine, RolloutRunner
+        from thyme_train.hf_engine import HFEngine
+        from thyme_train.rollout import RolloutRunner
 
         cfg = self.config
         encoded = [self.codec.prompt(messages) for messages in prompts]
@@ -311,8 +194,7 @@ class ThymeRolloutFunc:
         stats["thyme/tool_collapse"] = float(warning is not None)
         if warning:
             log.warning(warning)
-        for name, value in stats.items():
-            trainer._log_metric(name, value)
+        self.statistics = stats
         return {
             "prompt_ids": [r.prompt_ids for r in rollouts],
             "completion_ids": [r.completion_ids for r in rollouts],
@@ -320,93 +202,32 @@ class ThymeRolloutFunc:
             "env_mask": [r.loss_mask(cfg.code_token_loss) for r in rollouts],
             "sandbox_texts": [r.sandbox_texts for r in rollouts],
             "end_reason": [r.end_reason for r in rollouts],
-            "rollout_images": [r.images for r in rollouts],
+            "rollout_images": [r.images for r in rollouts],          # read by trl_adapter
             "prompt_image_count": [len(p.images) for p in encoded],
         }
 
 
-def thyme_grpo_trainer_class():
-    """`ThymeGRPOTrainer`, defined on first use so importing this module stays light."""
-    from trl import GRPOTrainer
+class LoggingRolloutStatistics:
+    """A reward function that first logs the rollout statistics of its batch through the
+    `log_metric` TRL hands reward functions (the public way to add metrics; `rollout_func` is
+    given none), then scores as the function it wraps (whose name TRL logs it under)."""
 
-    def _sandbox(code: str) -> str:
-        """Runs Python in the Thyme sandbox (executed by the rollout loop, never by TRL)."""
-        raise RuntimeError("the Thyme sandbox runs inside the rollout loop, not as a TRL tool")
+    def __init__(self, reward, rollout_func: ThymeRolloutFunc):
+        self.reward, self.rollout_func = reward, rollout_func
+        self.__name__ = reward.__name__
 
-    class ThymeGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer whose rollout_func may return the images inside each completion
-        (`rollout_images`: the prompt's images, then the sandbox's). See the module docstring:
-        the one thing TRL's `rollout_func` hook cannot express."""
-
-        def _generate(self, prompts):
-            self.tools = []   # TRL's own tool loop must not run: our rollouts ran the sandbox
-            out = list(super()._generate(prompts))
-            extra = out[5]
-            images = extra.pop("rollout_images", None)
-            counts = extra.pop("prompt_image_count", None)
-            if images is not None:
-                tool_images = [imgs[n:] for imgs, n in zip(images, counts, strict=True)]
-                if any(tool_images):
-                    out[6], out[7] = [list(i) for i in images], tool_images
-                    self.tools = [_sandbox]   # makes TRL build vision inputs from full sequences
-                    self._check_image_tokens(out[0], out[1], images)
-                self.last_image_counts = [len(i) for i in images]   # for inspection
-            return tuple(out)
-
-        def _check_image_tokens(self, prompt_ids, completion_ids, images):
-            """TRL silently drops every image of the batch when a sequence's image tokens do not
-            match its images; fail loudly instead (a rollout/processor disagreement)."""
-            ip = self.processing_class.image_processor
-            merge = getattr(ip, "merge_size", 1) ** 2
-            for i, (p, c, imgs) in enumerate(zip(prompt_ids, completion_ids, images, strict=True)):
-                have = sum(t == self._image_pad_token_id for t in list(p) + list(c))
-                want = int(ip(images=imgs, return_tensors="pt")["image_grid_thw"].prod(-1).sum()) // merge
-                if have != want:
-                    raise RuntimeError(f"completion {i}: {have} image tokens but its {len(imgs)} "
-                                       f"image(s) make {want}")
-
-    return ThymeGRPOTrainer
-
-
-# ---------------------------------------------------------------------------------------------
-# Curves and metrics on disk
-# ---------------------------------------------------------------------------------------------
-
-REWARD_CURVES = ("reward", "rewards/accuracy_reward/mean", "rewards/format_reward/mean",
-                 "rewards/consistency_reward/mean")
-TOOL_CURVES = ("thyme/tool_call_rate", "thyme/exec_success", "thyme/images_per_rollout",
-               "thyme/turns_per_rollout")
-
-
-def save_curves(records: list[dict], out_dir: str | os.PathLike) -> list[Path]:
-    """Reward and tool-use curves (PNG) from logged records; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out, written = Path(out_dir), []
-    for name, keys in (("curves_rewards.png", REWARD_CURVES), ("curves_tool_use.png", TOOL_CURVES)):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key in keys:
-            points = [(r["step"], r[key]) for r in records if key in r]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=key.split("/")[-2 if key.endswith("/mean") else -1])
-        ax.set_xlabel("step")
-        ax.set_title(name[:-4].replace("_", " "))
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-        tmp = out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, out / name)
-        written.append(out / name)
-    return written
+    def __call__(self, completions, log_metric=None, **kwargs):
+        statistics, self.rollout_func.statistics = self.rollout_func.statistics, {}
+        if log_metric is not None:
+            for name, value in statistics.items():
+                log_metric(name, value)
+        return self.reward(completions, log_metric=log_metric, **kwargs)
 
 
 def _metrics_callback(out_dir: str):
     from transformers import TrainerCallback
+
+    from thyme_train.plots import save_curves
 
     class MetricsCallback(TrainerCallback):
         """Appends every log record to metrics.jsonl and redraws the curves on save/end."""
@@ -420,7 +241,7 @@ def _metrics_callback(out_dir: str):
             record = {"step": state.global_step, **{k: v for k, v in logs.items()
                                                     if isinstance(v, int | float)}}
             self.records.append(record)
-            with open(Path(out_dir) / "metrics.jsonl", "a") as f:
+            with open(Path(out_dir) / "metrics.jsonl", "a") as f:   # a log: appended line by line
                 f.write(json.dumps(record) + "\n")
 
         def on_save(self, args, state, control, **kwargs):
@@ -441,20 +262,14 @@ def trl_args(cfg: GRPOATSConfig, rewards):
     """TRL's GRPOConfig for our config (`rewards`: the ThymeRewards whose weights TRL applies)."""
     from trl import GRPOConfig
 
+    from thyme_train.config import trainer_arguments
+
     return GRPOConfig(
-        output_dir=cfg.output_dir, num_generations=cfg.num_generations,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_rate}, warmup_steps=cfg.warmup_ratio,
-        beta=cfg.beta, loss_type=cfg.loss_type, num_train_epochs=cfg.num_train_epochs,
-        shuffle_dataset=cfg.shuffle_dataset,
-        max_steps=cfg.max_steps, max_completion_length=cfg.max_total_tokens,
-        reward_weights=rewards.weights(), scale_rewards="group",
-        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed,
-        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit, seed=cfg.seed, remove_unused_columns=False,
-        report_to=[s.strip() for s in cfg.report_to.split(",") if s.strip()],
+        **trainer_arguments(cfg), num_generations=cfg.num_generations,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_rate},
+        beta=cfg.beta, loss_type=cfg.loss_type, shuffle_dataset=cfg.shuffle_dataset,
+        max_completion_length=cfg.max_total_tokens, reward_weights=rewards.weights(),
+        scale_rewards="group",
     )
 
 
@@ -463,24 +278,26 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     policy for tests and demos (RolloutRunner.run); `callbacks`: extra `TrainerCallback`s."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from pipelines.core.atomic import write_json
     from sandbox import Sandbox
+    from thyme_train.config import resume_checkpoint
     from thyme_train.rewards import Judge, ThymeRewards
-    from thyme_train.sft import last_checkpoint, resolve_model
+    from thyme_train.rl_data import load_rl_rows, resolve_data, rl_dataset
+    from thyme_train.tiny import resolve_model
+    from thyme_train.trl_adapter import grpo_trainer_class
 
     if not cfg.model or not cfg.data:
         raise ValueError("set `model` and `data` (in the YAML or with --set)")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "grpo_config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    write_json(out / "grpo_config.json", asdict(cfg), indent=1)
     model_path = resolve_model(cfg.model)
     processor = AutoProcessor.from_pretrained(model_path)
     if cfg.max_pixels is not None:
         processor.image_processor.size["longest_edge"] = cfg.max_pixels
     model = AutoModelForImageTextToText.from_pretrained(model_path)
-    data = cfg.data
-    if data.startswith(GENERATED_PREFIX):
-        data = write_generated_rl_data(out / "rl_data", int(data[len(GENERATED_PREFIX):]), cfg.seed)
-    dataset = rl_dataset(load_rl_rows(data, cfg.system_prompt, cfg.data_split))
+    data = resolve_data(cfg.data, out / "rl_data", cfg.seed)
+    dataset = rl_dataset(load_rl_rows(data, cfg.system_prompt, cfg.data_split,
+                                      cache_dir=out / "rl_data" / "images"))
 
     judge = None
     if cfg.judge_base_url:
@@ -489,14 +306,16 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
                                           cache_dir=cfg.judge_cache_dir)), cfg.judge_max_calls)
     rewards = ThymeRewards(cfg.rewards(), judge)
     args = trl_args(cfg, rewards)
-    Trainer = thyme_grpo_trainer_class()
+    Trainer = grpo_trainer_class()
     with Sandbox(workers=cfg.sandbox_workers, timeout=cfg.sandbox_timeout) as sandbox:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        rollout_func = ThymeRolloutFunc(cfg, processor, sandbox, force)
+        first, *others = rewards.reward_funcs()
         trainer = Trainer(model=model, processing_class=processor, args=args,
-                          reward_funcs=rewards.reward_funcs(), train_dataset=dataset,
-                          rollout_func=ThymeRolloutFunc(cfg, processor, sandbox, force),
+                          reward_funcs=[LoggingRolloutStatistics(first, rollout_func), *others],
+                          train_dataset=dataset, rollout_func=rollout_func,
                           callbacks=[_metrics_callback(str(out)), *(callbacks or [])])
-        resume = {"auto": last_checkpoint(str(out)), "never": None}.get(cfg.resume, cfg.resume)
+        resume = resume_checkpoint(cfg.resume, out)
         if resume:
             log.info("resuming from %s", resume)
         trainer.train(resume_from_checkpoint=resume)
@@ -505,9 +324,7 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
             processor.save_pretrained(str(out))
             summary = run_summary(trainer.state.log_history, trainer.state.global_step)
             summary["resumed_from"] = os.path.relpath(resume, out) if resume else None
-            tmp = out / ".metrics.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=1))
-            os.replace(tmp, out / "metrics.json")
+            write_json(out / "metrics.json", summary, indent=1)
     return trainer
 
 

@@ -13,16 +13,17 @@ under `--out`. The `Thyme` class is the Python API the CLI and the evaluator sha
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipelines.core.atomic import write_bytes, write_json
 from thyme_train.config import doc
+from thyme_train.rollout import RolloutConfig
 
 DIRECT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer the question about the image directly, without writing "
@@ -35,28 +36,29 @@ class InferenceError(RuntimeError):
     """A clear, user-facing failure (bad model path, unreadable image, engine failure)."""
 
 
+def evaluation_rollout(**overrides) -> RolloutConfig:
+    """The rollout loop of the original evaluation (THYME.md §5): greedy text and code, no
+    repetition penalty, 2,048 new tokens per generation call, failed code rounds rolled back and
+    generated again; `overrides`: other RolloutConfig values."""
+    return RolloutConfig(**{"max_new_tokens": 2048, "temperature_text": 0.0,
+                            "repetition_penalty": 1.0, "on_code_error": "rollback", **overrides})
+
+
 @dataclass
 class InferConfig:
-    """How a checkpoint is asked. Defaults are the original evaluation's."""
+    """How a checkpoint is asked: the model and engine, and the rollout loop of training
+    (RolloutConfig) with the original evaluation's defaults."""
 
     model: str = doc("a local checkpoint directory or a hub model id", default="")
     engine: str = doc("`hf` (transformers generate; CPU or GPU) or `vllm` (needs vLLM)", default="hf")
     system_prompt: str | None = doc("system prompt; None: the training default "
                                     "(pipelines.core.prompts.DEFAULT_SYSTEM_PROMPT)", default=None)
-    max_turns: int = doc("generation calls per question (stop at </code> to run it)", default=5)
-    max_new_tokens: int = doc("new tokens per generation call", default=2048)
-    max_total_tokens: int = doc("prompt + completion tokens, sandbox outputs included",
-                                default=10240)
-    temperature: float = doc("text temperature (0 = greedy, the evaluation default); code is "
-                             "always greedy", default=0.0)
-    on_code_error: str = doc("`rollback` (drop a failed code round and generate it again, as the "
-                             "original evaluation) or `show` (show the error, as in RL)",
-                             default="rollback")
     fallback_direct: bool = doc("answer directly when the loop ends without an answer", default=True)
     max_pixels: int | None = doc("pixel budget per image; None: the processor's (training's)",
                                  default=None)
-    sandbox_timeout: float = doc("seconds one code block may run", default=10.0)
-    seed: int = doc("sampling seed (matters only when temperature > 0)", default=0)
+    rollout: RolloutConfig = doc("the rollout loop: generation calls, token budgets, sampling, "
+                                 "the code-error policy, the sandbox timeout, the seed "
+                                 "(evaluation_rollout)", default_factory=evaluation_rollout)
 
     def __post_init__(self):
         if self.engine not in ("hf", "vllm"):
@@ -84,35 +86,32 @@ class Thyme:
 
     def __init__(self, config: InferConfig, sandbox=None):
         from sandbox import Sandbox
-        from thyme_train.rollout import ChatCodec, RolloutConfig, RolloutRunner
+        from thyme_train.engine import ChatCodec
+        from thyme_train.rollout import RolloutRunner
 
         self.config = config
+        rollout = config.rollout
         self.model, self.processor = load_checkpoint(config.model, config.max_pixels,
                                                      weights=config.engine == "hf")
         self.codec = ChatCodec(self.processor)
-        rollout = RolloutConfig(max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,
-                                max_total_tokens=config.max_total_tokens,
-                                temperature_text=config.temperature, temperature_code=0.0,
-                                repetition_penalty=1.0, on_code_error=config.on_code_error,
-                                sandbox_timeout=config.sandbox_timeout, seed=config.seed)
         self.engine = self._engine(rollout)
         self._own_sandbox = sandbox is None
-        self.sandbox = Sandbox(timeout=config.sandbox_timeout) if sandbox is None else sandbox
+        self.sandbox = Sandbox(timeout=rollout.sandbox_timeout) if sandbox is None else sandbox
         self.runner = RolloutRunner(self.engine, self.codec, self.sandbox, rollout)
         self.direct = RolloutRunner(self.engine, self.codec, self.sandbox,
-                                    RolloutConfig(**{**asdict(rollout), "max_turns": 1}))
+                                    dataclasses.replace(rollout, max_turns=1))
 
     def _engine(self, rollout):
         if self.config.engine == "vllm":
             from pipelines.core.vllm_config import VLLMConfig
             from thyme_train.vllm_engine import VLLMEngine
             try:
-                return VLLMEngine(VLLMConfig(model=self.config.model, max_images=self.config.max_turns + 1,
-                                             max_model_len=self.config.max_total_tokens),
+                return VLLMEngine(VLLMConfig(model=self.config.model, max_images=rollout.max_turns + 1,
+                                             max_model_len=rollout.max_total_tokens),
                                   self.processor, rollout.sampling())
             except ImportError as exc:
                 raise InferenceError(f"the vllm engine needs vLLM installed ({exc})") from None
-        from thyme_train.rollout import HFEngine
+        from thyme_train.hf_engine import HFEngine
         return HFEngine(self.model, self.processor, rollout.sampling(), batch_size=1)
 
     def close(self) -> None:
@@ -144,8 +143,7 @@ class Thyme:
         if system is None:
             from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
             system = DEFAULT_SYSTEM_PROMPT
-        prompt = self.codec.prompt(thyme_messages(user, None, system), images=[image] if image else [],
-                                   image_path=image)
+        prompt = self.codec.prompt(thyme_messages(user, None, system), images=[image] if image else [])
         runner = self.runner if tools else self.direct
         (rollout,) = runner.run([prompt], force=force, on_event=self._events(on_text))
         text = self._text(rollout.completion_ids)
@@ -222,10 +220,9 @@ def _image_size(path: str) -> tuple[int, int]:
 def _save_images(paths: list[str], out: Path) -> list[str]:
     """Copies of the sandbox's images under out/images/, paths relative to `out`."""
     saved = []
-    (out / "images").mkdir(parents=True, exist_ok=True)
     for k, p in enumerate(paths, start=1):
         target = out / "images" / f"processed_{k:02d}{Path(p).suffix or '.png'}"
-        shutil.copyfile(p, target)
+        write_bytes(target, Path(p).read_bytes())
         saved.append(target.relative_to(out).as_posix())
     return saved
 
@@ -249,9 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         prefix = {"sandbox": "\n[sandbox] ", "model": ""}.get(kind, "\n")
         print(prefix + text, end="" if kind == "model" else "\n", flush=True)
 
-    config = InferConfig(model=args.model, engine=args.engine, on_code_error=args.on_code_error,
-                         max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
-                         max_pixels=args.max_pixels)
+    config = InferConfig(model=args.model, engine=args.engine, max_pixels=args.max_pixels,
+                         rollout=evaluation_rollout(on_code_error=args.on_code_error,
+                                                   max_turns=args.max_turns,
+                                                   max_new_tokens=args.max_new_tokens))
     out = Path(args.out)
     try:
         if args.image:
@@ -265,9 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record = asdict(transcript)
     record["image"] = os.path.relpath(transcript.image, out) if transcript.image else None
-    tmp = out / f"transcript.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False))
-    os.replace(tmp, out / "transcript.json")
+    write_json(out / "transcript.json", record, indent=1)
     print(f"\nanswer: {transcript.answer!r} ({transcript.end_reason}; {transcript.code_calls} code "
           f"runs, {transcript.rollbacks} rolled back) -> {out / 'transcript.json'}")
     if transcript.end_reason == "engine_error":

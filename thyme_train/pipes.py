@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import traceback
-from pathlib import Path
 
 ERROR_FILE_ENV = "THYME_TRAIN_ERROR_FILE"
 
@@ -48,12 +47,10 @@ def write_error(exc: BaseException) -> None:
     target = os.environ.get(ERROR_FILE_ENV)
     if not target:
         return
-    path = Path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}",
-                               "traceback": traceback.format_exc()[-6000:]}))
-    os.replace(tmp, path)
+    from pipelines.core.atomic import write_json
+
+    write_json(target, {"error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc()[-6000:]}, indent=None)
 
 
 @contextlib.contextmanager

@@ -1,24 +1,18 @@
 """The Thyme rollout loop (GRPO-ATS, THYME.md §4; shared with inference and evaluation): each
 sample alternates generation and sandbox execution until it answers.
 
-    codec = ChatCodec(processor)
-    engine = HFEngine(model, processor, config.sampling())        # or a vLLM engine
+    codec = ChatCodec(processor)                                  # thyme_train.engine
+    engine = HFEngine(model, processor, config.sampling())        # or thyme_train.vllm_engine
     runner = RolloutRunner(engine, codec, sandbox, config)
-    rollouts = runner.run([codec.prompt(messages, image_path=...)], num_generations=4)
+    rollouts = runner.run([codec.prompt(messages, images=["photo.jpg"])], num_generations=4)
 
-Per sample: one sandbox session (variables persist across its code blocks). A generation call
-ends after `</code>` (the code then runs and its `<sandbox_output>` — image tokens for images,
-the printed text, or the error — is appended as environment tokens), after `</answer>`, at EOS,
-at its token budget, or when the repetition detector fires. Every sample ends with one of
-END_REASONS; an engine or sandbox failure ends only the sample it hit.
-
-The engine interface is small so a vLLM engine can plug in: `generate(requests)` takes
-`GenerationRequest`s (the whole context as token ids plus its images, a token budget, a seed, a
-`watch` callback to feed each new token to, an optional `force` callback) and returns, per
-request, a `GenerationResult` or the exception that request raised. Engines must apply the ATS
-rule (thyme_train.ats), never emit `ChatCodec.environment_only_ids` (vision tokens: only the
-sandbox brings images), and call `watch` on every generated token, stopping when it returns True
-(an engine that cannot stop mid-request may truncate its output at that token instead).
+Per sample: one sandbox session (variables persist across its code blocks) given the prompt's
+image files (`RolloutPrompt.image_files`; the first is `image_path` in the model's code, and the
+sandbox points a literal `image_path = "..."` at it too). A generation call ends after `</code>`
+(the code then runs and its `<sandbox_output>` — image tokens for images, the printed text, or
+the error — is appended as environment tokens), after `</answer>`, at EOS, at its token budget,
+or when the repetition detector fires. Every sample ends with one of END_REASONS; an engine or
+sandbox failure ends only the sample it hit. Engines plug in through thyme_train.engine.
 """
 
 from __future__ import annotations
@@ -26,20 +20,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from PIL import Image
-
-from pipelines.core.prompts import parse_user
-from sandbox.protocol import IMAGE_TOKEN, extract_code, render_output
+from sandbox.protocol import extract_code, render_output
 from sandbox.result import INTERNAL
-from thyme_train.ats import ATSLogitsProcessor, ATSStoppingCriteria, RowState, SamplingConfig
+from thyme_train.ats import SamplingConfig
 from thyme_train.config import doc
+from thyme_train.engine import ChatCodec, Engine, GenerationRequest, RolloutPrompt, load_rgb
 from thyme_train.repetition import RepetitionDetector
 
 END_REASONS = (
@@ -107,120 +96,6 @@ class RolloutConfig:
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.temperature_text, self.top_p, self.top_k,
                               self.repetition_penalty, self.temperature_code)
-
-
-# ---------------------------------------------------------------------------------------------
-# Engine interface
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class GenerationRequest:
-    input_ids: list[int]                  # the whole context: prompt + completion so far
-    images: list                          # PIL images of the context's image tokens, in order
-    max_new_tokens: int
-    seed: int
-    watch: Callable[[int], bool] | None = None       # fed each new token; True = stop now
-    force: Callable[[list[int]], int | None] | None = None   # tokens of this call so far ->
-                                          # a token to force, or None (tests, scripted policies)
-
-
-@dataclass
-class GenerationResult:
-    token_ids: list[int]
-    logprobs: list[float]                 # the policy's log-prob of each token at T = 1
-    behaviour_logprobs: list[float]       # under the distribution actually sampled (0: greedy)
-    temperatures: list[float]             # the temperature each token was sampled at
-    in_code: list[bool]                   # the token was generated inside <code>…</code>
-    finish: str                           # code | answer | eos | length | watch
-
-
-class Engine(Protocol):
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult | BaseException]:
-        ...
-
-
-# ---------------------------------------------------------------------------------------------
-# Token-level rendering shared by every engine
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class RolloutPrompt:
-    prompt_ids: list[int]
-    images: list                          # the prompt's images (PIL), in order
-    image_path: str | None = None         # the input image file the sandbox gets (`image_path`)
-
-
-class ChatCodec:
-    """Renders prompts and sandbox outputs into token ids for one processor (Qwen2.5-VL-style:
-    each image becomes `<|vision_start|>` + one `<|image_pad|>` per vision token +
-    `<|vision_end|>`, as the model's chat template writes it, expanded by the processor)."""
-
-    def __init__(self, processor):
-        self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.image_token = processor.image_token
-        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        vocab = self.tokenizer.get_vocab()
-        self.placeholder = (f"<|vision_start|>{self.image_token}<|vision_end|>"
-                            if "<|vision_start|>" in vocab else self.image_token)
-        self.eos_ids = {i for i in (self.tokenizer.eos_token_id,) if i is not None}
-        # Tokens only the environment writes: a policy that samples an image pad (a random
-        # model does) would leave image tokens without an image. Engines must never emit them.
-        vision = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|video_pad|>")
-        self.environment_only_ids = sorted({self.image_token_id} | {vocab[t] for t in vision if t in vocab})
-
-    def prompt(self, messages: list[dict], images: Sequence | None = None,
-               image_path: str | None = None) -> RolloutPrompt:
-        """A chat (system/user messages; image parts in order, with or without an `image`
-        payload) as prompt ids ending in the assistant header. `images` default to the parts'
-        payloads; `image_path` to the prompt's "User Image Path" when that file exists."""
-        if images is None:
-            images = [part["image"] for m in messages if isinstance(m.get("content"), list)
-                      for part in m["content"] if part.get("type") == "image" and part.get("image")]
-        images = [_rgb(img) for img in images]
-        text = self.processor.apply_chat_template(_strip_payloads(messages), tokenize=False,
-                                                  add_generation_prompt=True)
-        ids = self._encode(text, images)
-        if image_path is None:
-            user = next((m for m in messages if m["role"] == "user"), None)
-            content = user["content"] if user else ""
-            if isinstance(content, list):
-                content = "".join(p.get("text") or "" for p in content)
-            path = parse_user(content)[1].get("original_path")
-            image_path = path if path and os.path.isfile(path) else None
-        return RolloutPrompt(ids, images, image_path)
-
-    def block(self, text: str, images: Sequence = ()) -> list[int]:
-        """Token ids of a `<sandbox_output>` block (its `<image>`s become vision tokens)."""
-        return self._encode(text.replace(IMAGE_TOKEN, self.placeholder), list(images))
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-    def _encode(self, text: str, images: list) -> list[int]:
-        if images:   # the processor expands each image's pad token to its vision tokens
-            return list(self.processor(text=[text], images=images)["input_ids"][0])
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _strip_payloads(messages: list[dict]) -> list[dict]:
-    """Messages with bare parts: `{"type": "image"}` and `{"type": "text", "text": …}` (rows
-    from `datasets` carry every key of every part, None-filled, which templates misread)."""
-    out = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = [{"type": "image"} if p.get("type") == "image" else
-                       {"type": "text", "text": p.get("text") or ""} for p in content]
-        out.append({"role": m["role"], "content": content})
-    return out
-
-
-def _rgb(img) -> Image.Image:
-    if isinstance(img, str | os.PathLike):
-        with Image.open(img) as opened:
-            return opened.convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,8 +251,8 @@ class RolloutRunner:
         def run(s: _Sample):
             code = extract_code(self.codec.decode(self._last_call_tokens(s.rollout)))
             if s.session is None:
-                inputs = [s.prompt.image_path] if s.prompt.image_path else []
-                s.session = self.sandbox.session(inputs=inputs, timeout=self.config.sandbox_timeout)
+                s.session = self.sandbox.session(inputs=s.prompt.image_files,
+                                                 timeout=self.config.sandbox_timeout)
             return s.session.run(code if code is not None else "")
 
         workers = max(1, min(len(runnable), getattr(self.sandbox, "workers", 1) * 2))
@@ -422,7 +297,7 @@ class RolloutRunner:
                                           f"{self.max_images}")
                 return
             try:
-                images = [_rgb(p) for p in result.images]
+                images = [load_rgb(p) for p in result.images]
             except OSError as exc:
                 self._end(s, "sandbox_error", f"a produced image does not load: {exc}")
                 return
@@ -476,93 +351,3 @@ class RolloutRunner:
             except Exception:  # noqa: BLE001, S110  closing a dead session must not fail a batch
                 pass
             s.session = None
-
-
-# ---------------------------------------------------------------------------------------------
-# The transformers engine (CPU tests, the demo, small GPUs)
-# ---------------------------------------------------------------------------------------------
-
-class HFEngine:
-    """`model.generate` with the ATS processor; requests are batched (left-padded) and a batch
-    that fails is retried one request at a time, so one bad request fails alone."""
-
-    def __init__(self, model, processor, sampling: SamplingConfig | None = None, batch_size: int = 8):
-        self.model, self.processor = model, processor
-        self.sampling = sampling or SamplingConfig()
-        self.batch_size = batch_size
-        self.codec = ChatCodec(processor)
-        self.tokenizer = self.codec.tokenizer
-        eos = model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.eos_ids = set(eos) | self.codec.eos_ids
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
-        self.last_inputs: dict[str, tuple] = {}       # shapes of the last batch's model inputs
-
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult | BaseException]:
-        out: list[GenerationResult | BaseException] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start:start + self.batch_size]
-            try:
-                out += self._batch(chunk)
-            except Exception:  # noqa: BLE001  find the request that fails; the others go on
-                for req in chunk:
-                    try:
-                        out += self._batch([req])
-                    except Exception as exc:  # noqa: BLE001
-                        out.append(exc)
-        return out
-
-    def _batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        import torch
-
-        ip = self.processor.image_processor
-        merge = getattr(ip, "merge_size", 1) ** 2
-        flat, grids = [], []
-        for k, req in enumerate(requests):
-            want = 0
-            if req.images:
-                vision = ip(images=req.images, return_tensors="pt")
-                flat.append(vision["pixel_values"])
-                grids.append(vision["image_grid_thw"])
-                want = int(vision["image_grid_thw"].prod(-1).sum()) // merge
-            have = sum(1 for t in req.input_ids if t == self.codec.image_token_id)
-            if have != want:
-                raise ValueError(f"request {k}: {have} image tokens in the context but its "
-                                 f"{len(req.images)} image(s) make {want}")
-        width = max(len(r.input_ids) for r in requests)
-        ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for i, r in enumerate(requests):
-            ids[i, width - len(r.input_ids):] = torch.tensor(r.input_ids)
-            mask[i, width - len(r.input_ids):] = 1
-        kwargs = {"input_ids": ids, "attention_mask": mask,
-                  "mm_token_type_ids": (ids == self.codec.image_token_id).long() * mask}
-        if flat:
-            kwargs["pixel_values"] = torch.cat(flat)
-            kwargs["image_grid_thw"] = torch.cat(grids)
-        device = next(self.model.parameters()).device
-        rows = [RowState(max_new_tokens=r.max_new_tokens,
-                         generator=torch.Generator(device=device).manual_seed(r.seed),
-                         watch=r.watch, force=r.force) for r in requests]
-        processor = ATSLogitsProcessor(rows, self.sampling, self.codec.environment_only_ids)
-        stopper = ATSStoppingCriteria(rows, lambda t: self.tokenizer.decode(t), self.eos_ids)
-        kwargs = {k: v.to(device) for k, v in kwargs.items()}
-        self.last_inputs = {k: tuple(v.shape) for k, v in kwargs.items()}   # for inspection
-        with torch.no_grad():
-            self.model.generate(
-                **kwargs, max_new_tokens=max(r.max_new_tokens for r in requests), do_sample=False,
-                logits_processor=[processor], stopping_criteria=[stopper],
-                pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids), temperature=None,
-                top_k=None, top_p=None, repetition_penalty=None, use_cache=True)
-        return [GenerationResult(row.tokens, row.logprobs, row.behaviour_logprobs, row.temperatures,
-                                 row.in_code, row.finish or "length") for row in rows]
-
-
-def save_prompt_image(image: Image.Image, directory: str | None = None) -> str:
-    """Write a prompt image to a file the sandbox can read (prompts without a usable
-    "User Image Path"); returns the path."""
-    fd, path = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
-    image.save(path)
-    os.chmod(path, 0o644)
-    return path

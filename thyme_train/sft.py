@@ -24,13 +24,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.core.atomic import write_json
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
-from thyme_train.config import doc, parse_config, to_dict
+from thyme_train.config import doc, parse_config, resume_checkpoint, to_dict, trainer_arguments
 from thyme_train.data import data_files, fingerprint, load_rows, measure_and_filter
 from thyme_train.pipes import launched_process, log_callback
+from thyme_train.plots import loss_curve
+from thyme_train.tiny import resolve_model
+from thyme_train.trl_adapter import sft_trainer_class
 
 log = logging.getLogger("thyme_train.sft")
-TINY_PREFIX = "tiny:"
 METRICS_FILE = "metrics.json"
 LOSS_CURVE_FILE = "loss_curve.png"
 
@@ -147,14 +150,6 @@ def _shipped(path: str) -> Path:
 
 # ------------------------------------------------------------------ model
 
-def resolve_model(name: str) -> str:
-    if name.startswith(TINY_PREFIX):
-        from thyme_train.tiny import build_tiny_model
-
-        return str(build_tiny_model(name[len(TINY_PREFIX):]))
-    return name
-
-
 def freeze(model, vision_tower: bool, merger: bool) -> dict:
     """Freeze the vision blocks and/or the merger; returns trainable/total parameter counts."""
     visual = getattr(getattr(model, "model", model), "visual", None)
@@ -167,62 +162,6 @@ def freeze(model, vision_tower: bool, merger: bool) -> dict:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total}
-
-
-def load_checkpoint_weights(model, checkpoint: str) -> None:
-    """Load a Trainer checkpoint's weights into `model`, strictly.
-
-    transformers 5 saves Qwen2.5-VL in the hub's key layout (`model.layers.*`, `visual.*`) while
-    the module is `model.language_model.*`, `model.visual.*`; `Trainer` resumes with
-    `load_state_dict(strict=False)` and so silently keeps the initial weights (transformers issue
-    #43701). Here the saved keys are renamed the way `from_pretrained` renames them."""
-    import safetensors.torch
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-
-    files = sorted(Path(checkpoint).glob("model*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{checkpoint}: no model*.safetensors to resume from")
-    conversions = getattr(model, "_weight_conversions", None) or get_model_conversion_mapping(model)
-    if any(isinstance(c, WeightConverter) for c in conversions):
-        raise NotImplementedError(f"{type(model).__name__} converts weights on load (not only "
-                                  f"renames them): resume it with DeepSpeed or FSDP checkpoints")
-    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
-    state = {}
-    for f in files:
-        for key, tensor in safetensors.torch.load_file(f, device="cpu").items():
-            state[rename_source_key(key, renamings, [])[0]] = tensor
-    own = model.state_dict()
-    # A tied weight (lm_head = embeddings) is saved once: it loads through its twin.
-    loaded = {own[k].data_ptr() for k in own if k in state}
-    missing = [k for k in own if k not in state and own[k].data_ptr() not in loaded]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise ValueError(f"{checkpoint}: checkpoint does not match the model (missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]})")
-    model.load_state_dict(state, strict=False)
-
-
-def _trainer_class():
-    from trl import SFTTrainer
-
-    class ThymeSFTTrainer(SFTTrainer):
-        """TRL's SFTTrainer, resuming the model's weights correctly (see
-        `load_checkpoint_weights`); DeepSpeed and FSDP resume through their own states."""
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            load_checkpoint_weights(model if model is not None else self.model,
-                                    resume_from_checkpoint)
-
-    return ThymeSFTTrainer
-
-
-def last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
 
 
 # ------------------------------------------------------------------ training
@@ -262,30 +201,15 @@ def build_trainer(cfg: ThymeSFTConfig, callbacks: list = ()) -> Run:
                      train_last_round_only=cfg.train_last_round_only)
 
     args = SFTConfig(
-        output_dir=cfg.output_dir,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        **trainer_arguments(cfg),
         lr_scheduler_type=cfg.lr_scheduler_type,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        deepspeed=cfg.deepspeed,
-        report_to=cfg.report_to or "none",
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=cfg.dataloader_num_workers,
         run_name=f"thyme-sft-{cfg.stage}",
         # Our collator reads the raw Thyme columns and owns the labels and the length limit.
         max_length=None,
-        remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -308,10 +232,10 @@ def build_trainer(cfg: ThymeSFTConfig, callbacks: list = ()) -> Run:
         model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
         attn_implementation=cfg.attn_implementation)
     params = freeze(model, cfg.freeze_vision_tower, cfg.freeze_merger)
-    trainer = _trainer_class()(model=model, args=args, train_dataset=kept,
-                               processing_class=processor,
-                               data_collator=ThymeCollator(chat, cfg.max_length),
-                               callbacks=list(callbacks) or None)
+    trainer = sft_trainer_class()(model=model, args=args, train_dataset=kept,
+                                  processing_class=processor,
+                                  data_collator=ThymeCollator(chat, cfg.max_length),
+                                  callbacks=list(callbacks) or None)
     return Run(trainer, chat, files, len(rows), dropped, params)
 
 
@@ -327,11 +251,7 @@ def train(cfg: ThymeSFTConfig, callbacks: list = ()) -> dict:
         (Path(cfg.output_dir) / METRICS_FILE).unlink(missing_ok=True)
     run = build_trainer(cfg, callbacks)
     trainer = run.trainer
-    resume = None
-    if cfg.resume == "auto":
-        resume = last_checkpoint(cfg.output_dir)
-    elif cfg.resume != "never":
-        resume = cfg.resume
+    resume = resume_checkpoint(cfg.resume, cfg.output_dir)
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
@@ -362,39 +282,12 @@ def train(cfg: ThymeSFTConfig, callbacks: list = ()) -> dict:
             "config": to_dict(cfg),
             "runtime_s": round(time.time() - started, 1),
         }
-        plot_losses(losses, Path(cfg.output_dir) / LOSS_CURVE_FILE, cfg.stage)
-        _write_json(Path(cfg.output_dir) / METRICS_FILE, metrics)
+        loss_curve(losses, Path(cfg.output_dir) / LOSS_CURVE_FILE, cfg.stage)
+        write_json(Path(cfg.output_dir) / METRICS_FILE, metrics, indent=1)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # ZeRO-3 aborts at interpreter exit while a process group is alive (STACK.md).
         torch.distributed.destroy_process_group()
     return metrics
-
-
-def plot_losses(losses: list[tuple[int, float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    if losses:
-        ax.plot([s for s, _ in losses], [v for _, v in losses], marker=".", linewidth=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (unmasked tokens)")
-    ax.set_title(f"Thyme SFT {title}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _check_trackers(report_to: list[str]) -> None:

@@ -33,6 +33,7 @@ THYME_TAGS = ["<think>", "</think>", "<code>", "</code>", "<sandbox_output>", "<
               "<answer>", "</answer>"]
 
 MARKER = "thyme_tiny.json"  # written last: its presence means the build is complete
+TINY_PREFIX = "tiny:"       # a config's `model: tiny:DIR` means this model, built into DIR
 
 PRESETS = {
     # ~0.3M parameters: fast forward/backward on CPU for tests (STACK.md).
@@ -53,6 +54,14 @@ PRESETS = {
 # Small pixel budget: 4 to 16 vision tokens per image (28x28 pixels per merged token).
 MIN_PIXELS = 4 * 28 * 28
 MAX_PIXELS = 16 * 28 * 28
+
+
+def resolve_model(name: str) -> str:
+    """A config's `model`: `tiny:DIR` is the tiny model built into DIR (built if missing);
+    anything else (a checkpoint directory, a hub id) is itself."""
+    if name.startswith(TINY_PREFIX):
+        return str(build_tiny_model(name[len(TINY_PREFIX):]))
+    return name
 
 
 def build_tiny_model(out_dir: str | os.PathLike, preset: str = "default", seed: int = 0) -> Path:

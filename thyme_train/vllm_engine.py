@@ -1,4 +1,4 @@
-"""vLLM engines for the rollout loop (`thyme_train.rollout.Engine`): an offline `vllm.LLM` in
+"""vLLM engines for the rollout loop (`thyme_train.engine.Engine`): an offline `vllm.LLM` in
 this process (`VLLMEngine`) and an OpenAI-compatible vLLM server (`VLLMServerEngine`).
 
     engine = VLLMEngine(VLLMConfig(model=path, max_model_len=12288, max_images=8), processor,
@@ -67,8 +67,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pipelines.core.vllm_config import VLLMConfig
 from sandbox.protocol import ANSWER_CLOSE, CODE_CLOSE
-from thyme_train.ats import SamplingConfig, SegmentTracker
-from thyme_train.rollout import ChatCodec, GenerationRequest, GenerationResult
+from thyme_train.ats import SamplingConfig, SegmentTracker, stop_reason
+from thyme_train.engine import ChatCodec, GenerationRequest, GenerationResult
 
 PROCESSOR = "thyme_train.vllm_ats:ATSLogitsProcessor"    # what `--logits-processors` takes
 STOP_STRINGS = [CODE_CLOSE, ANSWER_CLOSE]
@@ -206,16 +206,8 @@ class _Call:
             r.temperatures.append(float(temperature))
             r.in_code.append(inside)
             tags = self.tracker.feed(self.engine.piece(int(token)))
-            if token in self.engine.eos_ids:
-                self.finish = "eos"
-            elif ANSWER_CLOSE in tags:
-                self.finish = "answer"
-            elif CODE_CLOSE in tags:
-                self.finish = "code"
-            elif self.req.watch is not None and self.req.watch(int(token)):
-                self.finish = "watch"
-            elif len(r.token_ids) >= self.max_tokens:
-                self.finish = "length"
+            self.finish = stop_reason(int(token), tags, self.engine.eos_ids, self.req.watch,
+                                      len(r.token_ids), self.max_tokens)
         return self.finish is not None
 
     def close(self, finish_reason: str | None, stop_reason) -> GenerationResult:
