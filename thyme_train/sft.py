@@ -28,6 +28,7 @@ from pipelines.core.atomic import write_json
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
 from thyme_train.config import doc, parse_config, resume_checkpoint, to_dict, trainer_arguments
 from thyme_train.data import data_files, fingerprint, load_rows, measure_and_filter
+from thyme_train.freezing import freeze
 from thyme_train.pipes import launched_process, log_callback
 from thyme_train.plots import loss_curve
 from thyme_train.tiny import resolve_model
@@ -146,22 +147,6 @@ def _shipped(path: str) -> Path:
     if not shipped.is_file():
         raise FileNotFoundError(f"config: {path} exists neither here nor at {shipped}")
     return shipped
-
-
-# ------------------------------------------------------------------ model
-
-def freeze(model, vision_tower: bool, merger: bool) -> dict:
-    """Freeze the vision blocks and/or the merger; returns trainable/total parameter counts."""
-    visual = getattr(getattr(model, "model", model), "visual", None)
-    if visual is None:
-        raise ValueError(f"{type(model).__name__} has no vision tower at model.visual")
-    for name, p in visual.named_parameters():
-        is_merger = name.startswith("merger.")
-        if (is_merger and merger) or (not is_merger and vision_tower):
-            p.requires_grad_(False)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "total": total}
 
 
 # ------------------------------------------------------------------ training
