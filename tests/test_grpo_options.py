@@ -171,3 +171,35 @@ def test_importance_sampling_options_reach_trl_and_are_checked(tmp_path):
         load_config(GRPOATSConfig, None, ["engine=sglang"])
     with pytest.raises(ValueError, match="vllm_mode"):
         load_config(GRPOATSConfig, None, ["vllm_mode=remote"])
+
+
+def test_a_server_without_what_training_needs_is_refused():
+    from thyme_train.rollout_engines import check_server
+    from thyme_train.vllm_engine import PROCESSOR
+
+    info = {"model_config": {"logits_processors": [PROCESSOR], "logprobs_mode": "raw_logprobs",
+                             "served_model_name": "tiny", "max_model_len": 2048,
+                             "multimodal_config": {"limit_per_prompt": {"image": {"count": 4}}}},
+            "parallel_config": {"tensor_parallel_size": 2, "data_parallel_size": 2},
+            "weight_transfer_config": {"backend": "nccl"}}
+    with pytest.raises(ValueError, match="processed_logprobs"):
+        check_server(info, True, 4, PROCESSOR)
+    checked = check_server(info, False, 4, PROCESSOR)
+    assert (checked["workers"], checked["backend"], checked["max_images"]) == (4, "nccl", 4)
+    with pytest.raises(ValueError, match="takes 4 images"):
+        check_server(info, False, 8, PROCESSOR)
+    with pytest.raises(ValueError, match="no weight-transfer backend"):
+        check_server({**info, "weight_transfer_config": None}, False, 4, PROCESSOR)
+    with pytest.raises(ValueError, match="without our logits processor"):
+        check_server({**info, "model_config": {**info["model_config"], "logits_processors": []}},
+                     False, 4, PROCESSOR)
+
+
+def test_a_rollout_the_infrastructure_broke_is_unscorable_not_wrong():
+    rewards = ThymeRewards(RewardConfig(tool_weight=1.0))
+    kwargs = {"solution": ["red", "red"], "end_reason": ["answer", "engine_error"],
+              "sandbox_image_count": [1, 0]}
+    completions = [answer("red"), ""]
+    assert rewards.accuracy_reward(completions, **kwargs) == [1.0, None]
+    assert rewards.format_reward(completions, **kwargs) == [1.0, None]
+    assert rewards.tool_reward(completions, **kwargs) == [1.0, None]

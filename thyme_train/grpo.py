@@ -217,6 +217,9 @@ class ThymeRolloutFunc:
             rollouts = self.runner.run(encoded, force=self.force)
         if all(r.end_reason == "engine_error" for r in rollouts):
             raise RuntimeError(f"the rollout engine failed every sample of the batch: {rollouts[0].error}")
+        for r in rollouts:
+            if not r.completion_ids:     # broke before its first token (unscorable, see rewards):
+                r.append_environment([self.codec.tokenizer.eos_token_id])   # TRL needs one token
         stats = rollout_statistics(rollouts)
         timings = self.rollouts.timings
         stats["thyme/time/rollout_s"] = time.perf_counter() - started

@@ -36,7 +36,8 @@ length       Kimi k1.5 / Kimi-VL's length penalty, within each group of G rollou
 
 A judge failure (network, budget exhausted, unreadable reply) is recorded in the scores and the
 statistics, never silently scored 0: every reward of that completion is None, which TRL treats as
-unscorable (left out of the group baseline, advantage 0).
+unscorable (left out of the group baseline, advantage 0). So is a rollout the engine or the
+sandbox broke (`end_reason` engine_error / sandbox_error): the model is not punished for it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from sandbox.protocol import (
 )
 from thyme_train.config import doc
 
+BROKEN_ENDS = ("engine_error", "sandbox_error")   # rollout end reasons that make it unscorable
 
 @dataclass
 class RewardConfig:
@@ -284,18 +286,29 @@ class ThymeRewards:
         return [None if s.accuracy is None else r for s, r in zip(scores, mine, strict=True)]
 
     def _batch(self, completions, kwargs) -> list[Scores]:
-        """Scores of a TRL batch (memoised: the three reward functions see the same batch).
+        """Scores of a TRL batch (memoised: the reward functions see the same batch).
         Columns: `solution` (or `answer`), optional `options`, `question`, and the rollout's
-        `sandbox_texts`."""
+        `sandbox_texts` and `end_reason`: a rollout the infrastructure broke (BROKEN_ENDS) is
+        unscorable, not wrong — every reward None, no judge asked."""
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         truths = kwargs.get("solution") or kwargs.get("answer")
         if truths is None:
             raise KeyError("the dataset needs a `solution` (or `answer`) column with the ground truth")
         truths = [str(t) for t in truths]
-        key = (tuple(texts), tuple(truths))
+        ends = list(kwargs.get("end_reason") or [""] * len(texts))
+        key = (tuple(texts), tuple(truths), tuple(ends))
         if self._memo is None or self._memo[0] != key:
-            scores = self.score(texts, truths, kwargs.get("options"), kwargs.get("question"),
-                                kwargs.get("sandbox_texts"))
+            keep = [i for i, end in enumerate(ends) if end not in BROKEN_ENDS]
+
+            def pick(values):
+                return None if values is None else [values[i] for i in keep]
+
+            kept = self.score(pick(texts), pick(truths), pick(kwargs.get("options")),
+                              pick(kwargs.get("question")), pick(kwargs.get("sandbox_texts")))
+            scores = [Scores(None, None, None, f"the rollout broke ({end})", "", judge_failed=False)
+                      for end in ends]
+            for i, score in zip(keep, kept, strict=True):
+                scores[i] = score
             log = kwargs.get("log_metric")
             if log is not None:
                 log("rewards/judge_failures", float(sum(s.judge_failed for s in scores)))

@@ -152,6 +152,15 @@ class Rollout:
                 out.append(lp)
         return out
 
+    def append_environment(self, ids: list[int]) -> None:
+        """Tokens the model did not write (sandbox outputs, the closing end-of-turn): no loss."""
+        self.completion_ids += ids
+        self.env_mask += [0] * len(ids)
+        self.logprobs += [0.0] * len(ids)
+        self.behaviour_logprobs += [0.0] * len(ids)
+        self.temperatures += [math.nan] * len(ids)
+        self.in_code += [False] * len(ids)
+
     @property
     def sandbox_image_count(self) -> int:
         return len(self.sandbox_image_paths)
@@ -252,7 +261,7 @@ class RolloutRunner:
                 # The call stops at </answer>; the turn still ends with the end-of-turn token, so
                 # the completion reads as finished (TRL counts one without it as truncated). It
                 # was not sampled: added like an environment token (no loss, no log-prob).
-                self._append_environment(r, [self.codec.tokenizer.eos_token_id])
+                r.append_environment([self.codec.tokenizer.eos_token_id])
             if res.finish in ("answer", "eos"):
                 self._end(s, res.finish)
             elif res.finish == "watch":
@@ -326,7 +335,7 @@ class RolloutRunner:
             r.code_errors += 1
         if result.text and len(result.text) > cfg.max_output_chars:
             result = dataclasses.replace(result, text=result.text[:cfg.max_output_chars] + " …[cut]")
-        self._append_environment(r, self.codec.block(render_output(result), images))
+        r.append_environment(self.codec.block(render_output(result), images))
         r.images += images
         r.sandbox_image_paths += list(result.images) if result.ok else []
         if len(r.prompt_ids) + len(r.completion_ids) >= cfg.max_total_tokens:
@@ -335,16 +344,6 @@ class RolloutRunner:
             self._end(s, "turn_cap", f"{r.turns} generation calls")
 
     # -- helpers -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _append_environment(r: Rollout, ids: list[int]) -> None:
-        """Tokens the model did not write (sandbox outputs, the closing end-of-turn): no loss."""
-        r.completion_ids += ids
-        r.env_mask += [0] * len(ids)
-        r.logprobs += [0.0] * len(ids)
-        r.behaviour_logprobs += [0.0] * len(ids)
-        r.temperatures += [math.nan] * len(ids)
-        r.in_code += [False] * len(ids)
 
     @staticmethod
     def _last_call_tokens(r: Rollout) -> list[int]:

@@ -60,14 +60,20 @@ def begin_reload(model) -> None:
 
 
 def finish_reload(model, model_config) -> None:
-    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+    from vllm.model_executor.layers.vocab_parallel_embedding import (
+        ParallelLMHead,
+        VocabParallelEmbedding,
+    )
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
     finalize_layerwise_reload(model, model_config)
-    if getattr(model_config.hf_text_config, "tie_word_embeddings", False):
-        for module in model.modules():
-            if isinstance(module, ParallelLMHead) and module.quant_method is not None:
-                module.quant_method.process_weights_after_loading(module)
+    # a head tied to the embeddings shares their parameter object (Qwen2.5-VL-3B, the tiny model)
+    embeddings = {id(m.weight) for m in model.modules()
+                  if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)}
+    for module in model.modules():
+        if (isinstance(module, ParallelLMHead) and id(module.weight) in embeddings
+                and module.quant_method is not None):
+            module.quant_method.process_weights_after_loading(module)
 
 
 def reload_weights(model, model_config, weights) -> set[str]:
