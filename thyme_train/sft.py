@@ -112,6 +112,11 @@ class ThymeSFTConfig:
                                        default=True)
     attn_implementation: str = doc("Attention kernel: sdpa, flash_attention_2, eager.",
                                    default="sdpa")
+    padding_free: bool = doc("Pack each batch's rows into one sequence without padding, each "
+                             "row keeping its own positions (thyme_train.packing): the same loss "
+                             "for less compute; raise per_device_train_batch_size (and lower "
+                             "gradient_accumulation_steps to keep the global batch) to gain.",
+                             default=False)
     report_to: list[str] = doc("Trackers for metrics (tensorboard, wandb, trackio, ...); empty: "
                                "none. TensorBoard logs go under output_dir/runs.",
                                default_factory=lambda: ["tensorboard"])
@@ -217,9 +222,14 @@ def build_trainer(cfg: ThymeSFTConfig, callbacks: list = ()) -> Run:
         model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
         attn_implementation=cfg.attn_implementation)
     params = freeze(model, cfg.freeze_vision_tower, cfg.freeze_merger)
+    collator = ThymeCollator(chat, cfg.max_length)
+    if cfg.padding_free:
+        from thyme_train.packing import PaddingFreeCollator
+
+        collator = PaddingFreeCollator(collator, model.model.get_rope_index)
     trainer = sft_trainer_class()(model=model, args=args, train_dataset=kept,
                                   processing_class=processor,
-                                  data_collator=ThymeCollator(chat, cfg.max_length),
+                                  data_collator=collator,
                                   callbacks=list(callbacks) or None)
     return Run(trainer, chat, files, len(rows), dropped, params)
 
