@@ -203,3 +203,13 @@ def test_a_rollout_the_infrastructure_broke_is_unscorable_not_wrong():
     assert rewards.accuracy_reward(completions, **kwargs) == [1.0, None]
     assert rewards.format_reward(completions, **kwargs) == [1.0, None]
     assert rewards.tool_reward(completions, **kwargs) == [1.0, None]
+
+
+def test_the_gpu_config_rolls_out_with_vllm_and_the_cpu_demo_with_transformers():
+    import os
+
+    gpu = load_config(GRPOATSConfig, os.path.join("thyme_train", "configs", "rl.yaml"))
+    assert (gpu.engine, gpu.vllm_mode, gpu.vllm_sleep_level, gpu.importance_sampling) == \
+        ("vllm", "colocate", 2, "token_truncate")
+    tiny = load_config(GRPOATSConfig, os.path.join("thyme_train", "configs", "rl_tiny.yaml"))
+    assert (tiny.engine, tiny.vllm_sleep_level, tiny.vllm_dtype) == ("hf", 0, "float32")

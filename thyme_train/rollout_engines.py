@@ -104,7 +104,7 @@ class HFRollouts:
 
     def __init__(self, cfg, processor, sampling):
         self.processor, self.sampling, self.batch_size = processor, sampling, cfg.engine_batch_size
-        self.engine = None
+        self.hf = self.engine = None
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -116,15 +116,16 @@ class HFRollouts:
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
             was_training = model.training
             model.eval()
-            if self.engine is None:
-                self.engine = HFEngine(model, self.processor, self.sampling, self.batch_size)
-            self.engine.model = model           # under ZeRO-3: this batch's gathered model
-            started = time.perf_counter()
+            if self.hf is None:
+                self.hf = HFEngine(model, self.processor, self.sampling, self.batch_size)
+                self.engine = Isolating(self.hf)
+            self.hf.model = model               # under ZeRO-3: this batch's gathered model
+            self.engine.generate_s = 0.0
             try:
                 yield self.engine
             finally:
                 model.train(was_training)
-                self.timings = {"sync": 0.0, "generate": time.perf_counter() - started}
+                self.timings = {"sync": 0.0, "generate": self.engine.generate_s}
 
 
 class _VLLMRollouts:
