@@ -35,6 +35,8 @@ test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	.venv-vllm/bin/python -m pytest -m vllm $(VLLM_TESTS)
 
 bench: $(STAMP)
+	# the GRPO engine benchmark (hf vs vllm) runs in the vLLM environment; the script is idempotent
+	bash scripts/vllm_cpu_env.sh
 	$(VENV)/bin/python benchmarks/run.py
 
 lint: $(STAMP)

@@ -113,10 +113,11 @@ class ThymeSFTConfig:
     attn_implementation: str = doc("Attention kernel: sdpa, flash_attention_2, eager.",
                                    default="sdpa")
     padding_free: bool = doc("Pack each batch's rows into one sequence without padding, each "
-                             "row keeping its own positions (thyme_train.packing): the same loss "
-                             "for less compute; raise per_device_train_batch_size (and lower "
-                             "gradient_accumulation_steps to keep the global batch) to gain.",
-                             default=False)
+                             "row keeping its own positions (thyme_train.packing): the same loss; "
+                             "it can only be faster with attn_implementation flash_attention_2 "
+                             "(varlen kernels; not measured yet). With sdpa/eager the packed rows share one dense "
+                             "block-diagonal mask, slower than padding (0.72x tokens/s on CPU, "
+                             "docs/benchmarks.md).", default=False)
     report_to: list[str] = doc("Trackers for metrics (tensorboard, wandb, trackio, ...); empty: "
                                "none. TensorBoard logs go under output_dir/runs.",
                                default_factory=lambda: ["tensorboard"])
