@@ -369,6 +369,15 @@ def test_padding_free_batches_train_exactly_like_padded_ones(tiny, dataset, tmp_
     # and TRL's trainer takes the packed batches (its fused LM head, the loss over the batch)
     trainer = build_trainer(tiny_config(tiny, dataset, tmp_path / "b", padding_free=True,
                                         max_steps=2)).trainer
+    collate, sizes = trainer.data_collator, []
+
+    def counting(batch_rows):
+        batch = collate(batch_rows)
+        sizes.append(batch["input_ids"].shape[1])
+        return batch
+    trainer.data_collator = counting
     trainer.train()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    assert len(losses) == 2 and all(0 < v < 20 for v in losses)
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all(0 < e["loss"] < 20 for e in logs)
+    # the logged token count is the packed tokens (TRL alone would count 1 per batch)
+    assert [e["num_tokens"] for e in logs] == [sizes[0], sizes[0] + sizes[1]]
