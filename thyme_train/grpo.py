@@ -5,8 +5,10 @@ consistency rewards.
     python -m thyme_train.grpo --config thyme_train/configs/rl.yaml [--set key=value ...]
     accelerate launch --config_file ... -m thyme_train.grpo --config rl.yaml    # multi-GPU
 
-The prompts come from thyme_train.rl_data (a published RL dataset, a JSONL / parquet file, or
-`generated:N`); each row carries its image files, which the rollout hands to the sandbox.
+The prompts come from thyme_train.rl_data (a published RL dataset, a released Thyme-RL or
+DeepEyes parquet, a JSONL / parquet file of simple rows); each row carries all its image files,
+which the rollout hands to the sandbox. A sample of each logged step's rollouts is written to
+`rollouts.jsonl` (thyme_train.rollout_log).
 
 What TRL's hooks cover (TRL 1.16): `rollout_func` returns prompt/completion ids, log-probs and
 `env_mask` (0 = sandbox tokens: no loss), and extra fields that reach the reward functions
@@ -45,15 +47,29 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
 
     model: str = doc("policy checkpoint (the SFT stage-2 output) or a tiny model directory",
                      default="")
-    data: str = doc("RL prompts: a published RL dataset directory (pipelines.datasets.publish), a JSONL "
-                    "or parquet file (see thyme_train.rl_data), or `generated:N` for N prompts "
-                    "of the generated pool (CPU demo)", default="")
-    data_split: str = doc("split of a published dataset to train on", default="train")
+    data: str = doc("RL prompts: a published RL dataset directory (pipelines.datasets.publish), a "
+                    "released Thyme-RL or DeepEyes parquet (or a folder of its shards), or a "
+                    "JSONL / parquet file of simple rows (see thyme_train.rl_data)", default="")
+    data_split: str = doc("split of a dataset directory to train on", default="train")
+    prompt_set: str | None = doc(
+        "null: each row keeps its own system and user messages (published and Thyme-RL rows: "
+        "the prompts the data was made with); rows without Thyme messages (DeepEyes, simple) "
+        "get the default set. A set name (thyme, thyme-release), a prompt-set YAML path or "
+        "from:<dataset file>: every prompt re-rendered with that set (pipelines.core.prompts)",
+        default=None)
+    skip_bad_rows: bool = doc("quarantine rows that cannot become prompts (a missing or "
+                              "unreadable image, no ground truth, ...) to rl_data/quarantine.jsonl "
+                              "and count them, instead of stopping with the row's error",
+                              default=False)
+    image_cache_dir: str | None = doc("where images the data carries as bytes are written once, "
+                                      "by content hash (null: output_dir/rl_data/images)",
+                                      default=None)
+    rollout_samples: int = doc("rollouts of each logged step written to rollouts.jsonl (prompt, "
+                               "images, completion, code and sandbox outputs, rewards, end "
+                               "reason); 0: none", default=4)
     output_dir: str = doc("checkpoints, the final model, metrics.json (written last: a finished "
                           "run), metrics.jsonl (every log record) and the curve PNGs",
                           default="data/checkpoints/grpo_ats")
-    system_prompt: str | None = doc("system prompt; null = pipelines.core.prompts.DEFAULT_SYSTEM_PROMPT",
-                                    default=None)
     num_generations: int = doc("rollouts per prompt, G (paper: 4)", default=4)
     per_device_train_batch_size: int = doc("completions per device per step (a multiple of G "
                                            "over the devices)", default=8)
@@ -101,6 +117,9 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
     def __post_init__(self):
         RolloutConfig.__post_init__(self)
         RewardConfig.__post_init__(self)
+        if self.prompt_set:
+            from pipelines.core.prompts import load_prompt_set
+            load_prompt_set(self.prompt_set)      # a bad name or file fails here, not mid-run
         if self.engine != "hf":
             raise ValueError(f"engine {self.engine!r}: only `hf` is available here (the vLLM "
                              "engines plug into thyme_train.engine.Engine)")
@@ -158,11 +177,12 @@ class ThymeRolloutFunc:
     repeats each prompt G times), with the sandbox in the loop. Each prompt's image parts carry
     the row's image files (TRL fills them from the `images` column)."""
 
-    def __init__(self, config: GRPOATSConfig, processor, sandbox, force=None):
+    def __init__(self, config: GRPOATSConfig, processor, sandbox, force=None, rollout_log=None):
         from thyme_train.engine import ChatCodec
 
         self.config, self.processor, self.sandbox = config, processor, sandbox
         self.force = force                # a scripted policy (tests, demos): see RolloutRunner.run
+        self.rollout_log = rollout_log    # thyme_train.rollout_log.RolloutLog, on the main process
         self.codec = ChatCodec(processor)
         self.monitor = ToolUseMonitor(config.tool_collapse_fraction, config.tool_collapse_early_steps)
         self.runner = None
@@ -176,6 +196,8 @@ class ThymeRolloutFunc:
 
         cfg = self.config
         encoded = [self.codec.prompt(messages) for messages in prompts]
+        step = trainer.state.global_step + 1
+        samples = self.rollout_log if trainer.accelerator.is_main_process else None
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
             was_training = model.training
             model.eval()
@@ -186,9 +208,12 @@ class ThymeRolloutFunc:
                     engine = HFEngine(model, self.processor, rollout_cfg.sampling(), cfg.engine_batch_size)
                     self.runner = RolloutRunner(engine, self.codec, self.sandbox, rollout_cfg)
                 self.runner.engine.model = model
-                rollouts = self.runner.run(encoded, force=self.force)
+                rollouts = self.runner.run(encoded, force=self.force,
+                                           on_event=samples.watch(step) if samples else None)
             finally:
                 model.train(was_training)
+        if samples is not None:
+            samples.collect(step, prompts, rollouts, self.codec)
         stats = rollout_statistics(rollouts)
         warning = self.monitor.record(stats["thyme/tool_call_rate"])
         stats["thyme/tool_collapse"] = float(warning is not None)
@@ -282,7 +307,8 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     from sandbox import Sandbox
     from thyme_train.config import resume_checkpoint
     from thyme_train.rewards import Judge, ThymeRewards
-    from thyme_train.rl_data import load_rl_rows, resolve_data, rl_dataset
+    from thyme_train.rl_data import data_report, load_rl_rows, rl_dataset
+    from thyme_train.rollout_log import RolloutLog
     from thyme_train.tiny import resolve_model
     from thyme_train.trl_adapter import grpo_trainer_class
 
@@ -295,9 +321,11 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     if cfg.max_pixels is not None:
         processor.image_processor.size["longest_edge"] = cfg.max_pixels
     model = AutoModelForImageTextToText.from_pretrained(model_path)
-    data = resolve_data(cfg.data, out / "rl_data", cfg.seed)
-    dataset = rl_dataset(load_rl_rows(data, cfg.system_prompt, cfg.data_split,
-                                      cache_dir=out / "rl_data" / "images"))
+    quarantine = [] if cfg.skip_bad_rows else None
+    rows = load_rl_rows(cfg.data, cfg.data_split, cfg.prompt_set, quarantine=quarantine,
+                        cache_dir=cfg.image_cache_dir or out / "rl_data" / "images")
+    data_counts = data_report(rows, quarantine, out / "rl_data")
+    dataset = rl_dataset(rows)
 
     judge = None
     if cfg.judge_base_url:
@@ -309,21 +337,26 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     Trainer = grpo_trainer_class()
     with Sandbox(workers=cfg.sandbox_workers, timeout=cfg.sandbox_timeout) as sandbox:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        rollout_func = ThymeRolloutFunc(cfg, processor, sandbox, force)
+        rollout_log = RolloutLog(out, cfg.rollout_samples, cfg.logging_steps, rewards.weights(), cfg.seed)
+        rollout_func = ThymeRolloutFunc(cfg, processor, sandbox, force, rollout_log)
         first, *others = rewards.reward_funcs()
         trainer = Trainer(model=model, processing_class=processor, args=args,
-                          reward_funcs=[LoggingRolloutStatistics(first, rollout_func), *others],
+                          reward_funcs=rollout_log.wrap([LoggingRolloutStatistics(first, rollout_func),
+                                                         *others]),
                           train_dataset=dataset, rollout_func=rollout_func,
                           callbacks=[_metrics_callback(str(out)), *(callbacks or [])])
         resume = resume_checkpoint(cfg.resume, out)
         if resume:
             log.info("resuming from %s", resume)
+        if trainer.is_world_process_zero():
+            rollout_log.restart(resume)
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(out))
         if trainer.is_world_process_zero():
             processor.save_pretrained(str(out))
             summary = run_summary(trainer.state.log_history, trainer.state.global_step)
             summary["resumed_from"] = os.path.relpath(resume, out) if resume else None
+            summary["data"] = data_counts
             write_json(out / "metrics.json", summary, indent=1)
     return trainer
 
