@@ -173,3 +173,39 @@ def test_the_published_rl_dataset_is_read_in_both_encodings(tmp_path):
     assert dataset["images"] == [red["images"], []]
     with pytest.raises(FileNotFoundError, match="split 'dev'"):
         load_rl_rows(root, split="dev")
+
+
+def test_every_input_image_reaches_the_policy_and_the_sandbox_in_order(tmp_path, request, sandbox):
+    """A two-image row through TRL's own image filling (prepare_multimodal_messages, as
+    GRPOTrainer does from the `images` column) and the rollout codec: both images become vision
+    spans in order, and the sandbox session gets both files; the first is `image_path`, the
+    others are readable inputs at their paths (the sandbox binds no name for them)."""
+    from transformers import AutoProcessor
+    from trl.data_utils import prepare_multimodal_messages
+
+    from thyme_train.engine import ChatCodec
+    from thyme_train.tiny import build_tiny_model
+
+    two = SourceRow("Which is wider?", [png((200, 0, 0), (112, 56)), png((0, 0, 200), (56, 56))],
+                    answer="the first", image_path="/mnt/data/images/pair.jpg", image_size=(112, 56))
+    table = thyme_rl_table([two]).to_pylist()
+    table[0]["messages"][1]["content"] = load_prompt_set().render_user(
+        two.question, two.image_path, two.image_size, images=2)
+    write_parquet(pa.Table.from_pylist(table), tmp_path / "rl.parquet")
+    os.chmod(tmp_path, 0o755)
+    example = rl_dataset(load_rl_rows(tmp_path / "rl.parquet", cache_dir=tmp_path / "cache"))[0]
+
+    processor = AutoProcessor.from_pretrained(build_tiny_model(request.config.cache.mkdir("thyme-tiny") / "default"))
+    codec = ChatCodec(processor)
+    prompt = codec.prompt(prepare_multimodal_messages(example["prompt"], example["images"]))
+    assert prompt.image_files == example["images"] and [im.size for im in prompt.images] == [(112, 56), (56, 56)]
+    text = codec.decode(prompt.prompt_ids)
+    spans = [len(s.split("<|vision_end|>")[0].split("<|image_pad|>")) - 1 for s in text.split("<|vision_start|>")[1:]]
+    ip = processor.image_processor
+    assert spans == [ip.get_number_of_image_patches(h, w) // ip.merge_size ** 2 for w, h in ((112, 56), (56, 56))]
+    assert spans == [8, 4]                   # the wider image first, as in the row
+
+    with sandbox.session(inputs=prompt.image_files) as session:
+        result = session.run("from PIL import Image\n"
+                             f"print(Image.open(image_path).size, Image.open({prompt.image_files[1]!r}).size)")
+    assert result.ok and result.text == "(112, 56) (56, 56)", result
