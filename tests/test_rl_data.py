@@ -53,6 +53,15 @@ def test_a_released_thyme_rl_parquet_keeps_its_images_and_prompts(tmp_path):
     # images are written once, by content
     load_rl_rows(tmp_path / "rl.parquet", cache_dir=cache)
     assert len(list(cache.iterdir())) == 1
+    # the downloaded dataset folder (Hub layout: data/<split>-*-of-*.parquet), shard by shard
+    hub = tmp_path / "Thyme-RL" / "data"
+    hub.mkdir(parents=True)
+    for k, row in enumerate((RED, SUM)):
+        write_parquet(thyme_rl_table([row]), hub / f"train-0000{k}-of-00002.parquet")
+    rows = load_rl_rows(tmp_path / "Thyme-RL", cache_dir=cache)
+    assert [r["origin"] for r in rows] == ["data/train-00000-of-00002.parquet row 0",
+                                           "data/train-00001-of-00002.parquet row 0"]
+    assert [len(r["images"]) for r in rows] == [1, 0]
 
 
 def test_a_chosen_prompt_set_rerenders_every_row(tmp_path):
