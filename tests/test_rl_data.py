@@ -52,7 +52,7 @@ def test_a_released_thyme_rl_parquet_keeps_its_images_and_prompts(tmp_path):
     assert total["images"] == [] and "<image>" not in user_text(total)      # text-only by data
     # images are written once, by content
     load_rl_rows(tmp_path / "rl.parquet", cache_dir=cache)
-    assert len(list(cache.iterdir())) == 1
+    assert len(list(cache.glob("*.png"))) == 1
     # the downloaded dataset folder (Hub layout: data/<split>-*-of-*.parquet), shard by shard
     hub = tmp_path / "Thyme-RL" / "data"
     hub.mkdir(parents=True)
@@ -62,6 +62,28 @@ def test_a_released_thyme_rl_parquet_keeps_its_images_and_prompts(tmp_path):
     assert [r["origin"] for r in rows] == ["data/train-00000-of-00002.parquet row 0",
                                            "data/train-00001-of-00002.parquet row 0"]
     assert [len(r["images"]) for r in rows] == [1, 0]
+
+
+def test_prepared_rows_are_reused_until_the_data_or_prompts_change(tmp_path, monkeypatch):
+    import thyme_train.rl_data as rl_data
+
+    write_parquet(thyme_rl_table([RED, SUM]), tmp_path / "rl.parquet")
+    cache = tmp_path / "cache"
+    first = load_rl_rows(tmp_path / "rl.parquet", cache_dir=cache)
+    assert len(list(cache.glob("prompts-*.jsonl"))) == 1
+
+    def no_decoding(*args):
+        raise AssertionError("the prepared rows should have been read")
+    monkeypatch.setattr(rl_data, "_prompt_row", no_decoding)
+    assert load_rl_rows(tmp_path / "rl.parquet", cache_dir=cache) == first
+    monkeypatch.undo()
+    # another prompt set, a changed file, a lost image: prepared again
+    load_rl_rows(tmp_path / "rl.parquet", prompt_set="thyme-release", cache_dir=cache)
+    assert len(list(cache.glob("prompts-*.jsonl"))) == 2
+    os.remove(first[0]["images"][0])
+    assert load_rl_rows(tmp_path / "rl.parquet", cache_dir=cache) == first
+    write_parquet(thyme_rl_table([SUM]), tmp_path / "rl.parquet")
+    assert [r["question"] for r in load_rl_rows(tmp_path / "rl.parquet", cache_dir=cache)] == [SUM.question]
 
 
 def test_a_chosen_prompt_set_rerenders_every_row(tmp_path):
@@ -122,6 +144,12 @@ def test_bad_rows_name_file_and_row_or_are_quarantined(tmp_path):
     quarantine = []
     rows = load_rl_rows(tmp_path / "rl.parquet", cache_dir=tmp_path / "cache", quarantine=quarantine)
     assert [r["origin"] for r in rows] == ["rl.parquet row 0"]
+    # prepared rows remember their bad rows: quarantined again, or the error when not asked to
+    again = []
+    assert load_rl_rows(tmp_path / "rl.parquet", cache_dir=tmp_path / "cache", quarantine=again) == rows
+    assert again == quarantine
+    with pytest.raises(BadRow, match=r"rl.parquet row 1: image 1 of 1 .* does not decode"):
+        load_rl_rows(tmp_path / "rl.parquet", cache_dir=tmp_path / "cache")
     assert [(q["origin"], q["reason"]) for q in quarantine] == [
         ("rl.parquet row 1", "bad_image"), ("rl.parquet row 2", "image_count"),
         ("rl.parquet row 3", "missing_field")]

@@ -61,9 +61,9 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
                               "unreadable image, no ground truth, ...) to rl_data/quarantine.jsonl "
                               "and count them, instead of stopping with the row's error",
                               default=False)
-    image_cache_dir: str | None = doc("where images the data carries as bytes are written once, "
-                                      "by content hash (null: output_dir/rl_data/images)",
-                                      default=None)
+    data_cache_dir: str | None = doc("where images the data carries as bytes are written once, "
+                                     "by content hash, and the prepared prompts kept for later "
+                                     "runs (null: output_dir/rl_data/cache)", default=None)
     rollout_samples: int = doc("rollouts of each logged step written to rollouts.jsonl (prompt, "
                                "images, completion, code and sandbox outputs, rewards, end "
                                "reason); 0: none", default=4)
@@ -323,7 +323,7 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     model = AutoModelForImageTextToText.from_pretrained(model_path)
     quarantine = [] if cfg.skip_bad_rows else None
     rows = load_rl_rows(cfg.data, cfg.data_split, cfg.prompt_set, quarantine=quarantine,
-                        cache_dir=cfg.image_cache_dir or out / "rl_data" / "images")
+                        cache_dir=cfg.data_cache_dir or out / "rl_data" / "cache")
     data_counts = data_report(rows, quarantine, out / "rl_data")
     dataset = rl_dataset(rows)
 

@@ -23,7 +23,8 @@ A row out: `prompt` (the chat: system + user, an image part per input image, in 
 them and hands every one to the sandbox, the first bound to `image_path`), `solution`,
 `question`, `options`, `origin` ("<file> row <i>", the file relative to the data). Images the
 data carries as bytes are written once under `cache_dir` by content hash; shipped files are used
-where they lie.
+where they lie. The finished rows are kept there too (`prompts-<key>.jsonl`, keyed by the data
+files, split and prompt set), so a later run, or another rank, reads them at once.
 
 Prompts. With no prompt set chosen, a row carrying Thyme messages (published, Thyme-RL) keeps its
 own system and user messages verbatim: they are the prompts the data, and any checkpoint trained
@@ -90,14 +91,24 @@ def load_rl_rows(path: str | os.PathLike, split: str = "train", prompt_set: str 
     as bytes are written once. `quarantine`: a list that receives each bad row as {origin,
     reason, detail} instead of the row raising BadRow."""
     chosen = load_prompt_set(prompt_set) if prompt_set else None
-    rows = []
-    for where, origin, base, raw in _raw_rows(Path(path), split):
-        try:
-            rows.append({**_prompt_row(where, base, raw, chosen, cache_dir), "origin": origin})
-        except BadRow as exc:
-            if quarantine is None:
-                raise
-            quarantine.append({"origin": origin, "reason": exc.reason, "detail": exc.detail})
+    files, base = _data_files(Path(path), split)
+    prepared = Path(cache_dir) / f"prompts-{_key(files, split, chosen)}.jsonl" if cache_dir else None
+    rows, bad = _read_prepared(prepared) if prepared else (None, [])
+    if rows is None:
+        rows, bad = [], []
+        for where, origin, row_base, raw in _raw_rows(files, base):
+            try:
+                rows.append({**_prompt_row(where, row_base, raw, chosen, cache_dir), "origin": origin})
+            except BadRow as exc:
+                if quarantine is None:
+                    raise
+                bad.append({"origin": origin, "reason": exc.reason, "detail": exc.detail})
+        if prepared:
+            _write_prepared(prepared, rows, bad)
+    if bad and quarantine is None:
+        raise BadRow(bad[0]["origin"], bad[0]["reason"], bad[0]["detail"])
+    if quarantine is not None:
+        quarantine += bad
     if not rows:
         held = f" ({len(quarantine)} quarantined)" if quarantine else ""
         raise ValueError(f"{path} holds no usable rows{held}"
@@ -134,32 +145,78 @@ def rl_dataset(rows: list[dict]):
 # Files -> raw rows
 # ---------------------------------------------------------------------------------------------
 
-def _raw_rows(path: Path, split: str):
-    """(where: "<file> row <i>" for errors, origin: the same with the file relative to the
-    data, the folder image paths are relative to, the row as read)."""
+def _data_files(path: Path, split: str) -> tuple[list[Path], Path]:
+    """The data's files and the folder its image paths (and origins) are relative to."""
     if path.is_dir():
         # the hf encoding names the shipped image files; the thyme one carries base64 only
         encoding = "hf" if "hf" in published.encodings(path) else None
-        for file in published.split_files(path, split, encoding):
-            for i, (where, row) in enumerate(published.iter_rows([file], PARQUET_BATCH_ROWS)):
-                yield where, f"{file.relative_to(path).as_posix()} row {i}", path, row
-        return
+        return published.split_files(path, split, encoding), path
     if not path.is_file():
         raise FileNotFoundError(f"RL data {path} does not exist")
-    if path.suffix == ".parquet":
-        for i, (where, row) in enumerate(published.iter_rows([path], PARQUET_BATCH_ROWS)):
-            yield where, f"{path.name} row {i}", path.parent, row
-        return
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            where = f"{path} row {i}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                row = {"_error": BadRow(where, "not_json", f"not a JSON object ({exc})")}
-            yield where, f"{path.name} row {i}", path.parent, row
+    return [path], path.parent
+
+
+def _raw_rows(files: list[Path], base: Path):
+    """(where: "<file> row <i>" for errors, origin: the same with the file relative to `base`,
+    the folder image paths are relative to, the row as read)."""
+    for file in files:
+        name = file.relative_to(base).as_posix()
+        if file.suffix == ".parquet":
+            for i, (where, row) in enumerate(published.iter_rows([file], PARQUET_BATCH_ROWS)):
+                yield where, f"{name} row {i}", base, row
+            continue
+        with open(file, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                where = f"{file} row {i}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    row = {"_error": BadRow(where, "not_json", f"not a JSON object ({exc})")}
+                yield where, f"{name} row {i}", base, row
+
+
+# The prepared prompts: decoding and checking every image of a large dataset takes minutes, so
+# the rows (with their image files) are kept beside the image cache, keyed by the data files
+# (names, sizes, times, parquet footers), the split, the prompt set and this format's version.
+PREPARED_VERSION = 1
+
+
+def _key(files: list[Path], split: str, chosen: PromptSet | None) -> str:
+    import hashlib
+
+    h = hashlib.sha256(f"{PREPARED_VERSION}|{split}|{chosen!r}".encode())
+    for f in files:
+        stat = f.stat()
+        h.update(f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+        with open(f, "rb") as fh:
+            fh.seek(max(0, stat.st_size - 65536))
+            h.update(fh.read())
+    return h.hexdigest()[:20]
+
+
+def _read_prepared(path: Path) -> tuple[list | None, list]:
+    """The prepared rows and bad rows, or (None, []) when absent or an image file is gone."""
+    if not path.is_file():
+        return None, []
+    rows, bad = [], []
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            (rows if "prompt" in record else bad).append(record)
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        return None, []
+    if not all(os.path.isfile(f) for r in rows for f in r["images"]):
+        return None, []
+    log.info("RL prompts: %d prepared rows from %s", len(rows), path)
+    return rows, bad
+
+
+def _write_prepared(path: Path, rows: list, bad: list) -> None:
+    from pipelines.core.atomic import write_text
+
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [*rows, *bad]))
 
 
 def _fields(where: str, row: dict) -> _Fields:
@@ -227,7 +284,9 @@ def _prompt_row(where: str, base: Path, raw: dict, chosen: PromptSet | None,
     files, names, sizes = [], [], []
     for k, entry in enumerate(f.images):
         named = entry.get("path") if isinstance(entry, dict) else entry
-        shown = named if isinstance(named, str) and len(named) < 200 else "(bytes)"
+        if not isinstance(named, str) or len(named) > 1024:      # base64 text names no file
+            named = None
+        shown = named if named and len(named) < 200 else "(bytes)"
         try:
             file = published.image_file(entry, base, cache_dir)
             with Image.open(file) as im:
@@ -237,7 +296,7 @@ def _prompt_row(where: str, base: Path, raw: dict, chosen: PromptSet | None,
                                              f"does not open: {exc}") from None
         files.append(str(file))
         # the name the data gives the image; bytes-only entries go by their cached file's name
-        names.append(named if isinstance(named, str) and base / named == file else file.name)
+        names.append(named if named and base / named == file else file.name)
     if f.has_image is not None and bool(f.has_image) != bool(files):
         raise BadRow(where, "image_count", f"has_image is {f.has_image} but the row carries "
                                            f"{len(files)} image(s)")
