@@ -320,12 +320,6 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     processor = AutoProcessor.from_pretrained(model_path)
     if cfg.max_pixels is not None:
         processor.image_processor.size["longest_edge"] = cfg.max_pixels
-    model = AutoModelForImageTextToText.from_pretrained(model_path)
-    quarantine = [] if cfg.skip_bad_rows else None
-    rows = load_rl_rows(cfg.data, cfg.data_split, cfg.prompt_set, quarantine=quarantine,
-                        cache_dir=cfg.data_cache_dir or out / "rl_data" / "cache")
-    data_counts = data_report(rows, quarantine, out / "rl_data")
-    dataset = rl_dataset(rows)
 
     judge = None
     if cfg.judge_base_url:
@@ -334,6 +328,13 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
                                           cache_dir=cfg.judge_cache_dir)), cfg.judge_max_calls)
     rewards = ThymeRewards(cfg.rewards(), judge)
     args = trl_args(cfg, rewards)
+    quarantine = [] if cfg.skip_bad_rows else None
+    with args.main_process_first(desc="RL prompts"):     # the others read its prepared rows
+        rows = load_rl_rows(cfg.data, cfg.data_split, cfg.prompt_set, quarantine=quarantine,
+                            cache_dir=cfg.data_cache_dir or out / "rl_data" / "cache")
+    data_counts = data_report(rows, quarantine, out / "rl_data")
+    dataset = rl_dataset(rows)
+    model = AutoModelForImageTextToText.from_pretrained(model_path)
     Trainer = grpo_trainer_class()
     with Sandbox(workers=cfg.sandbox_workers, timeout=cfg.sandbox_timeout) as sandbox:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
