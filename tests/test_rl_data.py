@@ -158,6 +158,8 @@ def test_bad_rows_name_file_and_row_or_are_quarantined(tmp_path):
                       "quarantined": {"bad_image": 1, "image_count": 1, "missing_field": 1}}
     lines = (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()
     assert [json.loads(line)["origin"] for line in lines] == [q["origin"] for q in quarantine]
+    data_report(rows, [], tmp_path / "out")                     # a clean run leaves no stale list
+    assert not (tmp_path / "out" / "quarantine.jsonl").exists()
 
 
 def test_simple_rows_with_a_missing_image_or_broken_line_fail_by_row(tmp_path):

@@ -124,6 +124,7 @@ def data_report(rows: list[dict], quarantine: list | None, folder: str | os.Path
     from pipelines.core.atomic import write_text
 
     by_reason = dict(Counter(q["reason"] for q in quarantine or []))
+    (Path(folder) / QUARANTINE_FILE).unlink(missing_ok=True)       # an earlier run's
     if quarantine:
         write_text(Path(folder) / QUARANTINE_FILE,
                    "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantine))
