@@ -214,6 +214,7 @@ def test_the_published_rl_dataset_is_read_in_both_encodings(tmp_path):
         load_rl_rows(root, split="dev")
 
 
+@pytest.mark.slow
 def test_every_input_image_reaches_the_policy_and_the_sandbox_in_order(tmp_path, request, sandbox):
     """A two-image row through TRL's own image filling (prepare_multimodal_messages, as
     GRPOTrainer does from the `images` column) and the rollout codec: both images become vision
