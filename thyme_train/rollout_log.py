@@ -42,6 +42,8 @@ IMAGES_DIR = "rollouts"
 
 
 class RolloutLog:
+    """Writes rollouts.jsonl on the main process (see the module docstring)."""
+
     def __init__(self, out_dir: str | os.PathLike, samples: int, logging_steps: int = 1,
                  weights: list[float] | None = None, seed: int = 0):
         self.out = Path(out_dir)
@@ -51,7 +53,8 @@ class RolloutLog:
         self.names: list[str] = []
         self._events: dict[int, dict] = {}        # id(rollout) -> its generations and calls
         self._pending: list[dict] | None = None   # sampled records awaiting their rewards
-        self._rewards: dict[str, list] = {}
+        self._rewards: dict[str, list] = {}       # the pending batch's rewards, by function
+        self._size = 0                            # the pending batch's rollouts
         self._last_step = 0
 
     # -- which steps log ---------------------------------------------------------------------
