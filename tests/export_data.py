@@ -30,13 +30,13 @@ def png(color: tuple[int, int, int], size=(56, 56)) -> bytes:
     return buf.getvalue()
 
 
-def _path(data: bytes) -> str:
+def image_path(data: bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
     return f"images/{digest[:2]}/{digest}.png"
 
 
 def _row(rid: str, task: str, kind: str, question: str, response: str, images: list[bytes]) -> tuple[dict, dict]:
-    paths = [_path(b) for b in images]
+    paths = [image_path(b) for b in images]
     q = render_user(question, paths[0], (56, 56)) if images else render_user(question)
     row = {"id": rid, "task": task, "kind": kind, "question": q, "response": response,
            "images": paths, "has_image": bool(images)}

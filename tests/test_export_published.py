@@ -109,3 +109,31 @@ def test_dagster_asset_exports_the_published_dataset(tmp_path):
     rows = _jsonl(tmp_path / "exports" / "swift" / "2round.jsonl")
     assert [m["loss"] for m in rows[0]["messages"] if m["role"] == "assistant"] == [True, False, True, False, True]
     assert all(m["content"].startswith(OUTPUT_OPEN) for m in rows[0]["messages"] if m.get("loss") is False)
+
+
+def test_verl_from_a_published_rl_dataset(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
+    from pipelines.datasets.publish import encode_row, features
+
+    image = export_data.png((10, 200, 10))
+    path = export_data.image_path(image)
+    user = render_user("Which colour?", path, (56, 56))
+    row = {"messages": [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": user}],
+           "images": [path], "solution": "green", "question": "Which colour?", "id": "rl-1", "task": "crop",
+           "has_image": True, "meta": "{}"}
+    folder = tmp_path / "pub" / "data" / "thyme"
+    folder.mkdir(parents=True)
+    schema = features("rl", "thyme").arrow_schema
+    pq.write_table(pa.Table.from_pylist([encode_row(row, "rl", "thyme", {path: image}.__getitem__)],
+                                        schema=schema), folder / "train-00000.parquet")
+    report = export(tmp_path / "pub", tmp_path / "verl", ExportConfig(format="verl"))
+    assert report["rows"] == {"train.parquet": 1}
+    table = pq.read_table(tmp_path / "verl" / "train.parquet").to_pylist()
+    assert table[0]["prompt"] == row["messages"] and table[0]["images"][0]["bytes"] == image
+    assert table[0]["reward_model"] == {"ground_truth": "green", "style": "rule"}
+    assert table[0]["extra_info"]["split"] == "train" and table[0]["extra_info"]["id"] == "rl-1"
+    with pytest.raises(ValueError, match="has none"):
+        export(tmp_path / "pub", tmp_path / "trl", ExportConfig(format="trl"))

@@ -71,8 +71,9 @@ MAX_PIXELS=3211264 swift sft \\
     --tuner_type full --freeze_vit true --max_length 10240 \\
     --learning_rate 1e-5 --num_train_epochs 3 --warmup_ratio 0.05 --torch_dtype bfloat16
 ```
-Keep `--loss_scale default` (or `last_round`: one user turn, same result): the `loss` flags
-decide within the turn. Do not set `--loss_scale all`, which labels everything."""
+Keep `--loss_scale default`: the `loss` flags decide within the turn (`--loss_scale all` would
+label the system and user turns too). ms-swift also labels the newline after `<|im_end|>` (its
+ChatML suffix, for every dataset); nothing else beyond the model's writing."""
 
 
 def _llamafactory(counts: dict[str, int]) -> str:
