@@ -68,14 +68,18 @@ def test_bad_rows_are_quarantined_and_the_split_goes_on(tmp_path):
     good, images = export_data.rows()["2round"][0]
     unbalanced = {**good, "id": "unbalanced", "response": good["response"].replace("</sandbox_output>", "", 1)}
     missing = {**good, "id": "one-image-short", "images": good["images"][:1]}
+    outside = {**good, "id": "image-in-reasoning",
+               "response": good["response"].replace("<sandbox_output><image></sandbox_output>", "<image>")}
     root = export_data.write_published(tmp_path / "pub", encodings=("thyme",),
-                                       extra={"2round": [(unbalanced, images), (missing, images)]})
+                                       extra={"2round": [(unbalanced, images), (missing, images),
+                                                         (outside, images)]})
     report = export(root, tmp_path / "lf", ExportConfig(format="llamafactory"))
     assert report["rows"]["2round.jsonl"] == 1
-    assert report["quarantined"] == {"unbalanced_tags": 1, "image_count": 1}
+    assert report["quarantined"] == {"unbalanced_tags": 1, "image_count": 1, "image_outside_output": 1}
     quarantine = _jsonl(tmp_path / "lf" / "quarantine.jsonl")
-    assert {(q["id"], q["reason"]) for q in quarantine} == {("unbalanced", "unbalanced_tags"),
-                                                          ("one-image-short", "image_count")}
+    assert {(q["id"], q["reason"]) for q in quarantine} == {
+        ("unbalanced", "unbalanced_tags"), ("one-image-short", "image_count"),
+        ("image-in-reasoning", "image_outside_output")}
     assert all(q["origin"].startswith("data/thyme/2round-00000.parquet:") for q in quarantine)
     info = json.loads((tmp_path / "lf" / "dataset_info.json").read_text())
     assert info["2round"]["tags"]["observation_tag"] == "observation"

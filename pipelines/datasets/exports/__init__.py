@@ -21,7 +21,8 @@ How each framework is kept off the sandbox outputs (docs/exports.md has the meas
 - `verl` (`exports.verl`): RL parquet in verl's schema (prompts only: nothing to mask).
 Every export writes a README.md saying how to train it. Rows that cannot be written (unbalanced
 sandbox tags, undecodable or missing images, an `<image>` count that differs from the images)
-go to `quarantine.jsonl` with their origin and reason; the rest of the split goes on.
+go to `quarantine.jsonl` with their origin and reason; so do responses with an `<image>` outside
+a sandbox output (it would be labelled); the rest of the split goes on.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pipelines.core.atomic import atomic_path
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
 from pipelines.datasets.exports import llamafactory, swift, trl, verl
 from pipelines.datasets.exports.readme import export_readme
-from pipelines.datasets.exports.segments import BadRow, output_spans
+from pipelines.datasets.exports.segments import BadRow, response_segments
 from pipelines.datasets.exports.source import SourceSplit, load_images, open_source
 from pipelines.datasets.exports.trl import content_parts  # noqa: F401  (re-exported)
 from sandbox.protocol import IMAGE_TOKEN
@@ -68,7 +69,9 @@ class ExportConfig:
 def _check_row(row: dict) -> None:
     """Raise BadRow for what no framework can train correctly."""
     if "response" in row:
-        output_spans(row["response"])
+        if any(IMAGE_TOKEN in s.text for s in response_segments(row["response"]) if not s.sandbox):
+            # every image of a response is a sandbox result; one in the model's text would be trained
+            raise BadRow("image_outside_output", "an <image> of the response is not inside a sandbox output")
         found = (row["question"] + row["response"]).count(IMAGE_TOKEN)
     else:
         found = sum(m["content"].count(IMAGE_TOKEN) for m in row["messages"])
