@@ -1,6 +1,7 @@
 """ms-swift and LLaMA-Factory check our exports with their own loaders and templates (and TRL
 with its SFTTrainer collator), row by row against thyme_train.chat: 0 sandbox and 0 image tokens
-labelled, exactly our collator's tokens of the model's writing, the Thyme token sequence.
+labelled, exactly our collator's tokens of the model's writing, the Thyme token sequence; and
+LLaMA-Factory trains two steps through the export's own `thyme_llamafactory.py`.
 
 Opt-in (about 2 minutes, separate environments): `bash scripts/export_frameworks_env.sh`, then
 `pytest -m frameworks tests/test_export_frameworks.py` (the figures: scripts/export_checks/compare.py).
@@ -31,10 +32,11 @@ def compare(request):
 
 def test_every_framework_labels_only_the_models_writing(compare, tmp_path):
     out = tmp_path / "figures.json"
-    assert compare.main(["--work", str(tmp_path / "work"), "--json", str(out)]) == 0
+    assert compare.main(["--work", str(tmp_path / "work"), "--json", str(out), "--train"]) == 0
     results = json.loads(out.read_text())
     by = {title.split(" (")[0] + (" last" if "last round only" in title else ""): r["rows"]
-          for title, r in results.items()}
+          for title, r in results.items() if "rows" in r}
+    assert results["training"]["llamafactory_thyme_qwen2_vl_2_steps_seconds"] > 0
     assert len(by["TRL 1.16 SFTTrainer collator, shipped template"]) == 4
     for title, rows in by.items():
         if title.startswith("contrast"):

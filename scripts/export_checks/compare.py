@@ -89,6 +89,27 @@ def env_encode(framework: str, export_dir: Path, model_dir: Path, work: Path, *e
     return json.loads(out.read_text())
 
 
+def llamafactory_train(export_dir: Path, model_dir: Path, work: Path) -> float:
+    """Two training steps through the export's own `thyme_llamafactory.py` (as its README runs it)."""
+    config = work / "llamafactory-train.yaml"
+    datasets = ",".join(json.loads((export_dir / "dataset_info.json").read_text()))
+    config.write_text(json.dumps({
+        "model_name_or_path": str(model_dir), "stage": "sft", "do_train": True, "finetuning_type": "full",
+        "freeze_vision_tower": True, "dataset_dir": str(export_dir), "media_dir": str(export_dir),
+        "dataset": datasets, "template": "thyme_qwen2_vl", "cutoff_len": 4096, "max_steps": 2,
+        "per_device_train_batch_size": 2, "output_dir": str(work / "llamafactory-out"),
+        "overwrite_output_dir": True, "report_to": "none", "use_cpu": True, "save_strategy": "no",
+        "overwrite_cache": True}))  # JSON is YAML
+    env = {**os.environ, "HF_DATASETS_CACHE": str(work / "hf-llamafactory"), "HF_HUB_OFFLINE": "1"}
+    start = time.monotonic()
+    proc = subprocess.run([str(ENVS / "venv-llamafactory" / "bin" / "python"),
+                           str(export_dir / "thyme_llamafactory.py"), str(config)],
+                          env=env, capture_output=True, text=True, cwd=work)
+    if proc.returncode or "train_loss" not in proc.stdout + proc.stderr:
+        raise RuntimeError(f"LLaMA-Factory training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return time.monotonic() - start
+
+
 def measure(encoded: dict, ref: dict, processor) -> list[dict]:
     rows = []
     for split, index, row, _ in _sources():
@@ -133,6 +154,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     parser.add_argument("--json", default=None, help="write every row's figures here")
+    parser.add_argument("--train", action="store_true",
+                        help="also train 2 steps through the LLaMA-Factory export's thyme_llamafactory.py")
     args = parser.parse_args(argv)
     from transformers import AutoProcessor
 
@@ -175,6 +198,10 @@ def main(argv=None) -> int:
                 ok = ok and (passes(rows) or not required)
                 print(table(title, rows, seconds) + ("" if passes(rows) or not required else "\n\nFAILED"))
                 print()
+        if args.train:
+            seconds = llamafactory_train(work / "llamafactory", model_dir, work)
+            print(f"LLaMA-Factory trained 2 steps through thyme_llamafactory.py ({seconds:.0f} s)")
+            results["training"] = {"llamafactory_thyme_qwen2_vl_2_steps_seconds": round(seconds, 1)}
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
     print("all exports label the model's writing only" if ok else "SOME EXPORTS FAILED")

@@ -141,6 +141,6 @@ def export_readme(cfg, counts: dict[str, int], reasons: dict[str, int]) -> str:
              "Exported by the Thyme toolkit (`python -m pipelines export`) from a Thyme dataset.", "",
              _files(counts, reasons), ""]
     if cfg.format != "verl":
-        parts += ["## What is labelled", "", _MASK, _LAST_ROUND[cfg.train_last_round_only], "", _PIXELS, ""]
+        parts += ["## What is labelled", "", _MASK, "", _LAST_ROUND[cfg.train_last_round_only], "", _PIXELS, ""]
     parts += ["## How to train", "", _BODIES[cfg.format](counts), ""]
     return "\n".join(parts)
