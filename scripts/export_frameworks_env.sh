@@ -3,7 +3,7 @@
 # own loaders and templates (docs/exports.md). They live OUTSIDE the repository, one venv each:
 # both frameworks pull CUDA builds of torch by default and pin transformers apart from ours.
 #
-#   bash scripts/export_frameworks_env.sh          # ~3-6 min the first time, instant afterwards
+#   bash scripts/export_frameworks_env.sh          # ~20 min the first time (downloads), instant afterwards
 #   THYME_EXPORT_ENVS=/some/dir bash scripts/export_frameworks_env.sh
 #   .venv/bin/python scripts/export_checks/compare.py   # the measurements
 #
@@ -31,8 +31,8 @@ pip_install() {
         2> >(grep -v "is ignored: it is neither" >&2)
 }
 
-build() {  # build NAME CONSTRAINTS PACKAGE...
-    local name="$1" constraints="$2"; shift 2
+build() {  # build NAME CONSTRAINTS SMOKE_CHECK PACKAGE...
+    local name="$1" constraints="$2" smoke="$3"; shift 3
     local venv="$ENVS/venv-$name"
     local hash
     hash="$(cat "${BASH_SOURCE[0]}" "$constraints" "$CHECKS/patch_torchvision_cpu.py" | sha256sum | cut -c1-16)"
@@ -57,19 +57,20 @@ def __getattr__(name):
 PYEOF
     fi
     "$venv/bin/python" "$CHECKS/patch_torchvision_cpu.py"
+    "$venv/bin/python" -c "$smoke" 2>&1 | grep -v "^\[INFO"
     echo "$hash" > "$venv/.installed"
     du -sh "$venv"
 }
 
-build swift "$CHECKS/swift-constraints.txt" "ms-swift==4.6.0" "qwen-vl-utils==0.0.14" "torchvision==0.28.0"
-"$ENVS/venv-swift/bin/python" -c "
+build swift "$CHECKS/swift-constraints.txt" "
 import torch, torchvision, qwen_vl_utils  # noqa: F401
 from swift import get_processor, get_template, load_dataset  # noqa: F401
 assert torch.__version__.endswith('+cpu'), torch.__version__
-print('ms-swift env ok: torch', torch.__version__)" 2>&1 | grep -v "^\[INFO"
-build llamafactory "$CHECKS/llamafactory-constraints.txt" "llamafactory==0.9.5" "torchvision==0.28.0"
-"$ENVS/venv-llamafactory/bin/python" -c "
+print('ms-swift env ok: torch', torch.__version__)" \
+    "ms-swift==4.6.0" "qwen-vl-utils==0.0.14" "torchvision==0.28.0"
+build llamafactory "$CHECKS/llamafactory-constraints.txt" "
 import torch
 from llamafactory.data import get_dataset, get_template_and_fix_tokenizer  # noqa: F401
 assert torch.__version__.endswith('+cpu'), torch.__version__
-print('LLaMA-Factory env ok: torch', torch.__version__)"
+print('LLaMA-Factory env ok: torch', torch.__version__)" \
+    "llamafactory==0.9.5" "torchvision==0.28.0"
