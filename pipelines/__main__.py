@@ -4,11 +4,14 @@
     python -m pipelines generate --count N [--seed S] --out DIR
     python -m pipelines rewrite-paths --input thyme-{sft,rl}.parquet --images-root DIR --out OUT.parquet
     python -m pipelines prompt-sets
+    python -m pipelines export --format {trl,swift,llamafactory,verl} --dataset DIR --out DIR
 
 Ingest and generate write DIR/samples/*.parquet, DIR/quarantine/*.parquet, DIR/images/ and
 DIR/report.json, and print the report. rewrite-paths decodes the released rows' images into DIR
 once (content-addressed), rewrites the paths in questions and code, validates, writes OUT and
-OUT's .report.json, and prints the report.
+OUT's .report.json, and prints the report. export reads a published dataset directory (or built
+splits, with --images) and writes the framework's files, a README on how to train them, and
+quarantine.jsonl for rows it could not write; it prints the report (docs/exports.md).
 """
 
 from __future__ import annotations
@@ -54,7 +57,30 @@ def main(argv: list[str] | None = None) -> int:
     rw.add_argument("--keep-invalid", action="store_true", help="keep rows that fail validation")
     rw.add_argument("--max-pixels", type=int, default=None, help="validation's pixel budget per image")
     sub.add_parser("prompt-sets", help="list the shipped prompt sets (system + user templates)")
+    ex = sub.add_parser("export", help="a Thyme dataset in TRL/ms-swift/LLaMA-Factory/verl format")
+    ex.add_argument("--format", required=True, choices=("trl", "swift", "llamafactory", "verl"))
+    ex.add_argument("--dataset", required=True,
+                    help="a published dataset directory (data/<encoding>/*.parquet) or built splits")
+    ex.add_argument("--out", required=True, help="the export directory (written as a whole)")
+    ex.add_argument("--images", default=None, help="built splits: the image store's root")
+    ex.add_argument("--splits", nargs="+", default=(), help="only these splits (default: all)")
+    ex.add_argument("--last-round-only", action="store_true",
+                    help="SFT: no loss before the last round of multi-round rows (stage-1 recipe)")
+    ex.add_argument("--no-system-prompt", action="store_true",
+                    help="SFT: no system message (the model's template default applies)")
+    ex.add_argument("--prompt-set", default=None,
+                    help="SFT: the system prompt's set (thyme, thyme-release, a YAML path, from:<dataset>)")
     args = parser.parse_args(argv)
+
+    if args.command == "export":
+        from pipelines.core.prompts import load_prompt_set
+        from pipelines.datasets.exports import ExportConfig, export
+        cfg = ExportConfig(format=args.format, splits=tuple(args.splits),
+                           train_last_round_only=args.last_round_only,
+                           system_prompt=None if args.no_system_prompt
+                           else load_prompt_set(args.prompt_set).system)
+        print(json.dumps(export(args.dataset, args.out, cfg, store_root=args.images), indent=2))
+        return 0
 
     if args.command == "prompt-sets":
         from pipelines.core.prompts import available_prompt_sets, load_prompt_set
