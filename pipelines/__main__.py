@@ -5,9 +5,10 @@
     python -m pipelines rewrite-paths --input thyme-{sft,rl}.parquet --images-root DIR --out OUT.parquet
 
 Ingest and generate write DIR/samples/*.parquet, DIR/quarantine/*.parquet, DIR/images/ and
-DIR/report.json, and print the report. rewrite-paths decodes the released rows' images into DIR
-once (content-addressed), rewrites the paths in questions and code, validates, writes OUT and
-OUT's .report.json, and prints the report.
+DIR/report.json, and print the report; a file or row group that could not be read is quarantined
+whole, listed under `unreadable` and named in a warning on stderr. rewrite-paths decodes the
+released rows' images into DIR once (content-addressed), rewrites the paths in questions and code,
+validates, writes OUT and OUT's .report.json, and prints the report.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                            shard_size=args.shard_size, workers=args.workers, **limits)
     report = ingest(cfg, progress=not args.quiet)
     print(json.dumps(report, indent=2))
+    for unit in report["unreadable"]:  # the run went on without them: say so where it shows
+        where = "" if unit["row_group"] is None else f" row group {unit['row_group']}"
+        rows = "unknown" if unit["rows"] is None else unit["rows"]
+        print(f"warning: {unit['file']}{where} quarantined whole ({unit['reason']}; rows: {rows}): "
+              f"{unit['detail']}", file=sys.stderr)
     return 0
 
 

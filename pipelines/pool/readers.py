@@ -4,6 +4,10 @@ A reader knows two things about its format: how to list a file's rows in bounded
 (`units`: parquet row groups, JSONL line ranges, Arrow record batches) and how to turn one raw
 row into a `Sample` (`to_sample`). Files are never loaded whole: parquet is read in small
 record batches of a single row group, JSONL line by line.
+
+A file that cannot be opened (truncated, not parquet, empty) becomes one `unreadable` unit, and a
+unit that fails while it is read raises `UnitUnreadable`: ingest quarantines it as a whole and goes
+on with the other files.
 """
 
 from __future__ import annotations
@@ -34,21 +38,51 @@ class RowRejected(ValueError):
         self.reason, self.detail = reason, detail
 
 
+class UnitUnreadable(Exception):
+    """A unit (a whole file, or one parquet row group) that cannot be read; `reason` is a
+    quarantine reason code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+# What reading a damaged file raises: I/O and Arrow errors, and (JSON state, UTF-8, Thrift
+# metadata) ValueErrors.
+READ_ERRORS = (OSError, EOFError, pa.ArrowException, ValueError, KeyError)
+
+
+def describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 # ------------------------------------------------------------------ units of work
 
 @dataclass(frozen=True)
 class Unit:
     """A contiguous run of rows of one file: `count` rows from global row `first` on."""
     file: str            # path as given
-    kind: str            # parquet | jsonl | arrow
+    kind: str            # parquet | jsonl | arrow | unreadable (a file that does not open)
     part: int            # parquet row group / arrow file index / 0 for jsonl
     first: int           # index of the first row within the file
     count: int
+    error: str = ""      # unreadable: why
 
 
 def list_units(path: str) -> list[Unit]:
-    """Split a file (or a saved HF dataset directory) into units, reading only metadata."""
+    """Split a file (or a saved HF dataset directory) into units, reading only metadata. A file
+    whose metadata cannot be read is one `unreadable` unit of unknown size."""
     p = Path(path)
+    if not p.is_dir() and p.suffix not in (".parquet", ".jsonl", ".json"):
+        raise ValueError(f"{path}: unsupported input (expected .parquet, .jsonl or a saved dataset dir)")
+    try:
+        return _list_units(p, path)
+    except READ_ERRORS as exc:
+        return [Unit(path, "unreadable", 0, 0, 0, error=describe(exc))]
+
+
+def _list_units(p: Path, path: str) -> list[Unit]:
     if p.is_dir():  # datasets.save_to_disk: state.json lists Arrow stream files
         state = json.loads((p / "state.json").read_text())
         units, first = [], 0
@@ -70,37 +104,56 @@ def list_units(path: str) -> list[Unit]:
         with open(path, "rb") as f:
             rows = sum(1 for _ in f)
         return [Unit(path, "jsonl", 0, 0, rows)]
-    raise ValueError(f"{path}: unsupported input (expected .parquet, .jsonl or a saved dataset dir)")
+    raise AssertionError(p)
 
 
 def read_unit(unit: Unit, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, dict | None, str]]:
-    """Rows `lo`..`hi` (relative to the unit) as (row number in file, dict or None, error)."""
+    """Rows `lo`..`hi` (relative to the unit) as (row number in file, dict or None, error).
+    Raises `UnitUnreadable` when the unit cannot be read (rows already yielded are then suspect:
+    the caller drops the unit whole)."""
     hi = unit.count if hi is None else hi
-    if unit.kind == "parquet":
-        pf = pq.ParquetFile(unit.file, buffer_size=1 << 20)
-        yield from _batch_rows(pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[unit.part]),
-                               unit.first, lo, hi)
-    elif unit.kind == "arrow":
-        state = json.loads((Path(unit.file) / "state.json").read_text())
-        name = state["_data_files"][unit.part]["filename"]
-        with pa.memory_map(str(Path(unit.file) / name)) as source:
-            yield from _batch_rows(ipc.open_stream(source), unit.first, lo, hi)
-    else:
-        with open(unit.file, "rb") as f:
-            for number, line in enumerate(f):
-                if number < lo:
-                    continue
-                if number >= hi:
-                    return
-                try:
-                    yield number, json.loads(line.decode("utf-8")), ""
-                except UnicodeDecodeError as exc:
-                    yield number, None, f"bad_text: {exc}"
-                except json.JSONDecodeError as exc:
-                    yield number, None, f"unparseable: invalid JSON ({exc.msg})"
+    if unit.kind == "unreadable":
+        raise UnitUnreadable("unreadable_file", unit.error)
+    try:
+        if unit.kind == "parquet":
+            # CRCs are checked where the writer stored them: silent page corruption is caught
+            pf = pq.ParquetFile(unit.file, buffer_size=1 << 20, page_checksum_verification=True)
+            yield from _batch_rows(pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[unit.part]),
+                                   unit.first, lo, hi)
+        elif unit.kind == "arrow":
+            state = json.loads((Path(unit.file) / "state.json").read_text())
+            name = state["_data_files"][unit.part]["filename"]
+            with pa.memory_map(str(Path(unit.file) / name)) as source:
+                yield from _batch_rows(ipc.open_stream(source), unit.first, lo, hi)
+        else:
+            yield from _jsonl_rows(unit.file, lo, hi)
+    except READ_ERRORS as exc:
+        if unit.kind == "parquet":
+            raise UnitUnreadable("unreadable_row_group", f"row group {unit.part} (rows "
+                                 f"{unit.first + lo}-{unit.first + hi - 1}): {describe(exc)}") from None
+        raise UnitUnreadable("unreadable_file", f"rows {unit.first + lo}-{unit.first + hi - 1}: "
+                             f"{describe(exc)}") from None
 
 
-def _batch_rows(batches, first: int, lo: int, hi: int) -> Iterator[tuple[int, dict, str]]:
+def _jsonl_rows(file: str, lo: int, hi: int) -> Iterator[tuple[int, dict | None, str]]:
+    """Lines `lo`..`hi`; blank lines are no rows (a trailing empty line is common)."""
+    with open(file, "rb") as f:
+        for number, line in enumerate(f):
+            if number < lo:
+                continue
+            if number >= hi:
+                return
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line.decode("utf-8")), ""
+            except UnicodeDecodeError as exc:
+                yield number, None, f"bad_text: {exc}"
+            except json.JSONDecodeError as exc:
+                yield number, None, f"unparseable: invalid JSON ({exc.msg})"
+
+
+def _batch_rows(batches, first: int, lo: int, hi: int) -> Iterator[tuple[int, dict | None, str]]:
     """Rows `lo`..`hi` of a unit whose record batches start at row `first`; stops reading at hi."""
     index = first
     for batch in batches:
@@ -108,11 +161,26 @@ def _batch_rows(batches, first: int, lo: int, hi: int) -> Iterator[tuple[int, di
         if end > first + lo:
             start = max(first + lo - index, 0)
             stop = min(first + hi - index, batch.num_rows)
-            for k, row in enumerate(batch.slice(start, stop - start).to_pylist()):
-                yield index + start + k, row, ""
+            yield from _slice_rows(batch.slice(start, stop - start), index + start)
         index = end
         if index >= first + hi:
             return
+
+
+def _slice_rows(batch, first: int) -> Iterator[tuple[int, dict | None, str]]:
+    """A batch's rows; Arrow does not validate UTF-8 on read, so a string that is not UTF-8
+    fails the whole batch's conversion: then row by row, and only that row is rejected."""
+    try:
+        rows = batch.to_pylist()
+    except UnicodeDecodeError:
+        for k in range(batch.num_rows):
+            try:
+                yield first + k, batch.slice(k, 1).to_pylist()[0], ""
+            except UnicodeDecodeError as exc:
+                yield first + k, None, f"bad_text: a text column is not valid UTF-8 ({exc.reason})"
+        return
+    for k, row in enumerate(rows):
+        yield first + k, row, ""
 
 
 # ------------------------------------------------------------------ field helpers
