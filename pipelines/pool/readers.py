@@ -216,27 +216,27 @@ def _image_list(row: dict, key: str) -> list:
     return value
 
 
-def store_image(store: ImageStore, item, image_root: str | None = None):
+def store_image(store: ImageStore, item, image_root: str | None = None, notes: dict | None = None):
     """Store one image given as base64 text, raw bytes, an HF/verl {'bytes', 'path'} dict, or
-    (with `image_root`) a relative path. Returns (ref, written)."""
+    (with `image_root`) a relative path. Returns (ref, written); `notes` as `ImageStore.put`."""
     if isinstance(item, dict):
         if item.get("bytes"):
-            return store.put(item["bytes"])
+            return store.put(item["bytes"], notes)
         item = item.get("path")
         if not item:
             raise ImageRejected("empty_image", "an image entry has neither bytes nor path")
         if image_root is None:
             raise ImageRejected("missing_image_file", f"path {item!r} given without an image root")
     if isinstance(item, bytes):
-        return store.put(item)
+        return store.put(item, notes)
     if not isinstance(item, str):
         raise RowRejected("wrong_type", f"an image is {type(item).__name__}")
     if image_root is not None and not _looks_base64(item):
         path = Path(image_root) / item
         if not path.is_file():
             raise ImageRejected("missing_image_file", f"{item} not found under the image root")
-        return store.put_file(path)
-    return store.put_base64(item)
+        return store.put_file(path, notes)
+    return store.put_base64(item, notes)
 
 
 def _looks_base64(text: str) -> bool:
@@ -280,8 +280,17 @@ class Reader:
         """One row as a Sample (its images stored). Raises RowRejected / ImageRejected."""
         return getattr(self, "_" + self.format.replace("-", "_"))(self.origin(file), number, row, store)
 
-    def _images(self, items: list, store: ImageStore) -> list:
-        return [store_image(store, item, self.image_root)[0] for item in items]
+    def _images(self, items: list, store: ImageStore, meta: dict | None = None) -> list:
+        """The items stored; when one was turned upright by its EXIF orientation, `meta`'s
+        `exif_orientation` lists the orientation applied to each item (1: none)."""
+        refs, orientations = [], []
+        for item in items:
+            notes: dict = {}
+            refs.append(store_image(store, item, self.image_root, notes)[0])
+            orientations.append(notes.get("exif_orientation", 1))
+        if meta is not None and any(o != 1 for o in orientations):
+            meta["exif_orientation"] = orientations
+        return refs
 
     def _thyme_sft(self, origin: str, number: int, row: dict, store: ImageStore):
         images = _image_list(row, "image")
@@ -289,7 +298,7 @@ class Reader:
             raise RowRejected("missing_field", "'image' is empty")
         question, meta = parse_user(_text(row, "question"))
         response = _text(row, "response")
-        refs = self._images(images, store)
+        refs = self._images(images[:1], store, meta) + self._images(images[1:], store)
         reference = {"response": response, "images": [r.relpath for r in refs[1:]]}
         sample = Sample(question=question, images=refs[:1], source="thyme-sft",
                         origin_file=origin, origin_row=number,
@@ -308,7 +317,7 @@ class Reader:
         system = next((m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "system"), None)
         if system:
             meta["system_prompt"] = system
-        refs = self._images(_image_list(row, "images"), store)
+        refs = self._images(_image_list(row, "images"), store, meta)
         sample = Sample(question=_text(row, "question").strip(), images=refs, source="thyme-rl",
                         origin_file=origin, origin_row=number, answer=_text(row, "solution").strip(),
                         task="unknown", meta=meta)
@@ -325,8 +334,8 @@ class Reader:
         reward = row.get("reward_model")
         if not isinstance(reward, dict) or reward.get("ground_truth") is None:
             raise RowRejected("missing_field", "'reward_model.ground_truth' is missing")
-        refs = self._images(_image_list(row, "images"), store)
         meta = {"data_source": row.get("data_source")}
+        refs = self._images(_image_list(row, "images"), store, meta)
         if isinstance(row.get("extra_info"), dict):
             meta["extra_info"] = {k: v for k, v in row["extra_info"].items() if isinstance(v, (str, int, float, bool))}
         sample = Sample(question=question, images=refs, source="deepeyes", origin_file=origin,
@@ -340,10 +349,11 @@ class Reader:
         images = row.get(col["image"])
         if images is None and col["image"] == "image":
             images = row.get("images")
-        refs = self._images([] if images is None else _image_list({"i": images}, "i"), store)
+        meta: dict = {}
+        refs = self._images([] if images is None else _image_list({"i": images}, "i"), store, meta)
         task = _text(row, col["task"], required=False) or "unknown"
         sample = Sample(question=_text(row, col["question"]).strip(), images=refs,
                         source=self.mapping.get("source", "generic"), origin_file=origin,
                         origin_row=number, answer=str(row.get(col["answer"]) or "").strip(),
-                        task=task)
+                        task=task, meta=meta)
         return sample
