@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from pipelines.core.atomic import WriteFailed
 from pipelines.core.images import ImageLimits
 from pipelines.pool.ingest import IngestConfig, ingest
 from pipelines.pool.readers import FORMATS
@@ -73,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = IngestConfig(format="generated", out=args.out, count=args.count, seed=args.seed,
                            shard_size=args.shard_size, workers=args.workers, **limits)
-    report = ingest(cfg, progress=not args.quiet)
+    try:
+        report = ingest(cfg, progress=not args.quiet)
+    except WriteFailed as exc:  # finished shards stay; a re-run resumes after space is freed
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(report, indent=2))
     for unit in report["unreadable"]:  # the run went on without them: say so where it shows
         where = "" if unit["row_group"] is None else f" row group {unit['row_group']}"

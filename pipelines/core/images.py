@@ -28,6 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, JpegImagePlugin
 
+from pipelines.core.atomic import remove_stale_temporaries, write_bytes
 from pipelines.core.schema import ImageRef
 
 KEEP_AS_IS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
@@ -58,7 +59,7 @@ class ImageStore:
         self.limits = limits
         self.tmp_dir = self.root / ".partial"  # partial writes; same filesystem, so rename is atomic
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self._prefixes: set[str] = set()  # hash-prefix folders known to exist
+        remove_stale_temporaries(self.tmp_dir)  # a killed writer's; few, so cheap to list
         self.files_written = 0   # by this instance: new files and their bytes
         self.bytes_written = 0
 
@@ -92,12 +93,7 @@ class ImageStore:
         target = self.path(ref)
         if target.exists():
             return ref, False
-        if ref.hash[:2] not in self._prefixes:
-            target.parent.mkdir(exist_ok=True)
-            self._prefixes.add(ref.hash[:2])
-        tmp = self.tmp_dir / f"{target.name}.{os.getpid()}.tmp"
-        tmp.write_bytes(stored)
-        os.replace(tmp, target)
+        write_bytes(target, stored, tmp_dir=self.tmp_dir)
         self.files_written += 1
         self.bytes_written += len(stored)
         return ref, True

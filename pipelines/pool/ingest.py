@@ -211,8 +211,8 @@ def _read_rows(task, store: ImageStore, cfg: IngestConfig, samples: list, quaran
                 kept.append(reader.to_sample(unit.file, number, row, store).to_row())
             except (RowRejected, ImageRejected) as exc:
                 bad.append(quarantine_row(origin, number, exc.reason, exc.detail, cfg.format))
-            except MemoryError:
-                raise
+            except (OSError, MemoryError):
+                raise  # the machine's trouble (a full disk, permissions), not the row's
             except Exception as exc:  # noqa: BLE001 - input we did not foresee: the row, not the run
                 bad.append(quarantine_row(origin, number, "reader_error", describe(exc), cfg.format))
     except UnitUnreadable as exc:
@@ -288,7 +288,7 @@ def ingest_shard(cfg: IngestConfig, shard: Shard, pool: ProcessPoolExecutor | No
                 progress.update(counts.get("rows_read", 0))
     finally:
         if own_pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
     kept, seen = [], set()
     for row in samples:  # exact dedup: the id is the hash of image hashes + normalised question
         if row["id"] not in seen:
@@ -320,14 +320,23 @@ def unreadable_entry(q: dict) -> dict:
             "rows": q["rows"], "reason": q["reason"], "detail": q["detail"]}
 
 
+class DecodingPool(ProcessPoolExecutor):
+    """A process pool that, leaving its `with` block on an error, drops the tasks not started
+    (a full disk fails them all anyway) instead of waiting for them."""
+
+    def __exit__(self, *exc_info):
+        self.shutdown(wait=True, cancel_futures=True)
+        return False
+
+
 def make_pool(cfg: IngestConfig) -> ProcessPoolExecutor:
     base_dir = os.path.commonpath([os.path.abspath(p) for p in cfg.inputs]) if cfg.inputs else ""
     if base_dir and os.path.isfile(base_dir):
         base_dir = os.path.dirname(base_dir)
     workers = cfg.workers or len(os.sched_getaffinity(0))
     # spawn, not fork: callers (Dagster, tests) may have threads
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                               initializer=_init_worker, initargs=(cfg, base_dir, os.getpid()))
+    return DecodingPool(workers, mp_context=get_context("spawn"),
+                        initializer=_init_worker, initargs=(cfg, base_dir, os.getpid()))
 
 
 def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = True) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.core.atomic import write_parquet
+from pipelines.core.atomic import atomic_path, write_parquet
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import (
     FAIL,
@@ -95,9 +95,11 @@ def funnel_chart(counts: dict[str, dict[str, int]], path: Path) -> Path:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("audit funnel")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
