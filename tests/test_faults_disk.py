@@ -4,7 +4,6 @@ old version untouched, and a re-run after space is freed gives what an undisturb
 The disk is a real tmpfs of a few MB mounted for the test (root is needed to mount; elsewhere
 these tests are skipped with that reason)."""
 
-import hashlib
 import io
 import json
 import os
@@ -16,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import thyme_corpus
+from faults import partial_files
 from PIL import Image
 
 from pipelines.core.atomic import WriteFailed, write_json
@@ -57,26 +57,6 @@ def disk(tmp_path):
         yield Disk(root)
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
-
-
-def partial_files(root: Path) -> list[str]:
-    """Temporaries, parquet files that do not read whole, and store images whose bytes do not
-    hash to their name (content addressing makes a half-written image visible)."""
-    bad = []
-    for path in root.rglob("*"):
-        if not path.is_file() or path.name == "filler.bin":
-            continue
-        if path.name.endswith(".tmp") or ".tmp" in path.parent.name:
-            bad.append(f"temporary {path}")
-        elif path.suffix == ".parquet":
-            try:
-                pq.read_table(path)
-            except Exception as exc:  # noqa: BLE001
-                bad.append(f"unreadable {path}: {exc}")
-        elif (path.parent.parent.name == "images" and path.parent.name != ".partial"
-              and hashlib.sha256(path.read_bytes()).hexdigest() != path.stem):
-            bad.append(f"partial image {path}")
-    return bad
 
 
 def png(seed: int) -> bytes:

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from faults import descendants, survivors
 from PIL import Image
 
 from pipelines.core.formats import SourceRow, thyme_rl_table, write_parquet
@@ -178,40 +179,6 @@ def test_empty_inputs_give_an_empty_report(tmp_path, make):
     assert not [p for p in out.rglob("*.tmp")]
 
 
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_gone(pids: set[int], timeout: float = 30.0) -> set[int]:
-    deadline = time.time() + timeout
-    while time.time() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.1)
-    return {p for p in pids if alive(p)}
-
-
 @pytest.mark.slow
 def test_a_killed_ingest_leaves_no_workers(tmp_path):
     rows = rl_rows(0, 400)
@@ -227,4 +194,4 @@ def test_a_killed_ingest_leaves_no_workers(tmp_path):
     assert len(workers) >= 2, "the pool had not started"
     proc.send_signal(signal.SIGKILL)      # the parent alone, as the OOM killer or `kill -9` does
     proc.wait()
-    assert not wait_gone(workers), "pool workers outlived the killed ingest"
+    assert not survivors(workers), "pool workers outlived the killed ingest"
