@@ -10,11 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FakeOpenAI:
     """A loopback OpenAI-compatible server. `script` holds what the next requests get, in
-    order ("ok", "429", "500", "400", "stall"); when empty, every request gets "ok". `reply`
-    turns a request body into the assistant's text."""
+    order ("ok", "429", "500", "400", "stall", "garbage": a 200 whose body is an HTML error
+    page, as a misconfigured proxy sends); when empty, every request gets `default` ("ok").
+    `reply` turns a request body into the assistant's text."""
 
     def __init__(self, reply=None, delay: float = 0.0, retry_after: str = "1", stall_s: float = 2.0):
         self.script: list[str] = []
+        self.default = "ok"
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
         self.reply = reply or (lambda body: "<think>ok</think> <answer>A</answer>")
@@ -32,7 +34,7 @@ class FakeOpenAI:
                 with fake.lock:
                     fake.bodies.append(body)
                     fake.headers.append(dict(self.headers))
-                    action = fake.script.pop(0) if fake.script else "ok"
+                    action = fake.script.pop(0) if fake.script else fake.default
                     fake.inflight += 1
                     fake.max_inflight = max(fake.max_inflight, fake.inflight)
                 try:
@@ -66,6 +68,13 @@ class FakeOpenAI:
                                    for i in range(n)],
                        "usage": {"prompt_tokens": 11, "completion_tokens": 7 * n}}
             self._send(handler, 200, payload)
+        elif action == "garbage":
+            data = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/html")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
         elif action == "429":
             self._send(handler, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
         else:
