@@ -195,3 +195,30 @@ def test_a_killed_ingest_leaves_no_workers(tmp_path):
     proc.send_signal(signal.SIGKILL)      # the parent alone, as the OOM killer or `kill -9` does
     proc.wait()
     assert not survivors(workers), "pool workers outlived the killed ingest"
+
+
+def test_the_pool_asset_names_an_unreadable_file(tmp_path):
+    """Through Dagster: planning reads every footer, so a truncated file used to fail the plan;
+    now the shard that holds it quarantines it and its page names the file."""
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from assets.pool import source_manifest, source_pool
+    from assets.resources import ThymeStorage
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_parquet(thyme_rl_table(rl_rows(0, 4)), src / "a.parquet")
+    whole = (src / "a.parquet").read_bytes()
+    (src / "b.parquet").write_bytes(whole[: len(whole) // 3])
+    instance = DagsterInstance.ephemeral()
+    resources = {"storage": ThymeStorage(root=str(tmp_path / "data"))}
+    config = {"format": "thyme-rl", "inputs": [str(src)], "shard_size": 10, "workers": 1}
+    assert materialize([source_manifest], instance=instance, resources=resources,
+                       run_config={"ops": {"pool__source_manifest": {"config": config}}}).success
+    result = materialize([source_manifest, source_pool], selection=[AssetKey(["pool", "source_pool"])],
+                         instance=instance, resources=resources, partition_key="shard-00000")
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("pool__source_pool")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert meta["rows_out"] == 4 and meta["quarantined_by_reason"] == {"unreadable_file": 1}
+    assert [(u["file"], u["reason"]) for u in meta["unreadable"]] == [("b.parquet", "unreadable_file")]
