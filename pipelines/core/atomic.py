@@ -77,8 +77,10 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | os.PathLike, data, indent: int | None = 2) -> Path:
-    return write_text(path, json.dumps(data, indent=indent, ensure_ascii=False, default=str))
+def write_json(path: str | os.PathLike, data, indent: int | None = 2,
+               tmp_dir: Path | None = None) -> Path:
+    return write_bytes(path, json.dumps(data, indent=indent, ensure_ascii=False, default=str).encode(),
+                       tmp_dir)
 
 
 def write_parquet(table, path: str | os.PathLike, **options) -> Path:
