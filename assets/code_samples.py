@@ -113,6 +113,7 @@ def audited(context: AssetExecutionContext, config: AuditChecks, storage: ThymeS
     """Each trajectory with every audit check's verdict and reason; `passed` when none failed."""
     from pipelines.samples.audit import AuditConfig, audit_many
     from pipelines.samples.shards import (
+        check_endpoint,
         examples_markdown,
         funnel,
         funnel_chart,
@@ -129,8 +130,12 @@ def audited(context: AssetExecutionContext, config: AuditChecks, storage: ThymeS
         samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
         trajectories = read_trajectories(storage.path("executions", f"{key}.parquet"))
         t0 = time.perf_counter()
+        asked, failed = (built.stats.calls, built.stats.failures) if built else (0, 0)
         trajectories = audit_many(trajectories, samples, store_root,
                                   AuditConfig(workers=config.workers), judge=built)
+        if built is not None:  # a judge that is down fails the step: no unjudged shard passes
+            check_endpoint(f"judge {judge.model}", built.stats.failures - failed,
+                           built.stats.calls - asked, (built.stats.errors or [""])[-1])
         seconds = time.perf_counter() - t0
         write_trajectories(trajectories, storage.path("audited", f"{key}.parquet"))
         counts = funnel(trajectories)

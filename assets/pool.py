@@ -121,6 +121,7 @@ def source_pool(context: AssetExecutionContext, config: SourcePoolChecks,
                 "rows_in": report["rows_read"], "rows_out": report["kept"],
                 "deduplicated": report["deduplicated"], "quarantined": report["quarantined"],
                 "quarantined_by_reason": MetadataValue.json(report["quarantined_by_reason"]),
+                "unreadable": MetadataValue.json(report.get("unreadable", [])),  # whole files, row groups
                 "images_written": report["images_written"], "image_bytes": report["image_bytes"],
                 "images_per_s": round(report["images_written"] / report["seconds"], 1)
                 if report["seconds"] else 0.0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 DATA_ENV = "THYME_DATA"
@@ -42,9 +42,32 @@ class ThymeStorage(ConfigurableResource):
     def path(self, *parts: str) -> Path:
         return self.base.joinpath(*parts)
 
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        die_with_run_worker()
+
     def relative(self, path: Path) -> str:
         """`path` as shown in metadata: relative to the data directory."""
         return os.path.relpath(path, self.base)
+
+
+def die_with_run_worker() -> None:
+    """In a step process of the multiprocess executor (a `multiprocessing` child of the run
+    worker): be killed with the run worker. Dagster stops its steps when a run is terminated,
+    but not when the run worker is killed (kill -9, the OOM killer): the step would go on
+    writing data under the re-run. Every step that writes data opens `storage`, so this runs
+    there. A run worker itself (no multiprocessing parent) is left alone."""
+    import multiprocessing
+    import signal
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    from sandbox.confine import die_with_parent
+
+    ppid = os.getppid()
+    die_with_parent()
+    if os.getppid() != ppid or not parent.is_alive():  # it died before that took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SandboxResource(ConfigurableResource):
@@ -73,6 +96,9 @@ class TeacherResource(ConfigurableResource):
     api_key_env: str = Field("OPENAI_API_KEY", description="the variable holding the key (never "
                                                            "the key itself)")
     max_concurrency: int = Field(8, description="openai: requests in flight")
+    timeout_s: float = Field(300.0, description="openai: seconds per request attempt, a stalled "
+                                                "server included")
+    max_retries: int = Field(6, description="openai: retries of a failed or stalled request")
     candidates: int = Field(1, description="completions per sample")
     temperature: float = Field(0.7, description="sampling temperature of model teachers")
     max_tokens: int = Field(2048, description="new tokens per completion")
@@ -99,6 +125,7 @@ class TeacherResource(ConfigurableResource):
             client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
                                          api_key_env=self.api_key_env,
                                          max_concurrency=self.max_concurrency,
+                                         timeout_s=self.timeout_s, max_retries=self.max_retries,
                                          cache_dir=str(cache_dir) if cache_dir else None))
             return OpenAITeacher(client, image_root, config)
         from pipelines.core.vllm_config import VLLMConfig
@@ -120,6 +147,9 @@ class JudgeResource(ConfigurableResource):
                                                            "no auth header, as local servers need)")
     max_calls: int = Field(10_000, description="budget of judge requests per step; cached answers "
                                                "are free; beyond it the judge check is skipped")
+    timeout_s: float = Field(300.0, description="seconds per request attempt, a stalled server "
+                                                "included")
+    max_retries: int = Field(6, description="retries of a failed or stalled request")
 
     def build(self, cache_dir: Path):
         """A `Judge`, or None when disabled."""
@@ -130,5 +160,6 @@ class JudgeResource(ConfigurableResource):
         from pipelines.core.judge import Judge
         from pipelines.core.llm import LLMClient, LLMConfig
         client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
-                                     api_key_env=self.api_key_env, cache_dir=str(cache_dir)))
+                                     api_key_env=self.api_key_env, timeout_s=self.timeout_s,
+                                     max_retries=self.max_retries, cache_dir=str(cache_dir)))
         return Judge(client, self.max_calls)

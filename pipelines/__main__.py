@@ -7,11 +7,13 @@
     python -m pipelines export --format {trl,swift,llamafactory,verl} --dataset DIR --out DIR
 
 Ingest and generate write DIR/samples/*.parquet, DIR/quarantine/*.parquet, DIR/images/ and
-DIR/report.json, and print the report. rewrite-paths decodes the released rows' images into DIR
-once (content-addressed), rewrites the paths in questions and code, validates, writes OUT and
-OUT's .report.json, and prints the report. export reads a published dataset directory (or built
-splits, with --images) and writes the framework's files, a README on how to train them, and
-quarantine.jsonl for rows it could not write; it prints the report (docs/exports.md).
+DIR/report.json, and print the report; a file or row group that could not be read is quarantined
+whole, listed under `unreadable` and named in a warning on stderr. rewrite-paths decodes the
+released rows' images into DIR once (content-addressed), rewrites the paths in questions and code,
+validates, writes OUT and OUT's .report.json, and prints the report. export reads a published
+dataset directory (or built splits, with --images) and writes the framework's files, a README on
+how to train them, and quarantine.jsonl for rows it could not write; it prints the report
+(docs/exports.md).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import sys
 
+from pipelines.core.atomic import WriteFailed
 from pipelines.core.images import ImageLimits
 from pipelines.pool.ingest import IngestConfig, ingest
 from pipelines.pool.readers import FORMATS
@@ -105,8 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = IngestConfig(format="generated", out=args.out, count=args.count, seed=args.seed,
                            shard_size=args.shard_size, workers=args.workers, **limits)
-    report = ingest(cfg, progress=not args.quiet)
+    try:
+        report = ingest(cfg, progress=not args.quiet)
+    except WriteFailed as exc:  # finished shards stay; a re-run resumes after space is freed
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(report, indent=2))
+    for unit in report["unreadable"]:  # the run went on without them: say so where it shows
+        where = "" if unit["row_group"] is None else f" row group {unit['row_group']}"
+        rows = "unknown" if unit["rows"] is None else unit["rows"]
+        print(f"warning: {unit['file']}{where} quarantined whole ({unit['reason']}; rows: {rows}): "
+              f"{unit['detail']}", file=sys.stderr)
     return 0
 
 

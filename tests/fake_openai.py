@@ -10,11 +10,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FakeOpenAI:
     """A loopback OpenAI-compatible server. `script` holds what the next requests get, in
-    order ("ok", "429", "500", "400", "stall", "malformed"); when empty, every request gets
-    "ok". `reply` turns a request body into the assistant's text."""
+    order ("ok", "429", "500", "400", "stall", "malformed": a 200 that is not a chat completion,
+    "garbage": a 200 whose body is an HTML error page, as a misconfigured proxy sends); when
+    empty, every request gets `default` ("ok"). `reply` turns a request body into the
+    assistant's text."""
 
     def __init__(self, reply=None, delay: float = 0.0, retry_after: str = "1", stall_s: float = 2.0):
         self.script: list[str] = []
+        self.default = "ok"
         self.bodies: list[dict] = []
         self.headers: list = []              # each request's headers (an email.message.Message)
         self.reply = reply or (lambda body: "<think>ok</think> <answer>A</answer>")
@@ -32,7 +35,7 @@ class FakeOpenAI:
                 with fake.lock:
                     fake.bodies.append(body)
                     fake.headers.append(self.headers)     # case-insensitive lookups
-                    action = fake.script.pop(0) if fake.script else "ok"
+                    action = fake.script.pop(0) if fake.script else fake.default
                     fake.inflight += 1
                     fake.max_inflight = max(fake.max_inflight, fake.inflight)
                 try:
@@ -68,6 +71,13 @@ class FakeOpenAI:
             self._send(handler, 200, payload)
         elif action == "malformed":         # 200, but not a chat completion
             self._send(handler, 200, {"id": "fake", "object": "error", "detail": "overloaded"})
+        elif action == "garbage":
+            data = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/html")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
         elif action == "429":
             self._send(handler, 429, {"error": "slow down"}, {"Retry-After": self.retry_after})
         else:

@@ -53,3 +53,16 @@ def test_stale_temporaries_of_dead_writers_only(tmp_path):
     assert str(os.getpid()) in live.name
     assert remove_stale_temporaries(tmp_path) == 1
     assert not stale.exists() and live.exists()
+
+
+def test_a_write_clears_its_targets_leftovers_from_dead_writers(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    mine = tmp_path / f"splits.{dead}-7.tmp"          # a killed folder write of the same target
+    mine.mkdir()
+    (mine / "train.parquet").write_text("half")
+    other = tmp_path / f"other.json.{dead}-7.tmp"     # another target's: left to its own writer
+    other.write_text("half")
+    with atomic_path(tmp_path / "splits") as tmp:
+        tmp.mkdir()
+    assert not mine.exists() and other.exists()

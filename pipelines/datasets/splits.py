@@ -199,7 +199,7 @@ def scan_index(audited_files: list[str], sample_files: list[str]) -> tuple[pl.Da
              .select("id", "sample_id", "task", "kind", code_rounds)
              .join(samples.select(pl.col("id").alias("sample_id"), "question", "answer",
                                   pl.col("images").list.first().struct.field("hash").alias("image_hash")),
-                   on="sample_id", how="inner")
+                   on="sample_id", how="inner", maintain_order="left")  # reruns: same order
              .collect(engine="streaming"))
     totals = {
         "pool_samples": samples.select(pl.len()).collect().item(),
@@ -384,7 +384,8 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
         samples_lf = pl.scan_parquet(sample_files)
         try:
             for file in audited_files:  # one shard's rows in memory at a time
-                shard = pl.scan_parquet(file).join(assigned.lazy(), on="id", how="inner").collect()
+                shard = (pl.scan_parquet(file)  # the shard's row order: a rerun writes the same file
+                         .join(assigned.lazy(), on="id", how="inner", maintain_order="left").collect())
                 if shard.height == 0:
                     continue
                 ids = shard["sample_id"].unique().to_list()

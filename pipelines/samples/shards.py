@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.core.atomic import write_parquet
+from pipelines.core.atomic import atomic_path, write_parquet
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import (
     FAIL,
@@ -21,6 +21,24 @@ from pipelines.core.trajectory import (
     Trajectory,
     trajectories_table,
 )
+
+MAX_FAILED_SHARE = 0.5   # of a shard's requests to a model endpoint, beyond which it is down
+
+
+class EndpointDown(RuntimeError):
+    """A model endpoint (the teacher's, the judge's) failed most of a shard's requests: the step
+    fails and writes nothing for the shard, so the partition is not marked done and a re-run
+    (once the endpoint serves again) redoes it; the answers it did give are in the response
+    cache. A few failures are not this: those samples are quarantined (teacher) or their check
+    skipped with the reason (judge), and a re-run asks again."""
+
+
+def check_endpoint(what: str, failed: int, asked: int, last_error: str,
+                   max_failed_share: float = MAX_FAILED_SHARE) -> None:
+    if asked and failed > max_failed_share * asked:
+        raise EndpointDown(f"{what}: {failed} of {asked} requests failed (over "
+                           f"{max_failed_share:.0%}); nothing written for this shard. "
+                           f"Last error: {last_error}")
 
 
 def read_samples(path: Path) -> dict[str, Sample]:
@@ -41,12 +59,16 @@ def generate_code_samples(samples: dict[str, Sample], teacher,
                           quarantine_path: Path | None = None) -> tuple[list[Trajectory], dict]:
     """The teacher's candidates for every sample. Model teachers batch their requests
     (`generate`) and quarantine output they cannot parse; the quarantine is written (atomically,
-    possibly empty) to `quarantine_path` and its reason counts returned in the stats."""
+    possibly empty) to `quarantine_path` and its reason counts returned in the stats. A teacher
+    endpoint that failed most requests raises `EndpointDown` before anything is written."""
     t0 = time.perf_counter()
     quarantine: list[dict] = []
     if hasattr(teacher, "generate"):
         out = teacher.generate(list(samples.values()))
         trajectories, quarantine = out.trajectories, out.quarantine
+        failed = [row for row in quarantine if row["reason"] == "request_failed"]
+        check_endpoint(f"teacher {teacher.name}", len({row["sample_id"] for row in failed}),
+                       len(samples), failed[-1]["detail"] if failed else "")
     else:
         trajectories = [t for s in samples.values() for t in teacher.candidates(s)]
     if quarantine_path is not None:
@@ -95,9 +117,11 @@ def funnel_chart(counts: dict[str, dict[str, int]], path: Path) -> Path:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("audit funnel")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
