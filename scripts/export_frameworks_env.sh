@@ -35,7 +35,7 @@ build() {  # build NAME CONSTRAINTS SMOKE_CHECK PACKAGE...
     local name="$1" constraints="$2" smoke="$3"; shift 3
     local venv="$ENVS/venv-$name"
     local hash
-    hash="$(cat "${BASH_SOURCE[0]}" "$constraints" "$CHECKS/patch_torchvision_cpu.py" | sha256sum | cut -c1-16)"
+    hash="$(cat "${BASH_SOURCE[0]}" "$constraints" "$ROOT/scripts/patch_torchvision_cpu.py" | sha256sum | cut -c1-16)"
     if [[ -f "$venv/.installed" && "$(cat "$venv/.installed")" == "$hash" ]]; then
         echo "$venv is up to date"
         return
@@ -56,7 +56,7 @@ def __getattr__(name):
     raise ImportError(f"torchaudio is a stub in this environment (no audio support): torchaudio.{name}")
 PYEOF
     fi
-    "$venv/bin/python" "$CHECKS/patch_torchvision_cpu.py"
+    "$venv/bin/python" "$ROOT/scripts/patch_torchvision_cpu.py"
     "$venv/bin/python" -c "$smoke" 2>&1 | grep -v "^\[INFO"
     echo "$hash" > "$venv/.installed"
     du -sh "$venv"

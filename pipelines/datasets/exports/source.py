@@ -12,18 +12,15 @@ Rows come out in one shape whatever the input: SFT `{id, task, question, respons
 RL `{id, task, question, messages, solution, images}`, where `images` is a list of
 `ExportImage(path, data)` with `path` = `images/<hash[:2]>/<hash>.<ext>` (the path the prompt's
 User Image Path names) and `_origin` says `file:row` for error messages.
-This module is the only reader of the published layout here (one function to swap for a shared
-reader later).
+The published layout is read through `pipelines.core.published`, the reader SFT, GRPO and
+evaluation share.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import io
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +28,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipelines.core import published
 from pipelines.datasets.exports.segments import BadRow
 from pipelines.datasets.names import PARTS, RL, SFT_SPLITS
 from pipelines.datasets.splits import split_file, store_resolver
 
-ENCODINGS = ("thyme", "hf")  # published encodings, in the order they are preferred
-_SHARD = re.compile(r"^(?P<split>.+)-\d{5}\.parquet$")
 _EXT = {"JPEG": "jpg", "PNG": "png"}
 
 
@@ -64,22 +60,16 @@ def image_from_bytes(data: bytes, origin: str) -> ExportImage:
     return ExportImage(f"images/{digest[:2]}/{digest}.{_EXT.get(fmt, (fmt or 'bin').lower())}", data)
 
 
-def _embedded(item, origin: str) -> ExportImage:
-    if isinstance(item, dict):  # hf encoding: {"bytes", "path"}
-        item = item.get("bytes")
-        if not item:
-            raise BadRow("bad_image", f"{origin}: an image entry has no bytes")
-        return image_from_bytes(item, origin)
+def _embedded(item, root: Path, origin: str) -> ExportImage:
     try:
-        return image_from_bytes(base64.b64decode(item, validate=True), origin)
-    except (binascii.Error, ValueError, TypeError):
-        raise BadRow("bad_image", f"{origin}: an image is not valid base64") from None
+        return image_from_bytes(published.image_bytes(item, root), origin)
+    except ValueError as exc:
+        raise BadRow("bad_image", f"{origin}: {exc}") from None
 
 
-def _published_row(row: dict, kind: str, origin: str) -> dict:
-    images = row.get("image") if kind == "sft" and "image" in row else row.get("images")
+def _published_row(row: dict, kind: str, root: Path, origin: str) -> dict:
     out = {"id": row.get("id") or origin, "task": row.get("task") or "", "question": row["question"],
-           "_origin": origin, "_images": images or []}
+           "_origin": origin, "_images": published.image_entries(row), "_root": root}
     if kind == "sft":
         out["response"] = row["response"]
     else:
@@ -94,19 +84,15 @@ def load_images(row: dict, read: Callable[[str], bytes] | None = None) -> list[E
             return [ExportImage(p, read(p)) for p in row["_images"]]
         except OSError as exc:
             raise BadRow("missing_image", f"{row['_origin']}: {exc}") from None
-    return [_embedded(item, row["_origin"]) for item in row["_images"]]
+    return [_embedded(item, row["_root"], row["_origin"]) for item in row["_images"]]
 
 
 def _published(root: Path) -> list[SourceSplit]:
-    encoding = next((e for e in ENCODINGS if any((root / "data" / e).glob("*.parquet"))), None)
-    if encoding is None:
-        raise FileNotFoundError(f"{root}: no data/{{{','.join(ENCODINGS)}}}/*.parquet shards")
-    shards: dict[str, list[Path]] = {}
-    for path in sorted((root / "data" / encoding).glob("*.parquet")):
-        m = _SHARD.match(path.name)
-        if not m:
-            raise ValueError(f"{path}: not a <split>-NNNNN.parquet shard")
-        shards.setdefault(m["split"], []).append(path)
+    held = published.encodings(root)
+    if not held:
+        raise FileNotFoundError(f"{root}: no data/{{{','.join(published.ENCODINGS)}}}/*.parquet shards")
+    shards = {name: published.split_files(root, name, held[0])
+              for name in published.splits(root, held[0])}
     order = [*SFT_SPLITS, "train", "test"]
     names = sorted(shards, key=lambda s: (order.index(s) if s in order else len(order), s))
     out = []
@@ -121,7 +107,7 @@ def _published(root: Path) -> list[SourceSplit]:
                 index = 0
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
                     rows = batch.to_pylist()
-                    yield [_published_row(r, kind, f"{path.relative_to(root)}:{index + k}")
+                    yield [_published_row(r, kind, root, f"{path.relative_to(root)}:{index + k}")
                            for k, r in enumerate(rows)]
                     index += len(rows)
         out.append(SourceSplit(name, kind, batches))

@@ -14,15 +14,13 @@ renders the same text as the official template (inference is unchanged).
 
 from __future__ import annotations
 
-import re
 from importlib import resources
 
 import pyarrow as pa
 
-from sandbox.protocol import IMAGE_TOKEN
+from pipelines.core.prompts import content_parts as prompt_parts
 
 TEMPLATE_FILE = "chat_template.jinja"
-_IMAGE = re.compile(re.escape(IMAGE_TOKEN))
 _LAST_ROUND_SWITCH = "{%- set last_round_only = false %}"
 
 
@@ -36,15 +34,9 @@ def chat_template(train_last_round_only: bool = False) -> str:
 
 
 def content_parts(text: str) -> list[dict]:
-    """Text with `<image>` tokens as TRL content parts, in order (whitespace kept: the rendered
-    text must equal the original's)."""
-    parts = []
-    for k, piece in enumerate(_IMAGE.split(text)):
-        if k:
-            parts.append({"type": "image", "text": None})
-        if piece:
-            parts.append({"type": "text", "text": piece})
-    return parts
+    """`pipelines.core.prompts.content_parts`, with every part carrying `text` (None for images)
+    so that all rows share one parquet struct."""
+    return [{"type": p["type"], "text": p.get("text")} for p in prompt_parts(text)]
 
 
 def trl_row(row: dict, system_prompt: str | None) -> dict:

@@ -4,9 +4,9 @@ The wheel is a CUDA build whose `_meta_registrations.py` registers fake kernels 
 `torchvision::nms`/`qnms` unconditionally, which fails without the compiled ops. Guarding those
 two registrations with `torchvision.extension._has_ops()` fixes the import; the image transforms
 Qwen-VL processors use keep working (detection ops don't; nothing here needs them). Idempotent.
-(The same fix as scripts/vllm_cpu_env.sh applies to its vLLM environment.)
+Used by scripts/vllm_cpu_env.sh and scripts/export_frameworks_env.sh.
 
-    VENV/bin/python scripts/export_checks/patch_torchvision_cpu.py
+    VENV/bin/python scripts/patch_torchvision_cpu.py
 """
 
 import importlib.util
