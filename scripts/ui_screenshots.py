@@ -179,13 +179,14 @@ def demo_runs(base: str) -> dict[str, str]:
 
 # name -> (path, texts that must be on the page, actions, viewport height). Actions: ("click",
 # label) a tab or button; ("click_all", css) every element that matches (the graph's group toggles);
-# ("markdown", key) open a metadata row's markdown.
+# ("zoom_out", n) the graph's zoom-out control n times; ("markdown", key) open a metadata row's
+# markdown.
 def pages(runs: dict[str, str]) -> dict[str, tuple[str, list[str], list[tuple[str, str]], int]]:
     data_flow = runs.get("data_flow", "")
     training = runs.get("training_and_evaluation", "")
     shard = "view=partitions&partition=shard-00001"
     return {
-        "lineage": ("/asset-groups", ["training"], [("click_all", '[aria-label="unfold_more"]')], 900),
+        "lineage": ("/asset-groups", ["training"], [("click_all", '[aria-label="unfold_more"]'), ("zoom_out", "6")], 900),
         "jobs": ("/jobs", ["data_flow", "training_and_evaluation"], [], 700),
         "runs": ("/runs", ["data_flow", "training_and_evaluation"], [], 700),
         "run_data_flow": (f"/runs/{data_flow}", ["source_pool"], [], 900),
@@ -268,6 +269,11 @@ def shoot(page: Page, base: str, name: str, spec: tuple, out: Path, width: int) 
                 if not clicked:
                     break
                 time.sleep(1)
+        if kind == "zoom_out":             # the graph's zoom-out control, `arg` times
+            for _ in range(int(arg)):
+                page.eval("""(() => { const e = document.querySelector('[aria-label="zoom_out"]');
+                    if (e) (e.closest('button') || e).click(); })()""")
+                time.sleep(0.3)
         if kind == "click" and not page.click_text(arg):
             print(f"warning: {name}: nothing to click named {arg!r}", file=sys.stderr)
         if kind == "markdown" and not page.show_markdown(arg):

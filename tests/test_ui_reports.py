@@ -59,9 +59,11 @@ def test_evaluation_as_tables_and_bars():
             "fell_back": False, "error": None}
     results = {"summaries": {"tools": summary, "direct": direct}, "items": {"tools": [item]}}
     table = evaluation_summary(results)
-    assert [r["mode"] for r in table.rows] == ["tools", "direct"]
-    assert table.rows[0]["accuracy_%"] == 50.0 and table.rows[0]["rotate_%"] == 0.0
-    assert table.rows[1]["rotate_%"] is None                  # not measured, not zero
+    assert [c for c, _ in table.columns] == ["measure", "tools", "direct"]
+    rows = {r["measure"].strip(): r for r in table.rows}
+    assert rows["accuracy %"] == {"measure": "accuracy %", "tools": 50.0, "direct": 25.0}
+    assert rows["accuracy rotate %"]["tools"] == 0.0 and rows["accuracy rotate %"]["direct"] is None
+    assert rows["executions per answer"]["tools"] == 1.25
     assert evaluation_bars(results) == (["overall", "crop", "rotate"],
                                         {"tools": [0.5, 1.0, 0.0], "direct": [0.25, 0.5, 0.0]})
     items = evaluation_items(results)

@@ -127,7 +127,7 @@ def funnel_chart(stages: Sequence[tuple[str, int]], path: Path, title: str) -> P
 
 
 def line_charts(series: dict[str, list[tuple[float, float]]], path: Path, title: str,
-                columns: int = 3) -> Path:
+                columns: int = 2) -> Path:
     """One small line chart per named series ((step, value) points), in a grid, as a PNG; the
     last value is written beside each line."""
     import matplotlib
@@ -136,13 +136,14 @@ def line_charts(series: dict[str, list[tuple[float, float]]], path: Path, title:
 
     names = [n for n, points in series.items() if points] or ["(no data)"]
     rows = -(-len(names) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows), squeeze=False)
+    # at most ~900 px wide: the UI shows markdown images at their own size, in a dialog
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 2.5 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
         points = series.get(name, [])
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="." if len(points) < 40 else None, linewidth=1.2)
-            ax.annotate(f"{ys[-1]:.4g}", (xs[-1], ys[-1]), fontsize=8, xytext=(3, 3),
+            ax.annotate(f"{ys[-1]:.4g}", (xs[-1], ys[-1]), fontsize=8, xytext=(-3, 5), ha="right",
                         textcoords="offset points")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
