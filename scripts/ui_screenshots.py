@@ -2,8 +2,9 @@
 
     python scripts/ui_screenshots.py --home /abs/dagster_home --out /tmp/shots [--only NAME ...]
 
-Starts `dagster dev` on loopback over an instance that `python -m assets demo` (or `make demo`)
-filled, opens each page in headless Chromium (Debian's `chromium`: `apt-get install chromium`),
+Serves the UI on loopback (the webserver alone, so looking launches nothing; `--dev` for `dagster
+dev` with its daemon) over an instance that `python -m assets demo` (or `make demo`) filled,
+opens each page in headless Chromium (Debian's `chromium`: `apt-get install chromium`),
 dismisses the first visit's dialog, waits until the page has drawn what it is about, and saves a
 PNG per page. It drives Chromium over the DevTools protocol with `websockets` (already installed
 with dagster-webserver), so it installs nothing. Both processes are started in their own session
@@ -169,12 +170,17 @@ def graphql(base: str, query: str, variables: dict | None = None) -> dict:
 
 
 def demo_runs(base: str) -> dict[str, str]:
-    """The latest run id of each job (the demo's `pool_plan`, `data_flow`, ...)."""
-    data = graphql(base, "{ runsOrError(limit: 50) { ... on Runs { results { runId jobName } } } }")
-    latest: dict[str, str] = {}
-    for run in data["runsOrError"]["results"]:
-        latest.setdefault(run["jobName"], run["runId"])
-    return latest
+    """Per job, the run that covered the most assets (the latest of those): the demo's full
+    `data_flow` and `training_and_evaluation` runs, not a later re-run of one asset."""
+    data = graphql(base, "{ runsOrError(limit: 100) { ... on Runs { results { runId jobName "
+                         "assetSelection { path } } } } }")
+    best: dict[str, tuple[int, str]] = {}
+    for run in data["runsOrError"]["results"]:          # newest first
+        selection = run["assetSelection"]                # None: the whole job
+        size = len(selection) if selection else 1 << 30
+        if run["jobName"] not in best or size > best[run["jobName"]][0]:
+            best[run["jobName"]] = (size, run["runId"])
+    return {job: run_id for job, (_, run_id) in best.items()}
 
 
 # name -> (path, texts that must be on the page, actions, viewport height). Actions: ("click",
@@ -186,7 +192,7 @@ def pages(runs: dict[str, str]) -> dict[str, tuple[str, list[str], list[tuple[st
     training = runs.get("training_and_evaluation", "")
     shard = "view=partitions&partition=shard-00001"
     return {
-        "lineage": ("/asset-groups", ["training"], [("click_all", '[aria-label="unfold_more"]'), ("zoom_out", "6")], 900),
+        "lineage": ("/asset-groups", ["training"], [("click_all", '[aria-label="unfold_more"]'), ("zoom_out", "2")], 900),
         "jobs": ("/jobs", ["data_flow", "training_and_evaluation"], [], 700),
         "runs": ("/runs", ["data_flow", "training_and_evaluation"], [], 700),
         "run_data_flow": (f"/runs/{data_flow}", ["source_pool"], [], 900),
@@ -223,20 +229,23 @@ def pages(runs: dict[str, str]) -> dict[str, tuple[str, list[str], list[tuple[st
 
 
 @contextlib.contextmanager
-def ui_session(home: Path, data: str, logs: Path, chromium: str):
-    """`dagster dev` on loopback over `home` and a headless Chromium tab: yields (page, base URL)."""
+def ui_session(home: Path, data: str, logs: Path, chromium: str, dev: bool = False):
+    """The UI on loopback over `home` and a headless Chromium tab: yields (page, base URL). The
+    webserver alone by default, so looking launches nothing; `dev`: `dagster dev`, whose daemon
+    ticks the automation sensor (a run it launches is interrupted when the script stops it)."""
     env = {**os.environ, "DAGSTER_HOME": str(home), "THYME_DATA": data or str(home / "data"),
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    dagster = Path(sys.executable).with_name("dagster")
+    bin_dir = Path(sys.executable).parent
+    serve = [str(bin_dir / "dagster"), "dev"] if dev else [str(bin_dir / "dagster-webserver")]
     ui_port, cdp_port = free_port(), free_port()
     base = f"http://127.0.0.1:{ui_port}"
     with tempfile.TemporaryDirectory(prefix="thyme-ui-") as scratch, \
-            started([str(dagster), "dev", "-m", "assets.definitions", "-h", "127.0.0.1",
-                     "-p", str(ui_port)], env, logs / "dagster-dev.log"), \
+            started([*serve, "-m", "assets.definitions", "-h", "127.0.0.1", "-p", str(ui_port)],
+                    env, logs / "dagster.log"), \
             started([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={scratch}/profile",
                      f"--remote-debugging-port={cdp_port}", "about:blank"], env,
                     logs / "chromium.log"):
-        wait_for("dagster dev", lambda: urllib.request.urlopen(f"{base}/server_info", timeout=5), 180)
+        wait_for("the webserver", lambda: urllib.request.urlopen(f"{base}/server_info", timeout=5), 180)
         wait_for("code location", lambda: "data_flow" in json.dumps(graphql(
             base, "{ repositoriesOrError { ... on RepositoryConnection { nodes { jobs { name } } } } }")),
                  180)
@@ -294,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=[], help="page names to shoot (default: all)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--width", type=int, default=1440)
+    parser.add_argument("--dev", action="store_true",
+                        help="serve with `dagster dev` (its daemon ticks the automation sensor) "
+                             "instead of the webserver alone")
     args = parser.parse_args(argv)
 
     home = Path(args.home)
@@ -303,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no Chromium at {args.chromium}: apt-get install chromium")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with ui_session(home, args.data, out, args.chromium) as (page, base):
+    with ui_session(home, args.data, out, args.chromium, args.dev) as (page, base):
         specs = pages(demo_runs(base))
         unknown = set(args.only) - set(specs)
         if unknown:
