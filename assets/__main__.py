@@ -65,11 +65,13 @@ def demo(count: int, shard_size: int) -> int:
         print(f"pool/source_pool {key}: {meta['rows_out']} samples kept of {meta['rows_in']} "
               f"({meta['quarantined']} quarantined), {meta['images_written']} images written")
     for key, meta in _metadata(result, "samples__audited"):
+        by_task = {r.data["task"]: r.data["pass_rate"] for r in meta["pass_rate_by_task"].records}
         print(f"samples/audited {key}: {meta['passed']} of {meta['dagster/row_count']} trajectories "
-              f"passed the audit; by task {meta['pass_rate_by_task']}")
+              f"passed the audit; by task {by_task}")
     for node in ("datasets__thyme_sft", "datasets__thyme_rl"):
         for _, meta in _metadata(result, node):
-            print(f"{node.replace('__', '/')}: {meta['rows']} at {meta['path']}")
+            rows = {r.data["split"]: r.data["rows"] for r in meta["rows"].records}
+            print(f"{node.replace('__', '/')}: {rows} at {meta['path']}")
     if not result.success:
         return 1
 

@@ -23,6 +23,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets import ui
 from assets.code_samples import audited
 from assets.resources import ThymeStorage
 from pipelines.datasets.names import CHECKS, RL, SFT_SPLITS, SINGLE, SPLITS, split_checks
@@ -47,19 +48,6 @@ class SplitsConfig(Config):
     min_rows: int = Field(1, description="blocking: rows every split must have")
 
 
-def _preview(rows: list[dict], split: str) -> str:
-    if not rows:
-        return "(empty)"
-    parts = []
-    for r in rows[:3]:
-        if split == RL:
-            text = r["messages"][-1]["content"][:600] + f"\n\nsolution: {r['solution']}"
-        else:
-            text = r["question"][:400] + "\n\n" + r["response"][:1200]
-        parts.append(f"**{r['task']}** `{r['id']}` ({len(r['images'])} images)\n\n```\n{text}\n```")
-    return "\n\n---\n\n".join(parts)
-
-
 @multi_asset(
     specs=[AssetSpec(_key(s), group_name="datasets", kinds={"python", "parquet"}, deps=[audited],
                      description=f"the {s} split (train + held-out test), from every audited shard")
@@ -73,7 +61,9 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
     splits, task mix applied, test part held out by image hash; then every validation."""
     import pyarrow.parquet as pq
 
+    from pipelines.core.previews import Table
     from pipelines.core.prompts import load_prompt_set
+    from pipelines.datasets.previews import corpus_funnel, counts_table, rows_markdown
     from pipelines.datasets.splits import SplitConfig, build_splits, split_file, validate_splits
     from pipelines.datasets.validate import ValidationConfig
 
@@ -94,11 +84,10 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
         first = pq.read_table(split_file(out, split, "train")).slice(0, 3).to_pylist()
         yield MaterializeResult(asset_key=_key(split), metadata={
             "dagster/row_count": sum(report["rows"][split].values()),
-            "rows": MetadataValue.json(report["rows"][split]),
-            "rows_by_task": MetadataValue.json(report["splits"][split]),
-            "funnel": MetadataValue.json({k: report[k] for k in
-                                          ("pool_samples", "trajectories", "passed", "routed", "dropped")}),
-            "preview": MetadataValue.md(_preview(first, split)),
+            "rows": ui.table(counts_table(report["rows"][split], "part")),
+            "rows_by_task": ui.table(counts_table(report["splits"][split], "part")),
+            "funnel": ui.table(corpus_funnel(report, split)),
+            "preview": MetadataValue.md(rows_markdown(first, split, storage.path("pool"))),
             "path": MetadataValue.path(storage.relative(out / split)),
         })
         result = validation[split]
@@ -106,8 +95,10 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
             failures = result.failures.get(check, [])
             yield AssetCheckResult(asset_key=_key(split), check_name=check, passed=result.passed(check),
                                    metadata={"failures": result.counts.get(check, 0),
-                                             "examples": MetadataValue.json(
-                                                 [{"row": f.row_id, "reason": f.reason} for f in failures[:20]])})
+                                             "examples": ui.table(Table(
+                                                 [("row", "string"), ("reason", "string")],
+                                                 [{"row": f.row_id, "reason": f.reason}
+                                                  for f in failures[:20]]))})
 
 
 class PublishSettings(Config):
@@ -122,6 +113,7 @@ def _publish(context: AssetExecutionContext, config: PublishSettings, storage: T
              kind: str, name: str) -> MaterializeResult:
     import json
 
+    from pipelines.datasets.previews import counts_table
     from pipelines.datasets.publish import PublishConfig, publish, push
 
     funnel = json.loads(storage.path("splits", "report.json").read_text())
@@ -135,8 +127,8 @@ def _publish(context: AssetExecutionContext, config: PublishSettings, storage: T
     card = (out / "README.md").read_text()
     return MaterializeResult(metadata={
         "dagster/row_count": sum(report["rows"].values()),
-        "rows": MetadataValue.json(report["rows"]),
-        "rows_by_task": MetadataValue.json(report["rows_by_task"]),
+        "rows": ui.table(counts_table(report["rows"], "split")),
+        "rows_by_task": ui.table(counts_table(report["rows_by_task"], "split")),
         "bytes": report["bytes"], "files": report["files"],
         "path": MetadataValue.path(storage.relative(out)),
         "card": MetadataValue.md(card.split("---\n", 2)[-1][:4000]),

@@ -19,11 +19,13 @@ from dagster import (
     Config,
     Failure,
     MaterializeResult,
+    MetadataValue,
     PipesSubprocessClient,
     asset,
 )
 from pydantic import Field
 
+from assets import ui
 from assets.resources import ThymeStorage
 from assets.training import RL_DATASET, launch
 
@@ -66,11 +68,49 @@ def _evaluation_asset(checkpoint: str):
             command += ["--limit", str(config.limit)]
         if not config.ablation:
             command.append("--no-ablation")
-        return launch(context, pipes_subprocess_client, command,
-                      storage.path("evaluation", f".{checkpoint}-error.json"),
-                      f"evaluation of {checkpoint}", images={"chart": out / "accuracy.png"})
+        result = launch(context, pipes_subprocess_client, command,
+                        storage.path("evaluation", f".{checkpoint}-error.json"),
+                        f"evaluation of {checkpoint}")
+        images = {} if config.benchmark else _rl_test_images(storage, config.split)
+        # the trainer's markdown `report` is replaced by the same numbers as a table
+        metadata = {k: v for k, v in result.metadata.items() if k != "report"}
+        return result._replace(metadata={**metadata, **_report(storage, out, checkpoint, images)})
 
     return _evaluate
+
+
+def _report(storage: ThymeStorage, out, checkpoint: str, images: dict) -> dict:
+    """The evaluation as tables and a labelled chart, from its results.json."""
+    import json
+
+    from pipelines.core.previews import grouped_bars
+    from pipelines.core.reports import (
+        evaluation_bars,
+        evaluation_items,
+        evaluation_items_markdown,
+        evaluation_summary,
+    )
+
+    results = json.loads((out / "results.json").read_text())
+    groups, bars = evaluation_bars(results)
+    png = grouped_bars(groups, bars, storage.path("reports", f"evaluation_{checkpoint}.png"),
+                       f"{checkpoint}: accuracy (%) with and without tools", "accuracy (%)")
+    items = evaluation_items(results)
+    return {"summary": ui.table(evaluation_summary(results)), "chart": ui.chart(png, "accuracy"),
+            "items_preview": MetadataValue.md(evaluation_items_markdown(items, images) + (
+                "" if images else "\n\n(thumbnails: only for the published RL test split)")),
+            "results": MetadataValue.path(storage.relative(out / "results.json"))}
+
+
+def _rl_test_images(storage: ThymeStorage, split: str) -> dict:
+    """id -> image files of the RL split the default benchmark was published from."""
+    import pyarrow.parquet as pq
+
+    path = storage.path("splits", "rl", f"{split}.parquet")
+    if not path.is_file():
+        return {}
+    rows = pq.read_table(path, columns=["id", "images"]).to_pylist()
+    return {r["id"]: [storage.path("pool", p) for p in r["images"]] for r in rows}
 
 
 EVALUATION_ASSETS = [_evaluation_asset("sft_stage2"), _evaluation_asset("grpo_ats")]

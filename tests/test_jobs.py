@@ -1,7 +1,13 @@
 """The flows as jobs (assets.jobs) and the automation a user relies on: a new pool shard flows
 through the funnel by itself, a new checkpoint is evaluated, nothing expensive starts alone."""
 
-from dagster import AssetKey, AssetMaterialization, DagsterInstance, evaluate_automation_conditions
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    DefaultSensorStatus,
+    evaluate_automation_conditions,
+)
 
 from assets.definitions import defs
 from assets.partitions import shards
@@ -48,3 +54,29 @@ def test_a_new_shard_flows_and_a_new_checkpoint_is_evaluated():
     for expensive in (["training", "sft_stage1"], ["training", "grpo_ats"], ["splits", "rl"],
                       ["evaluation", "sft_stage2_scores"]):
         assert second.get_num_requested(AssetKey(expensive)) == 0, expensive
+
+
+def test_a_newly_planned_shard_is_ingested_by_itself():
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(shards.name, ["shard-00000"])
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey(["pool", "source_manifest"])))
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey(["pool", "source_pool"]),
+                                                             partition="shard-00000"))
+    first = evaluate_automation_conditions(defs, instance)
+    assert first.get_num_requested(AssetKey(["pool", "source_pool"])) == 0   # nothing new
+
+    instance.add_dynamic_partitions(shards.name, ["shard-00001"])          # a new plan adds one
+    second = evaluate_automation_conditions(defs, instance, cursor=first.cursor)
+    assert second.get_requested_partitions(AssetKey(["pool", "source_pool"])) == {"shard-00001"}
+
+
+def test_automation_runs_by_default_and_no_asset_is_left_out():
+    (sensor,) = defs.sensors
+    assert sensor.name == "thyme_automation"
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    automated = {k.to_user_string() for k in graph.get_all_asset_keys()
+                 if graph.get(k).automation_condition is not None}
+    assert automated == {"pool/source_pool", "samples/code_samples", "samples/executions",
+                         "samples/audited", "evaluation/sft_stage2_scores",
+                         "evaluation/grpo_ats_scores"}
