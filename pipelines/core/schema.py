@@ -59,6 +59,7 @@ REASONS = {
     "bad_text": "a text field is not valid UTF-8 or is empty",
     "missing_image_file": "an image path does not exist under the image root",
     "unparseable": "the row does not follow the format's structure",
+    "image_mismatch": "the prompt's <image> tokens do not match the row's image list",
 }
 
 
