@@ -18,6 +18,7 @@ from pipelines.core.trajectory import (
     PASS,
     SKIP,
     TRAJECTORY_SCHEMA,
+    UNVERIFIED,
     Trajectory,
     trajectories_table,
 )
@@ -78,7 +79,7 @@ def pass_rates_by_task(trajectories: list[Trajectory]) -> dict[str, float]:
 
 
 def funnel_chart(counts: dict[str, dict[str, int]], path: Path) -> Path:
-    """A horizontal bar chart of the funnel (pass / fail / skip per check), as a PNG."""
+    """A horizontal bar chart of the funnel (pass / fail / unverified / skip per check), as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -86,7 +87,8 @@ def funnel_chart(counts: dict[str, dict[str, int]], path: Path) -> Path:
     names = list(counts)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
     left = [0] * len(names)
-    for verdict, colour in ((PASS, "#3b9c5a"), (FAIL, "#d0463b"), (SKIP, "#b9b9b9")):
+    for verdict, colour in ((PASS, "#3b9c5a"), (FAIL, "#d0463b"), (UNVERIFIED, "#e0a030"),
+                            (SKIP, "#b9b9b9")):
         values = [counts[n].get(verdict, 0) for n in names]
         ax.barh(names, values, left=left, color=colour, label=verdict)
         left = [a + b for a, b in zip(left, values, strict=True)]
