@@ -19,6 +19,8 @@ the run naming file and row, unless `on_error="skip"` (the skipped rows are coun
 hashes of the store's images are cached in `cache_dir` (store images never change).
 The report counts, per benchmark: items, distinct images, matched samples by image (exact,
 perceptual) and by question, and keeps the first matches as examples (sample origin and item).
+A pool image that cannot be hashed (missing, corrupt) cannot be shown clean: its samples are
+kept out too (`by: unreadable_image`), counted and named with their origin.
 """
 
 from __future__ import annotations
@@ -116,8 +118,9 @@ def find_contaminated(pool: pl.DataFrame, store_root: str | os.PathLike,
     rows = pool.select("sample_id", "question", "image_hashes", "image_paths", "origin_file",
                        "origin_row").to_dicts()
     matches: dict[str, list[dict]] = defaultdict(list)
+    failed: dict[str, str] = {}
     if cfg.match_images:
-        _match_images(rows, benches, Path(store_root), cfg, matches)
+        failed = _match_images(rows, benches, Path(store_root), cfg, matches)
     if cfg.match_questions:
         _match_questions(rows, benches, cfg, matches)
     matches = {sid: ms for sid, ms in matches.items() if ms}
@@ -134,20 +137,29 @@ def find_contaminated(pool: pl.DataFrame, store_root: str | os.PathLike,
                           "by_image_perceptual": len(by["image_perceptual"]),
                           "by_question": len(by["question"]), "questions_too_short": b.short,
                           "errors": b.errors}
+    unreadable = {r["sample_id"]: next(failed[h] for h in r["image_hashes"] if h in failed)
+                  for r in rows if any(h in failed for h in r["image_hashes"])}
     origin = {r["sample_id"]: f"{r['origin_file']} row {r['origin_row']}" for r in rows
-              if r["sample_id"] in matches}
+              if r["sample_id"] in matches or r["sample_id"] in unreadable}
     examples = [{"sample": sid, "origin": origin[sid], **m} for sid, ms in list(matches.items())[:50]
                 for m in ms[:1]]
-    return matches, {"benchmarks": report, "matched_samples": len(matches),
+    for sid in unreadable:     # not shown clean: kept out too, and said so
+        matches.setdefault(sid, []).append({"benchmark": None, "item": None, "by": "unreadable_image"})
+    return matches, {"benchmarks": report, "matched_samples": len(matches) - len(unreadable),
+                     "unreadable_images": {"samples": len(unreadable),
+                                           "examples": [{"sample": sid, "origin": origin[sid], "reason": why[:300]}
+                                                        for sid, why in list(unreadable.items())[:20]]},
                            "settings": {"phash_distance": cfg.phash_distance,
                                         "question_threshold": cfg.question_threshold,
                                         "min_question_chars": cfg.min_question_chars},
                            "examples": examples}
 
 
-def _match_images(rows, benches, root: Path, cfg, matches) -> None:
+def _match_images(rows, benches, root: Path, cfg, matches) -> dict[str, str]:
+    """Matches by image into `matches`; returns the pool images that could not be hashed (path:
+    why): their samples cannot be shown clean."""
     paths = {h: p for r in rows for h, p in zip(r["image_hashes"], r["image_paths"], strict=True)}
-    hashes = _store_phashes(paths, root, cfg)
+    hashes, failed = _store_phashes(paths, root, cfg)
     owners: dict[str, list[str]] = defaultdict(list)
     for r in rows:
         for h in r["image_hashes"]:
@@ -171,6 +183,7 @@ def _match_images(rows, benches, root: Path, cfg, matches) -> None:
                                for m in matches.get(sid, [])):
                         matches[sid].append({"benchmark": b.name, "item": b.phash[j][1],
                                              "by": "image_perceptual"})
+    return failed
 
 
 def _store_phashes(paths: dict[str, str], root: Path, cfg) -> dict[str, int]:
@@ -182,18 +195,23 @@ def _store_phashes(paths: dict[str, str], root: Path, cfg) -> dict[str, int]:
         known = {h: int(p, 16) for h, p in zip(table["sha256"], table["phash"], strict=True)}
     todo = [h for h in paths if h not in known]
 
-    def one(h: str) -> tuple[str, int]:
+    def one(h: str) -> tuple[str, int | str]:
         try:
             return h, int(perceptual_hash(store_path(root, paths[h])), 16)
-        except (OSError, ImageRejected) as exc:
-            raise ImageRejected("undecodable_image", f"pool image {paths[h]}: {exc}") from None
+        except (OSError, ValueError) as exc:   # ImageRejected is a ValueError
+            return h, f"{paths[h]}: {exc}"
 
+    failed: dict[str, str] = {}
     with ThreadPoolExecutor(cfg.workers or os.cpu_count() or 1) as pool:
-        known.update(pool.map(one, todo))
-    if cache_file is not None and todo:
+        for h, value in pool.map(one, todo):
+            if isinstance(value, str):
+                failed[h] = value
+            else:
+                known[h] = value
+    if cache_file is not None and len(todo) > len(failed):
         write_parquet(pa.table({"sha256": list(known), "phash": [f"{v:016x}" for v in known.values()]}),
                       cache_file)
-    return {h: known[h] for h in paths}
+    return {h: known[h] for h in paths if h in known}, failed
 
 
 def _match_questions(rows, benches, cfg, matches) -> None:

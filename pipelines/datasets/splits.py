@@ -211,15 +211,17 @@ def _components(rows: list[dict]) -> dict[str, str]:
 
 
 def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
-           excluded: frozenset[str] = frozenset()) -> tuple[dict, dict, dict]:
+           excluded: dict[str, str] | None = None) -> tuple[dict, dict, dict]:
     """(trajectory id -> (split, part), RL sample id -> (part, task), funnel counts of each step).
-    `excluded`: sample ids decontamination dropped."""
+    `excluded`: sample id -> why decontamination keeps it out (`decontaminated`, or
+    `unreadable_image`: it could not be checked)."""
+    excluded = excluded or {}
     rows = index.to_dicts() if index.height else []
     funnel: dict = {"routed": Counter(), "dropped": Counter()}
     routed = []
     for r in rows:
         if r["sample_id"] in excluded:
-            funnel["dropped"]["decontaminated"] += 1
+            funnel["dropped"][excluded[r["sample_id"]]] += 1
             continue
         r["split"] = _route(r, cfg)
         if r["split"] is None:
@@ -232,13 +234,18 @@ def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
     task_of = {}
     for r in routed:
         task_of.setdefault(r["sample_id"], r["task"])
+    rl_filter, filtered = cfg.rl_filter, Counter()
     if cfg.rl_source == "pool":
-        candidates = {s["sample_id"]: s for s in pool.to_dicts() if s["sample_id"] not in excluded}
+        candidates = {}
+        for s in pool.to_dicts():
+            if s["sample_id"] in excluded:
+                filtered[excluded[s["sample_id"]]] += 1
+            else:
+                candidates[s["sample_id"]] = s
     else:
         candidates = {}
         for r in routed:
             candidates.setdefault(r["sample_id"], r)
-    rl_filter, filtered = cfg.rl_filter, Counter()
     eligible: set[str] = set()
     for sid, s in candidates.items():
         reason = rl_filter.reject({**s, "task": task_of.get(sid, s["sample_task"])})
@@ -346,10 +353,11 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
     vcfg = replace(vcfg or v.ValidationConfig(), system_prompt=prompts.system)
     pool = pool_index(sample_files)
     index, totals = scan_index(audited_files, pool)
-    excluded, decontamination = frozenset(), None
+    excluded, decontamination = {}, None
     if cfg.decontaminate is not None:
         matches, decontamination = find_contaminated(pool, store_root, cfg.decontaminate)
-        excluded = frozenset(matches)
+        excluded = {sid: "unreadable_image" if all(m["by"] == "unreadable_image" for m in ms)
+                    else "decontaminated" for sid, ms in matches.items()}
     assignment, rl_assignment, funnel = assign(index, pool, cfg, excluded)
     resolve = store_resolver(store_root)
     with atomic_path(out_dir) as tmp:
