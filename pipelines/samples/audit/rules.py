@@ -25,7 +25,7 @@ from pipelines.core.answers import (
 )
 from pipelines.core.trajectory import FAIL, KINDS, PASS, SKIP, Check, Result
 from pipelines.samples.audit.context import Context, Unreadable, thumbnail
-from pipelines.samples.audit.contrast import aligned_score, target_contrast
+from pipelines.samples.audit.contrast import aligned_score, region_local_contrast, target_contrast
 from pipelines.samples.audit.locate import area, coverage, locate
 from pipelines.samples.audit.rotation import rotation_verdict
 
@@ -218,10 +218,10 @@ def check_contrast_semantics(c: Context) -> Check:
                                      f"could be located ({best} < {cfg.match_min_score:g})")
         region, how = found.box, f"the crop {_fmt_box(found.box)} at {found.zoom:.2f}x"
     if box is None:
-        before, after = target_contrast(grey, out, region, region)
+        before, after = region_local_contrast(grey, out, region)
         gain = after / before if before > 0 else math.inf
         ok = gain >= cfg.contrast_gain_no_truth
-        return Check(name, PASS if ok else FAIL, f"no ground-truth box: RMS contrast of {how} "
+        return Check(name, PASS if ok else FAIL, f"no ground-truth box: local contrast of {how} "
                      f"{before:.3f} -> {after:.3f} (x{gain:.2f} {'>=' if ok else '<'} "
                      f"{cfg.contrast_gain_no_truth:g})")
     cov = coverage(region, box)
