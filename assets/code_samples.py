@@ -98,6 +98,9 @@ class AuditChecks(Config):
     min_pass_rate: float = Field(0.5, description="blocking: share of trajectories that pass")
     workers: int | None = Field(None, description="trajectories audited at once, in threads "
                                                   "(OpenCV releases the GIL); null = one per core")
+    judge_unverified_passes: bool = Field(False, description="with a judge: a trajectory it could "
+                                          "not verify (over budget, request failed, no yes/no) "
+                                          "passes; false keeps only verified ones")
 
 
 @asset(**SHARD_STAGE, deps=[executions],
@@ -130,7 +133,9 @@ def audited(context: AssetExecutionContext, config: AuditChecks, storage: ThymeS
         trajectories = read_trajectories(storage.path("executions", f"{key}.parquet"))
         t0 = time.perf_counter()
         trajectories = audit_many(trajectories, samples, store_root,
-                                  AuditConfig(workers=config.workers), judge=built)
+                                  AuditConfig(workers=config.workers,
+                                              judge_unverified_passes=config.judge_unverified_passes),
+                                  judge=built)
         seconds = time.perf_counter() - t0
         write_trajectories(trajectories, storage.path("audited", f"{key}.parquet"))
         counts = funnel(trajectories)

@@ -227,3 +227,12 @@ def test_the_audited_asset_reports_the_judge(server, tmp_path):
     # the rest: direct answers (not asked: SKIP) and the questions over budget (UNVERIFIED)
     assert funnel[UNVERIFIED] == meta["judge_over_budget"]
     assert funnel[SKIP] + funnel[UNVERIFIED] == meta["dagster/row_count"] - 5
+    # The setting lets unverified rows pass. The same shard again: the first 5 answers are cached,
+    # a fresh budget asks 5 more (yes), the 4 left unverified now pass too: 9 more passes in all.
+    lenient = materialize([source_manifest, source_pool, code_samples, executions, audited],
+                          instance=instance, resources=resources, partition_key="shard-00000",
+                          selection=[AssetKey(["samples", "audited"])],
+                          run_config={"ops": {"samples__audited": {"config": {"judge_unverified_passes": True}}}})
+    (again,) = list(lenient.asset_materializations_for_node("samples__audited"))
+    assert again.metadata["funnel"].value[JUDGE][UNVERIFIED] == funnel[UNVERIFIED] - 5 > 0
+    assert again.metadata["passed"].value == meta["passed"] + funnel[UNVERIFIED]
