@@ -235,22 +235,21 @@ def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
     for r in routed:
         task_of.setdefault(r["sample_id"], r["task"])
     rl_filter, filtered = cfg.rl_filter, Counter()
-    if cfg.rl_source == "pool":
-        candidates = {}
-        for s in pool.to_dicts():
-            if s["sample_id"] in excluded:
-                filtered[excluded[s["sample_id"]]] += 1
-            else:
-                candidates[s["sample_id"]] = s
+    if cfg.rl_source == "pool":     # streamed: only the eligible rows are kept
+        pool_rows = (s for s in pool.iter_rows(named=True))
     else:
-        candidates = {}
-        for r in routed:
-            candidates.setdefault(r["sample_id"], r)
-    eligible: set[str] = set()
-    for sid, s in candidates.items():
+        seen: set[str] = set()
+        pool_rows = (r for r in routed if not (r["sample_id"] in seen or seen.add(r["sample_id"])))
+    candidates, eligible = 0, {}
+    for s in pool_rows:
+        sid = s["sample_id"]
+        if sid in excluded:
+            filtered[excluded[sid]] += 1
+            continue
+        candidates += 1
         reason = rl_filter.reject({**s, "task": task_of.get(sid, s["sample_task"])})
         if reason is None:
-            eligible.add(sid)
+            eligible[sid] = s
         else:
             filtered[reason] += 1
 
@@ -258,8 +257,8 @@ def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
     first = {}
     for r in routed:
         first.setdefault(r["sample_id"], r)
-    for sid in eligible:
-        first.setdefault(sid, candidates[sid])
+    for sid, s in eligible.items():
+        first.setdefault(sid, s)
     clusters = near_duplicate_clusters(
         [(s, _key(r), r["question"]) for s, r in first.items()], cfg.near_dup_threshold)
 
@@ -321,7 +320,7 @@ def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
     funnel["routed"] = dict(funnel["routed"])
     funnel["dropped"] = {k: v for k, v in funnel["dropped"].items() if v}
     funnel["splits"] = {s: {p: dict(c) for p, c in parts.items()} for s, parts in counts.items()}
-    funnel["rl_prompts"] = {"source": cfg.rl_source, "candidates": len(candidates),
+    funnel["rl_prompts"] = {"source": cfg.rl_source, "candidates": candidates,
                             "eligible": len(eligible), "filtered": dict(filtered), **rl_counts}
     return assignment, rl_assignment, funnel
 
