@@ -349,7 +349,7 @@ def _sections(funnel: dict) -> str:
                    f"{rl.get('taken', 0)} taken; filtered out: "
                    + (", ".join(f"{k} {v}" for k, v in sorted(rl.get("filtered", {}).items())) or "none")
                    + ".")
-    return "\n\n".join(out) + ("\n" if out else "")
+    return ("\n" + "\n\n".join(out) + "\n") if out else ""
 
 
 # ------------------------------------------------------------------ the Hub
