@@ -109,6 +109,9 @@ class AuditChecks(Config):
     min_pass_rate: float = Field(0.5, description="blocking: share of trajectories that pass")
     workers: int | None = Field(None, description="trajectories audited at once, in threads "
                                                   "(OpenCV releases the GIL); null = one per core")
+    judge_unverified_passes: bool = Field(False, description="with a judge: a trajectory it could "
+                                          "not verify (over budget, request failed, no yes/no) "
+                                          "passes; false keeps only verified ones")
 
 
 @asset(**SHARD_STAGE, deps=[executions],
@@ -145,7 +148,9 @@ def audited(context: AssetExecutionContext, config: AuditChecks, storage: ThymeS
         t0 = time.perf_counter()
         asked, failed = (built.stats.calls, built.stats.failures) if built else (0, 0)
         trajectories = audit_many(trajectories, samples, store_root,
-                                  AuditConfig(workers=config.workers), judge=built)
+                                  AuditConfig(workers=config.workers,
+                                              judge_unverified_passes=config.judge_unverified_passes),
+                                  judge=built)
         if built is not None:  # a judge that is down fails the step: no unjudged shard passes
             check_endpoint(f"judge {judge.model}", built.stats.failures - failed,
                            built.stats.calls - asked, (built.stats.errors or [""])[-1])

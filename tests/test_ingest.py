@@ -307,7 +307,7 @@ def test_every_bad_input_is_quarantined_and_the_batch_goes_on(tmp_path):
                   [base64.b64encode(encode(photo(6000, 28), "PNG")).decode()],     # 5 aspect ratio
                   [base64.b64encode(encode(photo(seed=12), "JPEG")).decode()],     # 6 missing question
                   [base64.b64encode(encode(photo(seed=13), "JPEG")).decode()],     # 7 empty question
-                  [],                                          # 8 no image
+                  [],                                          # 8 no image: a text-only row, kept
                   [base64.b64encode(encode(photo(seed=14), "JPEG")).decode()]],    # 9 good
         "question": ["Q0", "Q1", "Q2", "Q3", "Q4", "Q5", None, "  ", "Q8", "Q9"],
         "response": ["<answer>a</answer>"] * 10,
@@ -317,8 +317,8 @@ def test_every_bad_input_is_quarantined_and_the_batch_goes_on(tmp_path):
                     progress=False)
     reasons = {q["origin"]["row"]: q["reason"] for q in read_quarantine(tmp_path / "out")}
     assert reasons == {1: "bad_base64", 2: "empty_image", 3: "undecodable_image", 4: "too_small",
-                       5: "bad_aspect_ratio", 6: "missing_field", 7: "bad_text", 8: "missing_field"}
-    assert [r["origin"]["row"] for r in read_samples(tmp_path / "out")] == [0, 9]
+                       5: "bad_aspect_ratio", 6: "missing_field", 7: "bad_text"}
+    assert [r["origin"]["row"] for r in read_samples(tmp_path / "out")] == [0, 8, 9]
     assert report["rows_read"] == 10 and report["kept"] + report["quarantined"] == 10
 
 

@@ -62,6 +62,7 @@ REASONS = {
     "bad_text": "a text field is not valid UTF-8 or is empty",
     "missing_image_file": "an image path does not exist under the image root",
     "unparseable": "the row does not follow the format's structure",
+    "image_mismatch": "the prompt's <image> tokens do not match the row's image list",
     "reader_error": "reading the row raised an unexpected error (the detail names it)",
     # units quarantined as a whole (a file, a parquet row group): their rows cannot be read
     "unreadable_file": "the file cannot be opened or read (truncated, not this format, empty)",

@@ -55,8 +55,9 @@ TRAJECTORY_SCHEMA = pa.schema([
     ("passed", pa.bool_()),                # null until audited
 ])
 
-# Verdicts of an audit check.
-PASS, FAIL, SKIP = "pass", "fail", "skip"
+# Verdicts of an audit check. UNVERIFIED: a check that should have decided could not (the judge
+# was over budget, its request failed, its reply was no yes/no); whether that passes is a setting.
+PASS, FAIL, SKIP, UNVERIFIED = "pass", "fail", "skip", "unverified"
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Turn:
 @dataclass
 class Check:
     name: str
-    verdict: str                           # pass | fail | skip
+    verdict: str                           # pass | fail | skip | unverified
     reason: str = ""
 
 

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 from pipelines.core.images import ImageRejected, ImageStore
 from pipelines.core.prompts import parse_user, strip_image_tokens
 from pipelines.core.schema import Sample
-from sandbox.protocol import extract_answer, extract_code
+from pipelines.core.tasks import infer_task_from_response
+from sandbox.protocol import IMAGE_TOKEN, extract_answer
 
 FORMATS = ("thyme-sft", "thyme-rl", "deepeyes", "generic")
 BATCH_ROWS = 64  # rows decoded at a time: bounds memory when rows carry large base64 images
@@ -243,25 +244,6 @@ def _looks_base64(text: str) -> bool:
     return len(text) > 256 or text.startswith("data:image/")
 
 
-# ------------------------------------------------------------------ tasks
-
-def infer_task(response: str) -> str:
-    """The paper's task of a reference trajectory, from the code it runs."""
-    code = extract_code(response or "")
-    if code is None:
-        return "no_code"
-    lowered = code.lower()
-    if "rotate" in lowered or "warpaffine" in lowered or "transpose" in lowered:
-        return "rotate"
-    if any(k in lowered for k in ("clahe", "equalizehist", "imageenhance", "contrast", "gamma")):
-        return "contrast"
-    if ".crop(" in lowered or re.search(r"\[\s*\w+\s*:\s*\w+\s*,\s*\w+\s*:\s*\w+", code):
-        return "crop"
-    if "imread" in lowered or "image.open" in lowered:
-        return "real_world"
-    return "computation"
-
-
 # ------------------------------------------------------------------ formats
 
 @dataclass
@@ -293,18 +275,25 @@ class Reader:
         return refs
 
     def _thyme_sft(self, origin: str, number: int, row: dict, store: ImageStore):
-        images = _image_list(row, "image")
-        if not images:
-            raise RowRejected("missing_field", "'image' is empty")
-        question, meta = parse_user(_text(row, "question"))
+        # `image`: the question's input image(s), then each sandbox-produced image in order; empty
+        # for the text-only rows of the release's computation split. The question holds one
+        # <image> per input (the original first when it holds none).
+        if "image" not in row:
+            raise RowRejected("missing_field", "'image' is missing")
+        images = [] if row["image"] is None else _image_list(row, "image")
+        text = _text(row, "question")
+        question, meta = parse_user(text)
         response = _text(row, "response")
-        refs = self._images(images[:1], store, meta) + self._images(images[1:], store)
-        reference = {"response": response, "images": [r.relpath for r in refs[1:]]}
-        sample = Sample(question=question, images=refs[:1], source="thyme-sft",
-                        origin_file=origin, origin_row=number,
-                        answer=extract_answer(response) or "", task=infer_task(response),
-                        meta=meta, reference=reference)
-        return sample
+        inputs = text.count(IMAGE_TOKEN) or (1 if images else 0)
+        if inputs > len(images):
+            raise RowRejected("image_mismatch", f"the question has {inputs} {IMAGE_TOKEN} but "
+                                                f"'image' holds {len(images)} image(s)")
+        refs = self._images(images[:inputs], store, meta) + self._images(images[inputs:], store)
+        reference = {"response": response, "images": [r.relpath for r in refs[inputs:]]}
+        return Sample(question=question, images=refs[:inputs], source="thyme-sft",
+                      origin_file=origin, origin_row=number,
+                      answer=extract_answer(response) or "", task=infer_task_from_response(response),
+                      meta=meta, reference=reference)
 
     def _thyme_rl(self, origin: str, number: int, row: dict, store: ImageStore):
         messages = row.get("messages")
@@ -313,11 +302,14 @@ class Reader:
         user = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
         if user is None:
             raise RowRejected("unparseable", "no user message")
-        _, meta = parse_user(_text(user, "content"))
+        content = _text(user, "content")
+        _, meta = parse_user(content)
         system = next((m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "system"), None)
         if system:
             meta["system_prompt"] = system
-        refs = self._images(_image_list(row, "images"), store, meta)
+        images = _image_list(row, "images")
+        _check_image_tokens(content, images)
+        refs = self._images(images, store, meta)
         sample = Sample(question=_text(row, "question").strip(), images=refs, source="thyme-rl",
                         origin_file=origin, origin_row=number, answer=_text(row, "solution").strip(),
                         task="unknown", meta=meta)
@@ -330,12 +322,15 @@ class Reader:
         user = next((m for m in prompt if isinstance(m, dict) and m.get("role") == "user"), None)
         if user is None:
             raise RowRejected("unparseable", "no user message in 'prompt'")
-        question = strip_image_tokens(_text(user, "content"))
+        content = _text(user, "content")
+        question = strip_image_tokens(content)
         reward = row.get("reward_model")
         if not isinstance(reward, dict) or reward.get("ground_truth") is None:
             raise RowRejected("missing_field", "'reward_model.ground_truth' is missing")
+        images = _image_list(row, "images")
+        _check_image_tokens(content, images)
         meta = {"data_source": row.get("data_source")}
-        refs = self._images(_image_list(row, "images"), store, meta)
+        refs = self._images(images, store, meta)
         if isinstance(row.get("extra_info"), dict):
             meta["extra_info"] = {k: v for k, v in row["extra_info"].items() if isinstance(v, (str, int, float, bool))}
         sample = Sample(question=question, images=refs, source="deepeyes", origin_file=origin,
@@ -350,10 +345,49 @@ class Reader:
         if images is None and col["image"] == "image":
             images = row.get("images")
         meta: dict = {}
-        refs = self._images([] if images is None else _image_list({"i": images}, "i"), store, meta)
+        refs = self._images([] if images is None else _image_list({"i": images}, "i"), store,
+                            meta)  # [] : text-only
         task = _text(row, col["task"], required=False) or "unknown"
-        sample = Sample(question=_text(row, col["question"]).strip(), images=refs,
-                        source=self.mapping.get("source", "generic"), origin_file=origin,
-                        origin_row=number, answer=str(row.get(col["answer"]) or "").strip(),
-                        task=task, meta=meta)
-        return sample
+        answer = row.get(col["answer"])
+        if isinstance(answer, (list, dict)):
+            raise RowRejected("wrong_type", f"'{col['answer']}' is {type(answer).__name__}, expected text or a number")
+        for key in OPTIONAL_META:       # kept when the column exists (RL filters and answer checks read them)
+            value = row.get(col.get(key, key))
+            if value is not None and value != "":
+                meta[key] = _option_lines(value) if key == "options" else value
+        return Sample(question=_text(row, col["question"]).strip(), images=refs,
+                      source=self.mapping.get("source", "generic"), origin_file=origin,
+                      origin_row=number, answer="" if answer is None else str(answer).strip(),
+                      task=task, meta=meta)
+
+
+# Generic columns copied into `meta` when present (their names mappable like the others).
+OPTIONAL_META = ("difficulty", "category", "options")
+
+
+def _option_lines(value) -> list[str]:
+    """Options as "A. text" lines (what the answer cascade parses), from a {letter: text} dict,
+    a list of texts (lettered A, B, ...) or lines already lettered."""
+    if isinstance(value, dict):
+        return [f"{k}. {v}" for k, v in value.items()]
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, (list, dict)):
+            return _option_lines(parsed)
+        return [line for line in value.splitlines() if line.strip()]
+    if isinstance(value, list):
+        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+        return [str(v) if re.match(r"^\s*\(?[A-Z]\s*[.):]", str(v)) else f"{letters[i]}. {v}"
+                for i, v in enumerate(value[:26])]
+    raise RowRejected("wrong_type", f"options are {type(value).__name__}, expected a list or a mapping")
+
+
+def _check_image_tokens(content: str, images: list) -> None:
+    """A prompt that names its images with <image> tokens must name each one, once."""
+    tokens = content.count(IMAGE_TOKEN)
+    if tokens and tokens != len(images):
+        raise RowRejected("image_mismatch", f"the user message has {tokens} {IMAGE_TOKEN} but "
+                                            f"'images' holds {len(images)} image(s)")

@@ -19,6 +19,7 @@ from pipelines.core.trajectory import (
     FAIL,
     SKIP,
     TRAJECTORY_SCHEMA,
+    UNVERIFIED,
     Trajectory,
     trajectories_table,
 )
@@ -86,37 +87,42 @@ def generate_code_samples(samples: dict[str, Sample], teacher,
 def audit_funnel(trajectories: list[Trajectory]) -> Table:
     """The audit as a funnel: the trajectories in, how many are left after each check (in the
     order the audit runs them: a trajectory leaves at the first check it fails), and how many
-    passed. Each row also counts every failure and skip of its check, first or not."""
+    passed. Each row also counts every failure, unverified verdict and skip of its check, first
+    or not. A trajectory that failed nothing but did not pass (an unverified judge verdict, when
+    unverified rows do not pass) leaves at its first unverified check."""
     order: list[str] = []
-    failed, skipped, first_fail = Counter(), Counter(), Counter()
+    failed, unverified, skipped, first_fail = Counter(), Counter(), Counter(), Counter()
     for t in trajectories:
         first = None
         for c in t.audit:
             if c.name not in order:
                 order.append(c.name)
             failed[c.name] += c.verdict == FAIL
+            unverified[c.name] += c.verdict == UNVERIFIED
             skipped[c.name] += c.verdict == SKIP
             if c.verdict == FAIL and first is None:
                 first = c.name
+        if first is None and not t.passed:
+            first = next((c.name for c in t.audit if c.verdict == UNVERIFIED), None)
         if first is not None:
             first_fail[first] += 1
     table = Table(FUNNEL_COLUMNS)
     left = len(trajectories)
     table.rows.append({"stage": "trajectories in", "remaining": left, "dropped_here": 0,
-                       "failed": 0, "skipped": 0})
+                       "failed": 0, "unverified": 0, "skipped": 0})
     for name in order:
         left -= first_fail[name]
         table.rows.append({"stage": f"after {name}", "remaining": left,
                            "dropped_here": first_fail[name], "failed": failed[name],
-                           "skipped": skipped[name]})
+                           "unverified": unverified[name], "skipped": skipped[name]})
     passed = sum(1 for t in trajectories if t.passed)
     table.rows.append({"stage": "passed", "remaining": passed, "dropped_here": left - passed,
-                       "failed": 0, "skipped": 0})
+                       "failed": 0, "unverified": 0, "skipped": 0})
     return table
 
 
 FUNNEL_COLUMNS = [("stage", "string"), ("remaining", "int"), ("dropped_here", "int"),
-                  ("failed", "int"), ("skipped", "int")]
+                  ("failed", "int"), ("unverified", "int"), ("skipped", "int")]
 
 
 def funnel_chart(funnel: Table, path: Path, title: str = "audit funnel") -> Path:
