@@ -142,11 +142,10 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
                                              "quarantine_rate": round(result.rate(check), 4),
                                              "allowed_rate": vcfg.allowed_rate(check),
                                              "examples": ui.table(Table(
-                                                 [("row", "string"), ("reason", "string")],
-                                                 [{"row": f.row_id, "reason": f.reason}
-                                                  for f in failures[:20]]
-                                                 + [{"row": s["row"], "reason": f"{s['origin']}: {s['reason']}"}
-                                                    for s in set_aside]))})
+                                                 [("row", "string"), ("origin", "string"),
+                                                  ("reason", "string")],
+                                                 [{"row": f.row_id, "origin": "", "reason": f.reason}
+                                                  for f in failures[:20]] + set_aside))})
 
 
 def _pool_max_pixels(storage: ThymeStorage) -> int:

@@ -34,7 +34,7 @@ def test_funnel_on_a_generated_shard(tmp_path):
     assert sum(r["passed"] for r in by_task.values()) == meta["passed"]
     funnel = [r.data for r in meta["funnel"].records]
     assert funnel[0] == {"stage": "trajectories in", "remaining": meta["dagster/row_count"],
-                         "dropped_here": 0, "failed": 0, "skipped": 0}
+                         "dropped_here": 0, "failed": 0, "unverified": 0, "skipped": 0}
     assert funnel[-1]["stage"] == "passed" and funnel[-1]["remaining"] == meta["passed"]
     remaining = [r["remaining"] for r in funnel]
     assert remaining == sorted(remaining, reverse=True)      # a funnel only narrows

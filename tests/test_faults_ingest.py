@@ -220,5 +220,6 @@ def test_the_pool_asset_names_an_unreadable_file(tmp_path):
     assert result.success
     (mat,) = result.asset_materializations_for_node("pool__source_pool")
     meta = {k: v.value for k, v in mat.metadata.items()}
-    assert meta["rows_out"] == 4 and meta["quarantined_by_reason"] == {"unreadable_file": 1}
+    reasons = {r.data["reason"]: r.data["count"] for r in meta["quarantined_by_reason"].records}
+    assert meta["rows_out"] == 4 and reasons == {"unreadable_file": 1}
     assert [(u["file"], u["reason"]) for u in meta["unreadable"]] == [("b.parquet", "unreadable_file")]

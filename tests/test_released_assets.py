@@ -60,7 +60,7 @@ def test_a_missing_image_blocks_only_above_the_allowed_rate(storage):
     assert not blocked.success and set(failed) == {("rl", "images_exist")}
     meta = failed[("rl", "images_exist")].metadata
     assert meta["quarantined"].value == 1 and meta["quarantine_rate"].value == pytest.approx(1 / 6, abs=1e-3)
-    (example,) = meta["examples"].value
+    (example,) = [r.data for r in meta["examples"].value.records]
     assert example["origin"] == "released.parquet row 5" and "no such file" in example["reason"]
     allowed = materialize(DATASET_ASSETS, instance=DagsterInstance.ephemeral(), resources={"storage": res},
                           run_config=_config(decontaminate=[], failure_rates={"images_exist": 0.25}))
