@@ -63,6 +63,8 @@ REASONS = {
     "missing_image_file": "an image path does not exist under the image root",
     "unparseable": "the row does not follow the format's structure",
     "reader_error": "reading the row raised an unexpected error (the detail names it)",
+    "bad_ground_truth": "a mapped ground-truth value (box, angle, difficulty, options...) is "
+                        "malformed or out of range (the detail names the column and value)",
     # units quarantined as a whole (a file, a parquet row group): their rows cannot be read
     "unreadable_file": "the file cannot be opened or read (truncated, not this format, empty)",
     "unreadable_row_group": "a parquet row group does not decode (corrupt pages)",
