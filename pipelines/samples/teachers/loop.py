@@ -120,9 +120,12 @@ def last_code(piece: str) -> str:
 
 
 def run_loop(teacher, samples: list[Sample], operations: list[str | None], in_loop: InLoop,
-             trajectories: list[Trajectory], quarantine: list[dict], stats: Counter) -> None:
+             trajectories: list[Trajectory], quarantine: list[dict], stats: Counter,
+             hints: dict[str, list[str]] | None = None) -> None:
     """Write every sample whose operation is known in the loop; trajectories and quarantine rows
-    are appended; `stats` counts end reasons (`end:*`), plans (`plan:*`) and code runs."""
+    are appended; `stats` counts end reasons (`end:*`), plans (`plan:*`) and code runs. `hints`:
+    more private hints per sample id."""
+    hints = hints or {}
     cfg, tc = in_loop.config, teacher.config
     rollouts: list[_Rollout] = []
     first: list[tuple[Sample, str, list[dict], dict]] = []
@@ -132,7 +135,8 @@ def run_loop(teacher, samples: list[Sample], operations: list[str | None], in_lo
         plan = plans.draw_plan(sample, op, tc.seed or 0, cfg.multi_round_share)
         messages, hidden = prompts.generation_messages(
             sample, op, teacher._image(sample), tc.give_answer, tc.prompt_set,
-            plans.plan_hints(sample, op, plan, tc.seed or 0), cfg.continuation)
+            [*plans.plan_hints(sample, op, plan, tc.seed or 0), *hints.get(sample.id, ())],
+            cfg.continuation)
         first.append((sample, plan, messages, hidden))
         stats[f"plan:{plan}"] += 1
     sampling = {**tc.sampling(), "stop": [CODE_CLOSE]}

@@ -101,8 +101,13 @@ class ModelTeacher:
         self.quarantine.extend(out.quarantine)
         return out.trajectories
 
-    def generate(self, samples: list[Sample]) -> TeacherOutput:
+    def generate(self, samples: list[Sample], hints: dict[str, list[str]] | None = None,
+                 operation: str | None = None) -> TeacherOutput:
+        """Trajectories for `samples`. `hints`: more private hints per sample id (a chained
+        teacher's handed-over reasoning); `operation`: the same operation for every sample (no
+        decision asked)."""
         t0 = time.perf_counter()
+        hints = hints or {}
         trajectories: list[Trajectory] = []
         quarantine: list[dict] = []
         operations: Counter = Counter()
@@ -110,12 +115,12 @@ class ModelTeacher:
         size = self.config.batch_size
         for start in range(0, len(samples), size):
             batch = samples[start:start + size]
-            ops = self._decide(batch, quarantine)
+            ops = [operation] * len(batch) if operation else self._decide(batch, quarantine)
             operations.update(op or "skipped" for op in ops)
             if self.in_loop is not None:
-                run_loop(self, batch, ops, self.in_loop, trajectories, quarantine, looped)
+                run_loop(self, batch, ops, self.in_loop, trajectories, quarantine, looped, hints)
             else:
-                self._generate_batch(batch, ops, trajectories, quarantine)
+                self._generate_batch(batch, ops, trajectories, quarantine, hints)
         stats = {"samples": len(samples), "trajectories": len(trajectories),
                  "quarantined": len(quarantine),
                  "quarantine_reasons": dict(Counter(r["reason"] for r in quarantine)),
@@ -127,10 +132,11 @@ class ModelTeacher:
         return TeacherOutput(trajectories, quarantine, stats)
 
     def _generate_batch(self, samples: list[Sample], operations: list[str | None],
-                        trajectories: list[Trajectory], quarantine: list[dict]) -> None:
+                        trajectories: list[Trajectory], quarantine: list[dict],
+                        hints: dict[str, list[str]]) -> None:
         todo = [(s, op) for s, op in zip(samples, operations, strict=True) if op is not None]
         requests = [prompts.generation_messages(s, op, self._image(s), self.config.give_answer,
-                                                 self.config.prompt_set)
+                                                 self.config.prompt_set, hints.get(s.id, ()))
                     for s, op in todo]
         results = self.complete([messages for messages, _ in requests], self.config.sampling())
         for (sample, _), (_, hidden), result in zip(todo, requests, results, strict=True):

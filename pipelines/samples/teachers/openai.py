@@ -29,7 +29,7 @@ class OpenAITeacher(ModelTeacher):
     def complete(self, conversations: list[list[dict]], sampling: dict) -> list[Completion | Exception]:
         return self.client.chat_many(conversations, **sampling)
 
-    def generate(self, samples):
-        out = super().generate(samples)
+    def generate(self, samples, hints=None, operation=None):
+        out = super().generate(samples, hints, operation)
         out.stats["usage"] = self.client.usage.as_dict()
         return out

@@ -74,8 +74,8 @@ class VLLMTeacher(ModelTeacher):
                        completion_tokens=completion.completion_tokens)
         return completion
 
-    def generate(self, samples):
-        out = super().generate(samples)
+    def generate(self, samples, hints=None, operation=None):
+        out = super().generate(samples, hints, operation)
         out.stats["usage"] = self.usage.as_dict()
         return out
 
