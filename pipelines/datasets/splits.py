@@ -101,6 +101,8 @@ class SplitConfig:
     seed: int = 0                     # salts every hash-based draw (mix, RL share, test part)
     prompt_set: str = DEFAULT_PROMPT_SET  # the prompts rows are rendered with (name, path, from:<dataset>)
     batch_rows: int = 512             # rows buffered per output file before a row group is written
+    exclude_ids_file: str | None = None  # parquet with an `id` column: trajectories left out
+                                      # (a human review's rejections, pipelines.samples.review)
 
     def __post_init__(self):
         for name, value in (("test_share", self.test_share), ("rl_share", self.rl_share),
@@ -198,8 +200,12 @@ def scan_index(audited_files: list[str], sample_files: list[str]) -> tuple[pl.Da
     index = (audited.filter(pl.col("passed").fill_null(False))
              .select("id", "sample_id", "task", "kind", code_rounds)
              .join(samples.select(pl.col("id").alias("sample_id"), "question", "answer",
-                                  pl.col("images").list.first().struct.field("hash").alias("image_hash")),
+                                  pl.col("images").list.first().struct.field("hash").alias("image_hash"),
+                                  # an augmented copy is held out with its source's image
+                                  pl.col("meta").str.json_path_match("$.lineage.image")
+                                  .alias("lineage_image")),
                    on="sample_id", how="inner", maintain_order="left")  # reruns: same order
+             .with_columns(pl.col("lineage_image").fill_null(pl.col("image_hash")))
              .collect(engine="streaming"))
     totals = {
         "pool_samples": samples.select(pl.len()).collect().item(),
@@ -253,6 +259,7 @@ def assign(index: pl.DataFrame, cfg: SplitConfig) -> tuple[dict[str, tuple[str, 
             funnel["dropped"]["too_many_code_rounds"] += 1
             continue
         r["key"] = image_key(r["image_hash"], r["question"])
+        r["holdout"] = image_key(r["lineage_image"], r["question"])
         funnel["routed"][r["split"]] += 1
         routed.append(r)
 
@@ -289,7 +296,7 @@ def assign(index: pl.DataFrame, cfg: SplitConfig) -> tuple[dict[str, tuple[str, 
         for task, n in dropped.items():
             funnel["dropped"][f"mix:{split}:{task}"] += n
         for r in kept:
-            part = "test" if unit_draw("test", cfg.seed, r["key"]) < cfg.test_share else "train"
+            part = "test" if unit_draw("test", cfg.seed, r["holdout"]) < cfg.test_share else "train"
             assignment[r["id"]] = (split, part)
             counts[split][part][r["task"]] += 1
     funnel["routed"] = dict(funnel["routed"])
@@ -370,7 +377,13 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
     if not sample_files:
         raise FileNotFoundError("no pool sample shards to join the trajectories with")
     index, totals = scan_index(audited_files, sample_files)
+    excluded = 0
+    if cfg.exclude_ids_file:
+        ids = pl.read_parquet(cfg.exclude_ids_file, columns=["id"])["id"].to_list()
+        excluded = index.height - (index := index.filter(~pl.col("id").is_in(ids))).height
     assignment, funnel = assign(index, cfg)
+    if excluded:
+        funnel["dropped"]["review_rejected"] = excluded
     prompts = load_prompt_set(cfg.prompt_set)
     with atomic_path(out_dir) as tmp:
         writers = {}
