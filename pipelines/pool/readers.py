@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from pipelines.core.images import ImageRejected, ImageStore
 from pipelines.core.prompts import parse_user, strip_image_tokens
 from pipelines.core.schema import Sample
+from pipelines.pool import truth
 from sandbox.protocol import extract_answer, extract_code
 
 FORMATS = ("thyme-sft", "thyme-rl", "deepeyes", "generic")
@@ -270,15 +271,20 @@ class Reader:
 
     format: str
     image_root: str | None = None                   # generic: folder image paths are relative to
-    mapping: dict[str, str] = field(default_factory=dict)  # generic: our field -> their column
+    mapping: dict[str, str] = field(default_factory=dict)  # our field -> their column (truth.py)
     base_dir: str = ""                              # origins are recorded relative to this
 
     def origin(self, file: str) -> str:
         return os.path.relpath(file, self.base_dir) if self.base_dir else os.path.basename(file)
 
     def to_sample(self, file: str, number: int, row: dict, store: ImageStore) -> Sample:
-        """One row as a Sample (its images stored). Raises RowRejected / ImageRejected."""
-        return getattr(self, "_" + self.format.replace("-", "_"))(self.origin(file), number, row, store)
+        """One row as a Sample (its images stored), with the ground truth the mapping names
+        (`pipelines.pool.truth`). Raises RowRejected / ImageRejected."""
+        sample = getattr(self, "_" + self.format.replace("-", "_"))(self.origin(file), number, row, store)
+        try:
+            return truth.apply(sample, row, self.mapping)
+        except truth.BadTruth as exc:
+            raise RowRejected("bad_ground_truth", str(exc)) from None
 
     def _images(self, items: list, store: ImageStore, meta: dict | None = None) -> list:
         """The items stored; when one was turned upright by its EXIF orientation, `meta`'s
