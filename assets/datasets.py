@@ -45,6 +45,8 @@ class SplitsConfig(Config):
     mix_tolerance: float = Field(0.05, description="blocking: allowed |share - target| per task")
     max_pixels: int = Field(4096 * 4096, description="blocking: pixel budget per image")
     min_rows: int = Field(1, description="blocking: rows every split must have")
+    exclude_review_rejections: bool = Field(True, description="leave out the trajectories the "
+                                            "imported human review rejected (review/verdicts)")
 
 
 def _preview(rows: list[dict], split: str) -> str:
@@ -78,10 +80,14 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
     from pipelines.datasets.validate import ValidationConfig
 
     audited_files = sorted(str(p) for p in storage.path("audited").glob("shard-*.parquet"))
-    sample_files = sorted(str(p) for p in storage.path("pool", "samples").glob("shard-*.parquet"))
+    sample_files = sorted(str(p) for d in (("pool", "samples"), ("augmented", "samples"))
+                          for p in storage.path(*d).glob("shard-*.parquet"))
+    rejected = storage.path("review", "rejected.parquet")      # assets/review.py
     cfg = SplitConfig(test_share=config.test_share, rl_share=config.rl_share,
                       near_dup_threshold=config.near_dup_threshold, seed=config.seed,
-                      prompt_set=config.prompt_set)
+                      prompt_set=config.prompt_set,
+                      exclude_ids_file=str(rejected) if config.exclude_review_rejections
+                      and rejected.exists() else None)
     if config.single_round_mix is not None:
         cfg.mix = {SINGLE: dict(config.single_round_mix)}
     out = storage.path("splits")

@@ -76,7 +76,7 @@ def test_reasoning_is_handed_to_a_coder_in_the_loop(sandbox, tmp_path):
         reasoner = OpenAITeacher(client(reasoner_server, "thinker"), store.root, TeacherConfig())
         coder = OpenAITeacher(client(coder_server, "coder"), store.root, TeacherConfig(),
                               in_loop=InLoop(sandbox, store, None, LoopConfig()))
-        chain = ChainedTeacher(reasoner, coder, ChainConfig())
+        chain = ChainedTeacher(reasoner, coder, ChainConfig(others=False))
         pool = samples()
         out = chain.generate(pool)
     finally:
@@ -118,10 +118,15 @@ def test_wrong_reasoning_can_be_handed_on_when_asked(tmp_path):
         chain = ChainedTeacher(OpenAITeacher(client(reasoner_server), tmp_path),
                                OpenAITeacher(client(coder_server), tmp_path),
                                ChainConfig(require_correct=False))
-        out = chain.generate(samples()[:2])
+        pool = samples()
+        out = chain.generate([pool[0], pool[1], pool[3]])
     finally:
         reasoner_server.close()
         coder_server.close()
-    assert len(out.trajectories) == 2 and not out.quarantine
-    wrong = next(t for t in out.trajectories if t.sample_id == samples()[1].id)
+    assert len(out.trajectories) == 3 and not out.quarantine
+    wrong = next(t for t in out.trajectories if t.sample_id == pool[1].id)
     assert wrong.lineage["chain"][0]["correct"] is False
+    # a sample of another task is written by the coder alone, as in a mixed shard
+    alone = next(t for t in out.trajectories if t.sample_id == pool[3].id)
+    assert alone.teacher == "openai:m" and alone.lineage is None
+    assert reasoner_server.requests == 2 and out.stats["chain"]["coder_alone"] == 1

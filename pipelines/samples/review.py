@@ -17,7 +17,7 @@ The export folder (written whole, atomically) holds
 The sample is stratified by task and audit verdict (passed / failed): `per_stratum` items each,
 drawn by a seeded hash of the trajectory id, so the same inputs give the same selection.
 
-Import reads filled CSVs (any number, any reviewers): every line must name an exported item
+Import reads filled CSVs (any number, any reviewers; a re-import reads them all again): every line must name an exported item
 (review_id and trajectory_id agreeing) and a known verdict; a line that does not is left out and
 listed with its file, line and reason (`problems`), the rest import. Two lines of one reviewer
 on one item must agree. It writes `verdicts.parquet` (every verdict), `rejected.parquet` (the
@@ -340,9 +340,11 @@ def combine(verdicts: list[str], rule: str) -> str | None:
 
 
 def import_verdicts(review_dir: str | os.PathLike, files: list[str | os.PathLike],
-                    rule: str = "any", reviewer: str | None = None) -> dict:
+                    rule: str = "any", reviewer: str | None = None,
+                    out_dir: str | os.PathLike | None = None) -> dict:
     """Read the filled CSVs, write verdicts.parquet, rejected.parquet and report.json into
-    `review_dir` (atomically), and return the report (see the module docstring)."""
+    `out_dir` (default: `review_dir`; each file atomically), and return the report (see the
+    module docstring)."""
     if rule not in RULES:
         raise ReviewError(f"rule must be one of {RULES} (got {rule!r})")
     review_dir = Path(review_dir)
@@ -370,9 +372,10 @@ def import_verdicts(review_dir: str | os.PathLike, files: list[str | os.PathLike
                                         for i, v in combined.items() if v is not None]),
         "between_reviewers": _between(decided, reviewers),
     }
-    write_parquet(pa.Table.from_pylist(rows, schema=VERDICT_SCHEMA), review_dir / "verdicts.parquet")
-    write_parquet(pa.table({"id": pa.array(rejected, pa.string())}), review_dir / "rejected.parquet")
-    write_json(review_dir / "report.json", report)
+    out = Path(out_dir) if out_dir is not None else review_dir
+    write_parquet(pa.Table.from_pylist(rows, schema=VERDICT_SCHEMA), out / "verdicts.parquet")
+    write_parquet(pa.table({"id": pa.array(rejected, pa.string())}), out / "rejected.parquet")
+    write_json(out / "report.json", report)
     return report
 
 

@@ -18,8 +18,8 @@ Python that computes the result exactly, the answer.
 - Both are recorded: `teacher` = "chain:<reasoner>><coder>", and the trajectory's `lineage`
   holds each model's name and role, the reasoner's text (cut at `max_reasoning_chars`), its
   answer and how it was checked, and the coder's own lineage (loop calls, plan).
-Only samples of the configured tasks go through the chain (by default computation); others are
-counted as skipped.
+Only samples of the configured tasks go through the chain (by default computation); the coder
+alone writes the others (`others`), as the teacher of a mixed shard.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class ChainConfig:
     reasoner_sees_image: bool = True   # False for a text-only reasoner (the image is described
                                        # by the question alone)
     max_reasoning_chars: int = 20_000  # kept in the lineage (and handed on) at most
+    others: bool = True                # samples of other tasks: written by the coder alone (a
+                                       # shard mixes tasks); False: skipped
 
 
 class ChainedTeacher:
@@ -101,6 +103,13 @@ class ChainedTeacher:
             trajectories.append(replace(t, teacher=self.name, lineage=lineage, id=""))
         for row in coded.quarantine:
             quarantine.append({**row, "teacher": self.name, "detail": f"coder: {row['detail']}"[:500]})
+        alone = [s for s in samples if s.task not in cfg.tasks] if cfg.others else []
+        if alone:
+            rest = self.coder.generate(alone)
+            trajectories += rest.trajectories
+            quarantine += rest.quarantine
+            stats["coder_alone"] = len(alone)
+            stats["skipped"] = 0
         stats = {"samples": len(samples), "trajectories": len(trajectories),
                  "quarantined": len(quarantine),
                  "quarantine_reasons": dict(Counter(r["reason"] for r in quarantine)),
