@@ -206,6 +206,8 @@ def loop_reply(first_code_bug: bool = False, ignore_stop: bool = False):
 
     def reply(body: dict) -> str:
         messages = body["messages"]
+        if len(messages) == 1:                         # the decision prompt
+            return "<decision>none</decision>"
         task = next(p["text"] for p in _parts(messages[1]["content"]) if p["type"] == "text")
         answer = re.search(r"The correct final answer is: (.*?)\. Reach it", task)
         answer = answer.group(1) if answer else "unknown"

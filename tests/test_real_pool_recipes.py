@@ -123,3 +123,69 @@ def test_a_real_pool_through_the_new_stages(tmp_path):
             sides.setdefault(root_image, set()).add(part)
     assert sides and all(len(s) == 1 for s in sides.values()), sides
     print("\n" + markdown(report))
+
+
+def test_a_model_teacher_in_the_loop_through_the_teacher_resource(tmp_path):
+    """The code_samples asset opens the sandbox for a model teacher in the loop; the executions
+    stage then finds every result in the cache the teacher filled."""
+    from fake_openai import FakeOpenAI, loop_reply
+
+    server = FakeOpenAI(loop_reply(), honour_stop=True)
+    try:
+        instance = DagsterInstance.ephemeral()
+        root = tmp_path / "data"
+        teacher = TeacherResource(kind="openai", model="fake-vlm", base_url=server.url,
+                                  api_key_env="THYME_TEST_NO_KEY", loop="prefill",
+                                  multi_round_share=1.0)
+        resources = {"storage": ThymeStorage(root=str(root)), "sandbox": SandboxResource(workers=2),
+                     "teacher": teacher, "judge": JudgeResource()}
+        plan = {"format": "generic", "inputs": [source_rows(tmp_path)], "workers": 1,
+                "image_root": str(tmp_path / "photos"), "shard_size": 100,
+                "mapping": {"box": "bbox", "box_format": "xywh", "set_task": "auto"}}
+        assert materialize([source_manifest], instance=instance, resources=resources,
+                           run_config={"ops": {"pool__source_manifest": {"config": plan}}}).success
+        result = materialize(ASSETS, instance=instance, resources=resources, partition_key=SHARD,
+                             run_config={"ops": {"pool__source_pool": {"config": {"max_quarantine_rate": 0.5}},
+                                                 "samples__audited": {"config": {"min_pass_rate": 0.0}}}},
+                             selection=[AssetKey(k) for k in (["pool", "source_pool"], ["pool", "augmented"],
+                                                               ["samples", "code_samples"],
+                                                               ["samples", "executions"], ["samples", "audited"])])
+    finally:
+        server.close()
+    assert result.success
+    (code,) = list(result.asset_materializations_for_node("samples__code_samples"))
+    stats = code.metadata["teacher_stats"].value
+    assert stats["mode"] == "loop:prefill" and stats["loop"]["end:answer"] == 6
+    # every crop sample drew a two-round plan; the cat's eyes fill too much of the photo for a
+    # wrong region to exist, so that plan falls back to one round; the page is answered directly
+    assert stats["loop"]["plan:error_correction"] == 2 and stats["loop"]["plan:further_enhancement"] == 3
+    assert code.metadata["by_kind"].value == {"further_enhancement": 3, "error_correction": 1,
+                                              "single": 1, "direct": 1}
+    (ex,) = list(result.asset_materializations_for_node("samples__executions"))
+    assert ex.metadata["cache_misses"].value == 0
+    assert ex.metadata["cache_hits"].value == stats["loop"]["code_run"] == 9
+    rows = pq.read_table(root / "audited" / f"{SHARD}.parquet").to_pylist()
+    assert all(json.loads(r["lineage"])["mode"] == "loop" for r in rows)
+
+
+def test_the_command_line_recipes(tmp_path, capsys):
+    """V*-Bench rows -> ingest with the preset -> rotated copies -> the funnel, from the shell."""
+    from real_photos import write_vstar_bench
+
+    from pipelines.__main__ import main
+
+    write_vstar_bench(tmp_path / "vstar", ("astronaut", "coffee", "rocket"))
+    assert main(["vstar-rows", "--bench", str(tmp_path / "vstar"), "--out", str(tmp_path / "v.jsonl")]) == 0
+    assert main(["ingest", "--format", "generic", "--input", str(tmp_path / "v.jsonl"), "--image-root",
+                 str(tmp_path / "vstar"), "--map", "preset=vstar", "--out", str(tmp_path / "data" / "pool"),
+                 "--workers", "1", "--quiet"]) == 0
+    assert main(["augment", "--pool", str(tmp_path / "data" / "pool"), "--out",
+                 str(tmp_path / "data" / "augmented"), "--rotate-share", "1"]) == 0
+    capsys.readouterr()
+    assert main(["funnel", "--data", str(tmp_path / "data")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pool"]["kept"] == 3 and report["pool"]["with_ground_truth"]["box"] == 3
+    assert report["pool"]["by_source"] == {"vstar": {"samples": 3, "box": 3, "angle": 0}}
+    assert report["augmented"]["by_transform"]["rotate"] == {"kept": 3}
+    assert main(["funnel", "--data", str(tmp_path / "data"), "--markdown"]) == 0
+    assert "| rotate | 3 |" in capsys.readouterr().out
