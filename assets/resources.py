@@ -147,7 +147,8 @@ class TeacherResource(ConfigurableResource):
             from pipelines.core.vllm_config import VLLMConfig
             from pipelines.samples.teachers import VLLMTeacher
             engine = VLLMConfig(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
-                                seed=self.seed).build()
+                                seed=self.seed,
+                                max_images=self.max_images if in_loop is not None else 1).build()
             teacher = VLLMTeacher(engine, image_root, config, in_loop=in_loop)
         if not self.reasoner_model:
             return teacher
