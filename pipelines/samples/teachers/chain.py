@@ -28,7 +28,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from pipelines.core.answers import score_answer
 from pipelines.core.llm import system_message, user_message
 from pipelines.core.schema import Sample
 from pipelines.samples.teachers import parse
@@ -138,6 +137,8 @@ class ChainedTeacher:
         text = text[-self.config.max_reasoning_chars:]   # the conclusion matters most
         record = {"text": text, "finish_reason": result.finish_reasons[0] if result.finish_reasons else ""}
         if sample.answer:
+            from pipelines.core.answers import score_answer  # the cascade loads math-verify: on use
+
             verdict = score_answer(text, sample.answer, (sample.meta or {}).get("options"))
             record.update(answer=verdict.given, correct=verdict.correct, how=verdict.how)
             if self.config.require_correct and not verdict.correct:
