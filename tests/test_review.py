@@ -88,6 +88,7 @@ def test_export_is_stratified_static_and_repeatable(audited, tmp_path):
     for src in set(part.split('"')[0] for part in page.split('<img src="')[1:]):
         assert (out / src).is_file() and src.startswith("images/")            # relative, shipped
     assert "the crop misses the box" in page and "Download verdicts" in page
+    assert page.count("red: the ground-truth box") == 6                  # drawn on each input
     with open(out / "verdicts-template.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["review_id"] for r in rows] == [i["review_id"] for i in manifest["items"]]

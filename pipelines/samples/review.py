@@ -6,7 +6,8 @@ how far the audit agrees with them.
     import_verdicts(review_dir, verdict_files, rule="any") -> report
 
 The export folder (written whole, atomically) holds
-- `index.html`: one card per item — the question, the ground truth, the input image, each round's
+- `index.html`: one card per item — the question, the ground truth, the input image (the
+  ground-truth box drawn on it), each round's
   reasoning, code and sandbox output (images shown, text, errors), the final answer and every
   audit check with its verdict and reason. Static, no server; images are downscaled copies under
   `images/` (relative links), so the folder can be zipped and mailed. Each card has accept /
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pipelines.core.atomic import atomic_path, write_json, write_parquet
 from pipelines.core.images import store_path
@@ -149,20 +150,27 @@ def export_review(audited_files: list[str], sample_files: list[str], store_root:
 
 
 class _ImageCopies:
-    """Downscaled JPEG copies of store images inside the export, one per image."""
+    """Downscaled JPEG copies of store images inside the export, one per image (and box): the
+    ground-truth box, when given, drawn on the copy so a reviewer sees what the audit judged."""
 
     def __init__(self, root: Path, folder: Path, side: int):
         self.root, self.folder, self.side = root, folder, side
 
-    def __call__(self, relpath: str) -> str | None:
-        name = Path(relpath).stem + ".jpg"
+    def __call__(self, relpath: str, box=None) -> str | None:
+        name = Path(relpath).stem + ("-box" if box else "") + ".jpg"
         target = self.folder / name
         if not target.exists():
             try:
                 with Image.open(store_path(self.root, relpath)) as im:
-                    im.thumbnail((self.side, self.side))
-                    im.convert("RGB").save(target, quality=88)
-            except (OSError, ValueError):
+                    image = im.convert("RGB")
+                scale = min(1.0, self.side / max(image.size))
+                image.thumbnail((self.side, self.side))
+                if box:
+                    width = max(2, round(3 * scale))
+                    ImageDraw.Draw(image).rectangle([v * scale for v in box], outline=(255, 0, 0),
+                                                    width=width)
+                image.save(target, quality=88)
+            except (OSError, ValueError, TypeError):
                 return None
         return f"images/{name}"
 
@@ -189,7 +197,10 @@ def _card(item: dict, t: Trajectory, sample: Sample | None, copy) -> str:
                  if k in ("box", "angle", "category", "difficulty", "target", "augmentation")}
         parts.append(f'<p>ground truth: <b>{e(sample.answer or "(none)")}</b> '
                      f'<code>{e(json.dumps(truth, ensure_ascii=False))}</code></p>')
-        parts += [_img(copy(ref.relpath), f"input {ref.width}x{ref.height}") for ref in sample.images]
+        box = (sample.meta or {}).get("box")
+        parts += [_img(copy(ref.relpath, box if k == 0 else None), f"input {ref.width}x{ref.height}"
+                       + (" (red: the ground-truth box)" if box and k == 0 else ""))
+                  for k, ref in enumerate(sample.images)]
     parts.append('<ol class="turns">')
     for turn in t.turns:
         parts.append(f"<li><pre class=reasoning>{e(turn.reasoning.strip())}</pre>")
