@@ -105,7 +105,7 @@ def test_bad_angles(value):
 
 def test_settings_are_checked_when_the_config_is_made(tmp_path):
     for bad in ({"box_format": "yxyx"}, {"set_task": "zoom"}, {"preset": "nope"},
-                {"box_tolerance": "-1"}):
+                {"box_tolerance": "-1"}, {"bbox": "bbox"}):
         with pytest.raises(ValueError):
             IngestConfig("generic", str(tmp_path), [], mapping=bad)
     assert truth.apply(sample(), {"b": [1, 2, 3, 4]}, {}).meta == {}          # no mapping

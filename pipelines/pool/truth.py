@@ -51,6 +51,9 @@ PRESETS = {
     "hr-rl": {"box": "bbox", "category": "category", "set_task": "auto"},
 }
 MAX_LABEL = 200            # characters of a category, difficulty or target
+# The generic reader's own keys (its columns, and the source's name).
+READER_KEYS = ("question", "image", "answer", "task", "source")
+KNOWN_KEYS = {*READER_KEYS, *COLUMNS, *SETTINGS, *DEFAULTS, "set_task", "preset"}
 
 
 class BadTruth(ValueError):
@@ -60,6 +63,9 @@ class BadTruth(ValueError):
 def resolve(mapping: dict[str, str]) -> dict[str, str]:
     """The mapping with its preset expanded and settings checked (ValueError naming the key)."""
     mapping = dict(mapping or {})
+    unknown = sorted(set(mapping) - KNOWN_KEYS)
+    if unknown:   # a misspelt key would silently map nothing
+        raise ValueError(f"unknown mapping key(s) {unknown}; known: {', '.join(sorted(KNOWN_KEYS))}")
     preset = mapping.pop("preset", None)
     if preset is not None:
         if preset not in PRESETS:
