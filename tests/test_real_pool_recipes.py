@@ -10,6 +10,7 @@ import csv
 import json
 
 import pyarrow.parquet as pq
+import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 from real_photos import PHOTOS, write_photos
 
@@ -39,6 +40,7 @@ def source_rows(folder) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_real_pool_through_the_new_stages(tmp_path):
     instance = DagsterInstance.ephemeral()
     root = tmp_path / "data"
@@ -125,6 +127,7 @@ def test_a_real_pool_through_the_new_stages(tmp_path):
     print("\n" + markdown(report))
 
 
+@pytest.mark.slow
 def test_a_model_teacher_in_the_loop_through_the_teacher_resource(tmp_path):
     """The code_samples asset opens the sandbox for a model teacher in the loop; the executions
     stage then finds every result in the cache the teacher filled."""
