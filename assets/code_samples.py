@@ -22,6 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from assets import ui
+from assets.augment import augmented, shard_samples
 from assets.partitions import shards
 from assets.pool import source_pool
 from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
@@ -32,22 +33,33 @@ SHARD_STAGE = dict(key_prefix="samples", group_name="code_samples", kinds={"pyth
                    automation_condition=AutomationCondition.eager())
 
 
-@asset(**SHARD_STAGE, deps=[source_pool], pool="teacher")
+@asset(**SHARD_STAGE, deps=[source_pool, augmented], pool="teacher")
 def code_samples(context: AssetExecutionContext, storage: ThymeStorage,
-                 teacher: TeacherResource) -> MaterializeResult:
+                 teacher: TeacherResource, sandbox: SandboxResource) -> MaterializeResult:
     """Candidate trajectories (reasoning + code + answer) the teacher wrote for every sample of
-    the shard; output it could not parse is quarantined with the reason."""
+    the shard (its augmented copies included); output it could not parse is quarantined with
+    the reason. A model teacher in the loop runs its code in the sandbox as it writes."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        running = stack.enter_context(sandbox.open()) if teacher.needs_sandbox else None
+        built = teacher.build(storage.path("pool", "images"), cache_dir=storage.path("cache", "teacher"),
+                              sandbox=running, sandbox_timeout=sandbox.timeout,
+                              execution_cache=storage.path("cache", "executions"))
+        return _write_code_samples(context, storage, built)
+
+
+def _write_code_samples(context: AssetExecutionContext, storage: ThymeStorage, built) -> MaterializeResult:
     from pipelines.samples.shards import (
         generate_code_samples,
-        read_samples,
         trajectories_markdown,
         write_trajectories,
     )
 
     images = storage.path("pool", "images")
-    built = teacher.build(images, cache_dir=storage.path("cache", "teacher"))
+
     for key in context.partition_keys:
-        samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
+        samples = shard_samples(storage, key)
         trajectories, stats = generate_code_samples(
             samples, built, quarantine_path=storage.path("code_samples", "quarantine", f"{key}.parquet"))
         write_trajectories(trajectories, storage.path("code_samples", f"{key}.parquet"))
@@ -57,6 +69,7 @@ def code_samples(context: AssetExecutionContext, storage: ThymeStorage,
             "quarantine_reasons": ui.counts(stats["quarantine_reasons"], "reason"),
             "seconds": stats["seconds"],
             "preview": MetadataValue.md(trajectories_markdown(trajectories, samples, images)),
+            "teacher_stats": MetadataValue.json(stats.get("teacher", {})),  # loop ends, chain
         }, partition_key=key)
     return MaterializeResult(metadata={"teacher": built.name})
 
@@ -73,7 +86,6 @@ def executions(context: AssetExecutionContext, storage: ThymeStorage,
     from pipelines.core.images import ImageStore
     from pipelines.samples.execute import ExecutionCache, execute
     from pipelines.samples.shards import (
-        read_samples,
         read_trajectories,
         trajectories_markdown,
         write_trajectories,
@@ -83,7 +95,7 @@ def executions(context: AssetExecutionContext, storage: ThymeStorage,
     cache = ExecutionCache(storage.path("cache", "executions"))
     with sandbox.open() as sb:
         for key in context.partition_keys:
-            samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
+            samples = shard_samples(storage, key)
             trajectories = read_trajectories(storage.path("code_samples", f"{key}.parquet"))
             hits, misses = cache.hits, cache.misses
             t0 = time.perf_counter()
@@ -134,7 +146,6 @@ def audited(context: AssetExecutionContext, config: AuditChecks, storage: ThymeS
         examples_markdown,
         funnel_chart,
         pass_rates_by_task,
-        read_samples,
         read_trajectories,
         write_trajectories,
     )
@@ -143,7 +154,7 @@ def audited(context: AssetExecutionContext, config: AuditChecks, storage: ThymeS
     built = judge.build(storage.path("cache", "judge"))
     checks = {"pass_rate": {}, "every_trajectory_answers": {}}
     for key in context.partition_keys:
-        samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
+        samples = shard_samples(storage, key)
         trajectories = read_trajectories(storage.path("executions", f"{key}.parquet"))
         t0 = time.perf_counter()
         asked, failed = (built.stats.calls, built.stats.failures) if built else (0, 0)

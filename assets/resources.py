@@ -90,7 +90,8 @@ class TeacherResource(ConfigurableResource):
 
     kind: str = Field("template", description="template | openai | vllm")
     seed: int = Field(0, description="sampling seed (template: the draw of phrasings and rounds)")
-    multi_round_share: float = Field(0.25, description="template: share of two-round trajectories")
+    multi_round_share: float = Field(0.25, description="template, and model teachers in the loop: "
+                                     "share of (crop, rotate) samples given two rounds")
     model: str = Field("", description="openai: the served model name; vllm: a hub id or local dir")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's API root")
     api_key_env: str = Field("OPENAI_API_KEY", description="the variable holding the key (never "
@@ -105,9 +106,27 @@ class TeacherResource(ConfigurableResource):
     tensor_parallel_size: int = Field(1, description="vllm: GPUs per engine")
     prompt_set: str = Field("thyme", description="model teachers: the student prompts they are "
                             "shown (thyme, thyme-release, a YAML path, from:<dataset>)")
+    loop: str = Field("off", description="model teachers: off (one pass, fastest) | prefill "
+                      "(sandbox in the loop, the assistant message continued: vLLM, SGLang) | "
+                      "turns (sandbox in the loop, outputs as user messages: other APIs)")
+    max_turns: int = Field(5, description="in the loop: generation calls per trajectory")
+    max_images: int = Field(8, description="in the loop: images one conversation may hold "
+                                           "(<= the server's limit_mm_per_prompt)")
+    reasoner_model: str = Field("", description="chained teachers (computation): the model whose "
+                                "long reasoning is handed to this teacher; empty: no chain")
+    reasoner_base_url: str = Field("", description="the reasoner's server (empty: base_url)")
+    reasoner_max_tokens: int = Field(8192, description="new tokens of the reasoner's reasoning")
+    reasoner_sees_image: bool = Field(True, description="false for a text-only reasoner")
 
-    def build(self, image_root, cache_dir=None):
-        """A teacher whose images are read from `image_root` (the pool's store)."""
+    @property
+    def needs_sandbox(self) -> bool:
+        return self.kind in ("openai", "vllm") and self.loop != "off"
+
+    def build(self, image_root, cache_dir=None, sandbox=None, sandbox_timeout: float = 10.0,
+              execution_cache=None):
+        """A teacher whose images are read from `image_root` (the pool's store). In the loop it
+        runs code in `sandbox` (started by the caller) and records results in `execution_cache`
+        (the executions stage's, with its `sandbox_timeout`, so that stage reuses them)."""
         if self.kind == "template":
             from pipelines.samples.teachers.template import TemplateTeacher
             return TemplateTeacher(seed=self.seed, multi_round_share=self.multi_round_share)
@@ -119,20 +138,48 @@ class TeacherResource(ConfigurableResource):
         config = TeacherConfig(candidates=self.candidates, temperature=self.temperature,
                                max_tokens=self.max_tokens, seed=self.seed,
                                prompt_set=self.prompt_set)
+        in_loop = self._in_loop(image_root, sandbox, sandbox_timeout, execution_cache)
         if self.kind == "openai":
-            from pipelines.core.llm import LLMClient, LLMConfig
             from pipelines.samples.teachers import OpenAITeacher
-            client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
-                                         api_key_env=self.api_key_env,
-                                         max_concurrency=self.max_concurrency,
-                                         timeout_s=self.timeout_s, max_retries=self.max_retries,
-                                         cache_dir=str(cache_dir) if cache_dir else None))
-            return OpenAITeacher(client, image_root, config)
-        from pipelines.core.vllm_config import VLLMConfig
-        from pipelines.samples.teachers import VLLMTeacher
-        engine = VLLMConfig(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
-                            seed=self.seed).build()
-        return VLLMTeacher(engine, image_root, config)
+            teacher = OpenAITeacher(self._client(self.base_url, self.model, cache_dir), image_root,
+                                    config, in_loop)
+        else:
+            from pipelines.core.vllm_config import VLLMConfig
+            from pipelines.samples.teachers import VLLMTeacher
+            engine = VLLMConfig(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
+                                seed=self.seed,
+                                max_images=self.max_images if in_loop is not None else 1).build()
+            teacher = VLLMTeacher(engine, image_root, config, in_loop=in_loop)
+        if not self.reasoner_model:
+            return teacher
+        from dataclasses import replace
+
+        from pipelines.samples.teachers import ChainConfig, ChainedTeacher, OpenAITeacher
+        reasoner = OpenAITeacher(self._client(self.reasoner_base_url or self.base_url,
+                                              self.reasoner_model, cache_dir), image_root,
+                                 replace(config, max_tokens=self.reasoner_max_tokens))
+        return ChainedTeacher(reasoner, teacher, ChainConfig(reasoner_sees_image=self.reasoner_sees_image))
+
+    def _client(self, base_url: str, model: str, cache_dir):
+        from pipelines.core.llm import LLMClient, LLMConfig
+        return LLMClient(LLMConfig(base_url=base_url, model=model, api_key_env=self.api_key_env,
+                                   max_concurrency=self.max_concurrency, timeout_s=self.timeout_s,
+                                   max_retries=self.max_retries,
+                                   cache_dir=str(cache_dir) if cache_dir else None))
+
+    def _in_loop(self, image_root, sandbox, sandbox_timeout, execution_cache):
+        if self.loop == "off":
+            return None
+        if sandbox is None:
+            raise ValueError(f"teacher loop={self.loop!r} needs a started sandbox")
+        from pipelines.core.images import ImageStore
+        from pipelines.samples.execute import ExecutionCache
+        from pipelines.samples.teachers import InLoop, LoopConfig
+        return InLoop(sandbox, ImageStore(image_root),
+                      ExecutionCache(execution_cache) if execution_cache else None,
+                      LoopConfig(continuation=self.loop, max_turns=self.max_turns,
+                                 max_images=self.max_images, sandbox_timeout=sandbox_timeout,
+                                 multi_round_share=self.multi_round_share))
 
 
 class JudgeResource(ConfigurableResource):
