@@ -78,6 +78,6 @@ def test_automation_runs_by_default_and_no_asset_is_left_out():
     graph = defs.resolve_asset_graph()
     automated = {k.to_user_string() for k in graph.get_all_asset_keys()
                  if graph.get(k).automation_condition is not None}
-    assert automated == {"pool/source_pool", "samples/code_samples", "samples/executions",
+    assert automated == {"pool/source_pool", "pool/augmented", "samples/code_samples", "samples/executions",
                          "samples/audited", "evaluation/sft_stage2_scores",
                          "evaluation/grpo_ats_scores"}
