@@ -1,0 +1,168 @@
+"""What a job leaves behind: the images it produced, and its scratch directory.
+
+- `printed_image_paths` finds the image names a snippet printed, in time linear in the output.
+- `check_image` decodes an image completely; it runs in a confined checker child forked from
+  the zygote (`serve_checks`), never in the worker: decoders are the largest attack surface a
+  snippet can reach, and a full decode takes time a snippet chooses.
+- `read_output_file` reads a produced file without following links; `store_image` moves it into
+  the caller's results directory atomically.
+- `remove_tree` deletes a scratch directory of any depth without recursion.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+
+from sandbox import runner
+
+# Formats accepted as outputs (their decoders are loaded in the zygote), and the extension each
+# is stored under. Anything else (EPS, PDF, SVG, ...) is refused, whatever its name. (PIL opens a
+# multi-picture JPEG through the JPEG decoder and names it MPO.)
+ACCEPTED_FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif",
+                    "GIF": "gif"}
+_EXTENSIONS = {**ACCEPTED_FORMATS, "MPO": "jpg"}
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
+MAX_ASPECT_RATIO = 200
+# A printed path is a run of characters without whitespace, quotes, <, > or |, cut after the
+# last image extension in it. Two linear scans: tokens, then the suffixes inside each token.
+_TOKEN = re.compile(r"[^\s'\"<>|]+")
+_IMAGE_SUFFIX = re.compile(rf"\.(?:{'|'.join(IMAGE_EXTENSIONS)})\b", re.IGNORECASE)
+
+
+def printed_image_paths(text: str) -> list[str]:
+    """Every printed name that ends in an image extension, in order (linear time)."""
+    paths = []
+    for token in _TOKEN.finditer(text):
+        last = None
+        for last in _IMAGE_SUFFIX.finditer(token.group()):  # noqa: B007 - keep the last one
+            pass
+        if last is not None:
+            paths.append(token.group()[: last.end()])
+    return paths
+
+
+def read_output_file(path: str, name: str, max_bytes: int) -> tuple[bytes, str | None]:
+    """(bytes, problem): a regular file opened without following links, at most `max_bytes`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        why = "a link" if exc.errno == errno.ELOOP else exc.strerror
+        return b"", f"{name}: not a regular file in the output directory ({why})"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", f"{name}: not a regular file"
+        if st.st_size > max_bytes:
+            return b"", f"{name}: the images exceed {max_bytes >> 20} MB"
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        return b"", f"{name}: the images exceed {max_bytes >> 20} MB"
+    return b"".join(chunks), None
+
+
+def check_image(data: bytes, max_pixels: int) -> dict:
+    """Decode `data` completely: {"ext", "width", "height", "problem"} (problem None if fine)."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = max_pixels  # larger headers raise before any decoding
+    out = {"ext": "", "width": 0, "height": 0, "problem": None}
+    try:
+        with Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS)) as img:
+            fmt, (width, height) = img.format, img.size
+            out.update(ext=_EXTENSIONS[fmt], width=width, height=height)
+            if width * height > max_pixels:
+                return {**out, "problem": f"{width}x{height} is more than {max_pixels} pixels"}
+            img.verify()  # structure and checksums (PNG chunks, ...)
+        with Image.open(io.BytesIO(data), formats=["JPEG" if fmt == "MPO" else fmt]) as img:
+            img.load()    # every pixel: a truncated or corrupt stream fails here
+    except Image.DecompressionBombError:
+        return {**out, "problem": f"more than {max_pixels} pixels"}
+    except UnidentifiedImageError:
+        return {**out, "problem": f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})"}
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
+        return {**out, "problem": f"not a readable image ({type(exc).__name__}: {exc})"[:300]}
+    if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        return {**out, "problem": f"aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}"}
+    return out
+
+
+def serve_checks(fd_in: int, fd_out: int, max_pixels: int, max_bytes: int) -> None:
+    """The checker child's loop: image bytes in, `check_image`'s verdict out."""
+    while True:
+        data = runner.read_frame(fd_in, max_bytes)
+        if data is None:
+            return
+        runner.write_frame(fd_out, json.dumps(check_image(data, max_pixels)).encode())
+
+
+def store_image(data: bytes, ext: str, results_dir: str) -> str:
+    """Write into the caller's results directory, named by content hash, atomically."""
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    path = os.path.join(results_dir, f"{digest}.{ext}")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return path
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_tree(path: str) -> None:
+    """Delete `path` and everything below it, whatever the depth: one open directory at a
+    time, a list of names per level, no recursion and no path longer than one name. Call it
+    only once nothing writes below `path` any more (the job's child is dead)."""
+    fd = os.open(path, _DIR_FLAGS)
+    names: list[str] = []            # from `path` down to the directory `fd` is
+    pending = [_clear(fd)]           # per level: subdirectories still to remove
+    try:
+        while True:
+            if pending[-1]:
+                name = pending[-1].pop()
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+                names.append(name)
+                pending.append(_clear(fd))
+                continue
+            pending[-1] = _clear(fd)  # anything an iteration over a changing directory missed
+            if pending[-1]:
+                continue
+            pending.pop()
+            if not names:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _clear(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory `fd`; the names of its subdirectories."""
+    subdirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    return subdirs
