@@ -4,8 +4,9 @@
 - `check_image` decodes an image completely; it runs in a confined checker child forked from
   the zygote (`serve_checks`), never in the worker: decoders are the largest attack surface a
   snippet can reach, and a full decode takes time a snippet chooses.
-- `read_output_file` reads a produced file without following links; `store_image` moves it into
-  the caller's results directory atomically.
+- `gather_images` reads the files a call names as images (regular files in its scratch, not
+  following links, within the per-call caps); `store_image` writes one into the caller's
+  results directory atomically.
 - `remove_tree` deletes a scratch directory of any depth without recursion.
 """
 
@@ -18,8 +19,11 @@ import json
 import os
 import re
 import stat
+import time
 
-from sandbox import runner
+from sandbox import replies, runner
+from sandbox import result as R
+from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 
 # Formats accepted as outputs (their decoders are loaded in the zygote), and the extension each
 # is stored under. Anything else (EPS, PDF, SVG, ...) is refused, whatever its name. (PIL opens a
@@ -47,21 +51,48 @@ def printed_image_paths(text: str) -> list[str]:
     return paths
 
 
-def read_output_file(path: str, name: str, max_bytes: int) -> tuple[bytes, str | None]:
-    """(bytes, problem): a regular file opened without following links, at most `max_bytes`."""
+def gather_images(scratch: str, processed: str | None, stdout: str, max_images: int,
+                  max_bytes: int) -> tuple[list[tuple[str, bytes]], tuple[str, str] | None]:
+    """The files a call names as its images (`processed_path`, then printed names, in order):
+    regular files inside `scratch`, read without following links, within the per-call caps
+    (`max_images` files, `max_bytes` in all). ([(name, bytes)], None) or ([], error)."""
+    candidates = [processed] if processed else []
+    candidates += printed_image_paths(stdout.replace(VIRTUAL_OUTPUT_DIR, scratch))
+    found: list[str] = []
+    for cand in candidates:
+        path = os.path.normpath(os.path.join(scratch, cand.replace(VIRTUAL_OUTPUT_DIR, scratch)))
+        if path.startswith(scratch + "/") and path not in found and os.path.lexists(path):
+            found.append(path)
+            if len(found) > max_images:
+                return [], (R.OUTPUT_LIMIT, f"the code produced more than {max_images} images; "
+                                            f"at most {max_images} are collected from one call")
+    files: list[tuple[str, bytes]] = []
+    for path in found:
+        name = os.path.relpath(path, scratch)
+        if os.path.realpath(path) != path:
+            return [], (R.INVALID_IMAGE, f"{name}: not a regular file in the output directory (link)")
+        data = _read_regular_file(path, max_bytes - sum(len(d) for _, d in files))
+        if data is None:
+            return [], (R.OUTPUT_LIMIT, f"the images of one call may total at most "
+                                        f"{max_bytes >> 20} MB ({name} is over)")
+        if isinstance(data, str):
+            return [], (R.INVALID_IMAGE, f"{name}: {data}")
+        files.append((name, data))
+    return files, None
+
+
+def _read_regular_file(path: str, max_bytes: int) -> bytes | str | None:
+    """The file's bytes; a problem (str); or None if it holds more than `max_bytes`."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         why = "a link" if exc.errno == errno.ELOOP else exc.strerror
-        return b"", f"{name}: not a regular file in the output directory ({why})"
+        return f"not a regular file in the output directory ({why})"
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return b"", f"{name}: not a regular file"
-        if st.st_size > max_bytes:
-            return b"", f"{name}: the images exceed {max_bytes >> 20} MB"
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not a regular file"
         chunks, size = [], 0
-        while size <= max_bytes:
+        while size <= max_bytes:  # read to the cap, whatever fstat said (the file may grow)
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 break
@@ -69,9 +100,7 @@ def read_output_file(path: str, name: str, max_bytes: int) -> tuple[bytes, str |
             size += len(chunk)
     finally:
         os.close(fd)
-    if size > max_bytes:
-        return b"", f"{name}: the images exceed {max_bytes >> 20} MB"
-    return b"".join(chunks), None
+    return None if size > max_bytes else b"".join(chunks)
 
 
 def check_image(data: bytes, max_pixels: int) -> dict:
@@ -107,6 +136,31 @@ def serve_checks(fd_in: int, fd_out: int, max_pixels: int, max_bytes: int) -> No
         if data is None:
             return
         runner.write_frame(fd_out, json.dumps(check_image(data, max_pixels)).encode())
+
+
+def ask_checker(to_checker: int, from_checker: int, files: list[tuple[str, bytes]],
+                seconds: float) -> tuple[list[str], tuple[str, str] | None]:
+    """Have a checker child (`serve_checks`) decode each file within `seconds` in all:
+    (the extension to store each under, None) or ([], error). The checker is confined but
+    runs decoders on hostile bytes: its verdicts are checked like any child's reply."""
+    deadline = time.monotonic() + seconds
+    exts: list[str] = []
+    for name, data in files:
+        try:
+            replies.write_frame(to_checker, data, deadline)
+            frame = replies.read_frame(from_checker, 1 << 16, deadline)
+            verdict = json.loads(frame) if frame else None
+        except TimeoutError:
+            return [], (R.INVALID_IMAGE, f"{name}: not decoded within {seconds:g} s")
+        except (OSError, EOFError, ValueError, RecursionError):
+            verdict = None
+        if isinstance(verdict, dict) and verdict.get("problem"):
+            problem = replies.valid_text(str(verdict["problem"]))[:300]
+            return [], (R.INVALID_IMAGE, f"{name}: {problem}")
+        if not isinstance(verdict, dict) or verdict.get("ext") not in _EXTENSIONS.values():
+            return [], (R.INVALID_IMAGE, f"{name}: the image decoder crashed on it")
+        exts.append(verdict["ext"])
+    return exts, None
 
 
 def store_image(data: bytes, ext: str, results_dir: str) -> str:

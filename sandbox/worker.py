@@ -13,9 +13,7 @@ serve: a worker whose zygote is gone or whose scratch could not be freed retires
 
 from __future__ import annotations
 
-import functools
 import gc
-import io
 import json
 import os
 import resource
@@ -23,7 +21,6 @@ import select
 import signal
 import socket
 import sys
-import sysconfig
 import tempfile
 import time
 import traceback
@@ -33,10 +30,16 @@ from sandbox import confine, outputs, replies, runner
 from sandbox import result as R
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 from sandbox.repair import RepairContext, repair
+from sandbox.warm import library_paths as _library_paths
+from sandbox.warm import warm_up as _warm_up
 
 
-class ZygoteLost(RuntimeError):
-    """The zygote died or hung: this worker can no longer start children and must retire."""
+class Unfit(RuntimeError):
+    """This worker can no longer serve and must retire (the message says why)."""
+
+
+class ZygoteLost(Unfit):
+    """The zygote died or hung: this worker can no longer start children."""
 
 
 # What the probe job prints: a worker that cannot run it is replaced.
@@ -185,15 +188,18 @@ class Worker:
             os._exit(status)
 
     def _zygote_call(self, message: dict, fds: list[int] = ()) -> tuple[dict, list[int]]:
+        """The zygote's answer; ZygoteLost (and the worker retires) if it is gone or hung."""
+        msg, got = b"", []
         try:
             socket.send_fds(self.zygote, [json.dumps(message).encode()], list(fds))
             msg, got, _, _ = socket.recv_fds(self.zygote, 1 << 16, 1)
-        except TimeoutError as exc:
-            raise ZygoteLost(f"the zygote did not answer within {self.cfg.zygote_timeout_s:g} s") from exc
+        except TimeoutError:
+            self.lost = f"the zygote did not answer within {self.cfg.zygote_timeout_s:g} s"
         except OSError as exc:
-            raise ZygoteLost(f"the zygote is gone ({type(exc).__name__})") from exc
+            self.lost = f"the zygote is gone ({type(exc).__name__})"
         if not msg:
-            raise ZygoteLost("the zygote is gone")
+            self.lost = self.lost or "the zygote is gone"
+            raise ZygoteLost(self.lost)
         return json.loads(msg), got
 
     def _missing(self, mechanism: str, reason: str) -> None:
@@ -203,8 +209,8 @@ class Worker:
 
     # ------------------------------------------------------------ health
     def health(self) -> str | None:
-        """Why this worker can no longer serve (it then retires), or None. Cheap: run after
-        every request."""
+        """Why this worker can no longer serve (it then retires), or None. Cheap enough to run
+        after every request."""
         if self.lost is None:
             try:
                 gone = os.waitpid(self.zygote_pid, os.WNOHANG)[0] != 0
@@ -212,12 +218,15 @@ class Worker:
                 gone = True
             if gone:
                 self.lost = "the zygote died"
-        return self.lost or self.cleanup_problem
+        if self.lost or self.cleanup_problem:
+            return self.lost or self.cleanup_problem
+        if not self.sessions and os.listdir(self.cfg.scratch_root):
+            return "the scratch space was not freed"  # every child's folder is gone by now
+        return None
 
     def probe(self) -> dict:
-        """Run the probe job in a fresh child and check the scratch came back empty: what the
-        `Sandbox` asks for after a request that stopped a child abnormally."""
-        problems = []
+        """Run the probe job in a fresh child, then `health`: what the `Sandbox` asks for after
+        a request that stopped a child abnormally."""
         try:
             child = self._spawn([])
         except OSError as exc:
@@ -226,15 +235,10 @@ class Worker:
             out = self._run_block(child, PROBE_CODE, self.cfg.zygote_timeout_s, None)
         finally:
             self._end(child)
+        problem = self.health()
         if not out["ok"] or out["stdout"] != PROBE_OUTPUT:
-            problems.append(f"the probe job failed: {out['error']}")
-        if not self.sessions:  # nothing may be left in scratch when no session is open
-            st = os.statvfs(self.cfg.scratch_root)
-            if (st.f_blocks - st.f_bfree) * st.f_frsize > 1 << 20 or st.f_files - st.f_ffree > 64:
-                problems.append("the scratch space was not freed")
-        if self.health():
-            problems.append(self.health())
-        return {"ok": not problems, "problem": "; ".join(problems)}
+            problem = f"the probe job failed: {out['error']}"
+        return {"ok": problem is None, "problem": problem}
 
     # ------------------------------------------------------------ requests
     def handle(self, req: dict) -> dict:
@@ -251,8 +255,9 @@ class Worker:
 
     def run(self, req: dict) -> dict:
         t0 = time.perf_counter()
-        if self.health():
-            raise ZygoteLost(self.lost or self.cleanup_problem)
+        problem = self.health()  # (the zygote may have died since the last request)
+        if problem:
+            raise Unfit(problem)
         sid = req.get("session")
         inputs = [os.path.abspath(p) for p in req.get("inputs", [])]
         child = self.sessions.get(sid) if sid else None
@@ -350,8 +355,8 @@ class Worker:
             try:
                 reply, _ = self._zygote_call({"op": "reap", "pid": child.pid})
                 status, cpu = reply["status"], reply["cpu_s"]
-            except ZygoteLost as exc:
-                self.lost = str(exc)
+            except ZygoteLost:
+                pass  # the worker retires after this request
         os.close(child.pidfd)
         child.pid = -1
         return status, cpu
@@ -501,28 +506,10 @@ class Worker:
                         results_dir: str) -> tuple[list[str], tuple | None]:
         """The call's images: all found, read, decoded and within the per-call caps before the
         first is stored, so a failing call leaves nothing in the results directory."""
-        scratch, cap = child.scratch, self.cfg.max_images
-        candidates = [processed] if processed else []
-        candidates += outputs.printed_image_paths(stdout.replace(VIRTUAL_OUTPUT_DIR, scratch))
-        found: list[str] = []
-        for cand in candidates:
-            path = os.path.normpath(os.path.join(scratch, cand.replace(VIRTUAL_OUTPUT_DIR, scratch)))
-            if path.startswith(scratch + "/") and path not in found and os.path.lexists(path):
-                found.append(path)
-                if len(found) > cap:
-                    return [], (R.OUTPUT_LIMIT, f"the code produced more than {cap} images; "
-                                                f"at most {cap} are collected from one call")
-        budget = self.cfg.max_output_mb << 20
-        files: list[tuple[str, bytes]] = []
-        for path in found:
-            name = os.path.relpath(path, scratch)
-            if os.path.realpath(path) != path:
-                return [], (R.INVALID_IMAGE, f"{name}: not a regular file in the output directory (link)")
-            data, problem = outputs.read_output_file(path, name, budget - sum(len(d) for _, d in files))
-            if problem:
-                kind = R.OUTPUT_LIMIT if problem.endswith(" MB") else R.INVALID_IMAGE
-                return [], (kind, problem)
-            files.append((name, data))
+        files, error = outputs.gather_images(child.scratch, processed, stdout, self.cfg.max_images,
+                                             self.cfg.max_output_mb << 20)
+        if error:
+            return [], error
         if not files:
             return [], None
         exts, error = self._check_images(files)
@@ -536,35 +523,18 @@ class Worker:
         or ([], error)."""
         try:
             checker = self._spawn([], role="checker")
-        except ZygoteLost as exc:
-            self.lost = str(exc)
+        except ZygoteLost:
             return [], (R.INTERNAL, "the sandbox could not start its image checker; the worker "
                                     "is being replaced (the code may be fine)")
-        deadline = time.monotonic() + self.cfg.image_check_s
-        exts: list[str] = []
         try:
             problem = self._confirm(checker)
             if problem:
                 self.suspect = True
                 return [], (R.INTERNAL, problem)
-            for name, data in files:
-                try:
-                    replies.write_frame(checker.to_child, data, deadline)
-                    frame = replies.read_frame(checker.from_child, 1 << 16, deadline)
-                    verdict = json.loads(frame) if frame else None
-                except TimeoutError:
-                    return [], (R.INVALID_IMAGE, f"{name}: not decoded within "
-                                                 f"{self.cfg.image_check_s:g} s")
-                except (OSError, EOFError, ValueError):
-                    verdict = None
-                if not isinstance(verdict, dict):
-                    return [], (R.INVALID_IMAGE, f"{name}: the image decoder crashed on it")
-                if verdict.get("problem"):
-                    return [], (R.INVALID_IMAGE, f"{name}: {verdict['problem']}")
-                exts.append(verdict["ext"])
+            return outputs.ask_checker(checker.to_child, checker.from_child, files,
+                                       self.cfg.image_check_s)
         finally:
             self._end(checker)
-        return exts, None
 
     # ------------------------------------------------------------ serve
     def serve(self, fd_in: int, fd_out: int) -> None:
@@ -582,8 +552,7 @@ class Worker:
             self.suspect = False
             try:
                 reply = self.handle(req)
-            except ZygoteLost as exc:  # before the code ran: the Sandbox retries it elsewhere
-                self.lost = self.lost or str(exc)
+            except Unfit:  # before the code ran: the Sandbox retries it on a fresh worker
                 reply = {"ran": False}
             except Exception as exc:  # noqa: BLE001 - report, get checked, keep serving
                 traceback.print_exc(file=sys.stderr)  # for the operator, never into a result
@@ -625,58 +594,6 @@ def _image_size(path: str) -> tuple[int, int] | None:
             return img.size
     except Exception:  # noqa: BLE001 - not an image: no crop clamping
         return None
-
-
-@functools.cache
-def _library_paths() -> list[str]:
-    """What confined code may read: the interpreter, its libraries, shared objects."""
-    paths = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    paths |= {sysconfig.get_path(k, vars={"base": sys.base_prefix, "platbase": sys.base_prefix})
-              for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    paths |= {os.path.join(sys.base_prefix, "lib"), os.path.realpath(sys.executable)}
-    paths |= {"/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/usr/share/zoneinfo",
-              "/etc/ld.so.cache", "/dev/null", "/dev/zero", "/dev/urandom"}
-    return sorted(p for p in paths if p and os.path.exists(p))
-
-
-def _warm_up() -> None:
-    """Import and exercise what model code uses, so children pay a fork, not an import; and
-    load every decoder the image checker accepts."""
-    import cv2
-    import numpy as np
-    import sympy
-    from PIL import (  # noqa: F401
-        BmpImagePlugin,
-        GifImagePlugin,
-        Image,
-        ImageEnhance,
-        ImageFilter,
-        ImageOps,
-        JpegImagePlugin,
-        MpoImagePlugin,
-        PngImagePlugin,
-        TiffImagePlugin,
-        WebPImagePlugin,
-    )
-
-    cv2.setNumThreads(1)
-    img = (np.arange(96 * 128 * 3) % 251).astype(np.uint8).reshape(96, 128, 3)
-    ok, buf = cv2.imencode(".jpg", img)
-    dec = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    dec = cv2.resize(dec[10:80, 20:100], None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
-    cv2.createCLAHE(2.0, (8, 8)).apply(cv2.cvtColor(dec, cv2.COLOR_BGR2GRAY))
-    cv2.rotate(dec, cv2.ROTATE_90_CLOCKWISE)
-    pil = Image.fromarray(img).rotate(33, expand=True).crop((0, 0, 64, 64))
-    ImageEnhance.Contrast(pil).enhance(1.5).resize((128, 128), Image.BICUBIC)
-    for fmt in ("JPEG", "PNG", "WEBP"):
-        encoded = io.BytesIO()
-        pil.save(encoded, format=fmt)
-        outputs.check_image(encoded.getvalue(), 1 << 20)
-    x = sympy.symbols("x")
-    sympy.solve(sympy.Eq(x**2 - 2 * x, 3), x)
-    sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
-    np.linalg.solve(np.eye(3), np.ones(3))
-    replies.valid_text("\ud800")  # the codec that replaces lone surrogates
 
 
 def main() -> None:
