@@ -37,6 +37,7 @@ _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _MS_REC, _MS_PRIVATE = 0x4000, 1 << 18
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -167,6 +168,11 @@ def set_rlimits(limits: Limits, baseline_bytes: int) -> None:
         resource.setrlimit(res, (value, value))
     # A file over the size limit should fail the write (OSError), not kill the process silently.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def set_process_name(name: str) -> None:
+    """What `ps` and /proc/PID/comm show for the calling process (15 bytes at most)."""
+    _libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def die_with_parent() -> None:

@@ -117,9 +117,9 @@ class _WorkerHandle:
 
     def call(self, message: dict, timeout: float) -> tuple[dict | None, list[str], int]:
         """`request` under the health rule: (reply, notes on any replacement, the generation of
-        the worker that served it). A worker that
-        retires is replaced (and a call it did not start is sent to the fresh one); a worker
-        flagged for a check must pass the probe job or it is replaced."""
+        the worker that served it). A worker that retires is replaced, and a call it had not
+        started goes to the fresh one; a worker flagged for a check must pass the probe job or
+        it is replaced."""
         notes = []
         reply = self.request(message, timeout)
         if reply is not None and reply.get("ran") is False:
@@ -127,20 +127,23 @@ class _WorkerHandle:
                          f"({reply.get('retire')})")
             self.restart()
             reply = self.request(message, timeout)
+            if reply is not None and reply.get("ran") is False:  # a fresh one could not either
+                self.restart()
+                reply = None
         served_by = self.generation
-        if reply is None:
+        if reply is None:  # (`request` has replaced a worker that died or hung)
             return None, notes, served_by
         retire, check = reply.pop("retire", None), reply.pop("check", False)
         if retire is None and check:
             probe = self.request({"op": "probe"}, PROBE_TIMEOUT_S)
             if probe is None:
-                retire = "it failed its probe job (it died or hung)"
+                notes.append("the sandbox worker was replaced after this call (it died or hung "
+                             "in its probe job)")
             elif not probe.get("ok"):
                 retire = f"it failed its probe job: {probe.get('problem')}"
         if retire is not None:
             notes.append(f"the sandbox worker was replaced after this call ({retire})")
-            if self.pid > 0:
-                self.restart()
+            self.restart()
         return reply, notes, served_by
 
     def restart(self) -> None:

@@ -2,8 +2,8 @@
 
 - `printed_image_paths` finds the image names a snippet printed, in time linear in the output.
 - `check_image` decodes an image completely; it runs in a confined checker child forked from
-  the zygote (`serve_checks`), never in the worker: decoders are the largest attack surface a
-  snippet can reach, and a full decode takes time a snippet chooses.
+  the zygote (`serve_checks`, `ask_checker`), never in the worker: decoders are the largest
+  attack surface a snippet can reach, and a full decode takes time a snippet chooses.
 - `gather_images` reads the files a call names as images (regular files in its scratch, not
   following links, within the per-call caps); `store_image` writes one into the caller's
   results directory atomically.
@@ -103,30 +103,42 @@ def _read_regular_file(path: str, max_bytes: int) -> bytes | str | None:
     return None if size > max_bytes else b"".join(chunks)
 
 
+# What a checker may say about an image: a code, never free text (a checker whose decoder an
+# image exploited could otherwise smuggle other calls' image bytes into a result message).
+PROBLEMS = {
+    "format": "not an image in an accepted format (" + ", ".join(ACCEPTED_FORMATS) + ")",
+    "pixels": "more pixels than allowed",
+    "aspect": f"an aspect ratio over {MAX_ASPECT_RATIO}",
+    "truncated": "the image data is truncated",
+    "corrupt": "the image data is corrupt (it does not decode)",
+}
+
+
 def check_image(data: bytes, max_pixels: int) -> dict:
-    """Decode `data` completely: {"ext", "width", "height", "problem"} (problem None if fine)."""
+    """Decode `data` completely: {"ext": extension to store it under, "problem": a key of
+    PROBLEMS or None}."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = max_pixels  # larger headers raise before any decoding
-    out = {"ext": "", "width": 0, "height": 0, "problem": None}
+    ext = ""
     try:
         with Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS)) as img:
             fmt, (width, height) = img.format, img.size
-            out.update(ext=_EXTENSIONS[fmt], width=width, height=height)
+            ext = _EXTENSIONS[fmt]
             if width * height > max_pixels:
-                return {**out, "problem": f"{width}x{height} is more than {max_pixels} pixels"}
+                return {"ext": ext, "problem": "pixels"}
             img.verify()  # structure and checksums (PNG chunks, ...)
         with Image.open(io.BytesIO(data), formats=["JPEG" if fmt == "MPO" else fmt]) as img:
             img.load()    # every pixel: a truncated or corrupt stream fails here
     except Image.DecompressionBombError:
-        return {**out, "problem": f"more than {max_pixels} pixels"}
+        return {"ext": ext, "problem": "pixels"}
     except UnidentifiedImageError:
-        return {**out, "problem": f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})"}
+        return {"ext": ext, "problem": "format"}
     except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
-        return {**out, "problem": f"not a readable image ({type(exc).__name__}: {exc})"[:300]}
+        return {"ext": ext, "problem": "truncated" if "truncated" in str(exc) else "corrupt"}
     if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        return {**out, "problem": f"aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}"}
-    return out
+        return {"ext": ext, "problem": "aspect"}
+    return {"ext": ext, "problem": None}
 
 
 def serve_checks(fd_in: int, fd_out: int, max_pixels: int, max_bytes: int) -> None:
@@ -142,7 +154,7 @@ def ask_checker(to_checker: int, from_checker: int, files: list[tuple[str, bytes
                 seconds: float) -> tuple[list[str], tuple[str, str] | None]:
     """Have a checker child (`serve_checks`) decode each file within `seconds` in all:
     (the extension to store each under, None) or ([], error). The checker is confined but
-    runs decoders on hostile bytes: its verdicts are checked like any child's reply."""
+    runs decoders on hostile bytes: only verdicts of the expected form are believed."""
     deadline = time.monotonic() + seconds
     exts: list[str] = []
     for name, data in files:
@@ -154,12 +166,15 @@ def ask_checker(to_checker: int, from_checker: int, files: list[tuple[str, bytes
             return [], (R.INVALID_IMAGE, f"{name}: not decoded within {seconds:g} s")
         except (OSError, EOFError, ValueError, RecursionError):
             verdict = None
-        if isinstance(verdict, dict) and verdict.get("problem"):
-            problem = replies.valid_text(str(verdict["problem"]))[:300]
-            return [], (R.INVALID_IMAGE, f"{name}: {problem}")
-        if not isinstance(verdict, dict) or verdict.get("ext") not in _EXTENSIONS.values():
+        if not isinstance(verdict, dict):
             return [], (R.INVALID_IMAGE, f"{name}: the image decoder crashed on it")
-        exts.append(verdict["ext"])
+        problem = verdict.get("problem")
+        if problem is None and verdict.get("ext") in _EXTENSIONS.values():
+            exts.append(verdict["ext"])
+            continue
+        why = PROBLEMS.get(problem, "the image decoder crashed on it") if isinstance(problem, str) \
+            else "the image decoder crashed on it"
+        return [], (R.INVALID_IMAGE, f"{name}: {why}")
     return exts, None
 
 

@@ -122,13 +122,14 @@ def serve(fd_in: int, fd_out: int, image_path: str | None, stdout_limit: int) ->
     if image_path is not None:
         namespace["image_path"] = image_path
     while True:
+        os.set_blocking(fd_in, True)  # the code may have made its pipes non-blocking
         frame = read_frame(fd_in, 1 << 24)
         if frame is None:
             return
         request = _json_loads(frame)
         reply = run_block(request["code"], namespace, stdout_limit)
         reply["nonce"] = request.get("nonce")  # the worker takes no other frame as this reply
-        os.set_blocking(fd_out, True)  # the code may have made its pipe non-blocking
+        os.set_blocking(fd_out, True)
         # surrogatepass: printed lone surrogates reach the worker, which replaces them
         write_frame(fd_out, _json_dumps(reply, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 

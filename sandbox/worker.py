@@ -13,6 +13,7 @@ serve: a worker whose zygote is gone or whose scratch could not be freed retires
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -63,6 +64,7 @@ class WorkerConfig:
     max_image_pixels: int = 50_000_000   # produced images beyond this are refused
     max_images: int = 16              # images one call may produce
     image_check_s: float = 10.0       # time to decode one call's images
+    checker_reuse: int = 64           # images one checker decodes before a fresh one takes over
     zygote_timeout_s: float = 5.0     # a zygote silent this long is declared hung
     allow_degraded: bool = False
 
@@ -97,6 +99,8 @@ class Worker:
         self.lost: str | None = None      # why the zygote can no longer be used
         self.cleanup_problem: str | None = None
         self.suspect = False              # the last request stopped a child abnormally
+        self.checker: Child | None = None  # decodes produced images (see _check_images)
+        self.checked = 0                   # images the current checker has decoded
         self._setup()
 
     # ------------------------------------------------------------ start-up
@@ -168,6 +172,7 @@ class Worker:
         """A child: confine, say so, then serve. Never returns."""
         status = 0
         try:
+            confine.set_process_name(f"thyme-{req['role']}")  # thyme-code, thyme-checker
             try:
                 self._confine_child(req["scratch"], req["inputs"], keep=(c_in, c_out))
             except BaseException as exc:  # noqa: BLE001
@@ -269,12 +274,14 @@ class Worker:
                 raise ZygoteLost(self.lost)
             self._end(self.sessions.pop(sid))
             child = None
-            notes.append(f"session state was lost ({replies.death_reason(status)[1]} between "
-                         "blocks); this block ran in a fresh interpreter")
+            notes.append("session state was lost: its interpreter ended between blocks "
+                         f"({replies.death_reason(status)[1]}); this block ran in a fresh one")
         if child is None:
             try:
                 child = self._spawn(inputs)
             except OSError as exc:  # the scratch tmpfs is full (of open sessions' files)
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
                 return R.Result(ok=False, code=req["code"], error=R.ErrorInfo(
                     R.OUTPUT_LIMIT, f"no scratch space left on this worker ({exc.strerror}): "
                                     "its open sessions hold it"), notes=notes).to_dict()
@@ -455,13 +462,16 @@ class Worker:
             return self._finish(child, base, error=(R.OUTPUT_LIMIT, str(exc)))
         except (EOFError, OSError):
             frame = None
-        if frame is None:  # the child died mid-block
+        if frame is None:  # the reply pipe closed: the child is dying, or closed it itself
+            exited = bool(select.select([child.pidfd], [], [], 1.0)[0])
             status, cpu = self._stop_abnormally(child)
             if self.lost:
                 return self._finish(child, base, error=(
                     R.INTERNAL, "the sandbox's process server died during this call; the "
                                 "worker is being replaced (the code may be fine)"))
-            return self._finish(child, base, cpu_s=cpu, error=replies.death_reason(status))
+            error = replies.death_reason(status) if exited else (
+                R.RUNTIME, "the code closed the sandbox's reply pipe; its interpreter was stopped")
+            return self._finish(child, base, cpu_s=cpu, error=error)
         reply = replies.parse_reply(frame, nonce)
         if isinstance(reply, str):
             self._stop_abnormally(child)
@@ -519,22 +529,33 @@ class Worker:
                 for (_, data), ext in zip(files, exts, strict=True)], None
 
     def _check_images(self, files: list[tuple[str, bytes]]) -> tuple[list[str], tuple | None]:
-        """Decode each image completely in a fresh confined checker child: (extensions, None)
-        or ([], error)."""
-        try:
-            checker = self._spawn([], role="checker")
-        except ZygoteLost:
-            return [], (R.INTERNAL, "the sandbox could not start its image checker; the worker "
-                                    "is being replaced (the code may be fine)")
-        try:
-            problem = self._confirm(checker)
-            if problem:
-                self.suspect = True
-                return [], (R.INTERNAL, problem)
-            return outputs.ask_checker(checker.to_child, checker.from_child, files,
-                                       self.cfg.image_check_s)
-        finally:
-            self._end(checker)
+        """Decode each image completely in a confined checker child: (extensions, None) or
+        ([], error). A checker serves `checker_reuse` images, then a fresh one takes over (a
+        fork per call would cost about a third of an image call); one that refused an image or
+        failed is never reused."""
+        if self.checker is not None and (self.checked >= self.cfg.checker_reuse
+                                         or _exited(self.checker)):
+            self._end(self.checker)
+            self.checker = None
+        if self.checker is None:
+            try:
+                self.checker, self.checked = self._spawn([], role="checker"), 0
+            except ZygoteLost:
+                return [], (R.INTERNAL, "the sandbox could not start its image checker; the "
+                                        "worker is being replaced (the code may be fine)")
+        problem = self._confirm(self.checker)
+        if problem:
+            self.suspect = True
+            self._end(self.checker)
+            self.checker = None
+            return [], (R.INTERNAL, problem)
+        exts, error = outputs.ask_checker(self.checker.to_child, self.checker.from_child, files,
+                                          self.cfg.image_check_s)
+        self.checked += len(files)
+        if error:
+            self._end(self.checker)
+            self.checker = None
+        return exts, error
 
     # ------------------------------------------------------------ serve
     def serve(self, fd_in: int, fd_out: int) -> None:
@@ -568,7 +589,7 @@ class Worker:
             runner.write_frame(fd_out, json.dumps(reply).encode())
             if problem:
                 break  # the Sandbox starts a fresh worker
-        for child in list(self.sessions.values()):
+        for child in [*self.sessions.values(), self.checker]:
             self._end(child)
 
 

@@ -52,6 +52,7 @@ from hostile import (
     assert_healthy,
     results_listing,
     snippet,
+    still_serving,  # noqa: F401  (autouse: every test ends with the sandbox still serving)
     worker_pids,
 )
 

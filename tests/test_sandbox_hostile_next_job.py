@@ -38,8 +38,10 @@ from hostile import (
     assert_denied,
     assert_healthy,
     descendants,
+    process_name,
     results_listing,
     snippet,
+    still_serving,  # noqa: F401  (autouse: every test ends with the sandbox still serving)
     worker_pids,
 )
 
@@ -347,8 +349,9 @@ def test_session_child_killed_between_blocks_restarts_fresh(any_sandbox):
     with any_sandbox.session() as s:
         r = s.run("import os\nx = 1\nprint(os.getpid())")
         assert r.ok, r
-        # the pid as the host sees it: the one process below its worker's zygote
-        (child,) = descendants(s.handle.info["zygote_pid"])
+        # the pid as the host sees it: the one code child below its worker's zygote
+        (child,) = [p for p in descendants(s.handle.info["zygote_pid"])
+                    if process_name(p) == "thyme-code"]
         os.kill(child, signal.SIGKILL)
         time.sleep(0.1)
         r = s.run("print('x' in globals())")
@@ -514,11 +517,11 @@ SELF_SABOTAGE = {
     "reply_pipe_nonblocking": "import os\nfor fd in range(3, 64):\n    try:\n"
                               "        os.set_blocking(fd, False)\n    except OSError:\n"
                               "        pass\nprint('\u00e9' * 60000)",
-    "dev_null_over_reply_pipe": "import os, stat\nnull = os.open('/dev/null', os.O_WRONLY)\n"
-                                "for fd in range(3, 64):\n    try:\n"
-                                "        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
-                                "            os.dup2(null, fd)\n    except OSError:\n"
-                                "        pass\nprint('x')",
+    "pipe_over_reply_pipe": "import os, stat\nr, w = os.pipe()\n"
+                            "for fd in range(3, 64):\n    try:\n"
+                            "        if fd not in (r, w) and stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+                            "            os.dup2(w, fd)\n    except OSError:\n"
+                            "        pass\nprint('x')",
     "timer_raises_during_reply": "import signal\ndef boom(*_):\n    raise KeyError('boom')\n"
                                  "signal.signal(signal.SIGALRM, boom)\n"
                                  "signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)\nprint('armed')",
