@@ -115,11 +115,11 @@ class _WorkerHandle:
             return None
         return json.loads(frame)
 
-    def call(self, message: dict, timeout: float) -> tuple[dict | None, list[str], int]:
+    def call(self, message: dict, timeout: float) -> tuple[dict | None, list[str], int, float]:
         """`request` under the health rule: (reply, notes on any replacement, the generation of
-        the worker that served it). A worker that retires is replaced, and a call it had not
-        started goes to the fresh one; a worker flagged for a check must pass the probe job or
-        it is replaced."""
+        the worker that served it, when its reply came). A worker that retires is replaced,
+        and a call it had not started goes to the fresh one; a worker flagged for a check must
+        pass the probe job or it is replaced."""
         notes = []
         reply = self.request(message, timeout)
         if reply is not None and reply.get("ran") is False:
@@ -130,9 +130,9 @@ class _WorkerHandle:
             if reply is not None and reply.get("ran") is False:  # a fresh one could not either
                 self.restart()
                 reply = None
-        served_by = self.generation
+        served_by, replied = self.generation, time.perf_counter()
         if reply is None:  # (`request` has replaced a worker that died or hung)
-            return None, notes, served_by
+            return None, notes, served_by, replied
         retire, check = reply.pop("retire", None), reply.pop("check", False)
         if retire is None and check:
             probe = self.request({"op": "probe"}, PROBE_TIMEOUT_S)
@@ -144,7 +144,7 @@ class _WorkerHandle:
         if retire is not None:
             notes.append(f"the sandbox worker was replaced after this call ({retire})")
             self.restart()
-        return reply, notes, served_by
+        return reply, notes, served_by, replied
 
     def restart(self) -> None:
         self.stop(force=True)
@@ -289,14 +289,14 @@ class Sandbox:
                    "session": session, "results_dir": self.results_dir}
         t0 = time.perf_counter()
         with handle.lock:
-            reply, notes, served_by = handle.call(message, timeout + WORKER_GRACE_S)
+            reply, notes, served_by, replied = handle.call(message, timeout + WORKER_GRACE_S)
         if reply is None:
-            return Result(ok=False, code=code, wall_s=time.perf_counter() - t0, notes=notes,
+            return Result(ok=False, code=code, wall_s=replied - t0, notes=notes,
                           error=R.ErrorInfo(R.INTERNAL, "the sandbox worker died or hung; it was "
                                             "replaced"), degraded=self.degraded), served_by
         result = Result.from_dict(reply)
         result.notes += notes
-        result.wall_s = time.perf_counter() - t0
+        result.wall_s = replied - t0  # the call's own time: a probe or restart after it is not
         return result, served_by
 
 
