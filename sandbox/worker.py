@@ -65,7 +65,7 @@ class WorkerConfig:
     max_images: int = 16              # images one call may produce
     image_check_s: float = 10.0       # time to decode one call's images
     checker_reuse: int = 64           # images one checker decodes before a fresh one takes over
-    zygote_timeout_s: float = 5.0     # a zygote silent this long is declared hung
+    zygote_timeout_s: float = 10.0    # a zygote silent this long is declared hung
     allow_degraded: bool = False
 
 

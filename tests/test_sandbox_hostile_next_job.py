@@ -19,8 +19,10 @@ from __future__ import annotations
 # workers are forked from it and cannot read the stdlib under /root themselves.
 import contextlib
 import ctypes  # noqa: F401
+import dataclasses
 import errno
 import fcntl
+import functools
 import mmap  # noqa: F401
 import os
 import platform
@@ -45,7 +47,9 @@ from hostile import (
     worker_pids,
 )
 
+from sandbox import Sandbox
 from sandbox import result as R
+from sandbox.core import launch_subprocess
 
 X86_64 = platform.machine() == "x86_64"
 LIBRARY_FILE = numpy.__file__  # a library file every sandboxed child may read
@@ -307,18 +311,24 @@ def test_dead_zygote_is_detected_and_replaced(any_sandbox):
     assert_healthy(any_sandbox)
 
 
-def test_hung_zygote_is_detected_and_replaced(sandbox):
-    handle = sandbox._handles[0]
-    old, zygote = handle.pid, handle.info["zygote_pid"]
-    os.kill(zygote, signal.SIGSTOP)
-    try:
-        results = [sandbox.run("print(1)") for _ in range(2 * sandbox.workers)]
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # it is gone if its worker was replaced
-            os.kill(zygote, signal.SIGCONT)
-    assert all(r.ok and r.stdout == "1\n" for r in results), results
-    assert handle.pid != old
-    assert_healthy(sandbox)
+def test_hung_zygote_is_detected_and_replaced():
+    impatient = functools.partial(_launch_with, zygote_timeout_s=1.0)
+    with Sandbox(workers=1, launcher=impatient) as sb:
+        handle = sb._handles[0]
+        old, zygote = handle.pid, handle.info["zygote_pid"]
+        os.kill(zygote, signal.SIGSTOP)
+        try:
+            results = [sb.run("print(1)") for _ in range(2 * sb.workers)]
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # gone if its worker was replaced
+                os.kill(zygote, signal.SIGCONT)
+        assert all(r.ok and r.stdout == "1\n" for r in results), results
+        assert handle.pid != old
+        assert_healthy(sb)
+
+
+def _launch_with(config, **changes):
+    return launch_subprocess(dataclasses.replace(config, **changes))
 
 
 def test_sessions_on_other_workers_keep_their_state(sandbox):
