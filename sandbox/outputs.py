@@ -117,9 +117,18 @@ PROBLEMS = {
 def check_image(data: bytes, max_pixels: int) -> dict:
     """Decode `data` completely: {"ext": extension to store it under, "problem": a key of
     PROBLEMS or None}."""
+    from PIL import Image
+
+    default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels  # raise on the header
+    try:
+        return _check_image(data, max_pixels)
+    finally:
+        Image.MAX_IMAGE_PIXELS = default  # (the warm-up calls this before the zygote forks)
+
+
+def _check_image(data: bytes, max_pixels: int) -> dict:
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = max_pixels  # larger headers raise before any decoding
     ext = ""
     try:
         with Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS)) as img:

@@ -293,3 +293,9 @@ def test_printed_image_paths():
     text = "see /mnt/x/a.png and 'b.JPEG', c.jpg.bak <d.tiff> e.png.png f.pngx"
     assert printed_image_paths(text) == ["/mnt/x/a.png", "b.JPEG", "c.jpg", "d.tiff", "e.png.png"]
     assert printed_image_paths("." * 63000) == []
+
+
+def test_model_code_sees_library_defaults(sandbox):
+    """The worker's warm-up (which runs the image checker once) changes nothing a snippet sees."""
+    r = sandbox.run("from PIL import Image\nprint(Image.MAX_IMAGE_PIXELS)")
+    assert r.ok and r.text == str(1024 * 1024 * 1024 // 4 // 3), r  # PIL's own default
