@@ -538,11 +538,12 @@ SELF_SABOTAGE = {
     "address_space_zero": "import resource\nresource.setrlimit(resource.RLIMIT_AS, (0, 0))\n"
                           "print('x' * 50000)",
     "address_space_exhausted": "import resource\nheld = []\ntry:\n    while True:\n"
-                               "        held.append(bytearray(1 << 20))\nexcept MemoryError:\n"
+                               "        held.append(bytearray(16 << 20))\nexcept MemoryError:\n"
                                "    pass\nprint('full')",
     "nofile_zero": "import resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (0, 0))\nprint('x')",
-    "stack_tiny": "import resource, sys\nresource.setrlimit(resource.RLIMIT_STACK, (1 << 16, 1 << 16))\n"
-                  "sys.setrecursionlimit(10 ** 6)\ndef f(n):\n    return f(n + 1)\nf(0)",
+    "stack_tiny": "import json, resource, sys\n"
+                  "resource.setrlimit(resource.RLIMIT_STACK, (1 << 16, 1 << 16))\n"
+                  "sys.setrecursionlimit(10 ** 6)\njson.loads('[' * 100000 + ']' * 100000)",
 }
 
 
