@@ -176,16 +176,17 @@ def report(kind: str, store: RecordStore, settings: dict, out_dir: Path, title: 
 # The policy over a loaded checkpoint
 # ---------------------------------------------------------------------------------------------
 
-def thyme_policy(thyme, keep_images: bool = False) -> Policy:
+def thyme_policy(thyme, keep_images: bool = False, force=None) -> Policy:
     """The evaluator's policy over a loaded `thyme_train.infer.Thyme`: a wave in one
     `ask_many`; each code run's operations, and for items with target boxes where each crop lies
     and whether it holds a target (thyme_train.crops). The sandbox's produced images are deleted
-    once analysed unless `keep_images`."""
+    once analysed unless `keep_images`. `force`: a scripted policy (tests, demos)."""
     from thyme_train.crops import FAITHFUL_COVERAGE, coverage, locate_crop, operations
 
     def policy(items: list[EvalItem], tools: bool, samples: int) -> list[list[Answered]]:
         transcripts = thyme.ask_many([(it.image, it.prompt_text()) for it in items], tools=tools,
-                                     samples=samples, keys=[item_key(it.id) for it in items])
+                                     samples=samples, keys=[item_key(it.id) for it in items],
+                                     force=force)
         out = []
         for item, ts in zip(items, transcripts, strict=True):
             per = []
