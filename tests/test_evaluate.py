@@ -331,6 +331,20 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     assert not RecordStore(tmp_path / "b", {"model": "m", "temperature": 0.7}, restart=True).records()
 
 
+def test_engine_errors_are_asked_again_on_the_next_run(tmp_path):
+    def flaky(items, tools, samples):
+        if any(i.id == "1" for i in items):
+            raise ConnectionError("server went away")
+        return _coin_policy(1.0)(items, tools, samples)
+
+    store = RecordStore(tmp_path / "e", {})
+    run("generic", _items(3), flaky, store)               # one wave: all three fail
+    assert [r["error"] is not None for r in store.records()] == [True, True, True]
+    asked = []
+    run("generic", _items(3), lambda *a: (asked.append(len(a[0])), _coin_policy(1.0)(*a))[1], store)
+    assert asked == [3] and all(r["error"] is None and r["correct"] for r in store.records())
+
+
 # ---------------------------------------------------------------------------------------------
 # Judge, tool use, several benchmarks
 # ---------------------------------------------------------------------------------------------

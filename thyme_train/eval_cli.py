@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--option-seed", type=int, default=0, help="V* JSON: the option order's seed")
     g.add_argument("--max-turns", type=int, default=5, help="generation calls per rollout")
     g.add_argument("--max-new-tokens", type=int, default=2048)
+    g.add_argument("--max-total-tokens", type=int, default=10240,
+                   help="prompt + completion per rollout (keep <= the engine's max model length)")
     g.add_argument("--max-pixels", type=int, default=None)
     g.add_argument("--on-code-error", choices=("rollback", "show"), default="rollback")
     g.add_argument("--no-ablation", action="store_true", help="skip the tools-disabled run")
@@ -93,6 +95,7 @@ def settings_for(args, bench: Benchmark) -> dict:
         "top_k": rollout.top_k if args.temperature else None,
         "samples": args.samples, "seed": args.seed, "option_seed": args.option_seed,
         "max_turns": args.max_turns, "max_new_tokens": args.max_new_tokens,
+        "max_total_tokens": args.max_total_tokens,
         "max_pixels": args.max_pixels, "on_code_error": args.on_code_error,
         "fallback_direct": True, "modes": ["tools"] if args.no_ablation else ["tools", "direct"],
         "judge": {"model": args.judge_model, "url": args.judge_url} if args.judge_model else None,
@@ -158,7 +161,8 @@ def make_policy(args, sandbox, stack) -> Policy:
     from thyme_train.infer import InferConfig, Thyme, evaluation_rollout
 
     rollout = evaluation_rollout(on_code_error=args.on_code_error, max_new_tokens=args.max_new_tokens,
-                                 max_turns=args.max_turns, temperature_text=args.temperature,
+                                 max_turns=args.max_turns, max_total_tokens=args.max_total_tokens,
+                                 temperature_text=args.temperature,
                                  temperature_code=args.temperature_code, seed=args.seed)
     configs = [InferConfig(model=args.model, engine=args.engine, prompt_set=args.prompt_set,
                            max_pixels=args.max_pixels, batch_size=args.batch_size, server=url,
@@ -203,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_items = args.batch_items or (64 if args.engine == "vllm" else 8)
     out = Path(args.out) if args.out else Path("eval") / Path(args.model).name
     devices = args.devices.split(",") if args.devices and not args.shard else []
+    if len(devices) == 1:                 # one device: this process, on it
+        os.environ["CUDA_VISIBLE_DEVICES"] = "" if devices[0] == "cpu" else devices[0]
     shard_i, shard_n = (int(x) for x in args.shard.split("/")) if args.shard else (0, 1)
     rows: dict[str, tuple[str, dict]] = {}
     errors: list = []

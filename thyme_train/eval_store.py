@@ -8,7 +8,7 @@ Each benchmark folder holds `settings.json` (everything that decides the scores)
 `records.<shard>.jsonl` per shard (a process or server of a data-parallel run appends to its own
 file). A record is one (mode, item, sample). On a restart the records of every shard are read
 back; a last line cut off by the kill is dropped (and said), and the run goes on with what is
-missing. Records written under other settings are never mixed in: a folder whose settings
+missing (engine errors included: they are asked again). Records written under other settings are never mixed in: a folder whose settings
 differ in anything that changes scores is refused, naming the differences.
 """
 
@@ -73,7 +73,10 @@ class RecordStore:
         return list(latest.values())
 
     def done(self, mode: str) -> set[tuple[str, int]]:
-        return {(r["id"], r["sample"]) for r in self.records() if r["mode"] == mode}
+        """(item id, sample) pairs finished in `mode`; one that ended in an engine error is not
+        finished: the next run asks again (its record is then replaced)."""
+        return {(r["id"], r["sample"]) for r in self.records()
+                if r["mode"] == mode and r.get("error") is None}
 
     def append(self, records: list[dict]) -> None:
         """Whole lines, flushed to disk before returning (a kill loses at most the line being

@@ -272,8 +272,8 @@ class Thyme:
 
 
 def load_checkpoint(model: str, max_pixels: int | None = None, weights: bool = True):
-    """Model (None unless `weights`: vLLM loads its own) and processor from a local directory or
-    a hub id, with a clear error otherwise."""
+    """Model (None unless `weights`: vLLM loads its own; on the GPU when there is one) and
+    processor from a local directory or a hub id, with a clear error otherwise."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     local = Path(model)
@@ -281,7 +281,13 @@ def load_checkpoint(model: str, max_pixels: int | None = None, weights: bool = T
         raise InferenceError(f"model {model}: not a checkpoint directory (no config.json)")
     try:
         processor = AutoProcessor.from_pretrained(model)
-        net = AutoModelForImageTextToText.from_pretrained(model).eval() if weights else None
+        net = None
+        if weights:     # the checkpoint's dtype, on the GPU when there is one
+            import torch
+
+            net = AutoModelForImageTextToText.from_pretrained(model, dtype="auto").eval()
+            if torch.cuda.is_available():
+                net = net.to("cuda")
     except (OSError, ValueError) as exc:
         raise InferenceError(f"model {model}: cannot be loaded ({str(exc).splitlines()[0]})") from None
     if max_pixels is not None:
