@@ -111,7 +111,7 @@ def tool_use(records: list[dict]) -> dict:
     with_code = [r for r in records if r["code_calls"]]
     calls = [c for r in records for c in r.get("calls", [])]
     ops = {}
-    for op in OPERATIONS:
+    for op in (*OPERATIONS, "compute"):         # compute: a run that printed, no image
         used = [r for r in records if any(op in c["ops"] for c in r.get("calls", []))]
         op_calls = [c for c in calls if op in c["ops"]]
         if op_calls:

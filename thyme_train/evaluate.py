@@ -193,7 +193,9 @@ def thyme_policy(thyme, keep_images: bool = False, force=None) -> Policy:
             for t in ts:
                 calls = []
                 for call in t.calls:
-                    info = {"ops": operations(call["code"]) if call["images"] else ["compute"],
+                    # a run that printed a result instead of an image computed something
+                    printed = call["ok"] and not call["images"]
+                    info = {"ops": ["compute"] if printed else operations(call["code"]),
                             "ok": call["ok"], "images": len(call["images"]), "crop": None}
                     if call["ok"] and item.boxes and item.image and "crop" in info["ops"]:
                         info["crop"] = _crop_info(item, call["images"][0], locate_crop, coverage,
