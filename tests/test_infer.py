@@ -86,6 +86,8 @@ def test_cli_fails_clearly(tmp_path, image_file, capsys):
     bad.write_bytes(b"not an image")
     assert main(["--model", str(tmp_path), "--image", str(bad), "--question", "q"]) == 2
     assert "cannot be read" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path), "--question", "q", "--server", "http://x:1/v1"]) == 2
+    assert "use engine 'vllm'" in capsys.readouterr().err
 
 
 def test_cli_writes_the_transcript(tiny_path, image_file, tmp_path, capsys):

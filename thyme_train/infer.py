@@ -343,11 +343,15 @@ def main(argv: list[str] | None = None) -> int:
         prefix = {"sandbox": "\n[sandbox] ", "model": ""}.get(kind, "\n")
         print(prefix + text, end="" if kind == "model" else "\n", flush=True)
 
-    config = InferConfig(model=args.model, engine=args.engine, max_pixels=args.max_pixels,
-                         prompt_set=args.prompt_set, server=args.server,
-                         rollout=evaluation_rollout(on_code_error=args.on_code_error,
-                                                   max_turns=args.max_turns,
-                                                   max_new_tokens=args.max_new_tokens))
+    try:
+        config = InferConfig(model=args.model, engine=args.engine, max_pixels=args.max_pixels,
+                             prompt_set=args.prompt_set, server=args.server,
+                             rollout=evaluation_rollout(on_code_error=args.on_code_error,
+                                                       max_turns=args.max_turns,
+                                                       max_new_tokens=args.max_new_tokens))
+    except ValueError as exc:                  # e.g. a server without the vllm engine
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     try:
         if args.image:
