@@ -1,6 +1,8 @@
 """Run every benchmark and append the tables to docs/benchmarks.md: `make bench`
 (the sandbox throughput, the ingest decode benchmark, code-sample throughput through
-teacher -> sandbox -> audit, and the repetition detector; ~15 minutes on 2 cores).
+teacher -> sandbox -> audit, the repetition detector, and evaluation throughput and interval
+widths; ~30 minutes on 2 cores; vLLM's part runs in .venv-vllm: never two vLLM processes at
+once).
 
 Each benchmark measures ratios side by side in one run (never a timed test)."""
 
@@ -28,7 +30,9 @@ def main() -> int:
     import datetime
     today = datetime.date.today().isoformat()
     for script, title in (("teacher_bench.py", "Code-sample throughput"),
-                          ("repetition_bench.py", "Repetition detector at 3,196 tokens")):
+                          ("repetition_bench.py", "Repetition detector at 3,196 tokens"),
+                          ("eval_throughput.py", "Evaluation throughput, sequential vs batched"),
+                          ("eval_intervals.py", "Evaluation interval widths")):
         run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script)],
                              capture_output=True, text=True)
         print(run.stdout, end="")
