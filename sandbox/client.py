@@ -36,8 +36,9 @@ HTTP_GRACE_S = 120.0
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
-class SandboxServiceError(RuntimeError):
-    """The sandbox service failed a call (unreachable, refused, an error reply)."""
+class SandboxServiceError(OSError):
+    """The sandbox service failed a call (unreachable, refused, an error reply). An OSError, so
+    the CLIs report it as they report other I/O failures."""
 
 
 class SandboxClient:

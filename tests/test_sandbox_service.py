@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_rollout import ANSWER, CROP, codec, image_file, make_prompt, runner, scripted, tiny  # noqa: F401
 
 from sandbox import result as R
 from sandbox.client import SandboxClient, SandboxServiceError
@@ -259,17 +260,30 @@ def test_hostile_snippets_are_contained_and_the_server_keeps_serving(server, cli
 
 # ---------------------------------------------------------------- a killed server
 
-def test_a_killed_server_fails_calls_with_its_url(tmp_path, photo):
+def test_a_killed_server_fails_its_samples_not_the_batch(tmp_path, photo, tiny, codec, image_file):  # noqa: F811
+    """The rollout loop on the service: code runs remotely and its image comes back; once the
+    server is killed, a sample that runs code ends `sandbox_error` naming the URL, the rest of
+    the batch goes on."""
     doomed = Server(tmp_path)
     try:
         c = SandboxClient(doomed.url, TOKEN, results_dir=tmp_path / "results")
         s = c.session(inputs=[photo])
         assert s.run("x = 1\nprint(x)").ok
+        prompts = [make_prompt(codec, image_file), make_prompt(codec, image_file)]
+        code_then_answer, answer = scripted(codec, [CROP, ANSWER]), scripted(codec, [ANSWER])
+
+        def force(rollout, tokens):
+            return (code_then_answer if rollout.prompt_index == 0 else answer)(rollout, tokens)
+
+        before = runner(tiny, c).run(prompts, force=force)
+        assert [r.end_reason for r in before] == ["answer", "answer"], [r.error for r in before]
+        assert before[0].code_calls == 1 and len(before[0].images) == 2   # the crop came back
         doomed.proc.kill()
         doomed.proc.wait()
+        after = runner(tiny, c).run(prompts, force=force)
+        assert [r.end_reason for r in after] == ["sandbox_error", "answer"]
+        assert f"sandbox service at {doomed.url} cannot be reached" in after[0].error
         with pytest.raises(SandboxServiceError, match=f"sandbox service at {doomed.url} cannot be reached"):
             s.run("print(x)")
-        with pytest.raises(SandboxServiceError, match=doomed.url):
-            c.session(inputs=[photo])
     finally:
         doomed.stop()
