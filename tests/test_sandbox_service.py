@@ -227,6 +227,31 @@ def _inflight(server) -> int:
     return info["inflight"]
 
 
+def test_the_pipeline_executes_through_the_resources_url(server, tmp_path):
+    """The Dagster sandbox resource given a URL: the execution stage runs its sessions on the
+    service and the images land in the image store, as with a local sandbox."""
+    from conftest import make_image
+    from test_execute import crop_trajectory
+
+    from assets.resources import SandboxResource
+    from pipelines.core.images import ImageStore
+    from pipelines.core.schema import Sample
+    from pipelines.samples.execute import execute
+
+    store = ImageStore(tmp_path / "images")
+    ref, _ = store.put_file(make_image(tmp_path / "in.jpg", 640, 480))
+    sample = Sample(question="q", images=[ref], source="test", origin_file="t", origin_row=0,
+                    answer="x", task="crop")
+    (tmp_path / "token").write_text(TOKEN)
+    with SandboxResource(url=server.url, token_file=str(tmp_path / "token"), timeout=5).open() as sb:
+        assert isinstance(sb, SandboxClient) and sb.timeout == 5
+        (t,) = execute([crop_trajectory(sample)], {sample.id: sample}, store, sb)
+    second = t.turns[1].result
+    assert second.kind == "image", second     # block 2 used `crop` from block 1
+    with Image.open(store.root / second.images[0]) as im:
+        assert im.size == (200, 200)
+
+
 # ---------------------------------------------------------------- hostile code
 
 def test_hostile_snippets_are_contained_and_the_server_keeps_serving(server, client, tmp_path):
