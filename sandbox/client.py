@@ -79,7 +79,7 @@ class SandboxClient:
 
     def map(self, jobs: Iterable[Job | dict], progress: bool = False) -> list[Result]:
         jobs = [j if isinstance(j, Job) else Job(**j) for j in jobs]
-        with ThreadPoolExecutor(self.workers) as pool:
+        with ThreadPoolExecutor(2 * self.workers) as pool:  # a request waits while one runs
             results = pool.map(lambda j: self.run(j.code, j.inputs, j.timeout), jobs)
             if progress:
                 from tqdm import tqdm

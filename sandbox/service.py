@@ -74,6 +74,7 @@ class _OpenSession:
         self.session, self.folder = session, folder
         self.lock = threading.Lock()  # one block at a time per trajectory
         self.last_used = time.monotonic()
+        self.closed = False
 
 
 class SandboxService:
@@ -154,6 +155,8 @@ class SandboxService:
         timeout = self._timeout(body) if "timeout" in body else None
         entry = self._session(sid)
         with self.admission, entry.lock, self._request_dir() as folder:
+            if entry.closed:  # closed or expired while this request waited
+                raise HTTPError(HTTPStatus.NOT_FOUND, f"session {sid!r} was closed")
             entry.last_used = time.monotonic()
             result = entry.session.run(code, timeout, results_dir=self._out_dir(folder))
             entry.last_used = time.monotonic()
@@ -186,6 +189,7 @@ class SandboxService:
 
     def _close(self, entry: _OpenSession) -> None:
         with entry.lock:
+            entry.closed = True
             try:
                 entry.session.close()
             finally:
@@ -272,7 +276,8 @@ class Handler(BaseHTTPRequestHandler):
             self.log_error("internal error on %s: %s: %s", url.path, type(exc).__name__, exc)
             return self._reply(HTTPStatus.INTERNAL_SERVER_ERROR,
                                {"error": f"internal error ({type(exc).__name__})"})
-        self.service.served += 1
+        with self.service.admission.lock:
+            self.service.served += 1
         self._reply(HTTPStatus.OK, reply)
 
     def _route(self, method: str, parts: list[str], body, query: dict) -> dict:
