@@ -75,7 +75,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     s = Server(tmp_path_factory.mktemp("service"), "--max-queue", "1", "--max-body-mb", "1",
-               "--timeout", "5")
+               "--timeout", "5", "--session-idle-s", "3")
     yield s
     s.stop()
     assert s.proc.returncode == 0, "the server did not shut down cleanly on SIGTERM"
@@ -172,6 +172,18 @@ def test_sessions_keep_variables_and_images_round_trip(client, photo):
         assert r.ok and any("state was lost" in n for n in r.notes), r
 
 
+def test_an_abandoned_session_expires(server, client):
+    """A client that never closes its session (it died) does not hold the worker for good."""
+    s = client.session()
+    assert s.run("x = 41\nprint(x + 1)").text == "42"
+    deadline = time.monotonic() + 30
+    while _info(server)["sessions"]:
+        assert time.monotonic() < deadline, "the idle session was never closed"
+        time.sleep(0.2)
+    with pytest.raises(SandboxServiceError, match="HTTP 404.*expired after 3 s idle"):
+        s.run("print(x)")
+
+
 def test_token_is_required(server, client):
     status, body, headers = server.post("/v1/run", {"code": "print(1)"}, token=None)
     assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer")
@@ -219,12 +231,16 @@ def test_concurrency_is_bounded(server, client):
         t.join()
 
 
-def _inflight(server) -> int:
+def _info(server) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/v1/info", headers={"Authorization": f"Bearer {TOKEN}"})
     info = json.loads(conn.getresponse().read())
     conn.close()
-    return info["inflight"]
+    return info
+
+
+def _inflight(server) -> int:
+    return _info(server)["inflight"]
 
 
 def test_the_pipeline_executes_through_the_resources_url(server, tmp_path):
