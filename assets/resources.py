@@ -76,11 +76,17 @@ class SandboxResource(ConfigurableResource):
     workers: int | None = Field(None, description="worker processes; null: one per core")
     timeout: float = Field(10.0, description="seconds per code block (THYME.md: 10 s)")
     memory_mb: int = Field(1024, description="memory budget per code block, MB")
+    url: str | None = Field(None, description="a sandbox service (`python -m sandbox serve`) "
+                            "to run the code on; null: workers in this process")
+    token_file: str | None = Field(None, description="the service's token file (null: "
+                                   "$THYME_SANDBOX_TOKEN)")
 
     def open(self):
-        """A started `sandbox.Sandbox` (a context manager)."""
-        from sandbox import Sandbox
-        return Sandbox(workers=self.workers, timeout=self.timeout, memory_mb=self.memory_mb)
+        """A started `sandbox.Sandbox`, or a client of the service at `url` (a context manager;
+        the service's own workers and memory budget then apply)."""
+        from sandbox.client import open_sandbox
+        return open_sandbox(self.url, self.token_file, timeout=self.timeout,
+                            workers=self.workers, memory_mb=self.memory_mb)
 
 
 class TeacherResource(ConfigurableResource):

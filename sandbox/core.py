@@ -238,11 +238,16 @@ class Sandbox:
 
     # ------------------------------------------------------------ public API
     def run(self, code: str, inputs: Sequence[str | os.PathLike] = (),
-            timeout: float | None = None) -> Result:
-        """Run one independent code block in a fresh confined process."""
+            timeout: float | None = None, *, stdin: str | None = None, repairs: bool = True,
+            results_dir: str | os.PathLike | None = None) -> Result:
+        """Run one independent code block in a fresh confined process. `stdin`: what the code
+        reads from `sys.stdin` (default: nothing); `repairs=False` runs the code as written
+        (no Thyme auto-corrections: for generic code, e.g. a test-case harness); `results_dir`:
+        where this call's images go (default: the sandbox's)."""
         handle = self._idle.get()
         try:
-            return self._call(handle, code, inputs, timeout, session=None)[0]
+            return self._call(handle, code, inputs, timeout, session=None, stdin=stdin,
+                              repairs=repairs, results_dir=results_dir)[0]
         finally:
             self._idle.put(handle)
 
@@ -283,16 +288,19 @@ class Sandbox:
         return len(self._handles)
 
     # ------------------------------------------------------------ internals
-    def _call(self, handle: _WorkerHandle, code: str, inputs, timeout,
-              session: str | None) -> tuple[Result, int]:
+    def _call(self, handle: _WorkerHandle, code: str, inputs, timeout, session: str | None,
+              stdin: str | None = None, repairs: bool = True,
+              results_dir: str | os.PathLike | None = None) -> tuple[Result, int]:
         """The result, and the generation of the worker that ran the code."""
         timeout = self.timeout if timeout is None else float(timeout)
         paths = [os.path.abspath(os.fspath(p)) for p in inputs]
         for path in paths:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"sandbox input not found: {path}")
+        out_dir = self.results_dir if results_dir is None else os.path.abspath(results_dir)
         message = {"op": "run", "code": code, "inputs": paths, "timeout": timeout,
-                   "session": session, "results_dir": self.results_dir}
+                   "session": session, "results_dir": out_dir, "stdin": stdin,
+                   "repairs": repairs}
         t0 = time.perf_counter()
         with handle.lock:
             reply, notes, served_by, replied = handle.call(message, timeout + WORKER_GRACE_S)
@@ -315,10 +323,11 @@ class Session:
         self.id = uuid.uuid4().hex
         self._generation = None
 
-    def run(self, code: str, timeout: float | None = None) -> Result:
+    def run(self, code: str, timeout: float | None = None, *,
+            results_dir: str | os.PathLike | None = None) -> Result:
         result, generation = self.sandbox._call(self.handle, code, self.inputs,
                                                 self.timeout if timeout is None else timeout,
-                                                session=self.id)
+                                                session=self.id, results_dir=results_dir)
         if self._generation not in (None, generation):
             result.notes.append("session state was lost (its worker was replaced); this block "
                                 "ran in a fresh interpreter")

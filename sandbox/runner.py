@@ -159,7 +159,7 @@ def serve(fd_in: int, fd_out: int, image_path: str | None, stdout_limit: int,
             return
         request = _json_loads(frame)
         _make_dirs(request.get("make_dirs", ()))
-        reply = run_block(request["code"], namespace, stdout_limit)
+        reply = run_block(request["code"], namespace, stdout_limit, request.get("stdin"))
         reply["nonce"] = request.get("nonce")  # the worker takes no other frame as this reply
         os.set_blocking(fd_out, True)
         # surrogatepass: printed lone surrogates reach the worker, which replaces them
@@ -179,13 +179,14 @@ def _make_dirs(paths) -> None:
 _UNSET = object()
 
 
-def run_block(code: str, namespace: dict, stdout_limit: int) -> dict:
+def run_block(code: str, namespace: dict, stdout_limit: int, stdin: str | None = None) -> dict:
     out = CappedWriter(stdout_limit)
     warnings_out = CappedWriter(stdout_limit, strict=False)  # stderr: not part of the result
     error = None
     processed_before = namespace.get("processed_path", _UNSET)
     cpu0 = time.process_time()
     sys.stdout, sys.stderr = out, warnings_out
+    sys.stdin = io.StringIO(stdin or "")  # the child's own descriptor 0 is closed
     # so tracebacks can quote the model's own lines
     linecache.cache["<code>"] = (len(code), None, code.splitlines(True), "<code>")
     try:
@@ -197,7 +198,7 @@ def run_block(code: str, namespace: dict, stdout_limit: int) -> dict:
         kind, message = classify(exc)
         error = (kind, message[:MAX_ERROR_CHARS])
     finally:
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        sys.stdout, sys.stderr, sys.stdin = sys.__stdout__, sys.__stderr__, sys.__stdin__
     # Only a `processed_path` this block (re)bound names its image: a later block that just
     # prints a result must not return the earlier block's image again.
     processed = namespace.get("processed_path")

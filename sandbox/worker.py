@@ -292,7 +292,8 @@ class Worker:
                                  "this block ran in a fresh interpreter")
                 self.sessions[sid] = child
         try:
-            out = self._run_block(child, req["code"], float(req["timeout"]), req["results_dir"])
+            out = self._run_block(child, req["code"], float(req["timeout"]), req["results_dir"],
+                                  req.get("stdin"), req.get("repairs", True))
         finally:
             if child.pid < 0 or not sid:
                 self.sessions.pop(sid, None)
@@ -414,7 +415,8 @@ class Worker:
                 self.cleanup_problem = f"a scratch directory could not be removed ({exc})"
 
     # ------------------------------------------------------------ one code block
-    def _run_block(self, child: Child, code: str, timeout: float, results_dir: str | None) -> dict:
+    def _run_block(self, child: Child, code: str, timeout: float, results_dir: str | None,
+                   stdin: str | None = None, repairs: bool = True) -> dict:
         base = {"code": code, "repairs": [], "notes": [], "degraded": tuple(self.degraded)}
         problem = replies.unfit_code(code, self.cfg.max_code_chars)
         if problem:
@@ -424,7 +426,8 @@ class Worker:
                             is_known_file=lambda p: p.startswith(child.scratch + "/")
                             and os.path.isfile(p))
         try:
-            base["code"], base["repairs"] = repair(code, ctx)
+            if repairs:
+                base["code"], base["repairs"] = repair(code, ctx)
         except RecursionError:
             return self._finish(child, base, error=(R.SYNTAX, "the code is nested too deeply to parse"))
         except Exception as exc:  # noqa: BLE001 - a repair tripping on odd code must not fail it
@@ -451,7 +454,7 @@ class Worker:
         # UTF-8 text, JSON-escaped: at most 6 bytes per printed character, plus the envelope
         frame_limit = 6 * self.cfg.stdout_limit + 65536
         try:
-            request = {"code": base["code"], "nonce": nonce,
+            request = {"code": base["code"], "nonce": nonce, "stdin": stdin,
                        "make_dirs": output_subfolders(base["code"], child.scratch)}
             replies.write_frame(child.to_child, json.dumps(request).encode(), deadline)
             frame = replies.read_frame(child.from_child, frame_limit, deadline)

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items in flight at once (default: 64 with vllm, 8 with hf)")
     e.add_argument("--batch-size", type=int, default=8, help="hf engine: rows per generate call")
     e.add_argument("--keep-images", action="store_true", help="keep the sandbox's images")
+    e.add_argument("--sandbox-url", default=None, metavar="URL", help="a sandbox service "
+                   "(python -m sandbox serve) instead of a sandbox in this process")
+    e.add_argument("--sandbox-token-file", default=None,
+                   help="the service's token file (default: $THYME_SANDBOX_TOKEN)")
     e.add_argument("--restart", action="store_true", help="discard earlier results in --out")
     e.add_argument("--skip-bad-rows", action="store_true",
                    help="record unreadable benchmark rows and go on (default: stop)")
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate_here(args, benches, stores, out, shard, errors, stack, load_items) -> None:
     """This process's share of every benchmark, mode by mode, wave by wave."""
-    from sandbox import Sandbox
+    from sandbox.client import open_sandbox
 
     judge = make_judge(args)
     policy = None
@@ -264,7 +268,8 @@ def _evaluate_here(args, benches, stores, out, shard, errors, stack, load_items)
                            option_seed=args.option_seed, yes_no=b.kind == "hallusionbench")
         items = items[shard[0]::shard[1]]
         if policy is None:               # the model loads once the first benchmark has read
-            sandbox = stack.enter_context(Sandbox(timeout=10.0))
+            sandbox = stack.enter_context(open_sandbox(args.sandbox_url, args.sandbox_token_file,
+                                                       timeout=10.0))
             policy = make_policy(args, sandbox, stack)
         for mode in (["tools"] if args.no_ablation else ["tools", "direct"]):
             run(b.kind, items, policy, stores[b.name], mode, args.samples, judge, args.batch_items,

@@ -79,6 +79,10 @@ class InferConfig:
     server_model: str | None = doc("the model name the server serves (None: its only one)",
                                    default=None)
     fallback_direct: bool = doc("answer directly when the loop ends without an answer", default=True)
+    sandbox_url: str | None = doc("a sandbox service (`python -m sandbox serve`) to run the code "
+                                  "on; None: a sandbox in this process", default=None)
+    sandbox_token_file: str | None = doc("the service's token file (None: "
+                                         "$THYME_SANDBOX_TOKEN)", default=None)
     max_pixels: int | None = doc("pixel budget per image; None: the processor's (training's)",
                                  default=None)
     rollout: RolloutConfig = doc("the rollout loop: generation calls, token budgets, sampling, "
@@ -118,7 +122,7 @@ class Thyme:
 
     def __init__(self, config: InferConfig, sandbox=None):
         from pipelines.core.prompts import PromptSetError, load_prompt_set
-        from sandbox import Sandbox
+        from sandbox.client import open_sandbox
         from thyme_train.engine import ChatCodec
         from thyme_train.rollout import RolloutRunner
 
@@ -133,7 +137,9 @@ class Thyme:
         self.codec = ChatCodec(self.processor)
         self.engine = self._engine(rollout)
         self._own_sandbox = sandbox is None
-        self.sandbox = Sandbox(timeout=rollout.sandbox_timeout) if sandbox is None else sandbox
+        self.sandbox = (open_sandbox(config.sandbox_url, config.sandbox_token_file,
+                                     timeout=rollout.sandbox_timeout)
+                        if sandbox is None else sandbox)
         self.runner = RolloutRunner(self.engine, self.codec, self.sandbox, rollout)
         self.direct = RolloutRunner(self.engine, self.codec, self.sandbox,
                                     dataclasses.replace(rollout, max_turns=1))
@@ -337,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-turns", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=2048)
     parser.add_argument("--max-pixels", type=int, default=None)
+    parser.add_argument("--sandbox-url", default=None, help="a sandbox service (python -m "
+                        "sandbox serve) instead of a sandbox in this process")
+    parser.add_argument("--sandbox-token-file", default=None,
+                        help="the service's token file (default: $THYME_SANDBOX_TOKEN)")
     args = parser.parse_args(argv)
 
     def show(kind: str, text: str) -> None:
@@ -346,12 +356,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = InferConfig(model=args.model, engine=args.engine, max_pixels=args.max_pixels,
                              prompt_set=args.prompt_set, server=args.server,
+                             sandbox_url=args.sandbox_url,
+                             sandbox_token_file=args.sandbox_token_file,
                              rollout=evaluation_rollout(on_code_error=args.on_code_error,
                                                        max_turns=args.max_turns,
                                                        max_new_tokens=args.max_new_tokens))
     except ValueError as exc:                  # e.g. a server without the vllm engine
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from sandbox.client import SandboxServiceError
+
     out = Path(args.out)
     try:
         if args.image:
@@ -359,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         with Thyme(config) as thyme:
             transcript = thyme.ask(args.image, args.question, tools=not args.no_tools,
                                    on_text=show, save_dir=out)
-    except InferenceError as exc:
+    except (InferenceError, SandboxServiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
