@@ -8,12 +8,9 @@ partition's page shows its own counts. New pool shards are followed automaticall
 (No `from __future__ import annotations` here: Dagster reads the config annotations.)
 """
 
-import base64
 import time
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSpec,
     AssetExecutionContext,
     AutomationCondition,
     BackfillPolicy,
@@ -24,35 +21,55 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets import ui
+from assets.augment import augmented, shard_samples
 from assets.partitions import shards
 from assets.pool import source_pool
 from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
 
+AUDITED = ["samples", "audited"]
 SHARD_STAGE = dict(key_prefix="samples", group_name="code_samples", kinds={"python", "parquet"},
                    partitions_def=shards, backfill_policy=BackfillPolicy.single_run(),
                    automation_condition=AutomationCondition.eager())
 
 
-@asset(**SHARD_STAGE, deps=[source_pool], pool="teacher")
+@asset(**SHARD_STAGE, deps=[source_pool, augmented], pool="teacher")
 def code_samples(context: AssetExecutionContext, storage: ThymeStorage,
-                 teacher: TeacherResource) -> MaterializeResult:
+                 teacher: TeacherResource, sandbox: SandboxResource) -> MaterializeResult:
     """Candidate trajectories (reasoning + code + answer) the teacher wrote for every sample of
-    the shard; output it could not parse is quarantined with the reason."""
-    from pipelines.samples.shards import generate_code_samples, read_samples, write_trajectories
+    the shard (its augmented copies included); output it could not parse is quarantined with
+    the reason. A model teacher in the loop runs its code in the sandbox as it writes."""
+    from contextlib import ExitStack
 
-    built = teacher.build(storage.path("pool", "images"), cache_dir=storage.path("cache", "teacher"))
+    with ExitStack() as stack:
+        running = stack.enter_context(sandbox.open()) if teacher.needs_sandbox else None
+        built = teacher.build(storage.path("pool", "images"), cache_dir=storage.path("cache", "teacher"),
+                              sandbox=running, sandbox_timeout=sandbox.timeout,
+                              execution_cache=storage.path("cache", "executions"))
+        return _write_code_samples(context, storage, built)
+
+
+def _write_code_samples(context: AssetExecutionContext, storage: ThymeStorage, built) -> MaterializeResult:
+    from pipelines.samples.shards import (
+        generate_code_samples,
+        trajectories_markdown,
+        write_trajectories,
+    )
+
+    images = storage.path("pool", "images")
+
     for key in context.partition_keys:
-        samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
+        samples = shard_samples(storage, key)
         trajectories, stats = generate_code_samples(
             samples, built, quarantine_path=storage.path("code_samples", "quarantine", f"{key}.parquet"))
         write_trajectories(trajectories, storage.path("code_samples", f"{key}.parquet"))
-        preview = "\n\n---\n\n".join(f"**{t.task} / {t.kind}**\n\n```\n{t.render()[:1500]}\n```"
-                                     for t in trajectories[:3])
         context.add_asset_metadata({
             "dagster/row_count": len(trajectories), "samples": stats["samples"],
-            "by_kind": MetadataValue.json(stats["by_kind"]), "quarantined": stats["quarantined"],
-            "quarantine_reasons": MetadataValue.json(stats["quarantine_reasons"]),
-            "seconds": stats["seconds"], "preview": MetadataValue.md(preview),
+            "by_kind": ui.counts(stats["by_kind"], "kind"), "quarantined": stats["quarantined"],
+            "quarantine_reasons": ui.counts(stats["quarantine_reasons"], "reason"),
+            "seconds": stats["seconds"],
+            "preview": MetadataValue.md(trajectories_markdown(trajectories, samples, images)),
+            "teacher_stats": MetadataValue.json(stats.get("teacher", {})),  # loop ends, chain
         }, partition_key=key)
     return MaterializeResult(metadata={"teacher": built.name})
 
@@ -68,13 +85,17 @@ def executions(context: AssetExecutionContext, storage: ThymeStorage,
 
     from pipelines.core.images import ImageStore
     from pipelines.samples.execute import ExecutionCache, execute
-    from pipelines.samples.shards import read_samples, read_trajectories, write_trajectories
+    from pipelines.samples.shards import (
+        read_trajectories,
+        trajectories_markdown,
+        write_trajectories,
+    )
 
     store = ImageStore(storage.path("pool", "images"))
     cache = ExecutionCache(storage.path("cache", "executions"))
     with sandbox.open() as sb:
         for key in context.partition_keys:
-            samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
+            samples = shard_samples(storage, key)
             trajectories = read_trajectories(storage.path("code_samples", f"{key}.parquet"))
             hits, misses = cache.hits, cache.misses
             t0 = time.perf_counter()
@@ -85,11 +106,13 @@ def executions(context: AssetExecutionContext, storage: ThymeStorage,
             results = [t.result for tr in trajectories for t in tr.code_turns]
             context.add_asset_metadata({
                 "dagster/row_count": len(trajectories), "code_blocks": len(results),
-                "results_by_kind": MetadataValue.json(dict(Counter(r.kind for r in results))),
-                "errors_by_kind": MetadataValue.json(dict(Counter(
-                    r.error_kind for r in results if r.kind == "error"))),
+                "results_by_kind": ui.counts(Counter(r.kind for r in results), "result"),
+                "errors_by_kind": ui.counts(Counter(
+                    r.error_kind for r in results if r.kind == "error"), "error"),
                 "cache_hits": cache.hits - hits, "cache_misses": cache.misses - misses,
                 "blocks_per_s": round(len(results) / seconds, 1) if seconds else 0.0,
+                "preview": MetadataValue.md(trajectories_markdown(
+                    [t for t in trajectories if t.code_turns], samples, store.root)),
             }, partition_key=key)
     return MaterializeResult(metadata={"sandbox_timeout_s": sandbox.timeout})
 
@@ -98,67 +121,74 @@ class AuditChecks(Config):
     min_pass_rate: float = Field(0.5, description="blocking: share of trajectories that pass")
     workers: int | None = Field(None, description="trajectories audited at once, in threads "
                                                   "(OpenCV releases the GIL); null = one per core")
+    judge_unverified_passes: bool = Field(False, description="with a judge: a trajectory it could "
+                                          "not verify (over budget, request failed, no yes/no) "
+                                          "passes; false keeps only verified ones")
 
 
 @asset(**SHARD_STAGE, deps=[executions],
        check_specs=[
-           AssetCheckSpec("pass_rate", asset=["samples", "audited"], blocking=True,
-                          description="share of trajectories passing the audit is above the "
-                                      "floor, in every shard of the run"),
-           AssetCheckSpec("every_trajectory_answers", asset=["samples", "audited"], blocking=True,
-                          description="no trajectory without a final answer"),
+           ui.partitioned_check_spec("pass_rate", AUDITED, shards, blocking=True,
+                                     description="the shard's share of trajectories passing the "
+                                                 "audit is at least the floor"),
+           ui.partitioned_check_spec("every_trajectory_answers", AUDITED, shards, blocking=True,
+                                     description="no trajectory of the shard without a final answer"),
        ])
 def audited(context: AssetExecutionContext, config: AuditChecks, storage: ThymeStorage,
-            judge: JudgeResource) -> MaterializeResult:
-    """Each trajectory with every audit check's verdict and reason; `passed` when none failed."""
+            judge: JudgeResource):
+    """Each trajectory with every audit check's verdict and reason; `passed` when none failed.
+    Each shard records its funnel (trajectories in, left after each check, passed), pass rates
+    by task, and examples that passed and failed."""
     from pipelines.samples.audit import AuditConfig, audit_many
     from pipelines.samples.shards import (
+        audit_funnel,
+        check_endpoint,
         examples_markdown,
-        funnel,
         funnel_chart,
         pass_rates_by_task,
-        read_samples,
         read_trajectories,
         write_trajectories,
     )
 
     store_root = storage.path("pool", "images")
     built = judge.build(storage.path("cache", "judge"))
-    rates, no_answer = {}, []
+    checks = {"pass_rate": {}, "every_trajectory_answers": {}}
     for key in context.partition_keys:
-        samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
+        samples = shard_samples(storage, key)
         trajectories = read_trajectories(storage.path("executions", f"{key}.parquet"))
         t0 = time.perf_counter()
+        asked, failed = (built.stats.calls, built.stats.failures) if built else (0, 0)
         trajectories = audit_many(trajectories, samples, store_root,
-                                  AuditConfig(workers=config.workers), judge=built)
+                                  AuditConfig(workers=config.workers,
+                                              judge_unverified_passes=config.judge_unverified_passes),
+                                  judge=built)
+        if built is not None:  # a judge that is down fails the step: no unjudged shard passes
+            check_endpoint(f"judge {judge.model}", built.stats.failures - failed,
+                           built.stats.calls - asked, (built.stats.errors or [""])[-1])
         seconds = time.perf_counter() - t0
         write_trajectories(trajectories, storage.path("audited", f"{key}.parquet"))
-        counts = funnel(trajectories)
-        chart = funnel_chart(counts, storage.path("reports", f"funnel-{key}.png"))
+        funnel = audit_funnel(trajectories)
+        chart = funnel_chart(funnel, storage.path("reports", f"funnel-{key}.png"),
+                             f"audit funnel, {key}")
         passed = sum(1 for t in trajectories if t.passed)
-        rates[key] = round(passed / max(len(trajectories), 1), 3)
-        no_answer += [t.id for t in trajectories if not t.answer.strip()]
+        rate = round(passed / max(len(trajectories), 1), 3)
+        no_answer = [t.id for t in trajectories if not t.answer.strip()]
         context.add_asset_metadata({
-            "dagster/row_count": len(trajectories), "passed": passed, "pass_rate": rates[key],
-            "pass_rate_by_task": MetadataValue.json(pass_rates_by_task(trajectories)),
-            "funnel": MetadataValue.json(counts),
-            "funnel_chart": MetadataValue.md(
-                f"![funnel](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})"),
+            "dagster/row_count": len(trajectories), "passed": passed, "pass_rate": rate,
+            "funnel": ui.table(funnel),
+            "funnel_chart": ui.chart(chart, "audit funnel"),
+            "pass_rate_by_task": ui.table(pass_rates_by_task(trajectories)),
             "trajectories_per_s": round(len(trajectories) / seconds, 1) if seconds else 0.0,
             "passed_examples": MetadataValue.md(examples_markdown(trajectories, samples, store_root, True)),
             "failed_examples": MetadataValue.md(examples_markdown(trajectories, samples, store_root, False)),
         }, partition_key=key)
+        checks["pass_rate"][key] = (rate >= config.min_pass_rate, {
+            "pass_rate": rate, "floor": config.min_pass_rate, "passed": passed,
+            "trajectories": len(trajectories)})
+        checks["every_trajectory_answers"][key] = (not no_answer, {
+            "without_answer": len(no_answer), "examples": MetadataValue.json(no_answer[:20])})
     judged = {} if built is None else {
         **{f"judge_{k}": v for k, v in built.stats.as_dict().items()},
         "judge_errors": MetadataValue.json(built.stats.errors)}
-    low = {k: r for k, r in rates.items() if r < config.min_pass_rate}
-    return MaterializeResult(
-        metadata=judged,
-        check_results=[
-            AssetCheckResult(check_name="pass_rate", passed=not low,
-                             metadata={"rate_by_shard": MetadataValue.json(rates),
-                                       "floor": config.min_pass_rate}),
-            AssetCheckResult(check_name="every_trajectory_answers", passed=not no_answer,
-                             metadata={"without_answer": MetadataValue.json(no_answer[:20])}),
-        ],
-    )
+    yield MaterializeResult(metadata=judged)
+    yield from ui.partition_check_results(context, checks)

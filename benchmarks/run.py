@@ -1,9 +1,10 @@
 """Run every benchmark and append the tables to docs/benchmarks.md: `make bench`
 (the sandbox throughput, the ingest decode benchmark, code-sample throughput through
-teacher -> sandbox -> audit, the repetition detector, padding-free SFT batches, and GRPO-ATS
-with the hf and vllm rollout engines; ~45 minutes on 2 cores). The GRPO engine benchmark runs
-in the vLLM environment (`.venv-vllm`, scripts/vllm_cpu_env.sh, which `make bench` sets up);
-where other vLLM jobs share the machine, run `make bench` under the same lock as they do.
+teacher -> sandbox -> audit, the repetition detector, evaluation throughput and interval
+widths, the sandbox over HTTP vs in process, padding-free SFT batches, and GRPO-ATS with the hf
+and vllm rollout engines; ~60 minutes on 2 cores). The GRPO engine benchmark runs in the vLLM
+environment (`.venv-vllm`, scripts/vllm_cpu_env.sh, which `make bench` sets up): never two vLLM
+processes at once; where other vLLM jobs share the machine, run `make bench` under their lock.
 
 Each benchmark measures ratios side by side in one run (never a timed test)."""
 
@@ -34,6 +35,9 @@ def main() -> int:
     for python, script, title in (
             (sys.executable, "teacher_bench.py", "Code-sample throughput"),
             (sys.executable, "repetition_bench.py", "Repetition detector at 3,196 tokens"),
+            (sys.executable, "eval_throughput.py", "Evaluation throughput, sequential vs batched"),
+            (sys.executable, "eval_intervals.py", "Evaluation interval widths"),
+            (sys.executable, "sandbox_service_bench.py", "Sandbox over HTTP vs in process"),
             (sys.executable, "sft_packing_bench.py", "SFT padded vs padding-free batches"),
             (vllm_python, "grpo_engine_bench.py", "GRPO-ATS rollout engines, hf vs vllm")):
         if not os.path.exists(python):

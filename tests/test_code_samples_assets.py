@@ -23,12 +23,21 @@ def test_funnel_on_a_generated_shard(tmp_path):
                          selection=[AssetKey(["pool", "source_pool"]), AssetKey(["samples", "code_samples"]),
                                     AssetKey(["samples", "executions"]), AssetKey(["samples", "audited"])])
     assert result.success
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks["pass_rate"] and checks["every_trajectory_answers"]
+    checks = {(c.check_name, c.partition): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {(name, "shard-00000"): True for name in (
+        "schema", "images_exist", "quarantine_rate", "pass_rate", "every_trajectory_answers")}
     (mat,) = list(result.asset_materializations_for_node("samples__audited"))
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert meta["pass_rate"] >= 0.8, meta
-    assert set(meta["pass_rate_by_task"]) >= {"crop", "rotate", "contrast", "computation", "no_code"}
+    by_task = {r.data["task"]: r.data for r in meta["pass_rate_by_task"].records}
+    assert set(by_task) >= {"crop", "rotate", "contrast", "computation", "no_code"}
+    assert sum(r["passed"] for r in by_task.values()) == meta["passed"]
+    funnel = [r.data for r in meta["funnel"].records]
+    assert funnel[0] == {"stage": "trajectories in", "remaining": meta["dagster/row_count"],
+                         "dropped_here": 0, "failed": 0, "unverified": 0, "skipped": 0}
+    assert funnel[-1]["stage"] == "passed" and funnel[-1]["remaining"] == meta["passed"]
+    remaining = [r["remaining"] for r in funnel]
+    assert remaining == sorted(remaining, reverse=True)      # a funnel only narrows
     assert "data:image/png;base64," in meta["funnel_chart"]
     # passed examples show the input and the sandbox's images as thumbnails
     assert meta["passed_examples"].count("data:image/jpeg;base64,") >= 2
@@ -70,7 +79,8 @@ def test_openai_teacher_through_the_resource(tmp_path):
         (mat,) = list(result.asset_materializations_for_node("samples__code_samples"))
         meta = {k: v.value for k, v in mat.metadata.items()}
         assert meta["teacher"] == "openai:fake-vlm"
-        assert meta["quarantined"] > 0 and set(meta["quarantine_reasons"]) == {"no_answer"}
+        reasons = {r.data["reason"]: r.data["count"] for r in meta["quarantine_reasons"].records}
+        assert meta["quarantined"] == sum(reasons.values()) > 0 and set(reasons) == {"no_answer"}
         quarantine = pq.read_table(storage.path("code_samples", "quarantine", "shard-00000.parquet"))
         assert quarantine.num_rows == meta["quarantined"]
         assert meta["dagster/row_count"] + meta["quarantined"] == meta["samples"]

@@ -17,6 +17,7 @@ ALLOWED = {
     "pipelines": {"pipelines.core", "pipelines.pool", "pipelines.samples", "pipelines.datasets"},
     "assets": {"pipelines.core", "pipelines.pool", "pipelines.samples", "pipelines.datasets",
                "sandbox"},
+    "thyme_train": {"pipelines.core", "sandbox"},
 }
 # libraries a layer must not load (the data pipeline runs without Dagster or a GPU stack)
 FORBIDDEN_LIBRARIES = {"pipelines": {"dagster", "torch", "transformers", "trl"},
