@@ -6,7 +6,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export THYME_DATA := $(CURDIR)/data
 
 VLLM_TESTS := tests/test_vllm_teacher.py tests/test_vllm_engine.py tests/test_vllm_infer.py \
-              tests/test_vllm_teacher_loop.py
+              tests/test_vllm_teacher_loop.py tests/test_grpo_vllm.py
 
 .PHONY: demo ui test lint bench clean
 
@@ -35,6 +35,8 @@ test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	.venv-vllm/bin/python -m pytest -m vllm $(VLLM_TESTS)
 
 bench: $(STAMP)
+	# the GRPO engine benchmark (hf vs vllm) runs in the vLLM environment; the script is idempotent
+	bash scripts/vllm_cpu_env.sh
 	$(VENV)/bin/python benchmarks/run.py
 
 lint: $(STAMP)

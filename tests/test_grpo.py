@@ -80,7 +80,10 @@ def test_grpo_steps_end_to_end(tmp_path, request):
     write_parquet(thyme_rl_table(rows), tmp_path / "thyme-rl.parquet")
     cfg = load_config(GRPOATSConfig, os.path.join("thyme_train", "configs", "rl_tiny.yaml"), [
         f"model={model_dir}", f"data={tmp_path / 'thyme-rl.parquet'}", f"output_dir={tmp_path / 'out'}",
-        "max_steps=2", "save_steps=2", "max_new_tokens=120", "sandbox_workers=1", "rollout_samples=3"])
+        "max_steps=2", "save_steps=2", "max_new_tokens=120", "sandbox_workers=1", "rollout_samples=3",
+        # options that act in this run too (tests/test_grpo_options.py tests them in detail):
+        # the correction on greedy code tokens, a frozen vision tower, our prompt sampler
+        "code_token_loss=correct", "freeze_vision_tower=true", "prioritized_sampling=true"])
 
     tokenizer_ids = {}
 
@@ -111,6 +114,11 @@ def test_grpo_steps_end_to_end(tmp_path, request):
         assert r["thyme/exec_success"] > 0
         assert r["rewards/format_reward/mean"] >= 0.5            # the scripted half is well formed
         assert math.isfinite(r["loss"])
+        # TRL's truncated importance sampling on the HF engine's behaviour log-probs: top-k/top-p
+        # text has ratio pi/mu < 1 (mu renormalised), greedy code tokens pi(token) <= 1
+        assert 0 < r["sampling/importance_sampling_ratio/min"] <= r["sampling/importance_sampling_ratio/mean"] <= 2.0
+        assert r["thyme/tokens/greedy_code_share"] > 0 and r["thyme/tokens/no_behaviour_logprob_share"] == 0
+        assert r["thyme/sampling/prompts_seen"] > 0
     # the sandbox's crop reached the training forward pass (prompt image + crop)
     assert 2 in trainer.last_image_counts
     out = tmp_path / "out"
@@ -144,6 +152,12 @@ def test_grpo_steps_end_to_end(tmp_path, request):
     before = AutoModelForImageTextToText.from_pretrained(model_dir).state_dict()
     after = AutoModelForImageTextToText.from_pretrained(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    # ... but not its frozen vision blocks; the merger (not frozen) trained
+    blocks = [k for k in before if ".visual." in f".{k}" and ".merger." not in k]
+    assert blocks and all(torch.equal(before[k], after[k]) for k in blocks)
+    assert any(not torch.equal(before[k], after[k]) for k in before if ".merger." in k)
+    # the prompt sampler's success rates went into the checkpoint
+    assert (out / "checkpoint-2" / "thyme_prompt_sampling.json").is_file()
     # a longer run over the same output_dir resumes from checkpoint-2
     cfg.max_steps = 3
     saved = AutoModelForImageTextToText.from_pretrained(out / "checkpoint-2").state_dict()

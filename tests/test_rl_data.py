@@ -177,6 +177,26 @@ def test_simple_rows_with_a_missing_image_or_broken_line_fail_by_row(tmp_path):
     assert [q["reason"] for q in quarantine] == ["bad_image", "not_json"]
 
 
+def test_numeric_difficulty_and_pass_rate_reach_curriculum_sampling(tmp_path):
+    """A row's number in `difficulty` or `pass_rate` (top-level or in `meta`) is kept for the
+    curriculum; a label such as "hard" is not a rank and is left out."""
+    from thyme_train.sampling import PromptSampling
+
+    rows = [{"question": "2+2?", "solution": "4", "difficulty": 3},
+            {"question": "3+3?", "solution": "6", "meta": json.dumps({"difficulty": 1, "pass_rate": 0.9})},
+            {"question": "4+4?", "solution": "8", "difficulty": "hard"}]
+    (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = load_rl_rows(tmp_path / "rl.jsonl")
+    assert [r.get("difficulty") for r in loaded] == [3.0, 1.0, None]
+    assert loaded[1]["pass_rate"] == 0.9 and "pass_rate" not in loaded[0]
+    ranked = PromptSampling.from_rows(rl_dataset(loaded[:2]), curriculum=True,
+                                      curriculum_field="difficulty", higher_is_harder=True)
+    assert ranked.order == [1, 0]                                   # easy first
+    with pytest.raises(ValueError, match="row 2 has no number in 'difficulty'"):
+        PromptSampling.from_rows(rl_dataset(loaded), curriculum=True,
+                                 curriculum_field="difficulty", higher_is_harder=True)
+
+
 def test_the_published_rl_dataset_is_read_in_both_encodings(tmp_path):
     """Prompts written by the pipeline itself (splits.rl_row, publish): the hf encoding's rows
     name the shipped files; the thyme encoding's base64 images are cached; same prompts."""

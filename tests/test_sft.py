@@ -400,3 +400,50 @@ def test_stage2_trains_a_text_only_computation_split(tiny, tmp_path):
     assert metrics["steps"] == 2 and metrics["samples"] == metrics["samples_trained"] == 6
     assert metrics["samples_dropped"] == 0 and all(v == v for _, v in metrics["losses"])
     assert metrics["config"]["prompt_set"] == "thyme-release"
+
+
+# ------------------------------------------------------------------ padding-free batches
+
+def test_padding_free_batches_train_exactly_like_padded_ones(tiny, dataset, tmp_path):
+    from thyme_train.chat import ThymeCollator
+    from thyme_train.packing import PaddingFreeCollator
+
+    run = build_trainer(tiny_config(tiny, dataset, tmp_path / "a", train_last_round_only=False,
+                                    padding_free=True))
+    assert isinstance(run.trainer.data_collator, PaddingFreeCollator)
+    model = run.trainer.model
+    rows = [run.trainer.train_dataset[i] for i in (0, 5, 26, 30)]      # uneven, with images
+    padded = ThymeCollator(run.chat)(rows)
+    packed = run.trainer.data_collator(rows)
+    real = int(padded["attention_mask"].sum())
+    assert packed["input_ids"].shape == (1, real) and real < padded["input_ids"].numel()
+    assert "attention_mask" not in packed and packed["position_ids"].shape == (4, 1, real)
+    assert int((packed["position_ids"][0, 0] == 0).sum()) == len(rows)   # each row from position 0
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = model(**{"use_cache": False, **batch}).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss_padded, grads_padded = loss_and_grads(padded)
+    loss_packed, grads_packed = loss_and_grads(packed)
+    assert loss_packed == pytest.approx(loss_padded, rel=1e-5)
+    assert grads_packed.keys() == grads_padded.keys()
+    for name, grad in grads_padded.items():
+        assert torch.allclose(grads_packed[name], grad, atol=1e-6, rtol=1e-4), name
+    # and TRL's trainer takes the packed batches (its fused LM head, the loss over the batch)
+    trainer = build_trainer(tiny_config(tiny, dataset, tmp_path / "b", padding_free=True,
+                                        max_steps=2)).trainer
+    collate, sizes = trainer.data_collator, []
+
+    def counting(batch_rows):
+        batch = collate(batch_rows)
+        sizes.append(batch["input_ids"].shape[1])
+        return batch
+    trainer.data_collator = counting
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all(0 < e["loss"] < 20 for e in logs)
+    # the logged token count is the packed tokens (TRL alone would count 1 per batch)
+    assert [e["num_tokens"] for e in logs] == [sizes[0], sizes[0] + sizes[1]]

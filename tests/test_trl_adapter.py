@@ -2,6 +2,7 @@
 pinned libraries on the tiny model: if TRL or transformers change what we rely on, these fail."""
 
 import inspect
+import math
 import os
 
 import pytest
@@ -125,7 +126,9 @@ def grpo(tiny, tmp_path_factory):
            "images": [str(image)], "solution": "red"}
     args = GRPOConfig(output_dir=str(folder / "out"), per_device_train_batch_size=2,
                       num_generations=2, max_completion_length=256, report_to="none",
-                      use_cpu=True, bf16=False, beta=0.0, remove_unused_columns=False)
+                      use_cpu=True, bf16=False, beta=0.0, remove_unused_columns=False,
+                      vllm_importance_sampling_mode="token_truncate",
+                      vllm_importance_sampling_clip_max=2.0)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     trainer = grpo_trainer_class()(model=_model(tiny), processing_class=processor, args=args,
                                    reward_funcs=[zero_reward], rollout_func=rollout_func,
@@ -172,3 +175,49 @@ def test_a_completion_whose_images_do_not_match_its_tokens_fails_loudly(grpo):
             trainer._generate_and_score_completions(rows)
     finally:
         trainer.rollout_func = rollout_func
+
+
+# ------------------------------------------------------------------ use_vllm: TRL's IS correction
+
+def test_what_reads_use_vllm_in_trl_is_what_we_reviewed():
+    """Setting `use_vllm` after construction turns on TRL's importance-sampling correction; the
+    other readers are TRL's own generation and tool loop, which the rollout_func path never
+    runs (`_generate` takes the rollout_func branch first; ThymeGRPOTrainer empties `tools`).
+    A new reader in a TRL upgrade fails here and must be reviewed."""
+    from trl import GRPOTrainer
+
+    readers = sorted(name for name, fn in inspect.getmembers(GRPOTrainer, inspect.isfunction)
+                     if any(k in inspect.getsource(fn) for k in
+                            ("self.use_vllm", "self.vllm_generation", "_last_loaded_step")))
+    assert readers == ["__init__", "_compute_loss", "_generate", "_generate_and_score_completions",
+                       "_generate_single_turn", "_tool_call_loop"]
+    source = inspect.getsource(GRPOTrainer._generate)
+    assert source.index("if self.rollout_func is not None:") < source.index("_generate_single_turn(")
+
+
+def test_importance_sampling_ratio_is_trls_on_our_behaviour_logprobs(grpo):
+    trainer, rows, codec, _ = grpo
+    assert trainer.use_vllm and trainer.args.use_vllm is False       # TRL started no vLLM
+    trainer.vllm_generation.sync_weights()                           # TRL's sync call: ours is elsewhere
+    with pytest.raises(RuntimeError, match="owns the engine"):
+        trainer.vllm_generation.generate()
+    rollout_func = trainer.rollout_func
+
+    def behaviour(prompts, t):      # first completion: behaviour log-prob 0 (greedy); second: NaN
+        out = rollout_func(prompts, t)
+        out["logprobs"][1] = [math.nan] * len(out["logprobs"][1])
+        return out
+
+    trainer.rollout_func = behaviour
+    try:
+        out = trainer._generate_and_score_completions(rows)
+    finally:
+        trainer.rollout_func = rollout_func
+    mask = out["completion_mask"].bool()
+    ratio = out["importance_sampling_ratio"]
+    policy = out["old_per_token_logps"].exp()
+    # token_truncate: min(pi / mu, cap) per token; mu = 1 gives pi itself
+    assert torch.allclose(ratio[0][mask[0]], policy[0][mask[0]].clamp(max=2.0))
+    assert torch.all(ratio[1][mask[1]] == 1.0)                       # NaN: left uncorrected
+    assert any("sampling/importance_sampling_ratio/mean" in logged     # the ratio's statistics
+               for logged in trainer._metrics.values())

@@ -36,14 +36,20 @@ from pathlib import Path
 from thyme_train.config import doc, parse_config
 from thyme_train.rewards import RewardConfig
 from thyme_train.rollout import END_REASONS, RolloutConfig
+from thyme_train.rollout_engines import ENGINES, VLLMTrainingConfig
+from thyme_train.sampling import PromptSamplingConfig
 
 log = logging.getLogger("thyme_train.grpo")
 
 
+IMPORTANCE_SAMPLING = ("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
 @dataclass
-class GRPOATSConfig(RolloutConfig, RewardConfig):
+class GRPOATSConfig(RolloutConfig, RewardConfig, VLLMTrainingConfig, PromptSamplingConfig):
     """GRPO-ATS. Defaults are the paper's GPU schedule (THYME.md §4); rl_tiny.yaml shrinks it
-    for the CPU. Rollout and reward fields are RolloutConfig's and RewardConfig's."""
+    for the CPU. Rollout, reward, vLLM-engine and prompt-sampling fields are RolloutConfig's,
+    RewardConfig's, VLLMTrainingConfig's and PromptSamplingConfig's."""
 
     model: str = doc("policy checkpoint (the SFT stage-2 output) or a tiny model directory",
                      default="")
@@ -99,8 +105,8 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
                       "`never`: start fresh; or a checkpoint directory", default="auto")
     report_to: str = doc("metrics destination(s), comma-separated: none, tensorboard, wandb, ...",
                          default="tensorboard")
-    engine: str = doc("rollout engine: hf (transformers generate). The vLLM engines "
-                      "(thyme_train.vllm_engine) are not wired into training yet", default="hf")
+    engine: str = doc("rollout engine: vllm (colocated or a server: vllm_mode; "
+                      "thyme_train.rollout_engines) or hf (transformers generate)", default="vllm")
     engine_batch_size: int = doc("requests per generate() call of the hf engine", default=8)
     sandbox_workers: int | None = doc("sandbox worker processes (null = one per core)", default=None)
     sandbox_url: str | None = doc("a sandbox service (`python -m sandbox serve`) to run the "
@@ -118,6 +124,18 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
                                       default=None)
     judge_cache_dir: str | None = doc("judge response cache", default=None)
     seed: int = doc("seed of training and rollouts", default=0)
+    importance_sampling: str = doc(
+        "correct for the engine's sampling distribution (top-p/top-k, penalties, greedy code, "
+        "engine/trainer numerics) with TRL's truncated importance sampling on the behaviour "
+        "log-probs the engine reports: token_truncate (ratio min(pi/mu, cap) per token, TIS), "
+        "token_mask, sequence_truncate, sequence_mask, or off", default="token_truncate")
+    importance_sampling_cap: float = doc("upper bound of the importance ratio (truncate: clip; "
+                                         "mask: tokens/sequences above it get no loss)", default=2.0)
+    importance_sampling_floor: float | None = doc("lower bound for the mask modes (null = none)",
+                                                  default=None)
+    freeze_vision_tower: bool = doc("keep the vision encoder's blocks fixed in RL (as SFT can; "
+                                    "the paper is silent on RL)", default=False)
+    freeze_merger: bool = doc("keep the vision-to-language merger fixed in RL", default=False)
 
     def __post_init__(self):
         RolloutConfig.__post_init__(self)
@@ -125,9 +143,17 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
         if self.prompt_set:
             from pipelines.core.prompts import load_prompt_set
             load_prompt_set(self.prompt_set)      # a bad name or file fails here, not mid-run
-        if self.engine != "hf":
-            raise ValueError(f"engine {self.engine!r}: only `hf` is available here (the vLLM "
-                             "engines plug into thyme_train.engine.Engine)")
+        VLLMTrainingConfig.__post_init__(self)
+        PromptSamplingConfig.__post_init__(self)
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.importance_sampling not in IMPORTANCE_SAMPLING:
+            raise ValueError(f"importance_sampling must be one of {IMPORTANCE_SAMPLING}, got "
+                             f"{self.importance_sampling!r}")
+        if self.code_token_loss == "correct" and not self.importance_sampling.startswith("token"):
+            raise ValueError("code_token_loss: correct weighs each greedy code token by its own "
+                             "ratio: it needs importance_sampling token_truncate or token_mask (a "
+                             "sequence ratio would multiply every code token's probability in)")
 
     def rollout(self) -> RolloutConfig:
         return RolloutConfig(**{f.name: getattr(self, f.name) for f in fields(RolloutConfig)})
@@ -179,47 +205,58 @@ def rollout_statistics(rollouts) -> dict[str, float]:
 
 class ThymeRolloutFunc:
     """TRL's `rollout_func(prompts, trainer)`: one Thyme rollout per prompt entry (TRL already
-    repeats each prompt G times), with the sandbox in the loop. Each prompt's image parts carry
-    the row's image files (TRL fills them from the `images` column)."""
+    repeats each prompt G times), with the sandbox in the loop, on the configured engine
+    (thyme_train.rollout_engines: synced to the policy before each batch). Each prompt's image
+    parts carry the row's image files (TRL fills them from the `images` column)."""
 
-    def __init__(self, config: GRPOATSConfig, processor, sandbox, force=None, rollout_log=None):
+    def __init__(self, config: GRPOATSConfig, processor, sandbox, force=None, rollout_log=None,
+                 model_path: str = ""):
         from thyme_train.engine import ChatCodec
 
         self.config, self.processor, self.sandbox = config, processor, sandbox
         self.force = force                # a scripted policy (tests, demos): see RolloutRunner.run
         self.rollout_log = rollout_log    # thyme_train.rollout_log.RolloutLog, on the main process
+        self.model_path = model_path      # what a colocated vLLM engine loads
         self.codec = ChatCodec(processor)
         self.monitor = ToolUseMonitor(config.tool_collapse_fraction, config.tool_collapse_early_steps)
+        self.rollouts = None              # thyme_train.rollout_engines, built on the first batch
         self.runner = None
         self.statistics: dict[str, float] = {}   # the last batch's, until a reward function logs them
 
     def __call__(self, prompts: list, trainer) -> dict:
-        from trl.models.utils import unwrap_model_for_generation
+        import time
 
-        from thyme_train.hf_engine import HFEngine
         from thyme_train.rollout import RolloutRunner
+        from thyme_train.rollout_engines import build_rollouts
 
         cfg = self.config
         encoded = [self.codec.prompt(messages) for messages in prompts]
         step = trainer.state.global_step + 1
         samples = self.rollout_log if trainer.accelerator.is_main_process else None
-        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
-            was_training = model.training
-            model.eval()
-            try:
-                if self.runner is None:
-                    rollout_cfg = cfg.rollout()
-                    rollout_cfg.seed = cfg.seed * 1000 + trainer.accelerator.process_index
-                    engine = HFEngine(model, self.processor, rollout_cfg.sampling(), cfg.engine_batch_size)
-                    self.runner = RolloutRunner(engine, self.codec, self.sandbox, rollout_cfg)
-                self.runner.engine.model = model
-                rollouts = self.runner.run(encoded, force=self.force,
-                                           on_event=samples.watch(step) if samples else None)
-            finally:
-                model.train(was_training)
+        if self.rollouts is None:
+            self.rollouts = build_rollouts(cfg, self.processor, trainer, self.model_path)
+        started = time.perf_counter()
+        with self.rollouts.session(trainer) as engine:
+            if self.runner is None:
+                rollout_cfg = cfg.rollout()
+                rollout_cfg.seed = cfg.seed * 1000 + trainer.accelerator.process_index
+                self.runner = RolloutRunner(engine, self.codec, self.sandbox, rollout_cfg)
+            self.runner.engine = engine
+            rollouts = self.runner.run(encoded, force=self.force,
+                                       on_event=samples.watch(step) if samples else None)
+        if all(r.end_reason == "engine_error" for r in rollouts):
+            raise RuntimeError(f"the rollout engine failed every sample of the batch: {rollouts[0].error}")
+        for r in rollouts:
+            if not r.completion_ids:     # broke before its first token (unscorable, see rewards):
+                r.append_environment([self.codec.tokenizer.eos_token_id])   # TRL needs one token
         if samples is not None:
             samples.collect(step, prompts, rollouts, self.codec)
         stats = rollout_statistics(rollouts)
+        timings = self.rollouts.timings
+        stats["thyme/time/rollout_s"] = time.perf_counter() - started
+        stats["thyme/time/generate_s"] = timings.get("generate", 0.0)
+        stats["thyme/time/weight_sync_s"] = timings.get("sync", 0.0)
+        stats.update(behaviour_statistics(rollouts))
         warning = self.monitor.record(stats["thyme/tool_call_rate"])
         stats["thyme/tool_collapse"] = float(warning is not None)
         if warning:
@@ -228,30 +265,92 @@ class ThymeRolloutFunc:
         return {
             "prompt_ids": [r.prompt_ids for r in rollouts],
             "completion_ids": [r.completion_ids for r in rollouts],
-            "logprobs": [r.logprobs for r in rollouts],
+            # what TRL's importance-sampling correction reads (Rollout.sampling_logprobs)
+            "logprobs": [r.sampling_logprobs(cfg.code_token_loss) for r in rollouts],
             "env_mask": [r.loss_mask(cfg.code_token_loss) for r in rollouts],
             "sandbox_texts": [r.sandbox_texts for r in rollouts],
+            "sandbox_image_count": [r.sandbox_image_count for r in rollouts],
+            "model_tokens": [sum(r.env_mask) for r in rollouts],
             "end_reason": [r.end_reason for r in rollouts],
             "rollout_images": [r.images for r in rollouts],          # read by trl_adapter
             "prompt_image_count": [len(p.images) for p in encoded],
         }
 
 
+def behaviour_statistics(rollouts) -> dict[str, float]:
+    """Shares of the model's tokens that were greedy code, and of the sampled ones the engine
+    gave no behaviour log-prob (NaN: TRL leaves those uncorrected)."""
+    model = greedy = unscored = 0
+    for r in rollouts:
+        for m, code, t, lp in zip(r.env_mask, r.in_code, r.temperatures, r.behaviour_logprobs,
+                                  strict=True):
+            if m:
+                model += 1
+                greedy += bool(code and t == 0.0)
+                unscored += not (code and t == 0.0) and lp != lp
+    n = max(model, 1)
+    return {"thyme/tokens/greedy_code_share": greedy / n, "thyme/tokens/no_behaviour_logprob_share": unscored / n}
+
+
 class LoggingRolloutStatistics:
     """A reward function that first logs the rollout statistics of its batch through the
     `log_metric` TRL hands reward functions (the public way to add metrics; `rollout_func` is
-    given none), then scores as the function it wraps (whose name TRL logs it under)."""
+    given none), then scores as the function it wraps (whose name TRL logs it under: the
+    accuracy). With prompt sampling, the batch's accuracies (every process's) update each
+    prompt's success rate (the dataset's `prompt_index` column names the prompt)."""
 
-    def __init__(self, reward, rollout_func: ThymeRolloutFunc):
+    def __init__(self, reward, rollout_func: ThymeRolloutFunc, sampling=None, gather=None):
         self.reward, self.rollout_func = reward, rollout_func
+        self.sampling, self.gather = sampling, gather
         self.__name__ = reward.__name__
 
     def __call__(self, completions, log_metric=None, **kwargs):
         statistics, self.rollout_func.statistics = self.rollout_func.statistics, {}
+        scores = self.reward(completions, log_metric=log_metric, **kwargs)
+        if self.sampling is not None:
+            batch, _ = self.gather(list(zip(kwargs["prompt_index"], scores, strict=True)))
+            self.sampling.record([i for i, _ in batch], [score for _, score in batch])
+            statistics.update(self.sampling.statistics())
         if log_metric is not None:
             for name, value in statistics.items():
                 log_metric(name, value)
-        return self.reward(completions, log_metric=log_metric, **kwargs)
+        return scores
+
+
+class ProcessGather:
+    """`gather(local list) -> (the whole batch's list in process order, this process's offset)`
+    over the trainer's processes (the order TRL gathers rewards in); set `accelerator` once the
+    trainer exists."""
+
+    def __init__(self):
+        self.accelerator = None
+
+    def __call__(self, local: list) -> tuple[list, int]:
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return list(local), 0
+        from accelerate.utils import gather_object
+
+        parts = gather_object([list(local)])
+        offset = sum(len(part) for part in parts[:self.accelerator.process_index])
+        return [item for part in parts for item in part], offset
+
+
+SAMPLING_STATE = "thyme_prompt_sampling.json"
+
+
+def _sampling_callback(sampling):
+    """Saves the prompt-sampling state into each checkpoint (restored on resume)."""
+    from transformers import TrainerCallback
+
+    from pipelines.core.atomic import write_json
+
+    class SamplingState(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                write_json(folder / SAMPLING_STATE, sampling.state_dict())
+
+    return SamplingState()
 
 
 def _metrics_callback(out_dir: str):
@@ -294,12 +393,20 @@ def trl_args(cfg: GRPOATSConfig, rewards):
 
     from thyme_train.config import trainer_arguments
 
+    correct = cfg.importance_sampling != "off"
     return GRPOConfig(
         **trainer_arguments(cfg), num_generations=cfg.num_generations,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_rate},
         beta=cfg.beta, loss_type=cfg.loss_type, shuffle_dataset=cfg.shuffle_dataset,
         max_completion_length=cfg.max_total_tokens, reward_weights=rewards.weights(),
         scale_rewards="group",
+        # the policy's log-probs at the text temperature, as the text was sampled
+        temperature=cfg.temperature_text if cfg.temperature_text > 0 else 1.0,
+        # TRL's correction on our engines' behaviour log-probs (thyme_train.trl_adapter, 2)
+        vllm_importance_sampling_correction=correct,
+        vllm_importance_sampling_mode=cfg.importance_sampling if correct else "token_truncate",
+        vllm_importance_sampling_clip_max=cfg.importance_sampling_cap,
+        vllm_importance_sampling_clip_min=cfg.importance_sampling_floor,
     )
 
 
@@ -311,9 +418,11 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     from pipelines.core.atomic import write_json
     from sandbox.client import open_sandbox
     from thyme_train.config import resume_checkpoint
+    from thyme_train.freezing import freeze
     from thyme_train.rewards import Judge, ThymeRewards
     from thyme_train.rl_data import data_report, load_rl_rows, rl_dataset
     from thyme_train.rollout_log import RolloutLog
+    from thyme_train.sampling import PromptSampling
     from thyme_train.tiny import resolve_model
     from thyme_train.trl_adapter import grpo_trainer_class
 
@@ -331,7 +440,8 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
         from pipelines.core.llm import LLMClient, LLMConfig
         judge = Judge(LLMClient(LLMConfig(base_url=cfg.judge_base_url, model=cfg.judge_model,
                                           cache_dir=cfg.judge_cache_dir)), cfg.judge_max_calls)
-    rewards = ThymeRewards(cfg.rewards(), judge)
+    gather = ProcessGather()
+    rewards = ThymeRewards(cfg.rewards(), judge, group_size=cfg.num_generations, gather=gather)
     args = trl_args(cfg, rewards)
     quarantine = [] if cfg.skip_bad_rows else None
     with args.main_process_first(desc="RL prompts"):     # the others read its prepared rows
@@ -339,22 +449,31 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
                             cache_dir=cfg.data_cache_dir or out / "rl_data" / "cache")
     data_counts = data_report(rows, quarantine, out / "rl_data")
     dataset = rl_dataset(rows)
+    if "prompt_index" not in dataset.column_names:      # names the prompt to prompt sampling
+        dataset = dataset.add_column("prompt_index", list(range(len(dataset))))
+    sampling = PromptSampling.from_config(dataset, cfg, cfg.seed) if cfg.samples_prompts else None
     model = AutoModelForImageTextToText.from_pretrained(model_path)
+    if cfg.freeze_vision_tower or cfg.freeze_merger:
+        log.info("parameters: %s", freeze(model, cfg.freeze_vision_tower, cfg.freeze_merger))
     Trainer = grpo_trainer_class()
     with open_sandbox(cfg.sandbox_url, cfg.sandbox_token_file, timeout=cfg.sandbox_timeout,
                       workers=cfg.sandbox_workers) as sandbox:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         rollout_log = RolloutLog(out, cfg.rollout_samples, cfg.logging_steps, rewards.weights(), cfg.seed)
-        rollout_func = ThymeRolloutFunc(cfg, processor, sandbox, force, rollout_log)
+        rollout_func = ThymeRolloutFunc(cfg, processor, sandbox, force, rollout_log, model_path)
         first, *others = rewards.reward_funcs()
+        own_callbacks = [_metrics_callback(str(out))] + ([_sampling_callback(sampling)] if sampling else [])
         trainer = Trainer(model=model, processing_class=processor, args=args,
-                          reward_funcs=rollout_log.wrap([LoggingRolloutStatistics(first, rollout_func),
-                                                         *others]),
-                          train_dataset=dataset, rollout_func=rollout_func,
-                          callbacks=[_metrics_callback(str(out)), *(callbacks or [])])
+                          reward_funcs=rollout_log.wrap([
+                              LoggingRolloutStatistics(first, rollout_func, sampling, gather), *others]),
+                          train_dataset=dataset, rollout_func=rollout_func, prompt_sampling=sampling,
+                          callbacks=[*own_callbacks, *(callbacks or [])])
+        gather.accelerator = trainer.accelerator
         resume = resume_checkpoint(cfg.resume, out)
         if resume:
             log.info("resuming from %s", resume)
+            if sampling is not None and (Path(resume) / SAMPLING_STATE).is_file():
+                sampling.load_state_dict(json.loads((Path(resume) / SAMPLING_STATE).read_text()))
         if trainer.is_world_process_zero():
             rollout_log.restart(resume)
         trainer.train(resume_from_checkpoint=resume)

@@ -23,14 +23,26 @@ consistency  does the end of the reasoning support the answer? A rule where it c
              neither, it is not scored (None: TRL leaves it out of the sum). The returned value
              is already gated: consistency * [accuracy > 0].
 
+Two optional rewards of other recipes, off by default (weight 0), each its own TRL reward function
+when its weight is set:
+tool         DeepEyes' tool reward: 1 when the answer is right (accuracy > 0) AND a sandbox call
+             produced an image in this rollout, else 0 (DeepEyes weighs it 1.2 against accuracy
+             0.8, i.e. `tool_weight: 1.5` beside our accuracy weight of 1).
+length       Kimi k1.5 / Kimi-VL's length penalty, within each group of G rollouts of one prompt:
+             lambda = 0.5 - (len - min_len) / (max_len - min_len) over the group's model-written
+             tokens (sandbox outputs excluded); a right answer gets lambda, a wrong one
+             min(0, lambda); 0 when the group's lengths are all equal. Off before
+             `length_penalty_start_step` (Kimi warms up without it).
+
 A judge failure (network, budget exhausted, unreadable reply) is recorded in the scores and the
 statistics, never silently scored 0: every reward of that completion is None, which TRL treats as
-unscorable (left out of the group baseline, advantage 0).
+unscorable (left out of the group baseline, advantage 0). So is a rollout the engine or the
+sandbox broke (`end_reason` engine_error / sandbox_error): the model is not punished for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipelines.core.answers import (
@@ -48,6 +60,7 @@ from sandbox.protocol import (
 )
 from thyme_train.config import doc
 
+BROKEN_ENDS = ("engine_error", "sandbox_error")   # rollout end reasons that make it unscorable
 
 @dataclass
 class RewardConfig:
@@ -66,8 +79,17 @@ class RewardConfig:
                                "judge)", default=True)
     judge_consistency: bool = doc("ask the judge for consistency where no rule applies (needs "
                                   "a judge)", default=True)
+    tool_weight: float = doc("weight of DeepEyes' tool reward: 1 when the answer is right and a "
+                             "sandbox call produced an image (0 = off; DeepEyes' ratio to "
+                             "accuracy: 1.5)", default=0.0)
+    length_penalty_weight: float = doc("weight of Kimi's length penalty within each group of G "
+                                       "rollouts (0 = off)", default=0.0)
+    length_penalty_start_step: int = doc("optimizer step from which the length penalty counts "
+                                         "(before it: 0)", default=0)
 
     def __post_init__(self):
+        if self.length_penalty_start_step < 0:
+            raise ValueError("length_penalty_start_step must be >= 0")
         if self.format_rule not in FORMAT_RULES:
             raise ValueError(f"format_rule must be one of {FORMAT_RULES}, got {self.format_rule!r}")
 
@@ -139,12 +161,19 @@ class Scores:
 
 
 class ThymeRewards:
-    """The three rewards, computed once per batch and served to TRL as three reward functions
-    (`reward_funcs()`, in the order of `weights()`), so each is logged under its own name."""
+    """The rewards, computed once per batch and served to TRL as one reward function each
+    (`reward_funcs()`, in the order of `weights()`), so each is logged under its own name.
 
-    def __init__(self, config: RewardConfig | None = None, judge: Judge | None = None):
+    `group_size` (G) and `gather` are what the length penalty needs: its groups are TRL's (G
+    consecutive completions of the batch gathered over the processes, in process order);
+    `gather(local list) -> (whole batch's list, offset of the local part)`."""
+
+    def __init__(self, config: RewardConfig | None = None, judge: Judge | None = None,
+                 group_size: int = 1, gather: Callable[[list], tuple[list, int]] | None = None):
         self.config = config or RewardConfig()
         self.judge = judge
+        self.group_size = group_size
+        self.gather = gather or (lambda local: (local, 0))
         self._memo: tuple[tuple, list[Scores]] | None = None
 
     def score(self, completions: Sequence[str], truths: Sequence[str],
@@ -208,10 +237,15 @@ class ThymeRewards:
 
     def weights(self) -> list[float]:
         c = self.config
-        return [c.accuracy_weight, c.format_weight, c.consistency_weight]
+        return [c.accuracy_weight, c.format_weight, c.consistency_weight,
+                *([c.tool_weight] if c.tool_weight else []),
+                *([c.length_penalty_weight] if c.length_penalty_weight else [])]
 
     def reward_funcs(self) -> list:
-        return [self.accuracy_reward, self.format_reward, self.consistency_reward]
+        c = self.config
+        return [self.accuracy_reward, self.format_reward, self.consistency_reward,
+                *([self.tool_reward] if c.tool_weight else []),
+                *([self.length_reward] if c.length_penalty_weight else [])]
 
     def accuracy_reward(self, completions, **kwargs) -> list[float | None]:
         return [s.accuracy for s in self._batch(completions, kwargs)]
@@ -222,25 +256,77 @@ class ThymeRewards:
     def consistency_reward(self, completions, **kwargs) -> list[float | None]:
         return [s.consistency for s in self._batch(completions, kwargs)]
 
+    def tool_reward(self, completions, sandbox_image_count=None, **kwargs) -> list[float | None]:
+        """DeepEyes' tool reward; `sandbox_image_count`: images the sandbox produced per
+        completion (a field of our rollout_func)."""
+        if sandbox_image_count is None:
+            raise KeyError("the tool reward needs `sandbox_image_count` per completion (the "
+                           "rollout_func's field)")
+        return [None if s.accuracy is None else float(bool(s.accuracy) and images > 0)
+                for s, images in zip(self._batch(completions, kwargs), sandbox_image_count, strict=True)]
+
+    def length_reward(self, completions, model_tokens=None, trainer_state=None,
+                      **kwargs) -> list[float | None]:
+        """Kimi's length penalty over TRL's groups; `model_tokens`: tokens the model wrote per
+        completion (sandbox outputs excluded)."""
+        if model_tokens is None:
+            raise KeyError("the length penalty needs `model_tokens` per completion (the "
+                           "rollout_func's field)")
+        scores = self._batch(completions, kwargs)
+        step = trainer_state.global_step if trainer_state is not None else 0
+        local = [(int(n), s.accuracy) for n, s in zip(model_tokens, scores, strict=True)]
+        everything, offset = self.gather(local)
+        if len(everything) % self.group_size:
+            raise ValueError(f"{len(everything)} completions are not whole groups of {self.group_size}")
+        rewards = length_penalties([n for n, _ in everything],
+                                   [bool(a) for _, a in everything], self.group_size)
+        mine = rewards[offset:offset + len(local)]
+        if step < self.config.length_penalty_start_step:
+            mine = [0.0] * len(local)
+        return [None if s.accuracy is None else r for s, r in zip(scores, mine, strict=True)]
+
     def _batch(self, completions, kwargs) -> list[Scores]:
-        """Scores of a TRL batch (memoised: the three reward functions see the same batch).
+        """Scores of a TRL batch (memoised: the reward functions see the same batch).
         Columns: `solution` (or `answer`), optional `options`, `question`, and the rollout's
-        `sandbox_texts`."""
+        `sandbox_texts` and `end_reason`: a rollout the infrastructure broke (BROKEN_ENDS) is
+        unscorable, not wrong — every reward None, no judge asked."""
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         truths = kwargs.get("solution") or kwargs.get("answer")
         if truths is None:
             raise KeyError("the dataset needs a `solution` (or `answer`) column with the ground truth")
         truths = [str(t) for t in truths]
-        key = (tuple(texts), tuple(truths))
+        ends = list(kwargs.get("end_reason") or [""] * len(texts))
+        key = (tuple(texts), tuple(truths), tuple(ends))
         if self._memo is None or self._memo[0] != key:
-            scores = self.score(texts, truths, kwargs.get("options"), kwargs.get("question"),
-                                kwargs.get("sandbox_texts"))
+            keep = [i for i, end in enumerate(ends) if end not in BROKEN_ENDS]
+
+            def pick(values):
+                return None if values is None else [values[i] for i in keep]
+
+            kept = self.score(pick(texts), pick(truths), pick(kwargs.get("options")),
+                              pick(kwargs.get("question")), pick(kwargs.get("sandbox_texts")))
+            scores = [Scores(None, None, None, f"the rollout broke ({end})", "", judge_failed=False)
+                      for end in ends]
+            for i, score in zip(keep, kept, strict=True):
+                scores[i] = score
             log = kwargs.get("log_metric")
             if log is not None:
                 log("rewards/judge_failures", float(sum(s.judge_failed for s in scores)))
                 log("rewards/accuracy_by_judge", float(sum(s.accuracy_by == "judge" for s in scores)))
             self._memo = (key, scores)
         return self._memo[1]
+
+
+def length_penalties(lengths: Sequence[int], correct: Sequence[bool], group_size: int) -> list[float]:
+    """Kimi k1.5's length reward for consecutive groups of `group_size` (see the module doc)."""
+    out = []
+    for start in range(0, len(lengths), group_size):
+        group = lengths[start:start + group_size]
+        lo, hi = min(group), max(group)
+        for n, ok in zip(group, correct[start:start + group_size], strict=True):
+            lam = 0.0 if hi == lo else 0.5 - (n - lo) / (hi - lo)
+            out.append(lam if ok else min(0.0, lam))
+    return out
 
 
 def _consistency_rule(answer: str, sandbox_texts: Sequence[str], options: dict | None,

@@ -59,6 +59,9 @@ from sandbox.protocol import IMAGE_TOKEN
 DEEPEYES_INSTRUCTION = "Think first, call **image_zoom_in_tool**"
 PARQUET_BATCH_ROWS = 32      # rows carry whole images: small record batches keep memory flat
 QUARANTINE_FILE = "quarantine.jsonl"
+# numeric columns a row keeps for curriculum sampling (thyme_train.sampling): a difficulty, or a
+# measured success rate
+RANKING_COLUMNS = ("difficulty", "pass_rate")
 log = logging.getLogger("thyme_train.rl_data")
 
 
@@ -181,7 +184,7 @@ def _raw_rows(files: list[Path], base: Path):
 # The prepared prompts: decoding and checking every image of a large dataset takes minutes, so
 # the rows (with their image files) are kept beside the image cache, keyed by the data files
 # (names, sizes, times, parquet footers), the split, the prompt set and this format's version.
-PREPARED_VERSION = 1
+PREPARED_VERSION = 2
 
 
 def _key(files: list[Path], split: str, chosen: PromptSet | None) -> str:
@@ -314,5 +317,22 @@ def _prompt_row(where: str, base: Path, raw: dict, chosen: PromptSet | None,
     if user.count(IMAGE_TOKEN) != len(files):
         raise BadRow(where, "image_count", f"the user message has {user.count(IMAGE_TOKEN)} "
                                            f"<image> placeholder(s) but the row {len(files)} image(s)")
-    return {"prompt": thyme_messages(user, None, system), "images": files,
-            "solution": f.solution, "question": f.question, "options": f.options}
+    row = {"prompt": thyme_messages(user, None, system), "images": files,
+           "solution": f.solution, "question": f.question, "options": f.options}
+    for name in RANKING_COLUMNS:            # numbers curriculum sampling can rank prompts by
+        value = raw.get(name, _meta(raw).get(name))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            row[name] = float(value)
+    return row
+
+
+def _meta(raw: dict) -> dict:
+    """A published or Thyme-RL row's `meta` (a JSON object or text); {} when absent or broken
+    (`_fields` already rejected a broken one)."""
+    meta = raw.get("meta")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta) if meta else {}
+        except json.JSONDecodeError:
+            return {}
+    return meta if isinstance(meta, dict) else {}

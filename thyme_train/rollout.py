@@ -41,7 +41,7 @@ END_REASONS = (
     "engine_error",   # the generation engine failed on this sample
     "sandbox_error",  # the sandbox itself failed (not the model's code: that is shown to it)
 )
-CODE_TOKEN_LOSS = ("train", "mask")
+CODE_TOKEN_LOSS = ("train", "mask", "correct")
 CODE_ERROR_POLICIES = ("show", "rollback")
 
 
@@ -72,10 +72,13 @@ class RolloutConfig:
                                       default=3)
     repetition_max_len: int = doc("longest loop period detected, tokens", default=1024)
     code_token_loss: str = doc(
-        "how the loss treats code tokens sampled greedily: `train` (the original: trained as "
-        "if sampled at the text temperature — off-policy, the gradient of a token the policy "
-        "did not sample, but code keeps improving from the reward) or `mask` (no loss on them: "
-        "the policy-gradient estimate stays on-policy, but code is then only learned in SFT)",
+        "how the loss treats code tokens sampled greedily (the policy did not sample them: the "
+        "behaviour distribution put all its mass on the argmax): `train` (the original: trained "
+        "as if sampled from the policy, importance ratio 1 — off-policy, but code keeps "
+        "improving from the reward), `mask` (no loss on them: the estimate stays on-policy, but "
+        "code is then only learned in SFT) or `correct` (importance-weighted as the greedy "
+        "behaviour they came from: ratio = the policy's probability of the token, truncated "
+        "like every ratio; needs importance_sampling on, token level)",
         default="train")
     on_code_error: str = doc(
         "a code block that fails: `show` the error to the model (RL, as the paper) or "
@@ -128,10 +131,35 @@ class Rollout:
 
     def loss_mask(self, code_token_loss: str = "train") -> list[int]:
         """`env_mask`, plus (with `mask`) greedily sampled code tokens excluded."""
-        if code_token_loss == "train":
+        if code_token_loss != "mask":
             return list(self.env_mask)
         return [0 if (m and code and t == 0.0) else m
                 for m, code, t in zip(self.env_mask, self.in_code, self.temperatures, strict=True)]
+
+    def sampling_logprobs(self, code_token_loss: str = "train") -> list[float]:
+        """Per completion token, the log-prob under the distribution it was sampled from, as
+        TRL's importance-sampling correction reads it (the `logprobs` of rollout_func): the
+        engine's behaviour log-prob for sampled tokens (NaN where the engine could not report
+        it: TRL then leaves the token uncorrected, ratio 1); for greedy code tokens 0.0 (the
+        greedy behaviour's probability 1) with `correct`, NaN with `train` (ratio 1: trained
+        as if the policy had sampled them); 0.0 for sandbox tokens (no loss)."""
+        out = []
+        for m, code, t, lp in zip(self.env_mask, self.in_code, self.temperatures,
+                                  self.behaviour_logprobs, strict=True):
+            if m and code and t == 0.0 and code_token_loss == "train":
+                out.append(math.nan)
+            else:
+                out.append(lp)
+        return out
+
+    def append_environment(self, ids: list[int]) -> None:
+        """Tokens the model did not write (sandbox outputs, the closing end-of-turn): no loss."""
+        self.completion_ids += ids
+        self.env_mask += [0] * len(ids)
+        self.logprobs += [0.0] * len(ids)
+        self.behaviour_logprobs += [0.0] * len(ids)
+        self.temperatures += [math.nan] * len(ids)
+        self.in_code += [False] * len(ids)
 
     @property
     def sandbox_image_count(self) -> int:
@@ -238,7 +266,7 @@ class RolloutRunner:
                 # The call stops at </answer>; the turn still ends with the end-of-turn token, so
                 # the completion reads as finished (TRL counts one without it as truncated). It
                 # was not sampled: added like an environment token (no loss, no log-prob).
-                self._append_environment(r, [self.codec.tokenizer.eos_token_id])
+                r.append_environment([self.codec.tokenizer.eos_token_id])
             if res.finish in ("answer", "eos"):
                 self._end(s, res.finish)
             elif res.finish == "watch":
@@ -312,7 +340,7 @@ class RolloutRunner:
             r.code_errors += 1
         if result.text and len(result.text) > cfg.max_output_chars:
             result = dataclasses.replace(result, text=result.text[:cfg.max_output_chars] + " …[cut]")
-        self._append_environment(r, self.codec.block(render_output(result), images))
+        r.append_environment(self.codec.block(render_output(result), images))
         r.images += images
         r.sandbox_image_paths += list(result.images) if result.ok else []
         if len(r.prompt_ids) + len(r.completion_ids) >= cfg.max_total_tokens:
@@ -321,16 +349,6 @@ class RolloutRunner:
             self._end(s, "turn_cap", f"{r.turns} generation calls")
 
     # -- helpers -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _append_environment(r: Rollout, ids: list[int]) -> None:
-        """Tokens the model did not write (sandbox outputs, the closing end-of-turn): no loss."""
-        r.completion_ids += ids
-        r.env_mask += [0] * len(ids)
-        r.logprobs += [0.0] * len(ids)
-        r.behaviour_logprobs += [0.0] * len(ids)
-        r.temperatures += [math.nan] * len(ids)
-        r.in_code += [False] * len(ids)
 
     @staticmethod
     def _last_call_tokens(r: Rollout) -> list[int]:

@@ -28,6 +28,7 @@ from pipelines.core.atomic import write_json
 from pipelines.core.prompts import DEFAULT_PROMPT_SET, load_prompt_set
 from thyme_train.config import doc, parse_config, resume_checkpoint, to_dict, trainer_arguments
 from thyme_train.data import data_files, fingerprint, load_rows, measure_and_filter
+from thyme_train.freezing import freeze
 from thyme_train.pipes import launched_process, log_callback
 from thyme_train.plots import loss_curve
 from thyme_train.tiny import resolve_model
@@ -116,6 +117,12 @@ class ThymeSFTConfig:
                                        default=True)
     attn_implementation: str = doc("Attention kernel: sdpa, flash_attention_2, eager.",
                                    default="sdpa")
+    padding_free: bool = doc("Pack each batch's rows into one sequence without padding, each "
+                             "row keeping its own positions (thyme_train.packing): the same loss; "
+                             "it can only be faster with attn_implementation flash_attention_2 "
+                             "(varlen kernels; not measured yet). With sdpa/eager the packed rows share one dense "
+                             "block-diagonal mask, slower than padding (0.72x tokens/s on CPU, "
+                             "docs/benchmarks.md).", default=False)
     report_to: list[str] = doc("Trackers for metrics (tensorboard, wandb, trackio, ...); empty: "
                                "none. TensorBoard logs go under output_dir/runs.",
                                default_factory=lambda: ["tensorboard"])
@@ -158,22 +165,6 @@ def _shipped(path: str) -> Path:
     if not shipped.is_file():
         raise FileNotFoundError(f"config: {path} exists neither here nor at {shipped}")
     return shipped
-
-
-# ------------------------------------------------------------------ model
-
-def freeze(model, vision_tower: bool, merger: bool) -> dict:
-    """Freeze the vision blocks and/or the merger; returns trainable/total parameter counts."""
-    visual = getattr(getattr(model, "model", model), "visual", None)
-    if visual is None:
-        raise ValueError(f"{type(model).__name__} has no vision tower at model.visual")
-    for name, p in visual.named_parameters():
-        is_merger = name.startswith("merger.")
-        if (is_merger and merger) or (not is_merger and vision_tower):
-            p.requires_grad_(False)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "total": total}
 
 
 # ------------------------------------------------------------------ training
@@ -244,9 +235,14 @@ def build_trainer(cfg: ThymeSFTConfig, callbacks: list = ()) -> Run:
         model_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
         attn_implementation=cfg.attn_implementation)
     params = freeze(model, cfg.freeze_vision_tower, cfg.freeze_merger)
+    collator = ThymeCollator(chat, cfg.max_length)
+    if cfg.padding_free:
+        from thyme_train.packing import PaddingFreeCollator
+
+        collator = PaddingFreeCollator(collator, model.model.get_rope_index)
     trainer = sft_trainer_class()(model=model, args=args, train_dataset=kept,
                                   processing_class=processor,
-                                  data_collator=ThymeCollator(chat, cfg.max_length),
+                                  data_collator=collator,
                                   callbacks=list(callbacks) or None)
     return Run(trainer, chat, files, len(rows), dropped, params)
 

@@ -13,11 +13,28 @@ change there fails loudly, not silently.
    as holding tool images, so TRL builds pixel values and `mm_token_type_ids` from the full
    sequences. It reads `_generate`'s return tuple by name (GENERATE_FIELDS) and fails if its
    length changes.
-2. `Trainer._load_from_checkpoint`: strict resume. transformers 5 saves Qwen2.5-VL in the hub's
+2. `GRPOTrainer.use_vllm` (an attribute, set from `GRPOConfig.use_vllm`): the importance-sampling
+   correction. TRL corrects for the gap between the sampling engine and the trained policy
+   (`vllm_importance_sampling_correction`, its mode and clip bounds, with the ratio's statistics
+   under `sampling/...`) only when it runs vLLM itself, reading the engine's log-probs from the
+   `logprobs` that `rollout_func` returns. Our rollouts run our own engines, so `use_vllm` stays
+   False at construction (TRL would start its own vLLM) and is set to True afterwards, with a
+   `vllm_generation` that does nothing (our rollout_func syncs the engine's weights itself):
+   then TRL's correction runs on our behaviour log-probs. What else reads `use_vllm` in TRL
+   1.16 is its own generation and tool loop, neither of which runs on the rollout_func path
+   (`tests/test_trl_adapter.py` checks both).
+3. `GRPOTrainer._get_train_sampler`: which prompts a step draws. TRL's `RepeatSampler` walks the
+   data in epochs; curriculum and prioritized sampling (thyme_train.sampling) replace it with a
+   sampler of the same layout.
+4. `Trainer._load_from_checkpoint`: strict resume. transformers 5 saves Qwen2.5-VL in the hub's
    key layout (`model.layers.*`, `visual.*`) while the module is `model.language_model.*`,
    `model.visual.*`; `Trainer` resumes with `load_state_dict(strict=False)` and so silently keeps
    the weights it started with (transformers issue #43701). Both trainers here resume through
    `load_checkpoint_weights` (DeepSpeed and FSDP resume through their own states).
+5. `SFTTrainer._total_train_tokens` / `_metrics`: the logged `num_tokens`. TRL counts a batch
+   without an attention mask as `position_ids.size(1)` tokens, which is 1 for Qwen2.5-VL's
+   packed (4, 1, N) positions (thyme_train.packing); `PackedTokenCount` counts the N
+   (tests/test_sft.py, the padding-free test).
 
 What has a public hook uses it: the rollout is TRL's `rollout_func`, the rollout statistics are
 logged through the `log_metric` TRL hands every reward function (thyme_train.grpo), the metrics
@@ -66,7 +83,7 @@ def load_checkpoint_weights(model, checkpoint: str) -> None:
 
 class StrictResume:
     """Mixin for a transformers `Trainer`: resume the model's weights with
-    `load_checkpoint_weights` (see the module docstring, 2)."""
+    `load_checkpoint_weights` (see the module docstring, 4)."""
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
@@ -74,20 +91,54 @@ class StrictResume:
         load_checkpoint_weights(model if model is not None else self.model, resume_from_checkpoint)
 
 
+class PackedTokenCount:
+    """Mixin for TRL's SFTTrainer: the `num_tokens` metric of padding-free batches counts their
+    tokens (see the module docstring, 5)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        positions = inputs.get("position_ids")
+        packed = "attention_mask" not in inputs and positions is not None and positions.dim() == 3
+        before = self._total_train_tokens
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        if packed and self.model.training:
+            import torch
+
+            tokens = torch.tensor(positions.size(-1), device=positions.device)
+            self._total_train_tokens = before + (
+                self.accelerator.gather_for_metrics(tokens).sum().item() // self._tp_size)
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
+
+
 def sft_trainer_class():
-    """`ThymeSFTTrainer`: TRL's SFTTrainer with strict resume (defined on first use: importing
-    TRL is slow)."""
+    """`ThymeSFTTrainer`: TRL's SFTTrainer with strict resume and the token count of packed
+    batches (defined on first use: importing TRL is slow)."""
     from trl import SFTTrainer
 
-    class ThymeSFTTrainer(StrictResume, SFTTrainer):
+    class ThymeSFTTrainer(StrictResume, PackedTokenCount, SFTTrainer):
         pass
 
     return ThymeSFTTrainer
 
 
+class _EngineOutsideTRL:
+    """What TRL's `vllm_generation` is when our rollout_func owns the engine (see 2): TRL's
+    weight-sync call does nothing; anything else TRL would ask of its own vLLM is an error."""
+
+    def sync_weights(self):
+        pass
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"TRL asked its own vLLM for {name!r}, but thyme_train's rollout_func "
+                           "owns the engine: thyme_train.trl_adapter needs updating for this TRL")
+
+
 def grpo_trainer_class():
     """`ThymeGRPOTrainer`: TRL's GRPOTrainer whose `rollout_func` may return the images inside
-    each completion, with strict resume."""
+    each completion, with TRL's importance-sampling correction on our engines' log-probs (when
+    `args.vllm_importance_sampling_correction`), an optional `prompt_sampling`
+    (thyme_train.sampling.PromptSampling) and strict resume."""
     from trl import GRPOTrainer
 
     def _sandbox(code: str) -> str:
@@ -95,6 +146,24 @@ def grpo_trainer_class():
         raise RuntimeError("the Thyme sandbox runs inside the rollout loop, not as a TRL tool")
 
     class ThymeGRPOTrainer(StrictResume, GRPOTrainer):
+        def __init__(self, *args, prompt_sampling=None, **kwargs):
+            self.prompt_sampling = prompt_sampling
+            super().__init__(*args, **kwargs)
+            if self.rollout_func is not None and self.args.vllm_importance_sampling_correction:
+                if self.args.use_vllm:
+                    raise ValueError("use_vllm would start TRL's own vLLM beside our rollout engine")
+                self.use_vllm = True
+                self.vllm_generation = _EngineOutsideTRL()
+                self._last_loaded_step = -1
+
+        def _get_train_sampler(self, dataset=None):
+            if self.prompt_sampling is None:
+                return super()._get_train_sampler(dataset)
+            return self.prompt_sampling.sampler(
+                mini_repeat_count=self.num_generations,
+                batch_size=self.args.generation_batch_size // self.num_generations,
+                repeat_count=self.num_iterations * self.args.steps_per_generation)
+
         def _generate(self, prompts):
             self.tools = []   # TRL's own tool loop must not run: our rollouts ran the sandbox
             out = super()._generate(prompts)
