@@ -1,0 +1,145 @@
+"""The isolation policy, and the sandbox in emulated deployments (tests/container_modes.py):
+each mode starts only under the policy docs/sandbox.md names for it, reports the mechanisms
+the docs list, and contains exactly the representative hostile snippets the docs say it
+contains — no fewer (a regression) and no more (the docs would understate a gap). The whole
+hostile suite per mode runs in benchmarks/sandbox_matrix.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+
+import container_modes
+import pytest
+from conftest import UNPRIVILEGED_UID, _warm_for_forking, launch_forked_as
+from hostile import assert_healthy
+
+from sandbox import Sandbox, SandboxUnavailable, policy
+from sandbox import result as R
+
+# ---------------------------------------------------------------- the policy itself
+
+
+def test_policy_spellings():
+    assert policy.normalize("strict") == "strict"
+    assert policy.normalize("rlimits+seccomp+landlock+namespaces") == "strict"
+    assert policy.normalize(" Seccomp + landlock+rlimits ") == "landlock+seccomp+rlimits"
+    for bad in ("", "landlock+apparmor", "degraded", "landlock,seccomp"):
+        with pytest.raises(ValueError, match="unknown isolation policy"):
+            policy.normalize(bad)
+
+
+def test_policy_resolution(monkeypatch):
+    monkeypatch.delenv(policy.ENV_VAR, raising=False)
+    assert policy.resolve() == "strict"
+    assert policy.resolve(allow_degraded=True) == "rlimits"  # the old flag: whatever is there
+    monkeypatch.setenv(policy.ENV_VAR, "seccomp+landlock")
+    assert policy.resolve() == "landlock+seccomp"
+    assert policy.resolve("strict") == "strict"  # an explicit setting wins over the environment
+    with pytest.raises(ValueError, match="not both"):
+        policy.resolve("strict", allow_degraded=True)
+
+
+def test_refusal_names_what_is_missing_and_how_to_proceed():
+    missing = {"namespaces": "unshare(user, mount, net) failed: Operation not permitted"}
+    assert policy.refusal("landlock+seccomp+rlimits", missing) is None
+    message = policy.refusal("strict", missing)
+    assert "requires namespaces" in message and "Operation not permitted" in message
+    assert f"{policy.ENV_VAR}=landlock+seccomp+rlimits" in message
+    assert "--sandbox-isolation" in message and "docs/sandbox.md" in message
+
+
+# ---------------------------------------------------------------- emulated deployments
+
+# Representative snippets of the hostile suite, one per mechanism that stops it (the suite's
+# own tests, run per mode by the matrix script, are the full record).
+SNIPPETS = {
+    # Landlock: a host file every user may read
+    "read_host_file": "print(open(@SECRET@).read())",
+    # Landlock: a host folder every user may write
+    "write_host_file": "open(@DROP@, 'w').write('x')\nprint('wrote')",
+    # seccomp (and the empty network namespace)
+    "open_socket": "import socket\nsocket.socket().connect(('127.0.0.1', 9))\nprint('connected')",
+    # seccomp
+    "start_program": "import subprocess\nprint(subprocess.run(['true']).returncode)",
+    # namespaces: the scratch tmpfs caps the disk a job may fill (16 MB in these sandboxes)
+    "fill_disk": "n = 0\ntry:\n    for n in range(48):\n        open(f'f{n}', 'wb').write(bytes(1 << 20))\n"
+                 "    print('wrote', n + 1)\nexcept OSError as exc:\n    print('stopped', exc.errno)",
+    # rlimits
+    "exhaust_memory": "x = bytearray(4 << 30)\nprint(len(x))",
+}
+# What each mode no longer contains: the table in docs/sandbox.md ("Where it runs").
+NOT_CONTAINED = {
+    "docker-thyme-profile": set(),
+    "docker-default": {"fill_disk"},
+    "k8s-restricted": {"fill_disk"},
+    "no-landlock": {"read_host_file", "write_host_file"},
+    "no-landlock-docker-default": {"read_host_file", "write_host_file", "fill_disk"},
+}
+ACTIVE = {
+    "docker-thyme-profile": ["namespaces", "landlock", "seccomp", "rlimits"],
+    "docker-default": ["landlock", "seccomp", "rlimits"],
+    "k8s-restricted": ["landlock", "seccomp", "rlimits"],
+    "no-landlock": ["namespaces", "seccomp", "rlimits"],
+    "no-landlock-docker-default": ["seccomp", "rlimits"],
+}
+
+
+def contained(name: str, r) -> bool:
+    """Whether the snippet `name` failed to do what it tried (its result `r`)."""
+    if name == "fill_disk":
+        return r.stdout.startswith("stopped")
+    if name == "exhaust_memory":
+        return r.error is not None and r.error.kind == R.MEMORY
+    return r.error is not None and r.error.kind == R.FORBIDDEN
+
+
+@pytest.fixture(scope="module")
+def host_dir():
+    d = tempfile.mkdtemp(prefix="thyme-modes-")
+    os.chmod(d, 0o777)  # writable by every user: only confinement stops a write
+    secret = os.path.join(d, "secret.txt")
+    with open(secret, "w") as f:
+        f.write(f"THYME-SECRET-{uuid.uuid4().hex}")
+    os.chmod(secret, 0o644)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="the emulation switches users (run as root, as CI)")
+@pytest.mark.parametrize("name", list(NOT_CONTAINED))
+def test_emulated_mode_contains_what_the_docs_say(name, host_dir):
+    mode = container_modes.MODES[name]
+    uid = 0 if "as_root" in mode.users else UNPRIVILEGED_UID
+    _warm_for_forking()
+    results = tempfile.mkdtemp(prefix="thyme-modes-results-")
+    os.chown(results, uid, uid)
+    launcher = launch_forked_as(uid, mode)
+    try:
+        if mode.policy != "strict":
+            with pytest.raises(SandboxUnavailable) as refused:
+                Sandbox(workers=1, results_dir=results, isolation="strict", launcher=launcher)
+            assert f"{policy.ENV_VAR}={mode.policy}" in str(refused.value)
+        with Sandbox(workers=1, results_dir=results, scratch_mb=16, memory_mb=256,
+                     isolation=mode.policy, launcher=launcher) as sb:
+            report = sb.isolation_report
+            assert report["policy"] == mode.policy and report["active"] == ACTIVE[name], report
+            assert sorted(sb.degraded) == sorted(set(policy.MECHANISMS) - set(ACTIVE[name]))
+            escaped = set()
+            for snippet, code in SNIPPETS.items():
+                drop = os.path.join(host_dir, f"drop-{snippet}")
+                code = code.replace("@SECRET@", repr(os.path.join(host_dir, "secret.txt")))
+                code = code.replace("@DROP@", repr(drop))
+                r = sb.run(code, timeout=10)
+                assert r.degraded == sb.degraded
+                if not contained(snippet, r):
+                    escaped.add(snippet)
+                if os.path.exists(drop):
+                    assert snippet in escaped, f"{snippet} wrote to the host yet looked contained"
+                    os.unlink(drop)
+            assert escaped == NOT_CONTAINED[name]
+            assert_healthy(sb)  # the sandbox still serves after every one of them
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
