@@ -76,11 +76,27 @@ class SandboxResource(ConfigurableResource):
     workers: int | None = Field(None, description="worker processes; null: one per core")
     timeout: float = Field(10.0, description="seconds per code block (THYME.md: 10 s)")
     memory_mb: int = Field(1024, description="memory budget per code block, MB")
+    isolation: str | None = Field(
+        None, description="isolation policy: 'strict' (every mechanism) or the minimum to run "
+                          "with, e.g. 'landlock+seccomp+rlimits' in a container that denies "
+                          "namespaces (docs/sandbox.md); null: $THYME_SANDBOX_ISOLATION, else strict")
 
-    def open(self):
-        """A started `sandbox.Sandbox` (a context manager)."""
+    def open(self, context=None):
+        """A started `sandbox.Sandbox` (a context manager). With the step's `context`, the
+        mechanisms it runs with are logged and recorded on the run (tag `thyme/sandbox_isolation`)."""
         from sandbox import Sandbox
-        return Sandbox(workers=self.workers, timeout=self.timeout, memory_mb=self.memory_mb)
+        from sandbox.policy import summary
+
+        sb = Sandbox(workers=self.workers, timeout=self.timeout, memory_mb=self.memory_mb,
+                     isolation=self.isolation)
+        if context is not None:
+            context.log.info(summary(sb.isolation_report))
+            try:
+                context.instance.add_run_tags(context.run.run_id, {
+                    "thyme/sandbox_isolation": "+".join(sb.isolation_report["active"])})
+            except Exception as exc:  # noqa: BLE001 - a tag is a convenience; the metadata remains
+                context.log.warning(f"could not tag the run with the sandbox isolation: {exc}")
+        return sb
 
 
 class TeacherResource(ConfigurableResource):

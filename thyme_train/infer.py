@@ -133,7 +133,8 @@ class Thyme:
         self.codec = ChatCodec(self.processor)
         self.engine = self._engine(rollout)
         self._own_sandbox = sandbox is None
-        self.sandbox = Sandbox(timeout=rollout.sandbox_timeout) if sandbox is None else sandbox
+        self.sandbox = (Sandbox(timeout=rollout.sandbox_timeout, isolation=rollout.sandbox_isolation)
+                        if sandbox is None else sandbox)
         self.runner = RolloutRunner(self.engine, self.codec, self.sandbox, rollout)
         self.direct = RolloutRunner(self.engine, self.codec, self.sandbox,
                                     dataclasses.replace(rollout, max_turns=1))
@@ -320,6 +321,8 @@ def _save_images(paths: list[str], out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sandbox import SandboxUnavailable
+
     parser = argparse.ArgumentParser(prog="python -m thyme_train.infer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -337,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-turns", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=2048)
     parser.add_argument("--max-pixels", type=int, default=None)
+    parser.add_argument("--sandbox-isolation", default=None, metavar="POLICY",
+                        help="sandbox isolation policy: strict (default) or the minimum to run "
+                             "with, e.g. landlock+seccomp+rlimits (docs/sandbox.md); default: "
+                             "$THYME_SANDBOX_ISOLATION, else strict")
     args = parser.parse_args(argv)
 
     def show(kind: str, text: str) -> None:
@@ -348,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                              prompt_set=args.prompt_set, server=args.server,
                              rollout=evaluation_rollout(on_code_error=args.on_code_error,
                                                        max_turns=args.max_turns,
-                                                       max_new_tokens=args.max_new_tokens))
+                                                       max_new_tokens=args.max_new_tokens,
+                                                       sandbox_isolation=args.sandbox_isolation))
     except ValueError as exc:                  # e.g. a server without the vllm engine
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -357,13 +365,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.image:
             _image_size(args.image)            # fail on a bad image before loading a model
         with Thyme(config) as thyme:
+            isolation = thyme.sandbox.isolation_report
             transcript = thyme.ask(args.image, args.question, tools=not args.no_tools,
                                    on_text=show, save_dir=out)
-    except InferenceError as exc:
+    except (InferenceError, SandboxUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     record = asdict(transcript)
+    record["sandbox_isolation"] = isolation
     record["image"] = os.path.relpath(transcript.image, out) if transcript.image else None
     write_json(out / "transcript.json", record, indent=1)
     print(f"\nanswer: {transcript.answer!r} ({transcript.end_reason}; {transcript.code_calls} code "
