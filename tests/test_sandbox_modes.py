@@ -7,9 +7,14 @@ hostile suite per mode runs in benchmarks/sandbox_matrix.py."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
+import tomllib
 import uuid
+from pathlib import Path
 
 import container_modes
 import pytest
@@ -18,6 +23,8 @@ from hostile import assert_healthy
 
 from sandbox import Sandbox, SandboxUnavailable, policy
 from sandbox import result as R
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- the policy itself
 
@@ -143,3 +150,26 @@ def test_emulated_mode_contains_what_the_docs_say(name, host_dir):
             assert_healthy(sb)  # the sandbox still serves after every one of them
     finally:
         shutil.rmtree(results, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the shipped recipes
+
+
+def test_seccomp_profile_is_docker_default_plus_the_sandbox_rule():
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_seccomp_profile.py"), "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_dockerfiles_install_the_pinned_sets():
+    """The images install what pyproject pins (STACK.md): the CPU set through constraints.txt,
+    the GPU set's torch, torchvision and flash-attn at the `gpu` extra's versions."""
+    gpu_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    cpu = (ROOT / "containers" / "Dockerfile.cpu").read_text()
+    gpu = (ROOT / "containers" / "Dockerfile.gpu").read_text()
+    assert "-c constraints.txt '.[cpu]'" in cpu and "libseccomp2" in cpu and "libseccomp2" in gpu
+    assert "'.[gpu]'" in gpu and "constraints.txt" not in re.sub(r"#.*", "", gpu)
+    for pin in re.findall(r"(torch==\S+|torchvision==\S+|flash-attn==\S+)", gpu):
+        assert pin in gpu_extra, pin
+    for text in (cpu, gpu):
+        assert "USER thyme" in text and "seccomp=containers/seccomp/thyme.json" in text
