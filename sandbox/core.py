@@ -150,8 +150,27 @@ class _WorkerHandle:
 
     def restart(self) -> None:
         self.stop(force=True)
+        self._fresh_scratch()
         self.start()
         self.wait_ready()
+
+    def _fresh_scratch(self) -> None:
+        """Give the replacement an empty scratch directory. With namespaces the old worker's
+        files vanished with its tmpfs; without them (a weaker isolation policy) they are still on
+        the host's disk, and a worker finding them would retire at once, and so would every
+        replacement after it. They are moved aside and removed in the background (a flood of
+        files can take minutes to remove), so the fresh worker serves at once."""
+        scratch = self.config.scratch_root
+        try:
+            if not os.listdir(scratch):
+                return
+            trash = f"{scratch}.old{self.generation}"
+            os.rename(scratch, trash)
+        except OSError:
+            return  # (the new worker's health check reports a scratch it cannot use)
+        os.mkdir(scratch, 0o700)
+        threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True},
+                         daemon=True, name="thyme-scratch-cleanup").start()
 
     def stop(self, force: bool = False) -> None:
         if self.pid <= 0:

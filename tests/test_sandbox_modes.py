@@ -173,3 +173,22 @@ def test_dockerfiles_install_the_pinned_sets():
         assert pin in gpu_extra, pin
     for text in (cpu, gpu):
         assert "USER thyme" in text and "seccomp=containers/seccomp/thyme.json" in text
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="the emulation switches users (run as root, as CI)")
+def test_without_namespaces_a_replacement_worker_starts_with_empty_scratch():
+    """Scratch is then a host folder that outlives its worker: what a killed worker's jobs left
+    there must not make its replacement (and every one after it) retire."""
+    import signal
+
+    _warm_for_forking()
+    mode = container_modes.MODES["docker-default"]
+    with Sandbox(workers=1, isolation=mode.policy, launcher=launch_forked_as(0, mode)) as sb:
+        with sb.session() as s:
+            assert s.run("open('left.bin', 'wb').write(bytes(1 << 20))\nprint('ok')").ok
+            os.kill(sb._handles[0].pid, signal.SIGKILL)
+            assert s.run("print(1)").error.kind == R.INTERNAL  # its worker died: replaced
+        for _ in range(3):
+            r = sb.run("print(2)")
+            assert r.ok and r.notes == [], r   # served, and no worker replaced after the call
+        assert os.listdir(sb._handles[0].config.scratch_root) == []
