@@ -7,8 +7,9 @@ worker probes its mechanisms, exactly as a container runtime applies it before t
    unprivileged host uid (what rootless Docker/Podman do, with one uid instead of a range);
 2. capabilities: the bounding, effective, permitted and inheritable sets are cut to the
    runtime's default set (Docker's 14) or to none (Kubernetes `drop: [ALL]`);
-3. Landlock off: `confine.landlock_abi` reports 0, as on kernels before 5.13 or without
-   `landlock` in the boot's LSM list;
+3. Landlock off or older: `confine.landlock_abi` reports 0 (kernels before 5.13, or without
+   `landlock` in the boot's LSM list) or an older ABI, whose rules the sandbox then builds (the
+   kernel enforces exactly those);
 4. seccomp: a filter built from a Docker-format profile is loaded (Docker's default, which
    Kubernetes' `RuntimeDefault` follows, or containers/seccomp/thyme.json). Loading sets
    no-new-privs (Kubernetes `allowPrivilegeEscalation: false` does too; Docker does not, which
@@ -55,12 +56,13 @@ class Mode:
     users: tuple[str, ...] = ("as_root", "unprivileged")  # `any_sandbox` params it applies to
     caps: frozenset[str] | None = None  # None: the host's; else the capabilities kept
     profile: Path | None = None         # seccomp profile (Docker format) loaded, if any
-    landlock: bool = True
+    landlock_abi: int | None = None      # None: the kernel's; 0: no Landlock; else this ABI
     rootless: bool = False              # root in a user namespace mapped to the host uid
 
     @property
     def emulated(self) -> bool:
-        return self.caps is not None or self.profile is not None or not self.landlock or self.rootless
+        return (self.caps is not None or self.profile is not None or self.rootless
+                or self.landlock_abi is not None)
 
 
 MODES = {m.name: m for m in (
@@ -80,11 +82,14 @@ MODES = {m.name: m for m in (
     Mode("k8s-restricted-thyme-profile", "Kubernetes `restricted` pod with the thyme.json "
          "profile as its `Localhost` seccomp profile", "strict", users=("unprivileged",),
          caps=frozenset(), profile=THYME_PROFILE),
+    Mode("landlock-abi1", "bare host, kernel with Landlock ABI 1 (5.13-5.18: Ubuntu 22.04's "
+         "5.15, RHEL 9's 5.14): files only, no TCP rules, no signal scoping", "strict",
+         landlock_abi=1),
     Mode("no-landlock", "bare host, kernel without Landlock (before 5.13, or not in `lsm=`)",
-         "namespaces+seccomp+rlimits", landlock=False),
+         "namespaces+seccomp+rlimits", landlock_abi=0),
     Mode("no-landlock-docker-default", "container with Docker's default profile on a kernel "
          "without Landlock", "seccomp+rlimits", caps=DOCKER_CAPS, profile=DOCKER_DEFAULT,
-         landlock=False),
+         landlock_abi=0),
 )}
 
 
@@ -114,9 +119,9 @@ def apply(mode: Mode) -> None:
                 f.write(text)
     if mode.caps is not None:
         _keep_capabilities({CAP_NUMBERS[c] for c in mode.caps})
-    if not mode.landlock:
+    if mode.landlock_abi is not None:
         from sandbox import confine
-        confine.landlock_abi = lambda: 0
+        confine.landlock_abi = lambda: mode.landlock_abi
     if mode.profile is not None:
         seccomp_filter(json.loads(mode.profile.read_text()), mode.caps).load()
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -76,10 +77,15 @@ SNIPPETS = {
                  "    print('wrote', n + 1)\nexcept OSError as exc:\n    print('stopped', exc.errno)",
     # rlimits
     "exhaust_memory": "x = bytearray(4 << 30)\nprint(len(x))",
+    # Landlock's signal scoping (ABI 6), else seccomp: I/O readiness as SIGKILL to a host process
+    "sigio_kill_host_process": "import fcntl, os\nr, w = os.pipe()\nfcntl.fcntl(r, fcntl.F_SETOWN, @VICTIM@)\n"
+                               "fcntl.fcntl(r, 10, 9)\nfcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC | os.O_NONBLOCK)\n"
+                               "os.write(w, b'x')\nprint('armed')",
 }
 # What each mode no longer contains: the table in docs/sandbox.md ("Where it runs").
 NOT_CONTAINED = {
     "docker-thyme-profile": set(),
+    "landlock-abi1": set(),
     "docker-default": {"fill_disk"},
     "k8s-restricted": {"fill_disk"},
     "no-landlock": {"read_host_file", "write_host_file"},
@@ -87,6 +93,7 @@ NOT_CONTAINED = {
 }
 ACTIVE = {
     "docker-thyme-profile": ["namespaces", "landlock", "seccomp", "rlimits"],
+    "landlock-abi1": ["namespaces", "landlock", "seccomp", "rlimits"],
     "docker-default": ["landlock", "seccomp", "rlimits"],
     "k8s-restricted": ["landlock", "seccomp", "rlimits"],
     "no-landlock": ["namespaces", "seccomp", "rlimits"],
@@ -94,8 +101,11 @@ ACTIVE = {
 }
 
 
-def contained(name: str, r) -> bool:
+def contained(name: str, r, victim) -> bool:
     """Whether the snippet `name` failed to do what it tried (its result `r`)."""
+    if name == "sigio_kill_host_process":
+        time.sleep(0.2)
+        return victim.poll() is None
     if name == "fill_disk":
         return r.stdout.startswith("stopped")
     if name == "exhaust_memory":
@@ -135,17 +145,20 @@ def test_emulated_mode_contains_what_the_docs_say(name, host_dir):
             assert report["policy"] == mode.policy and report["active"] == ACTIVE[name], report
             assert sorted(sb.degraded) == sorted(set(policy.MECHANISMS) - set(ACTIVE[name]))
             escaped = set()
+            victim = subprocess.Popen(["sleep", "60"], user=uid)  # a host process of the same user
             for snippet, code in SNIPPETS.items():
                 drop = os.path.join(host_dir, f"drop-{snippet}")
                 code = code.replace("@SECRET@", repr(os.path.join(host_dir, "secret.txt")))
-                code = code.replace("@DROP@", repr(drop))
+                code = code.replace("@DROP@", repr(drop)).replace("@VICTIM@", str(victim.pid))
                 r = sb.run(code, timeout=10)
                 assert r.degraded == sb.degraded
-                if not contained(snippet, r):
+                if not contained(snippet, r, victim):
                     escaped.add(snippet)
                 if os.path.exists(drop):
                     assert snippet in escaped, f"{snippet} wrote to the host yet looked contained"
                     os.unlink(drop)
+            victim.kill()
+            victim.wait()
             assert escaped == NOT_CONTAINED[name]
             assert_healthy(sb)  # the sandbox still serves after every one of them
     finally:
