@@ -105,12 +105,20 @@ def table(rows: dict) -> str:
 
 
 def failures(rows: dict) -> str:
+    """Per mode, the hostile tests with runs that were not contained: failed/ran runs, and the
+    first failure line of one of them."""
     out = []
     for name, row in rows.items():
-        failed = {t: v["why"] for t, v in row["suite"]["tests"].items() if v["outcome"] == "failed"}
+        by_test: dict[str, list] = {}
+        for test, result in row["suite"]["tests"].items():
+            if result["outcome"] != "skipped":
+                by_test.setdefault(test.split("[")[0], []).append(result)
+        failed = {t: rs for t, rs in by_test.items() if any(r["outcome"] == "failed" for r in rs)}
         if failed:
-            out.append(f"\n**{name}**: {len(failed)} not contained")
-            out += [f"- `{t}`: {why}" for t, why in sorted(failed.items())]
+            out.append(f"\n**{name}**: {len(failed)} tests with runs not contained")
+            for test, results in sorted(failed.items()):
+                bad = [r for r in results if r["outcome"] == "failed"]
+                out.append(f"- `{test}` ({len(bad)}/{len(results)}): {bad[0]['why'][:160]}")
     return "\n".join(out)
 
 

@@ -564,6 +564,8 @@ KILLS = {
 @pytest.mark.parametrize("how", list(KILLS))
 def test_kill_other_processes(any_sandbox, victim, how):
     code, kind = KILLS[how]
+    if how in ("everyone", "own_group") and any_sandbox.isolation_report["landlock_abi"] < 6:
+        kind = R.FORBIDDEN  # no signal scoping: seccomp allows signalling only itself (EPERM)
     pids = worker_pids(any_sandbox)
     r = any_sandbox.run(code.replace("@VICTIM@", str(victim.pid)))
     if kind is None:
@@ -838,8 +840,11 @@ def test_no_capabilities(any_sandbox):
         print(struct.unpack('=6I', data.raw))
         print(open('/proc/self/status').read())
     """))
-    assert_denied(r)  # /proc itself is out of reach
-    assert r.stdout == "(0, 0, 0, 0, 0, 0)\n", r
+    if "landlock" in any_sandbox.degraded:  # its own /proc/self/status is then readable
+        assert r.ok and r.stdout.startswith("(0, 0, 0, 0, 0, 0)\n"), r
+    else:
+        assert_denied(r)  # /proc itself is out of reach
+        assert r.stdout == "(0, 0, 0, 0, 0, 0)\n", r
 
 
 RLIMITS = ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE")
