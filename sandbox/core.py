@@ -166,9 +166,9 @@ class _WorkerHandle:
                 return
             trash = f"{scratch}.old{self.generation}"
             os.rename(scratch, trash)
+            os.mkdir(scratch, 0o700)
         except OSError:
             return  # (the new worker's health check reports a scratch it cannot use)
-        os.mkdir(scratch, 0o700)
         threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True},
                          daemon=True, name="thyme-scratch-cleanup").start()
 
