@@ -24,6 +24,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results_dir = os.path.abspath(args.results_dir)
     os.makedirs(results_dir, exist_ok=True)
     with Sandbox(workers=1, results_dir=results_dir, isolation=args.isolation) as sb:
+        print(summary(sb.isolation_report), file=sys.stderr)  # (stdout may be the JSON result)
         result = sb.run(code, inputs=args.input, timeout=args.timeout)
     if args.json:
         payload = result.to_dict()

@@ -269,6 +269,7 @@ def _evaluate_here(args, benches, stores, out, shard, errors, stack, load_items)
     """This process's share of every benchmark, mode by mode, wave by wave."""
     from pipelines.core.atomic import write_json
     from sandbox import Sandbox
+    from sandbox.policy import summary
 
     judge = make_judge(args)
     policy = None
@@ -280,6 +281,7 @@ def _evaluate_here(args, benches, stores, out, shard, errors, stack, load_items)
         if policy is None:               # the model loads once the first benchmark has read
             sandbox = stack.enter_context(Sandbox(timeout=10.0, isolation=args.sandbox_isolation))
             write_json(isolation_file(out, shard), sandbox.isolation_report)
+            print(summary(sandbox.isolation_report), file=sys.stderr)
             policy = make_policy(args, sandbox, stack)
         for mode in (["tools"] if args.no_ablation else ["tools", "direct"]):
             run(b.kind, items, policy, stores[b.name], mode, args.samples, judge, args.batch_items,

@@ -322,6 +322,7 @@ def _save_images(paths: list[str], out: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     from sandbox import SandboxUnavailable
+    from sandbox.policy import summary
 
     parser = argparse.ArgumentParser(prog="python -m thyme_train.infer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -366,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             _image_size(args.image)            # fail on a bad image before loading a model
         with Thyme(config) as thyme:
             isolation = thyme.sandbox.isolation_report
+            print(summary(isolation), file=sys.stderr)
             transcript = thyme.ask(args.image, args.question, tools=not args.no_tools,
                                    on_text=show, save_dir=out)
     except (InferenceError, SandboxUnavailable) as exc:
