@@ -294,11 +294,14 @@ _SIGNAL_OWNER_IOCTLS = (0x8901, 0x8902)      # FIOSETOWN, SIOCSPGRP
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 
 
-def seccomp_program(self_pid: int | None = None) -> bytes:
+def seccomp_program(self_pid: int | None = None, deny_truncate: bool = False) -> bytes:
     """Compile the filter to classic BPF once (libseccomp is slow to build it per child).
 
     Signals to other processes are refused by Landlock's signal scoping (ABI >= 6); on older
     kernels pass `self_pid` to compile a per-process filter that allows signalling only itself.
+    `deny_truncate`: refuse `truncate` by path, which Landlock covers only from ABI 3 (6.2):
+    before, a snippet could empty any file its user may write (`ftruncate` on a file it opened
+    for writing stays allowed: opening was Landlock's decision).
     """
     import tempfile
 
@@ -331,6 +334,8 @@ def seccomp_program(self_pid: int | None = None) -> bytes:
             f.add_rule(deny, "fcntl", sc.Arg(1, sc.EQ, cmd))
         for cmd in _SIGNAL_OWNER_IOCTLS:
             f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, cmd))
+    if deny_truncate:
+        f.add_rule(deny, "truncate")
     with tempfile.TemporaryFile() as tmp:
         f.export_bpf(tmp)
         tmp.seek(0)

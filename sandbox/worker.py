@@ -392,6 +392,12 @@ class Worker:
             tempfile.tempdir = scratch
         else:
             os.environ.update(CHILD_ENV)
+        # A per-child filter is compiled through a temporary file: before Landlock, which would
+        # refuse it outside scratch (an image checker has none).
+        program = b""
+        if self.seccomp:
+            program = (confine.seccomp_program(os.getpid(), deny_truncate=self.landlock_abi < 3)
+                       if self.seccomp_per_child else self.seccomp_bpf)
         confine.set_rlimits(self.limits, self.baseline_vm)
         confine.no_new_privs()
         if self.landlock_abi >= 1:
@@ -399,8 +405,7 @@ class Worker:
                                       [scratch] if scratch else [])
         confine.drop_capabilities()  # (also without namespaces: root in a container keeps none)
         if self.seccomp:
-            confine.install_seccomp(confine.seccomp_program(os.getpid()) if self.seccomp_per_child
-                                    else self.seccomp_bpf)
+            confine.install_seccomp(program)
 
     def _end(self, child: Child | None) -> None:
         if child is None:

@@ -75,6 +75,8 @@ SNIPPETS = {
     # namespaces: the scratch tmpfs caps the disk a job may fill (16 MB in these sandboxes)
     "fill_disk": "n = 0\ntry:\n    for n in range(48):\n        open(f'f{n}', 'wb').write(bytes(1 << 20))\n"
                  "    print('wrote', n + 1)\nexcept OSError as exc:\n    print('stopped', exc.errno)",
+    # Landlock's truncate right (ABI 3), else seccomp: empty a host file its user may write
+    "truncate_host_file": "import os\nos.truncate(@VICTIM_FILE@, 0)\nprint('emptied')",
     # rlimits
     "exhaust_memory": "x = bytearray(4 << 30)\nprint(len(x))",
     # Landlock's signal scoping (ABI 6), else seccomp: I/O readiness as SIGKILL to a host process
@@ -101,8 +103,10 @@ ACTIVE = {
 }
 
 
-def contained(name: str, r, victim) -> bool:
+def contained(name: str, r, victim, victim_file) -> bool:
     """Whether the snippet `name` failed to do what it tried (its result `r`)."""
+    if name == "truncate_host_file":
+        return os.path.getsize(victim_file) > 0
     if name == "sigio_kill_host_process":
         time.sleep(0.2)
         return victim.poll() is None
@@ -146,13 +150,18 @@ def test_emulated_mode_contains_what_the_docs_say(name, host_dir):
             assert sorted(sb.degraded) == sorted(set(policy.MECHANISMS) - set(ACTIVE[name]))
             escaped = set()
             victim = subprocess.Popen(["sleep", "60"], user=uid)  # a host process of the same user
+            victim_file = os.path.join(host_dir, f"victim-{name}.txt")  # a file it may write
+            with open(victim_file, "w") as f:
+                f.write("intact")
+            os.chown(victim_file, uid, uid)
             for snippet, code in SNIPPETS.items():
                 drop = os.path.join(host_dir, f"drop-{snippet}")
                 code = code.replace("@SECRET@", repr(os.path.join(host_dir, "secret.txt")))
                 code = code.replace("@DROP@", repr(drop)).replace("@VICTIM@", str(victim.pid))
+                code = code.replace("@VICTIM_FILE@", repr(victim_file))
                 r = sb.run(code, timeout=10)
                 assert r.degraded == sb.degraded
-                if not contained(snippet, r, victim):
+                if not contained(snippet, r, victim, victim_file):
                     escaped.add(snippet)
                 if os.path.exists(drop):
                     assert snippet in escaped, f"{snippet} wrote to the host yet looked contained"
@@ -160,6 +169,10 @@ def test_emulated_mode_contains_what_the_docs_say(name, host_dir):
             victim.kill()
             victim.wait()
             assert escaped == NOT_CONTAINED[name]
+            # and it still does its job: an image produced, decoded by the confined checker
+            r = sb.run("import numpy as np, cv2\ncv2.imwrite('/mnt/data/temp_processed_images/a.png', "
+                       "np.zeros((8, 8, 3), np.uint8))\nprint('/mnt/data/temp_processed_images/a.png')")
+            assert r.ok and len(r.images) == 1, r
             assert_healthy(sb)  # the sandbox still serves after every one of them
     finally:
         shutil.rmtree(results, ignore_errors=True)
