@@ -99,7 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="run the default flow's jobs")
     d.add_argument("--count", type=int, default=400, help="generated samples")
     d.add_argument("--shard-size", type=int, default=200)
+    d.add_argument("--sandbox-isolation", default=None, metavar="POLICY",
+                   help="sandbox isolation policy for every stage (the data flow, training, "
+                        "evaluation): strict (default) or the minimum to run with, e.g. "
+                        "landlock+seccomp+rlimits (docs/sandbox.md); sets $THYME_SANDBOX_ISOLATION")
     args = parser.parse_args(argv)
+    if args.sandbox_isolation is not None:
+        from sandbox.policy import ENV_VAR, normalize
+        try:  # the environment reaches the in-process resources and the launched processes alike
+            os.environ[ENV_VAR] = normalize(args.sandbox_isolation)
+        except ValueError as exc:
+            parser.error(str(exc))
     return demo(args.count, args.shard_size)
 
 

@@ -42,14 +42,15 @@ def code_samples(context: AssetExecutionContext, storage: ThymeStorage,
     from contextlib import ExitStack
 
     with ExitStack() as stack:
-        running = stack.enter_context(sandbox.open()) if teacher.needs_sandbox else None
+        running = stack.enter_context(sandbox.open(context)) if teacher.needs_sandbox else None
         built = teacher.build(storage.path("pool", "images"), cache_dir=storage.path("cache", "teacher"),
                               sandbox=running, sandbox_timeout=sandbox.timeout,
                               execution_cache=storage.path("cache", "executions"))
-        return _write_code_samples(context, storage, built)
+        return _write_code_samples(context, storage, built, running)
 
 
-def _write_code_samples(context: AssetExecutionContext, storage: ThymeStorage, built) -> MaterializeResult:
+def _write_code_samples(context: AssetExecutionContext, storage: ThymeStorage, built,
+                        running=None) -> MaterializeResult:
     from pipelines.samples.shards import (
         generate_code_samples,
         trajectories_markdown,
@@ -70,6 +71,7 @@ def _write_code_samples(context: AssetExecutionContext, storage: ThymeStorage, b
             "seconds": stats["seconds"],
             "preview": MetadataValue.md(trajectories_markdown(trajectories, samples, images)),
             "teacher_stats": MetadataValue.json(stats.get("teacher", {})),  # loop ends, chain
+            **({"sandbox_isolation": MetadataValue.json(running.isolation_report)} if running else {}),
         }, partition_key=key)
     return MaterializeResult(metadata={"teacher": built.name})
 
@@ -93,7 +95,7 @@ def executions(context: AssetExecutionContext, storage: ThymeStorage,
 
     store = ImageStore(storage.path("pool", "images"))
     cache = ExecutionCache(storage.path("cache", "executions"))
-    with sandbox.open() as sb:
+    with sandbox.open(context) as sb:
         for key in context.partition_keys:
             samples = shard_samples(storage, key)
             trajectories = read_trajectories(storage.path("code_samples", f"{key}.parquet"))
@@ -113,8 +115,11 @@ def executions(context: AssetExecutionContext, storage: ThymeStorage,
                 "blocks_per_s": round(len(results) / seconds, 1) if seconds else 0.0,
                 "preview": MetadataValue.md(trajectories_markdown(
                     [t for t in trajectories if t.code_turns], samples, store.root)),
+                "sandbox_isolation": MetadataValue.json(sb.isolation_report),
             }, partition_key=key)
-    return MaterializeResult(metadata={"sandbox_timeout_s": sandbox.timeout})
+        isolation = sb.isolation_report
+    return MaterializeResult(metadata={"sandbox_timeout_s": sandbox.timeout,
+                                       "sandbox_isolation": MetadataValue.json(isolation)})
 
 
 class AuditChecks(Config):

@@ -41,7 +41,7 @@ from dagster import (
 from pydantic import Field
 
 from assets import ui
-from assets.resources import ThymeStorage
+from assets.resources import SandboxResource, ThymeStorage
 from assets.training import RL_DATASET, launch
 
 HELDOUT = "heldout"
@@ -121,6 +121,7 @@ def _evaluation_asset(checkpoint: str):
                        f"intervals, with and without tools, and tool use, with the same sandbox, "
                        f"prompts and rollout loop as training.")
     def _evaluate(context: AssetExecutionContext, config: EvaluationConfig, storage: ThymeStorage,
+                  sandbox: SandboxResource,
                   pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
         model = storage.path("checkpoints", *(("sft", "stage2") if checkpoint == "sft_stage2"
                                               else ("grpo_ats",)))
@@ -145,12 +146,16 @@ def _evaluation_asset(checkpoint: str):
             command += ["--limit", str(config.limit)]
         if not config.ablation:
             command.append("--no-ablation")
+        if sandbox.isolation is not None:
+            command += ["--sandbox-isolation", sandbox.isolation]
         result = launch(context, pipes_subprocess_client, command,
                         storage.path("evaluation", f".{checkpoint}-{name}-error.json"),
                         f"evaluation of {checkpoint} on {name}")
         images = {} if config.benchmark or name in BENCHMARKS else _rl_test_images(storage, config.split)
         # the trainer's markdown `report` is replaced by the same numbers as tables
         metadata = {k: v for k, v in (result.metadata or {}).items() if k != "report"}
+        settings = json.loads((out / name / "results.json").read_text()).get("settings", {})
+        metadata["sandbox_isolation"] = MetadataValue.json(settings.get("sandbox_isolation", []))
         return result._replace(metadata={**metadata, "metrics": metrics_table(out / name / "results.json"),
                                          **_report(storage, out / name, f"{checkpoint}_{name}", images)})
 

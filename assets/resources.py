@@ -80,13 +80,29 @@ class SandboxResource(ConfigurableResource):
                             "to run the code on; null: workers in this process")
     token_file: str | None = Field(None, description="the service's token file (null: "
                                    "$THYME_SANDBOX_TOKEN)")
+    isolation: str | None = Field(
+        None, description="isolation policy: 'strict' (every mechanism) or the minimum to run "
+                          "with, e.g. 'landlock+seccomp+rlimits' in a container that denies "
+                          "namespaces (docs/sandbox.md); null: $THYME_SANDBOX_ISOLATION, else "
+                          "strict. With `url`, the service must meet it")
 
-    def open(self):
+    def open(self, context=None):
         """A started `sandbox.Sandbox`, or a client of the service at `url` (a context manager;
-        the service's own workers and memory budget then apply)."""
+        the service's own workers and memory budget then apply). With the step's `context`, the
+        mechanisms it runs with are logged and recorded on the run (tag `thyme/sandbox_isolation`)."""
         from sandbox.client import open_sandbox
-        return open_sandbox(self.url, self.token_file, timeout=self.timeout,
-                            workers=self.workers, memory_mb=self.memory_mb)
+        from sandbox.policy import summary
+
+        sb = open_sandbox(self.url, self.token_file, timeout=self.timeout, isolation=self.isolation,
+                          workers=self.workers, memory_mb=self.memory_mb)
+        if context is not None:
+            context.log.info(summary(sb.isolation_report))
+            try:
+                context.instance.add_run_tags(context.run.run_id, {
+                    "thyme/sandbox_isolation": "+".join(sb.isolation_report["active"])})
+            except Exception as exc:  # noqa: BLE001 - a tag is a convenience; the metadata remains
+                context.log.warning(f"could not tag the run with the sandbox isolation: {exc}")
+        return sb
 
 
 class TeacherResource(ConfigurableResource):

@@ -29,7 +29,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.pipes_reader import WholeLineTempFileMessageReader
-from assets.resources import ThymeStorage
+from assets.resources import SandboxResource, ThymeStorage
 from assets.ui import chart
 
 SFT_DATASET = AssetKey(["datasets", "thyme_sft"])
@@ -199,6 +199,7 @@ class GRPOConfig(Config):
 @asset(key_prefix="training", group_name="training", kinds={"python", "pytorch"},
        deps=[RL_DATASET, sft_stage2])
 def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeStorage,
+             sandbox: SandboxResource,
              pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
     """GRPO-ATS from SFT stage 2's model on the published RL prompts: rollouts with the sandbox
     in the loop, greedy code inside sampled text, repetition stop, accuracy/format/consistency
@@ -209,7 +210,10 @@ def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeS
                                   f"materialize training/sft_stage2 first")
     out = storage.path("checkpoints", "grpo_ats")
     settings = [f"model={stage2}", f"data={storage.path('published', 'thyme-rl')}",
-                f"output_dir={out}", *config.overrides]
+                f"output_dir={out}"]
+    if sandbox.isolation is not None:  # (an override below still wins)
+        settings.append(f"sandbox_isolation={sandbox.isolation}")
+    settings += config.overrides
     if (out / "metrics.json").is_file():  # a finished run is never continued: start fresh
         settings.append("resume=never")
     command = [*(config.launcher or [sys.executable, "-m"]), "thyme_train.grpo",

@@ -14,7 +14,8 @@ import os
 import sys
 from importlib import resources
 
-from sandbox import Sandbox
+from sandbox import Sandbox, SandboxUnavailable
+from sandbox.policy import ENV_VAR, normalize, summary
 from sandbox.protocol import render_output
 
 
@@ -23,7 +24,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         code = f.read()
     results_dir = os.path.abspath(args.results_dir)
     os.makedirs(results_dir, exist_ok=True)
-    with Sandbox(workers=1, results_dir=results_dir) as sb:
+    with Sandbox(workers=1, results_dir=results_dir, isolation=args.isolation) as sb:
+        print(summary(sb.isolation_report), file=sys.stderr)  # (stdout may be the JSON result)
         result = sb.run(code, inputs=args.input, timeout=args.timeout)
     if args.json:
         payload = result.to_dict()
@@ -54,9 +56,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     os.makedirs(results_dir, exist_ok=True)
     print(f"Thyme sandbox demo: bundled snippets on {os.path.relpath(image)}; images go to "
           f"{os.path.relpath(results_dir)}/\n")
-    with Sandbox(results_dir=results_dir) as sb:
-        print(f"{sb.workers} pre-warmed workers, isolation: user/mount/net namespaces, Landlock, "
-              f"seccomp, rlimits{' (DEGRADED: ' + ', '.join(sb.degraded) + ')' if sb.degraded else ''}\n")
+    with Sandbox(results_dir=results_dir, isolation=args.isolation) as sb:
+        print(f"{sb.workers} pre-warmed workers; {summary(sb.isolation_report)}\n")
         for name in ("crop_zoom.py", "rotate.py", "contrast.py", "compute.py"):
             code = (examples / name).read_text()
             _print_result(name, sb.run(code, inputs=[image]))
@@ -118,8 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--session-idle-s", type=float, default=600.0,
                        help="close a session unused this long")
     serve.set_defaults(func=lambda a: __import__("sandbox.service").service.serve(a))
+    for command in (run, demo, serve):
+        command.add_argument("--isolation", default=None, metavar="POLICY",
+                             help="isolation policy: strict (default) or the minimum to run "
+                                  "with, e.g. landlock+seccomp+rlimits (docs/sandbox.md); "
+                                  f"default: ${ENV_VAR}, else strict")
     args = parser.parse_args(argv)
-    return args.func(args)
+    if getattr(args, "isolation", None) is not None:
+        try:
+            normalize(args.isolation)
+        except ValueError as exc:
+            parser.error(str(exc))
+    try:
+        return args.func(args)
+    except SandboxUnavailable as exc:  # a mechanism the policy requires is missing here
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, urlsplit
 
-from sandbox import wire
-from sandbox.core import Job
+from sandbox import policy, wire
+from sandbox.core import Job, SandboxUnavailable
 from sandbox.result import Result
 
 # Seconds an HTTP call may take beyond the code's own timeout (queueing for a worker, images).
@@ -45,7 +45,8 @@ class SandboxClient:
     """A remote `Sandbox` (see the module doc). Thread-safe: one connection per thread."""
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float | None = None,
-                 results_dir: str | os.PathLike | None = None, busy_wait_s: float = 600.0):
+                 results_dir: str | os.PathLike | None = None, busy_wait_s: float = 600.0,
+                 isolation: str | None = None):
         parts = urlsplit(url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not a sandbox service URL: {url!r} (expected http://host:port)")
@@ -60,6 +61,12 @@ class SandboxClient:
         self.namespace: str = info["namespace"]
         self.degraded = tuple(info.get("degraded", ()))
         self.timeout: float = info["timeout"] if timeout is None else timeout
+        # the service's mechanisms; the caller's policy holds there as it would here
+        self.isolation_report: dict = info["isolation"]
+        refused = policy.refusal(policy.resolve(isolation), self.isolation_report["missing"])
+        if refused:
+            self.close()
+            raise SandboxUnavailable(f"the sandbox service at {self.url}: {refused}")
 
     # ------------------------------------------------------------ the Sandbox interface
     def run(self, code: str, inputs: Sequence[str | os.PathLike] = (),
@@ -209,10 +216,11 @@ def _encode_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict]:
 
 
 def open_sandbox(url: str | None = None, token_file: str | os.PathLike | None = None, *,
-                 timeout: float = 10.0, **local):
+                 timeout: float = 10.0, isolation: str | None = None, **local):
     """The sandbox a stage uses: a `SandboxClient` of the service at `url` (token from
-    `token_file`, else $THYME_SANDBOX_TOKEN), or, without a URL, a local `Sandbox(**local)`."""
+    `token_file`, else $THYME_SANDBOX_TOKEN), or, without a URL, a local `Sandbox(**local)`.
+    Either way the `isolation` policy (sandbox.policy) must hold, or SandboxUnavailable."""
     if url:
-        return SandboxClient(url, wire.read_token(token_file), timeout=timeout)
+        return SandboxClient(url, wire.read_token(token_file), timeout=timeout, isolation=isolation)
     from sandbox.core import Sandbox
-    return Sandbox(timeout=timeout, **local)
+    return Sandbox(timeout=timeout, isolation=isolation, **local)

@@ -285,14 +285,23 @@ _DENIED_IOCTLS = (0x40086602, 0x40046602, 0x401C5820, 0x40087602)  # FS_IOC_SETF
 _SELF_ONLY_OR_ZERO = ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
                       "sched_setattr")
 _SIGNALS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+# Signals the kernel sends on the code's behalf: I/O readiness (SIGIO, or any signal chosen with
+# F_SETSIG) goes to the owner set with F_SETOWN/F_SETOWN_EX or the FIOSETOWN/SIOCSPGRP ioctls,
+# which may be any process of the same user. Landlock's signal scoping refuses it; without it
+# (ABI < 6) these are denied outright (model code has no use for async I/O signals).
+_SIGNAL_OWNER_FCNTLS = (8, 10, 15)           # F_SETOWN, F_SETSIG, F_SETOWN_EX
+_SIGNAL_OWNER_IOCTLS = (0x8901, 0x8902)      # FIOSETOWN, SIOCSPGRP
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 
 
-def seccomp_program(self_pid: int | None = None) -> bytes:
+def seccomp_program(self_pid: int | None = None, deny_truncate: bool = False) -> bytes:
     """Compile the filter to classic BPF once (libseccomp is slow to build it per child).
 
     Signals to other processes are refused by Landlock's signal scoping (ABI >= 6); on older
     kernels pass `self_pid` to compile a per-process filter that allows signalling only itself.
+    `deny_truncate`: refuse `truncate` by path, which Landlock covers only from ABI 3 (6.2):
+    before, a snippet could empty any file its user may write (`ftruncate` on a file it opened
+    for writing stays allowed: opening was Landlock's decision).
     """
     import tempfile
 
@@ -321,6 +330,12 @@ def seccomp_program(self_pid: int | None = None) -> bytes:
     if self_pid is not None:
         for name in _SIGNALS:
             f.add_rule(deny, name, sc.Arg(0, sc.NE, self_pid))
+        for cmd in _SIGNAL_OWNER_FCNTLS:
+            f.add_rule(deny, "fcntl", sc.Arg(1, sc.EQ, cmd))
+        for cmd in _SIGNAL_OWNER_IOCTLS:
+            f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, cmd))
+    if deny_truncate:
+        f.add_rule(deny, "truncate")
     with tempfile.TemporaryFile() as tmp:
         f.export_bpf(tmp)
         tmp.seek(0)

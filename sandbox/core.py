@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import queue
 import shutil
@@ -33,8 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+from sandbox import policy, runner
 from sandbox import result as R
-from sandbox import runner
 from sandbox.replies import read_frame
 from sandbox.result import Result
 from sandbox.worker import WorkerConfig
@@ -43,6 +44,7 @@ from sandbox.worker import WorkerConfig
 # before it is declared hung and replaced.
 WORKER_GRACE_S = 30.0
 PROBE_TIMEOUT_S = 30.0
+log = logging.getLogger("sandbox")
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -148,8 +150,27 @@ class _WorkerHandle:
 
     def restart(self) -> None:
         self.stop(force=True)
+        self._fresh_scratch()
         self.start()
         self.wait_ready()
+
+    def _fresh_scratch(self) -> None:
+        """Give the replacement an empty scratch directory. With namespaces the old worker's
+        files vanished with its tmpfs; without them (a weaker isolation policy) they are still on
+        the host's disk, and a worker finding them would retire at once, and so would every
+        replacement after it. They are moved aside and removed in the background (a flood of
+        files can take minutes to remove), so the fresh worker serves at once."""
+        scratch = self.config.scratch_root
+        try:
+            if not os.listdir(scratch):
+                return
+            trash = f"{scratch}.old{self.generation}"
+            os.rename(scratch, trash)
+            os.mkdir(scratch, 0o700)
+        except OSError:
+            return  # (the new worker's health check reports a scratch it cannot use)
+        threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True},
+                         daemon=True, name="thyme-scratch-cleanup").start()
 
     def stop(self, force: bool = False) -> None:
         if self.pid <= 0:
@@ -191,8 +212,12 @@ class Sandbox:
         stdout_limit: characters of printed output kept; printing more is an `output_limit` error.
         results_dir: where produced images are moved; None means a temporary directory that
             is removed by `close()` (pass one to keep the images).
-        allow_degraded: run even if an isolation mechanism is missing; every result then lists
-            the missing mechanisms in `degraded`. Off by default: `Sandbox()` fails instead.
+        isolation: the isolation policy (`sandbox.policy`): "strict" (every mechanism), or a
+            named minimum such as "landlock+seccomp+rlimits" below which the sandbox refuses to
+            start (`SandboxUnavailable`, naming what is missing). None: the environment's
+            THYME_SANDBOX_ISOLATION, else "strict". Every result lists missing mechanisms in
+            `degraded`; `isolation_report` says what is active.
+        allow_degraded: an alias of isolation="rlimits" (run with whatever the host offers).
         namespace: "compat" (default) pre-binds what the original Thyme sandbox did (`cv2`,
             `np`/`numpy`, `os`, `math`, `Image`, `json`, `re`, `random`, `string`,
             `temp_output_dir`, ...), as released checkpoints expect; "strict" binds only
@@ -201,11 +226,13 @@ class Sandbox:
 
     def __init__(self, workers: int | None = None, *, timeout: float = 10.0, memory_mb: int = 1024,
                  file_mb: int = 32, scratch_mb: int = 256, stdout_limit: int = 64_000,
-                 results_dir: str | os.PathLike | None = None, allow_degraded: bool = False,
-                 namespace: str = "compat", launcher: Launcher = launch_subprocess):
+                 results_dir: str | os.PathLike | None = None, isolation: str | None = None,
+                 allow_degraded: bool = False, namespace: str = "compat",
+                 launcher: Launcher = launch_subprocess):
         if namespace not in runner.NAMESPACES:
             raise ValueError(f"namespace must be one of {runner.NAMESPACES}, not {namespace!r}")
         self.timeout, self.namespace = timeout, namespace
+        self.policy = policy.resolve(isolation, allow_degraded)
         self._root = tempfile.mkdtemp(prefix="thyme-sandbox-")
         self._own_results = results_dir is None
         self.results_dir = os.path.abspath(results_dir or os.path.join(self._root, "results"))
@@ -217,7 +244,7 @@ class Sandbox:
             os.mkdir(scratch, 0o700)
             config = WorkerConfig(scratch_root=scratch, scratch_mb=scratch_mb, memory_mb=memory_mb,
                                   file_mb=file_mb, stdout_limit=stdout_limit,
-                                  allow_degraded=allow_degraded, namespace=namespace)
+                                  isolation=self.policy, namespace=namespace)
             self._handles.append(_WorkerHandle(config, launcher))
         self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
         self._next_session = itertools.count()
@@ -227,14 +254,16 @@ class Sandbox:
             for h in self._handles:
                 info = h.wait_ready()
                 if not info.get("ready"):
-                    raise SandboxUnavailable(
-                        f"sandbox worker could not start: {info.get('error')}. "
-                        "Pass allow_degraded=True to run without the missing mechanism.")
+                    raise SandboxUnavailable(f"sandbox worker could not start: {info.get('error')}")
                 self._idle.put(h)
         except BaseException:
             self.close()
             raise
         self.degraded = tuple(self._handles[0].info.get("degraded", ()))
+        # What confines the children: {"policy", "active", "missing": {name: why}, "landlock_abi"}.
+        # Runs record it (run metadata, rollout metrics, evaluation reports).
+        self.isolation_report: dict = self._handles[0].info["isolation"]
+        (log.warning if self.degraded else log.info)(policy.summary(self.isolation_report))
 
     # ------------------------------------------------------------ public API
     def run(self, code: str, inputs: Sequence[str | os.PathLike] = (),

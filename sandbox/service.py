@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from sandbox import fusion, wire
 from sandbox.core import Sandbox
+from sandbox.policy import summary
 
 SESSION_REAP_EVERY_S = 10.0
 
@@ -104,7 +105,8 @@ class SandboxService:
     def info(self) -> dict:
         sb = self.sandbox
         return {"workers": sb.workers, "timeout": sb.timeout, "namespace": sb.namespace,
-                "degraded": list(sb.degraded), "max_timeout": self.max_timeout,
+                "degraded": list(sb.degraded), "isolation": sb.isolation_report,
+                "max_timeout": self.max_timeout,
                 "max_body_bytes": self.max_body, "max_inflight": self.admission.limit,
                 "inflight": self.admission.inside, "sessions": len(self.sessions),
                 "max_sessions": self.max_sessions, "served": self.served}
@@ -366,7 +368,7 @@ def serve(args) -> int:
               "one (only on a trusted network)", file=sys.stderr)
         return 2
     with Sandbox(workers=args.workers, timeout=args.timeout, memory_mb=args.memory_mb,
-                 namespace=args.namespace) as sandbox:
+                 namespace=args.namespace, isolation=args.isolation) as sandbox:
         server, service = make_server(sandbox, args.host, args.port, token,
                                       max_queue=args.max_queue, max_body_mb=args.max_body_mb,
                                       max_timeout=args.max_timeout,
@@ -375,7 +377,8 @@ def serve(args) -> int:
         host, port = server.server_address[:2]
         print(f"thyme sandbox serving on http://{host}:{port} ({sandbox.workers} workers, "
               f"{service.admission.limit} requests admitted at once, token "
-              f"{'required' if token else 'NOT required'})", flush=True)
+              f"{'required' if token else 'NOT required'}); {summary(sandbox.isolation_report)}",
+              flush=True)
         signal.signal(signal.SIGTERM, _interrupt)  # stop cleanly: sessions closed, workers ended
         try:
             server.serve_forever()

@@ -27,10 +27,10 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from sandbox import confine, outputs, replies, runner
+from sandbox import confine, outputs, policy, replies, runner
 from sandbox import result as R
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
-from sandbox.repair import RepairContext, output_subfolders, repair
+from sandbox.repair import RepairContext, image_size, output_subfolders, repair
 from sandbox.warm import library_paths as _library_paths
 from sandbox.warm import warm_up as _warm_up
 
@@ -66,7 +66,7 @@ class WorkerConfig:
     image_check_s: float = 10.0       # time to decode one call's images
     checker_reuse: int = 64           # images one checker decodes before a fresh one takes over
     zygote_timeout_s: float = 10.0    # a zygote silent this long is declared hung
-    allow_degraded: bool = False
+    isolation: str = "strict"         # the isolation policy (sandbox.policy): what must be active
     namespace: str = "compat"         # pre-bound names: "compat" (the original's) or "strict"
 
 
@@ -84,7 +84,7 @@ class Child:
     def image_size(self) -> tuple[int, int] | None:
         """(width, height) of the first input, read on first use (crop-box clamping)."""
         if self._image_size is None and self.inputs:
-            self._image_size = _image_size(self.inputs[0])
+            self._image_size = image_size(self.inputs[0])
         return self._image_size
 
 
@@ -93,7 +93,7 @@ class Worker:
         self.cfg = config
         self.limits = confine.Limits(memory_mb=config.memory_mb, cpu_s=config.cpu_s,
                                      file_mb=config.file_mb, open_files=config.open_files)
-        self.degraded: list[str] = []
+        self.missing: dict[str, str] = {}  # mechanism -> why it is unavailable here
         self.sessions: dict[str, Child] = {}
         self.restarted: set[str] = set()  # sessions whose child was killed mid-block
         self.counter = 0
@@ -110,14 +110,18 @@ class Worker:
             confine.enter_namespaces(self.cfg.scratch_root, self.cfg.scratch_mb,
                                      self.cfg.scratch_inodes)
         except confine.ConfinementError as exc:
-            self._missing("namespaces", f"user/mount/network namespaces unavailable: {exc}")
+            self.missing["namespaces"] = f"user/mount/network namespaces unavailable: {exc}"
         self.landlock_abi = confine.landlock_abi()
         if self.landlock_abi < 1:
-            self._missing("landlock", "Landlock is not enabled in this kernel")
+            self.missing["landlock"] = "Landlock is not enabled in this kernel"
         problem = confine.seccomp_unavailable_reason()
         self.seccomp = problem is None
         if problem:
-            self._missing("seccomp", f"seccomp (pyseccomp + libseccomp.so.2) is unavailable: {problem}")
+            self.missing["seccomp"] = f"seccomp (pyseccomp + libseccomp.so.2) is unavailable: {problem}"
+        refusal = policy.refusal(self.cfg.isolation, self.missing)
+        if refusal:
+            raise confine.ConfinementError(refusal)
+        self.degraded = [m for m in policy.MECHANISMS if m in self.missing]
         _warm_up()
         self.read_only = _library_paths()
         # Compiled once; per child only when signals cannot be scoped by Landlock.
@@ -208,10 +212,12 @@ class Worker:
             raise ZygoteLost(self.lost)
         return json.loads(msg), got
 
-    def _missing(self, mechanism: str, reason: str) -> None:
-        if not self.cfg.allow_degraded:
-            raise confine.ConfinementError(reason)
-        self.degraded.append(mechanism)
+    def isolation(self) -> dict:
+        """What confines this worker's children: the policy, the active mechanisms, and the
+        missing ones with the reason for each."""
+        return {"policy": self.cfg.isolation,
+                "active": [m for m in policy.MECHANISMS if m not in self.missing],
+                "missing": dict(self.missing), "landlock_abi": self.landlock_abi}
 
     # ------------------------------------------------------------ health
     def health(self) -> str | None:
@@ -387,16 +393,20 @@ class Worker:
             tempfile.tempdir = scratch
         else:
             os.environ.update(CHILD_ENV)
+        # A per-child filter is compiled through a temporary file: before Landlock, which would
+        # refuse it outside scratch (an image checker has none).
+        program = b""
+        if self.seccomp:
+            program = (confine.seccomp_program(os.getpid(), deny_truncate=self.landlock_abi < 3)
+                       if self.seccomp_per_child else self.seccomp_bpf)
         confine.set_rlimits(self.limits, self.baseline_vm)
         confine.no_new_privs()
         if self.landlock_abi >= 1:
             confine.landlock_restrict(self.landlock_abi, self.read_only + inputs,
                                       [scratch] if scratch else [])
-        if "namespaces" not in self.degraded:
-            confine.drop_capabilities()
+        confine.drop_capabilities()  # (also without namespaces: root in a container keeps none)
         if self.seccomp:
-            confine.install_seccomp(confine.seccomp_program(os.getpid()) if self.seccomp_per_child
-                                    else self.seccomp_bpf)
+            confine.install_seccomp(program)
 
     def _end(self, child: Child | None) -> None:
         if child is None:
@@ -565,7 +575,7 @@ class Worker:
     # ------------------------------------------------------------ serve
     def serve(self, fd_in: int, fd_out: int) -> None:
         hello = {"ready": True, "pid": os.getpid(), "degraded": self.degraded,
-                 "landlock_abi": self.landlock_abi, "huge_pages_bytes": self.huge_pages_bytes,
+                 "isolation": self.isolation(), "landlock_abi": self.landlock_abi, "huge_pages_bytes": self.huge_pages_bytes,
                  "zygote_pid": self.zygote_pid}
         runner.write_frame(fd_out, json.dumps(hello).encode())
         while True:
@@ -611,15 +621,6 @@ def _reap(pid: int) -> tuple[int, float]:
     except ChildProcessError:
         return 0, 0.0
     return status, usage.ru_utime + usage.ru_stime
-
-
-def _image_size(path: str) -> tuple[int, int] | None:
-    from PIL import Image
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception:  # noqa: BLE001 - not an image: no crop clamping
-        return None
 
 
 def main() -> None:

@@ -46,13 +46,22 @@ def test_funnel_on_a_generated_shard(tmp_path):
     assert len(rows) >= 40 and all(r["audit"] for r in rows)
     (ex,) = list(result.asset_materializations_for_node("samples__executions"))
     assert ex.metadata["code_blocks"].value > 20
+    # the mechanisms that confined the code, on the materialization and the run
+    isolation = ex.metadata["sandbox_isolation"].value
+    assert isolation["policy"] == "strict" and isolation["missing"] == {}
+    assert instance.get_run_by_id(result.run_id).tags["thyme/sandbox_isolation"] == \
+        "namespaces+landlock+seccomp+rlimits"
 
-    # Re-running the executions is served by the cache.
+    # Re-running the executions is served by the cache; the resource's isolation policy reaches
+    # the sandbox (a named minimum: this host has more, so everything is still active).
+    resources["sandbox"] = SandboxResource(workers=1, isolation="seccomp+landlock+rlimits")
     again = materialize(ASSETS, instance=instance, resources=resources, partition_key="shard-00000",
                         selection=[AssetKey(["samples", "executions"])])
     (ex2,) = list(again.asset_materializations_for_node("samples__executions"))
     assert ex2.metadata["cache_misses"].value == 0
     assert ex2.metadata["cache_hits"].value == ex.metadata["code_blocks"].value
+    assert ex2.metadata["sandbox_isolation"].value["policy"] == "landlock+seccomp+rlimits"
+    assert ex2.metadata["sandbox_isolation"].value["active"] == isolation["active"]
 
 
 def test_openai_teacher_through_the_resource(tmp_path):

@@ -9,8 +9,9 @@ import os
 import pytest
 from PIL import Image
 
+from sandbox.policy import MECHANISMS
 from thyme_train.config import load_config
-from thyme_train.grpo import GRPOATSConfig, ToolUseMonitor, rollout_statistics
+from thyme_train.grpo import GRPOATSConfig, ToolUseMonitor, isolation_metrics, rollout_statistics
 from thyme_train.rollout import END_REASONS, Rollout
 
 CROP = ("<think>Zoom in.<code>\n```python\nfrom PIL import Image\nimg = Image.open(image_path)\n"
@@ -31,6 +32,10 @@ def test_config_files_load_and_document_every_field():
     assert all(f.metadata.get("help") for f in dataclasses.fields(GRPOATSConfig))
     with pytest.raises(ValueError, match="code_token_loss"):
         load_config(GRPOATSConfig, None, ["code_token_loss=skip"])
+    cfg = load_config(GRPOATSConfig, None, ["sandbox_isolation=seccomp+landlock"])
+    assert cfg.rollout().sandbox_isolation == "landlock+seccomp"
+    with pytest.raises(ValueError, match="unknown isolation policy"):
+        load_config(GRPOATSConfig, None, ["sandbox_isolation=containers"])
 
 
 def test_config_reaches_trl(tmp_path):
@@ -59,6 +64,15 @@ def test_tool_collapse_warning_and_statistics():
     s = rollout_statistics([a, b])
     assert (s["thyme/tool_call_rate"], s["thyme/exec_success"], s["thyme/images_per_rollout"]) == (0.5, 0.5, 0.5)
     assert (s["thyme/end/answer"], s["thyme/end/length"], s["thyme/sandbox_tokens"]) == (0.5, 0.5, 0.5)
+
+
+def test_isolation_metrics_record_missing_mechanisms():
+    class Degraded:  # what a Sandbox in a container without namespaces reports
+        isolation_report = {"policy": "landlock+seccomp+rlimits", "active": ["landlock", "seccomp", "rlimits"],
+                            "missing": {"namespaces": "unshare failed"}, "landlock_abi": 6}
+
+    assert isolation_metrics(Degraded()) == {"thyme/sandbox/namespaces": 0.0, "thyme/sandbox/landlock": 1.0,
+                                             "thyme/sandbox/seccomp": 1.0, "thyme/sandbox/rlimits": 1.0}
 
 
 @pytest.mark.slow
@@ -119,6 +133,8 @@ def test_grpo_steps_end_to_end(tmp_path, request):
         assert 0 < r["sampling/importance_sampling_ratio/min"] <= r["sampling/importance_sampling_ratio/mean"] <= 2.0
         assert r["thyme/tokens/greedy_code_share"] > 0 and r["thyme/tokens/no_behaviour_logprob_share"] == 0
         assert r["thyme/sampling/prompts_seen"] > 0
+        # the mechanisms that confined the batch's code (all of them: the strict default)
+        assert [r[f"thyme/sandbox/{m}"] for m in MECHANISMS] == [1.0] * len(MECHANISMS)
     # the sandbox's crop reached the training forward pass (prompt image + crop)
     assert 2 in trainer.last_image_counts
     out = tmp_path / "out"
@@ -129,6 +145,8 @@ def test_grpo_steps_end_to_end(tmp_path, request):
     assert summary["steps"] == 2 and summary["tool_call_rate_last"] >= 0.5
     assert summary["data"] == {"prompts": 2, "with_images": 2, "text_only": 0, "images": 2,
                                "quarantined": {}}
+    assert summary["sandbox_isolation"]["policy"] == "strict"
+    assert summary["sandbox_isolation"]["active"] == list(MECHANISMS)
     # rollouts.jsonl: 3 sampled rollouts of each logged step, every line whole and readable
     samples = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert [r["step"] for r in samples] == [1, 1, 1, 2, 2, 2]

@@ -88,6 +88,8 @@ def test_cli_fails_clearly(tmp_path, image_file, capsys):
     assert "cannot be read" in capsys.readouterr().err
     assert main(["--model", str(tmp_path), "--question", "q", "--server", "http://x:1/v1"]) == 2
     assert "use engine 'vllm'" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path), "--question", "q", "--sandbox-isolation", "docker"]) == 2
+    assert "unknown isolation policy 'docker'" in capsys.readouterr().err
 
 
 def test_cli_writes_the_transcript(tiny_path, image_file, tmp_path, capsys):
@@ -97,6 +99,8 @@ def test_cli_writes_the_transcript(tiny_path, image_file, tmp_path, capsys):
     record = json.loads((out / "transcript.json").read_text())
     assert record["question"] == "What colour?" and not os.path.isabs(record["image"])
     assert record["end_reason"] and "answer:" in capsys.readouterr().out
+    assert record["sandbox_isolation"]["policy"] == "strict"   # what confined its code
+    assert record["sandbox_isolation"]["active"] == ["namespaces", "landlock", "seccomp", "rlimits"]
 
 
 def test_ask_many_keeps_many_questions_in_flight(tiny_path, image_file, sandbox):
@@ -185,8 +189,13 @@ def test_evaluate_cli_on_the_tiny_model(tiny_path, image_file, tmp_path, capsys)
     settings = json.loads((out / "VStarBench" / "settings.json").read_text())
     assert settings["prompt_set"] == "thyme-release" and settings["benchmark"]["kind"] == "vstar"
     assert settings["temperature"] == 0.0 and not os.path.isabs(settings["model"])
+    assert settings["sandbox_isolation"] == "strict"            # the policy asked for ...
+    shown = results["settings"]["sandbox"]                       # ... and what confined the code
+    assert shown.startswith("namespaces+landlock(ABI ") and shown.endswith("+seccomp+rlimits active, policy strict")
+    assert results["settings"]["sandbox_isolation"][0]["missing"] == {}
     summary = (out / "summary.md").read_text()
     assert "| mine | generic | 2 |" in summary and "| VStarBench | vstar | 2 |" in summary
+    assert f"sandbox={shown}" in summary
     assert (out / "summary.png").stat().st_size > 0 and "| VStarBench |" in capsys.readouterr().out
     records = (out / "mine" / "records.0-of-1.jsonl").read_text()
     assert evaluate_main(argv) == 0                              # all done: nothing is redone
@@ -213,4 +222,6 @@ def test_data_parallel_processes_share_the_items(tiny_path, image_file, tmp_path
     assert shards == ["records.0-of-2.jsonl", "records.1-of-2.jsonl"]
     ids = [json.loads(x)["id"] for p in shards for x in (out / "bench" / p).read_text().splitlines()]
     assert sorted(ids) == ["1", "2", "3", "4"]
-    assert json.loads((out / "bench" / "results.json").read_text())["summaries"]["tools"]["items"] == 4
+    results = json.loads((out / "bench" / "results.json").read_text())
+    assert results["summaries"]["tools"]["items"] == 4
+    assert len(results["settings"]["sandbox_isolation"]) == 2   # each process's sandbox

@@ -564,6 +564,8 @@ KILLS = {
 @pytest.mark.parametrize("how", list(KILLS))
 def test_kill_other_processes(any_sandbox, victim, how):
     code, kind = KILLS[how]
+    if how in ("everyone", "own_group") and any_sandbox.isolation_report["landlock_abi"] < 6:
+        kind = R.FORBIDDEN  # no signal scoping: seccomp allows signalling only itself (EPERM)
     pids = worker_pids(any_sandbox)
     r = any_sandbox.run(code.replace("@VICTIM@", str(victim.pid)))
     if kind is None:
@@ -598,7 +600,10 @@ def test_sigio_redirected_to_host_process(any_sandbox, victim):
         arm(os.getppid(), signal.SIGKILL)    # ...and at the worker
         print('self', len(got))
     """, VICTIM=victim.pid))
-    assert r.ok and r.stdout == "self 1\n", r
+    if any_sandbox.isolation_report["landlock_abi"] >= 6:
+        assert r.ok and r.stdout == "self 1\n", r
+    else:  # no signal scoping: seccomp refuses to set a signal owner at all
+        assert_denied(r)
     time.sleep(0.2)
     assert victim.poll() is None, "SIGIO killed a host process"
     assert_healthy(any_sandbox, pids)
@@ -804,18 +809,30 @@ PRIVILEGES = {
 @pytest.mark.parametrize("how", list(PRIVILEGES))
 def test_privilege_operations(any_sandbox, how):
     code, kind = PRIVILEGES[how]
+    if how == "setuid_other" and "namespaces" in any_sandbox.degraded:
+        # EPERM (no capability) on the host; EINVAL (unmapped) in a rootless engine's namespace
+        kind = (R.FORBIDDEN, R.RUNTIME)
+    fifos = {name for name in os.listdir("/tmp") if name.startswith("thyme-fifo-")}
     r = any_sandbox.run(code)
-    assert_denied(r, kind)
-    assert not any(name.startswith("thyme-fifo-") for name in os.listdir("/tmp"))
+    made = {name for name in os.listdir("/tmp") if name.startswith("thyme-fifo-")} - fifos
+    for name in made:  # (a weaker isolation policy lets it through: leave the host as found)
+        os.unlink(os.path.join("/tmp", name))
+    if isinstance(kind, tuple):
+        assert not r.ok and r.error.kind in kind, r
+    else:
+        assert_denied(r, kind)
+    assert not made
 
 
-def test_chown_and_chmod_are_no_ops(any_sandbox):
+def test_chown_and_chmod_are_no_ops(any_sandbox, sandbox_uid):
     r = any_sandbox.run("import os, stat\nopen('f', 'w').close()\nos.chown('f', 1, 1)\n"
                         "os.chmod('f', 0o4777)\nst = os.stat('f')\n"
                         "print(st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode)))")
     assert r.ok, r
     uid, gid, mode = r.text.split()
-    assert (uid, gid) == ("0", "0") and not int(mode, 8) & 0o4000
+    # root inside its own namespace; without one, the worker's uid (0 in a rootless engine's)
+    owners = ("0", str(sandbox_uid)) if "namespaces" in any_sandbox.degraded else ("0",)
+    assert uid == gid and uid in owners and not int(mode, 8) & 0o4000
 
 
 def test_no_capabilities(any_sandbox):
@@ -828,8 +845,11 @@ def test_no_capabilities(any_sandbox):
         print(struct.unpack('=6I', data.raw))
         print(open('/proc/self/status').read())
     """))
-    assert_denied(r)  # /proc itself is out of reach
-    assert r.stdout == "(0, 0, 0, 0, 0, 0)\n", r
+    if "landlock" in any_sandbox.degraded:  # its own /proc/self/status is then readable
+        assert r.ok and r.stdout.startswith("(0, 0, 0, 0, 0, 0)\n"), r
+    else:
+        assert_denied(r)  # /proc itself is out of reach
+        assert r.stdout == "(0, 0, 0, 0, 0, 0)\n", r
 
 
 RLIMITS = ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE")

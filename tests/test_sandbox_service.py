@@ -39,7 +39,7 @@ class Server:
     """`python -m sandbox serve` on a free loopback port."""
 
     def __init__(self, tmp: Path, *extra: str):
-        token_file = tmp / "token"
+        self.token_file = token_file = tmp / "token"
         token_file.write_text(TOKEN + "\n")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
@@ -182,6 +182,23 @@ def test_an_abandoned_session_expires(server, client):
         time.sleep(0.2)
     with pytest.raises(SandboxServiceError, match="HTTP 404.*expired after 3 s idle"):
         s.run("print(x)")
+
+
+def test_the_callers_isolation_policy_holds_on_the_service(server, client, monkeypatch):
+    """The client reports the service's mechanisms, and a policy the service does not meet is
+    refused by name, as a local sandbox would refuse it."""
+    from sandbox.client import open_sandbox
+    from sandbox.core import SandboxUnavailable
+
+    assert client.isolation_report["active"] and client.isolation_report["policy"]
+    with open_sandbox(server.url, isolation="seccomp+rlimits", token_file=server.token_file) as remote:
+        assert remote.isolation_report == client.isolation_report
+    weaker = {**client.info, "isolation": {**client.isolation_report,
+                                           "missing": {"landlock": "kernel without Landlock"}}}
+    monkeypatch.setattr(SandboxClient, "_call", lambda self, *a: weaker)
+    with pytest.raises(SandboxUnavailable, match=rf"{server.url}.*requires landlock"):
+        SandboxClient(server.url, TOKEN, isolation="strict")
+    SandboxClient(server.url, TOKEN, isolation="seccomp+rlimits").close()      # met: runs
 
 
 def test_token_is_required(server, client):

@@ -8,14 +8,19 @@ import pytest
 from dagster import AssetKey, AssetMaterialization, DagsterInstance, materialize
 from sft_data import write_dataset
 
-from assets.resources import ThymeStorage
+from assets.resources import SandboxResource, ThymeStorage
 from assets.training import TRAINING_ASSETS, TRAINING_RESOURCES
 
 FAST = ["max_steps=4", "save_steps=100", "learning_rate=3e-3"]
 
 
+# A named minimum this host exceeds: it must reach the launched GRPO and evaluation processes.
+ISOLATION = "landlock+seccomp+rlimits"
+
+
 def _resources(root: Path) -> dict:
-    return {"storage": ThymeStorage(root=str(root)), **TRAINING_RESOURCES}
+    return {"storage": ThymeStorage(root=str(root)), "sandbox": SandboxResource(isolation=ISOLATION),
+            **TRAINING_RESOURCES}
 
 
 def _run_config(stage1: list[str], stage2: list[str]) -> dict:
@@ -114,6 +119,7 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
     (grpo,) = result.asset_materializations_for_node("training__grpo_ats")
     meta = {k: v.value for k, v in grpo.metadata.items()}
     assert meta["steps"] == 1 and "data:image/png;base64," in meta["curves_rewards"]
+    assert meta["sandbox_isolation"]["policy"] == ISOLATION          # the resource's policy
     assert "data:image/png;base64," in meta["curves_optimiser"]
     (step,) = [o.metadata for o in result.asset_observations_for_node("training__grpo_ats")]
     assert step["step"].value == 1 and {"loss", "kl", "learning_rate", "reward"} <= set(step)
@@ -129,6 +135,7 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
         assert meta["items_preview"].count("data:image/jpeg;base64,") == items   # from splits/rl
         results = json.loads((root / "evaluation" / name / "heldout" / "results.json").read_text())
         assert set(results["summaries"]) == modes
+        assert [r["policy"] for r in meta["sandbox_isolation"]] == [ISOLATION]
 
 
 def test_pipes_reader_waits_for_a_whole_line(tmp_path):

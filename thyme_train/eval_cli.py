@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(python -m sandbox serve) instead of a sandbox in this process")
     e.add_argument("--sandbox-token-file", default=None,
                    help="the service's token file (default: $THYME_SANDBOX_TOKEN)")
+    e.add_argument("--sandbox-isolation", default=None, metavar="POLICY",
+                   help="sandbox isolation policy: strict (default) or the minimum to run with, "
+                        "e.g. landlock+seccomp+rlimits in a container that denies namespaces "
+                        "(docs/sandbox.md); default: $THYME_SANDBOX_ISOLATION, else strict")
     e.add_argument("--restart", action="store_true", help="discard earlier results in --out")
     e.add_argument("--skip-bad-rows", action="store_true",
                    help="record unreadable benchmark rows and go on (default: stop)")
@@ -85,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_for(args, bench: Benchmark) -> dict:
     """Everything that decides the scores, recorded beside them (paths relative)."""
     from pipelines.core.prompts import load_prompt_set
+    from sandbox.policy import resolve as resolve_isolation
     from thyme_train.rollout import RolloutConfig
 
     prompts = load_prompt_set(args.prompt_set)
@@ -108,6 +114,7 @@ def settings_for(args, bench: Benchmark) -> dict:
                       "split": bench.split, "fingerprint": fingerprint(bench.path)},
         "limit": args.limit, "batch_items": args.batch_items, "batch_size": args.batch_size,
         "servers": len(args.server), "devices": args.devices,
+        "sandbox_isolation": resolve_isolation(args.sandbox_isolation),
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": _versions(),
     }
@@ -194,6 +201,7 @@ def split_over(policies: list[Policy]) -> Policy:
 def main(argv: list[str] | None = None) -> int:
     import contextlib
 
+    from sandbox import SandboxUnavailable
     from thyme_train.eval_data import load_items
     from thyme_train.eval_report import write_summary
     from thyme_train.eval_store import RecordStore
@@ -225,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             stores = {b.name: RecordStore(out / b.name, settings[b.name],
                                           shard=f"{shard_i}-of-{shard_n}",
                                           restart=args.restart and not args.shard) for b in benches}
+            if not args.shard:  # this run's processes record their sandboxes afresh
+                for stale in out.glob("sandbox_isolation.*.json"):
+                    stale.unlink()
             if len(devices) > 1:
                 _spawn(argv if argv is not None else sys.argv[1:], devices)
             else:
@@ -233,15 +244,17 @@ def main(argv: list[str] | None = None) -> int:
                                    load_items)
             if args.shard:
                 return 0                   # the parent reports
+            isolation = isolation_settings(out, max(len(devices), 1))
             for b in benches:
                 title = f"{b.name} ({Path(args.model).name}, {args.prompt_set})"
-                rows[b.name] = (b.kind, report(b.kind, stores[b.name], settings[b.name],
+                rows[b.name] = (b.kind, report(b.kind, stores[b.name], {**settings[b.name], **isolation},
                                                out / b.name, title, b.name, args.bootstrap))
             common = {k: v for k, v in settings[benches[0].name].items() if k != "benchmark"}
+            common.update(isolation)
             paths = write_summary(rows, common, out, f"{Path(args.model).name} "
                                   f"({common['prompt_set']}, {common['engine']})")
         # bad files, rows, prompt sets, settings, models: a clear message and exit status 2
-        except (ValueError, OSError, InferenceError, EvaluationError) as exc:
+        except (ValueError, OSError, InferenceError, EvaluationError, SandboxUnavailable) as exc:
             write_error(exc)
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -258,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate_here(args, benches, stores, out, shard, errors, stack, load_items) -> None:
     """This process's share of every benchmark, mode by mode, wave by wave."""
+    from pipelines.core.atomic import write_json
     from sandbox.client import open_sandbox
+    from sandbox.policy import summary
 
     judge = make_judge(args)
     policy = None
@@ -269,11 +284,30 @@ def _evaluate_here(args, benches, stores, out, shard, errors, stack, load_items)
         items = items[shard[0]::shard[1]]
         if policy is None:               # the model loads once the first benchmark has read
             sandbox = stack.enter_context(open_sandbox(args.sandbox_url, args.sandbox_token_file,
-                                                       timeout=10.0))
+                                                       timeout=10.0, isolation=args.sandbox_isolation))
+            write_json(isolation_file(out, shard), sandbox.isolation_report)
+            print(summary(sandbox.isolation_report), file=sys.stderr)
             policy = make_policy(args, sandbox, stack)
         for mode in (["tools"] if args.no_ablation else ["tools", "direct"]):
             run(b.kind, items, policy, stores[b.name], mode, args.samples, judge, args.batch_items,
                 progress=lambda text, name=b.name: print(f"[{name}] {text}", file=sys.stderr))
+
+
+def isolation_file(out: Path, shard: tuple[int, int]) -> Path:
+    """Where an evaluating process records the mechanisms its sandbox ran with."""
+    return out / f"sandbox_isolation.{shard[0]}-of-{shard[1]}.json"
+
+
+def isolation_settings(out: Path, shards: int) -> dict:
+    """The sandbox isolation of this run's processes, for the reports: `sandbox` (shown: the
+    active mechanisms and the policy) and `sandbox_isolation` (each process's full record)."""
+    from sandbox.policy import summary
+
+    reports = [json.loads(path.read_text()) for i in range(shards)
+               if (path := isolation_file(out, (i, shards))).is_file()]
+    shown = sorted({summary(r).removeprefix("sandbox isolation: ") for r in reports})
+    return {"sandbox": "; ".join(shown) or "not started (every item was already answered)",
+            "sandbox_isolation": reports}
 
 
 def _spawn(argv: list[str], devices: list[str]) -> None:

@@ -209,7 +209,7 @@ def markdown(name: str, summary: dict, settings: dict) -> str:
 
 
 SHOWN = ("model", "prompt_set", "engine", "temperature", "samples", "max_turns", "max_new_tokens",
-         "on_code_error", "judge", "option_seed", "seed")
+         "on_code_error", "judge", "option_seed", "seed", "sandbox")
 
 
 def summary_table(rows: dict[str, tuple[str, dict]], settings: dict) -> str:

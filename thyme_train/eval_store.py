@@ -23,7 +23,7 @@ from pipelines.core.atomic import write_json
 
 # Settings that do not change the scores: a run may resume with other values of these.
 NEUTRAL = ("batch_items", "batch_size", "workers", "servers", "devices", "limit", "shard",
-           "started", "toolkit", "versions", "judge_max_calls")
+           "started", "toolkit", "versions", "judge_max_calls", "sandbox_isolation", "sandbox")
 
 
 class SettingsMismatch(ValueError):

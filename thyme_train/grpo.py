@@ -203,6 +203,17 @@ def rollout_statistics(rollouts) -> dict[str, float]:
     return stats
 
 
+def isolation_metrics(sandbox) -> dict[str, float]:
+    """`thyme/sandbox/<mechanism>`: 1 when it confined this batch's code, 0 when it was missing
+    (the sandbox ran under a weaker isolation policy)."""
+    from sandbox.policy import MECHANISMS
+
+    report = getattr(sandbox, "isolation_report", None)
+    if report is None:  # a stand-in sandbox (tests) reports nothing
+        return {}
+    return {f"thyme/sandbox/{m}": float(m in report["active"]) for m in MECHANISMS}
+
+
 class ThymeRolloutFunc:
     """TRL's `rollout_func(prompts, trainer)`: one Thyme rollout per prompt entry (TRL already
     repeats each prompt G times), with the sandbox in the loop, on the configured engine
@@ -259,6 +270,7 @@ class ThymeRolloutFunc:
         stats.update(behaviour_statistics(rollouts))
         warning = self.monitor.record(stats["thyme/tool_call_rate"])
         stats["thyme/tool_collapse"] = float(warning is not None)
+        stats.update(isolation_metrics(self.sandbox))
         if warning:
             log.warning(warning)
         self.statistics = stats
@@ -457,7 +469,7 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
         log.info("parameters: %s", freeze(model, cfg.freeze_vision_tower, cfg.freeze_merger))
     Trainer = grpo_trainer_class()
     with open_sandbox(cfg.sandbox_url, cfg.sandbox_token_file, timeout=cfg.sandbox_timeout,
-                      workers=cfg.sandbox_workers) as sandbox:
+                      workers=cfg.sandbox_workers, isolation=cfg.sandbox_isolation) as sandbox:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         rollout_log = RolloutLog(out, cfg.rollout_samples, cfg.logging_steps, rewards.weights(), cfg.seed)
         rollout_func = ThymeRolloutFunc(cfg, processor, sandbox, force, rollout_log, model_path)
@@ -483,6 +495,7 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
             summary = run_summary(trainer.state.log_history, trainer.state.global_step)
             summary["resumed_from"] = os.path.relpath(resume, out) if resume else None
             summary["data"] = data_counts
+            summary["sandbox_isolation"] = sandbox.isolation_report
             write_json(out / "metrics.json", summary, indent=1)
     return trainer
 
@@ -516,6 +529,8 @@ def materialization_metadata(out: Path, summary: dict) -> dict:
     embedded by the launching asset: a long Pipes line can be read half-written)."""
     meta = {"checkpoint": {"raw_value": os.path.relpath(out), "type": "path"},
             "summary": {"raw_value": summary, "type": "json"}}
+    if summary.get("sandbox_isolation"):
+        meta["sandbox_isolation"] = {"raw_value": summary["sandbox_isolation"], "type": "json"}
     for key in ("steps",):
         meta[key] = {"raw_value": summary[key], "type": "int"}
     for key in ("reward_first_quarter", "reward_last_quarter"):

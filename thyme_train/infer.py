@@ -138,7 +138,7 @@ class Thyme:
         self.engine = self._engine(rollout)
         self._own_sandbox = sandbox is None
         self.sandbox = (open_sandbox(config.sandbox_url, config.sandbox_token_file,
-                                     timeout=rollout.sandbox_timeout)
+                                     timeout=rollout.sandbox_timeout, isolation=rollout.sandbox_isolation)
                         if sandbox is None else sandbox)
         self.runner = RolloutRunner(self.engine, self.codec, self.sandbox, rollout)
         self.direct = RolloutRunner(self.engine, self.codec, self.sandbox,
@@ -326,6 +326,9 @@ def _save_images(paths: list[str], out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sandbox import SandboxUnavailable
+    from sandbox.policy import summary
+
     parser = argparse.ArgumentParser(prog="python -m thyme_train.infer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -347,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
                         "sandbox serve) instead of a sandbox in this process")
     parser.add_argument("--sandbox-token-file", default=None,
                         help="the service's token file (default: $THYME_SANDBOX_TOKEN)")
+    parser.add_argument("--sandbox-isolation", default=None, metavar="POLICY",
+                        help="sandbox isolation policy: strict (default) or the minimum to run "
+                             "with, e.g. landlock+seccomp+rlimits (docs/sandbox.md); default: "
+                             "$THYME_SANDBOX_ISOLATION, else strict")
     args = parser.parse_args(argv)
 
     def show(kind: str, text: str) -> None:
@@ -360,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                              sandbox_token_file=args.sandbox_token_file,
                              rollout=evaluation_rollout(on_code_error=args.on_code_error,
                                                        max_turns=args.max_turns,
-                                                       max_new_tokens=args.max_new_tokens))
+                                                       max_new_tokens=args.max_new_tokens,
+                                                       sandbox_isolation=args.sandbox_isolation))
     except ValueError as exc:                  # e.g. a server without the vllm engine
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -371,13 +379,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.image:
             _image_size(args.image)            # fail on a bad image before loading a model
         with Thyme(config) as thyme:
+            isolation = thyme.sandbox.isolation_report
+            print(summary(isolation), file=sys.stderr)
             transcript = thyme.ask(args.image, args.question, tools=not args.no_tools,
                                    on_text=show, save_dir=out)
-    except (InferenceError, SandboxServiceError) as exc:
+    except (InferenceError, SandboxServiceError, SandboxUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     record = asdict(transcript)
+    record["sandbox_isolation"] = isolation
     record["image"] = os.path.relpath(transcript.image, out) if transcript.image else None
     write_json(out / "transcript.json", record, indent=1)
     print(f"\nanswer: {transcript.answer!r} ({transcript.end_reason}; {transcript.code_calls} code "

@@ -60,6 +60,10 @@ class RolloutConfig:
     max_output_chars: int = doc("printed sandbox text kept in the model's context (longer "
                                 "output is cut and marked)", default=4000)
     sandbox_timeout: float = doc("seconds one code block may run (the original: 10)", default=10.0)
+    sandbox_isolation: str | None = doc(
+        "sandbox isolation policy: `strict` (every mechanism) or the minimum to run with, e.g. "
+        "`landlock+seccomp+rlimits` in a container that denies namespaces (docs/sandbox.md); "
+        "null: $THYME_SANDBOX_ISOLATION, else strict", default=None)
     temperature_text: float = doc("sampling temperature of reasoning text", default=1.0)
     top_p: float = doc("nucleus mass for text", default=0.9)
     top_k: int = doc("top-k for text (0 = off)", default=50)
@@ -95,6 +99,9 @@ class RolloutConfig:
                              f"{self.code_token_loss!r}")
         if self.max_turns < 1 or self.max_new_tokens < 1 or self.max_images < 0:
             raise ValueError("max_turns and max_new_tokens must be >= 1, max_images >= 0")
+        if self.sandbox_isolation is not None:
+            from sandbox.policy import normalize
+            self.sandbox_isolation = normalize(self.sandbox_isolation)  # a bad one fails here
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.temperature_text, self.top_p, self.top_k,
