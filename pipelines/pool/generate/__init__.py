@@ -17,6 +17,10 @@ generator version and should be bumped whenever the output for a (seed, index) c
 Task mix: every aligned block of 20 indices holds exactly 6 crop, 6 no_code, 3 rotate,
 2 contrast, 2 chart/table computation and 1 text-only computation sample (30/30/15/10/10/5 %),
 shuffled per block; half of each task's samples are multiple choice, alternating by block.
+`mix` chooses another mix (builder names and slots per block): `(("arithmetic", 1),)` is a pool of
+multi-digit arithmetic only (`arithmetic`: open questions, never multiple choice), the task of the
+tool-use learning check (benchmarks/tool_use_check.py); a non-default mix is named in
+`origin_file`.
 
 Conventions in `meta`:
 - `box` = [x1, y1, x2, y2] in pixels of the stored image, x2/y2 exclusive (`PIL.Image.crop`).
@@ -31,8 +35,8 @@ Conventions in `meta`:
 
 Layout: this module schedules the mix and assembles samples (multiple choice included); one module
 per task builds its image(s), question and exact answer (`crop`, `rotate`, `contrast`, `chart`,
-`word_problems`, `no_code`), each returning a `built.Built`; they share the drawing toolkit
-(`draw`, `scene`), the vocabulary (`words`), exact arithmetic (`numbers`) and `rand`.
+`word_problems`, `arithmetic`, `no_code`), each returning a `built.Built`; they share the drawing
+toolkit (`draw`, `scene`), the vocabulary (`words`), exact arithmetic (`numbers`) and `rand`.
 """
 
 from __future__ import annotations
