@@ -110,8 +110,10 @@ def sft(model: Path, data: Path, out: Path, args, seed: int, threads: int, log: 
         cmd += ["--set", f"system_prompt={system_prompt}"]
     settings = {"command": [c.replace(f"{ROOT}{os.sep}", "") for c in cmd[1:]]}
     if _settings_match(out, settings) and (out / "metrics.json").is_file():
-        return 0.0
-    return _run(cmd, log, threads)
+        return json.loads((out / SETTINGS).read_text()).get("seconds")   # None: not recorded
+    seconds = _run(cmd, log, threads)
+    _atomic_json(out / SETTINGS, settings | {"seconds": round(seconds, 1)})
+    return seconds
 
 
 def evaluate(model: Path, rl: Path, out: Path, limit: int | None, ablation: bool, threads: int,
@@ -162,7 +164,7 @@ def run_sft_seed(seed: int, args, work: Path) -> dict:
     sft_dir, rl_dir = Path(data["sft"]), Path(data["rl"])
     timing = {}
     out = folder / "sft"
-    timing["sft"] = round(sft(tiny, sft_dir, out, args, seed, threads, folder / "sft.log"), 1)
+    timing["sft"] = sft(tiny, sft_dir, out, args, seed, threads, folder / "sft.log")
 
     curve = []
     for step, ckpt in checkpoints(out):
@@ -186,9 +188,9 @@ def run_sft_seed(seed: int, args, work: Path) -> dict:
 
         rows = tool_use_data.direct_rows(sft_dir, folder / "direct_rows.parquet")
         cout = folder / "sft_direct"
-        timing["control_sft"] = round(sft(tiny, rows, cout, args, seed, threads,
-                                          folder / "sft_direct.log", splits="[]",
-                                          system_prompt=DIRECT_SYSTEM_PROMPT), 1)
+        timing["control_sft"] = sft(tiny, rows, cout, args, seed, threads,
+                                    folder / "sft_direct.log", splits="[]",
+                                    system_prompt=DIRECT_SYSTEM_PROMPT)
         control = evaluate(cout, rl_dir, folder / "eval" / "control", args.final_items, True,
                            threads, args.max_new_tokens)
         print(f"seed {seed} control (trained to answer directly): direct "
