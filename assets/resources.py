@@ -4,6 +4,7 @@
     sandbox   the isolated executor
     teacher   who writes reasoning and code (template | openai | vllm)
     judge     the optional VLM judge of the audit (any OpenAI-compatible server)
+    cluster   where the shard stages run: this process, or a Ray cluster
 """
 
 from __future__ import annotations
@@ -71,22 +72,27 @@ def die_with_run_worker() -> None:
 
 
 class SandboxResource(ConfigurableResource):
-    """The isolated executor, started once per run step and shared by its code."""
+    """The isolated executor, started once per run step and shared by its code (on a Ray
+    cluster: one per node, `workers` per node)."""
 
     workers: int | None = Field(None, description="worker processes; null: one per core")
     timeout: float = Field(10.0, description="seconds per code block (THYME.md: 10 s)")
     memory_mb: int = Field(1024, description="memory budget per code block, MB")
 
+    def spec(self):
+        from pipelines.samples.stages import SandboxSpec
+        return SandboxSpec(workers=self.workers, timeout=self.timeout, memory_mb=self.memory_mb)
+
     def open(self):
         """A started `sandbox.Sandbox` (a context manager)."""
-        from sandbox import Sandbox
-        return Sandbox(workers=self.workers, timeout=self.timeout, memory_mb=self.memory_mb)
+        return self.spec().open()
 
 
 class TeacherResource(ConfigurableResource):
     """Who writes reasoning and code for a sample: `template` (no model; the embedded default),
     `openai` (any OpenAI-compatible endpoint: a vLLM or SGLang server, a commercial API) or
-    `vllm` (an offline vLLM engine in this process; needs the `gpu` extra)."""
+    `vllm` (an offline vLLM engine; needs the `gpu` extra; on a Ray cluster, engine actors on
+    the GPU nodes)."""
 
     kind: str = Field("template", description="template | openai | vllm")
     seed: int = Field(0, description="sampling seed (template: the draw of phrasings and rounds)")
@@ -95,7 +101,8 @@ class TeacherResource(ConfigurableResource):
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's API root")
     api_key_env: str = Field("OPENAI_API_KEY", description="the variable holding the key (never "
                                                            "the key itself)")
-    max_concurrency: int = Field(8, description="openai: requests in flight")
+    max_concurrency: int = Field(8, description="openai: requests in flight (on a Ray cluster: "
+                                                "in all, across its nodes)")
     timeout_s: float = Field(300.0, description="openai: seconds per request attempt, a stalled "
                                                 "server included")
     max_retries: int = Field(6, description="openai: retries of a failed or stalled request")
@@ -106,33 +113,13 @@ class TeacherResource(ConfigurableResource):
     prompt_set: str = Field("thyme", description="model teachers: the student prompts they are "
                             "shown (thyme, thyme-release, a YAML path, from:<dataset>)")
 
+    def spec(self):
+        from pipelines.samples.stages import TeacherSpec
+        return TeacherSpec(**self.model_dump())
+
     def build(self, image_root, cache_dir=None):
         """A teacher whose images are read from `image_root` (the pool's store)."""
-        if self.kind == "template":
-            from pipelines.samples.teachers.template import TemplateTeacher
-            return TemplateTeacher(seed=self.seed, multi_round_share=self.multi_round_share)
-        if self.kind not in ("openai", "vllm"):
-            raise ValueError(f"teacher kind {self.kind!r}: expected template, openai or vllm")
-        if not self.model:
-            raise ValueError(f"teacher kind {self.kind!r} needs `model`")
-        from pipelines.samples.teachers import TeacherConfig
-        config = TeacherConfig(candidates=self.candidates, temperature=self.temperature,
-                               max_tokens=self.max_tokens, seed=self.seed,
-                               prompt_set=self.prompt_set)
-        if self.kind == "openai":
-            from pipelines.core.llm import LLMClient, LLMConfig
-            from pipelines.samples.teachers import OpenAITeacher
-            client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
-                                         api_key_env=self.api_key_env,
-                                         max_concurrency=self.max_concurrency,
-                                         timeout_s=self.timeout_s, max_retries=self.max_retries,
-                                         cache_dir=str(cache_dir) if cache_dir else None))
-            return OpenAITeacher(client, image_root, config)
-        from pipelines.core.vllm_config import VLLMConfig
-        from pipelines.samples.teachers import VLLMTeacher
-        engine = VLLMConfig(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
-                            seed=self.seed).build()
-        return VLLMTeacher(engine, image_root, config)
+        return self.spec().build(image_root, cache_dir)
 
 
 class JudgeResource(ConfigurableResource):
@@ -146,20 +133,47 @@ class JudgeResource(ConfigurableResource):
     api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the API key (unset: "
                                                            "no auth header, as local servers need)")
     max_calls: int = Field(10_000, description="budget of judge requests per step; cached answers "
-                                               "are free; beyond it the judge check is skipped")
+                                               "are free; beyond it the judge check is skipped "
+                                               "(on a Ray cluster: split over the run's shards)")
     timeout_s: float = Field(300.0, description="seconds per request attempt, a stalled server "
                                                 "included")
     max_retries: int = Field(6, description="retries of a failed or stalled request")
+    max_concurrency: int = Field(8, description="requests in flight (on a Ray cluster: in all)")
 
-    def build(self, cache_dir: Path):
-        """A `Judge`, or None when disabled."""
+    def spec(self):
+        """A `JudgeSpec`, or None when disabled."""
         if not self.enabled:
             return None
         if not self.model:
             raise ValueError("judge: `model` is required when the judge is enabled")
-        from pipelines.core.judge import Judge
-        from pipelines.core.llm import LLMClient, LLMConfig
-        client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
-                                     api_key_env=self.api_key_env, timeout_s=self.timeout_s,
-                                     max_retries=self.max_retries, cache_dir=str(cache_dir)))
-        return Judge(client, self.max_calls)
+        from pipelines.samples.stages import JudgeSpec
+        return JudgeSpec(**self.model_dump(exclude={"enabled"}))
+
+    def build(self, cache_dir: Path):
+        """A `Judge`, or None when disabled."""
+        spec = self.spec()
+        return None if spec is None else spec.build(cache_dir)
+
+
+class ClusterResource(ConfigurableResource):
+    """Where the shard stages (ingest, code samples, executions, audit) run: `local`, in the step's
+    process (the default), or `ray`, on the Ray cluster at `address`. Both write the same files;
+    a run over a partition range maps its shards over the cluster from its one step, so each
+    shard's materialization and metadata are recorded as locally. The cluster's nodes must see
+    the data root at the same path (README: what a cluster needs)."""
+
+    engine: str = Field("local", description="local | ray")
+    address: str = Field("", description="ray: the cluster (head:6379, ray://head:10001); empty: "
+                                         "$RAY_ADDRESS, else a one-node cluster on this machine")
+    keep_teachers: bool = Field(False, description="ray + vllm teacher: keep the engine actors "
+                                "alive after the run, for the next runs (free the GPUs with "
+                                "`python -m pipelines cluster --stop-teachers`)")
+    task_retries: int = Field(3, description="ray: retries of a shard whose worker or node died")
+
+    def open(self, data_root: Path):
+        """A `pipelines.scale` engine (a context manager)."""
+        from pipelines.scale import open_engine
+        if self.engine == "local":
+            return open_engine("local", data_root)
+        return open_engine(self.engine, data_root, self.address, keep_teachers=self.keep_teachers,
+                           task_retries=self.task_retries)

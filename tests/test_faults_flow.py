@@ -28,7 +28,13 @@ from faults import descendants, partial_files, survivors
 from assets.code_samples import audited, code_samples, executions
 from assets.datasets import DATASET_ASSETS
 from assets.pool import source_manifest, source_pool
-from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import (
+    ClusterResource,
+    JudgeResource,
+    SandboxResource,
+    TeacherResource,
+    ThymeStorage,
+)
 from pipelines.datasets.names import SPLITS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +74,8 @@ def new_home(path: Path) -> Path:
 def in_process(home: Path, keys: list[AssetKey], partitioned: bool = True, run_config=None) -> None:
     """Materialize `keys` in this process on `home`'s instance (DAGSTER_HOME is set)."""
     resources = {"storage": ThymeStorage(root=str(home / "data")), "sandbox": SandboxResource(),
-                 "teacher": TeacherResource(), "judge": JudgeResource()}
+                 "teacher": TeacherResource(), "judge": JudgeResource(),
+                 "cluster": ClusterResource()}
     result = materialize(ASSETS, selection=keys, instance=DagsterInstance.from_config(str(home)),
                          resources=resources, tags=RANGE_TAGS if partitioned else None,
                          run_config=run_config)

@@ -169,6 +169,10 @@ def _init_worker(cfg: IngestConfig, base_dir: str, parent: int) -> None:
     die_with_parent()  # SIGKILL when the process that started the pool dies (kill -9 included)
     if os.getppid() != parent:  # it died before that took effect
         os._exit(1)
+    _setup_worker(cfg, base_dir)
+
+
+def _setup_worker(cfg: IngestConfig, base_dir: str) -> None:
     _WORKER["store"] = ImageStore(Path(cfg.out) / "images", cfg.limits)
     _WORKER["reader"] = Reader(cfg.format, cfg.image_root, cfg.mapping, base_dir)
     _WORKER["cfg"] = cfg
@@ -329,14 +333,41 @@ class DecodingPool(ProcessPoolExecutor):
         return False
 
 
-def make_pool(cfg: IngestConfig) -> ProcessPoolExecutor:
+class InlinePool:
+    """`make_pool`'s interface, decoding in this process: for a worker that is itself one of many
+    (a Ray task per shard), where a pool of its own would oversubscribe the node."""
+
+    def __init__(self, cfg: IngestConfig):
+        _setup_worker(cfg, _base_dir(cfg))
+
+    def map(self, fn, iterable):
+        return map(fn, iterable)
+
+    def shutdown(self, *args, **kwargs) -> None:
+        pass
+
+    def __enter__(self) -> InlinePool:
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        return False
+
+
+def _base_dir(cfg: IngestConfig) -> str:
+    """Where relative inputs start: the inputs' common folder."""
     base_dir = os.path.commonpath([os.path.abspath(p) for p in cfg.inputs]) if cfg.inputs else ""
     if base_dir and os.path.isfile(base_dir):
         base_dir = os.path.dirname(base_dir)
+    return base_dir
+
+
+def make_pool(cfg: IngestConfig) -> ProcessPoolExecutor | InlinePool:
     workers = cfg.workers or len(os.sched_getaffinity(0))
+    if workers == 1:  # one decoder: no second process to start and feed
+        return InlinePool(cfg)
     # spawn, not fork: callers (Dagster, tests) may have threads
     return DecodingPool(workers, mp_context=get_context("spawn"),
-                        initializer=_init_worker, initargs=(cfg, base_dir, os.getpid()))
+                        initializer=_init_worker, initargs=(cfg, _base_dir(cfg), os.getpid()))
 
 
 def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = True) -> dict:

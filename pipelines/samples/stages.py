@@ -1,0 +1,252 @@
+"""The shard stages after the pool, one function per stage and shard: what the Dagster assets,
+`python -m pipelines funnel` and the Ray engine (`pipelines.scale`) all run, so a shard gives the
+same files wherever it runs.
+
+    layout = Layout(data_root)
+    code_samples_shard(layout, key, teacher)            -> stats   code_samples/<key>.parquet
+    executions_shard(layout, key, sandbox, cache, ...)  -> stats   executions/<key>.parquet
+    audit_shard(layout, key, config, judge)             -> stats   audited/<key>.parquet
+
+Each reads its input shard, writes its output atomically and returns the numbers and previews
+for the shard's metadata (plain values, `Table`s and markdown: picklable, Dagster-free).
+
+`TeacherSpec`, `SandboxSpec` and `JudgeSpec` say how a teacher, sandbox or judge is built: the
+Dagster resources hold one, and a remote worker builds its own from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.core.images import ImageStore
+from pipelines.samples.shards import (
+    audit_funnel,
+    check_endpoint,
+    examples_markdown,
+    funnel_chart,
+    generate_code_samples,
+    pass_rates_by_task,
+    read_samples,
+    read_trajectories,
+    trajectories_markdown,
+    write_trajectories,
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the shard stages keep their files under the data root (the `storage` resource's)."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def pool(self) -> Path:
+        return self.root / "pool"
+
+    @property
+    def images(self) -> Path:
+        return self.pool / "images"
+
+    def samples(self, key: str) -> Path:
+        return self.pool / "samples" / f"{key}.parquet"
+
+    def code_samples(self, key: str) -> Path:
+        return self.root / "code_samples" / f"{key}.parquet"
+
+    def teacher_quarantine(self, key: str) -> Path:
+        return self.root / "code_samples" / "quarantine" / f"{key}.parquet"
+
+    def executions(self, key: str) -> Path:
+        return self.root / "executions" / f"{key}.parquet"
+
+    def audited(self, key: str) -> Path:
+        return self.root / "audited" / f"{key}.parquet"
+
+    def cache(self, name: str) -> Path:
+        return self.root / "cache" / name
+
+    def funnel_chart(self, key: str) -> Path:
+        return self.root / "reports" / f"funnel-{key}.png"
+
+
+# ------------------------------------------------------------------ how each is built
+
+TEACHER_KINDS = ("template", "openai", "vllm")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Who writes reasoning and code (the `teacher` resource's settings)."""
+
+    kind: str = "template"
+    seed: int = 0
+    multi_round_share: float = 0.25
+    model: str = ""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 8          # openai: requests in flight (on a cluster: in all)
+    timeout_s: float = 300.0
+    max_retries: int = 6
+    candidates: int = 1
+    temperature: float = 0.7
+    max_tokens: int = 2048
+    tensor_parallel_size: int = 1     # vllm: GPUs per engine
+    prompt_set: str = "thyme"
+
+    def check(self) -> None:
+        if self.kind not in TEACHER_KINDS:
+            raise ValueError(f"teacher kind {self.kind!r}: expected template, openai or vllm")
+        if self.kind != "template" and not self.model:
+            raise ValueError(f"teacher kind {self.kind!r} needs `model`")
+
+    @property
+    def name(self) -> str:
+        return "template" if self.kind == "template" else f"{self.kind}:{Path(self.model).name}"
+
+    def vllm_config(self):
+        from pipelines.core.vllm_config import VLLMConfig
+        return VLLMConfig(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
+                          seed=self.seed)
+
+    def build(self, image_root, cache_dir=None, engine=None, max_concurrency: int | None = None):
+        """A teacher whose images are read from `image_root` (the pool's store). `engine`: a
+        built vLLM engine to reuse (kept alive across shards); `max_concurrency`: this client's
+        share of the requests in flight (a cluster divides `max_concurrency` among its tasks)."""
+        self.check()
+        if self.kind == "template":
+            from pipelines.samples.teachers.template import TemplateTeacher
+            return TemplateTeacher(seed=self.seed, multi_round_share=self.multi_round_share)
+        from pipelines.samples.teachers import TeacherConfig
+        config = TeacherConfig(candidates=self.candidates, temperature=self.temperature,
+                               max_tokens=self.max_tokens, seed=self.seed,
+                               prompt_set=self.prompt_set)
+        if self.kind == "openai":
+            from pipelines.core.llm import LLMClient, LLMConfig
+            from pipelines.samples.teachers import OpenAITeacher
+            client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
+                                         api_key_env=self.api_key_env,
+                                         max_concurrency=max_concurrency or self.max_concurrency,
+                                         timeout_s=self.timeout_s, max_retries=self.max_retries,
+                                         cache_dir=str(cache_dir) if cache_dir else None))
+            return OpenAITeacher(client, image_root, config)
+        from pipelines.samples.teachers import VLLMTeacher
+        return VLLMTeacher(engine if engine is not None else self.vllm_config().build(),
+                           image_root, config)
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """The isolated executor (the `sandbox` resource's settings)."""
+
+    workers: int | None = None        # None: one per core (on a cluster: per node)
+    timeout: float = 10.0
+    memory_mb: int = 1024
+
+    def open(self, workers: int | None = None):
+        from sandbox import Sandbox
+        return Sandbox(workers=workers or self.workers, timeout=self.timeout,
+                       memory_mb=self.memory_mb)
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """The audit's VLM judge (the `judge` resource's settings, when enabled)."""
+
+    model: str
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_calls: int = 10_000           # budget per run (on a cluster: split over its shards)
+    timeout_s: float = 300.0
+    max_retries: int = 6
+    max_concurrency: int = 8
+
+    def build(self, cache_dir, max_calls: int | None = None, max_concurrency: int | None = None):
+        from pipelines.core.judge import Judge
+        from pipelines.core.llm import LLMClient, LLMConfig
+        client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
+                                     api_key_env=self.api_key_env, timeout_s=self.timeout_s,
+                                     max_retries=self.max_retries, cache_dir=str(cache_dir),
+                                     max_concurrency=max_concurrency or self.max_concurrency))
+        return Judge(client, self.max_calls if max_calls is None else max_calls)
+
+
+# ------------------------------------------------------------------ the stages, one shard each
+
+def code_samples_shard(layout: Layout, key: str, teacher) -> dict:
+    """The teacher's candidates for every sample of the shard (unparseable output quarantined)."""
+    samples = read_samples(layout.samples(key))
+    trajectories, stats = generate_code_samples(samples, teacher,
+                                                quarantine_path=layout.teacher_quarantine(key))
+    write_trajectories(trajectories, layout.code_samples(key))
+    return {**stats, "teacher": teacher.name,
+            "preview": trajectories_markdown(trajectories, samples, layout.images)}
+
+
+def executions_shard(layout: Layout, key: str, sandbox, cache=None, timeout: float = 10.0,
+                     progress=None) -> dict:
+    """Every code block of the shard run in the sandbox, results attached (`execute`)."""
+    from pipelines.samples.execute import execute
+
+    store = ImageStore(layout.images)
+    samples = read_samples(layout.samples(key))
+    trajectories = read_trajectories(layout.code_samples(key))
+    hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
+    t0 = time.perf_counter()
+    execute(trajectories, samples, store, sandbox, cache, timeout, progress=progress)
+    seconds = time.perf_counter() - t0
+    write_trajectories(trajectories, layout.executions(key))
+    results = [t.result for tr in trajectories for t in tr.code_turns]
+    return {
+        "trajectories": len(trajectories), "code_blocks": len(results),
+        "results_by_kind": dict(Counter(r.kind for r in results)),
+        "errors_by_kind": dict(Counter(r.error_kind for r in results if r.kind == "error")),
+        "cache_hits": (cache.hits - hits) if cache is not None else 0,
+        "cache_misses": (cache.misses - misses) if cache is not None else len(results),
+        "seconds": round(seconds, 3),
+        "blocks_per_s": round(len(results) / seconds, 1) if seconds else 0.0,
+        "preview": trajectories_markdown([t for t in trajectories if t.code_turns], samples,
+                                         store.root),
+    }
+
+
+def audit_shard(layout: Layout, key: str, config, judge=None, judge_name: str = "judge") -> dict:
+    """Every audit check on the shard's executed trajectories (`audit_many`), the funnel drawn.
+    A judge that failed most of the shard's requests raises `EndpointDown` before anything is
+    written."""
+    from pipelines.samples.audit import audit_many
+
+    samples = read_samples(layout.samples(key))
+    trajectories = read_trajectories(layout.executions(key))
+    t0 = time.perf_counter()
+    before = judge.stats.as_dict() if judge is not None else {}
+    trajectories = audit_many(trajectories, samples, layout.images, config, judge=judge)
+    judged = {}
+    if judge is not None:   # a judge that is down fails the step: no unjudged shard passes
+        spent = {k: v - before[k] for k, v in judge.stats.as_dict().items()}
+        check_endpoint(judge_name, spent["failures"], spent["calls"],
+                       (judge.stats.errors or [""])[-1])
+        judged = {"judge": spent,   # this shard's failures' messages (the judge keeps a few)
+                  "judge_errors": judge.stats.errors[-spent["failures"]:] if spent["failures"] else []}
+    seconds = time.perf_counter() - t0
+    write_trajectories(trajectories, layout.audited(key))
+    funnel = audit_funnel(trajectories)
+    chart = funnel_chart(funnel, layout.funnel_chart(key), f"audit funnel, {key}")
+    passed = sum(1 for t in trajectories if t.passed)
+    return {
+        "trajectories": len(trajectories), "passed": passed,
+        "pass_rate": round(passed / max(len(trajectories), 1), 3),
+        "without_answer": [t.id for t in trajectories if not t.answer.strip()],
+        "funnel": funnel, "funnel_chart": str(chart),
+        "pass_rate_by_task": pass_rates_by_task(trajectories),
+        "seconds": round(seconds, 3),
+        "trajectories_per_s": round(len(trajectories) / seconds, 1) if seconds else 0.0,
+        "passed_examples": examples_markdown(trajectories, samples, layout.images, True),
+        "failed_examples": examples_markdown(trajectories, samples, layout.images, False),
+        **judged,
+    }
