@@ -69,17 +69,24 @@ def _ingest_task(cfg, shard) -> dict:
     return ingest_shard(cfg, shard, InlinePool(cfg))
 
 
+def _placed(stats: dict) -> dict:
+    """A shard's stats with the node that ran it (its Ray node id), for the shard's metadata."""
+    import ray
+    return {**stats, "node": ray.get_runtime_context().get_node_id()}
+
+
 def _code_samples_task(layout: Layout, key: str, spec: TeacherSpec, max_concurrency: int) -> dict:
     teacher = spec.build(layout.images, cache_dir=layout.cache("teacher"),
                          max_concurrency=max_concurrency)
-    return code_samples_shard(layout, key, teacher)
+    return _placed(code_samples_shard(layout, key, teacher))
 
 
 def _audit_task(layout: Layout, key: str, config, judge: JudgeSpec | None, max_calls: int,
                 max_concurrency: int) -> dict:
     built = None if judge is None else judge.build(layout.cache("judge"), max_calls=max_calls,
                                                    max_concurrency=max_concurrency)
-    return audit_shard(layout, key, config, built, f"judge {judge.model}" if judge else "judge")
+    return _placed(audit_shard(layout, key, config, built,
+                               f"judge {judge.model}" if judge else "judge"))
 
 
 def _read_check(path: str) -> str:
@@ -100,7 +107,8 @@ class SandboxWorker:
         self.cache = ExecutionCache(layout.cache("executions"))
 
     def run(self, key: str) -> dict:
-        return executions_shard(self.layout, key, self.sandbox, self.cache, self.spec.timeout)
+        return _placed(executions_shard(self.layout, key, self.sandbox, self.cache,
+                                        self.spec.timeout))
 
     def where(self) -> dict:
         import ray
@@ -119,7 +127,7 @@ class TeacherWorker:
         teacher = self.spec.build(layout.images, cache_dir=layout.cache("teacher"),
                                   engine=self.engine)
         self.shards += 1
-        return code_samples_shard(layout, key, teacher)
+        return _placed(code_samples_shard(layout, key, teacher))
 
     def where(self) -> dict:
         import ray
@@ -146,6 +154,7 @@ class RayEngine:
                      log_to_driver=False, include_dashboard=False if not address else None)
         self._remote: dict[Callable, object] = {}
         self._actors: list = []       # this engine's own (non-detached) actors, killed on close
+        self.redone: list[str] = []   # shards whose actor died under them, run again elsewhere
         if check_shared:
             check_shared_root(Path(data_root))
 
@@ -163,9 +172,12 @@ class RayEngine:
         teacher.check()
         layout, keys = _absolute(layout), list(keys)
         if teacher.kind == "vllm" or self.teacher_actors:
-            actors = self.teacher_workers(teacher)
-            yield from self._on_actors(keys, actors, lambda a, k: a.run.remote(layout, k),
-                                       lambda: self.teacher_workers(teacher))
+            try:
+                yield from self._on_actors(keys, self.teacher_workers(teacher),
+                                           lambda a, k: a.run.remote(layout, k),
+                                           lambda: self.teacher_workers(teacher))
+            finally:
+                self.close()        # the run's own actors; kept-alive teachers stay
             return
         in_flight, per_task = _share(teacher.max_concurrency, len(keys), self.cpus()) \
             if teacher.kind == "openai" else (len(keys), 0)
@@ -177,7 +189,10 @@ class RayEngine:
         """(`progress`: per-shard bars are a local engine's; here shards report as they end.)"""
         layout = _absolute(layout)
         make = lambda: self.sandbox_workers(sandbox, layout)  # noqa: E731
-        yield from self._on_actors(list(keys), make(), lambda a, k: a.run.remote(k), make)
+        try:
+            yield from self._on_actors(list(keys), make(), lambda a, k: a.run.remote(k), make)
+        finally:
+            self.close()            # the sandboxes hold every core: free them for the next stage
 
     def audit(self, layout: Layout, keys: Iterable[str], config,
               judge: JudgeSpec | None = None) -> Iterator[tuple[str, dict]]:
@@ -238,7 +253,9 @@ class RayEngine:
         digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
         actors = []
         for i in range(count):
-            options = {"num_gpus": gpus, "num_cpus": 1, "max_concurrency": 1}
+            # an engine actor holds GPUs, not a CPU (a kept-alive one would block it for good)
+            options = {"num_gpus": gpus, "num_cpus": 0 if gpus or self.keep_teachers else 1,
+                       "max_concurrency": 1}
             if self.keep_teachers:
                 options.update(name=f"{TEACHER_PREFIX}{digest}-{i}", lifetime="detached",
                                get_if_exists=True, namespace=NAMESPACE)
@@ -302,6 +319,7 @@ class RayEngine:
                 except ray.exceptions.RayActorError as exc:
                     log.warning("%s: its actor died (%s); the shard goes to another",
                                 key, str(exc).splitlines()[0])
+                    self.redone.append(key)
                     todo.appendleft(key)
                     continue
                 idle.append(actor)

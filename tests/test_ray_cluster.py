@@ -1,0 +1,94 @@
+"""The shard stages on a real Ray cluster (issue 18): a head and a second node started with
+`ray start` as separate processes on this machine (one CPU each, no dashboard). The funnel
+(template teacher -> sandbox -> audit) runs over several shards on both nodes; the worker node is
+killed (kill -9 of every process of it) while the sandbox stage is mid-run; the run goes on, and
+its files are the local run's: same ids, rows, verdicts and counts, no partial file.
+
+One cluster and one run keep the CI cost near 40 s on two cores (starting the nodes is most of it).
+"""
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from faults import outputs, partial_files, survivors
+
+from pipelines.pool.ingest import IngestConfig, ingest
+from pipelines.samples.audit import AuditConfig
+from pipelines.samples.stages import SandboxSpec, TeacherSpec
+from pipelines.scale import open_engine
+from pipelines.scale.funnel import layout_for, pool_keys, run_funnel
+
+ray = pytest.importorskip("ray")
+from ray_cluster import LocalRayCluster  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+COUNT, SHARD_SIZE = 24, 4            # six shards: both nodes get several
+FOLDERS = ["code_samples", "executions", "audited"]
+
+
+def funnel(engine, root: Path, log=None) -> dict:
+    layout = layout_for(root)
+    return run_funnel(engine, layout, pool_keys(layout), TeacherSpec(), SandboxSpec(workers=1),
+                      AuditConfig(workers=1), log=log)
+
+
+@pytest.fixture
+def pools(tmp_path):
+    """The same ingested pool under a local root and a cluster root."""
+    local, remote = tmp_path / "local", tmp_path / "cluster"
+    ingest(IngestConfig(format="generated", out=str(local / "pool"), count=COUNT,
+                        shard_size=SHARD_SIZE, workers=1), progress=False)
+    shutil.copytree(local / "pool", remote / "pool")
+    return local, remote
+
+
+@pytest.mark.slow
+def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(pools):
+    local, remote = pools
+    cluster = LocalRayCluster(env={"PYTHONPATH": str(REPO)}, wait=False)
+    try:
+        worker = cluster.add_node(wait=False)      # both start while the local run goes on
+        with open_engine("local", local) as engine:
+            expected = funnel(engine, local)
+        assert expected["totals"]["audit"]["trajectories"] == COUNT
+        cluster.started()
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes(2)
+        node_processes = cluster.processes(worker)
+        assert node_processes, "the worker node runs no process"
+        head_id = ray.get_runtime_context().get_node_id()
+        killed = []
+
+        def kill_the_worker_mid_stage(line: str) -> None:
+            # the first sandbox shard is back: the other node's sandbox actor is mid-shard (or
+            # about to be given the next one)
+            if line.startswith("executions") and not killed:
+                cluster.kill(worker)
+                killed.append(line)
+
+        with open_engine("ray", remote, cluster.address) as engine:
+            got = funnel(engine, remote, log=kill_the_worker_mid_stage)
+        assert killed, "the worker node was never killed"
+        assert not survivors(node_processes, timeout=30), "processes of the killed node survive"
+    finally:
+        everything = set().union(*(cluster.processes(n) for n in cluster.nodes))
+        ray.shutdown()
+        cluster.stop()
+    assert not survivors(everything, timeout=30), "the cluster's teardown left processes running"
+
+    # both nodes ran shards before the kill; after it, the head redid the lost one
+    ran_on = {stages["code_samples"]["node"] for stages in got["per_shard"].values()}
+    assert len(ran_on) == 2 and head_id in ran_on, ran_on
+    assert all(s["audit"]["node"] == head_id for s in got["per_shard"].values())
+    assert engine.redone, "no shard was redone after the kill"
+
+    # the cluster's files are the local run's, and nothing partial is left
+    assert outputs(remote, FOLDERS) == outputs(local, FOLDERS)
+    assert partial_files(remote) == []
+    assert got["totals"] == expected["totals"]
+    ids = [r["id"] for f in sorted((remote / "audited").glob("*.parquet"))
+           for r in pq.read_table(f, columns=["id"]).to_pylist()]
+    assert len(ids) == len(set(ids)) == COUNT
+
