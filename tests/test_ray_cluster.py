@@ -7,14 +7,13 @@ its files are the local run's: same ids, rows, verdicts and counts, no partial f
 One cluster and one run keep the CI cost near 40 s on two cores (starting the nodes is most of it).
 """
 
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from faults import outputs, partial_files, survivors
 
-from pipelines.pool.ingest import IngestConfig, ingest
+from pipelines.__main__ import main
 from pipelines.samples.audit import AuditConfig
 from pipelines.samples.stages import SandboxSpec, TeacherSpec
 from pipelines.scale import open_engine
@@ -34,28 +33,31 @@ def funnel(engine, root: Path, log=None) -> dict:
                       AuditConfig(workers=1), log=log)
 
 
-@pytest.fixture
-def pools(tmp_path):
-    """The same ingested pool under a local root and a cluster root."""
-    local, remote = tmp_path / "local", tmp_path / "cluster"
-    ingest(IngestConfig(format="generated", out=str(local / "pool"), count=COUNT,
-                        shard_size=SHARD_SIZE, workers=1), progress=False)
-    shutil.copytree(local / "pool", remote / "pool")
-    return local, remote
+def generate(root: Path, *engine: str) -> None:
+    assert main(["generate", "--count", str(COUNT), "--shard-size", str(SHARD_SIZE),
+                 "--workers", "1", "--out", str(root / "pool"), "--quiet", *engine]) == 0
 
 
 @pytest.mark.slow
-def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(pools):
-    local, remote = pools
+def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "cluster"
     cluster = LocalRayCluster(env={"PYTHONPATH": str(REPO)}, wait=False)
     try:
         worker = cluster.add_node(wait=False)      # both start while the local run goes on
+        generate(local)
+        pool = outputs(local, ["pool"])    # (the sandbox adds the images code made to the store)
+        assert pool.pop("pool/report.json") and len(pool) > COUNT      # (its timings differ)
         with open_engine("local", local) as engine:
             expected = funnel(engine, local)
         assert expected["totals"]["audit"]["trajectories"] == COUNT
         cluster.started()
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes(2)
+
+        # ingest from the command line, a task per shard over both nodes: the local pool
+        generate(remote, "--ray-address", cluster.address)
+        assert {k: v for k, v in outputs(remote, ["pool"]).items() if k != "pool/report.json"} \
+            == pool
         node_processes = cluster.processes(worker)
         assert node_processes, "the worker node runs no process"
         head_id = ray.get_runtime_context().get_node_id()

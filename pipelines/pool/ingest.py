@@ -370,8 +370,10 @@ def make_pool(cfg: IngestConfig) -> ProcessPoolExecutor | InlinePool:
                         initializer=_init_worker, initargs=(cfg, _base_dir(cfg), os.getpid()))
 
 
-def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = True) -> dict:
-    """Ingest all shards (or the given indices) and write out/report.json."""
+def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = True,
+           engine=None) -> dict:
+    """Ingest all shards (or the given indices) and write out/report.json. `engine`: where the
+    shards run (`pipelines.scale`; default: a process pool here)."""
     plan = plan_shards(cfg)
     todo = [s for s in plan if shards is None or s.index in shards]
     t0 = time.perf_counter()
@@ -379,10 +381,12 @@ def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = 
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=sum(s.rows for s in todo), unit="row", desc=f"ingest {cfg.format}")
-    reports = []
-    with make_pool(cfg) as pool:
-        for shard in todo:
-            reports.append(ingest_shard(cfg, shard, pool, bar))
+    if engine is None:
+        with make_pool(cfg) as pool:
+            reports = [ingest_shard(cfg, shard, pool, bar) for shard in todo]
+    else:
+        order = {s.key: s.index for s in todo}
+        reports = sorted(engine.ingest(cfg, todo, bar), key=lambda r: order[r["shard"]])
     if bar is not None:
         bar.close()
     total = summarise(reports)
