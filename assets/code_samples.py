@@ -53,6 +53,7 @@ def code_samples(context: AssetExecutionContext, storage: ThymeStorage, teacher:
                 "by_kind": ui.counts(stats["by_kind"], "kind"), "quarantined": stats["quarantined"],
                 "quarantine_reasons": ui.counts(stats["quarantine_reasons"], "reason"),
                 "seconds": stats["seconds"], "preview": MetadataValue.md(stats["preview"]),
+                **ui.placement(stats),
             }, partition_key=key)
     return MaterializeResult(metadata={"teacher": spec.name, "engine": cluster.engine})
 
@@ -78,6 +79,7 @@ def executions(context: AssetExecutionContext, storage: ThymeStorage, sandbox: S
                 "errors_by_kind": ui.counts(stats["errors_by_kind"], "error"),
                 "cache_hits": stats["cache_hits"], "cache_misses": stats["cache_misses"],
                 "blocks_per_s": stats["blocks_per_s"], "preview": MetadataValue.md(stats["preview"]),
+                **ui.placement(stats),
             }, partition_key=key)
     return MaterializeResult(metadata={"sandbox_timeout_s": sandbox.timeout,
                                        "engine": cluster.engine})
@@ -125,6 +127,7 @@ def audited(context: AssetExecutionContext, config: AuditChecks, storage: ThymeS
                 "trajectories_per_s": stats["trajectories_per_s"],
                 "passed_examples": MetadataValue.md(stats["passed_examples"]),
                 "failed_examples": MetadataValue.md(stats["failed_examples"]),
+                **ui.placement(stats),
             }, partition_key=key)
             rate, no_answer = stats["pass_rate"], stats["without_answer"]
             checks["pass_rate"][key] = (rate >= config.min_pass_rate, {

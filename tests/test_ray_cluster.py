@@ -7,6 +7,7 @@ its files are the local run's: same ids, rows, verdicts and counts, no partial f
 One cluster and one run keep the CI cost near 40 s on two cores (starting the nodes is most of it).
 """
 
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -31,6 +32,37 @@ def funnel(engine, root: Path, log=None) -> dict:
     layout = layout_for(root)
     return run_funnel(engine, layout, pool_keys(layout), TeacherSpec(), SandboxSpec(workers=1),
                       AuditConfig(workers=1), log=log)
+
+
+def audit_from_dagster(local: Path, root: Path, address: str) -> dict:
+    """The `audited` asset over the shard range with the cluster resource set to this cluster
+    (on the local run's executions): each shard's materialization with its metadata."""
+    from dagster import DagsterInstance, materialize
+
+    from assets.code_samples import audited, code_samples, executions
+    from assets.partitions import shards
+    from assets.resources import (
+        ClusterResource,
+        JudgeResource,
+        SandboxResource,
+        TeacherResource,
+        ThymeStorage,
+    )
+    for folder in ("pool", "code_samples", "executions"):
+        shutil.copytree(local / folder, root / folder)
+    keys = pool_keys(layout_for(root))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(shards.name, keys)
+    result = materialize(
+        [code_samples, executions, audited], selection=[audited.key],
+        resources={"storage": ThymeStorage(root=str(root)), "sandbox": SandboxResource(),
+                   "teacher": TeacherResource(), "judge": JudgeResource(),
+                   "cluster": ClusterResource(engine="ray", address=address)},
+        instance=instance, tags={"dagster/asset_partition_range_start": keys[0],
+              "dagster/asset_partition_range_end": keys[-1]})
+    assert result.success
+    return {e.partition: e.materialization.metadata
+            for e in result.get_asset_materialization_events() if e.partition}
 
 
 def generate(root: Path, *engine: str) -> None:
@@ -73,6 +105,7 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
         with open_engine("ray", remote, cluster.address) as engine:
             got = funnel(engine, remote, log=kill_the_worker_mid_stage)
         assert killed, "the worker node was never killed"
+        dagster_audit = audit_from_dagster(local, tmp_path / "dagster", cluster.address)
         assert not survivors(node_processes, timeout=30), "processes of the killed node survive"
     finally:
         everything = set().union(*(cluster.processes(n) for n in cluster.nodes))
@@ -85,6 +118,13 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
     assert len(ran_on) == 2 and head_id in ran_on, ran_on
     assert all(s["audit"]["node"] == head_id for s in got["per_shard"].values())
     assert engine.redone, "no shard was redone after the kill"
+
+    # from Dagster (the cluster resource): every shard's materialization, its metadata with the
+    # node that ran it, and the local run's files
+    assert sorted(dagster_audit) == sorted(got["per_shard"])
+    assert {m["node"].value for m in dagster_audit.values()} == {head_id}
+    assert all(m["dagster/row_count"].value == SHARD_SIZE for m in dagster_audit.values())
+    assert outputs(tmp_path / "dagster", ["audited"]) == outputs(local, ["audited"])
 
     # the cluster's files are the local run's, and nothing partial is left
     assert outputs(remote, FOLDERS) == outputs(local, FOLDERS)
