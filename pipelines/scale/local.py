@@ -18,15 +18,17 @@ from pipelines.samples.stages import (
     executions_shard,
 )
 
-_VLLM_ENGINES: dict = {}   # VLLMConfig -> a built engine, for the life of this process
+_VLLM_ENGINES: dict = {}   # repr(VLLMConfig) -> a built engine, for the life of this process
 
 
 def vllm_engine(spec: TeacherSpec):
-    """The process's engine for this teacher, built at first use."""
+    """The process's engine for this teacher, built at first use (keyed by the config's repr:
+    its `engine_kwargs` dict makes it unhashable)."""
     config = spec.vllm_config()
-    if config not in _VLLM_ENGINES:
-        _VLLM_ENGINES[config] = config.build()
-    return _VLLM_ENGINES[config]
+    key = repr(config)
+    if key not in _VLLM_ENGINES:
+        _VLLM_ENGINES[key] = config.build()
+    return _VLLM_ENGINES[key]
 
 
 class LocalEngine:
