@@ -1,6 +1,7 @@
 """Run every benchmark and append the tables to docs/benchmarks.md: `make bench`
 (the sandbox throughput, the ingest decode benchmark, code-sample throughput through
-teacher -> sandbox -> audit, and the repetition detector; ~15 minutes on 2 cores).
+teacher -> sandbox -> audit, the repetition detector, and the scale-out benchmark: one Ray node
+vs two, ingest vs the original recipe, the 4M-pool extrapolation; ~25 minutes on 2 cores).
 
 Each benchmark measures ratios side by side in one run (never a timed test)."""
 
@@ -35,7 +36,9 @@ def main() -> int:
         with open(args.out, "a") as f:
             f.write(f"\n### `benchmarks/{script}`: {title} ({today})\n\n{run.stdout}\n")
         status = status or run.returncode
-    return status
+    scale = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scale_bench.py"),
+                            "--out", args.out])
+    return status or scale.returncode
 
 
 if __name__ == "__main__":
