@@ -5,7 +5,8 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export THYME_DATA := $(CURDIR)/data
 
-VLLM_TESTS := tests/test_vllm_teacher.py tests/test_vllm_engine.py tests/test_vllm_infer.py
+VLLM_TESTS := tests/test_vllm_teacher.py tests/test_vllm_engine.py tests/test_vllm_infer.py \
+              tests/test_vllm_teacher_loop.py
 
 .PHONY: demo ui test lint bench clean
 

@@ -22,15 +22,16 @@ from assets.partitions import shards
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the UI has the full logs
 SHOWN = ("steps", "final_loss", "best_loss", "samples_trained", "samples_dropped",
-         "reward_first_quarter", "reward_last_quarter", "items", "accuracy_tools",
-         "accuracy_direct", "used_code", "checkpoint")
+         "reward_first_quarter", "reward_last_quarter", "items", "score_tools", "ci_tools",
+         "score_direct", "used_code", "checkpoint")
 TAGS = {"thyme/demo": "true"}
 
 
-def _run(instance, job: str, run_config: dict, tags: dict | None = None):
+def _run(instance, job: str, run_config: dict, tags: dict | None = None,
+         partition: str | None = None):
     result = defs.resolve_job_def(job).execute_in_process(
         instance=instance, run_config={**QUIET, **run_config}, tags={**TAGS, **(tags or {})},
-        raise_on_error=False)
+        raise_on_error=False, partition_key=partition)
     for check in result.get_asset_check_evaluations():
         if not check.passed:
             print(f"  check {check.asset_key.to_user_string()} {check.check_name}: FAILED")
@@ -75,10 +76,11 @@ def demo(count: int, shard_size: int) -> int:
     if not result.success:
         return 1
 
-    # evaluation on the tiny model: short answers (its numbers mean nothing; the flow is real)
+    # evaluation on the tiny model: short answers (its numbers mean nothing; the flow is real),
+    # on the held-out split (the evaluation's partition `heldout`)
     short = {"config": {"max_new_tokens": 48}}
     training = {"ops": {"evaluation__sft_stage2_scores": short, "evaluation__grpo_ats_scores": short}}
-    result = _run(instance, "training_and_evaluation", training)
+    result = _run(instance, "training_and_evaluation", training, partition="heldout")
     for node in ("training__sft_stage1", "training__sft_stage2", "training__grpo_ats",
                  "evaluation__sft_stage2_scores", "evaluation__grpo_ats_scores"):
         for _, meta in _metadata(result, node):

@@ -22,6 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from assets import ui
+from assets.augment import augmented
 from assets.partitions import shards
 from assets.pool import source_pool
 from assets.resources import (
@@ -38,21 +39,24 @@ SHARD_STAGE = dict(key_prefix="samples", group_name="code_samples", kinds={"pyth
                    automation_condition=AutomationCondition.eager())
 
 
-@asset(**SHARD_STAGE, deps=[source_pool], pool="teacher")
+@asset(**SHARD_STAGE, deps=[source_pool, augmented], pool="teacher")
 def code_samples(context: AssetExecutionContext, storage: ThymeStorage, teacher: TeacherResource,
-                 cluster: ClusterResource) -> MaterializeResult:
+                 sandbox: SandboxResource, cluster: ClusterResource) -> MaterializeResult:
     """Candidate trajectories (reasoning + code + answer) the teacher wrote for every sample of
-    the shard; output it could not parse is quarantined with the reason."""
+    the shard (its augmented copies included); output it could not parse is quarantined with
+    the reason. A model teacher in the loop runs its code in the sandbox as it writes."""
     from pipelines.samples.stages import Layout
 
     spec = teacher.spec()
     with cluster.open(storage.base) as engine:
-        for key, stats in engine.code_samples(Layout(storage.base), context.partition_keys, spec):
+        for key, stats in engine.code_samples(Layout(storage.base), context.partition_keys, spec,
+                                              sandbox.spec()):
             context.add_asset_metadata({
                 "dagster/row_count": stats["trajectories"], "samples": stats["samples"],
                 "by_kind": ui.counts(stats["by_kind"], "kind"), "quarantined": stats["quarantined"],
                 "quarantine_reasons": ui.counts(stats["quarantine_reasons"], "reason"),
                 "seconds": stats["seconds"], "preview": MetadataValue.md(stats["preview"]),
+                "teacher_stats": MetadataValue.json(stats["teacher_stats"]),  # loop ends, chain
                 **ui.placement(stats),
             }, partition_key=key)
     return MaterializeResult(metadata={"teacher": spec.name, "engine": cluster.engine})

@@ -70,6 +70,8 @@ class SplitsConfig(Config):
     max_failure_rate: float = Field(0.01, description="blocking: share of a split's rows a row "
                                     "check may set aside (quarantine) before it blocks publishing")
     failure_rates: dict[str, float] = Field({}, description="per-check overrides of max_failure_rate")
+    exclude_review_rejections: bool = Field(True, description="leave out the trajectories the "
+                                            "imported human review rejected (review/verdicts)")
 
 
 @multi_asset(
@@ -92,7 +94,9 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
     from pipelines.datasets.validate import ValidationConfig
 
     audited_files = sorted(str(p) for p in storage.path("audited").glob("shard-*.parquet"))
-    sample_files = sorted(str(p) for p in storage.path("pool", "samples").glob("shard-*.parquet"))
+    sample_files = sorted(str(p) for d in (("pool", "samples"), ("augmented", "samples"))
+                          for p in storage.path(*d).glob("shard-*.parquet"))
+    rejected = storage.path("review", "rejected.parquet")      # assets/review.py
     decontaminate = None
     if config.decontaminate:
         from pipelines.datasets.decontaminate import DecontaminationConfig
@@ -105,7 +109,9 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
                       prompt_set=config.prompt_set, rl_source=config.rl_source,
                       rl_answer_kinds=tuple(config.rl_answer_kinds),
                       rl_min_image_side=config.rl_min_image_side, rl_tasks=tuple(config.rl_tasks),
-                      rl_difficulties=tuple(config.rl_difficulties), decontaminate=decontaminate)
+                      rl_difficulties=tuple(config.rl_difficulties), decontaminate=decontaminate,
+                      exclude_ids_file=str(rejected) if config.exclude_review_rejections
+                      and rejected.exists() else None)
     if config.single_round_mix is not None:
         cfg.mix = {SINGLE: dict(config.single_round_mix)}
     out = storage.path("splits")

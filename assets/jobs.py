@@ -1,8 +1,9 @@
 """The flows a user launches, each one run in the UI with its asset selection:
 
     pool_plan                plan the source pool into shards (registers the `shards` partitions)
-    data_flow                shards (all, or a range) -> teacher -> sandbox -> audit -> splits ->
-                             published SFT and RL datasets; one run over a partition range
+    data_flow                shards (all, or a range) -> augmented copies -> teacher -> sandbox
+                             -> audit -> splits -> published SFT and RL datasets; one run over a
+                             partition range
     training_and_evaluation  SFT stage 1 -> stage 2 -> GRPO-ATS, and each checkpoint's evaluation
 
 Launch from the UI (Jobs), or `dagster job launch -m assets.definitions -j data_flow --tags
@@ -29,10 +30,11 @@ POOL_PLAN = define_asset_job(
 
 DATA_FLOW = define_asset_job(
     "data_flow",
-    selection=AssetSelection.assets(["pool", "source_pool"]) | AssetSelection.groups(
-        "code_samples", "datasets"),
-    description="Pool shards -> code samples -> executions -> audit -> splits -> published "
-                "datasets. Run it over a partition range (all shards, or the new ones).")
+    selection=AssetSelection.assets(["pool", "source_pool"], ["pool", "augmented"])
+    | AssetSelection.groups("code_samples", "datasets"),
+    description="Pool shards -> augmented copies -> code samples -> executions -> audit -> "
+                "splits -> published datasets. Run it over a partition range (all shards, or "
+                "the new ones).")
 
 TRAINING_AND_EVALUATION = define_asset_job(
     "training_and_evaluation", selection=AssetSelection.groups("training", "evaluation"),

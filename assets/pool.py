@@ -34,7 +34,9 @@ class SourcePoolConfig(Config):
     seed: int = Field(0, description="generated: seed (same seed, same pool)")
     shard_size: int = Field(200, description="rows per shard; thousands for real pools")
     image_root: str | None = Field(None, description="generic: root of relative image paths")
-    mapping: dict[str, str] = Field(default_factory=dict, description="generic: field -> column")
+    mapping: dict[str, str] = Field(default_factory=dict, description="field -> column: the generic "
+                                    "reader's columns and, any format, ground truth (box, angle, "
+                                    "category, ...; box_format, set_task, preset: pipelines/pool/truth.py)")
     max_pixels: int = Field(100_000_000, description="decompression-bomb guard")
     min_side: int = Field(28, description="smallest allowed image side, px")
     max_aspect_ratio: float = Field(200.0, description="largest allowed aspect ratio")

@@ -78,13 +78,19 @@ class SandboxResource(ConfigurableResource):
     workers: int | None = Field(None, description="worker processes; null: one per core")
     timeout: float = Field(10.0, description="seconds per code block (THYME.md: 10 s)")
     memory_mb: int = Field(1024, description="memory budget per code block, MB")
+    url: str | None = Field(None, description="a sandbox service (`python -m sandbox serve`) "
+                            "to run the code on; null: workers in this process")
+    token_file: str | None = Field(None, description="the service's token file (null: "
+                                   "$THYME_SANDBOX_TOKEN)")
 
     def spec(self):
         from pipelines.samples.stages import SandboxSpec
-        return SandboxSpec(workers=self.workers, timeout=self.timeout, memory_mb=self.memory_mb)
+        return SandboxSpec(workers=self.workers, timeout=self.timeout, memory_mb=self.memory_mb,
+                           url=self.url, token_file=self.token_file)
 
     def open(self):
-        """A started `sandbox.Sandbox` (a context manager)."""
+        """A started `sandbox.Sandbox`, or a client of the service at `url` (a context manager;
+        the service's own workers and memory budget then apply)."""
         return self.spec().open()
 
 
@@ -96,7 +102,8 @@ class TeacherResource(ConfigurableResource):
 
     kind: str = Field("template", description="template | openai | vllm")
     seed: int = Field(0, description="sampling seed (template: the draw of phrasings and rounds)")
-    multi_round_share: float = Field(0.25, description="template: share of two-round trajectories")
+    multi_round_share: float = Field(0.25, description="template, and model teachers in the loop: "
+                                     "share of (crop, rotate) samples given two rounds")
     model: str = Field("", description="openai: the served model name; vllm: a hub id or local dir")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's API root")
     api_key_env: str = Field("OPENAI_API_KEY", description="the variable holding the key (never "
@@ -112,14 +119,33 @@ class TeacherResource(ConfigurableResource):
     tensor_parallel_size: int = Field(1, description="vllm: GPUs per engine")
     prompt_set: str = Field("thyme", description="model teachers: the student prompts they are "
                             "shown (thyme, thyme-release, a YAML path, from:<dataset>)")
+    loop: str = Field("off", description="model teachers: off (one pass, fastest) | prefill "
+                      "(sandbox in the loop, the assistant message continued: vLLM, SGLang) | "
+                      "turns (sandbox in the loop, outputs as user messages: other APIs)")
+    max_turns: int = Field(5, description="in the loop: generation calls per trajectory")
+    max_images: int = Field(8, description="in the loop: images one conversation may hold "
+                                           "(<= the server's limit_mm_per_prompt)")
+    reasoner_model: str = Field("", description="chained teachers (computation): the model whose "
+                                "long reasoning is handed to this teacher; empty: no chain")
+    reasoner_base_url: str = Field("", description="the reasoner's server (empty: base_url)")
+    reasoner_max_tokens: int = Field(8192, description="new tokens of the reasoner's reasoning")
+    reasoner_sees_image: bool = Field(True, description="false for a text-only reasoner")
 
     def spec(self):
         from pipelines.samples.stages import TeacherSpec
         return TeacherSpec(**self.model_dump())
 
-    def build(self, image_root, cache_dir=None):
-        """A teacher whose images are read from `image_root` (the pool's store)."""
-        return self.spec().build(image_root, cache_dir)
+    @property
+    def needs_sandbox(self) -> bool:
+        return self.spec().needs_sandbox
+
+    def build(self, image_root, cache_dir=None, sandbox=None, sandbox_timeout: float = 10.0,
+              execution_cache=None):
+        """A teacher whose images are read from `image_root` (the pool's store). In the loop it
+        runs code in `sandbox` (started by the caller) and records results in `execution_cache`
+        (the executions stage's, with its `sandbox_timeout`, so that stage reuses them)."""
+        return self.spec().build(image_root, cache_dir, sandbox=sandbox,
+                                 sandbox_timeout=sandbox_timeout, execution_cache=execution_cache)
 
 
 class JudgeResource(ConfigurableResource):

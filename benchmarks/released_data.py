@@ -51,7 +51,7 @@ from pipelines.datasets.splits import SplitConfig, build_splits  # noqa: E402
 from pipelines.pool.ingest import IngestConfig, ingest  # noqa: E402
 from pipelines.samples.audit import audit_many  # noqa: E402
 from pipelines.samples.execute import execute  # noqa: E402
-from pipelines.samples.shards import funnel, read_samples, write_trajectories  # noqa: E402
+from pipelines.samples.shards import audit_funnel, read_samples, write_trajectories  # noqa: E402
 from pipelines.samples.teachers.parse import parse_trajectory  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
 
@@ -201,7 +201,7 @@ def sft_flow(tmp: Path, sandbox) -> dict:
             has_image[str(r["has_image"])] += 1
     return {"samples": len(samples), "trajectories": len(trajectories), "unparsed": dict(unparsed),
             "passed": sum(bool(t.passed) for t in audited), "tasks": dict(Counter(t.task for t in audited)),
-            "funnel": funnel(audited), "audit_seconds": round(seconds, 2),
+            "funnel": audit_funnel(audited), "audit_seconds": round(seconds, 2),
             "split_rows": report["rows"], "computation_has_image": dict(has_image),
             "multi_image_rows": _multi(tmp / "sft-splits"), "quarantined": report["validated"]["quarantined"],
             "published": published}
@@ -270,7 +270,7 @@ def audit_flow(tmp: Path, sandbox, photos) -> dict:
         for c in t.audit:
             if c.verdict == "fail":
                 by_kind[intended[t.id]][f"failed:{c.name}"] += 1
-    return {"photos": len(samples), "trajectories": len(audited), "funnel": funnel(audited),
+    return {"photos": len(samples), "trajectories": len(audited), "funnel": audit_funnel(audited),
             "by_kind": {k: dict(v) for k, v in by_kind.items()},
             "trajectories_per_s": round(len(audited) / seconds, 1)}
 

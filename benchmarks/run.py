@@ -1,7 +1,9 @@
 """Run every benchmark and append the tables to docs/benchmarks.md: `make bench`
 (the sandbox throughput, the ingest decode benchmark, code-sample throughput through
-teacher -> sandbox -> audit, the repetition detector, and the scale-out benchmark: one Ray node
-vs two, ingest vs the original recipe, the 4M-pool extrapolation; ~25 minutes on 2 cores).
+teacher -> sandbox -> audit, the repetition detector, evaluation throughput and interval
+widths, the sandbox over HTTP vs in process, and the scale-out benchmark: one Ray node vs two,
+ingest vs the original recipe, the 4M-pool extrapolation; ~45 minutes on 2 cores; vLLM's part
+runs in .venv-vllm: never two vLLM processes at once).
 
 Each benchmark measures ratios side by side in one run (never a timed test)."""
 
@@ -29,7 +31,10 @@ def main() -> int:
     import datetime
     today = datetime.date.today().isoformat()
     for script, title in (("teacher_bench.py", "Code-sample throughput"),
-                          ("repetition_bench.py", "Repetition detector at 3,196 tokens")):
+                          ("repetition_bench.py", "Repetition detector at 3,196 tokens"),
+                          ("eval_throughput.py", "Evaluation throughput, sequential vs batched"),
+                          ("eval_intervals.py", "Evaluation interval widths"),
+                          ("sandbox_service_bench.py", "Sandbox over HTTP vs in process")):
         run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script)],
                              capture_output=True, text=True)
         print(run.stdout, end="")

@@ -3,6 +3,7 @@
     python -m sandbox run FILE.py --input IMG [--input IMG2] [--timeout S] [--json]
     python -m sandbox bench [--jobs N] [--workers N] [--out docs/benchmarks.md]
     python -m sandbox demo       # the bundled Thyme-style snippets, printed as the model sees them
+    python -m sandbox serve --host 0.0.0.0 --port 8080 --token-file FILE   # the HTTP service
 """
 
 from __future__ import annotations
@@ -99,6 +100,24 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the bundled example snippets")
     demo.add_argument("--results-dir", default="out/sandbox-demo")
     demo.set_defaults(func=_cmd_demo)
+    serve = sub.add_parser("serve", help="serve the sandbox over HTTP (docs/sandbox.md)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
+    serve.add_argument("--token-file", default=None, help="file whose first line is the access "
+                       "token (default: $THYME_SANDBOX_TOKEN)")
+    serve.add_argument("--no-token", action="store_true", help="serve without a token")
+    serve.add_argument("--workers", type=int, default=None, help="default: one per core")
+    serve.add_argument("--timeout", type=float, default=10.0, help="default seconds per block")
+    serve.add_argument("--max-timeout", type=float, default=60.0, help="cap on a request's timeout")
+    serve.add_argument("--memory-mb", type=int, default=1024, help="memory budget per block")
+    serve.add_argument("--namespace", choices=("compat", "strict"), default="compat")
+    serve.add_argument("--max-queue", type=int, default=None, help="requests that may wait for "
+                       "a worker (default: 8 per worker, at least 64); beyond them: 429")
+    serve.add_argument("--max-body-mb", type=float, default=64.0, help="larger bodies: 413")
+    serve.add_argument("--max-sessions", type=int, default=None, help="default: 32 per worker")
+    serve.add_argument("--session-idle-s", type=float, default=600.0,
+                       help="close a session unused this long")
+    serve.set_defaults(func=lambda a: __import__("sandbox.service").service.serve(a))
     args = parser.parse_args(argv)
     return args.func(args)
 

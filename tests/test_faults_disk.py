@@ -121,7 +121,12 @@ def test_every_writer_on_a_full_disk_keeps_the_old_version(corpus, disk):
     whole), then again after space is freed."""
     from pipelines.datasets.publish import PublishConfig, publish
     from pipelines.datasets.splits import SplitConfig, build_splits
-    from pipelines.samples.shards import funnel, funnel_chart, read_trajectories, write_trajectories
+    from pipelines.samples.shards import (
+        audit_funnel,
+        funnel_chart,
+        read_trajectories,
+        write_trajectories,
+    )
 
     root, _ = corpus
     disk.resize(24)
@@ -130,7 +135,7 @@ def test_every_writer_on_a_full_disk_keeps_the_old_version(corpus, disk):
     out = disk.root
     writers = {
         "audited/shard-00000.parquet": lambda p: write_trajectories(trajectories, p),
-        "reports/funnel-shard-00000.png": lambda p: funnel_chart(funnel(trajectories), p),
+        "reports/funnel-shard-00000.png": lambda p: funnel_chart(audit_funnel(trajectories), p),
         "pool/report.json": lambda p: write_json(p, {"rows": list(range(20_000))}),
         "splits": lambda p: build_splits(audited, samples, p, SplitConfig(test_share=0.25)),
         "published/thyme-rl": lambda p: publish(out / "splits", root / "pool" / "images", p,

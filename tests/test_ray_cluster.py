@@ -104,6 +104,12 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
 
         with open_engine("ray", remote, cluster.address) as engine:
             got = funnel(engine, remote, log=kill_the_worker_mid_stage)
+            # a model teacher in the loop is refused on Ray before any task starts (the files
+            # compared with the local run's below are untouched)
+            in_loop = TeacherSpec(kind="openai", model="m", loop="prefill")
+            with pytest.raises(NotImplementedError, match="local engine only"):
+                next(engine.code_samples(layout_for(remote), pool_keys(layout_for(remote)),
+                                         in_loop, SandboxSpec(workers=1)))
         assert killed, "the worker node was never killed"
         dagster_audit = audit_from_dagster(local, tmp_path / "dagster", cluster.address)
         assert not survivors(node_processes, timeout=30), "processes of the killed node survive"

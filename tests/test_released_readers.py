@@ -107,8 +107,10 @@ def test_generic_text_only_rows_answers_options_and_difficulty(tmp_path):
     _, samples, quarantine = _ingest(tmp_path, "generic", name="g.jsonl", image_root=str(tmp_path))
     assert not quarantine
     text, mc, zero = samples
-    assert text["images"] == [] and text["answer"] == "6" and json.loads(text["meta"]) == {"difficulty": "easy"}
-    assert json.loads(mc["meta"]) == {"category": "object", "options": ["A. cat", "B. dog"]}
+    assert text["images"] == [] and text["answer"] == "6" and json.loads(text["meta"]) == {
+        "difficulty": "easy", "truth_columns": {"difficulty": "difficulty"}}
+    assert json.loads(mc["meta"]) == {"category": "object", "options": ["A. cat", "B. dog"],
+                                      "truth_columns": {"category": "category", "options": "options"}}
     assert zero["answer"] == "0"
 
 

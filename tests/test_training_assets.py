@@ -106,7 +106,7 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
         "evaluation__sft_stage2_scores": {"config": {"max_new_tokens": 8, "ablation": False, "limit": 2}},
         "evaluation__grpo_ats_scores": {"config": {"max_new_tokens": 8, "limit": 1}}}}
     result = materialize([*TRAINING_ASSETS, *EVALUATION_ASSETS], instance=DagsterInstance.ephemeral(),
-                         resources=_resources(root), run_config=run_config,
+                         resources=_resources(root), run_config=run_config, partition_key="heldout",
                          selection=[AssetKey(["training", "grpo_ats"]),
                                     AssetKey(["evaluation", "sft_stage2_scores"]),
                                     AssetKey(["evaluation", "grpo_ats_scores"])])
@@ -121,11 +121,13 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
     for name, items, modes in (("sft_stage2", min(2, test_rows), {"tools"}), ("grpo_ats", 1, {"tools", "direct"})):
         (mat,) = result.asset_materializations_for_node(f"evaluation__{name}_scores")
         meta = {k: v.value for k, v in mat.metadata.items()}
-        assert meta["items"] == items and {f"accuracy_{m}" for m in modes} <= set(meta)
+        assert mat.partition == "heldout"
+        assert meta["items"] == items and {f"score_{m}" for m in modes} <= set(meta)
         assert {c.name for c in meta["summary"].schema.columns} == {"measure", *modes}
         assert "data:image/png;base64," in meta["chart"] and "report" not in meta
+        assert {r.data["mode"] for r in meta["metrics"].records} == modes   # the metrics table
         assert meta["items_preview"].count("data:image/jpeg;base64,") == items   # from splits/rl
-        results = json.loads((root / "evaluation" / name / "results.json").read_text())
+        results = json.loads((root / "evaluation" / name / "heldout" / "results.json").read_text())
         assert set(results["summaries"]) == modes
 
 

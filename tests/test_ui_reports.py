@@ -50,24 +50,28 @@ def test_thin_keeps_the_ends_and_spacing():
 
 
 def test_evaluation_as_tables_and_bars():
-    summary = {"items": 4, "accuracy": 0.5, "by_category": {"crop": 1.0, "rotate": 0.0},
-               "used_code": 0.75, "executions_per_answer": 1.25, "execution_success": 0.8,
-               "fell_back": 1, "errors": 0}
-    direct = {**summary, "accuracy": 0.25, "by_category": {"crop": 0.5}, "used_code": 0.0}
-    item = {"id": "a1", "category": "crop", "truth": "B", "given": "B", "correct": True,
-            "how": "option letter", "code_blocks": 1, "code_ok": 1, "end_reason": "answer",
-            "fell_back": False, "error": None}
-    results = {"summaries": {"tools": summary, "direct": direct}, "items": {"tools": [item]}}
+    def summary(overall, crop, used):
+        return {"items": 4, "samples": 1, "metrics": {
+            "overall": {"avg": overall, "ci": [overall - 0.1, overall + 0.1], "pass": overall},
+            "crop": {"avg": crop, "ci": [0.0, 1.0], "pass": crop}},
+            "tool_use": {"used_code": used, "executions_per_answer": 1.25, "execution_success": 0.8,
+                         "fell_back": 1, "errors": 0}}
+    record = {"mode": "tools", "sample": 0, "id": "a1", "category": "crop", "truth": "B",
+              "given": "B", "correct": True, "how": "option letter", "code_calls": 1,
+              "end_reason": "answer"}
+    results = {"summaries": {"tools": summary(0.5, 1.0, 0.75), "direct": summary(0.25, 0.5, 0.0)},
+               "items": [record, {**record, "mode": "direct", "code_calls": 0},
+                         {**record, "sample": 1}]}
     table = evaluation_summary(results)
     assert [c for c, _ in table.columns] == ["measure", "tools", "direct"]
-    rows = {r["measure"].strip(): r for r in table.rows}
-    assert rows["accuracy %"] == {"measure": "accuracy %", "tools": 50.0, "direct": 25.0}
-    assert rows["accuracy rotate %"]["tools"] == 0.0 and rows["accuracy rotate %"]["direct"] is None
-    assert rows["executions per answer"]["tools"] == 1.25
-    assert evaluation_bars(results) == (["overall", "crop", "rotate"],
-                                        {"tools": [0.5, 1.0, 0.0], "direct": [0.25, 0.5, 0.0]})
-    items = evaluation_items(results)
-    assert items == [{k: item[k] for k in ("id", "category", "truth", "given", "correct", "how",
-                                            "code_blocks", "end_reason")}]
+    rows = {r["measure"]: r for r in table.rows}
+    assert rows["overall %"] == {"measure": "overall %", "tools": 50.0, "direct": 25.0}
+    assert rows["overall 95% CI low"]["tools"] == 40.0 and rows["crop %"]["direct"] == 50.0
+    assert rows["executions per answer"]["tools"] == 1.25 and rows["used code %"]["direct"] == 0.0
+    assert evaluation_bars(results) == (["overall", "crop"],
+                                        {"tools": [0.5, 1.0], "direct": [0.25, 0.5]})
+    items = evaluation_items(results)          # tools, first sample only
+    assert items == [{"id": "a1", "category": "crop", "truth": "B", "given": "B", "correct": True,
+                      "how": "option letter", "end_reason": "answer", "code_blocks": 1}]
     markdown = evaluation_items_markdown(items, {})
     assert "| - | a1 | crop | B | B | ✓ |" in markdown

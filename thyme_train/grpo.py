@@ -103,6 +103,11 @@ class GRPOATSConfig(RolloutConfig, RewardConfig):
                       "(thyme_train.vllm_engine) are not wired into training yet", default="hf")
     engine_batch_size: int = doc("requests per generate() call of the hf engine", default=8)
     sandbox_workers: int | None = doc("sandbox worker processes (null = one per core)", default=None)
+    sandbox_url: str | None = doc("a sandbox service (`python -m sandbox serve`) to run the "
+                                  "rollouts' code on, e.g. http://host:8080; null: a sandbox in "
+                                  "this process", default=None)
+    sandbox_token_file: str | None = doc("the service's token file (null: $THYME_SANDBOX_TOKEN)",
+                                         default=None)
     tool_collapse_fraction: float = doc("warn when the tool-call rate falls below this share of "
                                         "its early value", default=0.5)
     tool_collapse_early_steps: int = doc("steps that set the early tool-call rate", default=5)
@@ -304,7 +309,7 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from pipelines.core.atomic import write_json
-    from sandbox import Sandbox
+    from sandbox.client import open_sandbox
     from thyme_train.config import resume_checkpoint
     from thyme_train.rewards import Judge, ThymeRewards
     from thyme_train.rl_data import data_report, load_rl_rows, rl_dataset
@@ -336,7 +341,8 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     dataset = rl_dataset(rows)
     model = AutoModelForImageTextToText.from_pretrained(model_path)
     Trainer = grpo_trainer_class()
-    with Sandbox(workers=cfg.sandbox_workers, timeout=cfg.sandbox_timeout) as sandbox:
+    with open_sandbox(cfg.sandbox_url, cfg.sandbox_token_file, timeout=cfg.sandbox_timeout,
+                      workers=cfg.sandbox_workers) as sandbox:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         rollout_log = RolloutLog(out, cfg.rollout_samples, cfg.logging_steps, rewards.weights(), cfg.seed)
         rollout_func = ThymeRolloutFunc(cfg, processor, sandbox, force, rollout_log)

@@ -160,18 +160,23 @@ class RolloutRunner:
 
     def run(self, prompts: Sequence[RolloutPrompt], num_generations: int = 1,
             force: Callable[[Rollout, list[int]], int | None] | None = None,
-            on_event: Callable[[Rollout, str, object], None] | None = None) -> list[Rollout]:
+            on_event: Callable[[Rollout, str, object], None] | None = None,
+            keys: Sequence[int] | None = None) -> list[Rollout]:
         """`num_generations` rollouts per prompt, in prompt order. `force(rollout, tokens of
         this call)` may return a token to force (scripted policies in tests). `on_event(rollout,
         kind, payload)` follows the samples live (transcripts): kind `generation` (the call's
         `GenerationResult`), `sandbox` (the sandbox `Result`), `rollback` (the dropped ids),
-        `end` (the end reason)."""
+        `end` (the end reason). `keys`: one integer per prompt (e.g. a hash of a benchmark
+        item's id): sample g of a prompt is then seeded from (seed, key, g) alone, so a sample
+        draws the same whatever else shares its batch (evaluation: batched, sharded, resumed
+        runs agree); without keys, seeds count up over the runner's life."""
         cfg = self.config
         self._on_event = on_event or (lambda *a: None)
         samples = []
         for p_index, prompt in enumerate(prompts):
             for g in range(num_generations):
-                seed = cfg.seed * 1_000_003 + next(self._seeds)
+                seed = cfg.seed * 1_000_003 + (next(self._seeds) if keys is None
+                                               else keys[p_index] % 2 ** 40 * 1_009 + g % 1_009)
                 r = Rollout(p_index, g, list(prompt.prompt_ids), images=list(prompt.images), seed=seed)
                 det = RepetitionDetector(threshold=cfg.repetition_threshold,
                                          min_repeats=cfg.repetition_min_repeats,

@@ -132,10 +132,16 @@ def _writer_pid(name: str) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """Running. A zombie is dead: a killed writer whose parent does not reap it (a container
+    without an init) stays a zombie, and its temporaries are leftovers all the same."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the signal answered, so trust it
+    return state != "Z"

@@ -82,18 +82,30 @@ def thin(records: list[dict], most: int = 500) -> list[dict]:
 
 
 def evaluation_summary(results: dict) -> Table:
-    """One row per measure, one column per mode (tools, direct): items, accuracy overall and per
-    category in percent, tool use. Modes as columns keep the table narrow however many categories
-    there are. From `results.json`'s `summaries`; a category a mode has no item of is empty."""
+    """One row per measure, one column per mode (tools, direct): items, every metric's score
+    (Avg@k, percent) with its 95% interval, and tool use. Modes as columns keep the table narrow
+    however many metrics a benchmark has. From `results.json`'s `summaries` (thyme_train.
+    eval_report); a measure a mode lacks is empty."""
     summaries = results["summaries"]
-    categories = sorted({c for s in summaries.values() for c in s["by_category"]})
-    measures = [("items", lambda s: s["items"]), ("accuracy %", lambda s: 100 * s["accuracy"]),
-                *((f"accuracy {c} %", lambda s, c=c: 100 * s["by_category"][c] if c in s["by_category"]
-                   else None) for c in categories),
-                ("used code %", lambda s: 100 * s["used_code"]),
-                ("executions per answer", lambda s: s["executions_per_answer"]),
-                ("execution success %", lambda s: 100 * s["execution_success"]),
-                ("fell back", lambda s: s["fell_back"]), ("errors", lambda s: s["errors"])]
+    metrics = list(dict.fromkeys(m for s in summaries.values() for m in s["metrics"]))
+
+    def score(s, m, part):
+        value = s["metrics"].get(m, {}).get(part)
+        return value[0] if part == "ci" and value else value
+
+    def ci_high(s, m):
+        ci = s["metrics"].get(m, {}).get("ci")
+        return ci[1] if ci else None
+
+    measures = [("items", lambda s: s["items"]), ("samples per item", lambda s: s["samples"]),
+                *((f"{m} %", lambda s, m=m: _pct(score(s, m, "avg"))) for m in metrics),
+                *((f"{m} 95% CI low", lambda s, m=m: _pct(score(s, m, "ci"))) for m in metrics[:1]),
+                *((f"{m} 95% CI high", lambda s, m=m: _pct(ci_high(s, m))) for m in metrics[:1]),
+                ("used code %", lambda s: _pct(s["tool_use"].get("used_code"))),
+                ("executions per answer", lambda s: s["tool_use"].get("executions_per_answer")),
+                ("execution success %", lambda s: _pct(s["tool_use"].get("execution_success"))),
+                ("fell back", lambda s: s["tool_use"].get("fell_back")),
+                ("errors", lambda s: s["tool_use"].get("errors"))]
     rows = []
     for name, value in measures:
         row = {"measure": name}
@@ -104,19 +116,26 @@ def evaluation_summary(results: dict) -> Table:
     return Table([("measure", "string"), *((mode, "float") for mode in summaries)], rows)
 
 
+def _pct(value) -> float | None:
+    return None if value is None else 100 * value
+
+
 def evaluation_bars(results: dict) -> tuple[list[str], dict[str, list[float]]]:
-    """(groups, {mode: accuracy per group}) for a grouped bar chart: overall, then categories."""
+    """(groups, {mode: score per group}) for a grouped bar chart: each of the benchmark's metrics
+    (overall first, then its categories or tasks)."""
     summaries = results["summaries"]
-    categories = sorted({c for s in summaries.values() for c in s["by_category"]})
-    return ["overall", *categories], {
-        mode: [s["accuracy"], *(s["by_category"].get(c, 0.0) for c in categories)]
-        for mode, s in summaries.items()}
+    metrics = list(dict.fromkeys(m for s in summaries.values() for m in s["metrics"]))
+    return metrics, {mode: [s["metrics"].get(m, {}).get("avg") or 0.0 for m in metrics]
+                     for mode, s in summaries.items()}
 
 
 def evaluation_items(results: dict, mode: str = "tools", n: int = 12) -> list[dict]:
-    """The first `n` items of a mode, with the columns a reader checks first."""
-    keep = ("id", "category", "truth", "given", "correct", "how", "code_blocks", "end_reason")
-    return [{k: item.get(k) for k in keep} for item in results["items"].get(mode, [])[:n]]
+    """The first `n` items of a mode (first sample of each), with the columns a reader checks
+    first."""
+    keep = ("id", "category", "truth", "given", "correct", "how", "end_reason")
+    records = [r for r in results["items"] if r["mode"] == mode and not r.get("sample")]
+    return [{**{k: r.get(k) for k in keep}, "code_blocks": r.get("code_calls", 0)}
+            for r in records[:n]]
 
 
 def evaluation_items_markdown(items: list[dict], images_by_id: dict[str, list[Path]]) -> str:

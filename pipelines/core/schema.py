@@ -64,6 +64,8 @@ REASONS = {
     "unparseable": "the row does not follow the format's structure",
     "image_mismatch": "the prompt's <image> tokens do not match the row's image list",
     "reader_error": "reading the row raised an unexpected error (the detail names it)",
+    "bad_ground_truth": "a mapped ground-truth value (box, angle, difficulty, options...) is "
+                        "malformed or out of range (the detail names the column and value)",
     # units quarantined as a whole (a file, a parquet row group): their rows cannot be read
     "unreadable_file": "the file cannot be opened or read (truncated, not this format, empty)",
     "unreadable_row_group": "a parquet row group does not decode (corrupt pages)",

@@ -38,11 +38,11 @@ import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_path
 from pipelines.core.formats import b64
+from pipelines.core.published import ENCODINGS, shard_name
 from pipelines.datasets.names import COMPUTATION, RL, SINGLE, TWO_ROUND
 from pipelines.datasets.splits import iter_split, split_file
 from pipelines.datasets.splits import store_resolver as _store_resolver
 
-ENCODINGS = ("thyme", "hf")
 # HF split -> the (split, part) files it is made of.
 SFT_LAYOUT = {SINGLE: [(SINGLE, "train")], TWO_ROUND: [(TWO_ROUND, "train")],
               COMPUTATION: [(COMPUTATION, "train")],
@@ -127,7 +127,7 @@ class _Shards:
     def write(self, rows: list[dict], size: int) -> None:
         if self.writer is None or self.bytes >= self.max_bytes:
             self.close()
-            path = self.folder / f"{self.split}-{len(self.files):05d}.parquet"
+            path = self.folder / shard_name(self.split, len(self.files))
             self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
             self.files.append(path)
             self.bytes = 0

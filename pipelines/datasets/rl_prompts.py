@@ -78,7 +78,7 @@ def _options(raw) -> list[str] | None:
 def pool_index(sample_files: list[str]) -> pl.DataFrame:
     """The pool's samples in the columns splitting reads (lazy scan, streaming): id, question,
     answer, task, input image hashes and store paths, the smallest input side, options and difficulty (from
-    `meta`, or a DeepEyes row's `extra_info`), origin."""
+    `meta`, or a DeepEyes row's `extra_info`), an augmented copy's source image, origin."""
     side = pl.min_horizontal(pl.element().struct.field("width"), pl.element().struct.field("height"))
     h = pl.element().struct.field("hash")
     relpath = pl.format("{}/{}.{}", h.str.slice(0, 2), h, pl.element().struct.field("ext"))  # ImageRef.relpath
@@ -93,6 +93,7 @@ def pool_index(sample_files: list[str]) -> pl.DataFrame:
                     pl.coalesce(pl.col("meta").str.json_path_match("$.difficulty"),
                                 pl.col("meta").str.json_path_match("$.extra_info.difficulty"))
                     .alias("difficulty"),
+                    pl.col("meta").str.json_path_match("$.lineage.image").alias("lineage_image"),
                     pl.col("origin").struct.field("file").alias("origin_file"),
                     pl.col("origin").struct.field("row").alias("origin_row"))
             .collect(engine="streaming"))

@@ -109,6 +109,8 @@ class SplitConfig:
     prompt_set: str = DEFAULT_PROMPT_SET  # the prompts rows are rendered with (name, path, from:<dataset>)
     batch_rows: int = 512             # rows buffered per output file before a row group is written
     decontaminate: DecontaminationConfig | None = None  # evaluation benchmarks to keep out
+    exclude_ids_file: str | None = None  # parquet with an `id` column: trajectories left out
+                                      # (a human review's rejections, pipelines.samples.review)
 
     def __post_init__(self):
         for name, value in (("test_share", self.test_share), ("rl_share", self.rl_share),
@@ -208,7 +210,8 @@ def _apply_mix(rows: list[dict], weights: dict[str, float] | None, seed: int) ->
 
 def _components(rows: list[dict]) -> dict[str, str]:
     """Image key -> the smallest key of its component: rows that share any input image (or a
-    text-only question) are joined, so the test part can take whole components."""
+    text-only question, or an augmented copy's source image) are joined, so the test part can
+    take whole components."""
     parent: dict[str, str] = {}
 
     def find(x):
@@ -220,6 +223,8 @@ def _components(rows: list[dict]) -> dict[str, str]:
 
     for r in rows:
         keys = list(r["image_hashes"]) or [question_key(r["question"])]
+        if r.get("lineage_image"):     # an augmented copy: held out with its source's image
+            keys.append(r["lineage_image"])
         roots = {find(k) for k in keys}
         top = min(roots)
         for root in roots:
@@ -358,12 +363,18 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
     vcfg = replace(vcfg or v.ValidationConfig(), system_prompt=prompts.system)
     pool = pool_index(sample_files)
     index, totals = scan_index(audited_files, pool)
+    rejected = 0
+    if cfg.exclude_ids_file and index.height:
+        ids = pl.read_parquet(cfg.exclude_ids_file, columns=["id"])["id"]
+        rejected = index.height - (index := index.filter(~pl.col("id").is_in(ids))).height
     excluded, decontamination = {}, None
     if cfg.decontaminate is not None:
         matches, decontamination = find_contaminated(pool, store_root, cfg.decontaminate)
         excluded = {sid: "unreadable_image" if all(m["by"] == "unreadable_image" for m in ms)
                     else "decontaminated" for sid, ms in matches.items()}
     assignment, rl_assignment, funnel = assign(index, pool, cfg, excluded)
+    if rejected:
+        funnel["dropped"]["review_rejected"] = rejected
     resolve = store_resolver(store_root)
     with atomic_path(out_dir) as tmp:
         writers = {}

@@ -51,6 +51,7 @@ from pipelines.pool.readers import (
     list_units,
     read_unit,
 )
+from pipelines.pool.truth import resolve as resolve_truth
 
 TASK_ROWS = 256        # rows per unit of parallel work
 FINGERPRINT_KEY = b"thyme.fingerprint"
@@ -67,7 +68,8 @@ class IngestConfig:
     shard_size: int = 5000          # rows per shard: thousands, so each Dagster run amortises its cost
     workers: int | None = None      # processes decoding images; None = one per core
     image_root: str | None = None   # generic: folder that relative image paths start from
-    mapping: dict[str, str] = field(default_factory=dict)  # generic: our field -> their column
+    mapping: dict[str, str] = field(default_factory=dict)  # our field -> their column: the
+                                    # generic reader's columns, ground truth (pool.truth)
     max_pixels: int = ImageLimits.max_pixels
     min_side: int = ImageLimits.min_side
     max_aspect_ratio: float = ImageLimits.max_aspect_ratio
@@ -79,6 +81,7 @@ class IngestConfig:
             raise ValueError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)} or generated")
         if self.shard_size < 1:
             raise ValueError("shard_size must be positive")
+        resolve_truth(self.mapping)     # a wrong setting fails here, not on every row
 
     @property
     def limits(self) -> ImageLimits:

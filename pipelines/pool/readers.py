@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pipelines.core.images import ImageRejected, ImageStore
 from pipelines.core.prompts import parse_user, strip_image_tokens
 from pipelines.core.schema import Sample
 from pipelines.core.tasks import infer_task_from_response
+from pipelines.pool import truth
 from sandbox.protocol import IMAGE_TOKEN, extract_answer
 
 FORMATS = ("thyme-sft", "thyme-rl", "deepeyes", "generic")
@@ -252,15 +252,21 @@ class Reader:
 
     format: str
     image_root: str | None = None                   # generic: folder image paths are relative to
-    mapping: dict[str, str] = field(default_factory=dict)  # generic: our field -> their column
+    mapping: dict[str, str] = field(default_factory=dict)  # our field -> their column (truth.py)
     base_dir: str = ""                              # origins are recorded relative to this
 
     def origin(self, file: str) -> str:
         return os.path.relpath(file, self.base_dir) if self.base_dir else os.path.basename(file)
 
     def to_sample(self, file: str, number: int, row: dict, store: ImageStore) -> Sample:
-        """One row as a Sample (its images stored). Raises RowRejected / ImageRejected."""
-        return getattr(self, "_" + self.format.replace("-", "_"))(self.origin(file), number, row, store)
+        """One row as a Sample (its images stored), with the ground truth the mapping names
+        (`pipelines.pool.truth`). Raises RowRejected / ImageRejected."""
+        sample = getattr(self, "_" + self.format.replace("-", "_"))(self.origin(file), number, row, store)
+        mapping = {**truth.GENERIC_DEFAULTS, **self.mapping} if self.format == "generic" else self.mapping
+        try:
+            return truth.apply(sample, row, mapping)
+        except truth.BadTruth as exc:
+            raise RowRejected("bad_ground_truth", str(exc)) from None
 
     def _images(self, items: list, store: ImageStore, meta: dict | None = None) -> list:
         """The items stored; when one was turned upright by its EXIF orientation, `meta`'s
@@ -344,45 +350,17 @@ class Reader:
         images = row.get(col["image"])
         if images is None and col["image"] == "image":
             images = row.get("images")
-        meta: dict = {}
+        meta: dict = {}  # category, difficulty, options: truth.GENERIC_DEFAULTS (to_sample)
         refs = self._images([] if images is None else _image_list({"i": images}, "i"), store,
                             meta)  # [] : text-only
         task = _text(row, col["task"], required=False) or "unknown"
         answer = row.get(col["answer"])
         if isinstance(answer, (list, dict)):
             raise RowRejected("wrong_type", f"'{col['answer']}' is {type(answer).__name__}, expected text or a number")
-        for key in OPTIONAL_META:       # kept when the column exists (RL filters and answer checks read them)
-            value = row.get(col.get(key, key))
-            if value is not None and value != "":
-                meta[key] = _option_lines(value) if key == "options" else value
         return Sample(question=_text(row, col["question"]).strip(), images=refs,
                       source=self.mapping.get("source", "generic"), origin_file=origin,
                       origin_row=number, answer="" if answer is None else str(answer).strip(),
                       task=task, meta=meta)
-
-
-# Generic columns copied into `meta` when present (their names mappable like the others).
-OPTIONAL_META = ("difficulty", "category", "options")
-
-
-def _option_lines(value) -> list[str]:
-    """Options as "A. text" lines (what the answer cascade parses), from a {letter: text} dict,
-    a list of texts (lettered A, B, ...) or lines already lettered."""
-    if isinstance(value, dict):
-        return [f"{k}. {v}" for k, v in value.items()]
-    if isinstance(value, str):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, (list, dict)):
-            return _option_lines(parsed)
-        return [line for line in value.splitlines() if line.strip()]
-    if isinstance(value, list):
-        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-        return [str(v) if re.match(r"^\s*\(?[A-Z]\s*[.):]", str(v)) else f"{letters[i]}. {v}"
-                for i, v in enumerate(value[:26])]
-    raise RowRejected("wrong_type", f"options are {type(value).__name__}, expected a list or a mapping")
 
 
 def _check_image_tokens(content: str, images: list) -> None:

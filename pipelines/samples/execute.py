@@ -89,12 +89,12 @@ def _execute_one(trajectory: Trajectory, sample: Sample, store: ImageStore, sand
     inputs = [str(store.path(sample.images[0]))] if sample.images else []
     with sandbox.session(inputs=inputs, timeout=timeout) as session:
         for turn, key in zip(turns, keys, strict=True):
-            turn.result = _result(session.run(turn.code), store)
+            turn.result = stored_result(session.run(turn.code), store)
             if cache is not None:
                 cache.put(key, turn.result)
 
 
-def _result(r, store: ImageStore) -> Result:
+def stored_result(r, store: ImageStore) -> Result:
     """A sandbox result as stored: images moved into the store by content hash."""
     if not r.ok:
         return Result(kind="error", text=r.error.message, error_kind=r.error.kind)

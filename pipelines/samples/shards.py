@@ -65,9 +65,10 @@ def generate_code_samples(samples: dict[str, Sample], teacher,
     endpoint that failed most requests raises `EndpointDown` before anything is written."""
     t0 = time.perf_counter()
     quarantine: list[dict] = []
+    teacher_stats: dict = {}
     if hasattr(teacher, "generate"):
         out = teacher.generate(list(samples.values()))
-        trajectories, quarantine = out.trajectories, out.quarantine
+        trajectories, quarantine, teacher_stats = out.trajectories, out.quarantine, out.stats
         failed = [row for row in quarantine if row["reason"] == "request_failed"]
         check_endpoint(f"teacher {teacher.name}", len({row["sample_id"] for row in failed}),
                        len(samples), failed[-1]["detail"] if failed else "")
@@ -80,7 +81,7 @@ def generate_code_samples(samples: dict[str, Sample], teacher,
     reasons = Counter(row["reason"] for row in quarantine)
     return trajectories, {"samples": len(samples), "trajectories": len(trajectories),
                           "by_kind": dict(kinds), "quarantined": len(quarantine),
-                          "quarantine_reasons": dict(reasons),
+                          "quarantine_reasons": dict(reasons), "teacher": teacher_stats,
                           "seconds": round(time.perf_counter() - t0, 3)}
 
 

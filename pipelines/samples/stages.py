@@ -1,5 +1,5 @@
 """The shard stages after the pool, one function per stage and shard: what the Dagster assets,
-`python -m pipelines funnel` and the Ray engine (`pipelines.scale`) all run, so a shard gives the
+`python -m pipelines samples` and the Ray engine (`pipelines.scale`) all run, so a shard gives the
 same files wherever it runs.
 
     layout = Layout(data_root)
@@ -56,6 +56,21 @@ class Layout:
     def samples(self, key: str) -> Path:
         return self.pool / "samples" / f"{key}.parquet"
 
+    def augmented_samples(self, key: str) -> Path:
+        return self.root / "augmented" / "samples" / f"{key}.parquet"
+
+    def sample_files(self, key: str) -> list[Path]:
+        """A shard's sample files: the pool's, and its augmented copies' when there are any."""
+        extra = self.augmented_samples(key)
+        return [self.samples(key)] + ([extra] if extra.exists() else [])
+
+    def shard_samples(self, key: str) -> dict:
+        """Sample id -> Sample of a shard: the pool's samples and their augmented copies."""
+        samples = {}
+        for path in self.sample_files(key):
+            samples.update(read_samples(path))
+        return samples
+
     def code_samples(self, key: str) -> Path:
         return self.root / "code_samples" / f"{key}.parquet"
 
@@ -98,6 +113,13 @@ class TeacherSpec:
     max_tokens: int = 2048
     tensor_parallel_size: int = 1     # vllm: GPUs per engine
     prompt_set: str = "thyme"
+    loop: str = "off"                 # off | prefill | turns: the sandbox in the loop
+    max_turns: int = 5
+    max_images: int = 8
+    reasoner_model: str = ""          # chained teachers: the reasoner; empty: no chain
+    reasoner_base_url: str = ""
+    reasoner_max_tokens: int = 8192
+    reasoner_sees_image: bool = True
 
     def check(self) -> None:
         if self.kind not in TEACHER_KINDS:
@@ -109,15 +131,24 @@ class TeacherSpec:
     def name(self) -> str:
         return "template" if self.kind == "template" else f"{self.kind}:{Path(self.model).name}"
 
+    @property
+    def needs_sandbox(self) -> bool:
+        """A model teacher in the loop runs its code as it writes: the stage opens a sandbox."""
+        return self.kind in ("openai", "vllm") and self.loop != "off"
+
     def vllm_config(self):
         from pipelines.core.vllm_config import VLLMConfig
         return VLLMConfig(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
-                          seed=self.seed)
+                          seed=self.seed, max_images=self.max_images if self.needs_sandbox else 1)
 
-    def build(self, image_root, cache_dir=None, engine=None, max_concurrency: int | None = None):
+    def build(self, image_root, cache_dir=None, engine=None, max_concurrency: int | None = None,
+              sandbox=None, sandbox_timeout: float = 10.0, execution_cache=None):
         """A teacher whose images are read from `image_root` (the pool's store). `engine`: a
         built vLLM engine to reuse (kept alive across shards); `max_concurrency`: this client's
-        share of the requests in flight (a cluster divides `max_concurrency` among its tasks)."""
+        share of the requests in flight (a cluster divides `max_concurrency` among its tasks).
+        In the loop it runs code in `sandbox` (started by the caller) and records results in
+        `execution_cache` (the executions stage's, with its `sandbox_timeout`, so that stage
+        reuses them)."""
         self.check()
         if self.kind == "template":
             from pipelines.samples.teachers.template import TemplateTeacher
@@ -126,18 +157,46 @@ class TeacherSpec:
         config = TeacherConfig(candidates=self.candidates, temperature=self.temperature,
                                max_tokens=self.max_tokens, seed=self.seed,
                                prompt_set=self.prompt_set)
+        in_loop = self._in_loop(image_root, sandbox, sandbox_timeout, execution_cache)
         if self.kind == "openai":
-            from pipelines.core.llm import LLMClient, LLMConfig
             from pipelines.samples.teachers import OpenAITeacher
-            client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
-                                         api_key_env=self.api_key_env,
-                                         max_concurrency=max_concurrency or self.max_concurrency,
-                                         timeout_s=self.timeout_s, max_retries=self.max_retries,
-                                         cache_dir=str(cache_dir) if cache_dir else None))
-            return OpenAITeacher(client, image_root, config)
-        from pipelines.samples.teachers import VLLMTeacher
-        return VLLMTeacher(engine if engine is not None else self.vllm_config().build(),
-                           image_root, config)
+            teacher = OpenAITeacher(self._client(self.base_url, self.model, cache_dir,
+                                                 max_concurrency), image_root, config, in_loop)
+        else:
+            from pipelines.samples.teachers import VLLMTeacher
+            teacher = VLLMTeacher(engine if engine is not None else self.vllm_config().build(),
+                                  image_root, config, in_loop=in_loop)
+        if not self.reasoner_model:
+            return teacher
+        from dataclasses import replace
+
+        from pipelines.samples.teachers import ChainConfig, ChainedTeacher, OpenAITeacher
+        reasoner = OpenAITeacher(self._client(self.reasoner_base_url or self.base_url,
+                                              self.reasoner_model, cache_dir, max_concurrency),
+                                 image_root, replace(config, max_tokens=self.reasoner_max_tokens))
+        return ChainedTeacher(reasoner, teacher,
+                              ChainConfig(reasoner_sees_image=self.reasoner_sees_image))
+
+    def _client(self, base_url: str, model: str, cache_dir, max_concurrency: int | None):
+        from pipelines.core.llm import LLMClient, LLMConfig
+        return LLMClient(LLMConfig(base_url=base_url, model=model, api_key_env=self.api_key_env,
+                                   max_concurrency=max_concurrency or self.max_concurrency,
+                                   timeout_s=self.timeout_s, max_retries=self.max_retries,
+                                   cache_dir=str(cache_dir) if cache_dir else None))
+
+    def _in_loop(self, image_root, sandbox, sandbox_timeout, execution_cache):
+        if not self.needs_sandbox:
+            return None
+        if sandbox is None:
+            raise ValueError(f"teacher loop={self.loop!r} needs a started sandbox")
+        from pipelines.core.images import ImageStore
+        from pipelines.samples.execute import ExecutionCache
+        from pipelines.samples.teachers import InLoop, LoopConfig
+        return InLoop(sandbox, ImageStore(image_root),
+                      ExecutionCache(execution_cache) if execution_cache else None,
+                      LoopConfig(continuation=self.loop, max_turns=self.max_turns,
+                                 max_images=self.max_images, sandbox_timeout=sandbox_timeout,
+                                 multi_round_share=self.multi_round_share))
 
 
 @dataclass(frozen=True)
@@ -147,11 +206,15 @@ class SandboxSpec:
     workers: int | None = None        # None: one per core (on a cluster: per node)
     timeout: float = 10.0
     memory_mb: int = 1024
+    url: str | None = None            # a sandbox service; None: workers in this process
+    token_file: str | None = None     # the service's token file (None: $THYME_SANDBOX_TOKEN)
 
     def open(self, workers: int | None = None):
-        from sandbox import Sandbox
-        return Sandbox(workers=workers or self.workers, timeout=self.timeout,
-                       memory_mb=self.memory_mb)
+        """A started `sandbox.Sandbox`, or a client of the service at `url` (a context manager;
+        the service's own workers and memory budget then apply)."""
+        from sandbox.client import open_sandbox
+        return open_sandbox(self.url, self.token_file, timeout=self.timeout,
+                            workers=workers or self.workers, memory_mb=self.memory_mb)
 
 
 @dataclass(frozen=True)
@@ -179,12 +242,14 @@ class JudgeSpec:
 # ------------------------------------------------------------------ the stages, one shard each
 
 def code_samples_shard(layout: Layout, key: str, teacher) -> dict:
-    """The teacher's candidates for every sample of the shard (unparseable output quarantined)."""
-    samples = read_samples(layout.samples(key))
+    """The teacher's candidates for every sample of the shard, its augmented copies included
+    (unparseable output quarantined); `teacher_stats`: the teacher's own counts (loop ends,
+    chain)."""
+    samples = layout.shard_samples(key)
     trajectories, stats = generate_code_samples(samples, teacher,
                                                 quarantine_path=layout.teacher_quarantine(key))
     write_trajectories(trajectories, layout.code_samples(key))
-    return {**stats, "teacher": teacher.name,
+    return {**stats, "teacher": teacher.name, "teacher_stats": stats.get("teacher", {}),
             "preview": trajectories_markdown(trajectories, samples, layout.images)}
 
 
@@ -194,7 +259,7 @@ def executions_shard(layout: Layout, key: str, sandbox, cache=None, timeout: flo
     from pipelines.samples.execute import execute
 
     store = ImageStore(layout.images)
-    samples = read_samples(layout.samples(key))
+    samples = layout.shard_samples(key)
     trajectories = read_trajectories(layout.code_samples(key))
     hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
     t0 = time.perf_counter()
@@ -221,7 +286,7 @@ def audit_shard(layout: Layout, key: str, config, judge=None, judge_name: str = 
     written."""
     from pipelines.samples.audit import audit_many
 
-    samples = read_samples(layout.samples(key))
+    samples = layout.shard_samples(key)
     trajectories = read_trajectories(layout.executions(key))
     t0 = time.perf_counter()
     before = judge.stats.as_dict() if judge is not None else {}

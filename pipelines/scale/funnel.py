@@ -1,5 +1,6 @@
-"""The funnel (teacher -> sandbox -> audit) over pool shards with any engine, stage after stage
-as the Dagster run does it: `python -m pipelines funnel` and the benchmarks call it.
+"""The sample stages (teacher -> sandbox -> audit) over pool shards with any engine, stage after
+stage as the Dagster run does it: `python -m pipelines samples` and the benchmarks call it.
+(`pipelines.funnel` is the other thing: the report of what each stage of a data root kept.)
 
     report = run_funnel(engine, Layout(data_root), keys, TeacherSpec(), SandboxSpec(), AuditConfig())
 """
@@ -33,7 +34,7 @@ def run_funnel(engine, layout: Layout, keys: list[str], teacher: TeacherSpec,
         raise ValueError(f"unknown stages {sorted(unknown)}; stages are {STAGES}")
     report: dict = {"engine": engine.name, "shards": len(keys), "seconds": {}, "totals": {},
                     "per_shard": {}}
-    calls = {"code_samples": lambda: engine.code_samples(layout, keys, teacher),
+    calls = {"code_samples": lambda: engine.code_samples(layout, keys, teacher, sandbox),
              "executions": lambda: engine.executions(layout, keys, sandbox),
              "audit": lambda: engine.audit(layout, keys, audit_config, judge)}
     for stage in STAGES:

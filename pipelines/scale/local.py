@@ -42,12 +42,23 @@ class LocalEngine:
             for shard in shards:
                 yield ingest_shard(cfg, shard, pool, progress)
 
-    def code_samples(self, layout: Layout, keys: Iterable[str],
-                     teacher: TeacherSpec) -> Iterator[tuple[str, dict]]:
+    def code_samples(self, layout: Layout, keys: Iterable[str], teacher: TeacherSpec,
+                     sandbox: SandboxSpec | None = None) -> Iterator[tuple[str, dict]]:
+        """A teacher in the loop (`teacher.needs_sandbox`) runs its code in a sandbox opened
+        from `sandbox` here, its results kept in the executions stage's cache."""
+        from contextlib import ExitStack
+
+        if teacher.needs_sandbox and sandbox is None:
+            raise ValueError(f"teacher loop={teacher.loop!r} needs the sandbox's settings")
         engine = vllm_engine(teacher) if teacher.kind == "vllm" else None
-        built = teacher.build(layout.images, cache_dir=layout.cache("teacher"), engine=engine)
-        for key in keys:
-            yield key, code_samples_shard(layout, key, built)
+        with ExitStack() as stack:
+            running = stack.enter_context(sandbox.open()) if teacher.needs_sandbox else None
+            built = teacher.build(layout.images, cache_dir=layout.cache("teacher"), engine=engine,
+                                  sandbox=running,
+                                  sandbox_timeout=sandbox.timeout if sandbox else 10.0,
+                                  execution_cache=layout.cache("executions"))
+            for key in keys:
+                yield key, code_samples_shard(layout, key, built)
 
     def executions(self, layout: Layout, keys: Iterable[str], sandbox: SandboxSpec,
                    progress=None) -> Iterator[tuple[str, dict]]:

@@ -167,9 +167,14 @@ class RayEngine:
                 progress.update(report["rows_read"])
             yield report
 
-    def code_samples(self, layout: Layout, keys: Iterable[str],
-                     teacher: TeacherSpec) -> Iterator[tuple[str, dict]]:
+    def code_samples(self, layout: Layout, keys: Iterable[str], teacher: TeacherSpec,
+                     sandbox: SandboxSpec | None = None) -> Iterator[tuple[str, dict]]:
         teacher.check()
+        if teacher.needs_sandbox:   # before any task starts: nothing is half-written
+            raise NotImplementedError(
+                f"teacher loop={teacher.loop!r}: the teacher in the loop runs on the local engine "
+                "only (its tasks and engine actors on Ray do not open a sandbox yet); use "
+                "cluster engine=local, or loop=off on Ray")
         layout, keys = _absolute(layout), list(keys)
         if teacher.kind == "vllm" or self.teacher_actors:
             try:
