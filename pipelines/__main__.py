@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="openai: requests in flight (on a cluster: in all)")
     fun.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per engine")
     fun.add_argument("--loop", default="off", choices=("off", "prefill", "turns"),
-                     help="model teachers: the sandbox in the loop (local engine only)")
+                     help="model teachers: the sandbox in the loop (on Ray: openai only)")
     fun.add_argument("--keep-teachers", action="store_true",
                      help="ray + vllm: keep the engines alive for later runs")
     fun.add_argument("--seed", type=int, default=0, help="teacher seed")

@@ -2,7 +2,9 @@
 `ray start` as separate processes on this machine (one CPU each, no dashboard). The funnel
 (template teacher -> sandbox -> audit) runs over several shards on both nodes; the worker node is
 killed (kill -9 of every process of it) while the sandbox stage is mid-run; the run goes on, and
-its files are the local run's: same ids, rows, verdicts and counts, no partial file.
+its files are the local run's: same ids, rows, verdicts and counts, no partial file. An OpenAI
+teacher in the loop (the fake VLM) writes two one-photo shards as Ray tasks, each with its own
+sandbox; a vLLM teacher in the loop is refused with the reason.
 
 One cluster and one run keep the CI cost near 40 s on two cores (starting the nodes is most of it).
 """
@@ -65,6 +67,33 @@ def audit_from_dagster(local: Path, root: Path, address: str) -> dict:
             for e in result.get_asset_materialization_events() if e.partition}
 
 
+def teacher_in_the_loop(engine, root: Path) -> dict:
+    """An OpenAI teacher in the loop (the fake VLM) over two one-photo shards on the cluster."""
+    from fake_openai import FakeOpenAI, loop_reply
+    from real_photos import PHOTOS, photo_bytes
+
+    from pipelines.core.images import ImageStore
+    from pipelines.core.schema import Sample, samples_table
+
+    layout = layout_for(root)
+    store = ImageStore(layout.images)
+    (layout.pool / "samples").mkdir(parents=True)
+    for i, name in enumerate(("astronaut", "coffee")):
+        question, answer, box, category, _ = PHOTOS[name]
+        ref, _ = store.put(photo_bytes(name))
+        sample = Sample(question=question, images=[ref], source="photos", origin_file="p",
+                        origin_row=i, answer=answer, task="crop",
+                        meta={"box": box, "category": category})
+        pq.write_table(samples_table([sample]), layout.samples(f"shard-{i:05d}"))
+    server = FakeOpenAI(loop_reply(), honour_stop=True)
+    try:
+        teacher = TeacherSpec(kind="openai", model="fake-vlm", base_url=server.url,
+                              api_key_env="THYME_TEST_NO_KEY", loop="prefill", max_retries=0)
+        return dict(engine.code_samples(layout, pool_keys(layout), teacher, SandboxSpec(workers=1)))
+    finally:
+        server.close()
+
+
 def generate(root: Path, *engine: str) -> None:
     assert main(["generate", "--count", str(COUNT), "--shard-size", str(SHARD_SIZE),
                  "--workers", "1", "--out", str(root / "pool"), "--quiet", *engine]) == 0
@@ -104,12 +133,13 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
 
         with open_engine("ray", remote, cluster.address) as engine:
             got = funnel(engine, remote, log=kill_the_worker_mid_stage)
-            # a model teacher in the loop is refused on Ray before any task starts (the files
-            # compared with the local run's below are untouched)
-            in_loop = TeacherSpec(kind="openai", model="m", loop="prefill")
-            with pytest.raises(NotImplementedError, match="local engine only"):
+            # a vLLM teacher in the loop is refused before any actor starts (the files compared
+            # with the local run's below are untouched)
+            in_loop = TeacherSpec(kind="vllm", model="m", loop="prefill")
+            with pytest.raises(NotImplementedError, match="engine actors"):
                 next(engine.code_samples(layout_for(remote), pool_keys(layout_for(remote)),
                                          in_loop, SandboxSpec(workers=1)))
+            loop_stats = teacher_in_the_loop(engine, tmp_path / "loop")
         assert killed, "the worker node was never killed"
         dagster_audit = audit_from_dagster(local, tmp_path / "dagster", cluster.address)
         assert not survivors(node_processes, timeout=30), "processes of the killed node survive"
@@ -118,6 +148,13 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
         ray.shutdown()
         cluster.stop()
     assert not survivors(everything, timeout=30), "the cluster's teardown left processes running"
+
+    # an OpenAI teacher in the loop on Ray: each shard's task opened its own sandbox, ran the
+    # code as the teacher wrote, and filled the executions stage's cache
+    assert [s["trajectories"] for s in loop_stats.values()] == [1, 1]
+    assert all(s["teacher_stats"]["mode"] == "loop:prefill" for s in loop_stats.values())
+    ran = sum(s["teacher_stats"]["loop"].get("code_run", 0) for s in loop_stats.values())
+    assert ran >= 2 and len(list((tmp_path / "loop" / "cache" / "executions").rglob("*.json"))) >= 2
 
     # both nodes ran shards before the kill; after it, the head redid the lost one
     ran_on = {stages["code_samples"]["node"] for stages in got["per_shard"].values()}

@@ -71,3 +71,18 @@ def test_the_sandbox_spec_a_worker_builds_opens_the_resources_service(tmp_path):
     assert (spec.url, spec.token_file, spec.timeout) == ("http://127.0.0.1:9", str(missing), 3)
     with pytest.raises(FileNotFoundError, match="no-token"):
         spec.open()
+
+
+def test_the_teacher_resource_spec_builds_the_chained_teacher_where_it_runs(tmp_path):
+    """The spec a worker receives carries main's teacher settings: the chain's reasoner too."""
+    from assets.resources import TeacherResource
+    from pipelines.samples.teachers import ChainedTeacher, OpenAITeacher
+
+    resource = TeacherResource(kind="openai", model="coder", reasoner_model="reasoner",
+                               reasoner_base_url="http://127.0.0.1:9/v1", loop="turns")
+    spec = resource.spec()
+    assert (spec.reasoner_model, spec.loop, spec.max_turns) == ("reasoner", "turns", 5)
+    assert resource.needs_sandbox
+    chained = TeacherSpec(kind="openai", model="coder", reasoner_model="reasoner").build(tmp_path)
+    assert isinstance(chained, ChainedTeacher)
+    assert isinstance(TeacherSpec(kind="openai", model="coder").build(tmp_path), OpenAITeacher)

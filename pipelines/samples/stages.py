@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,6 +238,21 @@ class JudgeSpec:
                                      max_retries=self.max_retries, cache_dir=str(cache_dir),
                                      max_concurrency=max_concurrency or self.max_concurrency))
         return Judge(client, self.max_calls if max_calls is None else max_calls)
+
+
+@contextmanager
+def built_teacher(spec: TeacherSpec, layout: Layout, sandbox: SandboxSpec | None = None, *,
+                  engine=None, max_concurrency: int | None = None, workers: int | None = None):
+    """The teacher a stage runs, built where it runs; a teacher in the loop gets a sandbox
+    opened here from `sandbox` (`workers` of them; a service's client with its `url`) and the
+    executions stage's cache, so that stage reuses what the loop ran."""
+    if spec.needs_sandbox and sandbox is None:
+        raise ValueError(f"teacher loop={spec.loop!r} needs the sandbox's settings")
+    with (sandbox.open(workers) if spec.needs_sandbox else nullcontext()) as running:
+        yield spec.build(layout.images, cache_dir=layout.cache("teacher"), engine=engine,
+                         max_concurrency=max_concurrency, sandbox=running,
+                         sandbox_timeout=sandbox.timeout if sandbox else 10.0,
+                         execution_cache=layout.cache("executions"))
 
 
 # ------------------------------------------------------------------ the stages, one shard each

@@ -14,6 +14,7 @@ from pipelines.samples.stages import (
     SandboxSpec,
     TeacherSpec,
     audit_shard,
+    built_teacher,
     code_samples_shard,
     executions_shard,
 )
@@ -45,18 +46,9 @@ class LocalEngine:
     def code_samples(self, layout: Layout, keys: Iterable[str], teacher: TeacherSpec,
                      sandbox: SandboxSpec | None = None) -> Iterator[tuple[str, dict]]:
         """A teacher in the loop (`teacher.needs_sandbox`) runs its code in a sandbox opened
-        from `sandbox` here, its results kept in the executions stage's cache."""
-        from contextlib import ExitStack
-
-        if teacher.needs_sandbox and sandbox is None:
-            raise ValueError(f"teacher loop={teacher.loop!r} needs the sandbox's settings")
+        from `sandbox` here, for all the shards."""
         engine = vllm_engine(teacher) if teacher.kind == "vllm" else None
-        with ExitStack() as stack:
-            running = stack.enter_context(sandbox.open()) if teacher.needs_sandbox else None
-            built = teacher.build(layout.images, cache_dir=layout.cache("teacher"), engine=engine,
-                                  sandbox=running,
-                                  sandbox_timeout=sandbox.timeout if sandbox else 10.0,
-                                  execution_cache=layout.cache("executions"))
+        with built_teacher(teacher, layout, sandbox, engine=engine) as built:
             for key in keys:
                 yield key, code_samples_shard(layout, key, built)
 

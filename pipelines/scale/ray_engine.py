@@ -5,6 +5,8 @@ Placement:
                                                 them over every node's CPUs. An OpenAI teacher's
                                                 or judge's `max_concurrency` is the cluster's:
                                                 shards in flight x requests per shard <= it.
+                                                In the loop, each task opens a one-worker
+                                                sandbox (or the service's client) for its shard.
   executions                                    one `SandboxWorker` actor per node holding a
                                                 `Sandbox` with a worker per core of that node
                                                 (the actor reserves those CPUs); a shard at a
@@ -15,6 +17,7 @@ Placement:
                                                 serves every shard; with `keep_teachers` the
                                                 actors are named and detached, so later runs
                                                 reuse them (`stop_teachers` releases the GPUs).
+                                                Not in the loop yet (refused: no sandbox there).
 
 Every node must see the data root at the same path (a shared filesystem): the engine checks it on
 each node when it connects. Failures: a task whose worker or node dies is retried by Ray
@@ -42,6 +45,7 @@ from pipelines.samples.stages import (
     SandboxSpec,
     TeacherSpec,
     audit_shard,
+    built_teacher,
     code_samples_shard,
     executions_shard,
 )
@@ -75,10 +79,11 @@ def _placed(stats: dict) -> dict:
     return {**stats, "node": ray.get_runtime_context().get_node_id()}
 
 
-def _code_samples_task(layout: Layout, key: str, spec: TeacherSpec, max_concurrency: int) -> dict:
-    teacher = spec.build(layout.images, cache_dir=layout.cache("teacher"),
-                         max_concurrency=max_concurrency)
-    return _placed(code_samples_shard(layout, key, teacher))
+def _code_samples_task(layout: Layout, key: str, spec: TeacherSpec, max_concurrency: int,
+                       sandbox: SandboxSpec | None) -> dict:
+    # in the loop: a sandbox worker for the task's one CPU (or the service's client)
+    with built_teacher(spec, layout, sandbox, max_concurrency=max_concurrency, workers=1) as teacher:
+        return _placed(code_samples_shard(layout, key, teacher))
 
 
 def _audit_task(layout: Layout, key: str, config, judge: JudgeSpec | None, max_calls: int,
@@ -170,13 +175,16 @@ class RayEngine:
     def code_samples(self, layout: Layout, keys: Iterable[str], teacher: TeacherSpec,
                      sandbox: SandboxSpec | None = None) -> Iterator[tuple[str, dict]]:
         teacher.check()
-        if teacher.needs_sandbox:   # before any task starts: nothing is half-written
+        on_actors = teacher.kind == "vllm" or self.teacher_actors
+        if teacher.needs_sandbox and on_actors:   # before any actor starts: nothing half-written
             raise NotImplementedError(
-                f"teacher loop={teacher.loop!r}: the teacher in the loop runs on the local engine "
-                "only (its tasks and engine actors on Ray do not open a sandbox yet); use "
-                "cluster engine=local, or loop=off on Ray")
+                f"teacher loop={teacher.loop!r} with a {teacher.kind} teacher on engine actors: "
+                "the teacher in the loop runs on the local engine, or on Ray as an OpenAI "
+                "teacher's shard tasks; engine actors (vLLM) do not open a sandbox yet")
+        if teacher.needs_sandbox and sandbox is None:
+            raise ValueError(f"teacher loop={teacher.loop!r} needs the sandbox's settings")
         layout, keys = _absolute(layout), list(keys)
-        if teacher.kind == "vllm" or self.teacher_actors:
+        if on_actors:
             try:
                 yield from self._on_actors(keys, self.teacher_workers(teacher),
                                            lambda a, k: a.run.remote(layout, k),
@@ -187,7 +195,8 @@ class RayEngine:
         in_flight, per_task = _share(teacher.max_concurrency, len(keys), self.cpus()) \
             if teacher.kind == "openai" else (len(keys), 0)
         yield from self._tasks(_code_samples_task,
-                               [(k, (layout, k, teacher, per_task)) for k in keys], in_flight)
+                               [(k, (layout, k, teacher, per_task, sandbox)) for k in keys],
+                               in_flight)
 
     def executions(self, layout: Layout, keys: Iterable[str], sandbox: SandboxSpec,
                    progress=None) -> Iterator[tuple[str, dict]]:
