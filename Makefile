@@ -13,7 +13,7 @@ VLLM_TESTS := tests/test_vllm_teacher.py tests/test_vllm_engine.py tests/test_vl
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[cpu,dev]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[cpu,dev,cluster]'
 	touch $(STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml

@@ -77,17 +77,7 @@ def augmented(context: AssetExecutionContext, config: AugmentSettings,
     return MaterializeResult(metadata={"enabled": cfg.enabled, "copies_in_run": copies})
 
 
-def shard_sample_files(storage: ThymeStorage, key: str) -> list:
-    """A shard's sample files: the pool's, and its augmented copies' when there are any."""
-    files = [storage.path("pool", "samples", f"{key}.parquet")]
-    extra = storage.path("augmented", "samples", f"{key}.parquet")
-    return files + ([extra] if extra.exists() else [])
-
-
 def shard_samples(storage: ThymeStorage, key: str) -> dict:
     """Sample id -> Sample of a shard: the pool's samples and their augmented copies."""
-    from pipelines.samples.shards import read_samples
-    samples = {}
-    for path in shard_sample_files(storage, key):
-        samples.update(read_samples(path))
-    return samples
+    from pipelines.samples.stages import Layout
+    return Layout(storage.base).shard_samples(key)

@@ -14,7 +14,13 @@ from assets.evaluation import EVALUATION_ASSETS
 from assets.exports import EXPORT_ASSETS
 from assets.jobs import AUTOMATION, JOBS
 from assets.pool import source_manifest, source_pool
-from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import (
+    ClusterResource,
+    JudgeResource,
+    SandboxResource,
+    TeacherResource,
+    ThymeStorage,
+)
 from assets.review import REVIEW_ASSETS
 from assets.training import TRAINING_ASSETS, TRAINING_RESOURCES
 
@@ -24,5 +30,5 @@ defs = Definitions(
     jobs=JOBS,
     sensors=[AUTOMATION],
     resources={"storage": ThymeStorage(), "sandbox": SandboxResource(), "teacher": TeacherResource(),
-               "judge": JudgeResource(), **TRAINING_RESOURCES},
+               "judge": JudgeResource(), "cluster": ClusterResource(), **TRAINING_RESOURCES},
 )

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from assets import ui
 from assets.partitions import shards
-from assets.resources import ThymeStorage
+from assets.resources import ClusterResource, ThymeStorage
 
 PLAN_FILE = "plan.json"
 POOL = ["pool", "source_pool"]
@@ -93,15 +93,17 @@ def source_manifest(context: AssetExecutionContext, config: SourcePoolConfig,
                                   blocking=True),
     ],
 )
-def source_pool(context: AssetExecutionContext, config: SourcePoolChecks, storage: ThymeStorage):
+def source_pool(context: AssetExecutionContext, config: SourcePoolChecks, storage: ThymeStorage,
+                cluster: ClusterResource):
     """Clean, deduplicated `Sample` rows with images in the content-addressed store; bad rows in
     quarantine with their origin and a reason. One shard per partition; a range of partitions
-    runs in one process pool. Finished shards with unchanged inputs are skipped. A shard that a
-    new plan adds is ingested by itself (on_missing)."""
+    runs in one process pool (or, on a Ray cluster, a task per shard). Finished shards with
+    unchanged inputs are skipped. A shard that a new plan adds is ingested by itself
+    (on_missing)."""
     from tqdm import tqdm
 
     from pipelines.pool.checks import check_images_exist, check_schema, preview_markdown
-    from pipelines.pool.ingest import ingest_shard, make_pool, plan_shards, summarise
+    from pipelines.pool.ingest import plan_shards, summarise
 
     out = storage.path("pool")
     plan = json.loads((out / PLAN_FILE).read_text())
@@ -113,13 +115,13 @@ def source_pool(context: AssetExecutionContext, config: SourcePoolChecks, storag
         raise ValueError(f"partitions {sorted(missing)} are not in the current plan; "
                          "re-materialize pool/source_manifest")
     reports, checks = [], {"schema": {}, "images_exist": {}, "quarantine_rate": {}}
-    with make_pool(cfg) as pool, tqdm(total=sum(s.rows for s in todo), unit="row",
-                                      desc="source_pool") as bar:
-        for shard in todo:
-            report = ingest_shard(cfg, shard, pool, bar)
+    with cluster.open(storage.base) as engine, tqdm(total=sum(s.rows for s in todo), unit="row",
+                                                    desc="source_pool") as bar:
+        for report in engine.ingest(cfg, todo, bar):
+            key = report["shard"]
             reports.append(report)
-            file = out / "samples" / f"{shard.key}.parquet"
-            context.log.info(f"{shard.key}: {report}")
+            file = out / "samples" / f"{key}.parquet"
+            context.log.info(f"{key}: {report}")
             context.add_asset_metadata({
                 "dagster/row_count": report["kept"],
                 "rows_in": report["rows_read"], "rows_out": report["kept"],
@@ -131,17 +133,18 @@ def source_pool(context: AssetExecutionContext, config: SourcePoolChecks, storag
                 if report["seconds"] else 0.0,
                 "skipped": report.get("skipped", False),
                 "preview": MetadataValue.md(preview_markdown([file], out)),
-            }, partition_key=shard.key)
+            }, partition_key=key)
             schema_ok, schema_detail = check_schema([file])
             missing_images = check_images_exist([file], out / "images")
             rate = report["quarantined"] / max(report["rows_read"], 1)
-            checks["schema"][shard.key] = (schema_ok, {"detail": schema_detail})
-            checks["images_exist"][shard.key] = (not missing_images, {
+            checks["schema"][key] = (schema_ok, {"detail": schema_detail})
+            checks["images_exist"][key] = (not missing_images, {
                 "missing": len(missing_images), "examples": MetadataValue.json(missing_images[:10])})
-            checks["quarantine_rate"][shard.key] = (rate <= config.max_quarantine_rate, {
+            checks["quarantine_rate"][key] = (rate <= config.max_quarantine_rate, {
                 "rate": round(rate, 4), "threshold": config.max_quarantine_rate,
                 "quarantined": report["quarantined"], "rows_in": report["rows_read"]})
     total = summarise(reports)
     yield MaterializeResult(metadata={"shards_in_run": len(todo),
-                                      "skipped_shards": total["skipped_shards"]})
+                                      "skipped_shards": total["skipped_shards"],
+                                      "engine": cluster.engine})
     yield from ui.partition_check_results(context, checks)

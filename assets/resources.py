@@ -4,6 +4,7 @@
     sandbox   the isolated executor
     teacher   who writes reasoning and code (template | openai | vllm)
     judge     the optional VLM judge of the audit (any OpenAI-compatible server)
+    cluster   where the shard stages run: this process, or a Ray cluster
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def die_with_run_worker() -> None:
 
 
 class SandboxResource(ConfigurableResource):
-    """The isolated executor, started once per run step and shared by its code."""
+    """The isolated executor, started once per run step and shared by its code (on a Ray
+    cluster: one per node, `workers` per node)."""
 
     workers: int | None = Field(None, description="worker processes; null: one per core")
     timeout: float = Field(10.0, description="seconds per code block (THYME.md: 10 s)")
@@ -86,29 +88,39 @@ class SandboxResource(ConfigurableResource):
                           "namespaces (docs/sandbox.md); null: $THYME_SANDBOX_ISOLATION, else "
                           "strict. With `url`, the service must meet it")
 
+    def spec(self):
+        from pipelines.samples.stages import SandboxSpec
+        return SandboxSpec(workers=self.workers, timeout=self.timeout, memory_mb=self.memory_mb,
+                           url=self.url, token_file=self.token_file, isolation=self.isolation)
+
     def open(self, context=None):
         """A started `sandbox.Sandbox`, or a client of the service at `url` (a context manager;
         the service's own workers and memory budget then apply). With the step's `context`, the
-        mechanisms it runs with are logged and recorded on the run (tag `thyme/sandbox_isolation`)."""
-        from sandbox.client import open_sandbox
-        from sandbox.policy import summary
-
-        sb = open_sandbox(self.url, self.token_file, timeout=self.timeout, isolation=self.isolation,
-                          workers=self.workers, memory_mb=self.memory_mb)
+        mechanisms it runs with are recorded (`record_isolation`)."""
+        sb = self.spec().open()
         if context is not None:
-            context.log.info(summary(sb.isolation_report))
-            try:
-                context.instance.add_run_tags(context.run.run_id, {
-                    "thyme/sandbox_isolation": "+".join(sb.isolation_report["active"])})
-            except Exception as exc:  # noqa: BLE001 - a tag is a convenience; the metadata remains
-                context.log.warning(f"could not tag the run with the sandbox isolation: {exc}")
+            record_isolation(context, sb.isolation_report)
         return sb
+
+
+def record_isolation(context, report: dict) -> None:
+    """Log the sandbox's isolation line and tag the run with its active mechanisms
+    (`thyme/sandbox_isolation`), so a run says what confined its code."""
+    from sandbox.policy import summary
+
+    context.log.info(summary(report))
+    try:
+        context.instance.add_run_tags(context.run.run_id, {
+            "thyme/sandbox_isolation": "+".join(report["active"])})
+    except Exception as exc:  # noqa: BLE001 - a tag is a convenience; the metadata remains
+        context.log.warning(f"could not tag the run with the sandbox isolation: {exc}")
 
 
 class TeacherResource(ConfigurableResource):
     """Who writes reasoning and code for a sample: `template` (no model; the embedded default),
     `openai` (any OpenAI-compatible endpoint: a vLLM or SGLang server, a commercial API) or
-    `vllm` (an offline vLLM engine in this process; needs the `gpu` extra)."""
+    `vllm` (an offline vLLM engine; needs the `gpu` extra; on a Ray cluster, engine actors on
+    the GPU nodes)."""
 
     kind: str = Field("template", description="template | openai | vllm")
     seed: int = Field(0, description="sampling seed (template: the draw of phrasings and rounds)")
@@ -118,7 +130,8 @@ class TeacherResource(ConfigurableResource):
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's API root")
     api_key_env: str = Field("OPENAI_API_KEY", description="the variable holding the key (never "
                                                            "the key itself)")
-    max_concurrency: int = Field(8, description="openai: requests in flight")
+    max_concurrency: int = Field(8, description="openai: requests in flight (on a Ray cluster: "
+                                                "in all, across its nodes)")
     timeout_s: float = Field(300.0, description="openai: seconds per request attempt, a stalled "
                                                 "server included")
     max_retries: int = Field(6, description="openai: retries of a failed or stalled request")
@@ -140,68 +153,21 @@ class TeacherResource(ConfigurableResource):
     reasoner_max_tokens: int = Field(8192, description="new tokens of the reasoner's reasoning")
     reasoner_sees_image: bool = Field(True, description="false for a text-only reasoner")
 
+    def spec(self):
+        from pipelines.samples.stages import TeacherSpec
+        return TeacherSpec(**self.model_dump())
+
     @property
     def needs_sandbox(self) -> bool:
-        return self.kind in ("openai", "vllm") and self.loop != "off"
+        return self.spec().needs_sandbox
 
     def build(self, image_root, cache_dir=None, sandbox=None, sandbox_timeout: float = 10.0,
               execution_cache=None):
         """A teacher whose images are read from `image_root` (the pool's store). In the loop it
         runs code in `sandbox` (started by the caller) and records results in `execution_cache`
         (the executions stage's, with its `sandbox_timeout`, so that stage reuses them)."""
-        if self.kind == "template":
-            from pipelines.samples.teachers.template import TemplateTeacher
-            return TemplateTeacher(seed=self.seed, multi_round_share=self.multi_round_share)
-        if self.kind not in ("openai", "vllm"):
-            raise ValueError(f"teacher kind {self.kind!r}: expected template, openai or vllm")
-        if not self.model:
-            raise ValueError(f"teacher kind {self.kind!r} needs `model`")
-        from pipelines.samples.teachers import TeacherConfig
-        config = TeacherConfig(candidates=self.candidates, temperature=self.temperature,
-                               max_tokens=self.max_tokens, seed=self.seed,
-                               prompt_set=self.prompt_set)
-        in_loop = self._in_loop(image_root, sandbox, sandbox_timeout, execution_cache)
-        if self.kind == "openai":
-            from pipelines.samples.teachers import OpenAITeacher
-            teacher = OpenAITeacher(self._client(self.base_url, self.model, cache_dir), image_root,
-                                    config, in_loop)
-        else:
-            from pipelines.core.vllm_config import VLLMConfig
-            from pipelines.samples.teachers import VLLMTeacher
-            engine = VLLMConfig(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
-                                seed=self.seed,
-                                max_images=self.max_images if in_loop is not None else 1).build()
-            teacher = VLLMTeacher(engine, image_root, config, in_loop=in_loop)
-        if not self.reasoner_model:
-            return teacher
-        from dataclasses import replace
-
-        from pipelines.samples.teachers import ChainConfig, ChainedTeacher, OpenAITeacher
-        reasoner = OpenAITeacher(self._client(self.reasoner_base_url or self.base_url,
-                                              self.reasoner_model, cache_dir), image_root,
-                                 replace(config, max_tokens=self.reasoner_max_tokens))
-        return ChainedTeacher(reasoner, teacher, ChainConfig(reasoner_sees_image=self.reasoner_sees_image))
-
-    def _client(self, base_url: str, model: str, cache_dir):
-        from pipelines.core.llm import LLMClient, LLMConfig
-        return LLMClient(LLMConfig(base_url=base_url, model=model, api_key_env=self.api_key_env,
-                                   max_concurrency=self.max_concurrency, timeout_s=self.timeout_s,
-                                   max_retries=self.max_retries,
-                                   cache_dir=str(cache_dir) if cache_dir else None))
-
-    def _in_loop(self, image_root, sandbox, sandbox_timeout, execution_cache):
-        if self.loop == "off":
-            return None
-        if sandbox is None:
-            raise ValueError(f"teacher loop={self.loop!r} needs a started sandbox")
-        from pipelines.core.images import ImageStore
-        from pipelines.samples.execute import ExecutionCache
-        from pipelines.samples.teachers import InLoop, LoopConfig
-        return InLoop(sandbox, ImageStore(image_root),
-                      ExecutionCache(execution_cache) if execution_cache else None,
-                      LoopConfig(continuation=self.loop, max_turns=self.max_turns,
-                                 max_images=self.max_images, sandbox_timeout=sandbox_timeout,
-                                 multi_round_share=self.multi_round_share))
+        return self.spec().build(image_root, cache_dir, sandbox=sandbox,
+                                 sandbox_timeout=sandbox_timeout, execution_cache=execution_cache)
 
 
 class JudgeResource(ConfigurableResource):
@@ -215,20 +181,47 @@ class JudgeResource(ConfigurableResource):
     api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the API key (unset: "
                                                            "no auth header, as local servers need)")
     max_calls: int = Field(10_000, description="budget of judge requests per step; cached answers "
-                                               "are free; beyond it the judge check is skipped")
+                                               "are free; beyond it the judge check is skipped "
+                                               "(on a Ray cluster: split over the run's shards)")
     timeout_s: float = Field(300.0, description="seconds per request attempt, a stalled server "
                                                 "included")
     max_retries: int = Field(6, description="retries of a failed or stalled request")
+    max_concurrency: int = Field(8, description="requests in flight (on a Ray cluster: in all)")
 
-    def build(self, cache_dir: Path):
-        """A `Judge`, or None when disabled."""
+    def spec(self):
+        """A `JudgeSpec`, or None when disabled."""
         if not self.enabled:
             return None
         if not self.model:
             raise ValueError("judge: `model` is required when the judge is enabled")
-        from pipelines.core.judge import Judge
-        from pipelines.core.llm import LLMClient, LLMConfig
-        client = LLMClient(LLMConfig(base_url=self.base_url, model=self.model,
-                                     api_key_env=self.api_key_env, timeout_s=self.timeout_s,
-                                     max_retries=self.max_retries, cache_dir=str(cache_dir)))
-        return Judge(client, self.max_calls)
+        from pipelines.samples.stages import JudgeSpec
+        return JudgeSpec(**self.model_dump(exclude={"enabled"}))
+
+    def build(self, cache_dir: Path):
+        """A `Judge`, or None when disabled."""
+        spec = self.spec()
+        return None if spec is None else spec.build(cache_dir)
+
+
+class ClusterResource(ConfigurableResource):
+    """Where the shard stages (ingest, code samples, executions, audit) run: `local`, in the step's
+    process (the default), or `ray`, on the Ray cluster at `address`. Both write the same files;
+    a run over a partition range maps its shards over the cluster from its one step, so each
+    shard's materialization and metadata are recorded as locally. The cluster's nodes must see
+    the data root at the same path (README: what a cluster needs)."""
+
+    engine: str = Field("local", description="local | ray")
+    address: str = Field("", description="ray: the cluster (head:6379, ray://head:10001); empty: "
+                                         "$RAY_ADDRESS, else a one-node cluster on this machine")
+    keep_teachers: bool = Field(False, description="ray + vllm teacher: keep the engine actors "
+                                "alive after the run, for the next runs (free the GPUs with "
+                                "`python -m pipelines cluster --stop-teachers`)")
+    task_retries: int = Field(3, description="ray: retries of a shard whose worker or node died")
+
+    def open(self, data_root: Path):
+        """A `pipelines.scale` engine (a context manager)."""
+        from pipelines.scale import open_engine
+        if self.engine == "local":
+            return open_engine("local", data_root)
+        return open_engine(self.engine, data_root, self.address, keep_teachers=self.keep_teachers,
+                           task_retries=self.task_retries)

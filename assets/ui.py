@@ -47,6 +47,11 @@ def counts(mapping: Mapping[str, int], key: str) -> TableMetadataValue:
                                                                   key=lambda kv: (-kv[1], kv[0]))]))
 
 
+def placement(stats: Mapping) -> dict:
+    """A shard's `node` metadata when a cluster ran it (the Ray node id; none when local)."""
+    return {"node": stats["node"]} if stats.get("node") else {}
+
+
 def chart(png: Path, alt: str) -> MetadataValue:
     return MetadataValue.md(image_markdown(png, alt))
 

@@ -2,6 +2,8 @@
 
     python -m pipelines ingest --format {thyme-sft,thyme-rl,deepeyes,generic} --input PATH... --out DIR
     python -m pipelines generate --count N [--seed S] --out DIR
+    python -m pipelines samples --data ROOT [--shards KEY...] [--teacher template|openai|vllm ...]
+    python -m pipelines cluster --ray-address ADDR [--stop-teachers]
     python -m pipelines rewrite-paths --input thyme-{sft,rl}.parquet --images-root DIR --out OUT.parquet
     python -m pipelines prompt-sets
     python -m pipelines export --format {trl,swift,llamafactory,verl} --dataset DIR --out DIR
@@ -25,18 +27,30 @@ preset=vstar`; augment adds rotated / low-contrast copies of a pool's images (on
 per pool shard, in the pool's image store); review-export and review-import hand a stratified
 sample of audited trajectories to reviewers and bring their verdicts back; funnel reports what
 each stage of a data root kept and dropped, and why (docs/recipes.md).
+
+samples runs teacher -> sandbox -> audit over the pool at ROOT/pool (what `ingest --out ROOT/pool`
+wrote) into ROOT/code_samples, ROOT/executions and ROOT/audited, the layout the Dagster assets
+use, and prints per-stage seconds and totals. ingest, generate and samples take `--ray-address ADDR`
+to run their shards on a Ray cluster (every path on a filesystem all nodes share, at the same
+path; README "Running on a cluster"); the files are the same as a local run's. cluster lists the cluster's
+nodes, or stops the teacher engines kept alive (`--keep-teachers`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import replace
 
 from pipelines.core.atomic import WriteFailed
 from pipelines.core.images import ImageLimits
 from pipelines.pool.ingest import IngestConfig, ingest
 from pipelines.pool.readers import FORMATS
+from pipelines.samples.stages import TEACHER_KINDS
+from pipelines.scale import ENGINES, open_engine
+from pipelines.scale.funnel import STAGES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -47,6 +61,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-side", type=int, default=ImageLimits.min_side)
     p.add_argument("--max-aspect-ratio", type=float, default=ImageLimits.max_aspect_ratio)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _engine(p)
+
+
+def _engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="where shards run: this machine (the default), or a Ray cluster (the "
+                        "default when --ray-address is given)")
+    p.add_argument("--ray-address", default="",
+                   help="the Ray cluster: head:6379 or ray://head:10001 (with --engine ray and "
+                        "no address: $RAY_ADDRESS, else a one-node cluster here)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +97,35 @@ def main(argv: list[str] | None = None) -> int:
     rw.add_argument("--out", required=True, help="the rewritten parquet (paths relative to its folder)")
     rw.add_argument("--keep-invalid", action="store_true", help="keep rows that fail validation")
     rw.add_argument("--max-pixels", type=int, default=None, help="validation's pixel budget per image")
+    fun = sub.add_parser("samples", help="teacher -> sandbox -> audit over the pool's shards")
+    fun.add_argument("--data", required=True, help="data root: ROOT/pool holds the ingested pool")
+    fun.add_argument("--shards", nargs="+", default=None, help="shard keys (default: all)")
+    fun.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    fun.add_argument("--teacher", default="template", choices=TEACHER_KINDS)
+    fun.add_argument("--teacher-model", default="", help="openai: served name; vllm: model dir")
+    fun.add_argument("--teacher-url", default="http://127.0.0.1:8000/v1", help="openai: API root")
+    fun.add_argument("--teacher-concurrency", type=int, default=8,
+                     help="openai: requests in flight (on a cluster: in all)")
+    fun.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per engine")
+    fun.add_argument("--loop", default="off", choices=("off", "prefill", "turns"),
+                     help="model teachers: the sandbox in the loop (on Ray: openai only)")
+    fun.add_argument("--keep-teachers", action="store_true",
+                     help="ray + vllm: keep the engines alive for later runs")
+    fun.add_argument("--seed", type=int, default=0, help="teacher seed")
+    fun.add_argument("--sandbox-workers", type=int, default=None,
+                     help="per machine (default: one per core)")
+    fun.add_argument("--timeout", type=float, default=10.0, help="seconds per code block")
+    fun.add_argument("--sandbox-url", default=None,
+                     help="a sandbox service (python -m sandbox serve) instead of local workers")
+    fun.add_argument("--sandbox-token-file", default=None,
+                     help="the service's token file (default: $THYME_SANDBOX_TOKEN)")
+    fun.add_argument("--audit-workers", type=int, default=None, help="local audit threads")
+    fun.add_argument("--quiet", action="store_true", help="no per-shard lines on stderr")
+    _engine(fun)
+    clu = sub.add_parser("cluster", help="a Ray cluster's nodes; stop kept-alive teachers")
+    clu.add_argument("--ray-address", default="", help="head:6379 (default: $RAY_ADDRESS)")
+    clu.add_argument("--stop-teachers", action="store_true",
+                     help="kill the teacher engine actors kept alive across runs")
     sub.add_parser("prompt-sets", help="list the shipped prompt sets (system + user templates)")
     ex = sub.add_parser("export", help="a Thyme dataset in TRL/ms-swift/LLaMA-Factory/verl format")
     ex.add_argument("--format", required=True, choices=("trl", "swift", "llamafactory", "verl"))
@@ -91,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in RECIPES:
         return RECIPES[args.command](args)
+    if hasattr(args, "engine") and args.engine is None:
+        args.engine = "ray" if args.ray_address else "local"
 
     if args.command == "export":
         from pipelines.core.prompts import load_prompt_set
@@ -102,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(export(args.dataset, args.out, cfg, store_root=args.images), indent=2))
         return 0
 
+    if args.command == "samples":
+        return _samples(args)
+    if args.command == "cluster":
+        return _cluster(args)
     if args.command == "prompt-sets":
         from pipelines.core.prompts import available_prompt_sets, load_prompt_set
         for name in available_prompt_sets():
@@ -126,7 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = IngestConfig(format="generated", out=args.out, count=args.count, seed=args.seed,
                            shard_size=args.shard_size, workers=args.workers, **limits)
     try:
-        report = ingest(cfg, progress=not args.quiet)
+        if args.engine == "local":
+            report = ingest(cfg, progress=not args.quiet)
+        else:
+            cfg = replace(cfg, out=os.path.abspath(cfg.out),
+                          inputs=[os.path.abspath(p) for p in cfg.inputs])
+            with open_engine(args.engine, cfg.out, args.ray_address) as engine:
+                report = ingest(cfg, progress=not args.quiet, engine=engine)
     except WriteFailed as exc:  # finished shards stay; a re-run resumes after space is freed
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -136,6 +201,48 @@ def main(argv: list[str] | None = None) -> int:
         rows = "unknown" if unit["rows"] is None else unit["rows"]
         print(f"warning: {unit['file']}{where} quarantined whole ({unit['reason']}; rows: {rows}): "
               f"{unit['detail']}", file=sys.stderr)
+    return 0
+
+
+def _samples(args) -> int:
+    from pipelines.samples.audit import AuditConfig
+    from pipelines.samples.stages import SandboxSpec, TeacherSpec
+    from pipelines.scale.funnel import layout_for, pool_keys, run_funnel
+
+    layout = layout_for(args.data)
+    keys = args.shards or pool_keys(layout)
+    if not keys:
+        print(f"error: no pool shards under {layout.pool / 'samples'}", file=sys.stderr)
+        return 1
+    teacher = TeacherSpec(kind=args.teacher, model=args.teacher_model, base_url=args.teacher_url,
+                          max_concurrency=args.teacher_concurrency, seed=args.seed,
+                          tensor_parallel_size=args.tensor_parallel_size, loop=args.loop)
+    teacher.check()
+    sandbox = SandboxSpec(workers=args.sandbox_workers, timeout=args.timeout,
+                          url=args.sandbox_url, token_file=args.sandbox_token_file)
+    options = {"keep_teachers": args.keep_teachers} if args.engine == "ray" else {}
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    with open_engine(args.engine, layout.root, args.ray_address, **options) as engine:
+        report = run_funnel(engine, layout, keys, teacher, sandbox,
+                            AuditConfig(workers=args.audit_workers), stages=tuple(args.stages),
+                            log=log)
+    report.pop("per_shard")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cluster(args) -> int:
+    from pipelines.scale.ray_engine import import_ray, stop_teachers
+
+    if args.stop_teachers:
+        print(json.dumps({"stopped": stop_teachers(args.ray_address)}, indent=2))
+        return 0
+    ray = import_ray()
+    ray.init(address=args.ray_address or "auto", log_to_driver=False)
+    nodes = [{"node": n["NodeID"][:12], "address": n["NodeManagerAddress"], "alive": n["Alive"],
+              "cpus": n["Resources"].get("CPU", 0), "gpus": n["Resources"].get("GPU", 0)}
+             for n in ray.nodes()]
+    print(json.dumps(nodes, indent=2))
     return 0
 
 

@@ -4,6 +4,7 @@ behind on disk."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -73,3 +74,23 @@ def partial_files(root: Path) -> list[str]:
               and hashlib.sha256(path.read_bytes()).hexdigest() != path.stem):
             bad.append(f"partial image {path}")
     return bad
+
+
+def checksum(path: Path) -> dict:
+    """What must match between runs: parquet by content (rows, ids, a hash of the rows; not the
+    file bytes, whose metadata holds timings), anything else by its bytes."""
+    if path.suffix == ".parquet":
+        rows = pq.read_table(path).to_pylist()
+        blob = json.dumps(rows, sort_keys=True, default=str).encode()
+        ids = [r.get("id") for r in rows]
+        return {"rows": len(rows), "ids": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
+                "content": hashlib.sha256(blob).hexdigest()}
+    return {"bytes": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def outputs(data: Path, folders: list[str]) -> dict[str, dict]:
+    """Finished files (temporaries left out) and their checksums."""
+    return {p.relative_to(data).as_posix(): checksum(p)
+            for folder in folders for p in sorted((data / folder).rglob("*"))
+            if p.is_file() and ".partial" not in p.parts
+            and not any(part.endswith(".tmp") for part in p.relative_to(data).parts)}

@@ -209,13 +209,20 @@ def test_the_audited_asset_reports_the_judge(server, tmp_path):
 
     from assets.code_samples import audited, code_samples, executions
     from assets.pool import source_manifest, source_pool
-    from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+    from assets.resources import (
+        ClusterResource,
+        JudgeResource,
+        SandboxResource,
+        TeacherResource,
+        ThymeStorage,
+    )
 
     instance = DagsterInstance.ephemeral()
     judge = JudgeResource(enabled=True, base_url=server.url, model="fake-vlm",
                           api_key_env="THYME_TEST_NO_KEY", max_calls=5)
     resources = {"storage": ThymeStorage(root=str(tmp_path / "data")),
-                 "sandbox": SandboxResource(workers=2), "teacher": TeacherResource(), "judge": judge}
+                 "sandbox": SandboxResource(workers=2), "teacher": TeacherResource(), "judge": judge,
+                 "cluster": ClusterResource()}
     manifest = {"ops": {"pool__source_manifest": {"config": {"count": 20, "shard_size": 20, "workers": 1}}}}
     assert materialize([source_manifest], instance=instance, resources=resources, run_config=manifest).success
     before = server.requests

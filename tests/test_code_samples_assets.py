@@ -5,7 +5,13 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.code_samples import audited, code_samples, executions
 from assets.pool import source_manifest, source_pool
-from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import (
+    ClusterResource,
+    JudgeResource,
+    SandboxResource,
+    TeacherResource,
+    ThymeStorage,
+)
 
 ASSETS = [source_manifest, source_pool, code_samples, executions, audited]
 
@@ -14,7 +20,7 @@ def test_funnel_on_a_generated_shard(tmp_path):
     instance = DagsterInstance.ephemeral()
     resources = {"storage": ThymeStorage(root=str(tmp_path / "data")),
                  "sandbox": SandboxResource(workers=2), "teacher": TeacherResource(),
-                 "judge": JudgeResource()}
+                 "judge": JudgeResource(), "cluster": ClusterResource()}
     manifest = {"ops": {"pool__source_manifest": {"config": {"count": 40, "shard_size": 40,
                                                              "workers": 1}}}}
     assert materialize([source_manifest], instance=instance, resources=resources,
@@ -76,7 +82,7 @@ def test_openai_teacher_through_the_resource(tmp_path):
         teacher = TeacherResource(kind="openai", model="fake-vlm", base_url=server.url,
                                   api_key_env="THYME_TEST_NO_KEY", max_concurrency=2)
         resources = {"storage": storage, "sandbox": SandboxResource(workers=2), "teacher": teacher,
-                     "judge": JudgeResource()}
+                     "judge": JudgeResource(), "cluster": ClusterResource()}
         manifest = {"ops": {"pool__source_manifest": {"config": {"count": 20, "shard_size": 20,
                                                                  "workers": 1}}}}
         assert materialize([source_manifest], instance=instance, resources=resources,

@@ -18,7 +18,13 @@ from fake_openai import FakeOpenAI, guided_reply
 
 from assets.code_samples import audited, code_samples, executions
 from assets.pool import source_manifest, source_pool
-from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import (
+    ClusterResource,
+    JudgeResource,
+    SandboxResource,
+    TeacherResource,
+    ThymeStorage,
+)
 
 ASSETS = [source_manifest, source_pool, code_samples, executions, audited]
 SHARD = "shard-00000"
@@ -32,7 +38,8 @@ def run(root: Path, key: list[str], teacher=None, judge=None):
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("shards", [SHARD])
     resources = {"storage": ThymeStorage(root=str(root)), "sandbox": SandboxResource(workers=2),
-                 "teacher": teacher or TeacherResource(), "judge": judge or JudgeResource()}
+                 "teacher": teacher or TeacherResource(), "judge": judge or JudgeResource(),
+                 "cluster": ClusterResource()}
     return materialize(ASSETS, selection=[AssetKey(key)], instance=instance, resources=resources,
                        partition_key=SHARD, raise_on_error=False)
 
@@ -58,7 +65,8 @@ def executed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("executed") / "data"
     instance = DagsterInstance.ephemeral()
     resources = {"storage": ThymeStorage(root=str(root)), "sandbox": SandboxResource(workers=2),
-                 "teacher": TeacherResource(), "judge": JudgeResource()}
+                 "teacher": TeacherResource(), "judge": JudgeResource(),
+                 "cluster": ClusterResource()}
     manifest = {"ops": {"pool__source_manifest": {"config": {"count": 20, "shard_size": 20, "workers": 1}}}}
     assert materialize([source_manifest], instance=instance, resources=resources, run_config=manifest).success
     keys = [AssetKey(["pool", "source_pool"]), AssetKey(["samples", "code_samples"]),

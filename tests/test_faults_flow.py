@@ -10,8 +10,6 @@ folder being written (its temporary) appears. Reference and re-runs are material
 process on the same instance (the code path is the same; only the process differs).
 """
 
-import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -20,15 +18,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
-from faults import descendants, partial_files, survivors
+from faults import descendants, outputs, partial_files, survivors
 
 from assets.code_samples import audited, code_samples, executions
 from assets.datasets import DATASET_ASSETS
 from assets.pool import source_manifest, source_pool
-from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import (
+    ClusterResource,
+    JudgeResource,
+    SandboxResource,
+    TeacherResource,
+    ThymeStorage,
+)
 from pipelines.datasets.names import SPLITS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +71,8 @@ def new_home(path: Path) -> Path:
 def in_process(home: Path, keys: list[AssetKey], partitioned: bool = True, run_config=None) -> None:
     """Materialize `keys` in this process on `home`'s instance (DAGSTER_HOME is set)."""
     resources = {"storage": ThymeStorage(root=str(home / "data")), "sandbox": SandboxResource(),
-                 "teacher": TeacherResource(), "judge": JudgeResource()}
+                 "teacher": TeacherResource(), "judge": JudgeResource(),
+                 "cluster": ClusterResource()}
     result = materialize(ASSETS, selection=keys, instance=DagsterInstance.from_config(str(home)),
                          resources=resources, tags=RANGE_TAGS if partitioned else None,
                          run_config=run_config)
@@ -104,26 +108,6 @@ def kill_during(home: Path, args: list[str], ready: Callable[[], bool], log: Pat
         proc.kill()
         proc.wait()
     return started
-
-
-def checksum(path: Path) -> dict:
-    """What must match between runs: parquet by content (rows, ids, a hash of the rows; not the
-    file bytes, whose metadata holds timings), anything else by its bytes."""
-    if path.suffix == ".parquet":
-        rows = pq.read_table(path).to_pylist()
-        blob = json.dumps(rows, sort_keys=True, default=str).encode()
-        ids = [r.get("id") for r in rows]
-        return {"rows": len(rows), "ids": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
-                "content": hashlib.sha256(blob).hexdigest()}
-    return {"bytes": hashlib.sha256(path.read_bytes()).hexdigest()}
-
-
-def outputs(data: Path, folders: list[str]) -> dict[str, dict]:
-    """Finished files (temporaries left out) and their checksums."""
-    return {p.relative_to(data).as_posix(): checksum(p)
-            for folder in folders for p in sorted((data / folder).rglob("*"))
-            if p.is_file() and ".partial" not in p.parts
-            and not any(part.endswith(".tmp") for part in p.relative_to(data).parts)}
 
 
 @pytest.mark.slow

@@ -203,7 +203,7 @@ def test_the_pool_asset_names_an_unreadable_file(tmp_path):
     from dagster import AssetKey, DagsterInstance, materialize
 
     from assets.pool import source_manifest, source_pool
-    from assets.resources import ThymeStorage
+    from assets.resources import ClusterResource, ThymeStorage
 
     src = tmp_path / "src"
     src.mkdir()
@@ -211,7 +211,7 @@ def test_the_pool_asset_names_an_unreadable_file(tmp_path):
     whole = (src / "a.parquet").read_bytes()
     (src / "b.parquet").write_bytes(whole[: len(whole) // 3])
     instance = DagsterInstance.ephemeral()
-    resources = {"storage": ThymeStorage(root=str(tmp_path / "data"))}
+    resources = {"storage": ThymeStorage(root=str(tmp_path / "data")), "cluster": ClusterResource()}
     config = {"format": "thyme-rl", "inputs": [str(src)], "shard_size": 10, "workers": 1}
     assert materialize([source_manifest], instance=instance, resources=resources,
                        run_config={"ops": {"pool__source_manifest": {"config": config}}}).success

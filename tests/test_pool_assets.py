@@ -15,7 +15,7 @@ from PIL import Image
 
 from assets.definitions import defs
 from assets.pool import source_manifest, source_pool
-from assets.resources import ThymeStorage
+from assets.resources import ClusterResource, ThymeStorage
 from pipelines.core.formats import SourceRow, thyme_sft_table, write_parquet
 
 MANIFEST = AssetKey(["pool", "source_manifest"])
@@ -50,7 +50,7 @@ def pool_config(max_quarantine_rate: float = 0.5) -> dict:
 
 def test_pool_assets_in_process(tmp_path, sft_file):
     instance = DagsterInstance.ephemeral()
-    resources = {"storage": ThymeStorage(root=str(tmp_path / "data"))}
+    resources = {"storage": ThymeStorage(root=str(tmp_path / "data")), "cluster": ClusterResource()}
     result = materialize([source_manifest], instance=instance, resources=resources,
                          run_config=manifest_config(sft_file))
     assert result.success
@@ -93,7 +93,7 @@ def test_pool_assets_in_process(tmp_path, sft_file):
 
 def test_blocking_quarantine_check_fails_the_run(tmp_path, sft_file):
     instance = DagsterInstance.ephemeral()
-    resources = {"storage": ThymeStorage(root=str(tmp_path / "data"))}
+    resources = {"storage": ThymeStorage(root=str(tmp_path / "data")), "cluster": ClusterResource()}
     assert materialize([source_manifest], instance=instance, resources=resources,
                        run_config=manifest_config(sft_file)).success
     result = materialize([source_manifest, source_pool], selection=[POOL], instance=instance,

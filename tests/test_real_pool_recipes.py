@@ -18,7 +18,13 @@ from assets.augment import augmented
 from assets.code_samples import audited, code_samples, executions
 from assets.datasets import DATASET_ASSETS
 from assets.pool import source_manifest, source_pool
-from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import (
+    ClusterResource,
+    JudgeResource,
+    SandboxResource,
+    TeacherResource,
+    ThymeStorage,
+)
 from assets.review import REVIEW_ASSETS
 from pipelines.funnel import funnel_report, markdown
 
@@ -45,7 +51,8 @@ def test_a_real_pool_through_the_new_stages(tmp_path):
     instance = DagsterInstance.ephemeral()
     root = tmp_path / "data"
     resources = {"storage": ThymeStorage(root=str(root)), "sandbox": SandboxResource(workers=2),
-                 "teacher": TeacherResource(multi_round_share=0.0), "judge": JudgeResource()}
+                 "teacher": TeacherResource(multi_round_share=0.0), "judge": JudgeResource(),
+                 "cluster": ClusterResource()}
     plan = {"format": "generic", "inputs": [source_rows(tmp_path)], "image_root": str(tmp_path / "photos"),
             "shard_size": 100, "workers": 1,
             "mapping": {"box": "bbox", "box_format": "xywh", "category": "category",
@@ -141,7 +148,7 @@ def test_a_model_teacher_in_the_loop_through_the_teacher_resource(tmp_path):
                                   api_key_env="THYME_TEST_NO_KEY", loop="prefill",
                                   multi_round_share=1.0)
         resources = {"storage": ThymeStorage(root=str(root)), "sandbox": SandboxResource(workers=2),
-                     "teacher": teacher, "judge": JudgeResource()}
+                     "teacher": teacher, "judge": JudgeResource(), "cluster": ClusterResource()}
         plan = {"format": "generic", "inputs": [source_rows(tmp_path)], "workers": 1,
                 "image_root": str(tmp_path / "photos"), "shard_size": 100,
                 "mapping": {"box": "bbox", "box_format": "xywh", "set_task": "auto"}}

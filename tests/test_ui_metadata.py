@@ -21,7 +21,13 @@ from markdown_it import MarkdownIt
 
 from assets.code_samples import audited, code_samples, executions
 from assets.pool import source_manifest, source_pool
-from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import (
+    ClusterResource,
+    JudgeResource,
+    SandboxResource,
+    TeacherResource,
+    ThymeStorage,
+)
 from pipelines.core.previews import Table, example, fence, funnel_chart, thumbnails
 
 SHARDS = ["shard-00000", "shard-00001"]
@@ -73,7 +79,8 @@ def funnel_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui") / "data"
     instance = DagsterInstance.ephemeral()
     resources = {"storage": ThymeStorage(root=str(root)), "sandbox": SandboxResource(workers=2),
-                 "teacher": TeacherResource(), "judge": JudgeResource()}
+                 "teacher": TeacherResource(), "judge": JudgeResource(),
+                 "cluster": ClusterResource()}
     plan = {"ops": {"pool__source_manifest": {"config": {"count": 30, "shard_size": 15,
                                                          "workers": 1}}}}
     assert materialize([source_manifest], instance=instance, resources=resources,

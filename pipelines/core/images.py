@@ -141,8 +141,10 @@ class ImageStore:
             raise ImageRejected("undecodable_image", f"{type(exc).__name__}: {exc}") from None
         if keep:
             return data, KEEP_AS_IS[img.format], (width, height), 1
-        # Conversion needed: decode fully (draft mode reduced the JPEG) and re-encode once.
-        img = Image.open(io.BytesIO(data))
+        # Conversion needed: re-encode once from the decoded pixels (a JPEG again at full size:
+        # draft mode reduced it; anything else was decoded whole above, not decoded twice).
+        if img.format == "JPEG":
+            img = Image.open(io.BytesIO(data))
         try:
             upright = ImageOps.exif_transpose(img) if orientation != 1 else img
             if img.format == "JPEG" and img.mode in ("RGB", "L"):  # only turned: as it was encoded

@@ -152,12 +152,29 @@ def scan_index(audited_files: list[str], pool: pl.DataFrame) -> tuple[pl.DataFra
     return index, totals
 
 
-def _route(row: dict, cfg: SplitConfig) -> str | None:
-    if row["code_rounds"] > cfg.max_code_rounds:
-        return None
-    if row["task"] == "computation":
-        return COMPUTATION
-    return SINGLE if row["code_rounds"] <= 1 else TWO_ROUND
+def _routed(index: pl.DataFrame, cfg: SplitConfig, excluded: dict[str, str],
+            funnel: dict) -> list[dict]:
+    """The index's trajectories that go to an SFT split, with it (`split`), in index order; the
+    exclusions and the routing are column operations (counted into `funnel`); only the routed
+    rows become Python rows (the RL filter and the duplicate clustering read them)."""
+    if not index.height:
+        return []
+    reasons = pl.DataFrame({"sample_id": list(excluded), "excluded": list(excluded.values())},
+                           schema={"sample_id": pl.String, "excluded": pl.String})
+    rounds = pl.col("code_rounds")
+    split = (pl.when(rounds > cfg.max_code_rounds).then(None)
+             .when(pl.col("task") == "computation").then(pl.lit(COMPUTATION))
+             .when(rounds <= 1).then(pl.lit(SINGLE)).otherwise(pl.lit(TWO_ROUND)))
+    frame = (index.lazy().join(reasons.lazy(), on="sample_id", how="left", maintain_order="left")
+             .with_columns(split.alias("split")).collect())
+    for reason, n in frame["excluded"].drop_nulls().value_counts(sort=True).iter_rows():
+        funnel["dropped"][reason] += n
+    kept = frame.filter(pl.col("excluded").is_null())
+    funnel["dropped"]["too_many_code_rounds"] += kept["split"].null_count()
+    kept = kept.filter(pl.col("split").is_not_null())
+    for name, n in kept["split"].value_counts(sort=True).iter_rows():
+        funnel["routed"][name] += n
+    return kept.drop("excluded").to_dicts()
 
 
 def _key(row: dict) -> str:
@@ -221,19 +238,8 @@ def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
     `excluded`: sample id -> why decontamination keeps it out (`decontaminated`, or
     `unreadable_image`: it could not be checked)."""
     excluded = excluded or {}
-    rows = index.to_dicts() if index.height else []
     funnel: dict = {"routed": Counter(), "dropped": Counter()}
-    routed = []
-    for r in rows:
-        if r["sample_id"] in excluded:
-            funnel["dropped"][excluded[r["sample_id"]]] += 1
-            continue
-        r["split"] = _route(r, cfg)
-        if r["split"] is None:
-            funnel["dropped"]["too_many_code_rounds"] += 1
-            continue
-        funnel["routed"][r["split"]] += 1
-        routed.append(r)
+    routed = _routed(index, cfg, excluded, funnel)
 
     # RL candidates: the routed rows' samples (audited) or every pool sample (pool), filtered.
     task_of = {}
@@ -407,14 +413,17 @@ def _rendered(audited_files, sample_files, assignment, rl_assignment, prompts):
     assigned = pl.DataFrame({"id": list(assignment), "split": [a[0] for a in assignment.values()],
                              "part": [a[1] for a in assignment.values()]},
                             schema={"id": pl.String, "split": pl.String, "part": pl.String})
-    samples_lf = pl.scan_parquet(sample_files).unique("id", keep="first", maintain_order=True)
+    home = _sample_homes(sample_files) if assignment else None
     for file in audited_files if assignment else []:
         shard = pl.scan_parquet(file).join(assigned.lazy(), on="id", how="inner", maintain_order="left").collect()
         if shard.height == 0:
             continue
-        ids = shard["sample_id"].unique().to_list()
-        samples = {r["id"]: Sample.from_row(r) for r in
-                   samples_lf.filter(pl.col("id").is_in(ids)).collect().to_dicts()}
+        needed = home.join(shard.select(pl.col("sample_id").unique().alias("id")), on="id", how="semi")
+        samples = {}
+        for (k,), ids in needed.group_by("file", maintain_order=True):   # mostly the shard's own
+            rows = pl.scan_parquet(sample_files[k]).filter(pl.col("id").is_in(ids["id"].implode()))
+            for r in rows.unique("id", keep="first", maintain_order=True).collect().to_dicts():
+                samples[r["id"]] = Sample.from_row(r)
         for row in shard.to_dicts():
             yield row["split"], row["part"], sft_row(Trajectory.from_row(row), samples[row["sample_id"]], prompts)
     if not rl_assignment:
@@ -428,6 +437,16 @@ def _rendered(audited_files, sample_files, assignment, rl_assignment, prompts):
             done.add(r["id"])
             part, task = rl_assignment[r["id"]]
             yield RL, part, rl_row(Sample.from_row(r), prompts, task)
+
+
+def _sample_homes(sample_files: list[str]) -> pl.DataFrame:
+    """Sample id -> the index of the first sample file that holds it (the row `pool_index` keeps),
+    from one pass over the id columns: each audited shard then reads only the sample files its
+    trajectories come from, instead of every pool shard (which made building splits quadratic in
+    the shard count)."""
+    ids = [pl.scan_parquet(f).select("id", pl.lit(k, pl.Int32).alias("file"))
+           for k, f in enumerate(sample_files)]
+    return pl.concat(ids).unique("id", keep="first", maintain_order=True).collect(engine="streaming")
 
 
 class _Quarantine:

@@ -172,6 +172,10 @@ def _init_worker(cfg: IngestConfig, base_dir: str, parent: int) -> None:
     die_with_parent()  # SIGKILL when the process that started the pool dies (kill -9 included)
     if os.getppid() != parent:  # it died before that took effect
         os._exit(1)
+    _setup_worker(cfg, base_dir)
+
+
+def _setup_worker(cfg: IngestConfig, base_dir: str) -> None:
     _WORKER["store"] = ImageStore(Path(cfg.out) / "images", cfg.limits)
     _WORKER["reader"] = Reader(cfg.format, cfg.image_root, cfg.mapping, base_dir)
     _WORKER["cfg"] = cfg
@@ -332,18 +336,47 @@ class DecodingPool(ProcessPoolExecutor):
         return False
 
 
-def make_pool(cfg: IngestConfig) -> ProcessPoolExecutor:
+class InlinePool:
+    """`make_pool`'s interface, decoding in this process: for a worker that is itself one of many
+    (a Ray task per shard), where a pool of its own would oversubscribe the node."""
+
+    def __init__(self, cfg: IngestConfig):
+        _setup_worker(cfg, _base_dir(cfg))
+
+    def map(self, fn, iterable):
+        return map(fn, iterable)
+
+    def shutdown(self, *args, **kwargs) -> None:
+        pass
+
+    def __enter__(self) -> InlinePool:
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        return False
+
+
+def _base_dir(cfg: IngestConfig) -> str:
+    """Where relative inputs start: the inputs' common folder."""
     base_dir = os.path.commonpath([os.path.abspath(p) for p in cfg.inputs]) if cfg.inputs else ""
     if base_dir and os.path.isfile(base_dir):
         base_dir = os.path.dirname(base_dir)
+    return base_dir
+
+
+def make_pool(cfg: IngestConfig) -> ProcessPoolExecutor | InlinePool:
     workers = cfg.workers or len(os.sched_getaffinity(0))
+    if workers == 1:  # one decoder: no second process to start and feed
+        return InlinePool(cfg)
     # spawn, not fork: callers (Dagster, tests) may have threads
     return DecodingPool(workers, mp_context=get_context("spawn"),
-                        initializer=_init_worker, initargs=(cfg, base_dir, os.getpid()))
+                        initializer=_init_worker, initargs=(cfg, _base_dir(cfg), os.getpid()))
 
 
-def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = True) -> dict:
-    """Ingest all shards (or the given indices) and write out/report.json."""
+def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = True,
+           engine=None) -> dict:
+    """Ingest all shards (or the given indices) and write out/report.json. `engine`: where the
+    shards run (`pipelines.scale`; default: a process pool here)."""
     plan = plan_shards(cfg)
     todo = [s for s in plan if shards is None or s.index in shards]
     t0 = time.perf_counter()
@@ -351,10 +384,12 @@ def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = 
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=sum(s.rows for s in todo), unit="row", desc=f"ingest {cfg.format}")
-    reports = []
-    with make_pool(cfg) as pool:
-        for shard in todo:
-            reports.append(ingest_shard(cfg, shard, pool, bar))
+    if engine is None:
+        with make_pool(cfg) as pool:
+            reports = [ingest_shard(cfg, shard, pool, bar) for shard in todo]
+    else:
+        order = {s.key: s.index for s in todo}
+        reports = sorted(engine.ingest(cfg, todo, bar), key=lambda r: order[r["shard"]])
     if bar is not None:
         bar.close()
     total = summarise(reports)
