@@ -82,9 +82,11 @@ def copy_of(executed: Path, tmp_path: Path) -> Path:
     return root
 
 
-def teacher_at(server: FakeOpenAI, max_retries: int = 1) -> TeacherResource:
+def teacher_at(server: FakeOpenAI, max_retries: int = 1, timeout_s: float = 0.5) -> TeacherResource:
+    """0.5 s: a stalled server is given up on quickly (tests that need no stall give more, so a
+    loaded machine's slow reply is not counted as a failure)."""
     return TeacherResource(kind="openai", model="fake-vlm", base_url=server.url, api_key_env=NO_KEY,
-                           timeout_s=0.5, max_retries=max_retries)
+                           timeout_s=timeout_s, max_retries=max_retries)
 
 
 def judge_at(server: FakeOpenAI) -> JudgeResource:
@@ -148,7 +150,8 @@ def test_a_few_garbage_replies_are_quarantined_and_asked_again(executed, teacher
     server = FakeOpenAI(reply=guided_reply)
     try:
         server.script = ["garbage", "garbage"]   # not retried (a retry would answer them)
-        result = run(root, ["samples", "code_samples"], teacher=teacher_at(server, max_retries=0))
+        result = run(root, ["samples", "code_samples"],
+                     teacher=teacher_at(server, max_retries=0, timeout_s=30))
         assert result.success
         failed = [q for q in contents(root / "code_samples" / "quarantine" / f"{SHARD}.parquet")
                   if q["reason"] == "request_failed"]
