@@ -275,3 +275,18 @@ def test_a_run_stuck_on_one_answer_is_detected_and_remedied(tmp_path, request):
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["answer_collapse_since"] == 1 and summary["answer_collapse_warnings"] == 2
     assert (out / "curves_collapse.png").stat().st_size > 0
+
+
+def test_the_learning_check_runs_held_out_seeds_and_reports_an_interval():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "grpo_learning_check.py"
+    spec = importlib.util.spec_from_file_location("grpo_learning_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    assert len(check.HELD_OUT_SEEDS) >= 16 and not set(check.HELD_OUT_SEEDS) & check.TUNING_SEEDS
+    assert {47, 404} <= check.TUNING_SEEDS
+    lo, hi = check.wilson(15, 16)                        # the textbook Wilson 95% interval
+    assert (round(lo, 3), round(hi, 3)) == (0.717, 0.989)
+    assert check.wilson(16, 16)[1] == 1.0 and check.wilson(0, 16)[0] == 0.0
