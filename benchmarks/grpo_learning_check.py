@@ -15,16 +15,20 @@ ground truth is the colour. Per seed, from scratch:
 
 The defaults are the settings that passed (docs/benchmarks.md has the runs that led to them):
 60 steps of 8 prompts x G = 8, lr 1e-3, KL beta 0.2, each step holding as many red as blue
-images (`--balanced`), text sampled as ATS does (T = 1, top-p 0.9, top-k 50).
+images (`--balanced`), text sampled as ATS does (T = 1, top-p 0.9, top-k 50) until answer collapse
+is detected, then without top-p/top-k (`--untruncated-on-collapse`, thyme_train.collapse; as
+shipped before it, seeds 47 and 404 collapsed to one colour at step ~20 and never recovered).
 
 The reward per step is TRL's logged batch mean (prompts x G completions). The check passes for
 a seed when the mean over the last K steps exceeds the mean over the first K steps by more than
 `--min-rise` AND by more than two standard errors of that difference (step means as samples).
-Writes per-seed curves and run folders under `--work`, the combined curve to
-docs/img/grpo_learning_check.png and the numbers to docs/img/grpo_learning_check.json; exits 1
-unless every seed rose. Results and their reading: docs/benchmarks.md.
+The default seeds, 1000-1015, are held out: none chose a setting (TUNING_SEEDS did). The run
+reports how many seeds rose with a 95% Wilson interval of that share and exits 1 when more than
+`--allowed-failures` (1) did not. Writes per-seed curves and run folders under `--work`, the
+combined curve to docs/img/grpo_learning_check.png and the numbers to
+docs/img/grpo_learning_check.json. Results, and every configuration tried: docs/benchmarks.md.
 
-    python benchmarks/grpo_learning_check.py --seeds 0 1 2 3 4 5 6 7 --jobs 2   (~20 min, 2 cores)
+    python benchmarks/grpo_learning_check.py --jobs 2     (16 seeds: ~36 min on 2 idle cores)
 """
 
 from __future__ import annotations
@@ -170,6 +174,7 @@ def run_seed(seed: int, tiny: Path, args, work: Path) -> dict:
                    "--set", f"top_p={args.top_p}", "--set", f"top_k={args.top_k}",
                    "--set", f"shuffle_dataset={str(not args.balanced).lower()}",
                    "--set", f"save_steps={args.steps + 1}", "--set", f"seed={seed}",
+                   "--set", f"untruncated_sampling_on_collapse={str(args.untruncated_on_collapse).lower()}",
                    *[a for item in args.grpo_set for a in ("--set", item)]],
                   folder / "grpo.log", threads)
 
@@ -323,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the prompts in file order (colours alternate), so every step "
                              "holds as many red as blue images: a colour-blind policy then gains "
                              "nothing from drifting to one answer")
+    parser.add_argument("--untruncated-on-collapse", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="the collapse remedy (thyme_train.collapse): text sampled without "
+                             "top-p/top-k once answer collapse is detected (seeds 47 and 404 "
+                             "collapsed without it)")
     parser.add_argument("--grpo-set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra GRPO-ATS setting (repeatable), e.g. the collapse remedies "
                              "untruncated_sampling_on_collapse=true (thyme_train.collapse)")
