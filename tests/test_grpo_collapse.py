@@ -266,6 +266,8 @@ def test_a_run_stuck_on_one_answer_is_detected_and_remedied(tmp_path, request):
     assert first["thyme/collapse/answer_agreement"] == 1.0 and first["thyme/collapse/zero_variance_groups"] == 1.0
     assert first["thyme/answer_collapse"] == 1.0 and first["thyme/answer_collapse_since"] == 1.0
     assert first["thyme/untruncated_sampling"] == 0.0 and second["thyme/untruncated_sampling"] == 1.0
+    sampling = trainer.rollout_func.rollouts.hf.sampling         # what the engine samples with now
+    assert (sampling.top_p, sampling.top_k) == (1.0, 0) and cfg.top_p == 0.9
     assert first["thyme/dynamic_sampling/sampled_zero_variance_groups"] == 1.0
     assert first["thyme/dynamic_sampling/refill_rounds"] == 1.0
     assert first["thyme/dynamic_sampling/kept_zero_variance_groups"] == 1.0   # nothing could vary
