@@ -17,7 +17,9 @@ Detection, per step (logged as `thyme/collapse/...`, drawn in `curves_collapse.p
     top_answer_share       share of the batch's completions that give its most common answer
     answer_token_entropy   mean over completions of -log pi(token) of the sampled tokens of the
                            final answer: a Monte-Carlo estimate of the policy's entropy there
-                           (TRL's `entropy` is over every model token, reasoning included)
+                           (low under top-p/top-k, whose tail is never sampled; from the
+                           behaviour log-probs where the engine gives no policy ones). TRL's
+                           `entropy` is over every model token, reasoning included
 
 A step counts as collapsed when the batch accuracy is below `answer_collapse_max_accuracy`
 (agreement on right answers is success, not collapse) and either the answer agreement reaches

@@ -268,8 +268,11 @@ class ThymeRolloutFunc:
         stats["thyme/time/weight_sync_s"] = timings.get("sync", 0.0)
         stats.update(behaviour_statistics(rollouts))
         decode = self.codec.tokenizer.decode
+        # the policy's log-probs; where the engine reports none (vLLM's processed mode), the
+        # behaviour's: then the estimate is of the sampling distribution's entropy
         entropies = [e for r in rollouts if (e := answer_token_entropy(
-            r.completion_ids, r.logprobs, r.env_mask, decode)) is not None]
+            r.completion_ids, [p if p == p else b for p, b in zip(r.logprobs, r.behaviour_logprobs, strict=True)],
+            r.env_mask, decode)) is not None]
         stats["thyme/collapse/answer_token_entropy"] = (sum(entropies) / len(entropies)
                                                         if entropies else float("nan"))
         stats["thyme/untruncated_sampling"] = float(self.untruncated)
