@@ -6,14 +6,14 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export THYME_DATA := $(CURDIR)/data
 
 VLLM_TESTS := tests/test_vllm_teacher.py tests/test_vllm_engine.py tests/test_vllm_infer.py \
-	tests/test_grpo_vllm.py
+              tests/test_vllm_teacher_loop.py tests/test_grpo_vllm.py
 
-.PHONY: demo ui test lint bench clean
+.PHONY: demo ui test lint bench sandbox-matrix clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[cpu,dev]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[cpu,dev,cluster]'
 	touch $(STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
@@ -35,7 +35,15 @@ test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	.venv-vllm/bin/python -m pytest -m vllm $(VLLM_TESTS)
 
 bench: $(STAMP)
+	# the GRPO engine benchmark (hf vs vllm) runs in the vLLM environment; the script is idempotent
+	bash scripts/vllm_cpu_env.sh
 	$(VENV)/bin/python benchmarks/run.py
+
+# the hostile suite in every emulated deployment (docs/sandbox.md, "Where it runs"); as root,
+# ~20 minutes on 2 cores; scratch on a tmpfs keeps the degraded modes' disk floods off the disk
+sandbox-matrix: $(STAMP)
+	mkdir -p -m 1777 /dev/shm/thyme-matrix
+	TMPDIR=/dev/shm/thyme-matrix $(VENV)/bin/python benchmarks/sandbox_matrix.py --json sandbox-matrix.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sandbox pipelines assets thyme_train tests benchmarks

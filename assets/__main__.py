@@ -22,15 +22,16 @@ from assets.partitions import shards
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the UI has the full logs
 SHOWN = ("steps", "final_loss", "best_loss", "samples_trained", "samples_dropped",
-         "reward_first_quarter", "reward_last_quarter", "items", "accuracy_tools",
-         "accuracy_direct", "used_code", "checkpoint")
+         "reward_first_quarter", "reward_last_quarter", "items", "score_tools", "ci_tools",
+         "score_direct", "used_code", "checkpoint")
 TAGS = {"thyme/demo": "true"}
 
 
-def _run(instance, job: str, run_config: dict, tags: dict | None = None):
+def _run(instance, job: str, run_config: dict, tags: dict | None = None,
+         partition: str | None = None):
     result = defs.resolve_job_def(job).execute_in_process(
         instance=instance, run_config={**QUIET, **run_config}, tags={**TAGS, **(tags or {})},
-        raise_on_error=False)
+        raise_on_error=False, partition_key=partition)
     for check in result.get_asset_check_evaluations():
         if not check.passed:
             print(f"  check {check.asset_key.to_user_string()} {check.check_name}: FAILED")
@@ -65,18 +66,21 @@ def demo(count: int, shard_size: int) -> int:
         print(f"pool/source_pool {key}: {meta['rows_out']} samples kept of {meta['rows_in']} "
               f"({meta['quarantined']} quarantined), {meta['images_written']} images written")
     for key, meta in _metadata(result, "samples__audited"):
+        by_task = {r.data["task"]: r.data["pass_rate"] for r in meta["pass_rate_by_task"].records}
         print(f"samples/audited {key}: {meta['passed']} of {meta['dagster/row_count']} trajectories "
-              f"passed the audit; by task {meta['pass_rate_by_task']}")
+              f"passed the audit; by task {by_task}")
     for node in ("datasets__thyme_sft", "datasets__thyme_rl"):
         for _, meta in _metadata(result, node):
-            print(f"{node.replace('__', '/')}: {meta['rows']} at {meta['path']}")
+            rows = {r.data["split"]: r.data["rows"] for r in meta["rows"].records}
+            print(f"{node.replace('__', '/')}: {rows} at {meta['path']}")
     if not result.success:
         return 1
 
-    # evaluation on the tiny model: short answers (its numbers mean nothing; the flow is real)
+    # evaluation on the tiny model: short answers (its numbers mean nothing; the flow is real),
+    # on the held-out split (the evaluation's partition `heldout`)
     short = {"config": {"max_new_tokens": 48}}
     training = {"ops": {"evaluation__sft_stage2_scores": short, "evaluation__grpo_ats_scores": short}}
-    result = _run(instance, "training_and_evaluation", training)
+    result = _run(instance, "training_and_evaluation", training, partition="heldout")
     for node in ("training__sft_stage1", "training__sft_stage2", "training__grpo_ats",
                  "evaluation__sft_stage2_scores", "evaluation__grpo_ats_scores"):
         for _, meta in _metadata(result, node):
@@ -95,7 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="run the default flow's jobs")
     d.add_argument("--count", type=int, default=400, help="generated samples")
     d.add_argument("--shard-size", type=int, default=200)
+    d.add_argument("--sandbox-isolation", default=None, metavar="POLICY",
+                   help="sandbox isolation policy for every stage (the data flow, training, "
+                        "evaluation): strict (default) or the minimum to run with, e.g. "
+                        "landlock+seccomp+rlimits (docs/sandbox.md); sets $THYME_SANDBOX_ISOLATION")
     args = parser.parse_args(argv)
+    if args.sandbox_isolation is not None:
+        from sandbox.policy import ENV_VAR, normalize
+        try:  # the environment reaches the in-process resources and the launched processes alike
+            os.environ[ENV_VAR] = normalize(args.sandbox_isolation)
+        except ValueError as exc:
+            parser.error(str(exc))
     return demo(args.count, args.shard_size)
 
 

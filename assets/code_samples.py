@@ -8,12 +8,9 @@ partition's page shows its own counts. New pool shards are followed automaticall
 (No `from __future__ import annotations` here: Dagster reads the config annotations.)
 """
 
-import base64
-import time
+from pathlib import Path
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSpec,
     AssetExecutionContext,
     AutomationCondition,
     BackfillPolicy,
@@ -24,141 +21,135 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets import ui
+from assets.augment import augmented
 from assets.partitions import shards
 from assets.pool import source_pool
-from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import (
+    ClusterResource,
+    JudgeResource,
+    SandboxResource,
+    TeacherResource,
+    ThymeStorage,
+    record_isolation,
+)
 
+AUDITED = ["samples", "audited"]
 SHARD_STAGE = dict(key_prefix="samples", group_name="code_samples", kinds={"python", "parquet"},
                    partitions_def=shards, backfill_policy=BackfillPolicy.single_run(),
                    automation_condition=AutomationCondition.eager())
 
 
-@asset(**SHARD_STAGE, deps=[source_pool], pool="teacher")
-def code_samples(context: AssetExecutionContext, storage: ThymeStorage,
-                 teacher: TeacherResource) -> MaterializeResult:
+@asset(**SHARD_STAGE, deps=[source_pool, augmented], pool="teacher")
+def code_samples(context: AssetExecutionContext, storage: ThymeStorage, teacher: TeacherResource,
+                 sandbox: SandboxResource, cluster: ClusterResource) -> MaterializeResult:
     """Candidate trajectories (reasoning + code + answer) the teacher wrote for every sample of
-    the shard; output it could not parse is quarantined with the reason."""
-    from pipelines.samples.shards import generate_code_samples, read_samples, write_trajectories
+    the shard (its augmented copies included); output it could not parse is quarantined with
+    the reason. A model teacher in the loop runs its code in the sandbox as it writes."""
+    from pipelines.samples.stages import Layout
 
-    built = teacher.build(storage.path("pool", "images"), cache_dir=storage.path("cache", "teacher"))
-    for key in context.partition_keys:
-        samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
-        trajectories, stats = generate_code_samples(
-            samples, built, quarantine_path=storage.path("code_samples", "quarantine", f"{key}.parquet"))
-        write_trajectories(trajectories, storage.path("code_samples", f"{key}.parquet"))
-        preview = "\n\n---\n\n".join(f"**{t.task} / {t.kind}**\n\n```\n{t.render()[:1500]}\n```"
-                                     for t in trajectories[:3])
-        context.add_asset_metadata({
-            "dagster/row_count": len(trajectories), "samples": stats["samples"],
-            "by_kind": MetadataValue.json(stats["by_kind"]), "quarantined": stats["quarantined"],
-            "quarantine_reasons": MetadataValue.json(stats["quarantine_reasons"]),
-            "seconds": stats["seconds"], "preview": MetadataValue.md(preview),
-        }, partition_key=key)
-    return MaterializeResult(metadata={"teacher": built.name})
+    spec = teacher.spec()
+    with cluster.open(storage.base) as engine:
+        for key, stats in engine.code_samples(Layout(storage.base), context.partition_keys, spec,
+                                              sandbox.spec()):
+            context.add_asset_metadata({
+                "dagster/row_count": stats["trajectories"], "samples": stats["samples"],
+                "by_kind": ui.counts(stats["by_kind"], "kind"), "quarantined": stats["quarantined"],
+                "quarantine_reasons": ui.counts(stats["quarantine_reasons"], "reason"),
+                "seconds": stats["seconds"], "preview": MetadataValue.md(stats["preview"]),
+                "teacher_stats": MetadataValue.json(stats["teacher_stats"]),  # loop ends, chain
+                **ui.placement(stats),
+            }, partition_key=key)
+    return MaterializeResult(metadata={"teacher": spec.name, "engine": cluster.engine})
 
 
 @asset(**SHARD_STAGE, deps=[code_samples], pool="sandbox")
-def executions(context: AssetExecutionContext, storage: ThymeStorage,
-               sandbox: SandboxResource) -> MaterializeResult:
+def executions(context: AssetExecutionContext, storage: ThymeStorage, sandbox: SandboxResource,
+               cluster: ClusterResource) -> MaterializeResult:
     """Every code block run in the sandbox (one session per trajectory); results attached,
     produced images in the store. Cached by code, inputs and sandbox version."""
-    from collections import Counter
-
     from tqdm import tqdm
 
-    from pipelines.core.images import ImageStore
-    from pipelines.samples.execute import ExecutionCache, execute
-    from pipelines.samples.shards import read_samples, read_trajectories, write_trajectories
+    from pipelines.samples.stages import Layout
 
-    store = ImageStore(storage.path("pool", "images"))
-    cache = ExecutionCache(storage.path("cache", "executions"))
-    with sandbox.open() as sb:
-        for key in context.partition_keys:
-            samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
-            trajectories = read_trajectories(storage.path("code_samples", f"{key}.parquet"))
-            hits, misses = cache.hits, cache.misses
-            t0 = time.perf_counter()
-            with tqdm(total=len(trajectories), unit="traj", desc=f"executions {key}") as bar:
-                execute(trajectories, samples, store, sb, cache, sandbox.timeout, progress=bar)
-            seconds = time.perf_counter() - t0
-            write_trajectories(trajectories, storage.path("executions", f"{key}.parquet"))
-            results = [t.result for tr in trajectories for t in tr.code_turns]
+    def bar(key, total):
+        return tqdm(total=total, unit="traj", desc=f"executions {key}")
+
+    isolation = None
+    with cluster.open(storage.base) as engine:
+        for key, stats in engine.executions(Layout(storage.base), context.partition_keys,
+                                            sandbox.spec(), progress=bar):
+            if isolation is None:
+                isolation = stats["sandbox_isolation"]
+                record_isolation(context, isolation)
             context.add_asset_metadata({
-                "dagster/row_count": len(trajectories), "code_blocks": len(results),
-                "results_by_kind": MetadataValue.json(dict(Counter(r.kind for r in results))),
-                "errors_by_kind": MetadataValue.json(dict(Counter(
-                    r.error_kind for r in results if r.kind == "error"))),
-                "cache_hits": cache.hits - hits, "cache_misses": cache.misses - misses,
-                "blocks_per_s": round(len(results) / seconds, 1) if seconds else 0.0,
+                "dagster/row_count": stats["trajectories"], "code_blocks": stats["code_blocks"],
+                "results_by_kind": ui.counts(stats["results_by_kind"], "result"),
+                "errors_by_kind": ui.counts(stats["errors_by_kind"], "error"),
+                "cache_hits": stats["cache_hits"], "cache_misses": stats["cache_misses"],
+                "blocks_per_s": stats["blocks_per_s"], "preview": MetadataValue.md(stats["preview"]),
+                "sandbox_isolation": MetadataValue.json(stats["sandbox_isolation"]),
+                **ui.placement(stats),
             }, partition_key=key)
-    return MaterializeResult(metadata={"sandbox_timeout_s": sandbox.timeout})
+    return MaterializeResult(metadata={"sandbox_timeout_s": sandbox.timeout,
+                                       "sandbox_isolation": MetadataValue.json(isolation or {}),
+                                       "engine": cluster.engine})
 
 
 class AuditChecks(Config):
     min_pass_rate: float = Field(0.5, description="blocking: share of trajectories that pass")
     workers: int | None = Field(None, description="trajectories audited at once, in threads "
                                                   "(OpenCV releases the GIL); null = one per core")
+    judge_unverified_passes: bool = Field(False, description="with a judge: a trajectory it could "
+                                          "not verify (over budget, request failed, no yes/no) "
+                                          "passes; false keeps only verified ones")
 
 
 @asset(**SHARD_STAGE, deps=[executions],
        check_specs=[
-           AssetCheckSpec("pass_rate", asset=["samples", "audited"], blocking=True,
-                          description="share of trajectories passing the audit is above the "
-                                      "floor, in every shard of the run"),
-           AssetCheckSpec("every_trajectory_answers", asset=["samples", "audited"], blocking=True,
-                          description="no trajectory without a final answer"),
+           ui.partitioned_check_spec("pass_rate", AUDITED, shards, blocking=True,
+                                     description="the shard's share of trajectories passing the "
+                                                 "audit is at least the floor"),
+           ui.partitioned_check_spec("every_trajectory_answers", AUDITED, shards, blocking=True,
+                                     description="no trajectory of the shard without a final answer"),
        ])
 def audited(context: AssetExecutionContext, config: AuditChecks, storage: ThymeStorage,
-            judge: JudgeResource) -> MaterializeResult:
-    """Each trajectory with every audit check's verdict and reason; `passed` when none failed."""
-    from pipelines.samples.audit import AuditConfig, audit_many
-    from pipelines.samples.shards import (
-        examples_markdown,
-        funnel,
-        funnel_chart,
-        pass_rates_by_task,
-        read_samples,
-        read_trajectories,
-        write_trajectories,
-    )
+            judge: JudgeResource, cluster: ClusterResource):
+    """Each trajectory with every audit check's verdict and reason; `passed` when none failed.
+    Each shard records its funnel (trajectories in, left after each check, passed), pass rates
+    by task, and examples that passed and failed."""
+    from collections import Counter
 
-    store_root = storage.path("pool", "images")
-    built = judge.build(storage.path("cache", "judge"))
-    rates, no_answer = {}, []
-    for key in context.partition_keys:
-        samples = read_samples(storage.path("pool", "samples", f"{key}.parquet"))
-        trajectories = read_trajectories(storage.path("executions", f"{key}.parquet"))
-        t0 = time.perf_counter()
-        trajectories = audit_many(trajectories, samples, store_root,
-                                  AuditConfig(workers=config.workers), judge=built)
-        seconds = time.perf_counter() - t0
-        write_trajectories(trajectories, storage.path("audited", f"{key}.parquet"))
-        counts = funnel(trajectories)
-        chart = funnel_chart(counts, storage.path("reports", f"funnel-{key}.png"))
-        passed = sum(1 for t in trajectories if t.passed)
-        rates[key] = round(passed / max(len(trajectories), 1), 3)
-        no_answer += [t.id for t in trajectories if not t.answer.strip()]
-        context.add_asset_metadata({
-            "dagster/row_count": len(trajectories), "passed": passed, "pass_rate": rates[key],
-            "pass_rate_by_task": MetadataValue.json(pass_rates_by_task(trajectories)),
-            "funnel": MetadataValue.json(counts),
-            "funnel_chart": MetadataValue.md(
-                f"![funnel](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})"),
-            "trajectories_per_s": round(len(trajectories) / seconds, 1) if seconds else 0.0,
-            "passed_examples": MetadataValue.md(examples_markdown(trajectories, samples, store_root, True)),
-            "failed_examples": MetadataValue.md(examples_markdown(trajectories, samples, store_root, False)),
-        }, partition_key=key)
-    judged = {} if built is None else {
-        **{f"judge_{k}": v for k, v in built.stats.as_dict().items()},
-        "judge_errors": MetadataValue.json(built.stats.errors)}
-    low = {k: r for k, r in rates.items() if r < config.min_pass_rate}
-    return MaterializeResult(
-        metadata=judged,
-        check_results=[
-            AssetCheckResult(check_name="pass_rate", passed=not low,
-                             metadata={"rate_by_shard": MetadataValue.json(rates),
-                                       "floor": config.min_pass_rate}),
-            AssetCheckResult(check_name="every_trajectory_answers", passed=not no_answer,
-                             metadata={"without_answer": MetadataValue.json(no_answer[:20])}),
-        ],
-    )
+    from pipelines.samples.audit import AuditConfig
+    from pipelines.samples.stages import Layout
+
+    audit_config = AuditConfig(workers=config.workers,
+                               judge_unverified_passes=config.judge_unverified_passes)
+    checks = {"pass_rate": {}, "every_trajectory_answers": {}}
+    judged, errors = Counter(), []
+    with cluster.open(storage.base) as engine:
+        for key, stats in engine.audit(Layout(storage.base), context.partition_keys,
+                                       audit_config, judge.spec()):
+            context.add_asset_metadata({
+                "dagster/row_count": stats["trajectories"], "passed": stats["passed"],
+                "pass_rate": stats["pass_rate"], "funnel": ui.table(stats["funnel"]),
+                "funnel_chart": ui.chart(Path(stats["funnel_chart"]), "audit funnel"),
+                "pass_rate_by_task": ui.table(stats["pass_rate_by_task"]),
+                "trajectories_per_s": stats["trajectories_per_s"],
+                "passed_examples": MetadataValue.md(stats["passed_examples"]),
+                "failed_examples": MetadataValue.md(stats["failed_examples"]),
+                **ui.placement(stats),
+            }, partition_key=key)
+            rate, no_answer = stats["pass_rate"], stats["without_answer"]
+            checks["pass_rate"][key] = (rate >= config.min_pass_rate, {
+                "pass_rate": rate, "floor": config.min_pass_rate, "passed": stats["passed"],
+                "trajectories": stats["trajectories"]})
+            checks["every_trajectory_answers"][key] = (not no_answer, {
+                "without_answer": len(no_answer), "examples": MetadataValue.json(no_answer[:20])})
+            judged.update(stats.get("judge", {}))
+            errors = (errors + stats.get("judge_errors", []))[-10:]
+    metadata = {} if not judge.enabled else {
+        **{f"judge_{k}": judged[k] for k in ("calls", "cache_hits", "failures", "over_budget")},
+        "judge_errors": MetadataValue.json(errors)}
+    yield MaterializeResult(metadata={**metadata, "engine": cluster.engine})
+    yield from ui.partition_check_results(context, checks)

@@ -23,6 +23,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets import ui
 from assets.code_samples import audited
 from assets.resources import ThymeStorage
 from pipelines.datasets.names import CHECKS, RL, SFT_SPLITS, SINGLE, SPLITS, split_checks
@@ -42,22 +43,35 @@ class SplitsConfig(Config):
     seed: int = Field(0, description="salts every hash-based draw")
     prompt_set: str = Field("thyme", description="the prompts rows are rendered with: a shipped set "
                             "(thyme, thyme-release), a YAML path, or from:<dataset file>")
+    rl_source: str = Field("audited", description="RL prompts from samples with an audit-passing "
+                           "trajectory (audited) or from every pool sample with a checkable answer "
+                           "and its image(s), no teacher needed (pool: a Thyme-RL or DeepEyes pool)")
+    rl_answer_kinds: list[str] = Field(["option", "yes_no", "number", "math", "short_text"],
+                                       description="ground truths RL prompts may have "
+                                       "(pipelines.core.answers.truth_kind; also open, empty)")
+    rl_min_image_side: int = Field(0, description="RL: every input image's shorter side, px, at least")
+    rl_tasks: list[str] = Field([], description="RL: only these tasks (empty: all)")
+    rl_difficulties: list[str] = Field([], description="RL: only these difficulties where a row "
+                                                       "has one (empty: all)")
+    decontaminate: list[str] = Field([], description="evaluation benchmark files (VLMEvalKit .tsv, "
+                                     ".jsonl; absolute or relative to the data directory) whose "
+                                     "images and questions no training row may share")
+    phash_distance: int = Field(6, description="decontamination: perceptual-hash bits (of 64) at "
+                                               "or below which two images are the same picture")
+    question_threshold: float = Field(0.8, description="decontamination: question 5-gram Jaccard "
+                                                       "that counts as the benchmark's question")
+    min_question_chars: int = Field(40, description="decontamination: shorter questions are too "
+                                                    "generic to match without their image")
     mix_tolerance: float = Field(0.05, description="blocking: allowed |share - target| per task")
-    max_pixels: int = Field(4096 * 4096, description="blocking: pixel budget per image")
-    min_rows: int = Field(1, description="blocking: rows every split must have")
-
-
-def _preview(rows: list[dict], split: str) -> str:
-    if not rows:
-        return "(empty)"
-    parts = []
-    for r in rows[:3]:
-        if split == RL:
-            text = r["messages"][-1]["content"][:600] + f"\n\nsolution: {r['solution']}"
-        else:
-            text = r["question"][:400] + "\n\n" + r["response"][:1200]
-        parts.append(f"**{r['task']}** `{r['id']}` ({len(r['images'])} images)\n\n```\n{text}\n```")
-    return "\n\n---\n\n".join(parts)
+    max_pixels: int | None = Field(None, description="blocking: pixel budget per image; null: "
+                                   "the pool's ingest limit (so what the pool kept, validation accepts)")
+    min_rows: int = Field(1, description="blocking: rows every split must have (0 for a split a "
+                                         "pool cannot fill, e.g. SFT splits of an RL-only pool)")
+    max_failure_rate: float = Field(0.01, description="blocking: share of a split's rows a row "
+                                    "check may set aside (quarantine) before it blocks publishing")
+    failure_rates: dict[str, float] = Field({}, description="per-check overrides of max_failure_rate")
+    exclude_review_rejections: bool = Field(True, description="leave out the trajectories the "
+                                            "imported human review rejected (review/verdicts)")
 
 
 @multi_asset(
@@ -73,41 +87,83 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
     splits, task mix applied, test part held out by image hash; then every validation."""
     import pyarrow.parquet as pq
 
+    from pipelines.core.previews import Table
     from pipelines.core.prompts import load_prompt_set
+    from pipelines.datasets.previews import corpus_funnel, counts_table, rows_markdown
     from pipelines.datasets.splits import SplitConfig, build_splits, split_file, validate_splits
     from pipelines.datasets.validate import ValidationConfig
 
     audited_files = sorted(str(p) for p in storage.path("audited").glob("shard-*.parquet"))
-    sample_files = sorted(str(p) for p in storage.path("pool", "samples").glob("shard-*.parquet"))
+    sample_files = sorted(str(p) for d in (("pool", "samples"), ("augmented", "samples"))
+                          for p in storage.path(*d).glob("shard-*.parquet"))
+    rejected = storage.path("review", "rejected.parquet")      # assets/review.py
+    decontaminate = None
+    if config.decontaminate:
+        from pipelines.datasets.decontaminate import DecontaminationConfig
+        decontaminate = DecontaminationConfig(
+            benchmarks=tuple(str(storage.path(b)) for b in config.decontaminate),  # absolute stays absolute
+            phash_distance=config.phash_distance, question_threshold=config.question_threshold,
+            min_question_chars=config.min_question_chars, cache_dir=str(storage.path("cache", "phash")))
     cfg = SplitConfig(test_share=config.test_share, rl_share=config.rl_share,
                       near_dup_threshold=config.near_dup_threshold, seed=config.seed,
-                      prompt_set=config.prompt_set)
+                      prompt_set=config.prompt_set, rl_source=config.rl_source,
+                      rl_answer_kinds=tuple(config.rl_answer_kinds),
+                      rl_min_image_side=config.rl_min_image_side, rl_tasks=tuple(config.rl_tasks),
+                      rl_difficulties=tuple(config.rl_difficulties), decontaminate=decontaminate,
+                      exclude_ids_file=str(rejected) if config.exclude_review_rejections
+                      and rejected.exists() else None)
     if config.single_round_mix is not None:
         cfg.mix = {SINGLE: dict(config.single_round_mix)}
     out = storage.path("splits")
-    report = build_splits(audited_files, sample_files, out, cfg)
-    vcfg = ValidationConfig(max_pixels=config.max_pixels, mix_tolerance=config.mix_tolerance,
-                            min_rows=config.min_rows,
-                            system_prompt=load_prompt_set(config.prompt_set).system)
+    vcfg = ValidationConfig(max_pixels=config.max_pixels or _pool_max_pixels(storage),
+                            mix_tolerance=config.mix_tolerance, min_rows=config.min_rows,
+                            system_prompt=load_prompt_set(config.prompt_set).system,
+                            max_failure_rate=config.max_failure_rate,
+                            failure_rates=dict(config.failure_rates))
+    report = build_splits(audited_files, sample_files, out, cfg, storage.path("pool", "images"), vcfg)
     validation = validate_splits(out, storage.path("pool", "images"), cfg.mix, vcfg)
+    quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
     for split in SPLITS:
         first = pq.read_table(split_file(out, split, "train")).slice(0, 3).to_pylist()
         yield MaterializeResult(asset_key=_key(split), metadata={
             "dagster/row_count": sum(report["rows"][split].values()),
-            "rows": MetadataValue.json(report["rows"][split]),
-            "rows_by_task": MetadataValue.json(report["splits"][split]),
-            "funnel": MetadataValue.json({k: report[k] for k in
-                                          ("pool_samples", "trajectories", "passed", "routed", "dropped")}),
-            "preview": MetadataValue.md(_preview(first, split)),
+            "rows": ui.table(counts_table(report["rows"][split], "part")),
+            "rows_by_task": ui.table(counts_table(report["splits"][split], "part")),
+            "funnel": ui.table(corpus_funnel(report, split)),
+            "quarantined": ui.counts(report["validated"]["quarantined"].get(split, {}), "check"),
+            "rl_prompts": MetadataValue.json(report["rl_prompts"]),
+            "decontamination": MetadataValue.json(report.get("decontamination", {}).get("benchmarks", {})),
+            "preview": MetadataValue.md(rows_markdown(first, split, storage.path("pool"))),
             "path": MetadataValue.path(storage.relative(out / split)),
         })
         result = validation[split]
         for check in split_checks(split):
             failures = result.failures.get(check, [])
+            set_aside = [{"row": q["id"], "origin": f"{q['origin_file']} row {q['origin_row']}",
+                          "reason": q["reason"][:300]} for q in quarantine
+                         if q["split"] == split and check in q["checks"]][:20]
             yield AssetCheckResult(asset_key=_key(split), check_name=check, passed=result.passed(check),
                                    metadata={"failures": result.counts.get(check, 0),
-                                             "examples": MetadataValue.json(
-                                                 [{"row": f.row_id, "reason": f.reason} for f in failures[:20]])})
+                                             "quarantined": result.quarantined.get(check, 0),
+                                             "quarantine_rate": round(result.rate(check), 4),
+                                             "allowed_rate": vcfg.allowed_rate(check),
+                                             "examples": ui.table(Table(
+                                                 [("row", "string"), ("origin", "string"),
+                                                  ("reason", "string")],
+                                                 [{"row": f.row_id, "origin": "", "reason": f.reason}
+                                                  for f in failures[:20]] + set_aside))})
+
+
+def _pool_max_pixels(storage: ThymeStorage) -> int:
+    """The pixel limit the pool was ingested with (its plan), else the ingest default."""
+    import json
+
+    from pipelines.core.images import ImageLimits
+
+    plan = storage.path("pool", "plan.json")
+    if plan.is_file():
+        return int(json.loads(plan.read_text())["config"].get("max_pixels") or ImageLimits.max_pixels)
+    return ImageLimits.max_pixels
 
 
 class PublishSettings(Config):
@@ -122,10 +178,12 @@ def _publish(context: AssetExecutionContext, config: PublishSettings, storage: T
              kind: str, name: str) -> MaterializeResult:
     import json
 
+    from pipelines.datasets.previews import counts_table
     from pipelines.datasets.publish import PublishConfig, publish, push
 
     funnel = json.loads(storage.path("splits", "report.json").read_text())
-    funnel = {k: funnel[k] for k in ("pool_samples", "trajectories", "passed", "routed", "dropped", "rows")}
+    funnel = {k: funnel[k] for k in ("pool_samples", "trajectories", "passed", "routed", "dropped", "rows",
+                                     "rl_prompts", "validated", "decontamination") if k in funnel}
     cfg = PublishConfig(kind=kind, encodings=tuple(config.encodings), license=config.license,
                         repo_id=config.repo_id, token_env=config.token_env, private=config.private,
                         funnel=funnel)
@@ -135,8 +193,8 @@ def _publish(context: AssetExecutionContext, config: PublishSettings, storage: T
     card = (out / "README.md").read_text()
     return MaterializeResult(metadata={
         "dagster/row_count": sum(report["rows"].values()),
-        "rows": MetadataValue.json(report["rows"]),
-        "rows_by_task": MetadataValue.json(report["rows_by_task"]),
+        "rows": ui.table(counts_table(report["rows"], "split")),
+        "rows_by_task": ui.table(counts_table(report["rows_by_task"], "split")),
         "bytes": report["bytes"], "files": report["files"],
         "path": MetadataValue.path(storage.relative(out)),
         "card": MetadataValue.md(card.split("---\n", 2)[-1][:4000]),

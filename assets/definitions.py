@@ -7,18 +7,28 @@ location stays fast.
 
 from dagster import Definitions
 
+from assets.augment import augmented
 from assets.code_samples import audited, code_samples, executions
 from assets.datasets import DATASET_ASSETS
 from assets.evaluation import EVALUATION_ASSETS
-from assets.jobs import JOBS
+from assets.exports import EXPORT_ASSETS
+from assets.jobs import AUTOMATION, JOBS
 from assets.pool import source_manifest, source_pool
-from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import (
+    ClusterResource,
+    JudgeResource,
+    SandboxResource,
+    TeacherResource,
+    ThymeStorage,
+)
+from assets.review import REVIEW_ASSETS
 from assets.training import TRAINING_ASSETS, TRAINING_RESOURCES
 
 defs = Definitions(
-    assets=[source_manifest, source_pool, code_samples, executions, audited, *DATASET_ASSETS,
-            *TRAINING_ASSETS, *EVALUATION_ASSETS],
+    assets=[source_manifest, source_pool, augmented, code_samples, executions, audited,
+            *DATASET_ASSETS, *EXPORT_ASSETS, *REVIEW_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS],
     jobs=JOBS,
+    sensors=[AUTOMATION],
     resources={"storage": ThymeStorage(), "sandbox": SandboxResource(), "teacher": TeacherResource(),
-               "judge": JudgeResource(), **TRAINING_RESOURCES},
+               "judge": JudgeResource(), "cluster": ClusterResource(), **TRAINING_RESOURCES},
 )

@@ -7,10 +7,8 @@
 import json
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
     AssetExecutionContext,
+    AutomationCondition,
     BackfillPolicy,
     Config,
     MaterializeResult,
@@ -19,10 +17,12 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets import ui
 from assets.partitions import shards
-from assets.resources import ThymeStorage
+from assets.resources import ClusterResource, ThymeStorage
 
 PLAN_FILE = "plan.json"
+POOL = ["pool", "source_pool"]
 
 
 class SourcePoolConfig(Config):
@@ -34,7 +34,9 @@ class SourcePoolConfig(Config):
     seed: int = Field(0, description="generated: seed (same seed, same pool)")
     shard_size: int = Field(200, description="rows per shard; thousands for real pools")
     image_root: str | None = Field(None, description="generic: root of relative image paths")
-    mapping: dict[str, str] = Field(default_factory=dict, description="generic: field -> column")
+    mapping: dict[str, str] = Field(default_factory=dict, description="field -> column: the generic "
+                                    "reader's columns and, any format, ground truth (box, angle, "
+                                    "category, ...; box_format, set_task, preset: pipelines/pool/truth.py)")
     max_pixels: int = Field(100_000_000, description="decompression-bomb guard")
     min_side: int = Field(28, description="smallest allowed image side, px")
     max_aspect_ratio: float = Field(200.0, description="largest allowed aspect ratio")
@@ -81,23 +83,27 @@ def source_manifest(context: AssetExecutionContext, config: SourcePoolConfig,
 @asset(
     key_prefix="pool", group_name="pool", kinds={"python", "parquet"},
     partitions_def=shards, deps=[source_manifest], backfill_policy=BackfillPolicy.single_run(),
+    automation_condition=AutomationCondition.on_missing(),
     check_specs=[
-        AssetCheckSpec("schema", asset=["pool", "source_pool"], description="samples match SAMPLE_SCHEMA"),
-        AssetCheckSpec("images_exist", asset=["pool", "source_pool"],
-                       description="every referenced image is in the store"),
-        AssetCheckSpec("quarantine_rate", asset=["pool", "source_pool"], blocking=True,
-                       description="quarantined / rows read stays below the threshold"),
+        ui.partitioned_check_spec("schema", POOL, shards, "the shard's samples match SAMPLE_SCHEMA"),
+        ui.partitioned_check_spec("images_exist", POOL, shards,
+                                  "every image the shard references is in the store"),
+        ui.partitioned_check_spec("quarantine_rate", POOL, shards,
+                                  "the shard's quarantined / rows read stays below the threshold",
+                                  blocking=True),
     ],
 )
-def source_pool(context: AssetExecutionContext, config: SourcePoolChecks,
-                storage: ThymeStorage) -> MaterializeResult:
+def source_pool(context: AssetExecutionContext, config: SourcePoolChecks, storage: ThymeStorage,
+                cluster: ClusterResource):
     """Clean, deduplicated `Sample` rows with images in the content-addressed store; bad rows in
     quarantine with their origin and a reason. One shard per partition; a range of partitions
-    runs in one process pool. Finished shards with unchanged inputs are skipped."""
+    runs in one process pool (or, on a Ray cluster, a task per shard). Finished shards with
+    unchanged inputs are skipped. A shard that a new plan adds is ingested by itself
+    (on_missing)."""
     from tqdm import tqdm
 
     from pipelines.pool.checks import check_images_exist, check_schema, preview_markdown
-    from pipelines.pool.ingest import ingest_shard, make_pool, plan_shards, summarise
+    from pipelines.pool.ingest import plan_shards, summarise
 
     out = storage.path("pool")
     plan = json.loads((out / PLAN_FILE).read_text())
@@ -108,39 +114,37 @@ def source_pool(context: AssetExecutionContext, config: SourcePoolChecks,
     if missing:
         raise ValueError(f"partitions {sorted(missing)} are not in the current plan; "
                          "re-materialize pool/source_manifest")
-    totals, files = [], []
-    with make_pool(cfg) as pool, tqdm(total=sum(s.rows for s in todo), unit="row",
-                                      desc="source_pool") as bar:
-        for shard in todo:
-            report = ingest_shard(cfg, shard, pool, bar)
-            totals.append(report)
-            files.append(out / "samples" / f"{shard.key}.parquet")
-            context.log.info(f"{shard.key}: {report}")
+    reports, checks = [], {"schema": {}, "images_exist": {}, "quarantine_rate": {}}
+    with cluster.open(storage.base) as engine, tqdm(total=sum(s.rows for s in todo), unit="row",
+                                                    desc="source_pool") as bar:
+        for report in engine.ingest(cfg, todo, bar):
+            key = report["shard"]
+            reports.append(report)
+            file = out / "samples" / f"{key}.parquet"
+            context.log.info(f"{key}: {report}")
             context.add_asset_metadata({
                 "dagster/row_count": report["kept"],
                 "rows_in": report["rows_read"], "rows_out": report["kept"],
                 "deduplicated": report["deduplicated"], "quarantined": report["quarantined"],
-                "quarantined_by_reason": MetadataValue.json(report["quarantined_by_reason"]),
+                "quarantined_by_reason": ui.counts(report["quarantined_by_reason"], "reason"),
+                "unreadable": MetadataValue.json(report.get("unreadable", [])),  # whole files, row groups
                 "images_written": report["images_written"], "image_bytes": report["image_bytes"],
                 "images_per_s": round(report["images_written"] / report["seconds"], 1)
                 if report["seconds"] else 0.0,
                 "skipped": report.get("skipped", False),
-                "preview": MetadataValue.md(preview_markdown(files[-1:], out)),
-            }, partition_key=shard.key)
-    total = summarise(totals)
-    rate = total["quarantined"] / max(total["rows_read"], 1)
-    schema_ok, schema_detail = check_schema(files)
-    missing_images = check_images_exist(files, out / "images")
-    return MaterializeResult(
-        metadata={"shards_in_run": len(todo), "skipped_shards": total["skipped_shards"]},
-        check_results=[
-            AssetCheckResult(check_name="schema", passed=schema_ok, metadata={"detail": schema_detail}),
-            AssetCheckResult(check_name="images_exist", passed=not missing_images,
-                             metadata={"missing": len(missing_images),
-                                       "examples": MetadataValue.json(missing_images[:10])}),
-            AssetCheckResult(check_name="quarantine_rate", passed=rate <= config.max_quarantine_rate,
-                             severity=AssetCheckSeverity.ERROR,
-                             metadata={"rate": round(rate, 4), "threshold": config.max_quarantine_rate,
-                                       "shards": MetadataValue.json([s.key for s in todo])}),
-        ],
-    )
+                "preview": MetadataValue.md(preview_markdown([file], out)),
+            }, partition_key=key)
+            schema_ok, schema_detail = check_schema([file])
+            missing_images = check_images_exist([file], out / "images")
+            rate = report["quarantined"] / max(report["rows_read"], 1)
+            checks["schema"][key] = (schema_ok, {"detail": schema_detail})
+            checks["images_exist"][key] = (not missing_images, {
+                "missing": len(missing_images), "examples": MetadataValue.json(missing_images[:10])})
+            checks["quarantine_rate"][key] = (rate <= config.max_quarantine_rate, {
+                "rate": round(rate, 4), "threshold": config.max_quarantine_rate,
+                "quarantined": report["quarantined"], "rows_in": report["rows_read"]})
+    total = summarise(reports)
+    yield MaterializeResult(metadata={"shards_in_run": len(todo),
+                                      "skipped_shards": total["skipped_shards"],
+                                      "engine": cluster.engine})
+    yield from ui.partition_check_results(context, checks)

@@ -10,7 +10,6 @@ on. A failed run fails the asset with the trainer's own error.
 (No `from __future__ import annotations` here: Dagster reads the config annotations.)
 """
 
-import base64
 import importlib.util
 import json
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetObservation,
     Config,
     Failure,
     MaterializeResult,
@@ -29,7 +29,8 @@ from dagster import (
 from pydantic import Field
 
 from assets.pipes_reader import WholeLineTempFileMessageReader
-from assets.resources import ThymeStorage
+from assets.resources import SandboxResource, ThymeStorage
+from assets.ui import chart
 
 SFT_DATASET = AssetKey(["datasets", "thyme_sft"])
 ERROR_FILE_ENV = "THYME_TRAIN_ERROR_FILE"  # = thyme_train.pipes.ERROR_FILE_ENV (kept import-free)
@@ -96,8 +97,39 @@ def _launch(context: AssetExecutionContext, config: SFTStageConfig, storage: Thy
     stale = out / "metrics.json"  # a finished run is never continued: a new one starts fresh
     if stale.is_file():
         command += ["--set", "resume=never"]
-    return launch(context, pipes_subprocess_client, command, error_file, f"SFT {stage}",
-                  images={"loss_curve": out / "loss_curve.png"})
+    result = launch(context, pipes_subprocess_client, command, error_file, f"SFT {stage}",
+                    images={"loss_curve": out / "loss_curve.png"})
+    from pipelines.core.reports import SFT_STEP_METRICS, sft_history
+
+    records, source = sft_history(out)
+    result = with_history(context, storage, result, out, records, source, SFT_STEP_METRICS,
+                          {"curves_training": (f"SFT {stage}: per-step metrics", SFT_STEP_METRICS)})
+    # the trainer names its files relative to its own working directory; show the data folder's
+    return result._replace(metadata={**result.metadata, "loss_curve_file": MetadataValue.path(
+        storage.relative(out / "loss_curve.png"))})
+
+
+def with_history(context: AssetExecutionContext, storage: ThymeStorage, result: MaterializeResult,
+                 out: Path, records: list[dict], source: str, observed: tuple[str, ...],
+                 charts: dict[str, tuple[str, tuple[str, ...]]]) -> MaterializeResult:
+    """Record a finished run's per-step history on the asset: one observation per logged step
+    (thinned to 500) with the `observed` metrics, so Dagster's Plots show each one's curve, and
+    a PNG per entry of `charts` (metadata name -> (title, metric names)) drawn from it. The
+    checkpoint is shown relative to the data folder."""
+    from pipelines.core.previews import line_charts
+    from pipelines.core.reports import series, thin
+
+    for record in thin(records):
+        values = {n: float(record[n]) for n in observed if isinstance(record.get(n), int | float)}
+        if values:
+            context.log_event(AssetObservation(asset_key=context.asset_key,
+                                               metadata={"step": int(record["step"]), **values}))
+    meta = {"checkpoint": MetadataValue.path(storage.relative(out)),
+            "history": MetadataValue.text(f"{len(records)} logged steps from {source}")}
+    for name, (title, metrics) in charts.items():
+        png = storage.path("reports", f"{context.asset_key.path[-1]}_{name}.png")
+        meta[name] = chart(line_charts(series(records, metrics), png, title), name)
+    return result._replace(metadata={**(result.metadata or {}), **meta})
 
 
 def launch(context: AssetExecutionContext, client: PipesSubprocessClient, command: list[str],
@@ -121,9 +153,7 @@ def launch(context: AssetExecutionContext, client: PipesSubprocessClient, comman
     if not result.metadata:
         raise Failure(description=f"{what} finished but its report never arrived through Pipes "
                                   f"(no metadata): see the run's logs")
-    embedded = {name: MetadataValue.md(f"![{name}](data:image/png;base64,"
-                                       f"{base64.b64encode(path.read_bytes()).decode()})")
-                for name, path in (images or {}).items() if path.is_file()}
+    embedded = {name: chart(path, name) for name, path in (images or {}).items() if path.is_file()}
     return result._replace(metadata={**(result.metadata or {}), **embedded})
 
 
@@ -169,6 +199,7 @@ class GRPOConfig(Config):
 @asset(key_prefix="training", group_name="training", kinds={"python", "pytorch"},
        deps=[RL_DATASET, sft_stage2])
 def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeStorage,
+             sandbox: SandboxResource,
              pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
     """GRPO-ATS from SFT stage 2's model on the published RL prompts: rollouts with the sandbox
     in the loop, greedy code inside sampled text, repetition stop, accuracy/format/consistency
@@ -180,18 +211,26 @@ def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeS
                                   f"materialize training/sft_stage2 first")
     out = storage.path("checkpoints", "grpo_ats")
     settings = [f"model={stage2}", f"data={storage.path('published', 'thyme-rl')}",
-                f"output_dir={out}", *config.overrides]
+                f"output_dir={out}"]
+    if sandbox.isolation is not None:  # (an override below still wins)
+        settings.append(f"sandbox_isolation={sandbox.isolation}")
+    settings += config.overrides
     if (out / "metrics.json").is_file():  # a finished run is never continued: start fresh
         settings.append("resume=never")
     command = [*(config.launcher or [sys.executable, "-m"]), "thyme_train.grpo",
                "--config", config_path(config.config_file)]
     for item in settings:
         command += ["--set", item]
-    return launch(context, pipes_subprocess_client, command,
-                  storage.path("checkpoints", ".grpo_ats-error.json"), "GRPO-ATS",
-                  images={"curves_rewards": out / "curves_rewards.png",
-                          "curves_tool_use": out / "curves_tool_use.png",
-                          "curves_collapse": out / "curves_collapse.png"})
+    result = launch(context, pipes_subprocess_client, command,
+                    storage.path("checkpoints", ".grpo_ats-error.json"), "GRPO-ATS",
+                    images={"curves_rewards": out / "curves_rewards.png",
+                            "curves_tool_use": out / "curves_tool_use.png",
+                            "curves_collapse": out / "curves_collapse.png"})
+    from pipelines.core.reports import GRPO_OPTIMISER, GRPO_STEP_METRICS, grpo_history
+
+    return with_history(context, storage, result, out, grpo_history(out), "metrics.jsonl",
+                        GRPO_STEP_METRICS,
+                        {"curves_optimiser": ("GRPO-ATS: loss, KL, learning rate", GRPO_OPTIMISER)})
 
 
 TRAINING_ASSETS = [sft_stage1, sft_stage2, grpo_ats]

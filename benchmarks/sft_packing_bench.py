@@ -14,6 +14,7 @@ import argparse
 import io
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -108,10 +109,6 @@ def main(argv=None) -> int:
             for mode in (False, True):
                 results[mode].append(run(data, work, mode, args.batch, args.steps))
 
-    def median(values):
-        values = sorted(values)
-        return values[len(values) // 2]
-
     padded, packed = results[False], results[True]
     print(f"Machine: {platform.machine()}, Python {platform.python_version()}; tiny Qwen2.5-VL, "
           f"{args.rows} rows, batch {args.batch}, {args.steps} steps, median of {args.rounds} "
@@ -121,10 +118,10 @@ def main(argv=None) -> int:
     for name, rs in (("padded (ThymeCollator)", padded), ("padding-free (PaddingFreeCollator)", packed)):
         r = rs[0]
         print(f"| {name} | {r['real']:,} | {r['computed']:,} | {1 - r['real'] / r['computed']:.0%} "
-              f"| {median([x['seconds'] for x in rs]):.1f} | {median([x['tokens_per_s'] for x in rs]):.0f} |")
+              f"| {statistics.median([x['seconds'] for x in rs]):.1f} | {statistics.median([x['tokens_per_s'] for x in rs]):.0f} |")
     ratios = [b["tokens_per_s"] / a["tokens_per_s"] for a, b in zip(padded, packed, strict=True)]
     print(f"\nPadding-free / padded tokens per second, per round: "
-          f"{', '.join(f'{r:.2f}x' for r in ratios)}; median **{median(ratios):.2f}x**; the same "
+          f"{', '.join(f'{r:.2f}x' for r in ratios)}; median **{statistics.median(ratios):.2f}x**; the same "
           f"train loss in both: {padded[0]['loss']:.4f} vs {packed[0]['loss']:.4f}")
     return 0
 

@@ -3,6 +3,7 @@
     python -m sandbox run FILE.py --input IMG [--input IMG2] [--timeout S] [--json]
     python -m sandbox bench [--jobs N] [--workers N] [--out docs/benchmarks.md]
     python -m sandbox demo       # the bundled Thyme-style snippets, printed as the model sees them
+    python -m sandbox serve --host 0.0.0.0 --port 8080 --token-file FILE   # the HTTP service
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import sys
 from importlib import resources
 
-from sandbox import Sandbox
+from sandbox import Sandbox, SandboxUnavailable
+from sandbox.policy import ENV_VAR, normalize, summary
 from sandbox.protocol import render_output
 
 
@@ -22,7 +24,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         code = f.read()
     results_dir = os.path.abspath(args.results_dir)
     os.makedirs(results_dir, exist_ok=True)
-    with Sandbox(workers=1, results_dir=results_dir) as sb:
+    with Sandbox(workers=1, results_dir=results_dir, isolation=args.isolation) as sb:
+        print(summary(sb.isolation_report), file=sys.stderr)  # (stdout may be the JSON result)
         result = sb.run(code, inputs=args.input, timeout=args.timeout)
     if args.json:
         payload = result.to_dict()
@@ -53,9 +56,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     os.makedirs(results_dir, exist_ok=True)
     print(f"Thyme sandbox demo: bundled snippets on {os.path.relpath(image)}; images go to "
           f"{os.path.relpath(results_dir)}/\n")
-    with Sandbox(results_dir=results_dir) as sb:
-        print(f"{sb.workers} pre-warmed workers, isolation: user/mount/net namespaces, Landlock, "
-              f"seccomp, rlimits{' (DEGRADED: ' + ', '.join(sb.degraded) + ')' if sb.degraded else ''}\n")
+    with Sandbox(results_dir=results_dir, isolation=args.isolation) as sb:
+        print(f"{sb.workers} pre-warmed workers; {summary(sb.isolation_report)}\n")
         for name in ("crop_zoom.py", "rotate.py", "contrast.py", "compute.py"):
             code = (examples / name).read_text()
             _print_result(name, sb.run(code, inputs=[image]))
@@ -99,8 +101,40 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the bundled example snippets")
     demo.add_argument("--results-dir", default="out/sandbox-demo")
     demo.set_defaults(func=_cmd_demo)
+    serve = sub.add_parser("serve", help="serve the sandbox over HTTP (docs/sandbox.md)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
+    serve.add_argument("--token-file", default=None, help="file whose first line is the access "
+                       "token (default: $THYME_SANDBOX_TOKEN)")
+    serve.add_argument("--no-token", action="store_true", help="serve without a token")
+    serve.add_argument("--workers", type=int, default=None, help="default: one per core")
+    serve.add_argument("--timeout", type=float, default=10.0, help="default seconds per block")
+    serve.add_argument("--max-timeout", type=float, default=60.0, help="cap on a request's timeout")
+    serve.add_argument("--memory-mb", type=int, default=1024, help="memory budget per block")
+    serve.add_argument("--namespace", choices=("compat", "strict"), default="compat")
+    serve.add_argument("--max-queue", type=int, default=None, help="requests that may wait for "
+                       "a worker (default: 8 per worker, at least 64); beyond them: 429")
+    serve.add_argument("--max-body-mb", type=float, default=64.0, help="larger bodies: 413")
+    serve.add_argument("--max-sessions", type=int, default=None, help="default: 32 per worker")
+    serve.add_argument("--session-idle-s", type=float, default=600.0,
+                       help="close a session unused this long")
+    serve.set_defaults(func=lambda a: __import__("sandbox.service").service.serve(a))
+    for command in (run, demo, serve):
+        command.add_argument("--isolation", default=None, metavar="POLICY",
+                             help="isolation policy: strict (default) or the minimum to run "
+                                  "with, e.g. landlock+seccomp+rlimits (docs/sandbox.md); "
+                                  f"default: ${ENV_VAR}, else strict")
     args = parser.parse_args(argv)
-    return args.func(args)
+    if getattr(args, "isolation", None) is not None:
+        try:
+            normalize(args.isolation)
+        except ValueError as exc:
+            parser.error(str(exc))
+    try:
+        return args.func(args)
+    except SandboxUnavailable as exc:  # a mechanism the policy requires is missing here
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 Two layers, applied at two moments:
 - `enter_namespaces` runs once when a worker starts: a user namespace (so nothing inside holds a
   capability over the host, root included), an empty network namespace, and a private mount
-  namespace in which the worker's scratch directory is a size-capped tmpfs (the disk budget).
+  namespace in which the worker's scratch directory is a tmpfs capped in bytes and inodes.
 - `confine_child` runs in every forked child before it runs a line of model code: rlimits,
   no-new-privs, Landlock (files, TCP, signals, abstract sockets), all capabilities dropped, and a
-  seccomp filter (no exec, fork, threads, sockets, ptrace, namespaces, SysV IPC, io_uring, ...).
+  seccomp filter (no exec, fork, threads, sockets, ptrace, namespaces, SysV IPC, io_uring,
+  memfd, leases, host-wide sync, ...).
 
 Nothing here scans code: every guarantee is enforced by the kernel.
 """
@@ -36,6 +37,7 @@ _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _MS_REC, _MS_PRIVATE = 0x4000, 1 << 18
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -85,9 +87,11 @@ def seccomp_unavailable_reason() -> str | None:
 
 # ---------------------------------------------------------------- worker level
 
-def enter_namespaces(scratch_root: str, scratch_mb: int) -> None:
+def enter_namespaces(scratch_root: str, scratch_mb: int, scratch_inodes: int) -> None:
     """Move the calling (single-threaded) process into fresh user, mount and network namespaces
-    and mount a `scratch_mb` tmpfs on `scratch_root`, visible only inside."""
+    and mount a tmpfs of `scratch_mb` and `scratch_inodes` on `scratch_root`, visible only
+    inside. (Empty files and folders use no blocks: only the inode cap bounds the kernel memory
+    they hold.)"""
     uid, gid = os.getuid(), os.getgid()
     _check(_libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWNET), "unshare(user, mount, net)")
     # Map ourselves to root inside the namespace: needed to mount; grants nothing on the host.
@@ -98,7 +102,7 @@ def enter_namespaces(scratch_root: str, scratch_mb: int) -> None:
         except OSError as exc:
             raise ConfinementError(f"writing /proc/self/{name} failed: {exc.strerror}") from exc
     _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount(private /)")
-    opts = f"size={scratch_mb}m,mode=0700".encode()
+    opts = f"size={scratch_mb}m,nr_inodes={scratch_inodes},mode=0700".encode()
     _check(_libc.mount(b"tmpfs", scratch_root.encode(), b"tmpfs",
                        _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, opts), "mount(tmpfs scratch)")
 
@@ -158,10 +162,17 @@ def set_rlimits(limits: Limits, baseline_bytes: int) -> None:
         (resource.RLIMIT_CORE, 0),
         (resource.RLIMIT_MEMLOCK, 0),
         (resource.RLIMIT_MSGQUEUE, 0),
+        # queued signals are kernel memory an idle session could hold (per user namespace)
+        (resource.RLIMIT_SIGPENDING, 256),
     ):
         resource.setrlimit(res, (value, value))
     # A file over the size limit should fail the write (OSError), not kill the process silently.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def set_process_name(name: str) -> None:
+    """What `ps` and /proc/PID/comm show for the calling process (15 bytes at most)."""
+    _libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def die_with_parent() -> None:
@@ -225,6 +236,10 @@ def landlock_restrict(abi: int, read_only: list[str], read_write: list[str]) -> 
 _DENIED_SYSCALLS = (
     # new programs and processes (threads too: no thread bomb, CPU time stays bounded by wall time)
     "execve", "execveat", "fork", "vfork", "clone", "clone3",
+    # memory outside RLIMIT_AS (memfd pages are shmem no budget counts), kernel timers
+    "memfd_create", "memfd_secret", "timer_create",
+    # host-wide effects: writeback of every filesystem, IPIs or RCU waits on every CPU
+    "sync", "syncfs", "membarrier",
     # network and local IPC
     "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
     "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl",
@@ -255,6 +270,13 @@ _METADATA_NOOP = (
     "utime", "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr", "fsetxattr",
     "removexattr", "lremovexattr", "fremovexattr", "setxattrat", "removexattrat",
 )
+# fcntl commands with an effect outside the sandbox: leases stall host processes that open the
+# file (up to 45 s), dnotify watches host folders, bigger pipe buffers are unbudgeted memory.
+_DENIED_FCNTLS = (1024, 1026, 1031)  # F_SETLEASE, F_NOTIFY, F_SETPIPE_SZ
+# Locks other processes see (the input image, a library). One process holds all the sandbox's
+# locks, so taking them can succeed without doing anything (sqlite, filelock keep working).
+_NOOP_FCNTLS = (6, 7, 37, 38)  # F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW
+_NOOP_SYSCALLS = ("flock",)
 # ioctl commands that change inode flags (chattr) on any file the code can open.
 _DENIED_IOCTLS = (0x40086602, 0x40046602, 0x401C5820, 0x40087602)  # FS_IOC_SETFLAGS, 32-bit
 # SETFLAGS, FS_IOC_FSSETXATTR, FS_IOC_SETVERSION
@@ -263,14 +285,23 @@ _DENIED_IOCTLS = (0x40086602, 0x40046602, 0x401C5820, 0x40087602)  # FS_IOC_SETF
 _SELF_ONLY_OR_ZERO = ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
                       "sched_setattr")
 _SIGNALS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+# Signals the kernel sends on the code's behalf: I/O readiness (SIGIO, or any signal chosen with
+# F_SETSIG) goes to the owner set with F_SETOWN/F_SETOWN_EX or the FIOSETOWN/SIOCSPGRP ioctls,
+# which may be any process of the same user. Landlock's signal scoping refuses it; without it
+# (ABI < 6) these are denied outright (model code has no use for async I/O signals).
+_SIGNAL_OWNER_FCNTLS = (8, 10, 15)           # F_SETOWN, F_SETSIG, F_SETOWN_EX
+_SIGNAL_OWNER_IOCTLS = (0x8901, 0x8902)      # FIOSETOWN, SIOCSPGRP
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 
 
-def seccomp_program(self_pid: int | None = None) -> bytes:
+def seccomp_program(self_pid: int | None = None, deny_truncate: bool = False) -> bytes:
     """Compile the filter to classic BPF once (libseccomp is slow to build it per child).
 
     Signals to other processes are refused by Landlock's signal scoping (ABI >= 6); on older
     kernels pass `self_pid` to compile a per-process filter that allows signalling only itself.
+    `deny_truncate`: refuse `truncate` by path, which Landlock covers only from ABI 3 (6.2):
+    before, a snippet could empty any file its user may write (`ftruncate` on a file it opened
+    for writing stays allowed: opening was Landlock's decision).
     """
     import tempfile
 
@@ -283,11 +314,15 @@ def seccomp_program(self_pid: int | None = None) -> bytes:
             f.add_rule(deny, name)
         except (ValueError, RuntimeError, OSError):
             continue  # not a syscall on this architecture
-    for name in _METADATA_NOOP:
+    for name in _METADATA_NOOP + _NOOP_SYSCALLS:
         try:
             f.add_rule(sc.ERRNO(0), name)
         except (ValueError, RuntimeError, OSError):
             continue
+    for cmd in _DENIED_FCNTLS:
+        f.add_rule(deny, "fcntl", sc.Arg(1, sc.EQ, cmd))
+    for cmd in _NOOP_FCNTLS:
+        f.add_rule(sc.ERRNO(0), "fcntl", sc.Arg(1, sc.EQ, cmd))
     for cmd in _DENIED_IOCTLS:
         f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, cmd))
     for name in _SELF_ONLY_OR_ZERO:
@@ -295,6 +330,12 @@ def seccomp_program(self_pid: int | None = None) -> bytes:
     if self_pid is not None:
         for name in _SIGNALS:
             f.add_rule(deny, name, sc.Arg(0, sc.NE, self_pid))
+        for cmd in _SIGNAL_OWNER_FCNTLS:
+            f.add_rule(deny, "fcntl", sc.Arg(1, sc.EQ, cmd))
+        for cmd in _SIGNAL_OWNER_IOCTLS:
+            f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, cmd))
+    if deny_truncate:
+        f.add_rule(deny, "truncate")
     with tempfile.TemporaryFile() as tmp:
         f.export_bpf(tmp)
         tmp.seek(0)

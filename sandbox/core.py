@@ -8,12 +8,18 @@
 
 Thread-safe: any number of threads may call `run` and sessions at once; each worker serves one
 call at a time. A worker that dies or hangs is replaced and its call returns an `internal` error.
+The health rule: a worker that reports it can no longer serve (its zygote died or hung, its
+scratch could not be freed) is replaced at once, and a call it could not start is retried on the
+fresh worker; after a call that stopped a child abnormally (timeout, crash, limit, a broken
+reply) the worker must pass a probe job before it gets another call, or it is replaced. Only
+that worker's sessions lose their state.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import queue
 import shutil
@@ -28,14 +34,17 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+from sandbox import policy, runner
 from sandbox import result as R
-from sandbox import runner
+from sandbox.replies import read_frame
 from sandbox.result import Result
-from sandbox.worker import WorkerConfig, _read_frame
+from sandbox.worker import WorkerConfig
 
 # Seconds a worker may take beyond a call's own timeout (fork, repairs, collecting images)
 # before it is declared hung and replaced.
 WORKER_GRACE_S = 30.0
+PROBE_TIMEOUT_S = 30.0
+log = logging.getLogger("sandbox")
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -89,7 +98,7 @@ class _WorkerHandle:
 
     def wait_ready(self, timeout: float = 120.0) -> dict:
         try:
-            frame = _read_frame(self.fd_from, 1 << 20, time.monotonic() + timeout)
+            frame = read_frame(self.fd_from, 1 << 20, time.monotonic() + timeout)
         except TimeoutError:
             frame = None
         self.info = json.loads(frame) if frame else {"ready": False, "error": "worker did not start"}
@@ -100,7 +109,7 @@ class _WorkerHandle:
         replaced)."""
         try:
             runner.write_frame(self.fd_to, json.dumps(message).encode())
-            frame = _read_frame(self.fd_from, 1 << 26, time.monotonic() + timeout)
+            frame = read_frame(self.fd_from, 1 << 26, time.monotonic() + timeout)
         except (OSError, EOFError, TimeoutError, ValueError):
             frame = None
         if frame is None:
@@ -108,10 +117,60 @@ class _WorkerHandle:
             return None
         return json.loads(frame)
 
+    def call(self, message: dict, timeout: float) -> tuple[dict | None, list[str], int, float]:
+        """`request` under the health rule: (reply, notes on any replacement, the generation of
+        the worker that served it, when its reply came). A worker that retires is replaced,
+        and a call it had not started goes to the fresh one; a worker flagged for a check must
+        pass the probe job or it is replaced."""
+        notes = []
+        reply = self.request(message, timeout)
+        if reply is not None and reply.get("ran") is False:
+            notes.append(f"the sandbox worker was replaced before this call ran "
+                         f"({reply.get('retire')})")
+            self.restart()
+            reply = self.request(message, timeout)
+            if reply is not None and reply.get("ran") is False:  # a fresh one could not either
+                self.restart()
+                reply = None
+        served_by, replied = self.generation, time.perf_counter()
+        if reply is None:  # (`request` has replaced a worker that died or hung)
+            return None, notes, served_by, replied
+        retire, check = reply.pop("retire", None), reply.pop("check", False)
+        if retire is None and check:
+            probe = self.request({"op": "probe"}, PROBE_TIMEOUT_S)
+            if probe is None:
+                notes.append("the sandbox worker was replaced after this call (it died or hung "
+                             "in its probe job)")
+            elif not probe.get("ok"):
+                retire = f"it failed its probe job: {probe.get('problem')}"
+        if retire is not None:
+            notes.append(f"the sandbox worker was replaced after this call ({retire})")
+            self.restart()
+        return reply, notes, served_by, replied
+
     def restart(self) -> None:
         self.stop(force=True)
+        self._fresh_scratch()
         self.start()
         self.wait_ready()
+
+    def _fresh_scratch(self) -> None:
+        """Give the replacement an empty scratch directory. With namespaces the old worker's
+        files vanished with its tmpfs; without them (a weaker isolation policy) they are still on
+        the host's disk, and a worker finding them would retire at once, and so would every
+        replacement after it. They are moved aside and removed in the background (a flood of
+        files can take minutes to remove), so the fresh worker serves at once."""
+        scratch = self.config.scratch_root
+        try:
+            if not os.listdir(scratch):
+                return
+            trash = f"{scratch}.old{self.generation}"
+            os.rename(scratch, trash)
+            os.mkdir(scratch, 0o700)
+        except OSError:
+            return  # (the new worker's health check reports a scratch it cannot use)
+        threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True},
+                         daemon=True, name="thyme-scratch-cleanup").start()
 
     def stop(self, force: bool = False) -> None:
         if self.pid <= 0:
@@ -153,8 +212,12 @@ class Sandbox:
         stdout_limit: characters of printed output kept; printing more is an `output_limit` error.
         results_dir: where produced images are moved; None means a temporary directory that
             is removed by `close()` (pass one to keep the images).
-        allow_degraded: run even if an isolation mechanism is missing; every result then lists
-            the missing mechanisms in `degraded`. Off by default: `Sandbox()` fails instead.
+        isolation: the isolation policy (`sandbox.policy`): "strict" (every mechanism), or a
+            named minimum such as "landlock+seccomp+rlimits" below which the sandbox refuses to
+            start (`SandboxUnavailable`, naming what is missing). None: the environment's
+            THYME_SANDBOX_ISOLATION, else "strict". Every result lists missing mechanisms in
+            `degraded`; `isolation_report` says what is active.
+        allow_degraded: an alias of isolation="rlimits" (run with whatever the host offers).
         namespace: "compat" (default) pre-binds what the original Thyme sandbox did (`cv2`,
             `np`/`numpy`, `os`, `math`, `Image`, `json`, `re`, `random`, `string`,
             `temp_output_dir`, ...), as released checkpoints expect; "strict" binds only
@@ -163,11 +226,13 @@ class Sandbox:
 
     def __init__(self, workers: int | None = None, *, timeout: float = 10.0, memory_mb: int = 1024,
                  file_mb: int = 32, scratch_mb: int = 256, stdout_limit: int = 64_000,
-                 results_dir: str | os.PathLike | None = None, allow_degraded: bool = False,
-                 namespace: str = "compat", launcher: Launcher = launch_subprocess):
+                 results_dir: str | os.PathLike | None = None, isolation: str | None = None,
+                 allow_degraded: bool = False, namespace: str = "compat",
+                 launcher: Launcher = launch_subprocess):
         if namespace not in runner.NAMESPACES:
             raise ValueError(f"namespace must be one of {runner.NAMESPACES}, not {namespace!r}")
         self.timeout, self.namespace = timeout, namespace
+        self.policy = policy.resolve(isolation, allow_degraded)
         self._root = tempfile.mkdtemp(prefix="thyme-sandbox-")
         self._own_results = results_dir is None
         self.results_dir = os.path.abspath(results_dir or os.path.join(self._root, "results"))
@@ -179,7 +244,7 @@ class Sandbox:
             os.mkdir(scratch, 0o700)
             config = WorkerConfig(scratch_root=scratch, scratch_mb=scratch_mb, memory_mb=memory_mb,
                                   file_mb=file_mb, stdout_limit=stdout_limit,
-                                  allow_degraded=allow_degraded, namespace=namespace)
+                                  isolation=self.policy, namespace=namespace)
             self._handles.append(_WorkerHandle(config, launcher))
         self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
         self._next_session = itertools.count()
@@ -189,22 +254,29 @@ class Sandbox:
             for h in self._handles:
                 info = h.wait_ready()
                 if not info.get("ready"):
-                    raise SandboxUnavailable(
-                        f"sandbox worker could not start: {info.get('error')}. "
-                        "Pass allow_degraded=True to run without the missing mechanism.")
+                    raise SandboxUnavailable(f"sandbox worker could not start: {info.get('error')}")
                 self._idle.put(h)
         except BaseException:
             self.close()
             raise
         self.degraded = tuple(self._handles[0].info.get("degraded", ()))
+        # What confines the children: {"policy", "active", "missing": {name: why}, "landlock_abi"}.
+        # Runs record it (run metadata, rollout metrics, evaluation reports).
+        self.isolation_report: dict = self._handles[0].info["isolation"]
+        (log.warning if self.degraded else log.info)(policy.summary(self.isolation_report))
 
     # ------------------------------------------------------------ public API
     def run(self, code: str, inputs: Sequence[str | os.PathLike] = (),
-            timeout: float | None = None) -> Result:
-        """Run one independent code block in a fresh confined process."""
+            timeout: float | None = None, *, stdin: str | None = None, repairs: bool = True,
+            results_dir: str | os.PathLike | None = None) -> Result:
+        """Run one independent code block in a fresh confined process. `stdin`: what the code
+        reads from `sys.stdin` (default: nothing); `repairs=False` runs the code as written
+        (no Thyme auto-corrections: for generic code, e.g. a test-case harness); `results_dir`:
+        where this call's images go (default: the sandbox's)."""
         handle = self._idle.get()
         try:
-            return self._call(handle, code, inputs, timeout, session=None)
+            return self._call(handle, code, inputs, timeout, session=None, stdin=stdin,
+                              repairs=repairs, results_dir=results_dir)[0]
         finally:
             self._idle.put(handle)
 
@@ -245,25 +317,30 @@ class Sandbox:
         return len(self._handles)
 
     # ------------------------------------------------------------ internals
-    def _call(self, handle: _WorkerHandle, code: str, inputs, timeout,
-              session: str | None) -> Result:
+    def _call(self, handle: _WorkerHandle, code: str, inputs, timeout, session: str | None,
+              stdin: str | None = None, repairs: bool = True,
+              results_dir: str | os.PathLike | None = None) -> tuple[Result, int]:
+        """The result, and the generation of the worker that ran the code."""
         timeout = self.timeout if timeout is None else float(timeout)
         paths = [os.path.abspath(os.fspath(p)) for p in inputs]
         for path in paths:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"sandbox input not found: {path}")
+        out_dir = self.results_dir if results_dir is None else os.path.abspath(results_dir)
         message = {"op": "run", "code": code, "inputs": paths, "timeout": timeout,
-                   "session": session, "results_dir": self.results_dir}
+                   "session": session, "results_dir": out_dir, "stdin": stdin,
+                   "repairs": repairs}
         t0 = time.perf_counter()
         with handle.lock:
-            reply = handle.request(message, timeout + WORKER_GRACE_S)
+            reply, notes, served_by, replied = handle.call(message, timeout + WORKER_GRACE_S)
         if reply is None:
-            return Result(ok=False, code=code, wall_s=time.perf_counter() - t0,
+            return Result(ok=False, code=code, wall_s=replied - t0, notes=notes,
                           error=R.ErrorInfo(R.INTERNAL, "the sandbox worker died or hung; it was "
-                                            "replaced"), degraded=self.degraded)
+                                            "replaced"), degraded=self.degraded), served_by
         result = Result.from_dict(reply)
-        result.wall_s = time.perf_counter() - t0
-        return result
+        result.notes += notes
+        result.wall_s = replied - t0  # the call's own time: a probe or restart after it is not
+        return result, served_by
 
 
 class Session:
@@ -275,20 +352,21 @@ class Session:
         self.id = uuid.uuid4().hex
         self._generation = None
 
-    def run(self, code: str, timeout: float | None = None) -> Result:
-        generation = self.handle.generation
-        result = self.sandbox._call(self.handle, code, self.inputs,
-                                    self.timeout if timeout is None else timeout, session=self.id)
+    def run(self, code: str, timeout: float | None = None, *,
+            results_dir: str | os.PathLike | None = None) -> Result:
+        result, generation = self.sandbox._call(self.handle, code, self.inputs,
+                                                self.timeout if timeout is None else timeout,
+                                                session=self.id, results_dir=results_dir)
         if self._generation not in (None, generation):
             result.notes.append("session state was lost (its worker was replaced); this block "
                                 "ran in a fresh interpreter")
-        self._generation = self.handle.generation
+        self._generation = generation
         return result
 
     def close(self) -> None:
         if self.handle.pid > 0:
             with self.handle.lock:
-                self.handle.request({"op": "close", "session": self.id}, WORKER_GRACE_S)
+                self.handle.call({"op": "close", "session": self.id}, WORKER_GRACE_S)
 
     def __enter__(self) -> Session:
         return self

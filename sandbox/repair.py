@@ -319,3 +319,13 @@ def output_subfolders(code: str, output_dir: str) -> list[str]:
         if folder.startswith(root) and folder not in found:
             found.append(folder)
     return found
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) of an input image, for clamping crop boxes; None when it is no image."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - not an image: no crop clamping
+        return None

@@ -23,6 +23,9 @@ from sandbox import result as R
 
 HEADER = struct.Struct("!I")
 MAX_ERROR_CHARS = 4000
+# Bound before any model code runs: code that reassigns json.dumps/json.loads (its own business)
+# must not break the replies of its block and the next.
+_json_dumps, _json_loads = json.dumps, json.loads
 
 
 def read_frame(fd: int, limit: int) -> bytes | None:
@@ -65,8 +68,9 @@ class OutputLimitExceeded(BaseException):
 
 
 class CappedWriter(io.TextIOBase):
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, strict: bool = True):
         self.limit, self.parts, self.size = limit, [], 0
+        self.strict = strict  # False: drop what is over the limit instead of raising
 
     def writable(self) -> bool:
         return True
@@ -76,6 +80,8 @@ class CappedWriter(io.TextIOBase):
         if len(s) > room:
             self.parts.append(s[:max(room, 0)])
             self.size = self.limit
+            if not self.strict:
+                return len(s)
             raise OutputLimitExceeded(f"printed more than {self.limit} characters")
         self.parts.append(s)
         self.size += len(s)
@@ -147,13 +153,17 @@ def serve(fd_in: int, fd_out: int, image_path: str | None, stdout_limit: int,
     worker treats this process as disposable."""
     namespace = initial_namespace(image_path, output_dir, namespace_mode)
     while True:
+        os.set_blocking(fd_in, True)  # the code may have made its pipes non-blocking
         frame = read_frame(fd_in, 1 << 24)
         if frame is None:
             return
-        request = json.loads(frame)
+        request = _json_loads(frame)
         _make_dirs(request.get("make_dirs", ()))
-        reply = run_block(request["code"], namespace, stdout_limit)
-        write_frame(fd_out, json.dumps(reply, ensure_ascii=False).encode())
+        reply = run_block(request["code"], namespace, stdout_limit, request.get("stdin"))
+        reply["nonce"] = request.get("nonce")  # the worker takes no other frame as this reply
+        os.set_blocking(fd_out, True)
+        # surrogatepass: printed lone surrogates reach the worker, which replaces them
+        write_frame(fd_out, _json_dumps(reply, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 def _make_dirs(paths) -> None:
@@ -169,13 +179,14 @@ def _make_dirs(paths) -> None:
 _UNSET = object()
 
 
-def run_block(code: str, namespace: dict, stdout_limit: int) -> dict:
+def run_block(code: str, namespace: dict, stdout_limit: int, stdin: str | None = None) -> dict:
     out = CappedWriter(stdout_limit)
-    warnings_out = CappedWriter(stdout_limit)  # stderr (warnings): not part of the result
+    warnings_out = CappedWriter(stdout_limit, strict=False)  # stderr: not part of the result
     error = None
     processed_before = namespace.get("processed_path", _UNSET)
     cpu0 = time.process_time()
     sys.stdout, sys.stderr = out, warnings_out
+    sys.stdin = io.StringIO(stdin or "")  # the child's own descriptor 0 is closed
     # so tracebacks can quote the model's own lines
     linecache.cache["<code>"] = (len(code), None, code.splitlines(True), "<code>")
     try:
@@ -187,7 +198,7 @@ def run_block(code: str, namespace: dict, stdout_limit: int) -> dict:
         kind, message = classify(exc)
         error = (kind, message[:MAX_ERROR_CHARS])
     finally:
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        sys.stdout, sys.stderr, sys.stdin = sys.__stdout__, sys.__stderr__, sys.__stdin__
     # Only a `processed_path` this block (re)bound names its image: a later block that just
     # prints a result must not return the earlier block's image again.
     processed = namespace.get("processed_path")

@@ -5,49 +5,46 @@ mounts a size-capped tmpfs for scratch, imports and exercises cv2, numpy, PIL an
 serves requests from the `Sandbox` over a pipe. Each trajectory gets a forked child that confines
 itself (sandbox.confine) before any model code runs; a one-shot job is a one-block trajectory.
 The worker enforces wall time from outside, collects outputs itself (regular files inside the
-child's scratch only), validates images, and cleans up. It trusts nothing the child says.
+child's scratch only), has images decoded by a confined checker child, and cleans up. It trusts
+nothing a child says (sandbox.replies), and after every request it checks that it can still
+serve: a worker whose zygote is gone or whose scratch could not be freed retires, and the
+`Sandbox` starts a fresh one.
 """
 
 from __future__ import annotations
 
-import functools
+import errno
 import gc
-import hashlib
-import io
 import json
 import os
-import re
 import resource
 import select
-import shutil
 import signal
 import socket
-import stat
 import sys
-import sysconfig
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 
-from sandbox import confine, runner
+from sandbox import confine, outputs, policy, replies, runner
 from sandbox import result as R
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
-from sandbox.repair import RepairContext, output_subfolders, repair
+from sandbox.repair import RepairContext, image_size, output_subfolders, repair
+from sandbox.warm import library_paths as _library_paths
+from sandbox.warm import warm_up as _warm_up
 
 
-class ZygoteLost(RuntimeError):
-    """The zygote died: this worker can no longer start children and must be replaced."""
+class Unfit(RuntimeError):
+    """This worker can no longer serve and must retire (the message says why)."""
 
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
-_EXTENSIONS = "|".join(IMAGE_EXTENSIONS)
-# A printed word that ends in an image extension (the longest such start of each word). Matched
-# word by word, anchored: a search over the whole text backtracks quadratically on a long word.
-_WORD_SEPARATORS = re.compile(r"[\s'\"<>|]+")
-_IMAGE_WORD = re.compile(rf".*\.(?:{_EXTENSIONS})\b", re.IGNORECASE)
-_MAX_PATH_CHARS = 255  # a path with spaces under the output directory is read up to this long
-MAX_ASPECT_RATIO = 200
+class ZygoteLost(Unfit):
+    """The zygote died or hung: this worker can no longer start children."""
+
+
+# What the probe job prints: a worker that cannot run it is replaced.
+PROBE_CODE, PROBE_OUTPUT = "print('probe', 6 * 7)", "probe 42\n"
 CHILD_ENV = {"LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
              "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"}
 
@@ -56,15 +53,20 @@ CHILD_ENV = {"LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": 
 class WorkerConfig:
     scratch_root: str                 # directory on which the worker mounts its tmpfs
     scratch_mb: int = 256             # disk budget of the tmpfs (all of this worker's children)
+    scratch_inodes: int = 16384       # files and folders in it (empty ones cost no blocks)
     memory_mb: int = 1024
     file_mb: int = 32
     cpu_s: int = 120                  # CPU budget over a child's life (sessions), a backstop
     open_files: int = 64
     stdout_limit: int = 64_000
-    max_image_mb: int = 64
+    max_code_chars: int = 200_000     # longer code is refused before the worker parses it
+    max_output_mb: int = 32           # bytes of images one call may add to the results dir
     max_image_pixels: int = 50_000_000   # produced images beyond this are refused
-    max_images: int = 16
-    allow_degraded: bool = False
+    max_images: int = 16              # images one call may produce
+    image_check_s: float = 10.0       # time to decode one call's images
+    checker_reuse: int = 64           # images one checker decodes before a fresh one takes over
+    zygote_timeout_s: float = 10.0    # a zygote silent this long is declared hung
+    isolation: str = "strict"         # the isolation policy (sandbox.policy): what must be active
     namespace: str = "compat"         # pre-bound names: "compat" (the original's) or "strict"
 
 
@@ -72,16 +74,17 @@ class WorkerConfig:
 class Child:
     pid: int                          # -1 once the child is gone
     pidfd: int                        # signals go through it: no pid-reuse races
-    to_child: int
+    to_child: int                     # both pipes are non-blocking on the worker's side
     from_child: int
-    scratch: str
+    scratch: str | None               # None for an image checker (it writes nothing)
     inputs: list[str]
+    confined: bool = False            # it reported confinement (before reading any input)
     _image_size: tuple[int, int] | None = field(default=None, init=False)
 
     def image_size(self) -> tuple[int, int] | None:
         """(width, height) of the first input, read on first use (crop-box clamping)."""
         if self._image_size is None and self.inputs:
-            self._image_size = _image_size(self.inputs[0])
+            self._image_size = image_size(self.inputs[0])
         return self._image_size
 
 
@@ -90,25 +93,35 @@ class Worker:
         self.cfg = config
         self.limits = confine.Limits(memory_mb=config.memory_mb, cpu_s=config.cpu_s,
                                      file_mb=config.file_mb, open_files=config.open_files)
-        self.degraded: list[str] = []
+        self.missing: dict[str, str] = {}  # mechanism -> why it is unavailable here
         self.sessions: dict[str, Child] = {}
         self.restarted: set[str] = set()  # sessions whose child was killed mid-block
         self.counter = 0
+        self.lost: str | None = None      # why the zygote can no longer be used
+        self.cleanup_problem: str | None = None
+        self.suspect = False              # the last request stopped a child abnormally
+        self.checker: Child | None = None  # decodes produced images (see _check_images)
+        self.checked = 0                   # images the current checker has decoded
         self._setup()
 
     # ------------------------------------------------------------ start-up
     def _setup(self) -> None:
         try:
-            confine.enter_namespaces(self.cfg.scratch_root, self.cfg.scratch_mb)
+            confine.enter_namespaces(self.cfg.scratch_root, self.cfg.scratch_mb,
+                                     self.cfg.scratch_inodes)
         except confine.ConfinementError as exc:
-            self._missing("namespaces", f"user/mount/network namespaces unavailable: {exc}")
+            self.missing["namespaces"] = f"user/mount/network namespaces unavailable: {exc}"
         self.landlock_abi = confine.landlock_abi()
         if self.landlock_abi < 1:
-            self._missing("landlock", "Landlock is not enabled in this kernel")
+            self.missing["landlock"] = "Landlock is not enabled in this kernel"
         problem = confine.seccomp_unavailable_reason()
         self.seccomp = problem is None
         if problem:
-            self._missing("seccomp", f"seccomp (pyseccomp + libseccomp.so.2) is unavailable: {problem}")
+            self.missing["seccomp"] = f"seccomp (pyseccomp + libseccomp.so.2) is unavailable: {problem}"
+        refusal = policy.refusal(self.cfg.isolation, self.missing)
+        if refusal:
+            raise confine.ConfinementError(refusal)
+        self.degraded = [m for m in policy.MECHANISMS if m in self.missing]
         _warm_up()
         self.read_only = _library_paths()
         # Compiled once; per child only when signals cannot be scoped by Landlock.
@@ -137,6 +150,7 @@ class Worker:
             finally:
                 os._exit(0)
         theirs.close()
+        ours.settimeout(self.cfg.zygote_timeout_s)
         self.zygote_pid, self.zygote = pid, ours
 
     def _zygote_loop(self, sock: socket.socket) -> None:
@@ -151,41 +165,100 @@ class Worker:
                 continue
             c_in, c_out = fds
             pid = os.fork()
-            if pid == 0:  # -------------------------------------------- the child
-                try:
-                    try:
-                        self._confine_child(req["scratch"], req["inputs"], keep=(c_in, c_out))
-                    except BaseException as exc:  # noqa: BLE001
-                        msg = {"confine_error": f"{type(exc).__name__}: {exc}"}
-                        runner.write_frame(c_out, json.dumps(msg).encode())
-                    else:
-                        runner.serve(c_in, c_out, req["inputs"][0] if req["inputs"] else None,
-                                     self.cfg.stdout_limit, req["scratch"], self.cfg.namespace)
-                finally:
-                    os._exit(0)
+            if pid == 0:
+                self._child_main(req, c_in, c_out)
             os.close(c_in)
             os.close(c_out)
             pidfd = os.pidfd_open(pid)
             socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
             os.close(pidfd)
 
+    def _child_main(self, req: dict, c_in: int, c_out: int) -> None:
+        """A child: confine, say so, then serve. Never returns."""
+        status = 0
+        try:
+            confine.set_process_name(f"thyme-{req['role']}")  # thyme-code, thyme-checker
+            try:
+                self._confine_child(req["scratch"], req["inputs"], keep=(c_in, c_out))
+            except BaseException as exc:  # noqa: BLE001
+                msg = {"confine_error": f"{type(exc).__name__}: {exc}"}
+                runner.write_frame(c_out, json.dumps(msg).encode())
+                return
+            # Written before any input is read, so no code can forge it (or its absence).
+            runner.write_frame(c_out, b'{"confined": true}')
+            status = replies.REPLY_LOST_STATUS  # unless serving ends because the worker closed
+            if req["role"] == "checker":
+                outputs.serve_checks(c_in, c_out, self.cfg.max_image_pixels,
+                                     self.cfg.max_output_mb << 20)
+            else:
+                runner.serve(c_in, c_out, req["inputs"][0] if req["inputs"] else None,
+                             self.cfg.stdout_limit, req["scratch"], self.cfg.namespace)
+            status = 0
+        finally:
+            os._exit(status)
+
     def _zygote_call(self, message: dict, fds: list[int] = ()) -> tuple[dict, list[int]]:
-        socket.send_fds(self.zygote, [json.dumps(message).encode()], list(fds))
-        msg, got, _, _ = socket.recv_fds(self.zygote, 1 << 16, 1)
+        """The zygote's answer; ZygoteLost (and the worker retires) if it is gone or hung."""
+        msg, got = b"", []
+        try:
+            socket.send_fds(self.zygote, [json.dumps(message).encode()], list(fds))
+            msg, got, _, _ = socket.recv_fds(self.zygote, 1 << 16, 1)
+        except TimeoutError:
+            self.lost = f"the zygote did not answer within {self.cfg.zygote_timeout_s:g} s"
+        except OSError as exc:
+            self.lost = f"the zygote is gone ({type(exc).__name__})"
         if not msg:
-            raise ZygoteLost("the sandbox zygote died")
+            self.lost = self.lost or "the zygote is gone"
+            raise ZygoteLost(self.lost)
         return json.loads(msg), got
 
-    def _missing(self, mechanism: str, reason: str) -> None:
-        if not self.cfg.allow_degraded:
-            raise confine.ConfinementError(reason)
-        self.degraded.append(mechanism)
+    def isolation(self) -> dict:
+        """What confines this worker's children: the policy, the active mechanisms, and the
+        missing ones with the reason for each."""
+        return {"policy": self.cfg.isolation,
+                "active": [m for m in policy.MECHANISMS if m not in self.missing],
+                "missing": dict(self.missing), "landlock_abi": self.landlock_abi}
+
+    # ------------------------------------------------------------ health
+    def health(self) -> str | None:
+        """Why this worker can no longer serve (it then retires), or None. Cheap enough to run
+        after every request."""
+        if self.lost is None:
+            try:
+                gone = os.waitpid(self.zygote_pid, os.WNOHANG)[0] != 0
+            except ChildProcessError:
+                gone = True
+            if gone:
+                self.lost = "the zygote died"
+        if self.lost or self.cleanup_problem:
+            return self.lost or self.cleanup_problem
+        if not self.sessions and os.listdir(self.cfg.scratch_root):
+            return "the scratch space was not freed"  # every child's folder is gone by now
+        return None
+
+    def probe(self) -> dict:
+        """Run the probe job in a fresh child, then `health`: what the `Sandbox` asks for after
+        a request that stopped a child abnormally."""
+        try:
+            child = self._spawn([])
+        except OSError as exc:
+            return {"ok": False, "problem": f"cannot make a scratch directory ({exc.strerror})"}
+        try:
+            out = self._run_block(child, PROBE_CODE, self.cfg.zygote_timeout_s, None)
+        finally:
+            self._end(child)
+        problem = self.health()
+        if not out["ok"] or out["stdout"] != PROBE_OUTPUT:
+            problem = f"the probe job failed: {out['error']}"
+        return {"ok": problem is None, "problem": problem}
 
     # ------------------------------------------------------------ requests
     def handle(self, req: dict) -> dict:
         op = req["op"]
         if op == "run":
             return self.run(req)
+        if op == "probe":
+            return self.probe()
         if op == "close":
             self._end(self.sessions.pop(req["session"], None))
             self.restarted.discard(req["session"])
@@ -194,21 +267,39 @@ class Worker:
 
     def run(self, req: dict) -> dict:
         t0 = time.perf_counter()
+        problem = self.health()  # (the zygote may have died since the last request)
+        if problem:
+            raise Unfit(problem)
         sid = req.get("session")
         inputs = [os.path.abspath(p) for p in req.get("inputs", [])]
         child = self.sessions.get(sid) if sid else None
         notes: list[str] = []
+        if child is not None and _exited(child):
+            # Killed between blocks (from outside: its own code was stopped).
+            status, _ = self._kill_and_reap(child)
+            if self.lost:
+                raise ZygoteLost(self.lost)
+            self._end(self.sessions.pop(sid))
+            child = None
+            notes.append("session state was lost: its interpreter ended between blocks "
+                         f"({replies.death_reason(status)[1]}); this block ran in a fresh one")
         if child is None:
-            child = self._spawn(inputs)
+            try:
+                child = self._spawn(inputs)
+            except OSError as exc:  # the scratch tmpfs is full (of open sessions' files)
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                return R.Result(ok=False, code=req["code"], error=R.ErrorInfo(
+                    R.OUTPUT_LIMIT, f"no scratch space left on this worker ({exc.strerror}): "
+                                    "its open sessions hold it"), notes=notes).to_dict()
             if sid:
                 if sid in self.restarted:
                     notes.append("session state was lost (its previous call was stopped); "
                                  "this block ran in a fresh interpreter")
                 self.sessions[sid] = child
-        else:
-            self._signal(child, signal.SIGCONT)
         try:
-            out = self._run_block(child, req["code"], float(req["timeout"]), req["results_dir"])
+            out = self._run_block(child, req["code"], float(req["timeout"]), req["results_dir"],
+                                  req.get("stdin"), req.get("repairs", True))
         finally:
             if child.pid < 0 or not sid:
                 self.sessions.pop(sid, None)
@@ -224,21 +315,46 @@ class Worker:
         return out
 
     # ------------------------------------------------------------ children
-    def _spawn(self, inputs: list[str]) -> Child:
-        """A new child (forked by the zygote) that confines itself, then serves code blocks.
-        It reports a failure to confine instead of a reply, and never runs code unconfined."""
+    def _spawn(self, inputs: list[str], role: str = "code") -> Child:
+        """A new child (forked by the zygote) that confines itself, then serves code blocks
+        (or image checks). It reports whether it is confined before it reads anything, and
+        never runs code unconfined. Raises OSError when no scratch directory can be made."""
         self.counter += 1
-        scratch = os.path.join(self.cfg.scratch_root, str(self.counter))
-        os.mkdir(scratch, 0o700)
+        scratch = None
+        if role == "code":
+            scratch = os.path.join(self.cfg.scratch_root, str(self.counter))
+            os.mkdir(scratch, 0o700)
         c_in, p_out = os.pipe()
         p_in, c_out = os.pipe()
         try:
-            reply, fds = self._zygote_call({"op": "spawn", "scratch": scratch, "inputs": inputs},
-                                           [c_in, c_out])
+            reply, fds = self._zygote_call({"op": "spawn", "role": role, "scratch": scratch,
+                                            "inputs": inputs}, [c_in, c_out])
+        except ZygoteLost:
+            for fd in (p_in, p_out):
+                os.close(fd)
+            raise
         finally:
             os.close(c_in)
             os.close(c_out)
+        os.set_blocking(p_out, False)
+        os.set_blocking(p_in, False)
         return Child(reply["pid"], fds[0], p_out, p_in, scratch, inputs)
+
+    def _confirm(self, child: Child) -> str | None:
+        """None once the child has reported its confinement, else what went wrong."""
+        if child.confined:
+            return None
+        deadline = time.monotonic() + 2 * self.cfg.zygote_timeout_s
+        try:
+            frame = replies.read_frame(child.from_child, 1 << 16, deadline)
+            msg = json.loads(frame) if frame else {}
+        except (OSError, EOFError, TimeoutError, ValueError):
+            msg = {}
+        if isinstance(msg, dict) and msg.get("confined") is True:
+            child.confined = True
+            return None
+        reason = msg.get("confine_error", "it died or did not answer") if isinstance(msg, dict) else "?"
+        return f"the sandbox child could not confine itself: {reason}"
 
     def _signal(self, child: Child, sig: int) -> None:
         try:
@@ -246,15 +362,21 @@ class Worker:
         except ProcessLookupError:
             pass
 
-    def _kill_and_reap(self, child: Child) -> tuple[int, float]:
-        """Stop the child for good; its exit status and CPU seconds."""
+    def _kill_and_reap(self, child: Child) -> tuple[int | None, float]:
+        """Stop the child for good; its wait status (None if unknown) and CPU seconds."""
         self._signal(child, signal.SIGKILL)
-        reply, _ = self._zygote_call({"op": "reap", "pid": child.pid})
+        status, cpu = None, 0.0
+        if self.lost is None:
+            try:
+                reply, _ = self._zygote_call({"op": "reap", "pid": child.pid})
+                status, cpu = reply["status"], reply["cpu_s"]
+            except ZygoteLost:
+                pass  # the worker retires after this request
         os.close(child.pidfd)
         child.pid = -1
-        return reply["status"], reply["cpu_s"]
+        return status, cpu
 
-    def _confine_child(self, scratch: str, inputs: list[str], keep: tuple[int, int]) -> None:
+    def _confine_child(self, scratch: str | None, inputs: list[str], keep: tuple[int, int]) -> None:
         os.setsid()
         confine.die_with_parent()
         devnull = os.open("/dev/null", os.O_RDWR)
@@ -264,19 +386,27 @@ class Worker:
         os.closerange(3, low)
         os.closerange(low + 1, high)
         os.closerange(high + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        os.chdir(scratch)
+        os.chdir(scratch or "/")
         os.environ.clear()
-        os.environ.update(CHILD_ENV, HOME=scratch, TMPDIR=scratch)
-        tempfile.tempdir = scratch
+        if scratch:
+            os.environ.update(CHILD_ENV, HOME=scratch, TMPDIR=scratch)
+            tempfile.tempdir = scratch
+        else:
+            os.environ.update(CHILD_ENV)
+        # A per-child filter is compiled through a temporary file: before Landlock, which would
+        # refuse it outside scratch (an image checker has none).
+        program = b""
+        if self.seccomp:
+            program = (confine.seccomp_program(os.getpid(), deny_truncate=self.landlock_abi < 3)
+                       if self.seccomp_per_child else self.seccomp_bpf)
         confine.set_rlimits(self.limits, self.baseline_vm)
         confine.no_new_privs()
         if self.landlock_abi >= 1:
-            confine.landlock_restrict(self.landlock_abi, self.read_only + inputs, [scratch])
-        if "namespaces" not in self.degraded:
-            confine.drop_capabilities()
+            confine.landlock_restrict(self.landlock_abi, self.read_only + inputs,
+                                      [scratch] if scratch else [])
+        confine.drop_capabilities()  # (also without namespaces: root in a container keeps none)
         if self.seccomp:
-            confine.install_seccomp(confine.seccomp_program(os.getpid()) if self.seccomp_per_child
-                                    else self.seccomp_bpf)
+            confine.install_seccomp(program)
 
     def _end(self, child: Child | None) -> None:
         if child is None:
@@ -288,50 +418,88 @@ class Worker:
                 pass
         if child.pid > 0:
             self._kill_and_reap(child)
-        shutil.rmtree(child.scratch, ignore_errors=True)
+        if child.scratch and self.lost is None:  # (once reaped nothing can write there)
+            try:
+                outputs.remove_tree(child.scratch)
+            except OSError as exc:
+                self.cleanup_problem = f"a scratch directory could not be removed ({exc})"
 
     # ------------------------------------------------------------ one code block
-    def _run_block(self, child: Child, code: str, timeout: float, results_dir: str) -> dict:
+    def _run_block(self, child: Child, code: str, timeout: float, results_dir: str | None,
+                   stdin: str | None = None, repairs: bool = True) -> dict:
+        base = {"code": code, "repairs": [], "notes": [], "degraded": tuple(self.degraded)}
+        problem = replies.unfit_code(code, self.cfg.max_code_chars)
+        if problem:
+            return self._finish(child, base, error=(R.SYNTAX, problem))
         ctx = RepairContext(inputs=child.inputs, image_size=child.image_size,
                             output_dir=child.scratch,
                             is_known_file=lambda p: p.startswith(child.scratch + "/")
                             and os.path.isfile(p))
-        code, repairs = repair(code, ctx)
-        base = {"code": code, "repairs": repairs, "degraded": tuple(self.degraded)}
         try:
-            compile(code, "<code>", "exec")
+            if repairs:
+                base["code"], base["repairs"] = repair(code, ctx)
+        except RecursionError:
+            return self._finish(child, base, error=(R.SYNTAX, "the code is nested too deeply to parse"))
+        except Exception as exc:  # noqa: BLE001 - a repair tripping on odd code must not fail it
+            base["notes"].append(f"automatic repairs were skipped ({type(exc).__name__})")
+        try:
+            compile(base["code"], "<code>", "exec")
         except SyntaxError as exc:
             return self._finish(child, base, error=(R.SYNTAX, runner.classify(exc)[1]))
+        except (RecursionError, MemoryError):
+            return self._finish(child, base, error=(R.SYNTAX, "the code is nested too deeply to compile"))
+        except ValueError as exc:
+            return self._finish(child, base, error=(R.SYNTAX, f"{type(exc).__name__}: {exc}"))
+        problem = self._confirm(child)
+        if problem:
+            self._kill_and_reap(child)
+            self.suspect = True
+            return self._finish(child, base, error=(R.INTERNAL, problem))
+        # Whatever an earlier block left in the reply pipe is not this block's reply; the child
+        # is stopped, so nothing more arrives before it is resumed.
+        replies.drain(child.from_child)
+        self._signal(child, signal.SIGCONT)
+        nonce = os.urandom(8).hex()
         deadline = time.monotonic() + timeout
         # UTF-8 text, JSON-escaped: at most 6 bytes per printed character, plus the envelope
         frame_limit = 6 * self.cfg.stdout_limit + 65536
         try:
-            request = {"code": code, "make_dirs": output_subfolders(code, child.scratch)}
-            runner.write_frame(child.to_child, json.dumps(request).encode())
-            frame = _read_frame(child.from_child, frame_limit, deadline)
+            request = {"code": base["code"], "nonce": nonce, "stdin": stdin,
+                       "make_dirs": output_subfolders(base["code"], child.scratch)}
+            replies.write_frame(child.to_child, json.dumps(request).encode(), deadline)
+            frame = replies.read_frame(child.from_child, frame_limit, deadline)
         except TimeoutError:
-            _, cpu = self._kill_and_reap(child)
+            _, cpu = self._stop_abnormally(child)
             return self._finish(child, base, cpu_s=cpu,
                                 error=(R.TIMEOUT, f"the code ran longer than {timeout:g} s and was stopped"))
         except ValueError as exc:
-            self._kill_and_reap(child)
+            self._stop_abnormally(child)
             return self._finish(child, base, error=(R.OUTPUT_LIMIT, str(exc)))
         except (EOFError, OSError):
             frame = None
-        if frame is None:  # the child died mid-block
-            status, cpu = self._kill_and_reap(child)
-            return self._finish(child, base, cpu_s=cpu, error=_death_reason(status))
-        reply = json.loads(frame)
-        if "confine_error" in reply:
-            self._kill_and_reap(child)
+        if frame is None:  # the reply pipe closed: the child is dying, or closed it itself
+            exited = bool(select.select([child.pidfd], [], [], 1.0)[0])
+            status, cpu = self._stop_abnormally(child)
+            if self.lost:
+                return self._finish(child, base, error=(
+                    R.INTERNAL, "the sandbox's process server died during this call; the "
+                                "worker is being replaced (the code may be fine)"))
+            error = replies.death_reason(status) if exited else (
+                R.RUNTIME, "the code closed the sandbox's reply pipe; its interpreter was stopped")
+            return self._finish(child, base, cpu_s=cpu, error=error)
+        reply = replies.parse_reply(frame, nonce)
+        if isinstance(reply, str):
+            self._stop_abnormally(child)
             return self._finish(child, base, error=(
-                R.INTERNAL, f"the sandbox child could not confine itself: {reply['confine_error']}"))
-        error = reply.get("error")
-        if error is not None and error[0] not in R.ERROR_KINDS:
-            error = (R.RUNTIME, str(error[1]))
-        return self._finish(child, base, stdout=str(reply.get("stdout", "")), error=error,
-                            processed=reply.get("processed_path"), results_dir=results_dir,
-                            cpu_s=float(reply.get("cpu_s", 0.0)))
+                R.RUNTIME, f"the code wrote into the sandbox's reply pipe ({reply}); its "
+                           "interpreter was stopped"))
+        return self._finish(child, base, stdout=reply["stdout"], error=reply["error"],
+                            processed=reply["processed_path"], results_dir=results_dir,
+                            cpu_s=reply["cpu_s"])
+
+    def _stop_abnormally(self, child: Child) -> tuple[int | None, float]:
+        self.suspect = True  # the Sandbox probes this worker before giving it another call
+        return self._kill_and_reap(child)
 
     def _finish(self, child: Child, base: dict, *, stdout: str = "", error=None, processed=None,
                 results_dir: str | None = None, cpu_s: float = 0.0) -> dict:
@@ -350,65 +518,64 @@ class Worker:
                         **base).to_dict()
 
     def _scrub(self, child: Child, text: str) -> str:
-        """Hide host paths: scratch shows as the virtual directory, inputs by file name."""
-        text = text.replace(child.scratch, VIRTUAL_OUTPUT_DIR)
+        """Hide host paths: scratch shows as the virtual directory, inputs by file name, the
+        worker's own scratch root as <scratch>."""
+        if child.scratch:
+            text = text.replace(child.scratch, VIRTUAL_OUTPUT_DIR)
         for path in child.inputs:
             text = text.replace(path, os.path.basename(path))
-        return text
+        return text.replace(self.cfg.scratch_root, "<scratch>")
 
+    # ------------------------------------------------------------ produced images
     def _collect_images(self, child: Child, processed: str | None, stdout: str,
                         results_dir: str) -> tuple[list[str], tuple | None]:
-        candidates = [processed] if processed else []
-        candidates += _printed_images(stdout.replace(VIRTUAL_OUTPUT_DIR, child.scratch),
-                                      child.scratch)
-        found: list[str] = []
-        missing: list[str] = []  # output-directory paths the code named but never saved
-        for cand in candidates:
-            cand = cand.replace(VIRTUAL_OUTPUT_DIR, child.scratch)
-            path = os.path.normpath(os.path.join(child.scratch, cand))
-            if not path.startswith(child.scratch + "/") or path in found:
-                continue
-            if os.path.lexists(path):
-                found.append(path)
-            elif os.path.isabs(cand):
-                missing.append(path)
-        if missing and not found:  # as the original: a claimed image that is not there fails
-            return [], (R.NO_OUTPUT, f"{missing[0]}: the code printed or set this image path, "
-                                     "but saved no image there")
-        images = []
-        for path in found[: self.cfg.max_images]:
-            data, ext, problem = self._read_output_file(child, path)
-            if problem:
-                return images, (R.INVALID_IMAGE, problem)
-            images.append(_store_image(data, ext, results_dir))
-        return images, None
+        """The call's images: all found, read, decoded and within the per-call caps before the
+        first is stored, so a failing call leaves nothing in the results directory."""
+        files, error = outputs.gather_images(child.scratch, processed, stdout, self.cfg.max_images,
+                                             self.cfg.max_output_mb << 20)
+        if error:
+            return [], error
+        if not files:
+            return [], None
+        exts, error = self._check_images(files)
+        if error:
+            return [], error
+        return [outputs.store_image(data, ext, results_dir)
+                for (_, data), ext in zip(files, exts, strict=True)], None
 
-    def _read_output_file(self, child: Child, path: str) -> tuple[bytes, str, str | None]:
-        name = os.path.relpath(path, child.scratch)
-        if os.path.realpath(path) != path:
-            return b"", "", f"{name}: not a regular file in the output directory (link)"
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError as exc:
-            return b"", "", f"{name}: cannot be opened ({exc.strerror})"
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return b"", "", f"{name}: not a regular file"
-            if st.st_size > self.cfg.max_image_mb * 1024 * 1024:
-                return b"", "", f"{name}: larger than {self.cfg.max_image_mb} MB"
-            with os.fdopen(fd, "rb") as f:
-                fd = -1
-                data = f.read()
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        return (data, *_check_image(name, data, self.cfg.max_image_pixels))
+    def _check_images(self, files: list[tuple[str, bytes]]) -> tuple[list[str], tuple | None]:
+        """Decode each image completely in a confined checker child: (extensions, None) or
+        ([], error). A checker serves `checker_reuse` images, then a fresh one takes over (a
+        fork per call would cost about a third of an image call); one that refused an image or
+        failed is never reused."""
+        if self.checker is not None and (self.checked >= self.cfg.checker_reuse
+                                         or _exited(self.checker)):
+            self._end(self.checker)
+            self.checker = None
+        if self.checker is None:
+            try:
+                self.checker, self.checked = self._spawn([], role="checker"), 0
+            except ZygoteLost:
+                return [], (R.INTERNAL, "the sandbox could not start its image checker; the "
+                                        "worker is being replaced (the code may be fine)")
+        problem = self._confirm(self.checker)
+        if problem:
+            self.suspect = True
+            self._end(self.checker)
+            self.checker = None
+            return [], (R.INTERNAL, problem)
+        exts, error = outputs.ask_checker(self.checker.to_child, self.checker.from_child, files,
+                                          self.cfg.image_check_s)
+        self.checked += len(files)
+        if error:
+            self._end(self.checker)
+            self.checker = None
+        return exts, error
 
     # ------------------------------------------------------------ serve
     def serve(self, fd_in: int, fd_out: int) -> None:
         hello = {"ready": True, "pid": os.getpid(), "degraded": self.degraded,
-                 "landlock_abi": self.landlock_abi, "huge_pages_bytes": self.huge_pages_bytes,
+                 "isolation": self.isolation(), "landlock_abi": self.landlock_abi, "huge_pages_bytes": self.huge_pages_bytes,
                  "zygote_pid": self.zygote_pid}
         runner.write_frame(fd_out, json.dumps(hello).encode())
         while True:
@@ -418,66 +585,34 @@ class Worker:
             req = json.loads(frame)
             if req.get("op") == "shutdown":
                 break
+            self.suspect = False
             try:
                 reply = self.handle(req)
-            except ZygoteLost:
-                raise  # exit: the Sandbox sees the pipe close and starts a fresh worker
-            except Exception:  # noqa: BLE001 - report, keep serving
+            except Unfit:  # before the code ran: the Sandbox retries it on a fresh worker
+                reply = {"ran": False}
+            except Exception as exc:  # noqa: BLE001 - report, get checked, keep serving
+                traceback.print_exc(file=sys.stderr)  # for the operator, never into a result
+                self.suspect = True
                 reply = R.Result(ok=False, code=req.get("code", ""), error=R.ErrorInfo(
-                    R.INTERNAL, traceback.format_exc(limit=3)[-1500:])).to_dict()
+                    R.INTERNAL, f"the sandbox worker failed ({type(exc).__name__}); it is being "
+                                "checked (the code may be fine)")).to_dict()
+            problem = self.health()
+            if problem:
+                reply["retire"] = problem
+            elif self.suspect:
+                reply["check"] = True
             runner.write_frame(fd_out, json.dumps(reply).encode())
-        for child in list(self.sessions.values()):
+            if problem:
+                break  # the Sandbox starts a fresh worker
+        for child in [*self.sessions.values(), self.checker]:
             self._end(child)
 
 
 # ---------------------------------------------------------------- helpers
 
-def _read_frame(fd: int, limit: int, deadline: float) -> bytes | None:
-    """A frame from an untrusted writer, bounded in size and in time (TimeoutError)."""
-    buf = b""
-    need = runner.HEADER.size
-    size = None
-    while True:
-        while len(buf) < need:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                raise TimeoutError
-            chunk = os.read(fd, min(need - len(buf), 1 << 20))
-            if not chunk:
-                if not buf:
-                    return None
-                raise EOFError("truncated frame")
-            buf += chunk
-        if size is not None:
-            return buf[runner.HEADER.size:]
-        (size,) = runner.HEADER.unpack(buf)
-        if size > limit:
-            raise ValueError(f"the code's output exceeded {limit} bytes")
-        need = runner.HEADER.size + size
-
-
-def _printed_images(text: str, scratch: str) -> list[str]:
-    """Image paths in printed text, in order. A path under the output directory may contain
-    spaces (a sub-folder the model named so); it counts only if that file exists, else the
-    words around it are read as usual."""
-    spaced = re.compile(rf"{re.escape(scratch)}/[^\n'\"<>|]{{0,{_MAX_PATH_CHARS}}}?"
-                        rf"\.(?:{_EXTENSIONS})\b", re.IGNORECASE)
-    found, pos = [], 0
-    for match in spaced.finditer(text):
-        if " " in match.group() and os.path.isfile(match.group()):
-            found += _image_words(text[pos:match.start()])
-            found.append(match.group())
-            pos = match.end()
-    return found + _image_words(text[pos:])
-
-
-def _image_words(text: str) -> list[str]:
-    found = []
-    for word in _WORD_SEPARATORS.split(text):
-        match = _IMAGE_WORD.match(word)
-        if match:  # the rest of the word holds no further match: this one is the longest
-            found.append(match.group())
-    return found
+def _exited(child: Child) -> bool:
+    """Whether the child has ended (its pidfd turns readable)."""
+    return bool(select.select([child.pidfd], [], [], 0)[0])
 
 
 def _reap(pid: int) -> tuple[int, float]:
@@ -486,97 +621,6 @@ def _reap(pid: int) -> tuple[int, float]:
     except ChildProcessError:
         return 0, 0.0
     return status, usage.ru_utime + usage.ru_stime
-
-
-def _death_reason(status: int) -> tuple[str, str]:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        if sig == signal.SIGXCPU:
-            return R.TIMEOUT, "the code used up its CPU time budget"
-        if sig == signal.SIGKILL:
-            return R.RUNTIME, "the process was killed (SIGKILL: out of memory, or by itself)"
-        return R.RUNTIME, f"the interpreter crashed ({name})"
-    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
-    return R.RUNTIME, f"the code terminated the interpreter (exit status {code}) before finishing"
-
-
-def _check_image(name: str, data: bytes, max_pixels: int) -> tuple[str, str | None]:
-    """(file extension, problem or None) for bytes the code claims are an image."""
-    from PIL import Image
-    Image.MAX_IMAGE_PIXELS = max_pixels  # larger headers raise before any decoding
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            ext = {"JPEG": "jpg"}.get(img.format, (img.format or "img").lower())
-            img.verify()
-    except Image.DecompressionBombError:
-        return "", f"{name}: more than {max_pixels} pixels"
-    except Exception as exc:  # noqa: BLE001
-        return "", f"{name}: not a readable image ({type(exc).__name__})"
-    if width * height > max_pixels:
-        return ext, f"{name}: {width}x{height} is more than {max_pixels} pixels"
-    if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        return ext, f"{name}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}"
-    return ext, None
-
-
-def _store_image(data: bytes, ext: str, results_dir: str) -> str:
-    """Write into the caller's results directory, named by content hash, atomically."""
-    digest = hashlib.sha256(data).hexdigest()[:32]
-    path = os.path.join(results_dir, f"{digest}.{ext}")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    return path
-
-
-def _image_size(path: str) -> tuple[int, int] | None:
-    from PIL import Image
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception:  # noqa: BLE001 - not an image: no crop clamping
-        return None
-
-
-@functools.cache
-def _library_paths() -> list[str]:
-    """What confined code may read: the interpreter, its libraries, shared objects."""
-    paths = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    paths |= {sysconfig.get_path(k, vars={"base": sys.base_prefix, "platbase": sys.base_prefix})
-              for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    paths |= {os.path.join(sys.base_prefix, "lib"), os.path.realpath(sys.executable)}
-    paths |= {"/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/usr/share/zoneinfo",
-              "/etc/ld.so.cache", "/dev/null", "/dev/zero", "/dev/urandom"}
-    return sorted(p for p in paths if p and os.path.exists(p))
-
-
-def _warm_up() -> None:
-    """Import and exercise what model code uses, so children pay a fork, not an import."""
-    import cv2
-    import numpy as np
-    import sympy
-    from PIL import Image, ImageEnhance, ImageFilter, ImageOps  # noqa: F401
-
-    cv2.setNumThreads(1)
-    img = (np.arange(96 * 128 * 3) % 251).astype(np.uint8).reshape(96, 128, 3)
-    ok, buf = cv2.imencode(".jpg", img)
-    dec = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    dec = cv2.resize(dec[10:80, 20:100], None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
-    cv2.createCLAHE(2.0, (8, 8)).apply(cv2.cvtColor(dec, cv2.COLOR_BGR2GRAY))
-    cv2.rotate(dec, cv2.ROTATE_90_CLOCKWISE)
-    pil = Image.fromarray(img).rotate(33, expand=True).crop((0, 0, 64, 64))
-    ImageEnhance.Contrast(pil).enhance(1.5).resize((128, 128), Image.BICUBIC)
-    pil.save(io.BytesIO(), format="JPEG")
-    pil.save(io.BytesIO(), format="PNG")
-    x = sympy.symbols("x")
-    sympy.solve(sympy.Eq(x**2 - 2 * x, 3), x)
-    sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
-    np.linalg.solve(np.eye(3), np.ones(3))
-    runner.initial_namespace(None, None, "compat")  # imports what compat children pre-bind
 
 
 def main() -> None:

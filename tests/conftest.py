@@ -14,6 +14,7 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
+import container_modes  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -27,10 +28,11 @@ from sandbox import (  # noqa: E402
 UNPRIVILEGED_UID = 65534  # nobody
 
 
-def launch_forked_as(uid: int):
+def launch_forked_as(uid: int, mode: container_modes.Mode | None = None):
     """A launcher that forks this (already warmed) process and drops to `uid` before the
     worker enters its namespaces: the sandbox then has no privilege to start from. (A fresh
-    interpreter would not do here: this machine's Python lives under /root.)"""
+    interpreter would not do here: this machine's Python lives under /root.) `mode`: an
+    emulated deployment (a container's seccomp profile, ...) applied before the worker starts."""
 
     def launch(config: worker.WorkerConfig):
         parent = os.path.dirname(config.scratch_root)
@@ -51,6 +53,8 @@ def launch_forked_as(uid: int):
                 ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
                 assert os.getuid() == uid and os.geteuid() == uid
                 try:
+                    if mode is not None:
+                        container_modes.apply(mode)
                     w = worker.Worker(config)
                 except Exception as exc:  # noqa: BLE001
                     runner.write_frame(from_w, json.dumps({"ready": False, "error": str(exc)}).encode())
@@ -65,10 +69,37 @@ def launch_forked_as(uid: int):
     return launch
 
 
+# THYME_TEST_SANDBOX_MODE runs the sandboxes below in an emulated deployment (a container's
+# seccomp profile, a kernel without Landlock, ...; tests/container_modes.py), under the weakest
+# policy that mode allows: benchmarks/sandbox_matrix.py runs the hostile suite so in each mode.
+MODE = container_modes.current()
+
+
+def _warm_for_forking() -> None:
+    worker._library_paths()
+    worker._warm_up()  # import everything the worker needs while we can still read it
+    import socket  # noqa: F401  hostile snippets import these; preload them for the same reason  # noqa: F401
+    import subprocess  # noqa: F401
+
+    import pyseccomp  # noqa: F401
+
+
 @pytest.fixture(scope="session")
 def sandbox():
-    with Sandbox(workers=2, timeout=10) as sb:
-        yield sb
+    if MODE.name == "host":
+        with Sandbox(workers=2, timeout=10) as sb:
+            yield sb
+        return
+    uid = 0 if "as_root" in MODE.users else UNPRIVILEGED_UID
+    _warm_for_forking()
+    results = tempfile.mkdtemp(prefix="thyme-mode-results-")
+    os.chown(results, uid, uid)
+    try:
+        with Sandbox(workers=2, timeout=10, results_dir=results, isolation=MODE.policy,
+                     launcher=launch_forked_as(uid, MODE)) as sb:
+            yield sb
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -78,17 +109,13 @@ def unprivileged_sandbox():
         with Sandbox(workers=1) as sb:
             yield sb
         return
-    worker._library_paths()
-    worker._warm_up()  # import everything the worker needs while we can still read it
-    import socket  # noqa: F401  hostile snippets import these; preload them for the same reason  # noqa: F401
-    import subprocess  # noqa: F401
-
-    import pyseccomp  # noqa: F401
+    _warm_for_forking()
     results = tempfile.mkdtemp(prefix="thyme-unpriv-results-")
     os.chown(results, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+    mode = None if MODE.name == "host" else MODE
     try:
-        with Sandbox(workers=1, results_dir=results,
-                     launcher=launch_forked_as(UNPRIVILEGED_UID)) as sb:
+        with Sandbox(workers=1, results_dir=results, isolation=MODE.policy,
+                     launcher=launch_forked_as(UNPRIVILEGED_UID, mode)) as sb:
             yield sb
     finally:
         shutil.rmtree(results, ignore_errors=True)
@@ -99,6 +126,8 @@ def any_sandbox(request):
     """Both sandboxes: each hostile snippet must fail as root and as an unprivileged user."""
     if request.param == "as_root" and os.getuid() != 0:
         pytest.skip("not running as root")
+    if request.param not in MODE.users:
+        pytest.skip(f"the {MODE.name} mode runs {', '.join(MODE.users)} only")
     return request.getfixturevalue("sandbox" if request.param == "as_root" else "unprivileged_sandbox")
 
 

@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -53,3 +55,32 @@ def test_stale_temporaries_of_dead_writers_only(tmp_path):
     assert str(os.getpid()) in live.name
     assert remove_stale_temporaries(tmp_path) == 1
     assert not stale.exists() and live.exists()
+
+
+def test_a_killed_writer_left_as_a_zombie_counts_as_dead(tmp_path):
+    """In a container without an init, a killed writer nobody reaps stays a zombie (CI)."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.time() < deadline, "the child never exited"
+        time.sleep(0.05)
+    stale = tmp_path / f"splits.{zombie.pid}-1.tmp"
+    stale.mkdir()
+    try:
+        assert remove_stale_temporaries(tmp_path) == 1
+        assert not stale.exists()
+    finally:
+        zombie.wait()
+
+
+def test_a_write_clears_its_targets_leftovers_from_dead_writers(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    mine = tmp_path / f"splits.{dead}-7.tmp"          # a killed folder write of the same target
+    mine.mkdir()
+    (mine / "train.parquet").write_text("half")
+    other = tmp_path / f"other.json.{dead}-7.tmp"     # another target's: left to its own writer
+    other.write_text("half")
+    with atomic_path(tmp_path / "splits") as tmp:
+        tmp.mkdir()
+    assert not mine.exists() and other.exists()

@@ -514,10 +514,13 @@ def test_hostile_math_is_not_evaluated(pool):
 # Missing ground truth: semantic checks SKIP and say why
 # ---------------------------------------------------------------------------------------------
 
-def test_missing_ground_truth_skips(pool):
+def test_missing_ground_truth_skips_what_needs_it(pool):
+    """Without a box or an angle, crop and contrast still check what needs none (the output must
+    be found in the input: a turned page is not), rotation skips, the answer check skips."""
     root, by_task = pool
-    for task, source, word in (("crop", "crop", "box"), ("rotate", "rotate", "angle"),
-                               ("contrast", "contrast", "box")):
+    for task, source, verdict, words in (("crop", "crop", FAIL, "not found in the input"),
+                                         ("rotate", "rotate", SKIP, "angle"),
+                                         ("contrast", "contrast", FAIL, "neither the input nor a crop")):
         real = by_task[source][0]
         s = Sample(question=real.question, images=real.images, source="real", origin_file="r",
                    origin_row=0, answer="", task=task, meta={})
@@ -525,9 +528,9 @@ def test_missing_ground_truth_skips(pool):
         rel = _save(root, out, f"nogt_{task}.png")
         t = audit(_traj(s, [_image(rel)], answer="whatever"), s, root)
         check = _check(t, f"{ {'crop': 'crop', 'rotate': 'rotation', 'contrast': 'contrast'}[task]}_semantics")
-        assert check.verdict == SKIP and word in check.reason, check
+        assert check.verdict == verdict and words in check.reason, check
         assert _check(t, "answer").verdict == SKIP and "ground-truth" in _check(t, "answer").reason
-        assert t.passed, t.audit
+        assert t.passed == (verdict == SKIP), t.audit
     s = _text_sample("", {})
     t = audit(_traj(s, [Result("text", "42")], answer="42"), s, root)
     assert _check(t, "computation").verdict == SKIP and "ground truth" in _check(t, "computation").reason

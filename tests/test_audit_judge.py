@@ -16,7 +16,7 @@ from pipelines.core.images import ImageStore
 from pipelines.core.judge import Judge
 from pipelines.core.llm import LLMClient, LLMConfig
 from pipelines.core.schema import Sample
-from pipelines.core.trajectory import FAIL, PASS, SKIP, Result, Trajectory, Turn
+from pipelines.core.trajectory import FAIL, PASS, SKIP, UNVERIFIED, Result, Trajectory, Turn
 from pipelines.pool.generate import generate_samples
 from pipelines.samples.audit import CHECKS, JUDGE, AuditConfig, audit, audit_many
 
@@ -134,7 +134,7 @@ def test_the_judge_decides_only_what_the_rules_passed(server, pool, cases, tmp_p
         assert max(im.size) == 1024 and max(s.images[0].width, s.images[0].height) > 1024
 
 
-def test_the_cache_makes_a_rerun_free_and_the_budget_skips_with_a_reason(server, pool, cases, tmp_path):
+def test_the_cache_makes_a_rerun_free_and_over_budget_is_unverified(server, pool, cases, tmp_path):
     root, _ = pool
     trajectories, samples = cases
     first = audit_many(trajectories, samples, root, judge=_judge(server, tmp_path / "cache"))
@@ -146,28 +146,32 @@ def test_the_cache_makes_a_rerun_free_and_the_budget_skips_with_a_reason(server,
     assert [t.audit for t in rerun] == [t.audit for t in first]
     assert again.stats.cache_hits == 2 and again.stats.over_budget == 0
     # a budget of one request for two new questions (asked one per batch): one verdict, one
-    # skip saying why
+    # unverified saying why; unverified is kept apart from passed, and passes only when allowed
     tight = _judge(server, tmp_path / "other-cache", max_calls=1)
     good, misleading, *_ = audit_many(trajectories, samples, root, AuditConfig(judge_batch=1), tight)
     assert server.requests == before + 1
     assert _check(good).verdict == PASS
-    assert _check(misleading).verdict == SKIP and "over budget" in _check(misleading).reason
-    assert misleading.passed          # no verdict is not a failure
+    assert _check(misleading).verdict == UNVERIFIED and "over budget" in _check(misleading).reason
+    assert not misleading.passed      # not verified: not passed (the default)
     assert tight.stats.over_budget == 1 and tight.stats.calls == 1
+    lenient = AuditConfig(judge_batch=1, judge_unverified_passes=True)
+    _, misleading, *_ = audit_many(trajectories, samples, root, lenient,
+                                   _judge(server, tmp_path / "third-cache", max_calls=0))
+    assert _check(misleading).verdict == UNVERIFIED and misleading.passed
 
 
-def test_a_failed_request_or_an_unreadable_reply_skips_with_the_reason(server, pool, cases, tmp_path):
+def test_a_failed_request_or_an_unreadable_reply_is_unverified_with_the_reason(server, pool, cases, tmp_path):
     root, _ = pool
     trajectories, samples = cases
     good = trajectories[0]
     judge = _judge(server, tmp_path / "cache")
     server.script += ["500"]
     t = audit_many([good], samples, root, judge=judge)[0]
-    assert _check(t).verdict == SKIP and re.search(r"request failed: .*HTTP 500", _check(t).reason)
-    assert t.passed
+    assert _check(t).verdict == UNVERIFIED and re.search(r"request failed: .*HTTP 500", _check(t).reason)
+    assert not t.passed
     mumbled = _traj(samples[good.sample_id], good.turns[0].result, reasoning="MUMBLE")
     t = audit_many([mumbled], samples, root, judge=judge)[0]
-    assert _check(t).verdict == SKIP and "not a yes/no reply: 'maybe'" in _check(t).reason
+    assert _check(t).verdict == UNVERIFIED and "not a yes/no reply: 'maybe'" in _check(t).reason
     assert judge.stats.failures == 2 and len(judge.stats.errors) == 2
     # the failure was not cached: asking again gets a verdict
     t = audit_many([good], samples, root, judge=judge)[0]
@@ -185,11 +189,18 @@ def test_without_ground_truth_the_rules_skip_and_the_judge_decides(server, pool,
                           _traj(real, crop, reasoning="MISLEADING", answer="STOP")],
                          {real.id: real}, root, judge=judge)
     verdicts = {c.name: c for c in ok.audit}
-    assert verdicts["crop_semantics"].verdict == SKIP and "ground-truth box" in verdicts["crop_semantics"].reason
+    assert verdicts["crop_semantics"].verdict == PASS and "no ground-truth box" in verdicts["crop_semantics"].reason
     assert verdicts["answer"].verdict == SKIP and "ground-truth answer" in verdicts["answer"].reason
     assert verdicts["executed"].verdict == PASS and verdicts["image_sanity"].verdict == PASS
     assert _check(ok).verdict == PASS and ok.passed
     assert _check(bad).verdict == FAIL and not bad.passed       # the judge decided
+
+
+def _judge_verdicts(meta: dict) -> dict:
+    """The judge check's verdict counts from the audited asset's funnel table."""
+    (row,) = [r.data for r in meta["funnel"].records if r.data["stage"] == f"after {JUDGE}"]
+    counted = {FAIL: row["failed"], UNVERIFIED: row["unverified"], SKIP: row["skipped"]}
+    return {PASS: meta["dagster/row_count"] - sum(counted.values()), **counted}
 
 
 @pytest.mark.slow
@@ -198,13 +209,20 @@ def test_the_audited_asset_reports_the_judge(server, tmp_path):
 
     from assets.code_samples import audited, code_samples, executions
     from assets.pool import source_manifest, source_pool
-    from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+    from assets.resources import (
+        ClusterResource,
+        JudgeResource,
+        SandboxResource,
+        TeacherResource,
+        ThymeStorage,
+    )
 
     instance = DagsterInstance.ephemeral()
     judge = JudgeResource(enabled=True, base_url=server.url, model="fake-vlm",
                           api_key_env="THYME_TEST_NO_KEY", max_calls=5)
     resources = {"storage": ThymeStorage(root=str(tmp_path / "data")),
-                 "sandbox": SandboxResource(workers=2), "teacher": TeacherResource(), "judge": judge}
+                 "sandbox": SandboxResource(workers=2), "teacher": TeacherResource(), "judge": judge,
+                 "cluster": ClusterResource()}
     manifest = {"ops": {"pool__source_manifest": {"config": {"count": 20, "shard_size": 20, "workers": 1}}}}
     assert materialize([source_manifest], instance=instance, resources=resources, run_config=manifest).success
     before = server.requests
@@ -215,9 +233,21 @@ def test_the_audited_asset_reports_the_judge(server, tmp_path):
     assert result.success
     (mat,) = list(result.asset_materializations_for_node("samples__audited"))
     meta = {k: v.value for k, v in mat.metadata.items()}
-    funnel = meta["funnel"][JUDGE]
+    funnel = _judge_verdicts(meta)
     assert meta["judge_calls"] == 5 == server.requests - before == funnel[PASS]
     assert meta["judge_failures"] == 0 and meta["judge_cache_hits"] == 0
     assert meta["judge_over_budget"] > 0
     assert sum(funnel.values()) == meta["dagster/row_count"]
-    assert funnel[SKIP] == meta["dagster/row_count"] - 5
+    # the rest: direct answers (not asked: SKIP) and the questions over budget (UNVERIFIED)
+    assert funnel[UNVERIFIED] == meta["judge_over_budget"]
+    assert funnel[SKIP] + funnel[UNVERIFIED] == meta["dagster/row_count"] - 5
+    # The setting lets unverified rows pass. The same shard again: the first 5 answers are cached,
+    # a fresh budget asks 5 more (yes), the 4 left unverified now pass too: 9 more passes in all.
+    lenient = materialize([source_manifest, source_pool, code_samples, executions, audited],
+                          instance=instance, resources=resources, partition_key="shard-00000",
+                          selection=[AssetKey(["samples", "audited"])],
+                          run_config={"ops": {"samples__audited": {"config": {"judge_unverified_passes": True}}}})
+    (again,) = list(lenient.asset_materializations_for_node("samples__audited"))
+    again_meta = {k: v.value for k, v in again.metadata.items()}
+    assert _judge_verdicts(again_meta)[UNVERIFIED] == funnel[UNVERIFIED] - 5 > 0
+    assert again.metadata["passed"].value == meta["passed"] + funnel[UNVERIFIED]

@@ -180,3 +180,25 @@ def test_collator_pads_masks_and_mixes_image_and_text_rows(processor):
     assert torch.isfinite(model(**batch).loss)
     with pytest.raises(ValueError, match="max_length 20"):
         ThymeCollator(chat, max_length=20)(rows)
+
+
+def test_several_input_images_keep_their_order(processor):
+    """A multi-image row: each input image is a vision span of the user turn, in the row's order
+    (their grids tell them apart), then the sandbox's image; no image token trains."""
+    from pipelines.core.prompts import load_prompt_set
+
+    chat = ThymeChat(processor)
+    question = load_prompt_set().render_user("Which is wider?", "images/a.png", (112, 56), images=2)
+    response = (f"<think>Crop.{CODE}<sandbox_output><image></sandbox_output>The first."
+                "</think> <answer>first</answer>")
+    r = {"image": [b64((200, 0, 0), size=(112, 56)), b64((0, 0, 200), size=(56, 84)),
+                   b64((0, 200, 0), size=(168, 56))], "question": question, "response": response}
+    runs, enc = trainable_runs(chat, r)
+    assert runs == [f"<think>Crop.{CODE}", "The first.</think> <answer>first</answer><|im_end|>"]
+    assert enc.image_grid_thw == [[1, 4, 8], [1, 6, 4], [1, 4, 12]]     # (t, h, w) in 14-px patches
+    text = chat.tokenizer.decode(enc.input_ids)
+    user = text[text.index("<|im_start|>user"):text.index("<|im_start|>assistant")]
+    assert user.count("<|vision_start|>") == 2 and user.index("<|vision_start|>") < user.index("Which")
+    assert chat.length(r) == len(enc.input_ids)
+    assert all(label == IGNORE for token, label in zip(enc.input_ids, enc.labels, strict=True)
+               if token == chat.image_token_id)

@@ -5,7 +5,13 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.code_samples import audited, code_samples, executions
 from assets.pool import source_manifest, source_pool
-from assets.resources import JudgeResource, SandboxResource, TeacherResource, ThymeStorage
+from assets.resources import (
+    ClusterResource,
+    JudgeResource,
+    SandboxResource,
+    TeacherResource,
+    ThymeStorage,
+)
 
 ASSETS = [source_manifest, source_pool, code_samples, executions, audited]
 
@@ -14,7 +20,7 @@ def test_funnel_on_a_generated_shard(tmp_path):
     instance = DagsterInstance.ephemeral()
     resources = {"storage": ThymeStorage(root=str(tmp_path / "data")),
                  "sandbox": SandboxResource(workers=2), "teacher": TeacherResource(),
-                 "judge": JudgeResource()}
+                 "judge": JudgeResource(), "cluster": ClusterResource()}
     manifest = {"ops": {"pool__source_manifest": {"config": {"count": 40, "shard_size": 40,
                                                              "workers": 1}}}}
     assert materialize([source_manifest], instance=instance, resources=resources,
@@ -23,12 +29,21 @@ def test_funnel_on_a_generated_shard(tmp_path):
                          selection=[AssetKey(["pool", "source_pool"]), AssetKey(["samples", "code_samples"]),
                                     AssetKey(["samples", "executions"]), AssetKey(["samples", "audited"])])
     assert result.success
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks["pass_rate"] and checks["every_trajectory_answers"]
+    checks = {(c.check_name, c.partition): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {(name, "shard-00000"): True for name in (
+        "schema", "images_exist", "quarantine_rate", "pass_rate", "every_trajectory_answers")}
     (mat,) = list(result.asset_materializations_for_node("samples__audited"))
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert meta["pass_rate"] >= 0.8, meta
-    assert set(meta["pass_rate_by_task"]) >= {"crop", "rotate", "contrast", "computation", "no_code"}
+    by_task = {r.data["task"]: r.data for r in meta["pass_rate_by_task"].records}
+    assert set(by_task) >= {"crop", "rotate", "contrast", "computation", "no_code"}
+    assert sum(r["passed"] for r in by_task.values()) == meta["passed"]
+    funnel = [r.data for r in meta["funnel"].records]
+    assert funnel[0] == {"stage": "trajectories in", "remaining": meta["dagster/row_count"],
+                         "dropped_here": 0, "failed": 0, "unverified": 0, "skipped": 0}
+    assert funnel[-1]["stage"] == "passed" and funnel[-1]["remaining"] == meta["passed"]
+    remaining = [r["remaining"] for r in funnel]
+    assert remaining == sorted(remaining, reverse=True)      # a funnel only narrows
     assert "data:image/png;base64," in meta["funnel_chart"]
     # passed examples show the input and the sandbox's images as thumbnails
     assert meta["passed_examples"].count("data:image/jpeg;base64,") >= 2
@@ -37,13 +52,22 @@ def test_funnel_on_a_generated_shard(tmp_path):
     assert len(rows) >= 40 and all(r["audit"] for r in rows)
     (ex,) = list(result.asset_materializations_for_node("samples__executions"))
     assert ex.metadata["code_blocks"].value > 20
+    # the mechanisms that confined the code, on the materialization and the run
+    isolation = ex.metadata["sandbox_isolation"].value
+    assert isolation["policy"] == "strict" and isolation["missing"] == {}
+    assert instance.get_run_by_id(result.run_id).tags["thyme/sandbox_isolation"] == \
+        "namespaces+landlock+seccomp+rlimits"
 
-    # Re-running the executions is served by the cache.
+    # Re-running the executions is served by the cache; the resource's isolation policy reaches
+    # the sandbox (a named minimum: this host has more, so everything is still active).
+    resources["sandbox"] = SandboxResource(workers=1, isolation="seccomp+landlock+rlimits")
     again = materialize(ASSETS, instance=instance, resources=resources, partition_key="shard-00000",
                         selection=[AssetKey(["samples", "executions"])])
     (ex2,) = list(again.asset_materializations_for_node("samples__executions"))
     assert ex2.metadata["cache_misses"].value == 0
     assert ex2.metadata["cache_hits"].value == ex.metadata["code_blocks"].value
+    assert ex2.metadata["sandbox_isolation"].value["policy"] == "landlock+seccomp+rlimits"
+    assert ex2.metadata["sandbox_isolation"].value["active"] == isolation["active"]
 
 
 def test_openai_teacher_through_the_resource(tmp_path):
@@ -58,7 +82,7 @@ def test_openai_teacher_through_the_resource(tmp_path):
         teacher = TeacherResource(kind="openai", model="fake-vlm", base_url=server.url,
                                   api_key_env="THYME_TEST_NO_KEY", max_concurrency=2)
         resources = {"storage": storage, "sandbox": SandboxResource(workers=2), "teacher": teacher,
-                     "judge": JudgeResource()}
+                     "judge": JudgeResource(), "cluster": ClusterResource()}
         manifest = {"ops": {"pool__source_manifest": {"config": {"count": 20, "shard_size": 20,
                                                                  "workers": 1}}}}
         assert materialize([source_manifest], instance=instance, resources=resources,
@@ -70,7 +94,8 @@ def test_openai_teacher_through_the_resource(tmp_path):
         (mat,) = list(result.asset_materializations_for_node("samples__code_samples"))
         meta = {k: v.value for k, v in mat.metadata.items()}
         assert meta["teacher"] == "openai:fake-vlm"
-        assert meta["quarantined"] > 0 and set(meta["quarantine_reasons"]) == {"no_answer"}
+        reasons = {r.data["reason"]: r.data["count"] for r in meta["quarantine_reasons"].records}
+        assert meta["quarantined"] == sum(reasons.values()) > 0 and set(reasons) == {"no_answer"}
         quarantine = pq.read_table(storage.path("code_samples", "quarantine", "shard-00000.parquet"))
         assert quarantine.num_rows == meta["quarantined"]
         assert meta["dagster/row_count"] + meta["quarantined"] == meta["samples"]

@@ -49,15 +49,23 @@ def test_splits_checks_and_published_datasets(storage):
     meta = {m.asset_key: {k: v.value for k, v in m.materialization.metadata.items()}
             for m in result.get_asset_materialization_events()}
     single = meta[AssetKey(["splits", "wo_thinking_thyme_single_round"])]
-    assert single["dagster/row_count"] == sum(single["rows"].values()) > 0
-    assert set(single["rows_by_task"]["train"]) >= {"no_code", "crop"}
+    assert single["dagster/row_count"] == sum(r.data["rows"] for r in single["rows"].records) > 0
+    assert {r.data["task"] for r in single["rows_by_task"].records
+            if r.data["part"] == "train"} >= {"no_code", "crop"}
     assert "<think>" in single["preview"] and single["path"].endswith("splits/wo_thinking_thyme_single_round")
+    # every image of a previewed row is shown, not counted
+    assert single["preview"].count("data:image/jpeg;base64,") >= 3
+    funnel = {r.data["stage"]: r.data["count"] for r in single["funnel"].records}
+    assert funnel["rows in wo_thinking_thyme_single_round"] == single["dagster/row_count"]
     sft = meta[AssetKey(["datasets", "thyme_sft"])]
-    assert set(sft["rows"]) == {"wo_thinking_thyme_single_round", "2round", "computation", "test"}
+    assert {r.data["split"] for r in sft["rows"].records} == {
+        "wo_thinking_thyme_single_round", "2round", "computation", "test"}
     assert sft["hub"]["dry_run"] is True and sft["path"].endswith("published/thyme-sft")
     assert (res.path("published", "thyme-sft", "README.md")).is_file()
     rl = meta[AssetKey(["datasets", "thyme_rl"])]
-    assert rl["rows"]["train"] == meta[AssetKey(["splits", "rl"])]["rows"]["train"] > 0
+    def train_rows(value, key):
+        return next(r.data["rows"] for r in value.records if r.data[key] == "train")
+    assert train_rows(rl["rows"], "split") == train_rows(meta[AssetKey(["splits", "rl"])]["rows"], "part") > 0
 
 
 def test_a_failing_check_blocks_publishing(storage):

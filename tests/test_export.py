@@ -1,6 +1,6 @@
-"""Exporters (pipelines.datasets.export): each output loads in the shape its framework documents —
-TRL conversational vision rows, ms-swift messages JSONL, LLaMA-Factory ShareGPT with
-dataset_info.json, verl RL parquet — and carries the same rows as the splits."""
+"""Exporters (pipelines.datasets.exports) over built splits: each output loads in the shape its
+framework documents — TRL conversational vision rows, ms-swift messages JSONL, LLaMA-Factory
+ShareGPT with dataset_info.json, verl RL parquet — and carries the same rows as the splits."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import thyme_corpus
 from PIL import Image
 
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, parse_user
-from pipelines.datasets.export import ExportConfig, content_parts, export
+from pipelines.datasets.exports import ExportConfig, content_parts, export
 from pipelines.datasets.names import PARTS, SFT_SPLITS
 from pipelines.datasets.splits import SplitConfig, build_splits, iter_split
 
@@ -34,8 +34,8 @@ def _load_parquet(path):
 
 def test_trl_conversational_rows(splits):
     d, store, rows = splits
-    counts = export(d / "splits", store, d / "trl", ExportConfig(format="trl"))
-    assert counts["2round-train.parquet"] == len(rows["2round", "train"]) > 0
+    counts = export(d / "splits", d / "trl", ExportConfig(format="trl"), store_root=store)
+    assert counts["rows"]["2round-train.parquet"] == len(rows["2round", "train"]) > 0
     ds = _load_parquet(d / "trl" / "2round-train.parquet")
     for row, src in zip(ds, rows["2round", "train"], strict=True):
         assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
@@ -56,13 +56,16 @@ def test_content_parts_keep_image_order():
 
 def test_swift_jsonl(splits):
     d, store, rows = splits
-    export(d / "splits", store, d / "swift", ExportConfig(format="swift"))
+    export(d / "splits", d / "swift", ExportConfig(format="swift"), store_root=store)
     lines = (d / "swift" / "computation-train.jsonl").read_text().splitlines()
     assert len(lines) == len(rows["computation", "train"]) > 0
     for line in lines:
         row = json.loads(line)
-        assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+        assert [m["role"] for m in row["messages"][:3]] == ["system", "user", "assistant"]
+        assert {m["role"] for m in row["messages"][2:]} == {"assistant"}   # one turn, cut in pieces
         assert row["messages"][0]["content"] == DEFAULT_SYSTEM_PROMPT
+        pieces = row["messages"][2:]
+        assert [p["loss"] for p in pieces] == [not p["content"].startswith("<sandbox_output>") for p in pieces]
         text = "".join(m["content"] for m in row["messages"])
         assert text.count("<image>") == len(row["images"])
         assert all((d / "swift" / p).is_file() and not p.startswith("/") for p in row["images"])
@@ -70,7 +73,7 @@ def test_swift_jsonl(splits):
 
 def test_llamafactory_sharegpt_with_dataset_info(splits):
     d, store, rows = splits
-    export(d / "splits", store, d / "lf", ExportConfig(format="llamafactory"))
+    export(d / "splits", d / "lf", ExportConfig(format="llamafactory"), store_root=store)
     info = json.loads((d / "lf" / "dataset_info.json").read_text())
     assert "wo_thinking_thyme_single_round_train" in info
     for entry in info.values():
@@ -80,7 +83,10 @@ def test_llamafactory_sharegpt_with_dataset_info(splits):
             row = json.loads(line)
             assert set(entry["columns"].values()) <= set(row)
             roles = [m[entry["tags"]["role_tag"]] for m in row["messages"]]
-            assert roles == ["user", "assistant"]   # alternating, user first; system separate
+            assert roles[0] == "user" and roles[-1] == "assistant" and len(roles) % 2 == 0
+            assert all(r == ("assistant" if k % 2 else "observation") for k, r in enumerate(roles) if k)
+            assert all(m["content"].startswith("<sandbox_output>") for m in row["messages"] if
+                       m["role"] == "observation")
             assert row["system"] == DEFAULT_SYSTEM_PROMPT
             text = "".join(m["content"] for m in row["messages"])
             assert text.count("<image>") == len(row["images"])
@@ -89,8 +95,8 @@ def test_llamafactory_sharegpt_with_dataset_info(splits):
 
 def test_verl_parquet(splits):
     d, store, rows = splits
-    counts = export(d / "splits", store, d / "verl", ExportConfig(format="verl"))
-    assert counts["rl-train.parquet"] == len(rows["rl", "train"]) > 0
+    counts = export(d / "splits", d / "verl", ExportConfig(format="verl"), store_root=store)
+    assert counts["rows"]["rl-train.parquet"] == len(rows["rl", "train"]) > 0
     ds = _load_parquet(d / "verl" / "rl-train.parquet")
     assert set(ds.column_names) == {"data_source", "prompt", "images", "ability", "reward_model", "extra_info"}
     for row, src in zip(ds, rows["rl", "train"], strict=True):
@@ -103,8 +109,12 @@ def test_verl_parquet(splits):
         assert row["extra_info"]["question"] == src["question"] and row["extra_info"]["split"] == "train"
 
 
-def test_config_errors():
+def test_config_errors(splits):
+    d, store, _ = splits
     with pytest.raises(ValueError, match="format"):
         ExportConfig(format="axolotl")
-    with pytest.raises(ValueError, match="rl split"):
-        ExportConfig(format="verl", splits=("2round",))
+    with pytest.raises(ValueError, match="not rl splits"):
+        export(d / "splits", d / "bad", ExportConfig(format="verl", splits=("2round-train",)), store_root=store)
+    with pytest.raises(ValueError, match="--images"):
+        export(d / "splits", d / "bad", ExportConfig(format="trl"))
+    assert not (d / "bad").exists()

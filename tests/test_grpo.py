@@ -9,10 +9,11 @@ import os
 import pytest
 from PIL import Image
 
+from sandbox.policy import MECHANISMS
+from thyme_train.collapse import ToolUseMonitor
 from thyme_train.config import load_config
-from thyme_train.grpo import GRPOATSConfig, ToolUseMonitor, rollout_statistics
-from thyme_train.rl_data import load_rl_rows
-from thyme_train.rollout import Rollout
+from thyme_train.grpo import GRPOATSConfig, isolation_metrics, rollout_statistics
+from thyme_train.rollout import END_REASONS, Rollout
 
 CROP = ("<think>Zoom in.<code>\n```python\nfrom PIL import Image\nimg = Image.open(image_path)\n"
         "img.crop((0, 0, 160, 120)).save('/mnt/data/temp_processed_images/crop.png')\n"
@@ -32,6 +33,10 @@ def test_config_files_load_and_document_every_field():
     assert all(f.metadata.get("help") for f in dataclasses.fields(GRPOATSConfig))
     with pytest.raises(ValueError, match="code_token_loss"):
         load_config(GRPOATSConfig, None, ["code_token_loss=skip"])
+    cfg = load_config(GRPOATSConfig, None, ["sandbox_isolation=seccomp+landlock"])
+    assert cfg.rollout().sandbox_isolation == "landlock+seccomp"
+    with pytest.raises(ValueError, match="unknown isolation policy"):
+        load_config(GRPOATSConfig, None, ["sandbox_isolation=containers"])
 
 
 def test_config_reaches_trl(tmp_path):
@@ -50,65 +55,6 @@ def test_config_reaches_trl(tmp_path):
                     ThymeRewards(cfg.rewards())).shuffle_dataset is True
 
 
-def test_bad_rows_name_the_row(tmp_path):
-    data = tmp_path / "rl.jsonl"
-    data.write_text(json.dumps({"question": "q", "solution": "1"}) + "\n"
-                    + json.dumps({"question": "q", "solution": "1", "image": "missing.png"}) + "\n")
-    with pytest.raises(ValueError, match="row 1: image 'missing.png'"):
-        load_rl_rows(data)
-
-
-def test_published_rl_dataset_is_read(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipelines.core.prompts import render_user
-
-    (tmp_path / "images" / "ab").mkdir(parents=True)
-    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "ab" / "ab12.png")
-    (tmp_path / "data" / "hf").mkdir(parents=True)
-    user = render_user("Which?\nA. x\nB. y", "images/ab/ab12.png", (40, 30))
-    pq.write_table(pa.table({
-        "messages": [[{"role": "system", "content": "s"}, {"role": "user", "content": user}]],
-        "images": [[{"bytes": b"", "path": "images/ab/ab12.png"}]],
-        "solution": ["B"], "question": ["Which?\nA. x\nB. y"],
-        "meta": [json.dumps({"options": ["A. x", "B. y"]})]}), tmp_path / "data/hf/train-00000.parquet")
-    row, = load_rl_rows(tmp_path)
-    assert row["images"] == [str(tmp_path / "images" / "ab" / "ab12.png")]   # the sandbox's file
-    assert (row["solution"], row["options"]) == ("B", ["A. x", "B. y"])
-    # the prompt is the dataset's own user message: its image named as the dataset names it
-    text = "".join(p["text"] for p in row["prompt"][-1]["content"] if p["type"] == "text")
-    assert '"images/ab/ab12.png"' in text and str(tmp_path) not in text
-    assert [p["type"] for p in row["prompt"][-1]["content"]][0] == "image"
-    with pytest.raises(FileNotFoundError, match="test"):
-        load_rl_rows(tmp_path, split="test")
-
-
-def test_simple_rows_name_their_image_as_written(tmp_path):
-    Image.new("RGB", (40, 30)).save(tmp_path / "0.png")
-    (tmp_path / "rl.jsonl").write_text(json.dumps({"question": "Colour?", "solution": "red",
-                                                   "image": "0.png"}) + "\n")
-    row, = load_rl_rows(tmp_path / "rl.jsonl")
-    assert row["images"] == [str(tmp_path / "0.png")]
-    text = "".join(p["text"] for p in row["prompt"][-1]["content"] if p["type"] == "text")
-    assert 'User Image Path:** "0.png"' in text and 'Size:** "40x30"' in text
-
-
-def test_a_published_row_whose_images_do_not_match_its_prompt_is_refused(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipelines.core.prompts import render_user
-
-    (tmp_path / "data" / "hf").mkdir(parents=True)
-    pq.write_table(pa.table({
-        "messages": [[{"role": "user", "content": render_user("Which?", "images/a.png", (40, 30))}]],
-        "images": [[]], "solution": ["B"], "question": ["Which?"], "meta": ["{}"]}),
-        tmp_path / "data/hf/train-00000.parquet")
-    with pytest.raises(ValueError, match=r"train-00000.parquet row 0: .*1 <image> .* 0 image"):
-        load_rl_rows(tmp_path)
-
-
 def test_tool_collapse_warning_and_statistics():
     monitor = ToolUseMonitor(fraction=0.5, early_steps=2)
     assert [monitor.record(r) for r in (0.8, 0.6, 0.5)] == [None, None, None]
@@ -121,22 +67,35 @@ def test_tool_collapse_warning_and_statistics():
     assert (s["thyme/end/answer"], s["thyme/end/length"], s["thyme/sandbox_tokens"]) == (0.5, 0.5, 0.5)
 
 
+def test_isolation_metrics_record_missing_mechanisms():
+    class Degraded:  # what a Sandbox in a container without namespaces reports
+        isolation_report = {"policy": "landlock+seccomp+rlimits", "active": ["landlock", "seccomp", "rlimits"],
+                            "missing": {"namespaces": "unshare failed"}, "landlock_abi": 6}
+
+    assert isolation_metrics(Degraded()) == {"thyme/sandbox/namespaces": 0.0, "thyme/sandbox/landlock": 1.0,
+                                             "thyme/sandbox/seccomp": 1.0, "thyme/sandbox/rlimits": 1.0}
+
+
 @pytest.mark.slow
 def test_grpo_steps_end_to_end(tmp_path, request):
+    import io
+
+    from pipelines.core.formats import SourceRow, thyme_rl_table, write_parquet
     from thyme_train.grpo import train
     from thyme_train.tiny import build_tiny_model
 
     model_dir = build_tiny_model(request.config.cache.mkdir("thyme-tiny") / "default")
     rows = []
-    for i, colour in enumerate(["red", "blue"]):
-        Image.new("RGB", (320, 240), (200 if colour == "red" else 0, 0, 200 * i)).save(tmp_path / f"{i}.png")
-        os.chmod(tmp_path / f"{i}.png", 0o644)
-        rows.append({"question": "What colour is the image?", "solution": colour, "image": f"{i}.png"})
+    for i, colour in enumerate(["red", "blue"]):           # a released Thyme-RL parquet (base64)
+        buf = io.BytesIO()
+        Image.new("RGB", (320, 240), (200 if colour == "red" else 0, 0, 200 * i)).save(buf, "PNG")
+        rows.append(SourceRow("What colour is the image?", [buf.getvalue()], answer=colour,
+                              image_path=f"/mnt/data/images/{i}.png", image_size=(320, 240)))
     os.chmod(tmp_path, 0o755)
-    (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_parquet(thyme_rl_table(rows), tmp_path / "thyme-rl.parquet")
     cfg = load_config(GRPOATSConfig, os.path.join("thyme_train", "configs", "rl_tiny.yaml"), [
-        f"model={model_dir}", f"data={tmp_path / 'rl.jsonl'}", f"output_dir={tmp_path / 'out'}",
-        "max_steps=2", "save_steps=2", "max_new_tokens=120", "sandbox_workers=1",
+        f"model={model_dir}", f"data={tmp_path / 'thyme-rl.parquet'}", f"output_dir={tmp_path / 'out'}",
+        "max_steps=2", "save_steps=2", "max_new_tokens=120", "sandbox_workers=1", "rollout_samples=3",
         # options that act in this run too (tests/test_grpo_options.py tests them in detail):
         # the correction on greedy code tokens, a frozen vision tower, our prompt sampler
         "code_token_loss=correct", "freeze_vision_tower=true", "prioritized_sampling=true"])
@@ -175,6 +134,8 @@ def test_grpo_steps_end_to_end(tmp_path, request):
         assert 0 < r["sampling/importance_sampling_ratio/min"] <= r["sampling/importance_sampling_ratio/mean"] <= 2.0
         assert r["thyme/tokens/greedy_code_share"] > 0 and r["thyme/tokens/no_behaviour_logprob_share"] == 0
         assert r["thyme/sampling/prompts_seen"] > 0
+        # the mechanisms that confined the batch's code (all of them: the strict default)
+        assert [r[f"thyme/sandbox/{m}"] for m in MECHANISMS] == [1.0] * len(MECHANISMS)
     # the sandbox's crop reached the training forward pass (prompt image + crop)
     assert 2 in trainer.last_image_counts
     out = tmp_path / "out"
@@ -183,6 +144,28 @@ def test_grpo_steps_end_to_end(tmp_path, request):
     assert len((out / "metrics.jsonl").read_text().splitlines()) >= 2
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["steps"] == 2 and summary["tool_call_rate_last"] >= 0.5
+    assert summary["data"] == {"prompts": 2, "with_images": 2, "text_only": 0, "images": 2,
+                               "quarantined": {}}
+    assert summary["sandbox_isolation"]["policy"] == "strict"
+    assert summary["sandbox_isolation"]["active"] == list(MECHANISMS)
+    # rollouts.jsonl: 3 sampled rollouts of each logged step, every line whole and readable
+    samples = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in samples] == [1, 1, 1, 2, 2, 2]
+    for r in samples:
+        assert r["origin"] in ("thyme-rl.parquet row 0", "thyme-rl.parquet row 1")
+        assert r["solution"] in ("red", "blue") and r["user"].startswith("<image>")
+        assert '"/mnt/data/images/' in r["user"] and r["system"]
+        assert len(r["images"]) == 1 and not os.path.isabs(r["images"][0])
+        assert set(r["rewards"]) == {"accuracy_reward", "format_reward", "consistency_reward"}
+        assert r["end_reason"] in END_REASONS and r["turns"] >= 1 and r["completion"]
+    crops = [c for r in samples for c in r["calls"] if "crop((0, 0, 160, 120))" in c["code"]]
+    assert crops, "the scripted crop appears among the sampled rollouts"
+    for call in crops:           # the code as the model wrote it, its output: a kept image
+        assert call["ok"] and (out / call["images"][0]).is_file()
+        assert Image.open(out / call["images"][0]).size == (160, 120)
+    scripted = [r for r in samples if any("crop((0, 0, 160, 120))" in c["code"] for c in r["calls"])]
+    assert all("<sandbox_output><image></sandbox_output>" in r["completion"] for r in scripted)
+    assert all(r["rewards"]["format_reward"] == 1.0 and r["end_reason"] == "answer" for r in scripted)
     # the policy moved
     from transformers import AutoModelForImageTextToText
     before = AutoModelForImageTextToText.from_pretrained(model_dir).state_dict()
@@ -200,6 +183,8 @@ def test_grpo_steps_end_to_end(tmp_path, request):
     start = WeightsAtStart()
     again = train(cfg, force=force, callbacks=[start])
     assert again.state.global_step == 3
+    steps = [json.loads(line)["step"] for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert steps == [1, 1, 1, 2, 2, 2, 3, 3, 3]       # kept up to the checkpoint, then step 3
     assert json.loads((out / "metrics.json").read_text())["resumed_from"] == "checkpoint-2"
     # ... with checkpoint-2's policy, not the initial one (transformers' own resume keeps it)
     assert all(torch.equal(start.state[k], saved[k]) for k in saved)

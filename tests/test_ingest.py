@@ -131,6 +131,83 @@ def test_bad_base64(tmp_path):
     assert ref.ext == "jpg"
 
 
+def exif_jpeg(orientation: int | None, w=120, h=80) -> bytes:
+    """A JPEG whose stored pixels are w x h, with an EXIF orientation tag (None: no EXIF)."""
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), np.full_like(x, 60)], -1).astype(np.uint8)
+    arr[:16, :24] = (255, 0, 0)   # a marker in the stored top-left corner
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    return encode(Image.fromarray(arr), "JPEG", quality=92, exif=exif.tobytes())
+
+
+def cv2_view(data: bytes, path: Path) -> np.ndarray:
+    import cv2
+    path.write_bytes(data)
+    return cv2.imread(str(path))   # OpenCV applies the EXIF orientation itself
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_exif_orientation_is_applied_once_at_ingest(tmp_path, orientation):
+    import cv2
+    original = exif_jpeg(orientation)
+    assert Image.open(io.BytesIO(original)).size == (120, 80)   # PIL: the stored pixels
+    seen = cv2_view(original, tmp_path / "orig.jpg")            # OpenCV: turned by the tag
+    notes: dict = {}
+    ref, _ = ImageStore(tmp_path / "store").put(original, notes)
+    stored = ImageStore(tmp_path / "store").path(ref)
+    assert notes == {"exif_orientation": orientation} and ref.ext == "jpg"
+    turned = orientation >= 5
+    assert (ref.width, ref.height) == ((80, 120) if turned else (120, 80))
+    with Image.open(stored) as img:   # upright, and no tag left for anyone to apply again
+        assert img.size == (ref.width, ref.height) and img.getexif().get(0x0112) is None
+    assert cv2.imread(str(stored)).shape == (ref.height, ref.width, 3)
+    # the same picture OpenCV showed from the original (one JPEG re-encoding apart)
+    assert np.abs(cv2.imread(str(stored)).astype(int) - seen.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_exif_orientation_in_png_and_webp(tmp_path, fmt):
+    import cv2
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    original = encode(photo(120, 80, seed=30), fmt, exif=exif.tobytes(), lossless=True)
+    seen = cv2_view(original, tmp_path / f"orig.{fmt.lower()}")     # OpenCV turns these too
+    ref, _ = ImageStore(tmp_path / "store").put(original)
+    stored = cv2.imread(str(ImageStore(tmp_path / "store").path(ref)))
+    assert ref.ext == "png" and (ref.width, ref.height) == (80, 120)
+    assert np.array_equal(stored, seen)   # lossless all the way
+
+
+@pytest.mark.parametrize("orientation", [None, 1])
+def test_upright_jpegs_stay_byte_for_byte(tmp_path, orientation):
+    original = exif_jpeg(orientation)
+    notes: dict = {}
+    ref, _ = ImageStore(tmp_path).put(original, notes)
+    assert notes == {} and ImageStore(tmp_path).path(ref).read_bytes() == original
+
+
+def test_a_rotated_sample_has_one_size_in_the_sandbox(tmp_path, sandbox):
+    """Ingest a Thyme-RL row whose JPEG carries orientation 6: the sample records the upright
+    size, `meta` records the rotation, and PIL and OpenCV agree inside the sandbox."""
+    rows = [SourceRow("Which way is up?", [exif_jpeg(6)], answer="up", image_path="/x/1.jpg",
+                      image_size=(80, 120))]
+    write_parquet(thyme_rl_table(rows), tmp_path / "rl.parquet")
+    ingest(IngestConfig("thyme-rl", str(tmp_path / "out"), [str(tmp_path / "rl.parquet")], workers=1),
+           progress=False)
+    (row,) = read_samples(tmp_path / "out")
+    image = row["images"][0]
+    assert (image["width"], image["height"]) == (80, 120)
+    assert json.loads(row["meta"])["exif_orientation"] == [6]
+    path = tmp_path / "out" / "images" / image["hash"][:2] / f"{image['hash']}.{image['ext']}"
+    code = ("import cv2\nfrom PIL import Image\n"
+            "print(Image.open(image_path).size, cv2.imread(image_path).shape[1::-1])")
+    result = sandbox.run(code, inputs=[str(path)])
+    assert result.ok, result.error
+    assert result.stdout.strip() == "(80, 120) (80, 120)"   # (width, height) for both
+
+
 # ------------------------------------------------------------------ readers through ingest
 
 def sft_rows():
@@ -230,7 +307,7 @@ def test_every_bad_input_is_quarantined_and_the_batch_goes_on(tmp_path):
                   [base64.b64encode(encode(photo(6000, 28), "PNG")).decode()],     # 5 aspect ratio
                   [base64.b64encode(encode(photo(seed=12), "JPEG")).decode()],     # 6 missing question
                   [base64.b64encode(encode(photo(seed=13), "JPEG")).decode()],     # 7 empty question
-                  [],                                          # 8 no image
+                  [],                                          # 8 no image: a text-only row, kept
                   [base64.b64encode(encode(photo(seed=14), "JPEG")).decode()]],    # 9 good
         "question": ["Q0", "Q1", "Q2", "Q3", "Q4", "Q5", None, "  ", "Q8", "Q9"],
         "response": ["<answer>a</answer>"] * 10,
@@ -240,8 +317,8 @@ def test_every_bad_input_is_quarantined_and_the_batch_goes_on(tmp_path):
                     progress=False)
     reasons = {q["origin"]["row"]: q["reason"] for q in read_quarantine(tmp_path / "out")}
     assert reasons == {1: "bad_base64", 2: "empty_image", 3: "undecodable_image", 4: "too_small",
-                       5: "bad_aspect_ratio", 6: "missing_field", 7: "bad_text", 8: "missing_field"}
-    assert [r["origin"]["row"] for r in read_samples(tmp_path / "out")] == [0, 9]
+                       5: "bad_aspect_ratio", 6: "missing_field", 7: "bad_text"}
+    assert [r["origin"]["row"] for r in read_samples(tmp_path / "out")] == [0, 8, 9]
     assert report["rows_read"] == 10 and report["kept"] + report["quarantined"] == 10
 
 

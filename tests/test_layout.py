@@ -14,15 +14,19 @@ ALLOWED = {
     "pipelines.pool": {"pipelines.core", "sandbox"},
     "pipelines.samples": {"pipelines.core", "sandbox"},
     "pipelines.datasets": {"pipelines.core", "sandbox"},
-    "pipelines": {"pipelines.core", "pipelines.pool", "pipelines.samples", "pipelines.datasets"},
+    # where the shard stages run (this process or a Ray cluster): places the stages' own code
+    "pipelines.scale": {"pipelines.core", "pipelines.pool", "pipelines.samples", "sandbox"},
+    "pipelines": {"pipelines.core", "pipelines.pool", "pipelines.samples", "pipelines.datasets",
+                  "pipelines.scale"},
     "assets": {"pipelines.core", "pipelines.pool", "pipelines.samples", "pipelines.datasets",
-               "sandbox"},
+               "pipelines.scale", "sandbox"},
+    "thyme_train": {"pipelines.core", "sandbox"},
 }
 # libraries a layer must not load (the data pipeline runs without Dagster or a GPU stack)
 FORBIDDEN_LIBRARIES = {"pipelines": {"dagster", "torch", "transformers", "trl"},
                        "sandbox": {"dagster", "torch", "transformers", "trl", "polars"}}
 MAX_LINES = 650
-STAGES = ("core", "pool", "samples", "datasets")
+STAGES = ("core", "pool", "samples", "datasets", "scale")
 
 
 def _unit(parts: tuple[str, ...]) -> str:

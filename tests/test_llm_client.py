@@ -103,12 +103,16 @@ def test_client_errors_are_not_retried(fake):
     assert [type(r).__name__ for r in results] == ["Completion", "LLMError", "Completion"]
 
 
-def test_a_malformed_response_is_an_error_not_a_crash(fake):
-    fake.script = ["malformed"]
-    client = _client(fake)
-    with pytest.raises(LLMError, match="malformed response"):
+def test_a_malformed_response_is_retried_then_an_error_not_a_crash(fake):
+    fake.script = ["malformed", "garbage"]          # two bad 200s, then a good answer
+    client = _client(fake, max_retries=2, backoff_base_s=0.01)
+    assert client.chat_sync(HELLO).text == "<think>ok</think> <answer>A</answer>"
+    assert fake.requests == 3 and client.usage.retries == 2
+    fake.script = ["malformed"] * 3
+    client = _client(fake, max_retries=2, backoff_base_s=0.01)
+    with pytest.raises(LLMError, match="gave up after 3 malformed responses"):
         client.chat_sync(HELLO)
-    assert client.usage.failures == 1 and client.usage.requests == 1
+    assert client.usage.failures == 1
 
 
 def test_retry_after_accepts_seconds_and_http_dates_and_the_backoff_is_ours(fake):

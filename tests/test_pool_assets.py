@@ -15,7 +15,7 @@ from PIL import Image
 
 from assets.definitions import defs
 from assets.pool import source_manifest, source_pool
-from assets.resources import ThymeStorage
+from assets.resources import ClusterResource, ThymeStorage
 from pipelines.core.formats import SourceRow, thyme_sft_table, write_parquet
 
 MANIFEST = AssetKey(["pool", "source_manifest"])
@@ -50,7 +50,7 @@ def pool_config(max_quarantine_rate: float = 0.5) -> dict:
 
 def test_pool_assets_in_process(tmp_path, sft_file):
     instance = DagsterInstance.ephemeral()
-    resources = {"storage": ThymeStorage(root=str(tmp_path / "data"))}
+    resources = {"storage": ThymeStorage(root=str(tmp_path / "data")), "cluster": ClusterResource()}
     result = materialize([source_manifest], instance=instance, resources=resources,
                          run_config=manifest_config(sft_file))
     assert result.success
@@ -70,10 +70,16 @@ def test_pool_assets_in_process(tmp_path, sft_file):
         assert meta["dagster/row_count"] == meta["rows_out"] == kept
         assert meta["quarantined"] == quarantined and meta["rows_in"] == 3
         assert "![](data:image/jpeg;base64," in meta["preview"]
-    assert mats["shard-00001"]["quarantined_by_reason"] == {"undecodable_image": 1}
+    reasons = [r.data for r in mats["shard-00001"]["quarantined_by_reason"].records]
+    assert reasons == [{"reason": "undecodable_image", "count": 1}]
     assert sum(m["rows_out"] for m in mats.values()) == 5
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"schema": True, "images_exist": True, "quarantine_rate": True}
+    # every check evaluated on each shard of the run, with that shard's own numbers
+    checks = {(c.check_name, c.partition): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {(name, key): True for name in ("schema", "images_exist", "quarantine_rate")
+                      for key in ("shard-00000", "shard-00001")}
+    rates = {c.partition: c.metadata["rate"].value for c in result.get_asset_check_evaluations()
+             if c.check_name == "quarantine_rate"}
+    assert rates == {"shard-00000": 0.0, "shard-00001": round(1 / 3, 4)}
     rows = [r for f in sorted((tmp_path / "data" / "pool" / "samples").glob("*.parquet"))
             for r in pq.read_table(f).to_pylist()]
     assert [r["question"] for r in rows] == [f"Question {i}?" for i in range(5)]
@@ -87,14 +93,15 @@ def test_pool_assets_in_process(tmp_path, sft_file):
 
 def test_blocking_quarantine_check_fails_the_run(tmp_path, sft_file):
     instance = DagsterInstance.ephemeral()
-    resources = {"storage": ThymeStorage(root=str(tmp_path / "data"))}
+    resources = {"storage": ThymeStorage(root=str(tmp_path / "data")), "cluster": ClusterResource()}
     assert materialize([source_manifest], instance=instance, resources=resources,
                        run_config=manifest_config(sft_file)).success
     result = materialize([source_manifest, source_pool], selection=[POOL], instance=instance,
                          resources=resources, run_config=pool_config(0.01), partition_key="shard-00001",
                          raise_on_error=False)
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks["quarantine_rate"] is False  # shard 1 holds the broken row: 1 of 3
+    checks = {(c.check_name, c.partition): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks[("quarantine_rate", "shard-00001")] is False  # the broken row: 1 of 3
+    assert not result.success           # blocking: the step fails once the results are recorded
 
 
 def test_definitions_load_with_pool_assets():

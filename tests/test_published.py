@@ -90,8 +90,11 @@ def test_broken_image_entries_say_why(tmp_path):
     (tmp_path / "bad.png").write_bytes(_png()[:40])              # truncated
     with pytest.raises(ValueError, match="does not decode"):
         published.image_file("bad.png", tmp_path)
-    with pytest.raises(ValueError, match="neither a file nor base64"):
+    with pytest.raises(ValueError, match=r"neither a file nor base64 \(no file .*missing.png\)"):
         published.image_file("missing.png", tmp_path, tmp_path / "cache")
+    # an hf struct naming a file that is not there, with no bytes to fall back on
+    with pytest.raises(ValueError, match="no file 'images/ab/gone.png' under .* and no image bytes"):
+        published.image_file({"bytes": b"", "path": "images/ab/gone.png"}, tmp_path, tmp_path / "c")
     with pytest.raises(ValueError, match="need a cache folder"):
         published.image_file({"bytes": _png(), "path": None}, tmp_path)
     with pytest.raises(ValueError, match="does not decode"):

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import cv2
@@ -13,7 +14,8 @@ import pytest
 from PIL import Image
 
 from sandbox import Job, Sandbox, SandboxUnavailable
-from sandbox.core import launch_subprocess
+from sandbox.core import _WorkerHandle, launch_subprocess
+from sandbox.outputs import printed_image_paths, remove_tree
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR, render_output
 
 OUT = VIRTUAL_OUTPUT_DIR
@@ -231,3 +233,69 @@ def test_cli_run_json(tmp_path, sample_image):
     payload = json.loads(proc.stdout)
     assert payload["ok"] and payload["images"][0].startswith("res/")
     assert (tmp_path / payload["images"][0]).is_file()
+
+
+# A worker whose scratch cleanup silently does nothing, simulated in its own fresh interpreter.
+LEAKY_CLEANUP = functools.partial(launch_subprocess,
+                                  prelude="from sandbox import outputs\n"
+                                          "outputs.remove_tree = lambda path: None")
+
+
+def test_worker_that_cannot_free_its_scratch_is_replaced():
+    """The health rule: after a call, a worker that finds its scratch not freed (no session
+    open) retires; the call keeps its result and says so, the next call runs on a fresh worker."""
+    with Sandbox(workers=1, launcher=LEAKY_CLEANUP) as sb:
+        old = sb._handles[0].pid
+        r = sb.run("open('left.bin', 'wb').write(bytes(1 << 20))\nprint('wrote')")
+        assert r.ok and r.text == "wrote", r
+        assert any("replaced after this call" in n and "scratch" in n for n in r.notes), r
+        assert sb._handles[0].pid != old
+        assert sb.run("print(2)").text == "2"
+
+
+def test_worker_is_probed_after_a_call_that_stopped_its_child(monkeypatch):
+    probes = []
+    real = _WorkerHandle.request
+
+    def spy(self, message, timeout):
+        probes.append(message["op"])
+        return real(self, message, timeout)
+
+    monkeypatch.setattr(_WorkerHandle, "request", spy)
+    with Sandbox(workers=1) as sb:
+        assert sb.run("print(1)").ok
+        r = sb.run("while True:\n    pass", timeout=0.5)
+        assert r.error.kind == "timeout" and r.notes == [], r
+        assert sb.run("print(2)").text == "2"
+    assert probes == ["run", "run", "probe", "run"]
+
+
+def test_remove_tree_handles_any_depth(tmp_path):
+    # on tmpfs where there is one: it is what scratch is, and this disk may be slow
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else str(tmp_path)
+    root = tempfile.mkdtemp(dir=base)
+    fd = os.open(root, os.O_RDONLY)
+    for i in range(1500):  # deeper than shutil.rmtree's recursion, longer than PATH_MAX
+        if i % 300 == 0:
+            os.mkdir("side", dir_fd=fd)
+            os.close(os.open("side/f", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+        os.mkdir("d" * 5, dir_fd=fd)
+        sub = os.open("d" * 5, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = sub
+    os.close(os.open("bottom", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    os.close(fd)
+    remove_tree(root)
+    assert not os.path.exists(root)
+
+
+def test_printed_image_paths():
+    text = "see /mnt/x/a.png and 'b.JPEG', c.jpg.bak <d.tiff> e.png.png f.pngx"
+    assert printed_image_paths(text) == ["/mnt/x/a.png", "b.JPEG", "c.jpg", "d.tiff", "e.png.png"]
+    assert printed_image_paths("." * 63000) == []
+
+
+def test_model_code_sees_library_defaults(sandbox):
+    """The worker's warm-up (which runs the image checker once) changes nothing a snippet sees."""
+    r = sandbox.run("from PIL import Image\nprint(Image.MAX_IMAGE_PIXELS)")
+    assert r.ok and r.text == str(1024 * 1024 * 1024 // 4 // 3), r  # PIL's own default

@@ -120,7 +120,7 @@ def test_unknown_namespace_is_refused():
 # ---------------------------------------------------------------- printed paths
 
 def test_printed_paths_with_spaces_count_only_when_the_file_exists(tmp_path):
-    from sandbox.worker import _printed_images
+    from sandbox.outputs import printed_image_paths
 
     scratch = str(tmp_path)
     (tmp_path / "my crops").mkdir()
@@ -128,7 +128,7 @@ def test_printed_paths_with_spaces_count_only_when_the_file_exists(tmp_path):
     text = (f"saved {scratch}/my crops/c.png and {scratch}/b.png\n"
             f"folder {scratch}/ holds result.png")
     # "…/ holds result.png" names no file: read as words, so result.png is still seen
-    assert _printed_images(text, scratch) == [
+    assert printed_image_paths(text, scratch) == [
         f"{scratch}/my crops/c.png", f"{scratch}/b.png", "result.png"]
 
 
@@ -136,15 +136,15 @@ def test_printed_words_match_the_path_regex_without_its_backtracking():
     import random
     import re
 
-    from sandbox.worker import _EXTENSIONS, _image_words
+    from sandbox.outputs import IMAGE_EXTENSIONS, printed_image_paths
 
-    reference = re.compile(rf"[^\s'\"<>|]*\.(?:{_EXTENSIONS})\b", re.IGNORECASE)
+    reference = re.compile(rf"[^\s'\"<>|]*\.(?:{'|'.join(IMAGE_EXTENSIONS)})\b", re.IGNORECASE)
     pieces = ["a", "B", ".", "png", "JPG", "tiff", "jpeg", " ", "\n", "'", '"', "<", "|", "/",
               "_", ",", ".png", ".jpg ", "é", "1"]
     rng = random.Random(0)
     for _ in range(3000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
-        assert _image_words(text) == reference.findall(text), repr(text)
+        assert printed_image_paths(text) == reference.findall(text), repr(text)
 
 
 def test_a_long_printed_word_is_returned_as_text(sandbox):

@@ -41,77 +41,26 @@ import stat
 import struct  # noqa: F401
 import subprocess
 import tempfile
-import textwrap
 import threading
 import time
 import uuid
 
 import pytest
+from hostile import (
+    UNPRIVILEGED_UID,
+    assert_denied,
+    assert_healthy,
+    results_listing,
+    snippet,
+    still_serving,  # noqa: F401  (autouse: every test ends with the sandbox still serving)
+    worker_pids,
+)
 
 from sandbox import result as R
 
-UNPRIVILEGED_UID = 65534
 X86_64 = platform.machine() == "x86_64"
 ALLOWED_ENV = {"LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "PYTHONDONTWRITEBYTECODE", "MPLBACKEND", "HOME", "TMPDIR"}
-
-
-# ---------------------------------------------------------------- helpers
-
-def snippet(src: str, **values) -> str:
-    """Dedented code with each `@NAME@` replaced by the repr of `values[NAME]`."""
-    src = textwrap.dedent(src).strip("\n")
-    for key, value in values.items():
-        src = src.replace(f"@{key}@", repr(value))
-    return src
-
-
-def worker_pids(sb) -> list[int]:
-    return [h.pid for h in sb._handles]
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (scans /proc)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                data = f.read()
-        except OSError:
-            continue
-        parents[int(entry)] = int(data.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - found
-        found |= frontier
-    return found
-
-
-def assert_healthy(sb, pids: list[int] | None = None) -> None:
-    """The sandbox still answers on every worker, no worker was replaced (when `pids` is
-    given), and no process the code started is still running."""
-    for _ in range(sb.workers):
-        r = sb.run("print(1)")
-        assert r.ok and r.stdout == "1\n", r
-    if pids is not None:
-        assert worker_pids(sb) == pids, "a worker died and was replaced"
-    for h in sb._handles:
-        # the worker's zygote is the one process expected below it
-        assert descendants(h.pid) == {h.info["zygote_pid"]}, \
-            f"processes left behind under worker {h.pid}"
-
-
-def results_listing(sb) -> set[str]:
-    return set(os.listdir(sb.results_dir))
-
-
-def assert_denied(r, kind: str = R.FORBIDDEN, *, secrets: tuple[str, ...] = ()) -> None:
-    assert not r.ok, r
-    assert r.error.kind == kind, r.error
-    for secret in secrets:
-        assert secret not in r.stdout and secret not in r.error.message
 
 
 @pytest.fixture
@@ -615,6 +564,8 @@ KILLS = {
 @pytest.mark.parametrize("how", list(KILLS))
 def test_kill_other_processes(any_sandbox, victim, how):
     code, kind = KILLS[how]
+    if how in ("everyone", "own_group") and any_sandbox.isolation_report["landlock_abi"] < 6:
+        kind = R.FORBIDDEN  # no signal scoping: seccomp allows signalling only itself (EPERM)
     pids = worker_pids(any_sandbox)
     r = any_sandbox.run(code.replace("@VICTIM@", str(victim.pid)))
     if kind is None:
@@ -649,7 +600,10 @@ def test_sigio_redirected_to_host_process(any_sandbox, victim):
         arm(os.getppid(), signal.SIGKILL)    # ...and at the worker
         print('self', len(got))
     """, VICTIM=victim.pid))
-    assert r.ok and r.stdout == "self 1\n", r
+    if any_sandbox.isolation_report["landlock_abi"] >= 6:
+        assert r.ok and r.stdout == "self 1\n", r
+    else:  # no signal scoping: seccomp refuses to set a signal owner at all
+        assert_denied(r)
     time.sleep(0.2)
     assert victim.poll() is None, "SIGIO killed a host process"
     assert_healthy(any_sandbox, pids)
@@ -855,18 +809,30 @@ PRIVILEGES = {
 @pytest.mark.parametrize("how", list(PRIVILEGES))
 def test_privilege_operations(any_sandbox, how):
     code, kind = PRIVILEGES[how]
+    if how == "setuid_other" and "namespaces" in any_sandbox.degraded:
+        # EPERM (no capability) on the host; EINVAL (unmapped) in a rootless engine's namespace
+        kind = (R.FORBIDDEN, R.RUNTIME)
+    fifos = {name for name in os.listdir("/tmp") if name.startswith("thyme-fifo-")}
     r = any_sandbox.run(code)
-    assert_denied(r, kind)
-    assert not any(name.startswith("thyme-fifo-") for name in os.listdir("/tmp"))
+    made = {name for name in os.listdir("/tmp") if name.startswith("thyme-fifo-")} - fifos
+    for name in made:  # (a weaker isolation policy lets it through: leave the host as found)
+        os.unlink(os.path.join("/tmp", name))
+    if isinstance(kind, tuple):
+        assert not r.ok and r.error.kind in kind, r
+    else:
+        assert_denied(r, kind)
+    assert not made
 
 
-def test_chown_and_chmod_are_no_ops(any_sandbox):
+def test_chown_and_chmod_are_no_ops(any_sandbox, sandbox_uid):
     r = any_sandbox.run("import os, stat\nopen('f', 'w').close()\nos.chown('f', 1, 1)\n"
                         "os.chmod('f', 0o4777)\nst = os.stat('f')\n"
                         "print(st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode)))")
     assert r.ok, r
     uid, gid, mode = r.text.split()
-    assert (uid, gid) == ("0", "0") and not int(mode, 8) & 0o4000
+    # root inside its own namespace; without one, the worker's uid (0 in a rootless engine's)
+    owners = ("0", str(sandbox_uid)) if "namespaces" in any_sandbox.degraded else ("0",)
+    assert uid == gid and uid in owners and not int(mode, 8) & 0o4000
 
 
 def test_no_capabilities(any_sandbox):
@@ -879,8 +845,11 @@ def test_no_capabilities(any_sandbox):
         print(struct.unpack('=6I', data.raw))
         print(open('/proc/self/status').read())
     """))
-    assert_denied(r)  # /proc itself is out of reach
-    assert r.stdout == "(0, 0, 0, 0, 0, 0)\n", r
+    if "landlock" in any_sandbox.degraded:  # its own /proc/self/status is then readable
+        assert r.ok and r.stdout.startswith("(0, 0, 0, 0, 0, 0)\n"), r
+    else:
+        assert_denied(r)  # /proc itself is out of reach
+        assert r.stdout == "(0, 0, 0, 0, 0, 0)\n", r
 
 
 RLIMITS = ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE")
@@ -993,8 +962,10 @@ def test_session_computes_between_blocks(any_sandbox):
         r = s.run(snippet("""
             import signal, time
             def burn(*_):
-                t = time.process_time()
-                while time.process_time() - t < 0.009:
+                # 9 ms of CPU per 10 ms tick, but never more than 9 ms of wall time: on a
+                # loaded machine a CPU-bound handler outlasts its tick and starves the block
+                t, w = time.process_time(), time.monotonic()
+                while time.process_time() - t < 0.009 and time.monotonic() - w < 0.009:
                     pass
             signal.signal(signal.SIGALRM, burn)
             signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)

@@ -336,6 +336,72 @@ def _trainable_text(chat, row):
     return [chat.tokenizer.decode(r) for r in runs], enc
 
 
+def test_the_prompt_set_gives_the_system_prompt(tmp_path):
+    from pipelines.core.prompts import PromptSetError, load_prompt_set
+
+    base = ["data=x"]
+    assert load_config(ThymeSFTConfig, None, base).system() == load_prompt_set("thyme").system
+    release = load_config(ThymeSFTConfig, None, [*base, "prompt_set=thyme-release"])
+    assert release.system() == load_prompt_set("thyme-release").system
+    assert load_config(ThymeSFTConfig, None, [*base, "system_prompt=MINE"]).system() == "MINE"
+    (tmp_path / "none.yaml").write_text('data: [x]\nsystem_prompt: ""\n')    # none at all
+    assert load_config(ThymeSFTConfig, tmp_path / "none.yaml").system() is None
+    with pytest.raises(PromptSetError, match="no such set"):
+        load_config(ThymeSFTConfig, None, [*base, "prompt_set=thyme-nope"])
+
+
+def publish_text_only_computation(root: Path, rows: int) -> Path:
+    """A published Thyme-SFT dataset (pipelines.datasets.publish) whose computation split holds
+    only text-only rows (has_image = false); the other splits are empty."""
+    import pyarrow as pa
+    from sft_data import CALC
+
+    from pipelines.core.atomic import write_parquet
+    from pipelines.core.prompts import load_prompt_set
+    from pipelines.datasets.publish import PublishConfig, publish
+    from pipelines.datasets.splits import SFT_SCHEMA
+
+    def row(i):
+        a, b = 3 + i, 7
+        return {"id": f"t{i}", "sample_id": f"s{i}", "task": "computation", "kind": "single",
+                "has_image": False, "question": load_prompt_set().render_user(f"What is {a} times {b}?"),
+                "response": (f"<think>Multiply.{CALC.format(a=a, b=b)}<sandbox_output>{a * b}"
+                             f"</sandbox_output>So {a * b}.</think> <answer>{a * b}</answer>"),
+                "images": [], "image_key": f"q:{i}", "answer": str(a * b)}
+
+    splits = root / "splits"
+    for split in ("wo_thinking_thyme_single_round", "2round", "computation"):
+        for part in ("train", "test"):
+            chosen = [row(i) for i in range(rows)] if (split, part) == ("computation", "train") else []
+            write_parquet(pa.Table.from_pylist(chosen, schema=SFT_SCHEMA), splits / split / f"{part}.parquet")
+    (root / "store").mkdir()
+    publish(splits, root / "store", root / "thyme-sft", PublishConfig(kind="sft"))
+    return root / "thyme-sft"
+
+
+@pytest.mark.slow
+def test_stage2_trains_a_text_only_computation_split(tiny, tmp_path):
+    """Text-only rows flow from the published computation split through SFT stage 2: every row
+    counted and trained, no image token anywhere, the chosen prompt set's system prompt."""
+    from pipelines.core.prompts import load_prompt_set
+
+    dataset = publish_text_only_computation(tmp_path, rows=6)
+    cfg = load_config(ThymeSFTConfig, CONFIGS / "stage2_tiny.yaml", [
+        f"model=tiny:{tiny}", f"data={dataset}", f"output_dir={tmp_path / 's2'}", "max_steps=2",
+        "per_device_train_batch_size=3", "prompt_set=thyme-release", f"cache_dir={tmp_path / 'c'}"])
+    run = build_trainer(cfg)
+    rows = list(run.trainer.train_dataset)
+    assert len(rows) == 6 and run.dropped == {} and all(r["image"] == [] for r in rows)
+    batch = run.trainer.data_collator(rows[:3])
+    assert "pixel_values" not in batch and not (batch["input_ids"] == run.chat.image_token_id).any()
+    text = run.chat.tokenizer.decode(batch["input_ids"][0])
+    assert text.startswith(f"<|im_start|>system\n{load_prompt_set('thyme-release').system}<|im_end|>")
+    metrics = train(cfg)
+    assert metrics["steps"] == 2 and metrics["samples"] == metrics["samples_trained"] == 6
+    assert metrics["samples_dropped"] == 0 and all(v == v for _, v in metrics["losses"])
+    assert metrics["config"]["prompt_set"] == "thyme-release"
+
+
 # ------------------------------------------------------------------ padding-free batches
 
 def test_padding_free_batches_train_exactly_like_padded_ones(tiny, dataset, tmp_path):
@@ -369,6 +435,15 @@ def test_padding_free_batches_train_exactly_like_padded_ones(tiny, dataset, tmp_
     # and TRL's trainer takes the packed batches (its fused LM head, the loss over the batch)
     trainer = build_trainer(tiny_config(tiny, dataset, tmp_path / "b", padding_free=True,
                                         max_steps=2)).trainer
+    collate, sizes = trainer.data_collator, []
+
+    def counting(batch_rows):
+        batch = collate(batch_rows)
+        sizes.append(batch["input_ids"].shape[1])
+        return batch
+    trainer.data_collator = counting
     trainer.train()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    assert len(losses) == 2 and all(0 < v < 20 for v in losses)
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all(0 < e["loss"] < 20 for e in logs)
+    # the logged token count is the packed tokens (TRL alone would count 1 per batch)
+    assert [e["num_tokens"] for e in logs] == [sizes[0], sizes[0] + sizes[1]]

@@ -8,14 +8,19 @@ import pytest
 from dagster import AssetKey, AssetMaterialization, DagsterInstance, materialize
 from sft_data import write_dataset
 
-from assets.resources import ThymeStorage
+from assets.resources import SandboxResource, ThymeStorage
 from assets.training import TRAINING_ASSETS, TRAINING_RESOURCES
 
 FAST = ["max_steps=4", "save_steps=100", "learning_rate=3e-3"]
 
 
+# A named minimum this host exceeds: it must reach the launched GRPO and evaluation processes.
+ISOLATION = "landlock+seccomp+rlimits"
+
+
 def _resources(root: Path) -> dict:
-    return {"storage": ThymeStorage(root=str(root)), **TRAINING_RESOURCES}
+    return {"storage": ThymeStorage(root=str(root)), "sandbox": SandboxResource(isolation=ISOLATION),
+            **TRAINING_RESOURCES}
 
 
 def _run_config(stage1: list[str], stage2: list[str]) -> dict:
@@ -42,9 +47,10 @@ def test_both_stages_train_through_pipes_and_record_metadata(tmp_path):
         meta[stage] = {k: v.value for k, v in mat.metadata.items()}
         m = meta[stage]
         out = root / "checkpoints" / "sft" / stage
-        assert Path(m["checkpoint"]).resolve() == out.resolve()
+        assert (root / m["checkpoint"]).resolve() == out.resolve()
         assert m["steps"] == 4 and m["best_loss"] <= m["final_loss"] < 20
         assert "data:image/png;base64," in m["loss_curve"]
+        assert "data:image/png;base64," in m["curves_training"] and "4 logged steps" in m["history"]
         assert m["dataset_fingerprint"] and m["samples_dropped"] == 0
         assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
     assert meta["stage1"]["samples_trained"] == 32      # single-round + 2round
@@ -56,6 +62,10 @@ def test_both_stages_train_through_pipes_and_record_metadata(tmp_path):
     # The trainer's logged steps streamed into the run's event log through Pipes.
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any("step 4/4" in m and '"loss"' in m for m in messages), messages[-20:]
+    # ... and each logged step is an observation of the asset, so Dagster's Plots draw curves
+    observed = [o.metadata for o in result.asset_observations_for_node("training__sft_stage1")]
+    assert [m["step"].value for m in observed] == [1, 2, 3, 4]
+    assert all({"loss", "learning_rate"} <= set(m) for m in observed)
 
 
 @pytest.mark.slow
@@ -92,6 +102,7 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
                           SplitConfig(test_share=0.5, rl_share=0.5))
     publish(root / "splits", corpus / "pool" / "images", root / "published" / "thyme-rl",
             PublishConfig(kind="rl", funnel=report))
+    (root / "pool").symlink_to(corpus / "pool")      # the split rows' images, for the previews
     test_rows = report["rows"]["rl"]["test"]
     assert test_rows >= 1
     run_config = {"ops": {
@@ -100,7 +111,7 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
         "evaluation__sft_stage2_scores": {"config": {"max_new_tokens": 8, "ablation": False, "limit": 2}},
         "evaluation__grpo_ats_scores": {"config": {"max_new_tokens": 8, "limit": 1}}}}
     result = materialize([*TRAINING_ASSETS, *EVALUATION_ASSETS], instance=DagsterInstance.ephemeral(),
-                         resources=_resources(root), run_config=run_config,
+                         resources=_resources(root), run_config=run_config, partition_key="heldout",
                          selection=[AssetKey(["training", "grpo_ats"]),
                                     AssetKey(["evaluation", "sft_stage2_scores"]),
                                     AssetKey(["evaluation", "grpo_ats_scores"])])
@@ -108,14 +119,23 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
     (grpo,) = result.asset_materializations_for_node("training__grpo_ats")
     meta = {k: v.value for k, v in grpo.metadata.items()}
     assert meta["steps"] == 1 and "data:image/png;base64," in meta["curves_rewards"]
+    assert meta["sandbox_isolation"]["policy"] == ISOLATION          # the resource's policy
+    assert "data:image/png;base64," in meta["curves_optimiser"]
+    (step,) = [o.metadata for o in result.asset_observations_for_node("training__grpo_ats")]
+    assert step["step"].value == 1 and {"loss", "kl", "learning_rate", "reward"} <= set(step)
     assert (root / "checkpoints" / "grpo_ats" / "model.safetensors").is_file()
     for name, items, modes in (("sft_stage2", min(2, test_rows), {"tools"}), ("grpo_ats", 1, {"tools", "direct"})):
         (mat,) = result.asset_materializations_for_node(f"evaluation__{name}_scores")
         meta = {k: v.value for k, v in mat.metadata.items()}
-        assert meta["items"] == items and {f"accuracy_{m}" for m in modes} <= set(meta)
-        assert "| tools |" in meta["report"] and "data:image/png;base64," in meta["chart"]
-        results = json.loads((root / "evaluation" / name / "results.json").read_text())
+        assert mat.partition == "heldout"
+        assert meta["items"] == items and {f"score_{m}" for m in modes} <= set(meta)
+        assert {c.name for c in meta["summary"].schema.columns} == {"measure", *modes}
+        assert "data:image/png;base64," in meta["chart"] and "report" not in meta
+        assert {r.data["mode"] for r in meta["metrics"].records} == modes   # the metrics table
+        assert meta["items_preview"].count("data:image/jpeg;base64,") == items   # from splits/rl
+        results = json.loads((root / "evaluation" / name / "heldout" / "results.json").read_text())
         assert set(results["summaries"]) == modes
+        assert [r["policy"] for r in meta["sandbox_isolation"]] == [ISOLATION]
 
 
 def test_pipes_reader_waits_for_a_whole_line(tmp_path):

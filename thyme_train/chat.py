@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
+from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, content_parts
 from sandbox.protocol import IMAGE_TOKEN, OUTPUT_CLOSE, OUTPUT_OPEN
 
 IGNORE = -100  # the label of a token that takes no loss (the transformers/PyTorch convention)
@@ -86,26 +86,15 @@ def decode_image(item) -> Image.Image:
 
 # ------------------------------------------------------------------ messages
 
-def _parts(text: str) -> list[dict]:
-    """A message's content: text parts and an image part for each `<image>`, in order."""
-    parts = []
-    for i, piece in enumerate(text.split(IMAGE_TOKEN)):
-        if i:
-            parts.append({"type": "image"})
-        if piece:
-            parts.append({"type": "text", "text": piece})
-    return parts
-
-
 def thyme_messages(question: str, response: str | None = None,
                    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> list[dict]:
     """The chat of a Thyme row: system (omitted when `system_prompt` is empty or None: the
     template's default applies), user, and the assistant's response when given."""
     messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] \
         if system_prompt else []
-    messages.append({"role": "user", "content": _parts(question)})
+    messages.append({"role": "user", "content": content_parts(question)})
     if response is not None:
-        messages.append({"role": "assistant", "content": _parts(response)})
+        messages.append({"role": "assistant", "content": content_parts(response)})
     return messages
 
 

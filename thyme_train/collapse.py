@@ -1,4 +1,4 @@
-"""Answer collapse in GRPO-ATS: what detects it, and the settings of the field's remedies.
+"""Collapse in GRPO-ATS (answers and tool use): what detects it, and the settings of the field's remedies.
 
 A GRPO group whose completions all earn the same reward has no advantage: it teaches nothing.
 When the policy drifts to one answer (the same colour for every image, the same option letter
@@ -229,3 +229,22 @@ class AnswerCollapseMonitor:
 def untruncated(sampling):
     """The same sampling with text drawn from the full distribution (no top-p, no top-k)."""
     return replace(sampling, top_p=1.0, top_k=0)
+
+
+class ToolUseMonitor:
+    """Warns when the tool-call rate collapses below `fraction` of its early value (a known
+    failure of tool RL: the policy learns to answer without looking)."""
+
+    def __init__(self, fraction: float = 0.5, early_steps: int = 5):
+        self.fraction, self.early_steps = fraction, early_steps
+        self.rates: list[float] = []
+
+    def record(self, rate: float) -> str | None:
+        self.rates.append(rate)
+        if len(self.rates) <= self.early_steps:
+            return None
+        early = sum(self.rates[:self.early_steps]) / self.early_steps
+        if early > 0 and rate < self.fraction * early:
+            return (f"tool-call rate collapsed: {rate:.2f} < {self.fraction:g} x its early value "
+                    f"{early:.2f}")
+        return None

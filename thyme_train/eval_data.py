@@ -1,12 +1,20 @@
-"""Benchmark items for evaluation, from three formats, as one `EvalItem` type:
+"""Benchmark items for evaluation, from four formats, as one `EvalItem` type (docs/evaluation.md
+names the source of every layout):
 
-- `tsv`: VLMEvalKit style (V*, HRBench, MME-RealWorld): `index`, base64 `image` (or
-  `image_path`), `question`, options in columns `A`…`E`, `answer`, `category`, optional `hint`;
+- `tsv`: VLMEvalKit's TSVs (VStarBench, HRBench4K/8K, MME-RealWorld and -Lite, HallusionBench,
+  OCRBench, any MCQ/VQA TSV): `index`, base64 `image` (or `image_path`; a repeated image as the
+  index of the row holding it), `question`, options in columns `A`…`H` (MME-RealWorld-Lite: the
+  list in `multi-choice options`), `answer`, `category`, optional `hint`; every other column
+  (`l2-category`, `cycle_category`, `split`, a `bbox` …) is kept in `EvalItem.meta`;
+- `vstar`: V*'s own release (`vstar_bench/`): `direct_attributes/` and `relative_position/`,
+  each image beside a JSON with `question`, `options` (the correct one first), `target_object`
+  and `bbox` (`[x, y, w, h]` per target, pixels). The options are shown in a seeded order
+  (per item, `option_seed`), so the correct letter is not always A and a re-run shows the same
+  order; the target boxes feed the faithful-crop measure;
 - `jsonl`: one object per line, `image` (a path relative to the file), `question`, `answer`,
-  optional `options` (a dict or a list), `category`, `id`;
+  optional `options` (a dict or a list), `category`, `id`, `bbox`;
 - `published`: a split of a dataset this project published (read through
-  pipelines.core.published, the reader SFT and GRPO share): parquet shards with `question` or
-  `messages`, `images` (base64 strings, image structs or paths), `solution` or `answer`, `task`.
+  pipelines.core.published, the reader SFT and GRPO share).
 
 Every item's image is a real file, because the sandbox and the User Image Path need one: the file
 a row names when there is one, else its bytes decoded once into a cache folder beside the
@@ -16,9 +24,11 @@ file, the row and the reason; `load_items(..., on_error="skip")` records it and 
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +36,13 @@ from pathlib import Path
 from pipelines.core import published
 
 OPTION_LETTERS = "ABCDEFGH"
+VSTAR_CATEGORIES = ("direct_attributes", "relative_position")
+# the MCQ wording of the released Thyme evaluation (its VLMEvalKit prompt mixin, _build_mcq_prompt)
+MCQ_SUFFIX = "Please select the correct answer from the options above."
+MCQ_SUFFIX_CN = "请直接回答选项字母。"
+YES_NO_SUFFIX = " Please answer yes or no."
+VQA_SUFFIX = "\nPlease try to answer the question with short words or phrases if possible."
+STYLES = ("mcq", "vqa", "yes_no", "plain", "asis")
 
 
 class BenchmarkError(ValueError):
@@ -42,45 +59,77 @@ class EvalItem:
     answer: str
     options: dict[str, str] = field(default_factory=dict)
     category: str = "all"
-    show_options: bool = True         # False when the question text already lists the options
+    hint: str = ""
+    style: str = "plain"              # STYLES: how `prompt_text` words the question
+    meta: dict = field(default_factory=dict)   # the benchmark's other fields (boxes, cycles, ...)
+
+    @property
+    def boxes(self) -> list[list[float]]:
+        """The targets' boxes as [x, y, w, h] in pixels of `image` (V*; empty when unknown)."""
+        return self.meta.get("boxes") or []
 
     def prompt_text(self) -> str:
-        """The question as the model reads it: multiple-choice options listed after it."""
-        if not self.options or not self.show_options:
+        """The question as the model reads it, in the released Thyme evaluation's wording for
+        VLMEvalKit benchmarks (its prompt mixin): `mcq` Hint / Question / Options / "Please
+        select ..."; `yes_no` the question and " Please answer yes or no."; `vqa` the question
+        and a request for a short answer. `plain`: the question, then the options and a request
+        for the letter; `asis`: the text unchanged (a published row already lists its options)."""
+        if self.style == "asis" or (self.style == "plain" and not self.options):
             return self.question
+        if self.style == "yes_no":
+            return self.question + YES_NO_SUFFIX
+        if self.style == "vqa" or not self.options:
+            return self.question + VQA_SUFFIX
+        if self.style == "mcq":
+            text = (f"Hint: {self.hint}\n" if self.hint else "") + f"Question: {self.question}\n"
+            text += "Options:\n" + "".join(f"{k}. {v}\n" for k, v in self.options.items())
+            chinese = any("\u4e00" <= ch <= "\u9fff" for ch in text)
+            return (text + (MCQ_SUFFIX_CN if chinese else MCQ_SUFFIX)).rstrip()
         lines = [self.question, "Options:"] + [f"{k}. {v}" for k, v in self.options.items()]
         return "\n".join(lines) + "\nAnswer with the option's letter from the given choices."
 
 
 def detect_format(path: Path) -> str:
     path = Path(path)
+    if path.is_dir() and any((path / c).is_dir() for c in VSTAR_CATEGORIES):
+        return "vstar"
     if path.is_dir() or path.suffix == ".parquet":
         return "published"
     if path.suffix in (".tsv", ".csv"):
         return "tsv"
     if path.suffix in (".jsonl", ".json"):
         return "jsonl"
-    raise BenchmarkError(str(path), "-", "unknown benchmark format (expected .tsv, .jsonl, "
-                         "a .parquet file or a published dataset directory)")
+    raise BenchmarkError(str(path), "-", "unknown benchmark format (expected .tsv, .jsonl, V*'s "
+                         "vstar_bench folder, a .parquet file or a published dataset directory)")
 
 
 def load_items(path: str | os.PathLike, image_dir: str | os.PathLike, limit: int | None = None,
                split: str = "test", on_error: str = "raise",
-               errors: list[BenchmarkError] | None = None) -> list[EvalItem]:
-    """Items of a benchmark file; images decoded into `image_dir`. `on_error`: raise | skip."""
+               errors: list[BenchmarkError] | None = None, option_seed: int = 0,
+               yes_no: bool = False) -> list[EvalItem]:
+    """Items of a benchmark; images decoded into `image_dir`. `on_error`: raise | skip.
+    `yes_no`: open questions are yes/no questions (a Y/N benchmark: HallusionBench)."""
     path, image_dir = Path(path), Path(image_dir)
     if not path.exists():
         raise BenchmarkError(str(path), "-", "no such file or directory")
     image_dir.mkdir(parents=True, exist_ok=True)
-    rows = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "published": _published_rows}[detect_format(path)]
-    items = []
-    for item in rows(path, image_dir, split):
+    fmt = detect_format(path)
+    reader = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "published": _published_rows,
+              "vstar": _vstar_rows}[fmt]
+    items, seen = [], set()
+    rows = reader(path, image_dir, option_seed if fmt == "vstar" else split)
+    for item in rows:
+        if isinstance(item, EvalItem) and item.id in seen:
+            item = BenchmarkError(str(path), item.id, "duplicate id (results are kept per id)")
         if isinstance(item, BenchmarkError):
             if on_error == "raise":
                 raise item
             if errors is not None:
                 errors.append(item)
             continue
+        seen.add(item.id)
+        if yes_no and item.style == "vqa":
+            item.style = "yes_no"
         items.append(item)
         if limit is not None and len(items) >= limit:
             break
@@ -91,6 +140,14 @@ def _image_from(value, base: Path, image_dir: Path) -> str:
     """An image given as base64 text, bytes, an HF image struct, or a path (relative to `base`),
     as a file that opens (pipelines.core.published.image_file)."""
     return str(published.image_file(value, base, image_dir))
+
+
+def _given(value) -> bool:
+    return value not in (None, "", "nan", "NaN", "None")
+
+
+_TSV_CORE = {"index", "image", "image_path", "question", "answer", "category", "hint",
+             "multi-choice options", *OPTION_LETTERS}
 
 
 def _tsv_rows(path: Path, image_dir: Path, split: str):
@@ -106,20 +163,73 @@ def _tsv_rows(path: Path, image_dir: Path, split: str):
             try:
                 raw = row.get("image") or row.get("image_path") or ""
                 # VLMEvalKit stores a repeated image as the index of the row that holds it
-                if raw in images_by_index:
-                    image = images_by_index[raw]
-                else:
-                    image = _image_from(raw, path.parent, image_dir)
+                image = images_by_index[raw] if raw in images_by_index else \
+                    _image_from(raw, path.parent, image_dir)
                 images_by_index[index] = image
-                options = {k: row[k].strip() for k in OPTION_LETTERS
-                           if row.get(k) not in (None, "", "nan")}
-                question = row["question"].strip()
-                if row.get("hint") not in (None, "", "nan"):
-                    question = f"Hint: {row['hint'].strip()}\n{question}"
-                yield EvalItem(id=index, image=image, question=question, answer=row["answer"].strip(),
-                               options=options, category=row.get("category") or "all")
-            except (ValueError, OSError) as exc:
+                options = {k: row[k].strip() for k in OPTION_LETTERS if _given(row.get(k))}
+                if not options and _given(row.get("multi-choice options")):
+                    options = _option_list(row["multi-choice options"])
+                meta = {k: v for k, v in row.items() if k not in _TSV_CORE and _given(v)}
+                if "bbox" in meta:
+                    meta["boxes"] = _boxes(meta.pop("bbox"))
+                yield EvalItem(id=index, image=image, question=row["question"].strip(),
+                               answer=row["answer"].strip(), options=options,
+                               category=row.get("category") or "all",
+                               hint=row["hint"].strip() if _given(row.get("hint")) else "",
+                               style="mcq" if options else "vqa", meta=meta)
+            except (ValueError, OSError, SyntaxError) as exc:
                 yield BenchmarkError(str(path), index, str(exc))
+
+
+def _option_list(text: str) -> dict[str, str]:
+    """MME-RealWorld-Lite's `multi-choice options`: a Python list literal of "(A) text" lines (read
+    with ast.literal_eval, never eval)."""
+    from pipelines.core.answers import parse_options
+
+    lines = ast.literal_eval(text)
+    if not isinstance(lines, list | tuple):
+        raise ValueError(f"multi-choice options is not a list: {text[:60]!r}")
+    return parse_options(lines)
+
+
+def _boxes(value) -> list[list[float]]:
+    """[[x, y, w, h], ...] from a JSON text or a list (one box or several)."""
+    boxes = json.loads(value) if isinstance(value, str) else value
+    if boxes and not isinstance(boxes[0], list | tuple):
+        boxes = [boxes]
+    if not all(len(b) == 4 and all(isinstance(v, int | float) for v in b) for b in boxes):
+        raise ValueError(f"bbox must be [x, y, w, h] or a list of them, got {str(value)[:80]}")
+    return [[float(v) for v in b] for b in boxes]
+
+
+def _vstar_rows(path: Path, image_dir: Path, option_seed: int):
+    for category in VSTAR_CATEGORIES:
+        folder = path / category
+        for anno in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            rid = f"{category}/{anno.stem}"
+            try:
+                data = json.loads(anno.read_text(encoding="utf-8"))
+                images = [p for p in folder.glob(anno.stem + ".*") if p.suffix != ".json"]
+                if len(images) != 1:
+                    raise ValueError(f"expected one image named {anno.stem}.* beside the JSON, "
+                                     f"found {len(images)}")
+                options = [str(o) for o in data["options"]]
+                if len(options) < 2:
+                    raise ValueError("fewer than two options")
+                order = list(range(len(options)))
+                random.Random(f"{option_seed}:{rid}").shuffle(order)
+                letters = OPTION_LETTERS[:len(options)]
+                boxes = _boxes(data.get("bbox") or [])
+                targets = [str(t) for t in data.get("target_object") or []]
+                yield EvalItem(
+                    id=rid, image=_image_from(images[0].name, folder, image_dir),
+                    question=str(data["question"]), answer=letters[order.index(0)],
+                    options={letters[k]: options[i] for k, i in enumerate(order)},
+                    category=category, style="mcq",
+                    meta={"boxes": boxes, "targets": targets, "option_seed": option_seed})
+            except (ValueError, KeyError, OSError, TypeError) as exc:
+                reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+                yield BenchmarkError(str(anno), rid, reason)
 
 
 def _jsonl_rows(path: Path, image_dir: Path, split: str):
@@ -133,11 +243,12 @@ def _jsonl_rows(path: Path, image_dir: Path, split: str):
                 if isinstance(options, list):
                     options = dict(zip(OPTION_LETTERS, options, strict=False))
                 image = row.get("image") or row.get("image_path")
+                meta = {"boxes": _boxes(row["bbox"])} if row.get("bbox") else {}
                 yield EvalItem(id=str(row.get("id", n)),
                                image=_image_from(image, path.parent, image_dir) if image else None,
                                question=str(row["question"]), answer=str(row["answer"]),
                                options={str(k): str(v) for k, v in options.items()},
-                               category=str(row.get("category", "all")))
+                               category=str(row.get("category", "all")), meta=meta)
             except (ValueError, KeyError, OSError, TypeError) as exc:
                 reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
                 yield BenchmarkError(str(path), n, reason)
@@ -176,7 +287,7 @@ def _published_rows(path: Path, image_dir: Path, split: str):
             meta = row.get("meta")
             meta = json.loads(meta) if isinstance(meta, str) and meta else (meta or {})
             yield EvalItem(id=str(rid), image=image, question=question, answer=str(answer),
-                           options=parse_options(meta.get("options")), show_options=False,
+                           options=parse_options(meta.get("options")), style="asis",
                            category=row.get("task") or "all")
         except (ValueError, KeyError, StopIteration, OSError) as exc:
             yield BenchmarkError(file, rid, str(exc) or type(exc).__name__)

@@ -5,8 +5,10 @@ consistency rewards.
     python -m thyme_train.grpo --config thyme_train/configs/rl.yaml [--set key=value ...]
     accelerate launch --config_file ... -m thyme_train.grpo --config rl.yaml    # multi-GPU
 
-The prompts come from thyme_train.rl_data (a published RL dataset, a JSONL / parquet file, or
-`generated:N`); each row carries its image files, which the rollout hands to the sandbox.
+The prompts come from thyme_train.rl_data (a published RL dataset, a released Thyme-RL or
+DeepEyes parquet, a JSONL / parquet file of simple rows); each row carries all its image files,
+which the rollout hands to the sandbox. A sample of each logged step's rollouts is written to
+`rollouts.jsonl` (thyme_train.rollout_log).
 
 What TRL's hooks cover (TRL 1.16): `rollout_func` returns prompt/completion ids, log-probs and
 `env_mask` (0 = sandbox tokens: no loss), and extra fields that reach the reward functions
@@ -36,6 +38,7 @@ from pathlib import Path
 from thyme_train.collapse import (
     AnswerCollapseMonitor,
     CollapseConfig,
+    ToolUseMonitor,
     answer_token_entropy,
     untruncated,
 )
@@ -61,15 +64,29 @@ class GRPOATSConfig(RolloutConfig, RewardConfig, VLLMTrainingConfig, PromptSampl
 
     model: str = doc("policy checkpoint (the SFT stage-2 output) or a tiny model directory",
                      default="")
-    data: str = doc("RL prompts: a published RL dataset directory (pipelines.datasets.publish), a JSONL "
-                    "or parquet file (see thyme_train.rl_data), or `generated:N` for N prompts "
-                    "of the generated pool (CPU demo)", default="")
-    data_split: str = doc("split of a published dataset to train on", default="train")
+    data: str = doc("RL prompts: a published RL dataset directory (pipelines.datasets.publish), a "
+                    "released Thyme-RL or DeepEyes parquet (or a folder of its shards), or a "
+                    "JSONL / parquet file of simple rows (see thyme_train.rl_data)", default="")
+    data_split: str = doc("split of a dataset directory to train on", default="train")
+    prompt_set: str | None = doc(
+        "null: each row keeps its own system and user messages (published and Thyme-RL rows: "
+        "the prompts the data was made with); rows without Thyme messages (DeepEyes, simple) "
+        "get the default set. A set name (thyme, thyme-release), a prompt-set YAML path or "
+        "from:<dataset file>: every prompt re-rendered with that set (pipelines.core.prompts)",
+        default=None)
+    skip_bad_rows: bool = doc("quarantine rows that cannot become prompts (a missing or "
+                              "unreadable image, no ground truth, ...) to rl_data/quarantine.jsonl "
+                              "and count them, instead of stopping with the row's error",
+                              default=False)
+    data_cache_dir: str | None = doc("where images the data carries as bytes are written once, "
+                                     "by content hash, and the prepared prompts kept for later "
+                                     "runs (null: output_dir/rl_data/cache)", default=None)
+    rollout_samples: int = doc("rollouts of each logged step written to rollouts.jsonl (prompt, "
+                               "images, completion, code and sandbox outputs, rewards, end "
+                               "reason); 0: none", default=4)
     output_dir: str = doc("checkpoints, the final model, metrics.json (written last: a finished "
                           "run), metrics.jsonl (every log record) and the curve PNGs",
                           default="data/checkpoints/grpo_ats")
-    system_prompt: str | None = doc("system prompt; null = pipelines.core.prompts.DEFAULT_SYSTEM_PROMPT",
-                                    default=None)
     num_generations: int = doc("rollouts per prompt, G (paper: 4)", default=4)
     per_device_train_batch_size: int = doc("completions per device per step (a multiple of G "
                                            "over the devices)", default=8)
@@ -107,6 +124,11 @@ class GRPOATSConfig(RolloutConfig, RewardConfig, VLLMTrainingConfig, PromptSampl
                       "thyme_train.rollout_engines) or hf (transformers generate)", default="vllm")
     engine_batch_size: int = doc("requests per generate() call of the hf engine", default=8)
     sandbox_workers: int | None = doc("sandbox worker processes (null = one per core)", default=None)
+    sandbox_url: str | None = doc("a sandbox service (`python -m sandbox serve`) to run the "
+                                  "rollouts' code on, e.g. http://host:8080; null: a sandbox in "
+                                  "this process", default=None)
+    sandbox_token_file: str | None = doc("the service's token file (null: $THYME_SANDBOX_TOKEN)",
+                                         default=None)
     tool_collapse_fraction: float = doc("warn when the tool-call rate falls below this share of "
                                         "its early value", default=0.5)
     tool_collapse_early_steps: int = doc("steps that set the early tool-call rate", default=5)
@@ -133,6 +155,9 @@ class GRPOATSConfig(RolloutConfig, RewardConfig, VLLMTrainingConfig, PromptSampl
     def __post_init__(self):
         RolloutConfig.__post_init__(self)
         RewardConfig.__post_init__(self)
+        if self.prompt_set:
+            from pipelines.core.prompts import load_prompt_set
+            load_prompt_set(self.prompt_set)      # a bad name or file fails here, not mid-run
         VLLMTrainingConfig.__post_init__(self)
         PromptSamplingConfig.__post_init__(self)
         CollapseConfig.__post_init__(self)
@@ -161,25 +186,6 @@ class GRPOATSConfig(RolloutConfig, RewardConfig, VLLMTrainingConfig, PromptSampl
 # Rollouts as TRL's rollout_func, with their statistics
 # ---------------------------------------------------------------------------------------------
 
-class ToolUseMonitor:
-    """Warns when the tool-call rate collapses below `fraction` of its early value (a known
-    failure of tool RL: the policy learns to answer without looking)."""
-
-    def __init__(self, fraction: float = 0.5, early_steps: int = 5):
-        self.fraction, self.early_steps = fraction, early_steps
-        self.rates: list[float] = []
-
-    def record(self, rate: float) -> str | None:
-        self.rates.append(rate)
-        if len(self.rates) <= self.early_steps:
-            return None
-        early = sum(self.rates[:self.early_steps]) / self.early_steps
-        if early > 0 and rate < self.fraction * early:
-            return (f"tool-call rate collapsed: {rate:.2f} < {self.fraction:g} x its early value "
-                    f"{early:.2f}")
-        return None
-
-
 def rollout_statistics(rollouts) -> dict[str, float]:
     """Batch statistics of a list of `Rollout`s (the `thyme/...` metrics)."""
     n = max(len(rollouts), 1)
@@ -198,17 +204,30 @@ def rollout_statistics(rollouts) -> dict[str, float]:
     return stats
 
 
+def isolation_metrics(sandbox) -> dict[str, float]:
+    """`thyme/sandbox/<mechanism>`: 1 when it confined this batch's code, 0 when it was missing
+    (the sandbox ran under a weaker isolation policy)."""
+    from sandbox.policy import MECHANISMS
+
+    report = getattr(sandbox, "isolation_report", None)
+    if report is None:  # a stand-in sandbox (tests) reports nothing
+        return {}
+    return {f"thyme/sandbox/{m}": float(m in report["active"]) for m in MECHANISMS}
+
+
 class ThymeRolloutFunc:
     """TRL's `rollout_func(prompts, trainer)`: one Thyme rollout per prompt entry (TRL already
     repeats each prompt G times), with the sandbox in the loop, on the configured engine
     (thyme_train.rollout_engines: synced to the policy before each batch). Each prompt's image
     parts carry the row's image files (TRL fills them from the `images` column)."""
 
-    def __init__(self, config: GRPOATSConfig, processor, sandbox, force=None, model_path: str = ""):
+    def __init__(self, config: GRPOATSConfig, processor, sandbox, force=None, rollout_log=None,
+                 model_path: str = ""):
         from thyme_train.engine import ChatCodec
 
         self.config, self.processor, self.sandbox = config, processor, sandbox
         self.force = force                # a scripted policy (tests, demos): see RolloutRunner.run
+        self.rollout_log = rollout_log    # thyme_train.rollout_log.RolloutLog, on the main process
         self.model_path = model_path      # what a colocated vLLM engine loads
         self.codec = ChatCodec(processor)
         self.monitor = ToolUseMonitor(config.tool_collapse_fraction, config.tool_collapse_early_steps)
@@ -238,6 +257,8 @@ class ThymeRolloutFunc:
 
         cfg = self.config
         encoded = [self.codec.prompt(messages) for messages in prompts]
+        step = trainer.state.global_step + 1
+        samples = self.rollout_log if trainer.accelerator.is_main_process else None
         if self.rollouts is None:
             self.rollouts = build_rollouts(cfg, self.processor, trainer, self.model_path)
         started = time.perf_counter()
@@ -249,13 +270,16 @@ class ThymeRolloutFunc:
                 rollout_cfg.seed = cfg.seed * 1000 + trainer.accelerator.process_index
                 self.runner = RolloutRunner(engine, self.codec, self.sandbox, rollout_cfg)
             self.runner.engine = engine
-            rollouts = self.runner.run(encoded, force=self.force)
+            rollouts = self.runner.run(encoded, force=self.force,
+                                       on_event=samples.watch(step) if samples else None)
         self.rollout_seconds += time.perf_counter() - started
         if all(r.end_reason == "engine_error" for r in rollouts):
             raise RuntimeError(f"the rollout engine failed every sample of the batch: {rollouts[0].error}")
         for r in rollouts:
             if not r.completion_ids:     # broke before its first token (unscorable, see rewards):
                 r.append_environment([self.codec.tokenizer.eos_token_id])   # TRL needs one token
+        if samples is not None:
+            samples.collect(step, prompts, rollouts, self.codec)
         return rollouts, encoded
 
     def package(self, rollouts: list, encoded: list) -> dict:
@@ -278,6 +302,7 @@ class ThymeRolloutFunc:
         stats["thyme/untruncated_sampling"] = float(self.untruncated)
         warning = self.monitor.record(stats["thyme/tool_call_rate"])
         stats["thyme/tool_collapse"] = float(warning is not None)
+        stats.update(isolation_metrics(self.sandbox))
         if warning:
             log.warning(warning)
         self.statistics = stats
@@ -468,12 +493,13 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from pipelines.core.atomic import write_json
-    from sandbox import Sandbox
+    from sandbox.client import open_sandbox
     from thyme_train.config import resume_checkpoint
     from thyme_train.dynamic_sampling import DynamicSampling
     from thyme_train.freezing import freeze
     from thyme_train.rewards import Judge, ThymeRewards
-    from thyme_train.rl_data import load_rl_rows, resolve_data, rl_dataset
+    from thyme_train.rl_data import data_report, load_rl_rows, rl_dataset
+    from thyme_train.rollout_log import RolloutLog
     from thyme_train.sampling import PromptSampling
     from thyme_train.tiny import resolve_model
     from thyme_train.trl_adapter import grpo_trainer_class
@@ -486,15 +512,6 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     processor = AutoProcessor.from_pretrained(model_path)
     if cfg.max_pixels is not None:
         processor.image_processor.size["longest_edge"] = cfg.max_pixels
-    model = AutoModelForImageTextToText.from_pretrained(model_path)
-    if cfg.freeze_vision_tower or cfg.freeze_merger:
-        log.info("parameters: %s", freeze(model, cfg.freeze_vision_tower, cfg.freeze_merger))
-    data = resolve_data(cfg.data, out / "rl_data", cfg.seed)
-    dataset = rl_dataset(load_rl_rows(data, cfg.system_prompt, cfg.data_split,
-                                      cache_dir=out / "rl_data" / "images"))
-    if "prompt_index" not in dataset.column_names:      # names the prompt to prompt sampling
-        dataset = dataset.add_column("prompt_index", list(range(len(dataset))))
-    sampling = PromptSampling.from_config(dataset, cfg, cfg.seed) if cfg.samples_prompts else None
 
     judge = None
     if cfg.judge_base_url:
@@ -504,10 +521,24 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     gather = ProcessGather()
     rewards = ThymeRewards(cfg.rewards(), judge, group_size=cfg.num_generations, gather=gather)
     args = trl_args(cfg, rewards)
+    quarantine = [] if cfg.skip_bad_rows else None
+    with args.main_process_first(desc="RL prompts"):     # the others read its prepared rows
+        rows = load_rl_rows(cfg.data, cfg.data_split, cfg.prompt_set, quarantine=quarantine,
+                            cache_dir=cfg.data_cache_dir or out / "rl_data" / "cache")
+    data_counts = data_report(rows, quarantine, out / "rl_data")
+    dataset = rl_dataset(rows)
+    if "prompt_index" not in dataset.column_names:      # names the prompt to prompt sampling
+        dataset = dataset.add_column("prompt_index", list(range(len(dataset))))
+    sampling = PromptSampling.from_config(dataset, cfg, cfg.seed) if cfg.samples_prompts else None
+    model = AutoModelForImageTextToText.from_pretrained(model_path)
+    if cfg.freeze_vision_tower or cfg.freeze_merger:
+        log.info("parameters: %s", freeze(model, cfg.freeze_vision_tower, cfg.freeze_merger))
     Trainer = grpo_trainer_class()
-    with Sandbox(workers=cfg.sandbox_workers, timeout=cfg.sandbox_timeout) as sandbox:
+    with open_sandbox(cfg.sandbox_url, cfg.sandbox_token_file, timeout=cfg.sandbox_timeout,
+                      workers=cfg.sandbox_workers, isolation=cfg.sandbox_isolation) as sandbox:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        rollout_func = ThymeRolloutFunc(cfg, processor, sandbox, force, model_path=model_path)
+        rollout_log = RolloutLog(out, cfg.rollout_samples, cfg.logging_steps, rewards.weights(), cfg.seed)
+        rollout_func = ThymeRolloutFunc(cfg, processor, sandbox, force, rollout_log, model_path)
         dynamic = (DynamicSampling(dataset, rollout_func, cfg.num_generations,
                                    cfg.dynamic_sampling_max_rounds, cfg.seed, cfg.numeric_tolerance,
                                    judged=judge is not None and cfg.judge_accuracy)
@@ -515,8 +546,9 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
         first, *others = rewards.reward_funcs()
         own_callbacks = [_metrics_callback(str(out))] + ([_sampling_callback(sampling)] if sampling else [])
         trainer = Trainer(model=model, processing_class=processor, args=args,
-                          reward_funcs=[LoggingRolloutStatistics(first, rollout_func, sampling, gather,
-                                                                 dynamic), *others],
+                          reward_funcs=rollout_log.wrap([
+                              LoggingRolloutStatistics(first, rollout_func, sampling, gather, dynamic),
+                              *others]),
                           train_dataset=dataset, rollout_func=rollout_func, prompt_sampling=sampling,
                           dynamic_sampling=dynamic,
                           callbacks=[*own_callbacks, *(callbacks or [])])
@@ -526,12 +558,16 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
             log.info("resuming from %s", resume)
             if sampling is not None and (Path(resume) / SAMPLING_STATE).is_file():
                 sampling.load_state_dict(json.loads((Path(resume) / SAMPLING_STATE).read_text()))
+        if trainer.is_world_process_zero():
+            rollout_log.restart(resume)
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(out))
         if trainer.is_world_process_zero():
             processor.save_pretrained(str(out))
             summary = run_summary(trainer.state.log_history, trainer.state.global_step)
             summary["resumed_from"] = os.path.relpath(resume, out) if resume else None
+            summary["data"] = data_counts
+            summary["sandbox_isolation"] = sandbox.isolation_report
             write_json(out / "metrics.json", summary, indent=1)
     return trainer
 
@@ -571,6 +607,8 @@ def materialization_metadata(out: Path, summary: dict) -> dict:
     embedded by the launching asset: a long Pipes line can be read half-written)."""
     meta = {"checkpoint": {"raw_value": os.path.relpath(out), "type": "path"},
             "summary": {"raw_value": summary, "type": "json"}}
+    if summary.get("sandbox_isolation"):
+        meta["sandbox_isolation"] = {"raw_value": summary["sandbox_isolation"], "type": "json"}
     for key in ("steps", "tool_collapse_warnings", "answer_collapse_warnings"):
         meta[key] = {"raw_value": summary.get(key, 0), "type": "int"}
     since = summary.get("answer_collapse_since")

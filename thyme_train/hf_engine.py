@@ -8,8 +8,8 @@ For CPU tests, the demo, inference and small GPUs; thyme_train.vllm_engine is th
 `ATSLogitsProcessor` samples each row itself (the ATS rule, a per-row seeded generator) and hands
 `generate` a one-hot row, so greedy decoding emits exactly that token; `ATSStoppingCriteria`
 records each token and stops a row where `ats.stop_reason` says. Requests are batched
-(left-padded); a batch that fails is retried one request at a time, so one bad request fails
-alone.
+(left-padded, grouped by context length); a batch that fails is retried one request at a time,
+so one bad request fails alone.
 """
 
 from __future__ import annotations
@@ -41,18 +41,22 @@ class HFEngine:
         self.last_inputs: dict[str, tuple] = {}       # shapes of the last batch's model inputs
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult | BaseException]:
-        out: list[GenerationResult | BaseException] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start:start + self.batch_size]
+        """Results in request order; batches are formed from requests of similar context length
+        (sorted), so a batch pads little."""
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].input_ids))
+        out: list[GenerationResult | BaseException | None] = [None] * len(requests)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
             try:
-                out += self._batch(chunk)
+                for i, result in zip(chunk, self._batch([requests[i] for i in chunk]), strict=True):
+                    out[i] = result
             except Exception:  # noqa: BLE001  find the request that fails; the others go on
-                for req in chunk:
+                for i in chunk:
                     try:
-                        out += self._batch([req])
+                        (out[i],) = self._batch([requests[i]])
                     except Exception as exc:  # noqa: BLE001
-                        out.append(exc)
-        return out
+                        out[i] = exc
+        return out  # type: ignore[return-value]
 
     def _batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         ip = self.processor.image_processor

@@ -5,9 +5,18 @@ the code and at `</answer>`, failed code rounds rolled back and generated again,
 answer when the loop ends without one.
 
     python -m thyme_train.infer --model DIR_OR_NAME --image PATH --question TEXT [--engine hf|vllm]
+        [--prompt-set thyme|thyme-release|FILE.yaml] [--server http://host:8000/v1]
 
 prints the transcript as it happens and saves it (`transcript.json`, processed images beside it)
-under `--out`. The `Thyme` class is the Python API the CLI and the evaluator share.
+under `--out`. The `Thyme` class is the Python API the CLI and the evaluator share: `ask` for one
+question, `ask_many` for many questions (and several samples of each) in flight at once — one
+rollout loop over all of them, so the engine batches their generation calls and the sandbox pool
+runs their code side by side.
+
+Prompts come from a prompt set (pipelines.core.prompts): `thyme` (ours, the default) or
+`thyme-release` (the released checkpoints' prompts verbatim: evaluate a released checkpoint with
+it). The direct answer (tools off, or the fallback) uses the set's direct prompt: for
+`thyme-release` the released evaluation's simple prompt verbatim, else ours (DIRECT_PROMPTS).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipelines.core.atomic import write_bytes, write_json
+from sandbox.protocol import IMAGE_TOKEN
 from thyme_train.config import doc
 from thyme_train.rollout import RolloutConfig
 
@@ -29,6 +39,13 @@ DIRECT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer the question about the image directly, without writing "
     "code. Put your brief reasoning in <think></think> and the final answer in <answer></answer>."
 )
+# The released evaluation's fallback (eval/VLMEvalKit/vlmeval/vlm/thyme/utils.py in
+# yfzhang114/Thyme, SIMPLE_SYS_PROMPT and generate_prompt_simple_qa), verbatim: system, user.
+RELEASE_DIRECT = ("You are a helpful assistant.",
+                  "\nYou are an advanced AI assistant specializing in visual question answering "
+                  "(VQA). You don't need to perform any image manipulation or reasoning. Give the "
+                  "answer to the following question directly.\n**User's Question:** \"{question}\"\n")
+DIRECT_PROMPTS = {"thyme-release": RELEASE_DIRECT}   # prompt set -> (system, user template)
 _VISION_RUN = re.compile(r"<\|vision_start\|>(?:<\|image_pad\|>)*<\|vision_end\|>")
 
 
@@ -50,10 +67,22 @@ class InferConfig:
     (RolloutConfig) with the original evaluation's defaults."""
 
     model: str = doc("a local checkpoint directory or a hub model id", default="")
-    engine: str = doc("`hf` (transformers generate; CPU or GPU) or `vllm` (needs vLLM)", default="hf")
-    system_prompt: str | None = doc("system prompt; None: the training default "
-                                    "(pipelines.core.prompts.DEFAULT_SYSTEM_PROMPT)", default=None)
+    engine: str = doc("`hf` (transformers generate; CPU or GPU) or `vllm` (needs vLLM, or a "
+                      "server: `server`)", default="hf")
+    prompt_set: str = doc("prompt set: a name (thyme, thyme-release), a YAML path or "
+                          "from:<dataset> (pipelines.core.prompts)", default="thyme")
+    system_prompt: str | None = doc("system prompt; None: the prompt set's", default=None)
+    batch_size: int = doc("hf engine: generation rows per `generate` call", default=8)
+    server: str | None = doc("vllm engine: an OpenAI-compatible vLLM server's URL "
+                             "(http://host:port/v1, started as thyme_train.vllm_engine says) "
+                             "instead of an engine in this process", default=None)
+    server_model: str | None = doc("the model name the server serves (None: its only one)",
+                                   default=None)
     fallback_direct: bool = doc("answer directly when the loop ends without an answer", default=True)
+    sandbox_url: str | None = doc("a sandbox service (`python -m sandbox serve`) to run the code "
+                                  "on; None: a sandbox in this process", default=None)
+    sandbox_token_file: str | None = doc("the service's token file (None: "
+                                         "$THYME_SANDBOX_TOKEN)", default=None)
     max_pixels: int | None = doc("pixel budget per image; None: the processor's (training's)",
                                  default=None)
     rollout: RolloutConfig = doc("the rollout loop: generation calls, token budgets, sampling, "
@@ -63,6 +92,10 @@ class InferConfig:
     def __post_init__(self):
         if self.engine not in ("hf", "vllm"):
             raise ValueError(f"engine must be 'hf' or 'vllm', not {self.engine!r}")
+        if self.server and self.engine != "vllm":
+            raise ValueError("a server is a vLLM server: use engine 'vllm' with it")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
 
 
 @dataclass
@@ -79,40 +112,58 @@ class Transcript:
     fell_back: bool = False
     error: str = ""
     images: list[str] = field(default_factory=list)   # processed images, saved copies
+    calls: list[dict] = field(default_factory=list)   # per code run: code, ok, images, error
+    sample: int = 0                                   # which sample of its question
 
 
 class Thyme:
-    """A loaded checkpoint with its engine and a sandbox: `ask(image, question)`."""
+    """A loaded checkpoint with its engine and a sandbox: `ask(image, question)`,
+    `ask_many([(image, question), ...], samples=k)`."""
 
     def __init__(self, config: InferConfig, sandbox=None):
-        from sandbox import Sandbox
+        from pipelines.core.prompts import PromptSetError, load_prompt_set
+        from sandbox.client import open_sandbox
         from thyme_train.engine import ChatCodec
         from thyme_train.rollout import RolloutRunner
 
         self.config = config
         rollout = config.rollout
+        try:
+            self.prompts = load_prompt_set(config.prompt_set)
+        except PromptSetError as exc:
+            raise InferenceError(str(exc)) from None
         self.model, self.processor = load_checkpoint(config.model, config.max_pixels,
                                                      weights=config.engine == "hf")
         self.codec = ChatCodec(self.processor)
         self.engine = self._engine(rollout)
         self._own_sandbox = sandbox is None
-        self.sandbox = Sandbox(timeout=rollout.sandbox_timeout) if sandbox is None else sandbox
+        self.sandbox = (open_sandbox(config.sandbox_url, config.sandbox_token_file,
+                                     timeout=rollout.sandbox_timeout, isolation=rollout.sandbox_isolation)
+                        if sandbox is None else sandbox)
         self.runner = RolloutRunner(self.engine, self.codec, self.sandbox, rollout)
         self.direct = RolloutRunner(self.engine, self.codec, self.sandbox,
                                     dataclasses.replace(rollout, max_turns=1))
 
     def _engine(self, rollout):
-        if self.config.engine == "vllm":
+        cfg = self.config
+        if cfg.engine == "vllm" and cfg.server:
+            from thyme_train.vllm_engine import VLLMServerEngine
+            return VLLMServerEngine(cfg.server, self.processor, rollout.sampling(),
+                                    model=cfg.server_model, limit_mm_per_prompt=rollout.max_images,
+                                    max_model_len=rollout.max_total_tokens)
+        if cfg.engine == "vllm":
             from pipelines.core.vllm_config import VLLMConfig
             from thyme_train.vllm_engine import VLLMEngine
+            kwargs = {"mm_processor_kwargs": {"max_pixels": cfg.max_pixels}} if cfg.max_pixels else {}
             try:
-                return VLLMEngine(VLLMConfig(model=self.config.model, max_images=rollout.max_turns + 1,
-                                             max_model_len=rollout.max_total_tokens),
+                return VLLMEngine(VLLMConfig(model=cfg.model, max_images=rollout.max_turns + 1,
+                                             max_model_len=rollout.max_total_tokens,
+                                             engine_kwargs=kwargs),
                                   self.processor, rollout.sampling())
             except ImportError as exc:
                 raise InferenceError(f"the vllm engine needs vLLM installed ({exc})") from None
         from thyme_train.hf_engine import HFEngine
-        return HFEngine(self.model, self.processor, rollout.sampling(), batch_size=1)
+        return HFEngine(self.model, self.processor, rollout.sampling(), batch_size=cfg.batch_size)
 
     def close(self) -> None:
         if self._own_sandbox:
@@ -130,37 +181,73 @@ class Thyme:
         """One question, one rollout. `tools=False` answers directly (the ablation).
         `on_text(kind, text)` follows it live: kind is model | sandbox | rollback | end.
         `force`: a scripted policy (`RolloutRunner.run`'s), for tests and demos."""
+        (transcripts,) = self.ask_many([(image, question)], tools=tools, force=force,
+                                       on_text=on_text)
+        transcript = transcripts[0]
+        if save_dir is not None:
+            transcript.images = _save_images([p for c in transcript.calls for p in c["images"]],
+                                             save_dir)
+        return transcript
+
+    def ask_many(self, questions: list[tuple[str | None, str]], tools: bool = True,
+                 samples: int = 1, force=None, on_text=None,
+                 keys: list[int] | None = None) -> list[list[Transcript]]:
+        """`samples` transcripts per (image, question), all rollouts in one loop (the engine
+        batches their generation calls, the sandbox runs their code concurrently). A rollout
+        that ends without an answer falls back to a direct answer (config.fallback_direct); the
+        fallbacks run as one batch too. `keys` (one int per question) seed each question's
+        samples independently of the batch (RolloutRunner.run)."""
         from pipelines.core.answers import extract
-        from pipelines.core.prompts import render_user
+
+        prompts = [self._prompt(image, question, tools) for image, question in questions]
+        runner = self.runner if tools else self.direct
+        calls: dict[int, list[dict]] = {}
+        rollouts = runner.run([p for p, _ in prompts], num_generations=samples, force=force,
+                              on_event=self._events(on_text, calls), keys=keys)
+        out: list[list[Transcript]] = [[] for _ in questions]
+        for rollout in rollouts:
+            image, question = prompts[rollout.prompt_index][1]
+            text = self._text(rollout.completion_ids)
+            out[rollout.prompt_index].append(Transcript(
+                question=question, image=image, response=text, answer=extract(text).text,
+                end_reason=rollout.end_reason, code_calls=rollout.code_calls,
+                code_errors=rollout.code_errors, rollbacks=rollout.rollbacks, turns=rollout.turns,
+                error=rollout.error, calls=calls.get(id(rollout), []),
+                sample=rollout.sample_index))
+        missing = [t for ts in out for t in ts if t.end_reason != "answer"]
+        if tools and self.config.fallback_direct and missing:
+            if on_text:
+                on_text("end", f"[no answer ({missing[0].end_reason}); answering directly]")
+            direct = self.ask_many([(t.image, t.question) for t in missing], tools=False,
+                                   on_text=on_text, keys=None if keys is None else
+                                   [keys[i] * 1_009 + t.sample for i, ts in enumerate(out)
+                                    for t in ts if t.end_reason != "answer"])
+            for t, (d,) in zip(missing, direct, strict=True):
+                t.answer, t.fell_back = d.answer, True
+                t.response += "\n" + d.response
+        return out
+
+    def _prompt(self, image: str | None, question: str, tools: bool):
+        """(RolloutPrompt, (image, question)): the prompt set's messages for one question."""
         from thyme_train.chat import thyme_messages
 
         size = None
         if image is not None:
             size = _image_size(image)
             image = str(Path(image).resolve())
-        user = render_user(question, image, size) if image else render_user(question)
-        system = DIRECT_SYSTEM_PROMPT if not tools else self.config.system_prompt
-        if system is None:
-            from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
-            system = DEFAULT_SYSTEM_PROMPT
+        if tools:
+            system = self.config.system_prompt or self.prompts.system
+            user = self.prompts.render_user(question, image, size) if image else \
+                self.prompts.render_user(question)
+        else:
+            system, template = DIRECT_PROMPTS.get(self.prompts.name, (DIRECT_SYSTEM_PROMPT, None))
+            if template is not None:
+                user = (IMAGE_TOKEN if image else "") + template.replace("{question}", question)
+            else:
+                user = self.prompts.render_user(question, image, size) if image else \
+                    self.prompts.render_user(question)
         prompt = self.codec.prompt(thyme_messages(user, None, system), images=[image] if image else [])
-        runner = self.runner if tools else self.direct
-        (rollout,) = runner.run([prompt], force=force, on_event=self._events(on_text))
-        text = self._text(rollout.completion_ids)
-        transcript = Transcript(
-            question=question, image=image, response=text, answer=extract(text).text,
-            end_reason=rollout.end_reason, code_calls=rollout.code_calls,
-            code_errors=rollout.code_errors, rollbacks=rollout.rollbacks, turns=rollout.turns,
-            error=rollout.error)
-        if save_dir is not None:
-            transcript.images = _save_images(rollout.sandbox_image_paths, save_dir)
-        if rollout.end_reason != "answer" and tools and self.config.fallback_direct:
-            if on_text:
-                on_text("end", f"[no answer ({rollout.end_reason}); answering directly]")
-            direct = self.ask(image, question, tools=False, on_text=on_text)
-            transcript.answer, transcript.fell_back = direct.answer, True
-            transcript.response += "\n" + direct.response
-        return transcript
+        return prompt, (image, question)
 
     def _text(self, ids) -> str:
         ids = list(ids)
@@ -168,11 +255,16 @@ class Thyme:
             ids = ids[:-1]
         return _VISION_RUN.sub("<image>", self.codec.decode(ids))
 
-    def _events(self, on_text):
-        if on_text is None:
-            return None
-
+    def _events(self, on_text, calls: dict[int, list[dict]]):
+        """Collects each rollout's code runs into `calls` (by rollout id) and, with `on_text`,
+        follows the rollouts live."""
         def event(rollout, kind, payload):
+            if kind == "sandbox":
+                calls.setdefault(id(rollout), []).append({
+                    "code": payload.code, "ok": payload.ok, "images": list(payload.images),
+                    "error": payload.error.kind if payload.error else None})
+            if on_text is None:
+                return
             if kind == "generation":
                 on_text("model", self._text(payload.token_ids))
             elif kind == "sandbox":
@@ -186,8 +278,8 @@ class Thyme:
 
 
 def load_checkpoint(model: str, max_pixels: int | None = None, weights: bool = True):
-    """Model (None unless `weights`: vLLM loads its own) and processor from a local directory or
-    a hub id, with a clear error otherwise."""
+    """Model (None unless `weights`: vLLM loads its own; on the GPU when there is one) and
+    processor from a local directory or a hub id, with a clear error otherwise."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     local = Path(model)
@@ -195,7 +287,13 @@ def load_checkpoint(model: str, max_pixels: int | None = None, weights: bool = T
         raise InferenceError(f"model {model}: not a checkpoint directory (no config.json)")
     try:
         processor = AutoProcessor.from_pretrained(model)
-        net = AutoModelForImageTextToText.from_pretrained(model).eval() if weights else None
+        net = None
+        if weights:     # the checkpoint's dtype, on the GPU when there is one
+            import torch
+
+            net = AutoModelForImageTextToText.from_pretrained(model, dtype="auto").eval()
+            if torch.cuda.is_available():
+                net = net.to("cuda")
     except (OSError, ValueError) as exc:
         raise InferenceError(f"model {model}: cannot be loaded ({str(exc).splitlines()[0]})") from None
     if max_pixels is not None:
@@ -228,40 +326,69 @@ def _save_images(paths: list[str], out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sandbox import SandboxUnavailable
+    from sandbox.policy import summary
+
     parser = argparse.ArgumentParser(prog="python -m thyme_train.infer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--image", help="the image file (omit for a text-only question)")
     parser.add_argument("--question", required=True)
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--server", default=None,
+                        help="with --engine vllm: a vLLM server's URL instead of an in-process engine")
+    parser.add_argument("--prompt-set", default="thyme",
+                        help="thyme (ours), thyme-release (the released checkpoints' prompts, "
+                             "verbatim), a YAML file or from:<dataset>")
     parser.add_argument("--out", default="thyme-transcript", help="folder for the transcript")
     parser.add_argument("--no-tools", action="store_true", help="answer directly (no code)")
     parser.add_argument("--on-code-error", choices=("rollback", "show"), default="rollback")
     parser.add_argument("--max-turns", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=2048)
     parser.add_argument("--max-pixels", type=int, default=None)
+    parser.add_argument("--sandbox-url", default=None, help="a sandbox service (python -m "
+                        "sandbox serve) instead of a sandbox in this process")
+    parser.add_argument("--sandbox-token-file", default=None,
+                        help="the service's token file (default: $THYME_SANDBOX_TOKEN)")
+    parser.add_argument("--sandbox-isolation", default=None, metavar="POLICY",
+                        help="sandbox isolation policy: strict (default) or the minimum to run "
+                             "with, e.g. landlock+seccomp+rlimits (docs/sandbox.md); default: "
+                             "$THYME_SANDBOX_ISOLATION, else strict")
     args = parser.parse_args(argv)
 
     def show(kind: str, text: str) -> None:
         prefix = {"sandbox": "\n[sandbox] ", "model": ""}.get(kind, "\n")
         print(prefix + text, end="" if kind == "model" else "\n", flush=True)
 
-    config = InferConfig(model=args.model, engine=args.engine, max_pixels=args.max_pixels,
-                         rollout=evaluation_rollout(on_code_error=args.on_code_error,
-                                                   max_turns=args.max_turns,
-                                                   max_new_tokens=args.max_new_tokens))
+    try:
+        config = InferConfig(model=args.model, engine=args.engine, max_pixels=args.max_pixels,
+                             prompt_set=args.prompt_set, server=args.server,
+                             sandbox_url=args.sandbox_url,
+                             sandbox_token_file=args.sandbox_token_file,
+                             rollout=evaluation_rollout(on_code_error=args.on_code_error,
+                                                       max_turns=args.max_turns,
+                                                       max_new_tokens=args.max_new_tokens,
+                                                       sandbox_isolation=args.sandbox_isolation))
+    except ValueError as exc:                  # e.g. a server without the vllm engine
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from sandbox.client import SandboxServiceError
+
     out = Path(args.out)
     try:
         if args.image:
             _image_size(args.image)            # fail on a bad image before loading a model
         with Thyme(config) as thyme:
+            isolation = thyme.sandbox.isolation_report
+            print(summary(isolation), file=sys.stderr)
             transcript = thyme.ask(args.image, args.question, tools=not args.no_tools,
                                    on_text=show, save_dir=out)
-    except InferenceError as exc:
+    except (InferenceError, SandboxServiceError, SandboxUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     record = asdict(transcript)
+    record["sandbox_isolation"] = isolation
     record["image"] = os.path.relpath(transcript.image, out) if transcript.image else None
     write_json(out / "transcript.json", record, indent=1)
     print(f"\nanswer: {transcript.answer!r} ({transcript.end_reason}; {transcript.code_calls} code "

@@ -13,9 +13,12 @@ model's own `get_rope_index`, computed per row on the padded batch, then every r
 concatenated; the first token of each row gets no label (it would be predicted from the row
 before). Images are unchanged (their patches were already in row order).
 
-Same loss and gradients as the padded batch (tests/test_sft.py checks both); the gain is the
-padding not computed — larger with more rows per device and uneven lengths
-(benchmarks/sft_packing_bench.py; docs/benchmarks.md).
+Same loss and gradients as the padded batch (tests/test_sft.py checks both). The gain is the
+padding not computed, which only flash-attention 2 can realise (not measured yet): with sdpa or eager the packed sequence
+gets one dense block-diagonal mask, so attention covers every pair of the whole packed sequence
+and the run is slower than padded batches (0.72x tokens/s on CPU with 35% padding:
+benchmarks/sft_packing_bench.py, docs/benchmarks.md). TRL's logged `num_tokens` would count
+`position_ids.size(1)`, 1 per packed batch: thyme_train.trl_adapter counts the tokens.
 """
 
 from __future__ import annotations

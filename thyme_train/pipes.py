@@ -21,6 +21,8 @@ def open_pipes():
     the Pipes environment, STACK.md); None otherwise."""
     if int(os.environ.get("RANK", "0")) != 0:
         return None
+    if not any(k.startswith("DAGSTER_PIPES_") for k in os.environ):
+        return None                       # not launched by Dagster (dagster-pipes may be absent)
     from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
     if not PipesEnvVarParamsLoader().is_dagster_pipes_process():

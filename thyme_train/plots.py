@@ -2,7 +2,8 @@
 
     loss_curve(losses, path, title)               SFT: training loss per step
     save_curves(records, out_dir)                 GRPO: reward, tool-use and collapse curves per step
-    accuracy_bars(categories, by_mode, path, t)   evaluation: accuracy per category, a bar per mode
+    accuracy_bars(categories, by_mode, path, t)   evaluation: accuracy per category, a bar per
+                                                  mode, with confidence intervals
 """
 
 from __future__ import annotations
@@ -58,13 +59,23 @@ def save_curves(records: list[dict], out_dir: str | os.PathLike) -> list[Path]:
 
 
 def accuracy_bars(categories: list[str], by_mode: dict[str, list[float]], path: str | os.PathLike,
-                  title: str) -> Path:
-    """Accuracy (0..1) per category, one bar per mode side by side."""
+                  title: str, errors: dict[str, list[list[float]]] | None = None) -> Path:
+    """Accuracy (0..1) per category, one bar per mode side by side; `errors`: per mode, a
+    [low, high] interval per category drawn as error bars (NaN: none)."""
+    import math
+
     fig, ax = _figure((max(4.0, 1.2 * len(categories)), 3.2))
     width = 0.8 / max(len(by_mode), 1)
     for k, (mode, values) in enumerate(by_mode.items()):
-        ax.bar([i + k * width for i in range(len(categories))], [100 * v for v in values], width,
-               label=mode)
+        heights = [0.0 if math.isnan(v) else 100 * v for v in values]
+        yerr = None
+        if errors and mode in errors:
+            yerr = [[0.0 if math.isnan(lo) or math.isnan(v) else 100 * (v - lo) for v, (lo, _) in
+                     zip(values, errors[mode], strict=True)],
+                    [0.0 if math.isnan(hi) or math.isnan(v) else 100 * (hi - v) for v, (_, hi) in
+                     zip(values, errors[mode], strict=True)]]
+        ax.bar([i + k * width for i in range(len(categories))], heights, width, label=mode,
+               yerr=yerr, capsize=3 if yerr else 0)
     ax.set_xticks([i + width * (len(by_mode) - 1) / 2 for i in range(len(categories))], categories,
                   rotation=20, ha="right")
     ax.set_ylabel("accuracy (%)")

@@ -60,6 +60,10 @@ class RolloutConfig:
     max_output_chars: int = doc("printed sandbox text kept in the model's context (longer "
                                 "output is cut and marked)", default=4000)
     sandbox_timeout: float = doc("seconds one code block may run (the original: 10)", default=10.0)
+    sandbox_isolation: str | None = doc(
+        "sandbox isolation policy: `strict` (every mechanism) or the minimum to run with, e.g. "
+        "`landlock+seccomp+rlimits` in a container that denies namespaces (docs/sandbox.md); "
+        "null: $THYME_SANDBOX_ISOLATION, else strict", default=None)
     temperature_text: float = doc("sampling temperature of reasoning text", default=1.0)
     top_p: float = doc("nucleus mass for text", default=0.9)
     top_k: int = doc("top-k for text (0 = off)", default=50)
@@ -95,6 +99,9 @@ class RolloutConfig:
                              f"{self.code_token_loss!r}")
         if self.max_turns < 1 or self.max_new_tokens < 1 or self.max_images < 0:
             raise ValueError("max_turns and max_new_tokens must be >= 1, max_images >= 0")
+        if self.sandbox_isolation is not None:
+            from sandbox.policy import normalize
+            self.sandbox_isolation = normalize(self.sandbox_isolation)  # a bad one fails here
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.temperature_text, self.top_p, self.top_k,
@@ -188,18 +195,23 @@ class RolloutRunner:
 
     def run(self, prompts: Sequence[RolloutPrompt], num_generations: int = 1,
             force: Callable[[Rollout, list[int]], int | None] | None = None,
-            on_event: Callable[[Rollout, str, object], None] | None = None) -> list[Rollout]:
+            on_event: Callable[[Rollout, str, object], None] | None = None,
+            keys: Sequence[int] | None = None) -> list[Rollout]:
         """`num_generations` rollouts per prompt, in prompt order. `force(rollout, tokens of
         this call)` may return a token to force (scripted policies in tests). `on_event(rollout,
         kind, payload)` follows the samples live (transcripts): kind `generation` (the call's
         `GenerationResult`), `sandbox` (the sandbox `Result`), `rollback` (the dropped ids),
-        `end` (the end reason)."""
+        `end` (the end reason). `keys`: one integer per prompt (e.g. a hash of a benchmark
+        item's id): sample g of a prompt is then seeded from (seed, key, g) alone, so a sample
+        draws the same whatever else shares its batch (evaluation: batched, sharded, resumed
+        runs agree); without keys, seeds count up over the runner's life."""
         cfg = self.config
         self._on_event = on_event or (lambda *a: None)
         samples = []
         for p_index, prompt in enumerate(prompts):
             for g in range(num_generations):
-                seed = cfg.seed * 1_000_003 + next(self._seeds)
+                seed = cfg.seed * 1_000_003 + (next(self._seeds) if keys is None
+                                               else keys[p_index] % 2 ** 40 * 1_009 + g % 1_009)
                 r = Rollout(p_index, g, list(prompt.prompt_ids), images=list(prompt.images), seed=seed)
                 det = RepetitionDetector(threshold=cfg.repetition_threshold,
                                          min_repeats=cfg.repetition_min_repeats,

@@ -43,7 +43,7 @@ class PromptSamplingConfig:
 
     curriculum: bool = doc("curriculum sampling: easy prompts first, widening to all (see "
                            "thyme_train.sampling)", default=False)
-    curriculum_field: str = doc("the rows' numeric column that ranks them", default="difficulty")
+    curriculum_field: str = doc("the rows' numeric column that ranks them (the RL data keeps `difficulty` and `pass_rate`, top-level or in `meta`)", default="difficulty")
     curriculum_higher_is_harder: bool = doc("true for a difficulty, false for a measured success "
                                             "rate such as pass_rate", default=True)
     curriculum_start: float = doc("share of the easiest prompts the first batch draws from",

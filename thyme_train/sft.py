@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.core.atomic import write_json
-from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT
+from pipelines.core.prompts import DEFAULT_PROMPT_SET, load_prompt_set
 from thyme_train.config import doc, parse_config, resume_checkpoint, to_dict, trainer_arguments
 from thyme_train.data import data_files, fingerprint, load_rows, measure_and_filter
 from thyme_train.freezing import freeze
@@ -98,9 +98,14 @@ class ThymeSFTConfig:
                                      "hallucinate sandbox results.", default=True)
     train_last_round_only: bool = doc("No loss on rounds before the last in multi-round samples "
                                       "(paper: on for stage 1, off for stage 2).", default=True)
-    system_prompt: str = doc("System prompt of every sample; empty: none (the chat template's "
-                             "default). Users of the released checkpoints pass the original "
-                             "text.", default=DEFAULT_SYSTEM_PROMPT)
+    prompt_set: str = doc("Prompt set whose system prompt every sample gets: a name (thyme, "
+                          "thyme-release: the released checkpoints' prompts), a prompt-set YAML "
+                          "path, or from:<dataset file> (pipelines.core.prompts). The user "
+                          "message is each row's own `question`, as the splits rendered it.",
+                          default=DEFAULT_PROMPT_SET)
+    system_prompt: str | None = doc("A system prompt text overriding the set's; \"\" in YAML: "
+                                    "none (the chat template's default); null: the set's.",
+                                    default=None)
     skip_malformed: bool = doc("Drop and count malformed rows (unbalanced <sandbox_output> tags, "
                                "wrong image count, undecodable image) instead of stopping with "
                                "the row's error.", default=False)
@@ -113,10 +118,11 @@ class ThymeSFTConfig:
     attn_implementation: str = doc("Attention kernel: sdpa, flash_attention_2, eager.",
                                    default="sdpa")
     padding_free: bool = doc("Pack each batch's rows into one sequence without padding, each "
-                             "row keeping its own positions (thyme_train.packing): the same loss "
-                             "for less compute; raise per_device_train_batch_size (and lower "
-                             "gradient_accumulation_steps to keep the global batch) to gain.",
-                             default=False)
+                             "row keeping its own positions (thyme_train.packing): the same loss; "
+                             "it can only be faster with attn_implementation flash_attention_2 "
+                             "(varlen kernels; not measured yet). With sdpa/eager the packed rows share one dense "
+                             "block-diagonal mask, slower than padding (0.72x tokens/s on CPU, "
+                             "docs/benchmarks.md).", default=False)
     report_to: list[str] = doc("Trackers for metrics (tensorboard, wandb, trackio, ...); empty: "
                                "none. TensorBoard logs go under output_dir/runs.",
                                default_factory=lambda: ["tensorboard"])
@@ -139,6 +145,13 @@ class ThymeSFTConfig:
             raise ValueError("config: max_length must be positive")
         if self.deepspeed:
             self.deepspeed = str(_shipped(self.deepspeed))
+        load_prompt_set(self.prompt_set)          # a bad name or file fails here, not mid-run
+
+    def system(self) -> str | None:
+        """The system prompt of every sample (None: none)."""
+        text = self.system_prompt if self.system_prompt is not None \
+            else load_prompt_set(self.prompt_set).system
+        return text or None
 
 
 def _shipped(path: str) -> Path:
@@ -186,7 +199,7 @@ def build_trainer(cfg: ThymeSFTConfig, callbacks: list = ()) -> Run:
     processor = AutoProcessor.from_pretrained(model_path)
     processor.image_processor.size = {"shortest_edge": cfg.min_pixels,
                                       "longest_edge": cfg.max_pixels}
-    chat = ThymeChat(processor, system_prompt=cfg.system_prompt or None,
+    chat = ThymeChat(processor, system_prompt=cfg.system(),
                      mask_sandbox_outputs=cfg.mask_sandbox_outputs,
                      train_last_round_only=cfg.train_last_round_only)
 

@@ -36,6 +36,10 @@ change there fails loudly, not silently.
    `model.visual.*`; `Trainer` resumes with `load_state_dict(strict=False)` and so silently keeps
    the weights it started with (transformers issue #43701). Both trainers here resume through
    `load_checkpoint_weights` (DeepSpeed and FSDP resume through their own states).
+5. `SFTTrainer._total_train_tokens` / `_metrics`: the logged `num_tokens`. TRL counts a batch
+   without an attention mask as `position_ids.size(1)` tokens, which is 1 for Qwen2.5-VL's
+   packed (4, 1, N) positions (thyme_train.packing); `PackedTokenCount` counts the N
+   (tests/test_sft.py, the padding-free test).
 
 What has a public hook uses it: the rollout is TRL's `rollout_func`, the rollout statistics are
 logged through the `log_metric` TRL hands every reward function (thyme_train.grpo), the metrics
@@ -92,12 +96,32 @@ class StrictResume:
         load_checkpoint_weights(model if model is not None else self.model, resume_from_checkpoint)
 
 
+class PackedTokenCount:
+    """Mixin for TRL's SFTTrainer: the `num_tokens` metric of padding-free batches counts their
+    tokens (see the module docstring, 5)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        positions = inputs.get("position_ids")
+        packed = "attention_mask" not in inputs and positions is not None and positions.dim() == 3
+        before = self._total_train_tokens
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        if packed and self.model.training:
+            import torch
+
+            tokens = torch.tensor(positions.size(-1), device=positions.device)
+            self._total_train_tokens = before + (
+                self.accelerator.gather_for_metrics(tokens).sum().item() // self._tp_size)
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
+
+
 def sft_trainer_class():
-    """`ThymeSFTTrainer`: TRL's SFTTrainer with strict resume (defined on first use: importing
-    TRL is slow)."""
+    """`ThymeSFTTrainer`: TRL's SFTTrainer with strict resume and the token count of packed
+    batches (defined on first use: importing TRL is slow)."""
     from trl import SFTTrainer
 
-    class ThymeSFTTrainer(StrictResume, SFTTrainer):
+    class ThymeSFTTrainer(StrictResume, PackedTokenCount, SFTTrainer):
         pass
 
     return ThymeSFTTrainer

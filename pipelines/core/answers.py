@@ -430,6 +430,40 @@ def _same_text(given: str, truth: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# What kind of ground truth: can the rules decide it?
+# ---------------------------------------------------------------------------------------------
+
+TRUTH_KINDS = ("option", "yes_no", "number", "math", "short_text", "open", "empty")
+# The rules say right AND wrong for these: an RL reward needs no judge.
+RULE_DECIDED = ("option", "yes_no", "number", "math")
+SHORT_TEXT_WORDS = 6                   # a name, a code, a sign's words: right when the text matches
+
+
+def truth_kind(truth: str, options: Mapping[str, str] | list[str] | None = None) -> str:
+    """Which branch of the cascade decides answers to this ground truth (one of TRUTH_KINDS):
+    an option letter (or an option's text), yes/no, a number with or without a unit, math
+    (math-verify), a short text (<= SHORT_TEXT_WORDS words: the rules say right when the
+    normalised text matches; a differently worded right answer needs the judge), open prose
+    (only a judge decides), or empty. `RULE_DECIDED` kinds need no judge at all."""
+    t = (truth or "").strip()
+    if not t:
+        return "empty"
+    table = dict(options) if isinstance(options, Mapping) else parse_options(options)
+    if _truth_letter(t, table) is not None or (table and any(_text_key(v) == _text_key(t)
+                                                             for v in table.values() if v)):
+        return "option"
+    plain = _plain(t)
+    if _YES_NO.get(_text_key(plain)) or _YES_NO_FIRST.match(plain):
+        return "yes_no"
+    if as_quantity(plain) is not None:
+        return "number"
+    if looks_like_math(t):
+        return "math"
+    words = re.findall(r"[^\W_]+", plain)
+    return "short_text" if len(words) <= SHORT_TEXT_WORDS else "open"
+
+
+# ---------------------------------------------------------------------------------------------
 # An answer against a value the sandbox printed (consistency)
 # ---------------------------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ class SourceRow:
     image_size: tuple[int, int] = (0, 0)
     data_source: str = "synthetic"
     extra: dict = field(default_factory=dict)
+    inputs: int | None = None            # Thyme-SFT: how many of `images` are the question's
+                                         # (None: the first one; the rest are sandbox outputs)
 
 
 def b64(data: bytes) -> str:
@@ -34,19 +36,24 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _user(prompts: PromptSet | None, row: SourceRow) -> str:
-    """The row's user message in the set's template (text-only when it has no image)."""
+def _user(prompts: PromptSet | None, row: SourceRow, inputs: int) -> str:
+    """The row's user message in the set's template: one `<image>` per input image (text-only
+    when it has none)."""
     prompts = prompts or load_prompt_set()
-    if not row.images:
+    if not row.images or inputs == 0:
         return prompts.render_user(row.question)
-    return prompts.render_user(row.question, row.image_path, row.image_size)
+    return prompts.render_user(row.question, row.image_path, row.image_size, images=inputs)
+
+
+def _sft_inputs(row: SourceRow) -> int:
+    return (1 if row.images else 0) if row.inputs is None else row.inputs
 
 
 def thyme_sft_table(rows: Iterable[SourceRow], prompts: PromptSet | None = None) -> pa.Table:
     rows = list(rows)
     return pa.table({
         "image": [[b64(b) for b in r.images] for r in rows],
-        "question": [_user(prompts, r) for r in rows],
+        "question": [_user(prompts, r, _sft_inputs(r)) for r in rows],
         "response": [r.response for r in rows],
     })
 
@@ -55,7 +62,7 @@ def thyme_rl_table(rows: Iterable[SourceRow], prompts: PromptSet | None = None) 
     rows = list(rows)
     return pa.table({
         "messages": [[{"role": "system", "content": (prompts or load_prompt_set()).system},
-                      {"role": "user", "content": _user(prompts, r)}]
+                      {"role": "user", "content": _user(prompts, r, len(r.images))}]
                      for r in rows],
         "images": [[b64(b) for b in r.images] for r in rows],
         "solution": [r.answer for r in rows],
@@ -68,7 +75,7 @@ def deepeyes_table(rows: Iterable[SourceRow]) -> pa.Table:
     image_type = pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
     return pa.table({
         "data_source": [r.data_source for r in rows],
-        "prompt": [[{"role": "user", "content": "<image>\n" + r.question}] for r in rows],
+        "prompt": [[{"role": "user", "content": "<image>\n" * len(r.images) + r.question}] for r in rows],
         "images": pa.array([[{"bytes": b, "path": None} for b in r.images] for r in rows], image_type),
         "ability": ["visual_reasoning"] * len(rows),
         "reward_model": [{"ground_truth": r.answer, "style": "model"} for r in rows],

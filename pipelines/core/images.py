@@ -3,10 +3,16 @@ image, written atomically.
 
 Originals are kept byte for byte when they are already JPEG, PNG or WebP in RGB or grayscale (no
 JPEG is ever re-encoded); anything else is converted once: transparency flattened on white,
-palette/CMYK/16-bit to RGB. Every image is checked whole before it is stored: JPEGs kept as they are must parse and end with
-the end-of-image marker (else they are entropy-decoded at 1/8 scale, which catches truncation),
-PNGs kept as they are have every chunk's CRC and the end marker verified, anything converted is
-decoded in full.
+palette/CMYK/16-bit to RGB. Every image is checked whole before it is stored: JPEGs kept as they
+are must parse and end with the end-of-image marker (else they are entropy-decoded at 1/8 scale,
+which catches truncation), PNGs kept as they are have every chunk's CRC and the end marker
+verified, anything converted is decoded in full.
+
+EXIF orientation is applied once, here: OpenCV's `imread` turns an image by its orientation tag
+and PIL's `open` does not, so a stored image with the tag would have two sizes in the sandbox. An
+image whose tag is not 1 is stored upright without the tag (a JPEG re-encoded with its own
+quantization tables and subsampling, anything else as PNG); `put(..., notes=)` reports the
+orientation applied, which ingest records in the sample's `meta`.
 
 `perceptual_hash` / `hash_distance`: imagehash's DCT hash, for finding the same picture again
 (re-encoded, resized) when decontaminating against benchmark images.
@@ -23,11 +29,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
+from PIL import Image, ImageOps, JpegImagePlugin
 
+from pipelines.core.atomic import remove_stale_temporaries, write_bytes
 from pipelines.core.schema import ImageRef
 
 KEEP_AS_IS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+EXIF_ORIENTATION = 0x0112  # 1 = upright; 2-8 = mirrored and/or turned
 _DATA_URL = re.compile(rb"^data:image/[\w.+-]+;base64,")
 
 Image.MAX_IMAGE_PIXELS = None  # we check the header ourselves, with the configured limit
@@ -64,7 +72,7 @@ class ImageStore:
         self.limits = limits
         self.tmp_dir = self.root / ".partial"  # partial writes; same filesystem, so rename is atomic
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self._prefixes: set[str] = set()  # hash-prefix folders known to exist
+        remove_stale_temporaries(self.tmp_dir)  # a killed writer's; few, so cheap to list
         self.files_written = 0   # by this instance: new files and their bytes
         self.bytes_written = 0
 
@@ -74,38 +82,41 @@ class ImageStore:
     def exists(self, ref: ImageRef) -> bool:
         return self.path(ref).is_file()
 
-    def put_base64(self, text: str | bytes) -> tuple[ImageRef, bool]:
+    def put_base64(self, text: str | bytes, notes: dict | None = None) -> tuple[ImageRef, bool]:
         data = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
         data = _DATA_URL.sub(b"", data.strip())
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ImageRejected("bad_base64", str(exc)) from None
-        return self.put(raw)
+        return self.put(raw, notes)
 
-    def put_file(self, path: str | os.PathLike) -> tuple[ImageRef, bool]:
-        return self.put(Path(path).read_bytes())
+    def put_file(self, path: str | os.PathLike, notes: dict | None = None) -> tuple[ImageRef, bool]:
+        return self.put(Path(path).read_bytes(), notes)
 
-    def put(self, data: bytes) -> tuple[ImageRef, bool]:
-        """Store one image; returns its reference and whether a new file was written."""
-        stored, ext, (width, height) = self.normalise(data)
+    def put(self, data: bytes, notes: dict | None = None) -> tuple[ImageRef, bool]:
+        """Store one image; returns its reference and whether a new file was written. When
+        `notes` is given and the image was turned upright, `notes["exif_orientation"]` holds the
+        EXIF orientation that was applied."""
+        stored, ext, (width, height), orientation = self._normalise(data)
+        if notes is not None and orientation != 1:
+            notes["exif_orientation"] = orientation
         digest = hashlib.sha256(stored).hexdigest()
         ref = ImageRef(digest, ext, width, height)
         target = self.path(ref)
         if target.exists():
             return ref, False
-        if ref.hash[:2] not in self._prefixes:
-            target.parent.mkdir(exist_ok=True)
-            self._prefixes.add(ref.hash[:2])
-        tmp = self.tmp_dir / f"{target.name}.{os.getpid()}.tmp"
-        tmp.write_bytes(stored)
-        os.replace(tmp, target)
+        write_bytes(target, stored, tmp_dir=self.tmp_dir)
         self.files_written += 1
         self.bytes_written += len(stored)
         return ref, True
 
     def normalise(self, data: bytes) -> tuple[bytes, str, tuple[int, int]]:
         """(bytes to store, extension, size), or ImageRejected with the reason."""
+        return self._normalise(data)[:3]
+
+    def _normalise(self, data: bytes) -> tuple[bytes, str, tuple[int, int], int]:
+        """`normalise`, plus the EXIF orientation applied (1: none)."""
         if not data:
             raise ImageRejected("empty_image", "zero bytes")
         try:
@@ -114,7 +125,8 @@ class ImageStore:
         except Exception as exc:  # noqa: BLE001 - any failure to parse the header
             raise ImageRejected("undecodable_image", f"{type(exc).__name__}: {exc}") from None
         self._check_size(width, height)
-        keep = img.format in KEEP_AS_IS and img.mode in ("RGB", "L")
+        orientation = _orientation(img)
+        keep = img.format in KEEP_AS_IS and img.mode in ("RGB", "L") and orientation == 1
         try:
             if keep and img.format == "PNG":
                 img.verify()  # every chunk's CRC and the end marker: truncation and corruption
@@ -128,18 +140,23 @@ class ImageStore:
         except Exception as exc:  # noqa: BLE001 - truncated, corrupt, unsupported codec
             raise ImageRejected("undecodable_image", f"{type(exc).__name__}: {exc}") from None
         if keep:
-            return data, KEEP_AS_IS[img.format], (width, height)
-        # Conversion needed: decode fully (draft mode reduced the JPEG) and re-encode once.
-        img = Image.open(io.BytesIO(data))
+            return data, KEEP_AS_IS[img.format], (width, height), 1
+        # Conversion needed: re-encode once from the decoded pixels (a JPEG again at full size:
+        # draft mode reduced it; anything else was decoded whole above, not decoded twice).
+        if img.format == "JPEG":
+            img = Image.open(io.BytesIO(data))
         try:
-            rgb = _to_rgb(img)
+            upright = ImageOps.exif_transpose(img) if orientation != 1 else img
+            if img.format == "JPEG" and img.mode in ("RGB", "L"):  # only turned: as it was encoded
+                return _encode_jpeg_like(upright, img), "jpg", upright.size, orientation
+            rgb = _to_rgb(upright)
         except Exception as exc:  # noqa: BLE001
             raise ImageRejected("unsupported_image", f"{img.format} {img.mode}: {exc}") from None
-        out = io.BytesIO()
         if img.format == "JPEG":  # CMYK/YCCK JPEG: already lossy, stay JPEG
+            out = io.BytesIO()
             rgb.save(out, format="JPEG", quality=95)
-            return out.getvalue(), "jpg", (width, height)
-        return _encode_png(rgb), "png", (width, height)
+            return out.getvalue(), "jpg", rgb.size, orientation
+        return _encode_png(rgb), "png", rgb.size, orientation
 
     def _check_size(self, width: int, height: int) -> None:
         lim = self.limits
@@ -150,6 +167,33 @@ class ImageStore:
         if max(width, height) / min(width, height) > lim.max_aspect_ratio:
             raise ImageRejected("bad_aspect_ratio", f"{width}x{height}: aspect ratio over "
                                                     f"{lim.max_aspect_ratio:g}")
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag, 1 when absent or out of range. Read from the header's EXIF
+    block (`getexif` would decode a whole PNG to look for a late eXIf chunk)."""
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        value = exif.get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: the pixels are what they are
+        return 1
+    return value if isinstance(value, int) and 2 <= value <= 8 else 1
+
+
+def _encode_jpeg_like(img: Image.Image, original: Image.Image) -> bytes:
+    """A JPEG with the original's quantization tables and chroma subsampling (no EXIF): the one
+    re-encoding loses as little as the format allows."""
+    options = {"qtables": original.quantization} if original.quantization else {"quality": 95}
+    sampling = JpegImagePlugin.get_sampling(original) if original.mode == "RGB" else -1
+    if sampling != -1:
+        options["subsampling"] = sampling
+    out = io.BytesIO()
+    img.save(out, format="JPEG", **options)
+    return out.getvalue()
 
 
 def _encode_png(img: Image.Image) -> bytes:

@@ -16,7 +16,9 @@ client.
   retried); the wait between attempts is ours: `backoff_base_s` doubling per retry, capped at
   `backoff_max_s`, with jitter, and at least the server's `Retry-After` (capped likewise), where
   the SDK's own is fixed at 0.5 s doubling to 8 s. Other 4xx errors fail at once. A request that
-  still fails raises `LLMError` (`chat`) or comes back as one (`chat_many`).
+  still fails raises `LLMError` (`chat`) or comes back as one (`chat_many`). A 200 whose body
+  is not a chat completion (an overloaded server's error object, a proxy's page) is retried
+  the same way, up to `max_retries` times.
 - Every connect, send and read has a timeout (`timeout_s`): a server that stalls, before or in
   the middle of its response, is given up on and the request retried.
 - Responses are cached on disk (one JSON file per key, written atomically), keyed by the model,
@@ -39,13 +41,14 @@ import base64
 import hashlib
 import json
 import os
+import random
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.core.atomic import write_json
+from pipelines.core.atomic import remove_stale_temporaries, write_json
 
 if TYPE_CHECKING:
     from pipelines.core.llm_sdk import SDKClient
@@ -177,6 +180,7 @@ class ResponseCache:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(*(d for d in self.root.iterdir() if d.is_dir()))  # killed writers'
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -278,6 +282,22 @@ class LLMClient:
             return session
 
     async def _create(self, client: SDKClient, messages: list[dict], params: dict) -> Completion:
+        """One completion; a malformed 200 is asked again (the SDK retries only by status)."""
+        cfg = self.config
+        for attempt in range(cfg.max_retries + 1):
+            response = await self._request(client, messages, params)
+            try:
+                return _parse_completion(response)
+            except LLMError as exc:
+                if attempt == cfg.max_retries:
+                    raise LLMError(f"{cfg.base_url}: gave up after {attempt + 1} malformed "
+                                   f"responses; last: {exc}") from None
+                self.usage.add(retries=1)
+                await asyncio.sleep(random.uniform(0.5, 1.0)
+                                    * min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+    async def _request(self, client: SDKClient, messages: list[dict], params: dict):
         import openai
 
         from pipelines.core.llm_sdk import counting_attempts, split_params
@@ -307,7 +327,7 @@ class LLMClient:
                 raise LLMError(f"{cfg.base_url}: {type(exc).__name__}: {exc}") from None
             finally:
                 self.usage.add(requests=attempts[0], retries=max(0, attempts[0] - 1))
-        return _parse_completion(response)
+        return response
 
 
 def _parse_completion(response) -> Completion:

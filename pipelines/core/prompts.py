@@ -182,5 +182,17 @@ def set_user_image(text: str, image_path: str | None = None,
     return text
 
 
+def content_parts(text: str) -> list[dict]:
+    """A chat message's content from Thyme text: a text part for each piece and an image part
+    for each `<image>`, in order, whitespace kept (the rendered text must equal the original)."""
+    parts = []
+    for i, piece in enumerate(text.split(IMAGE_TOKEN)):
+        if i:
+            parts.append({"type": "image"})
+        if piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
+
+
 def strip_image_tokens(text: str) -> str:
     return _IMAGE_TOKENS.sub("", text).strip()

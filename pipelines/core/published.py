@@ -120,17 +120,21 @@ def image_bytes(entry, root: str | os.PathLike) -> bytes:
     named = _named_file(entry, Path(root))
     if named is not None:
         return named.read_bytes()
+    path = None
     if isinstance(entry, dict):
-        entry = entry.get("bytes")
-    if isinstance(entry, bytes | bytearray):
+        path, entry = entry.get("path"), entry.get("bytes")
+    if isinstance(entry, bytes | bytearray) and entry:
         return bytes(entry)
     if not isinstance(entry, str) or not entry:
+        if path:       # a struct naming a file that is not there, without bytes to fall back on
+            raise ValueError(f"no file {path!r} under {root} and no image bytes")
         raise ValueError("no image (neither bytes nor a file)")
     text = entry.split(",", 1)[1] if entry.startswith("data:image/") else entry
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError(f"image {entry[:60]!r} is neither a file nor base64") from None
+        looked = f" (no file {Path(root) / entry})" if len(entry) < 1024 else ""
+        raise ValueError(f"image {entry[:60]!r} is neither a file nor base64{looked}") from None
 
 
 def cache_image(data: bytes, cache_dir: str | os.PathLike) -> Path:

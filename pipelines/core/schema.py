@@ -39,10 +39,13 @@ SAMPLE_SCHEMA = pa.schema([
 ])
 
 QUARANTINE_SCHEMA = pa.schema([
-    ("origin", ORIGIN),
+    ("origin", ORIGIN),                  # file, and first row (null when no row is known)
     ("reason", pa.string()),             # a reason code (see REASONS)
     ("detail", pa.string()),             # a human-readable explanation
     ("source", pa.string()),
+    ("rows", pa.int64()),                # input rows this entry stands for: 1 for a row, a unit's
+                                         # row count for a unit read as a whole, null if unknown
+    ("row_group", pa.int32()),           # the parquet row group of a unit entry, else null
 ])
 
 # Reason codes for quarantined rows.
@@ -59,6 +62,13 @@ REASONS = {
     "bad_text": "a text field is not valid UTF-8 or is empty",
     "missing_image_file": "an image path does not exist under the image root",
     "unparseable": "the row does not follow the format's structure",
+    "image_mismatch": "the prompt's <image> tokens do not match the row's image list",
+    "reader_error": "reading the row raised an unexpected error (the detail names it)",
+    "bad_ground_truth": "a mapped ground-truth value (box, angle, difficulty, options...) is "
+                        "malformed or out of range (the detail names the column and value)",
+    # units quarantined as a whole (a file, a parquet row group): their rows cannot be read
+    "unreadable_file": "the file cannot be opened or read (truncated, not this format, empty)",
+    "unreadable_row_group": "a parquet row group does not decode (corrupt pages)",
 }
 
 
@@ -134,7 +144,10 @@ def samples_table(samples: list[Sample]) -> pa.Table:
     return pa.Table.from_pylist([s.to_row() for s in samples], schema=SAMPLE_SCHEMA)
 
 
-def quarantine_row(file: str, row: int, reason: str, detail: str, source: str) -> dict:
+def quarantine_row(file: str, row: int | None, reason: str, detail: str, source: str,
+                   rows: int | None = 1, row_group: int | None = None) -> dict:
+    """One quarantine entry: a row (`rows=1`), or a unit read as a whole (its first row and row
+    count when known, its row group when it is one)."""
     assert reason in REASONS, reason
     return {"origin": {"file": file, "row": row}, "reason": reason, "detail": detail[:500],
-            "source": source}
+            "source": source, "rows": rows, "row_group": row_group}

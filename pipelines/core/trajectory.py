@@ -53,10 +53,13 @@ TRAJECTORY_SCHEMA = pa.schema([
     ("answer", pa.string()),
     ("audit", pa.list_(CHECK)),            # empty until audited
     ("passed", pa.bool_()),                # null until audited
+    ("lineage", pa.string()),              # JSON, or null: how it was made (in-the-loop calls,
+                                           # chained teachers' handed-over reasoning, the plan)
 ])
 
-# Verdicts of an audit check.
-PASS, FAIL, SKIP = "pass", "fail", "skip"
+# Verdicts of an audit check. UNVERIFIED: a check that should have decided could not (the judge
+# was over budget, its request failed, its reply was no yes/no); whether that passes is a setting.
+PASS, FAIL, SKIP, UNVERIFIED = "pass", "fail", "skip", "unverified"
 
 
 @dataclass
@@ -77,7 +80,7 @@ class Turn:
 @dataclass
 class Check:
     name: str
-    verdict: str                           # pass | fail | skip
+    verdict: str                           # pass | fail | skip | unverified
     reason: str = ""
 
 
@@ -92,6 +95,7 @@ class Trajectory:
     audit: list[Check] = field(default_factory=list)
     passed: bool | None = None
     id: str = ""
+    lineage: dict | None = None            # not part of the id: the same text is the same row
 
     def __post_init__(self):
         if not self.id:
@@ -104,7 +108,10 @@ class Trajectory:
         return [t for t in self.turns if t.code is not None]
 
     def to_row(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        row["lineage"] = None if self.lineage is None else json.dumps(self.lineage, ensure_ascii=False,
+                                                                        sort_keys=True)
+        return row
 
     @classmethod
     def from_row(cls, row: dict) -> Trajectory:
@@ -112,7 +119,8 @@ class Trajectory:
                  for t in row["turns"]]
         return cls(sample_id=row["sample_id"], teacher=row["teacher"], kind=row["kind"],
                    task=row["task"], turns=turns, answer=row["answer"],
-                   audit=[Check(**c) for c in row["audit"] or []], passed=row["passed"], id=row["id"])
+                   audit=[Check(**c) for c in row["audit"] or []], passed=row["passed"], id=row["id"],
+                   lineage=json.loads(row["lineage"]) if row.get("lineage") else None)
 
     def render(self, include_outputs: bool = True) -> str:
         """The assistant message in Thyme's tag protocol: `<think>` reasoning, code blocks with

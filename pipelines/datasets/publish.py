@@ -18,7 +18,9 @@ Encodings (one dataset config each; the first is the default):
 Both also carry `id`, `task`, `has_image` (and SFT `kind`, RL `meta`).
 
 SFT splits: `wo_thinking_thyme_single_round`, `2round`, `computation` (their train parts) and
-`test` (the held-out parts of all three). RL splits: `train`, `test`. Empty splits are left out.
+`test` (the held-out parts of all three). RL splits: `train`, `test`. Empty splits are left out
+(`datasets` cannot load a split without rows); the card names them, since scripts written for the
+release (its README's decode script) load each of the three SFT splits by name.
 Every image path a row names (`images/...`) is dataset-relative; image bytes are the store's,
 byte for byte.
 """
@@ -36,11 +38,11 @@ import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_path
 from pipelines.core.formats import b64
+from pipelines.core.published import ENCODINGS, shard_name
 from pipelines.datasets.names import COMPUTATION, RL, SINGLE, TWO_ROUND
 from pipelines.datasets.splits import iter_split, split_file
 from pipelines.datasets.splits import store_resolver as _store_resolver
 
-ENCODINGS = ("thyme", "hf")
 # HF split -> the (split, part) files it is made of.
 SFT_LAYOUT = {SINGLE: [(SINGLE, "train")], TWO_ROUND: [(TWO_ROUND, "train")],
               COMPUTATION: [(COMPUTATION, "train")],
@@ -125,7 +127,7 @@ class _Shards:
     def write(self, rows: list[dict], size: int) -> None:
         if self.writer is None or self.bytes >= self.max_bytes:
             self.close()
-            path = self.folder / f"{self.split}-{len(self.files):05d}.parquet"
+            path = self.folder / shard_name(self.split, len(self.files))
             self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
             self.files.append(path)
             self.bytes = 0
@@ -204,6 +206,7 @@ def dataset_card(cfg: PublishConfig, splits: list[str], rows: dict[str, int],
                       "features": features(cfg.kind, encoding)._to_yaml_list(),
                       "splits": [{"name": s, "num_bytes": sizes[encoding, s], "num_examples": rows[s]}
                                  for s in splits]})
+    images = _images_section(cfg, splits)
     header = {"license": cfg.license, "pretty_name": cfg.name, "language": ["en"],
               "task_categories": ["image-text-to-text", "visual-question-answering"],
               "tags": ["thyme", "code-interpreter", "tool-use", "multimodal", "reasoning"],
@@ -212,7 +215,6 @@ def dataset_card(cfg: PublishConfig, splits: list[str], rows: dict[str, int],
     table = ["| split | rows | " + " | ".join(tasks) + " |", "|---|---:|" + "---:|" * len(tasks)]
     table += [f"| `{s}` | {rows[s]} | " + " | ".join(str(by_task[s].get(t, 0)) for t in tasks) + " |"
               for s in splits]
-    image_col = "image" if cfg.kind == "sft" else "images"
     body = f"""
 # {cfg.name}
 
@@ -234,13 +236,11 @@ ds = load_dataset("PATH_OR_REPO", split="{splits[0] if splits else 'train'}")   
 ds_hf = load_dataset("PATH_OR_REPO", "hf", split="{splits[0] if splits else 'train'}")  # images as PIL
 ```
 
-`thyme` keeps the released schema: `{image_col}` is a list of base64 strings
-{'(the input image first, then each sandbox-produced image in order; each `<image>` of the response is the next one)' if cfg.kind == 'sft' else '(the prompt image)'}.
-The User Image Path in each prompt is a path relative to this dataset's root
-(`images/<hash[:2]>/<hash>.<ext>`, the image's SHA-256){' and the file ships there' if cfg.ships_files else ''};
-processed images are saved under `/mnt/data/temp_processed_images/`, which the sandbox redirects.
-Responses end with `</think>` + one space + `<answer>...</answer>`.
-
+{images}{_absent(cfg, splits)}
+Responses end with `</think>` + one space + `<answer>...</answer>`. Rows without an input image
+(`has_image` false: text-only computation questions) have an empty image list and a question
+without `<image>`; a row with several input images has one `<image>` per input, in order.
+{_sections(cfg.funnel)}
 ## How it was made (funnel)
 
 ```json
@@ -254,6 +254,102 @@ their original licenses.
 {cfg.extra_card}
 """
     return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n" + body
+
+
+# What the card says about images: every path it names resolves, after the snippet it shows when
+# the files are embedded only. The snippet is run by the tests on a published dataset.
+DECODE_SNIPPET = '''import base64, hashlib, io, os
+from datasets import load_dataset
+from PIL import Image
+
+root = "PATH_TO_THIS_DATASET"          # a local copy (huggingface_hub.snapshot_download)
+for split in SPLITS:
+    for row in load_dataset(root, split=split):
+        for text in row[COLUMN]:
+            data = base64.b64decode(text)
+            digest = hashlib.sha256(data).hexdigest()
+            ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[Image.open(io.BytesIO(data)).format]
+            path = os.path.join(root, "images", digest[:2], f"{digest}.{ext}")
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(data)       # the bytes as embedded: the file name is their SHA-256
+'''
+
+
+def decode_snippet(cfg: PublishConfig, splits: list[str]) -> str:
+    """The card's script that writes every embedded image where the rows name it."""
+    column = "image" if cfg.kind == "sft" else "images"
+    return DECODE_SNIPPET.replace("SPLITS", repr(splits)).replace("COLUMN", repr(column))
+
+
+def _images_section(cfg: PublishConfig, splits: list[str] | None = None) -> str:
+    column = "image" if cfg.kind == "sft" else "images"
+    order = ("the input image(s) first, then each sandbox-produced image in order; each `<image>` "
+             "of the response is the next one" if cfg.kind == "sft" else "the prompt's input image(s)")
+    where = ("The User Image Path in each prompt names the first input image relative to this "
+             "dataset's root, `images/<hash[:2]>/<hash>.<ext>` (the SHA-256 of its bytes)")
+    if cfg.ships_files:
+        files = f"{where}, and every image file ships there: the paths resolve as downloaded."
+    else:
+        files = (f"{where}. The image files are not shipped: they are embedded, byte for byte, in "
+                 f"`{column}` (base64) and in the `hf` configuration's `images`. This writes each "
+                 f"one where the rows name it (afterwards every User Image Path resolves):\n\n"
+                 f"```python\n{decode_snippet(cfg, splits or [])}```\n\n"
+                 "The original Thyme README's decode script also works (it writes "
+                 "`{split}/{row+1:08d}_{k:02d}.jpg`, re-encoded as JPEG, and names those files in "
+                 "its JSONL `image` lists; then point the User Image Path at the first of them, as "
+                 "the original README's path-conversion step says).")
+    return (f"`thyme` keeps the released schema: `{column}` is a list of base64 strings ({order}); "
+            f"`hf` has the same images as `datasets.Image` values.\n{files}\n"
+            "Processed images are saved under `/mnt/data/temp_processed_images/`, which the "
+            "sandbox redirects.")
+
+
+def _absent(cfg: PublishConfig, splits: list[str]) -> str:
+    missing = [s for s in cfg.layout if s not in splits]
+    if not missing:
+        return ""
+    return (f"\nThis dataset has no {', '.join(f'`{s}`' for s in missing)} rows, so those splits "
+            "are absent: a script that loads every split of the release by name (the original "
+            "decode script's `SPLITS`) must leave them out.")
+
+
+def _table(rows: dict[str, dict], columns: list[str]) -> str:
+    lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += [f"| `{name}` | " + " | ".join(str(r.get(c, 0)) for c in columns) + " |"
+              for name, r in rows.items()]
+    return "\n".join(lines)
+
+
+def _sections(funnel: dict) -> str:
+    """What the split report says about decontamination, rows set aside and RL prompts."""
+    out = []
+    decon = (funnel or {}).get("decontamination")
+    if decon:
+        cols = ["items", "images", "matched_samples", "by_image_exact", "by_image_perceptual",
+                "by_question", "questions_too_short"]
+        settings = decon.get("settings", {})
+        out.append("## Decontamination\n\nPool samples matching an evaluation benchmark item were "
+                   "dropped before splitting: an input image that is the same file or the same "
+                   f"picture (perceptual hash within {settings.get('phash_distance')} bits), or a "
+                   f"near-duplicate question (5-gram Jaccard >= {settings.get('question_threshold')}"
+                   f"; questions under {settings.get('min_question_chars')} characters match only "
+                   "with their image).\n\n" + _table(decon["benchmarks"], cols))
+    validated = (funnel or {}).get("validated")
+    if validated and any(validated.get("quarantined", {}).values()):
+        checks = sorted({c for by in validated["quarantined"].values() for c in by})
+        rows = {split: {**by, "rendered": validated["rendered"].get(split, 0)}
+                for split, by in validated["quarantined"].items()}
+        out.append("## Rows set aside by validation\n\n" + _table(rows, ["rendered", *checks]))
+    rl = (funnel or {}).get("rl_prompts")
+    if rl:
+        out.append(f"## RL prompts\n\nFrom the {'pool (no teacher)' if rl.get('source') == 'pool' else 'samples with an audited trajectory'}: "
+                   f"{rl.get('candidates', 0)} candidates, {rl.get('eligible', 0)} eligible, "
+                   f"{rl.get('taken', 0)} taken; filtered out: "
+                   + (", ".join(f"{k} {v}" for k, v in sorted(rl.get("filtered", {}).items())) or "none")
+                   + ".")
+    return ("\n" + "\n\n".join(out) + "\n") if out else ""
 
 
 # ------------------------------------------------------------------ the Hub

@@ -1,46 +1,53 @@
-"""Splits (issue 5): audited trajectory shards -> the training splits, as parquet.
+"""Splits (issue 5, 14): audited trajectory shards and the pool -> the training splits, as parquet.
 
-    build_splits(audited_files, sample_files, store_root, out_dir, SplitConfig()) -> report
+    build_splits(audited_files, sample_files, out_dir, SplitConfig(), store_root=None) -> report
 
 - `wo_thinking_thyme_single_round`: one code round or a direct answer;
 - `2round`: two code rounds (further enhancement, error correction);
 - `computation`: every computation trajectory, with `has_image` separating image and text-only;
-- `rl`: prompts (system + user), image paths, solution, question, task and meta.
+- `rl`: prompts (system + user), image paths, solution, question, task and meta. With
+  `rl_source="audited"` (the default) they are drawn from samples that have an audit-passing
+  trajectory; with `rl_source="pool"` every pool sample with a question, a checkable answer and
+  its image(s) may become one, no teacher needed (`pipelines.datasets.rl_prompts`).
 
-Each split has a `train` and a held-out `test` part, separated by input-image hash (text-only
-rows by their normalised question): no image is in both. Exact duplicates (same sample) and near
-duplicates (same input image, same numbers, question text Jaccard >= threshold over character
-5-grams, found by MinHash LSH) are removed across all splits: one row per cluster, placed by the
-split priority. A configurable task mix downsamples over-represented tasks per split.
+Each split has a `train` and a held-out `test` part, separated by input image: rows that share
+any input image (or, text-only, the normalised question) fall in the same part. Exact duplicates
+(same sample) and near duplicates (same first image, same numbers, question Jaccard >= threshold,
+`pipelines.datasets.dedup`) are removed across all splits: one row per cluster, placed by the split
+priority. A configurable task mix downsamples over-represented tasks per split; tasks the mix
+does not list keep all their rows, a weight of 0 leaves a task out. Rows matching an evaluation
+benchmark are dropped first (`pipelines.datasets.decontaminate`).
 
-Only an index (ids, task, kind, question, image hash) is collected, through lazy scans; rows are
-rendered and written one audited shard at a time, so memory stays bounded by a shard. SFT rows
-are `Trajectory.render()` of the trajectory with its paths rewritten (`pipelines.datasets.paths`) and
-the configured prompt set's user message (`pipelines.core.prompts`) of the sample; image paths are dataset-relative
-(`images/<hash[:2]>/<hash>.<ext>`, the store layout under `images/`).
+Every rendered row goes through the row validations (`pipelines.datasets.validate`) before it is
+written: a row that fails is set aside in `quarantine.parquet` with its checks, reasons and the
+sample's origin (file, row), and counted per check in the report; the Dagster checks block only
+above the rate the user sets.
+
+Only an index (ids, task, kind, question, image hashes) is collected, through lazy scans; rows
+are rendered and written one shard at a time, so memory stays bounded by a shard
+(`pipelines.datasets.rows`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import zlib
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_path
 from pipelines.core.images import store_path
-from pipelines.core.prompts import DEFAULT_PROMPT_SET, PromptSet, load_prompt_set
-from pipelines.core.schema import Sample, normalise_question
+from pipelines.core.prompts import DEFAULT_PROMPT_SET, load_prompt_set
+from pipelines.core.schema import Sample
 from pipelines.core.trajectory import Trajectory
+from pipelines.datasets import validate as v
+from pipelines.datasets.decontaminate import DecontaminationConfig, find_contaminated
+from pipelines.datasets.dedup import near_duplicate_clusters  # noqa: F401  re-exported
 from pipelines.datasets.names import (
     COMPUTATION,
     PARTS,
@@ -51,56 +58,59 @@ from pipelines.datasets.names import (
     TWO_ROUND,
     split_checks,
 )
-from pipelines.datasets.paths import dataset_path, rewrite_trajectory, store_relpath
+from pipelines.datasets.paths import store_relpath
+from pipelines.datasets.rl_prompts import DEFAULT_ANSWER_KINDS, RLFilter, pool_index
+from pipelines.datasets.rows import (  # noqa: F401  re-exported: the split rows' home
+    RL_SCHEMA,
+    SCHEMAS,
+    SFT_SCHEMA,
+    RowWriter,
+    image_key,
+    question_key,
+    rl_row,
+    sft_row,
+    unit_draw,
+)
 
 # The paper's component counts (THYME.md §3) for the single-round data: no-code ~100K,
 # real-world code ~50K, crop ~28K, rotation ~14K, contrast ~10K.
 PAPER_MIX = {"no_code": 100_000, "real_world": 50_000, "crop": 28_000, "rotate": 14_000,
              "contrast": 10_000}
-
-SFT_SCHEMA = pa.schema([
-    ("id", pa.string()),              # the trajectory's id
-    ("sample_id", pa.string()),
-    ("task", pa.string()),
-    ("kind", pa.string()),            # direct | single | further_enhancement | error_correction
-    ("has_image", pa.bool_()),
-    ("question", pa.string()),        # the user message (render_user)
-    ("response", pa.string()),        # the assistant message (Trajectory.render)
-    ("images", pa.list_(pa.string())),  # dataset paths: the input, then each produced image
-    ("image_key", pa.string()),       # input image hash, or q:<hash of the question> if text-only
-    ("answer", pa.string()),          # the sample's ground truth
+RL_SOURCES = ("audited", "pool")
+QUARANTINE_FILE = "quarantine.parquet"
+QUARANTINE_SCHEMA = pa.schema([
+    ("split", pa.string()), ("part", pa.string()), ("id", pa.string()), ("sample_id", pa.string()),
+    ("origin_file", pa.string()), ("origin_row", pa.int64()),
+    ("checks", pa.list_(pa.string())), ("reason", pa.string()),
 ])
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-RL_SCHEMA = pa.schema([
-    ("id", pa.string()),              # the sample's id (a prompt, not a trajectory)
-    ("task", pa.string()),
-    ("has_image", pa.bool_()),
-    ("messages", pa.list_(MESSAGE)),  # system + user
-    ("images", pa.list_(pa.string())),  # dataset paths; the user message's User Image Path is images[0]
-    ("solution", pa.string()),
-    ("question", pa.string()),        # the bare question (for judges)
-    ("meta", pa.string()),            # JSON: the sample's ground truth and options, for curricula
-    ("image_key", pa.string()),
-])
-SCHEMAS = {SINGLE: SFT_SCHEMA, TWO_ROUND: SFT_SCHEMA, COMPUTATION: SFT_SCHEMA, RL: RL_SCHEMA}
 
 
 @dataclass
 class SplitConfig:
-    """How audited trajectories become splits."""
+    """How audited trajectories (and, for RL, the pool) become splits."""
 
-    # Target task proportions per split (weights, renormalised over the tasks present); tasks
-    # missing from a split's mix are left out of it. A split without an entry keeps everything.
+    # Target task proportions per split (weights, renormalised over the listed tasks present);
+    # tasks a split's mix does not list keep all their rows (a real pool's `unknown` included),
+    # a weight of 0 leaves a task out. A split without an entry keeps everything.
     mix: dict[str, dict[str, float]] = field(default_factory=lambda: {SINGLE: dict(PAPER_MIX)})
     test_share: float = 0.05          # share of image keys held out as the test part
-    rl_share: float = 0.2             # share of eligible samples that become RL prompts, not SFT rows
+    rl_source: str = "audited"        # audited: samples with a passing trajectory; pool: any sample
+    rl_share: float = 0.2             # share of eligible clusters that also have SFT rows and
+                                      # become RL prompts instead (pool-only clusters always do)
     rl_require_image: bool = True     # RL prompts need an input image (Thyme-RL has one per prompt)
+    rl_answer_kinds: tuple[str, ...] = DEFAULT_ANSWER_KINDS  # ground truths the reward can check
+    rl_min_image_side: int = 0        # px: every input's shorter side at least this (0: any)
+    rl_tasks: tuple[str, ...] = ()    # RL prompts only of these tasks (empty: all)
+    rl_difficulties: tuple[str, ...] = ()  # only these known difficulties (empty: all)
     near_dup_threshold: float = 0.8   # question Jaccard (char 5-grams) at which same-image samples merge
     priority: tuple[str, ...] = (TWO_ROUND, COMPUTATION, SINGLE)  # which split keeps a duplicate
     max_code_rounds: int = 2          # trajectories with more code rounds are left out
     seed: int = 0                     # salts every hash-based draw (mix, RL share, test part)
     prompt_set: str = DEFAULT_PROMPT_SET  # the prompts rows are rendered with (name, path, from:<dataset>)
     batch_rows: int = 512             # rows buffered per output file before a row group is written
+    decontaminate: DecontaminationConfig | None = None  # evaluation benchmarks to keep out
+    exclude_ids_file: str | None = None  # parquet with an `id` column: trajectories left out
+                                      # (a human review's rejections, pipelines.samples.review)
 
     def __post_init__(self):
         for name, value in (("test_share", self.test_share), ("rl_share", self.rl_share),
@@ -112,128 +122,84 @@ class SplitConfig:
             raise ValueError(f"unknown split names {sorted(unknown)}; splits are {SPLITS}")
         if set(self.priority) != set(SFT_SPLITS):
             raise ValueError(f"priority must order exactly {SFT_SPLITS}")
+        if self.rl_source not in RL_SOURCES:
+            raise ValueError(f"rl_source must be one of {RL_SOURCES} (got {self.rl_source!r})")
+        self.rl_filter  # noqa: B018  validates the RL filter settings now
 
-
-def unit_draw(*parts) -> float:
-    """A deterministic number in [0, 1) from the parts (the same on every machine and run)."""
-    h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") / 2**64
-
-
-def image_key(image_hash: str | None, question: str) -> str:
-    """What the test part is separated by: the input image, or a text-only question."""
-    if image_hash:
-        return image_hash
-    return "q:" + hashlib.blake2b(normalise_question(question).encode(), digest_size=16).hexdigest()
-
-
-# ------------------------------------------------------------------ near duplicates
-
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_NON_WORD = re.compile(r"[\W_]+")
-NUM_PERM, BANDS = 32, 8     # 8 bands of 4 rows: a pair at Jaccard 0.8 is a candidate with p ~ 0.985
-_rng = np.random.default_rng(0x7E4C)
-_A = _rng.integers(1, 2**63, NUM_PERM, dtype=np.uint64) | np.uint64(1)
-_B = _rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
-
-
-def _canonical(question: str) -> str:
-    return _NON_WORD.sub(" ", normalise_question(question)).strip()
-
-
-def _grams(text: str, n: int = 5) -> set[str]:
-    return {text[i:i + n] for i in range(max(len(text) - n + 1, 1))}
-
-
-def _signature(grams: set[str]) -> np.ndarray:
-    x = np.fromiter((zlib.crc32(g.encode()) for g in grams), np.uint64, len(grams))
-    with np.errstate(over="ignore"):  # multiplication modulo 2**64 is the hash family
-        return (x[:, None] * _A + _B).min(axis=0)
-
-
-def near_duplicate_clusters(items: list[tuple[str, str, str]], threshold: float) -> dict[str, str]:
-    """items: (id, image key, question). Returns id -> the smallest id of its cluster: items with
-    the same image key and the same numbers whose question texts' 5-gram Jaccard >= threshold."""
-    parent = {i: i for i, _, _ in items}
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    text = {}
-    buckets: dict[tuple, list[str]] = defaultdict(list)
-    rows = NUM_PERM // BANDS
-    for ident, key, question in items:
-        canon = _canonical(question)
-        text[ident] = canon
-        group = (key, tuple(_NUMBER.findall(canon)))
-        sig = _signature(_grams(canon))
-        for band in range(BANDS):
-            buckets[(group, band, sig[band * rows:(band + 1) * rows].tobytes())].append(ident)
-    checked = set()
-    for members in buckets.values():
-        for k, a in enumerate(members):
-            for b in members[k + 1:]:
-                pair = (a, b) if a < b else (b, a)
-                if pair in checked or find(a) == find(b):
-                    continue
-                checked.add(pair)
-                ga, gb = _grams(text[a]), _grams(text[b])
-                if len(ga & gb) / len(ga | gb) >= threshold:
-                    ra, rb = find(a), find(b)
-                    parent[max(ra, rb)] = min(ra, rb)
-    return {i: find(i) for i in parent}
+    @property
+    def rl_filter(self) -> RLFilter:
+        return RLFilter(tuple(self.rl_answer_kinds), self.rl_require_image, self.rl_min_image_side,
+                        tuple(self.rl_tasks), tuple(str(d) for d in self.rl_difficulties))
 
 
 # ------------------------------------------------------------------ the index and assignment
 
-def scan_index(audited_files: list[str], sample_files: list[str]) -> tuple[pl.DataFrame, dict]:
+def scan_index(audited_files: list[str], pool: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     """Passed trajectories joined with their samples' small columns (lazy scans, streaming)."""
+    totals = {"pool_samples": pool.height, "trajectories": 0, "passed": 0}
+    if not audited_files:
+        return pl.DataFrame(), {**totals, "passed_with_sample": 0}
     audited = pl.scan_parquet(audited_files)
-    samples = pl.scan_parquet(sample_files)
     code_rounds = (pl.col("turns").list.eval(pl.element().struct.field("code").is_not_null())
                    .list.sum().alias("code_rounds"))
     index = (audited.filter(pl.col("passed").fill_null(False))
              .select("id", "sample_id", "task", "kind", code_rounds)
-             .join(samples.select(pl.col("id").alias("sample_id"), "question", "answer",
-                                  pl.col("images").list.first().struct.field("hash").alias("image_hash")),
-                   on="sample_id", how="inner")
+             .join(pool.lazy(), on="sample_id", how="inner", maintain_order="left")  # reruns: same order
              .collect(engine="streaming"))
-    totals = {
-        "pool_samples": samples.select(pl.len()).collect().item(),
-        "trajectories": audited.select(pl.len()).collect().item(),
-        "passed": audited.filter(pl.col("passed").fill_null(False)).select(pl.len()).collect().item(),
-    }
+    totals["trajectories"] = audited.select(pl.len()).collect().item()
+    totals["passed"] = audited.filter(pl.col("passed").fill_null(False)).select(pl.len()).collect().item()
     totals["passed_with_sample"] = index.height
     return index, totals
 
 
-def _route(row: dict, cfg: SplitConfig) -> str | None:
-    if row["code_rounds"] > cfg.max_code_rounds:
-        return None
-    if row["task"] == "computation":
-        return COMPUTATION
-    return SINGLE if row["code_rounds"] <= 1 else TWO_ROUND
+def _routed(index: pl.DataFrame, cfg: SplitConfig, excluded: dict[str, str],
+            funnel: dict) -> list[dict]:
+    """The index's trajectories that go to an SFT split, with it (`split`), in index order; the
+    exclusions and the routing are column operations (counted into `funnel`); only the routed
+    rows become Python rows (the RL filter and the duplicate clustering read them)."""
+    if not index.height:
+        return []
+    reasons = pl.DataFrame({"sample_id": list(excluded), "excluded": list(excluded.values())},
+                           schema={"sample_id": pl.String, "excluded": pl.String})
+    rounds = pl.col("code_rounds")
+    split = (pl.when(rounds > cfg.max_code_rounds).then(None)
+             .when(pl.col("task") == "computation").then(pl.lit(COMPUTATION))
+             .when(rounds <= 1).then(pl.lit(SINGLE)).otherwise(pl.lit(TWO_ROUND)))
+    frame = (index.lazy().join(reasons.lazy(), on="sample_id", how="left", maintain_order="left")
+             .with_columns(split.alias("split")).collect())
+    for reason, n in frame["excluded"].drop_nulls().value_counts(sort=True).iter_rows():
+        funnel["dropped"][reason] += n
+    kept = frame.filter(pl.col("excluded").is_null())
+    funnel["dropped"]["too_many_code_rounds"] += kept["split"].null_count()
+    kept = kept.filter(pl.col("split").is_not_null())
+    for name, n in kept["split"].value_counts(sort=True).iter_rows():
+        funnel["routed"][name] += n
+    return kept.drop("excluded").to_dicts()
+
+
+def _key(row: dict) -> str:
+    return image_key(row["image_hashes"][0] if row["image_hashes"] else None, row["question"])
 
 
 def _apply_mix(rows: list[dict], weights: dict[str, float] | None, seed: int) -> tuple[list[dict], Counter]:
-    """Downsample over-represented tasks to the target proportions (renormalised over the tasks
-    present); returns the kept rows and how many of each task were dropped."""
+    """Downsample over-represented tasks to the target proportions (renormalised over the listed
+    tasks present); tasks the mix does not list are kept whole, weight 0 drops a task. Returns
+    the kept rows and how many of each task were dropped."""
     if not weights:
         return rows, Counter()
     by_task: dict[str, list[dict]] = defaultdict(list)
-    dropped = Counter()
+    kept, dropped = [], Counter()
     for r in rows:
-        if weights.get(r["task"], 0) > 0:
+        weight = weights.get(r["task"])
+        if weight is None:
+            kept.append(r)
+        elif weight > 0:
             by_task[r["task"]].append(r)
         else:
             dropped[r["task"]] += 1
     if not by_task:
-        return [], dropped
+        return kept, dropped
     scale = min(len(rs) / weights[t] for t, rs in by_task.items())
-    kept = []
     for task, rs in by_task.items():
         n = min(len(rs), max(1, round(scale * weights[task])))
         rs.sort(key=lambda r: unit_draw("mix", seed, r["id"]))
@@ -242,171 +208,283 @@ def _apply_mix(rows: list[dict], weights: dict[str, float] | None, seed: int) ->
     return kept, dropped
 
 
-def assign(index: pl.DataFrame, cfg: SplitConfig) -> tuple[dict[str, tuple[str, str]], dict]:
-    """Trajectory id -> (split, part), and the funnel counts of each step."""
-    rows = index.to_dicts()
-    funnel: dict = {"routed": Counter(), "dropped": Counter()}
-    routed = []
+def _components(rows: list[dict]) -> dict[str, str]:
+    """Image key -> the smallest key of its component: rows that share any input image (or a
+    text-only question, or an augmented copy's source image) are joined, so the test part can
+    take whole components."""
+    parent: dict[str, str] = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
     for r in rows:
-        r["split"] = _route(r, cfg)
-        if r["split"] is None:
-            funnel["dropped"]["too_many_code_rounds"] += 1
+        keys = list(r["image_hashes"]) or [question_key(r["question"])]
+        if r.get("lineage_image"):     # an augmented copy: held out with its source's image
+            keys.append(r["lineage_image"])
+        roots = {find(k) for k in keys}
+        top = min(roots)
+        for root in roots:
+            parent[root] = top
+    return {k: find(k) for k in parent}
+
+
+def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
+           excluded: dict[str, str] | None = None) -> tuple[dict, dict, dict]:
+    """(trajectory id -> (split, part), RL sample id -> (part, task), funnel counts of each step).
+    `excluded`: sample id -> why decontamination keeps it out (`decontaminated`, or
+    `unreadable_image`: it could not be checked)."""
+    excluded = excluded or {}
+    funnel: dict = {"routed": Counter(), "dropped": Counter()}
+    routed = _routed(index, cfg, excluded, funnel)
+
+    # RL candidates: the routed rows' samples (audited) or every pool sample (pool), filtered.
+    task_of = {}
+    for r in routed:
+        task_of.setdefault(r["sample_id"], r["task"])
+    rl_filter, filtered = cfg.rl_filter, Counter()
+    if cfg.rl_source == "pool":     # streamed: only the eligible rows are kept
+        pool_rows = (s for s in pool.iter_rows(named=True))
+    else:
+        seen: set[str] = set()
+        pool_rows = (r for r in routed if not (r["sample_id"] in seen or seen.add(r["sample_id"])))
+    candidates, eligible = 0, {}
+    for s in pool_rows:
+        sid = s["sample_id"]
+        if sid in excluded:
+            filtered[excluded[sid]] += 1
             continue
-        r["key"] = image_key(r["image_hash"], r["question"])
-        funnel["routed"][r["split"]] += 1
-        routed.append(r)
+        candidates += 1
+        reason = rl_filter.reject({**s, "task": task_of.get(sid, s["sample_task"])})
+        if reason is None:
+            eligible[sid] = s
+        else:
+            filtered[reason] += 1
 
     # Near-duplicate clusters over distinct samples (exact duplicates share a sample id).
     first = {}
     for r in routed:
         first.setdefault(r["sample_id"], r)
+    for sid, s in eligible.items():
+        first.setdefault(sid, s)
     clusters = near_duplicate_clusters(
-        [(s, r["key"], r["question"]) for s, r in first.items()], cfg.near_dup_threshold)
+        [(s, _key(r), r["question"]) for s, r in first.items()], cfg.near_dup_threshold)
 
-    # RL takes whole clusters (a deterministic share of the eligible ones), SFT the rest.
+    # RL takes whole clusters: a deterministic share of those with SFT rows, every pool-only one.
     members: dict[str, list[dict]] = defaultdict(list)
     for r in routed:
         members[clusters[r["sample_id"]]].append(r)
+    pool_only: dict[str, list[str]] = defaultdict(list)
+    for sid in eligible:
+        if sid not in task_of:
+            pool_only[clusters[sid]].append(sid)
+    in_cluster: dict[str, list[str]] = defaultdict(list)
+    for sid in eligible:
+        in_cluster[clusters[sid]].append(sid)
     rank = {s: k for k, s in enumerate(cfg.priority)}
     chosen: dict[str, list[dict]] = defaultdict(list)
-    for cluster, rs in members.items():
-        rs.sort(key=lambda r: (rank[r["split"]], r["sample_id"] != cluster, r["id"]))
-        source = keep = rs[0]
-        eligible = [r for r in rs if r["answer"] and (r["image_hash"] or not cfg.rl_require_image)]
-        if eligible and unit_draw("rl", cfg.seed, cluster) < cfg.rl_share:
-            source = min(eligible, key=lambda r: (r["sample_id"], r["id"]))
-            keep = dict(source, split=RL)
+    rl_counts = Counter()
+    for cluster in sorted(set(members) | set(pool_only)):
+        rs = sorted(members.get(cluster, []),
+                    key=lambda r: (rank[r["split"]], r["sample_id"] != cluster, r["id"]))
+        chances = sorted(in_cluster.get(cluster, []))
+        to_rl = bool(chances) and (not rs or unit_draw("rl", cfg.seed, cluster) < cfg.rl_share)
+        if to_rl:
+            source = chances[0]
+            rl_counts["taken"] += 1
+            rl_counts["duplicates"] += len(chances) - 1
+            row = first[source]
+            chosen[RL].append({**row, "id": source, "sample_id": source,
+                               "task": task_of.get(source, row.get("sample_task"))})
+            own = [r for r in rs if r["sample_id"] == source]
+            spared = min(own, key=lambda r: r["id"]) if own else None
+        else:
+            if not rs:
+                continue
+            rl_counts["left_to_sft"] += len(chances)
+            source = rs[0]["sample_id"]
+            spared = rs[0]
+            chosen[rs[0]["split"]].append(rs[0])
         for r in rs:
-            if r is not source:
-                same = r["sample_id"] == source["sample_id"]
-                funnel["dropped"]["exact_duplicate" if same else "near_duplicate"] += 1
-        chosen[keep["split"]].append(keep)
+            if r is not spared:
+                funnel["dropped"]["exact_duplicate" if r["sample_id"] == source else "near_duplicate"] += 1
 
+    components = _components([r for split in chosen.values() for r in split])
     assignment: dict[str, tuple[str, str]] = {}
+    rl_assignment: dict[str, tuple[str, str]] = {}
     counts: dict[str, dict[str, Counter]] = {s: {p: Counter() for p in PARTS} for s in SPLITS}
     for split in SPLITS:
         kept, dropped = _apply_mix(chosen.get(split, []), cfg.mix.get(split), cfg.seed)
         for task, n in dropped.items():
             funnel["dropped"][f"mix:{split}:{task}"] += n
         for r in kept:
-            part = "test" if unit_draw("test", cfg.seed, r["key"]) < cfg.test_share else "train"
-            assignment[r["id"]] = (split, part)
+            key = r["image_hashes"][0] if r["image_hashes"] else question_key(r["question"])
+            part = "test" if unit_draw("test", cfg.seed, components[key]) < cfg.test_share else "train"
+            if split == RL:
+                rl_assignment[r["sample_id"]] = (part, r["task"])
+            else:
+                assignment[r["id"]] = (split, part)
             counts[split][part][r["task"]] += 1
     funnel["routed"] = dict(funnel["routed"])
     funnel["dropped"] = {k: v for k, v in funnel["dropped"].items() if v}
     funnel["splits"] = {s: {p: dict(c) for p, c in parts.items()} for s, parts in counts.items()}
-    return assignment, funnel
+    funnel["rl_prompts"] = {"source": cfg.rl_source, "candidates": candidates,
+                            "eligible": len(eligible), "filtered": dict(filtered), **rl_counts}
+    return assignment, rl_assignment, funnel
 
 
-# ------------------------------------------------------------------ rendering rows
+# ------------------------------------------------------------------ building
 
-def _input(sample: Sample) -> tuple[str | None, tuple[int, int] | None]:
-    if not sample.images:
-        return None, None
-    ref = sample.images[0]
-    return dataset_path(ref.relpath), (ref.width, ref.height)
-
-
-def sft_row(trajectory: Trajectory, sample: Sample, prompts: PromptSet) -> dict:
-    """One SFT row: the user message and the assistant message of a trajectory, paths rewritten."""
-    input_path, size = _input(sample)
-    originals = [sample.meta.get("original_path")] if sample.meta.get("original_path") else []
-    rewritten = rewrite_trajectory(trajectory, input_path, originals)
-    produced = [dataset_path(p) for t in rewritten.code_turns if t.result is not None
-                for p in t.result.images]
-    return {"id": trajectory.id, "sample_id": sample.id, "task": trajectory.task,
-            "kind": trajectory.kind, "has_image": input_path is not None,
-            "question": prompts.render_user(sample.question, input_path, size),
-            "response": rewritten.render(),
-            "images": ([input_path] if input_path else []) + produced,
-            "image_key": image_key(sample.images[0].hash if sample.images else None, sample.question),
-            "answer": sample.answer}
-
-
-def rl_row(sample: Sample, prompts: PromptSet) -> dict:
-    """One RL prompt: the system prompt and the user message naming the image file."""
-    input_path, size = _input(sample)
-    return {"id": sample.id, "task": sample.task, "has_image": input_path is not None,
-            "messages": [{"role": "system", "content": prompts.system},
-                         {"role": "user", "content": prompts.render_user(sample.question, input_path, size)}],
-            "images": [input_path] if input_path else [], "solution": sample.answer,
-            "question": sample.question,
-            "meta": json.dumps(sample.meta, ensure_ascii=False, sort_keys=True),
-            "image_key": image_key(sample.images[0].hash if sample.images else None, sample.question)}
-
-
-class _Writer:
-    """Rows buffered and written as row groups of one parquet file."""
-
-    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int):
-        self.path, self.schema, self.batch_rows = path, schema, batch_rows
-        self.rows: list[dict] = []
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
-        self.count = 0
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= self.batch_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
-            self.count += len(self.rows)
-            self.rows = []
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
+def default_store_root(sample_files: list[str]) -> Path:
+    """The pool's image store: `images/` beside the `samples/` folder (the ingest layout)."""
+    root = Path(sample_files[0]).parent.parent / "images"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no image store beside the pool's samples; pass store_root")
+    return root
 
 
 def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str | os.PathLike,
-                 cfg: SplitConfig | None = None) -> dict:
-    """Write `out_dir/<split>/{train,test}.parquet` and `out_dir/report.json` (atomically, as a
-    whole directory); returns the report."""
+                 cfg: SplitConfig | None = None, store_root: str | os.PathLike | None = None,
+                 vcfg: v.ValidationConfig | None = None) -> dict:
+    """Write `out_dir/<split>/{train,test}.parquet`, `out_dir/quarantine.parquet` and
+    `out_dir/report.json` (atomically, as a whole directory); returns the report. `store_root`:
+    the pool's image store (default: beside the samples); `vcfg`: the row validations' limits."""
     cfg = cfg or SplitConfig()
-    if not audited_files:
-        raise FileNotFoundError("no audited trajectory shards to build splits from")
     if not sample_files:
-        raise FileNotFoundError("no pool sample shards to join the trajectories with")
-    index, totals = scan_index(audited_files, sample_files)
-    assignment, funnel = assign(index, cfg)
+        raise FileNotFoundError("no pool sample shards to build splits from")
+    if not audited_files and cfg.rl_source != "pool":
+        raise FileNotFoundError("no audited trajectory shards to build splits from (with "
+                                "rl_source='pool' the RL split needs none)")
+    store_root = Path(store_root) if store_root is not None else default_store_root(sample_files)
     prompts = load_prompt_set(cfg.prompt_set)
+    vcfg = replace(vcfg or v.ValidationConfig(), system_prompt=prompts.system)
+    pool = pool_index(sample_files)
+    index, totals = scan_index(audited_files, pool)
+    rejected = 0
+    if cfg.exclude_ids_file and index.height:
+        ids = pl.read_parquet(cfg.exclude_ids_file, columns=["id"])["id"]
+        rejected = index.height - (index := index.filter(~pl.col("id").is_in(ids))).height
+    excluded, decontamination = {}, None
+    if cfg.decontaminate is not None:
+        matches, decontamination = find_contaminated(pool, store_root, cfg.decontaminate)
+        excluded = {sid: "unreadable_image" if all(m["by"] == "unreadable_image" for m in ms)
+                    else "decontaminated" for sid, ms in matches.items()}
+    assignment, rl_assignment, funnel = assign(index, pool, cfg, excluded)
+    if rejected:
+        funnel["dropped"]["review_rejected"] = rejected
+    resolve = store_resolver(store_root)
     with atomic_path(out_dir) as tmp:
         writers = {}
         for split in SPLITS:
             (tmp / split).mkdir(parents=True)
             for part in PARTS:
-                writers[split, part] = _Writer(tmp / split / f"{part}.parquet", SCHEMAS[split], cfg.batch_rows)
-        assigned = pl.DataFrame({"id": list(assignment), "split": [v[0] for v in assignment.values()],
-                                 "part": [v[1] for v in assignment.values()]},
-                                schema={"id": pl.String, "split": pl.String, "part": pl.String})
-        samples_lf = pl.scan_parquet(sample_files)
+                writers[split, part] = RowWriter(tmp / split / f"{part}.parquet", SCHEMAS[split], cfg.batch_rows)
+        quarantine = _Quarantine()
         try:
-            for file in audited_files:  # one shard's rows in memory at a time
-                shard = pl.scan_parquet(file).join(assigned.lazy(), on="id", how="inner").collect()
-                if shard.height == 0:
-                    continue
-                ids = shard["sample_id"].unique().to_list()
-                samples = {r["id"]: Sample.from_row(r) for r in
-                           samples_lf.filter(pl.col("id").is_in(ids)).collect().to_dicts()}
-                for row in shard.to_dicts():
-                    sample = samples[row["sample_id"]]
-                    split, part = row["split"], row["part"]
-                    if split == RL:
-                        writers[split, part].add(rl_row(sample, prompts))
-                    else:
-                        writers[split, part].add(sft_row(Trajectory.from_row(row), sample, prompts))
+            for split, part, row in _rendered(audited_files, sample_files, assignment, rl_assignment, prompts):
+                failures = (v.validate_rl_rows if split == RL else v.validate_sft_rows)([row], resolve, vcfg)
+                quarantine.rendered[split] += 1
+                if failures:
+                    quarantine.add(split, part, row, failures)
+                else:
+                    writers[split, part].add(row)
             for w in writers.values():
                 w.close()
         finally:
             for w in writers.values():
                 if w.writer.is_open:
                     w.writer.close()
+        quarantine.write(tmp / QUARANTINE_FILE, pool)
         report = {**totals, **funnel, "config": _jsonable(asdict(cfg)),
-                  "rows": {s: {p: writers[s, p].count for p in PARTS} for s in SPLITS}}
+                  "rows": {s: {p: writers[s, p].count for p in PARTS} for s in SPLITS},
+                  "validated": {"rendered": dict(quarantine.rendered), "quarantined": quarantine.counts(),
+                                "examples": quarantine.examples}}
+        if decontamination is not None:
+            report["decontamination"] = decontamination
         (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     return report
+
+
+def _rendered(audited_files, sample_files, assignment, rl_assignment, prompts):
+    """(split, part, row) for every assigned trajectory and RL prompt, one shard at a time."""
+    assigned = pl.DataFrame({"id": list(assignment), "split": [a[0] for a in assignment.values()],
+                             "part": [a[1] for a in assignment.values()]},
+                            schema={"id": pl.String, "split": pl.String, "part": pl.String})
+    home = _sample_homes(sample_files) if assignment else None
+    for file in audited_files if assignment else []:
+        shard = pl.scan_parquet(file).join(assigned.lazy(), on="id", how="inner", maintain_order="left").collect()
+        if shard.height == 0:
+            continue
+        needed = home.join(shard.select(pl.col("sample_id").unique().alias("id")), on="id", how="semi")
+        samples = {}
+        for (k,), ids in needed.group_by("file", maintain_order=True):   # mostly the shard's own
+            rows = pl.scan_parquet(sample_files[k]).filter(pl.col("id").is_in(ids["id"].implode()))
+            for r in rows.unique("id", keep="first", maintain_order=True).collect().to_dicts():
+                samples[r["id"]] = Sample.from_row(r)
+        for row in shard.to_dicts():
+            yield row["split"], row["part"], sft_row(Trajectory.from_row(row), samples[row["sample_id"]], prompts)
+    if not rl_assignment:
+        return
+    wanted = list(rl_assignment)
+    done: set[str] = set()
+    for file in sample_files:  # RL prompts in pool order, one sample shard at a time
+        for r in pl.scan_parquet(file).filter(pl.col("id").is_in(wanted)).collect().to_dicts():
+            if r["id"] in done:
+                continue
+            done.add(r["id"])
+            part, task = rl_assignment[r["id"]]
+            yield RL, part, rl_row(Sample.from_row(r), prompts, task)
+
+
+def _sample_homes(sample_files: list[str]) -> pl.DataFrame:
+    """Sample id -> the index of the first sample file that holds it (the row `pool_index` keeps),
+    from one pass over the id columns: each audited shard then reads only the sample files its
+    trajectories come from, instead of every pool shard (which made building splits quadratic in
+    the shard count)."""
+    ids = [pl.scan_parquet(f).select("id", pl.lit(k, pl.Int32).alias("file"))
+           for k, f in enumerate(sample_files)]
+    return pl.concat(ids).unique("id", keep="first", maintain_order=True).collect(engine="streaming")
+
+
+class _Quarantine:
+    """Rows the validations set aside: counted per split and check, written with their reasons
+    and the sample's origin (file, row)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.rendered: Counter = Counter()
+        self.by_check: dict[str, Counter] = defaultdict(Counter)
+
+    def add(self, split: str, part: str, row: dict, failures: list) -> None:
+        checks = sorted({f.check for f in failures})
+        for check in checks:
+            self.by_check[split][check] += 1
+        reason = "; ".join(f"{f.check}: {f.reason}" for f in failures)
+        self.rows.append({"split": split, "part": part, "id": row["id"],
+                          "sample_id": row.get("sample_id") or row["id"], "checks": checks,
+                          "reason": reason[:1000]})
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {s: dict(c) for s, c in self.by_check.items()}
+
+    def write(self, path: Path, pool: pl.DataFrame) -> None:
+        """The quarantine file, each row with its sample's origin (file, row) from the pool."""
+        ids = list({r["sample_id"] for r in self.rows})
+        origins = {r["sample_id"]: (r["origin_file"], r["origin_row"]) for r in
+                   pool.filter(pl.col("sample_id").is_in(ids)).select(
+                       "sample_id", "origin_file", "origin_row").to_dicts()} if ids else {}
+        for r in self.rows:
+            r["origin_file"], r["origin_row"] = origins.get(r["sample_id"], (None, None))
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=QUARANTINE_SCHEMA), path)
+
+    @property
+    def examples(self) -> list[dict]:
+        """The first rows set aside, for reports (after `write` filled in their origins)."""
+        return [{"split": r["split"], "id": r["id"], "origin": f"{r['origin_file']} row {r['origin_row']}",
+                 "reason": r["reason"][:300]} for r in self.rows[:50]]
 
 
 def _jsonable(value):
@@ -433,16 +511,18 @@ def store_resolver(store_root: str | os.PathLike):
 
 def validate_splits(split_dir: str | os.PathLike, store_root: str | os.PathLike,
                     mix: dict[str, dict[str, float]] | None = None, vcfg=None) -> dict:
-    """Every validation of `pipelines.datasets.validate` over the built splits.
+    """Every validation of `pipelines.datasets.validate` over the built splits, with the rows
+    the build set aside (its report's `validated`) counted against each check's allowed rate.
     Returns {split: validate.Report} (split-level checks included in each split's report)."""
-    from pipelines.datasets import validate as v
-
     vcfg = vcfg or v.ValidationConfig()
     resolve = store_resolver(store_root)
+    built = json.loads((Path(split_dir) / "report.json").read_text()).get("validated", {})
     reports, counts, keys = {}, {}, {p: {} for p in PARTS}
     for split in SPLITS:
         is_rl = split == RL
-        report = v.Report(split_checks(split), keep=vcfg.max_failures_kept)
+        report = v.Report(split_checks(split), keep=vcfg.max_failures_kept, cfg=vcfg,
+                          rendered=built.get("rendered", {}).get(split, 0),
+                          quarantined=built.get("quarantined", {}).get(split, {}))
         by_task = Counter()
         for part in PARTS:
             for rows in iter_split(split_dir, split, part):
@@ -450,7 +530,7 @@ def validate_splits(split_dir: str | os.PathLike, store_root: str | os.PathLike,
                            else v.validate_sft_rows(rows, resolve, vcfg))
                 for r in rows:
                     by_task[r["task"]] += 1
-                    keys[part][f"{split}/{r['id']}"] = r["image_key"]
+                    keys[part][f"{split}/{r['id']}"] = v.input_keys(r, is_rl)
         counts[split] = dict(by_task)
         reports[split] = report
     targets = mix if mix is not None else SplitConfig().mix

@@ -1,10 +1,18 @@
-"""Validation of split and published rows (issue 5): the checks that must pass before anyone
+"""Validation of split and published rows (issue 5, 14): the checks that must pass before anyone
 spends GPU time. Each check is a named function over a batch of rows returning `Failure`s (row
 id + reason); split-level checks take the split's counts or keys.
 
+Building the splits runs the row checks on every rendered row and sets a failing row aside
+(quarantined with its reasons, `pipelines.datasets.splits`); a `Report` then counts those rows
+against the rate each check allows (`ValidationConfig.max_failure_rate`, per-check
+`failure_rates`): one bad row in a hundred thousand does not block publishing, a broken batch
+does. The pixel budget is the ingest's (`pipelines.core.images.ImageLimits`): what the pool kept,
+validation accepts.
+
 Row shapes (what `pipelines.datasets.splits` writes):
-- SFT: `id`, `question` (the user message), `response` (the assistant message), `images`
-  (dataset-relative paths: the input first, then each produced image in order), `has_image`;
+- SFT: `id`, `question` (the user message, one `<image>` per input image), `response` (the
+  assistant message), `images` (dataset-relative paths: the inputs first, then each produced
+  image in order), `has_image`;
 - RL: `id`, `messages` (system + user), `images`, `solution`.
 `resolve(path)` maps a row's image path to the file on this machine.
 """
@@ -14,10 +22,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from pipelines.core.images import ImageLimits
 from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, parse_user
 from pipelines.core.trajectory import follows_format
 from pipelines.datasets.paths import find_absolute_paths
@@ -53,11 +62,23 @@ class Failure:
 class ValidationConfig:
     """Limits the checks enforce."""
 
-    max_pixels: int = 4096 * 4096          # per image; guards memory (processors resize below this)
+    max_pixels: int = ImageLimits.max_pixels  # per image: the ingest's limit (processors resize
+                                           # far below it; a pool image never fails here)
     mix_tolerance: float = 0.05            # |actual share - target share| allowed per task
     min_rows: int = 1                      # every split built must have at least this many rows
     system_prompt: str = DEFAULT_SYSTEM_PROMPT  # the RL prompt's expected system message
     max_failures_kept: int = 200           # per check, for reports (all are counted)
+    max_failure_rate: float = 0.01         # rows a row check may set aside (share of the split's
+                                           # rendered rows) before it blocks publishing
+    failure_rates: dict[str, float] = field(default_factory=dict)  # per-check overrides
+
+    def __post_init__(self):
+        for name, rate in {"max_failure_rate": self.max_failure_rate, **self.failure_rates}.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"failure rate of {name} must be in [0, 1] (got {rate})")
+
+    def allowed_rate(self, check: str) -> float:
+        return self.failure_rates.get(check, self.max_failure_rate)
 
 
 # ------------------------------------------------------------------ SFT row checks
@@ -116,17 +137,17 @@ def check_think_answer_format(rows: Iterable[dict]) -> list[Failure]:
 
 
 def check_image_count(rows: Iterable[dict]) -> list[Failure]:
-    """One `<image>` in the question per input image, one in the response per produced image,
-    matching the image list in order."""
+    """One `<image>` in the question per input image (none for a text-only row), one in the
+    response per produced image, matching the image list in order."""
     out = []
     for row in rows:
         in_question = (row["question"] or "").count(IMAGE_TOKEN)
         in_response = (row.get("response") or "").count(IMAGE_TOKEN)
-        expected_q = 1 if row["has_image"] else 0
         images = len(row["images"] or [])
-        if in_question != expected_q:
+        if bool(in_question) != bool(row["has_image"]):
+            expected = "at least 1" if row["has_image"] else "0 (a text-only row)"
             out.append(Failure("image_count", row["id"],
-                               f"{in_question} {IMAGE_TOKEN} in the question, expected {expected_q}"))
+                               f"{in_question} {IMAGE_TOKEN} in the question, expected {expected}"))
         elif in_question + in_response != images:
             out.append(Failure("image_count", row["id"],
                                f"{in_question}+{in_response} {IMAGE_TOKEN} tokens but {images} images"))
@@ -211,23 +232,27 @@ def rl_as_checked(row: dict) -> dict:
 
 def check_split_sizes_and_mix(counts: dict[str, dict[str, int]], targets: dict[str, dict[str, float]],
                               cfg: ValidationConfig) -> list[Failure]:
-    """Each split has at least `min_rows`; where a task mix is configured, each present task's
-    share is within the tolerance of its target (renormalised over the tasks present)."""
+    """Each split has at least `min_rows`; where a task mix is configured, each listed task's
+    share among the listed tasks is within the tolerance of its target (renormalised over the
+    listed tasks present), and no task the mix excludes (weight 0) is present."""
     out = []
     for split, by_task in counts.items():
         total = sum(by_task.values())
         if total < cfg.min_rows:
             out.append(Failure("split_sizes_and_mix", split, f"{total} rows < {cfg.min_rows}"))
             continue
-        target = {t: w for t, w in (targets.get(split) or {}).items() if by_task.get(t)}
+        weights = targets.get(split) or {}
+        excluded = sorted(t for t, w in weights.items() if w == 0 and by_task.get(t))
+        if excluded:
+            out.append(Failure("split_sizes_and_mix", split, f"tasks the mix excludes (weight 0): {excluded}"))
+        target = {t: w for t, w in weights.items() if w > 0 and by_task.get(t)}
         if not target:
             continue
-        extra = sorted(set(by_task) - set(target))
-        if extra:
-            out.append(Failure("split_sizes_and_mix", split, f"tasks outside the mix: {extra}"))
+        # shares among the mixed tasks: tasks the mix does not list are kept whole, outside it
+        mixed = sum(by_task[t] for t in target)
         weight = sum(target.values())
         for task, w in target.items():
-            share, want = by_task[task] / total, w / weight
+            share, want = by_task[task] / mixed, w / weight
             if abs(share - want) > cfg.mix_tolerance:
                 out.append(Failure("split_sizes_and_mix", split,
                                    f"{task}: share {share:.3f}, target {want:.3f} "
@@ -235,12 +260,29 @@ def check_split_sizes_and_mix(counts: dict[str, dict[str, int]], targets: dict[s
     return out
 
 
-def check_no_train_test_overlap(train: dict[str, str], test: dict[str, str]) -> list[Failure]:
-    """`train`/`test` map row id -> image key (input image hash, or the normalised question of a
-    text-only row); no key may be on both sides."""
-    train_keys = set(train.values())
-    return [Failure("no_train_test_overlap", rid, f"image/question key {key[:16]} is also in train")
-            for rid, key in test.items() if key in train_keys]
+def input_keys(row: dict, rl: bool = False) -> list[str]:
+    """What keeps a row's part apart: the hash of each input image (a dataset path's file name;
+    an SFT row's inputs are as many as its question's `<image>` tokens, an RL row's are all its
+    images), or its `image_key` (the normalised question) when it has none."""
+    images = row["images"] or []
+    inputs = images if rl else images[:(row.get("question") or "").count(IMAGE_TOKEN)]
+    return [PurePosixPath(p).stem for p in inputs] or [row["image_key"]]
+
+
+def check_no_train_test_overlap(train: dict, test: dict) -> list[Failure]:
+    """`train`/`test` map row id -> its keys (`input_keys`; a single key may be given as text):
+    no key may be on both sides."""
+    def keys(value):
+        return [value] if isinstance(value, str) else value
+
+    train_keys = {k for value in train.values() for k in keys(value)}
+    out = []
+    for rid, value in test.items():
+        shared = [k for k in keys(value) if k in train_keys]
+        if shared:
+            out.append(Failure("no_train_test_overlap", rid,
+                               f"image/question key {shared[0][:16]} is also in train"))
+    return out
 
 
 # ------------------------------------------------------------------ batches
@@ -259,12 +301,18 @@ def validate_rl_rows(rows: list[dict], resolve: Resolver, cfg: ValidationConfig)
 
 @dataclass
 class Report:
-    """Failures per check: counted in full, the first `keep` kept with their rows and reasons."""
+    """Failures per check: counted in full, the first `keep` kept with their rows and reasons;
+    with the rows the build set aside (`quarantined` per check, of `rendered` rows) held
+    against each check's allowed rate. A check passes when the written rows have no failure
+    and its quarantine rate is within the allowed rate."""
 
     checks: tuple[str, ...]
     keep: int = 200
     counts: dict[str, int] = field(default_factory=dict)
     failures: dict[str, list[Failure]] = field(default_factory=dict)
+    cfg: ValidationConfig = field(default_factory=ValidationConfig)
+    rendered: int = 0                                    # rows built (written + set aside)
+    quarantined: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         for name in self.checks:
@@ -278,9 +326,13 @@ class Report:
             if len(kept) < self.keep:
                 kept.append(f)
 
+    def rate(self, name: str) -> float:
+        """The share of the split's rendered rows this check set aside."""
+        return self.quarantined.get(name, 0) / self.rendered if self.rendered else 0.0
+
     def passed(self, name: str) -> bool:
-        return self.counts.get(name, 0) == 0
+        return self.counts.get(name, 0) == 0 and self.rate(name) <= self.cfg.allowed_rate(name)
 
     @property
     def ok(self) -> bool:
-        return not any(self.counts.values())
+        return all(self.passed(name) for name in {*self.checks, *self.counts, *self.quarantined})

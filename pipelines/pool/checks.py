@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipelines.core.images import thumbnail_data_url
+from pipelines.core.previews import cell, markdown_table, thumbnails
 from pipelines.core.schema import SAMPLE_SCHEMA, ImageRef
 
 
@@ -38,19 +38,17 @@ def check_images_exist(files: list[Path], images_root: Path) -> list[str]:
 
 
 def preview_markdown(files: list[Path], out: Path, rows: int = 8) -> str:
-    """A markdown table of the first rows, with thumbnails, for the Dagster UI."""
+    """A markdown table of the first rows, every image as a thumbnail, for the Dagster UI."""
     if not files:
         return "(no shards)"
     table = pl.scan_parquet([str(f) for f in files]).head(rows).collect()
-    lines = ["| image | task | question | answer | ground truth |", "|---|---|---|---|---|"]
+    lines = []
     for row in table.iter_rows(named=True):
-        image = ""
-        if row["images"]:
-            ref = ImageRef(**row["images"][0])
-            path = out / "images" / ref.relpath
-            image = f"![]({thumbnail_data_url(path)}) {ref.width}x{ref.height}"
+        refs = [ImageRef(**im) for im in row["images"] or []]
+        images = thumbnails([out / "images" / ref.relpath for ref in refs])
+        sizes = ", ".join(f"{ref.width}x{ref.height}" for ref in refs) or "no image"
         meta = json.loads(row["meta"] or "{}")
         truth = {k: v for k, v in meta.items() if k in ("box", "angle", "options", "expression")}
-        cells = [image, row["task"], row["question"][:80], row["answer"][:40], json.dumps(truth)[:80]]
-        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
-    return "\n".join(lines)
+        lines.append([images, cell(sizes), cell(row["task"]), cell(row["question"]),
+                      cell(row["answer"], 40), cell(json.dumps(truth), 80)])
+    return markdown_table(["images", "size", "task", "question", "answer", "ground truth"], lines)

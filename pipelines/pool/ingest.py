@@ -11,6 +11,14 @@ samples file carries a fingerprint of its inputs and configuration: re-running a
 with the same fingerprint does nothing; a shard killed halfway left only temporary files
 (everything is written under a temporary name and renamed) and simply runs again.
 Rows are decoded in a process pool (images are the CPU-bound part); reading stays streaming.
+The pool's workers die with the process that started them (a killed run leaves no orphans).
+
+Faults: a bad row is quarantined with its reason. A file that does not open (truncated, not
+parquet, empty) or a parquet row group that does not decode is quarantined as a unit (file, row
+group, reason, the rows it held when known), its rows that were already decoded dropped with it;
+the run goes on and the report lists the unit under `unreadable`. In a report, `quarantined` counts
+input rows (a unit counts its rows; unknown: none) and `quarantined_by_reason` counts entries of
+the quarantine files.
 """
 
 from __future__ import annotations
@@ -33,7 +41,17 @@ import pyarrow.parquet as pq
 from pipelines.core.atomic import remove_stale_temporaries, write_json, write_parquet
 from pipelines.core.images import ImageLimits, ImageRejected, ImageStore
 from pipelines.core.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA, quarantine_row
-from pipelines.pool.readers import FORMATS, Reader, RowRejected, Unit, list_units, read_unit
+from pipelines.pool.readers import (
+    FORMATS,
+    Reader,
+    RowRejected,
+    Unit,
+    UnitUnreadable,
+    describe,
+    list_units,
+    read_unit,
+)
+from pipelines.pool.truth import resolve as resolve_truth
 
 TASK_ROWS = 256        # rows per unit of parallel work
 FINGERPRINT_KEY = b"thyme.fingerprint"
@@ -50,7 +68,8 @@ class IngestConfig:
     shard_size: int = 5000          # rows per shard: thousands, so each Dagster run amortises its cost
     workers: int | None = None      # processes decoding images; None = one per core
     image_root: str | None = None   # generic: folder that relative image paths start from
-    mapping: dict[str, str] = field(default_factory=dict)  # generic: our field -> their column
+    mapping: dict[str, str] = field(default_factory=dict)  # our field -> their column: the
+                                    # generic reader's columns, ground truth (pool.truth)
     max_pixels: int = ImageLimits.max_pixels
     min_side: int = ImageLimits.min_side
     max_aspect_ratio: float = ImageLimits.max_aspect_ratio
@@ -62,6 +81,7 @@ class IngestConfig:
             raise ValueError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)} or generated")
         if self.shard_size < 1:
             raise ValueError("shard_size must be positive")
+        resolve_truth(self.mapping)     # a wrong setting fails here, not on every row
 
     @property
     def limits(self) -> ImageLimits:
@@ -111,6 +131,9 @@ def plan_shards(cfg: IngestConfig) -> list[Shard]:
     shards, pieces, filled = [], [], 0
     for path in expand_inputs(cfg.inputs):
         for unit in list_units(path):
+            if unit.kind == "unreadable":  # no rows to cut; the current shard quarantines it
+                pieces.append((unit, 0, 0))
+                continue
             lo = 0
             while lo < unit.count:
                 take = min(unit.count - lo, cfg.shard_size - filled)
@@ -143,7 +166,16 @@ def fingerprint(cfg: IngestConfig, shard: Shard) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(cfg: IngestConfig, base_dir: str) -> None:
+def _init_worker(cfg: IngestConfig, base_dir: str, parent: int) -> None:
+    from sandbox.confine import die_with_parent
+
+    die_with_parent()  # SIGKILL when the process that started the pool dies (kill -9 included)
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(1)
+    _setup_worker(cfg, base_dir)
+
+
+def _setup_worker(cfg: IngestConfig, base_dir: str) -> None:
     _WORKER["store"] = ImageStore(Path(cfg.out) / "images", cfg.limits)
     _WORKER["reader"] = Reader(cfg.format, cfg.image_root, cfg.mapping, base_dir)
     _WORKER["cfg"] = cfg
@@ -169,21 +201,37 @@ def _run_task(task) -> tuple[list[dict], list[dict], dict]:
 
 def _read_rows(task, store: ImageStore, cfg: IngestConfig, samples: list, quarantined: list,
                stats: Counter) -> None:
+    """Rows of one unit range; when the unit turns out unreadable, the range is quarantined
+    whole and its rows decoded so far are dropped (they come from a damaged unit)."""
     reader = _WORKER["reader"]
     _, unit, lo, hi = task
-    for number, row, error in read_unit(unit, lo, hi):
-        stats["rows_read"] += 1
-        origin = reader.origin(unit.file)
-        if row is None:
-            reason, detail = error.split(": ", 1)
-            quarantined.append(quarantine_row(origin, number, reason, detail, cfg.format))
-            continue
-        try:
-            sample = reader.to_sample(unit.file, number, row, store)
-        except (RowRejected, ImageRejected) as exc:
-            quarantined.append(quarantine_row(origin, number, exc.reason, exc.detail, cfg.format))
-            continue
-        samples.append(sample.to_row())
+    origin = reader.origin(unit.file)
+    kept, bad, read = [], [], 0
+    try:
+        for number, row, error in read_unit(unit, lo, hi):
+            read += 1
+            if row is None:
+                reason, detail = error.split(": ", 1)
+                bad.append(quarantine_row(origin, number, reason, detail, cfg.format))
+                continue
+            try:
+                kept.append(reader.to_sample(unit.file, number, row, store).to_row())
+            except (RowRejected, ImageRejected) as exc:
+                bad.append(quarantine_row(origin, number, exc.reason, exc.detail, cfg.format))
+            except (OSError, MemoryError):
+                raise  # the machine's trouble (a full disk, permissions), not the row's
+            except Exception as exc:  # noqa: BLE001 - input we did not foresee: the row, not the run
+                bad.append(quarantine_row(origin, number, "reader_error", describe(exc), cfg.format))
+    except UnitUnreadable as exc:
+        known = unit.kind != "unreadable"
+        quarantined.append(quarantine_row(
+            origin, unit.first + lo if known else None, exc.reason, exc.detail, cfg.format,
+            rows=hi - lo if known else None, row_group=unit.part if unit.kind == "parquet" else None))
+        stats["rows_read"] += hi - lo
+        return
+    samples += kept
+    quarantined += bad
+    stats["rows_read"] += read
 
 
 def _tasks(shard: Shard) -> Iterator[tuple]:
@@ -194,6 +242,9 @@ def _tasks(shard: Shard) -> Iterator[tuple]:
             yield ("generated", s, min(step, start + count - s))
         return
     for unit, lo, hi in shard.pieces:
+        if unit.kind == "unreadable":
+            yield ("rows", unit, 0, 0)
+            continue
         # Parquet pieces stay whole: a row group is read front to back, so splitting one would
         # read its first rows again. JSONL and Arrow pieces split freely.
         step = hi - lo if unit.kind == "parquet" else TASK_ROWS
@@ -244,7 +295,7 @@ def ingest_shard(cfg: IngestConfig, shard: Shard, pool: ProcessPoolExecutor | No
                 progress.update(counts.get("rows_read", 0))
     finally:
         if own_pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
     kept, seen = [], set()
     for row in samples:  # exact dedup: the id is the hash of image hashes + normalised question
         if row["id"] not in seen:
@@ -252,8 +303,10 @@ def ingest_shard(cfg: IngestConfig, shard: Shard, pool: ProcessPoolExecutor | No
             kept.append(row)
     report = {
         "shard": shard.key, "rows_read": stats["rows_read"], "kept": len(kept),
-        "deduplicated": len(samples) - len(kept), "quarantined": len(quarantined),
+        "deduplicated": len(samples) - len(kept),
+        "quarantined": sum(q["rows"] or 0 for q in quarantined),
         "quarantined_by_reason": dict(Counter(q["reason"] for q in quarantined)),
+        "unreadable": [unreadable_entry(q) for q in quarantined if q["reason"] in UNIT_REASONS],
         "images_written": stats["images_written"], "image_bytes": stats["image_bytes"],
         "seconds": round(time.perf_counter() - t0, 3), "skipped": False,
     }
@@ -265,18 +318,65 @@ def ingest_shard(cfg: IngestConfig, shard: Shard, pool: ProcessPoolExecutor | No
     return report
 
 
-def make_pool(cfg: IngestConfig) -> ProcessPoolExecutor:
+UNIT_REASONS = ("unreadable_file", "unreadable_row_group")
+
+
+def unreadable_entry(q: dict) -> dict:
+    """A unit quarantined whole, as the report lists it."""
+    return {"file": q["origin"]["file"], "row_group": q["row_group"], "first_row": q["origin"]["row"],
+            "rows": q["rows"], "reason": q["reason"], "detail": q["detail"]}
+
+
+class DecodingPool(ProcessPoolExecutor):
+    """A process pool that, leaving its `with` block on an error, drops the tasks not started
+    (a full disk fails them all anyway) instead of waiting for them."""
+
+    def __exit__(self, *exc_info):
+        self.shutdown(wait=True, cancel_futures=True)
+        return False
+
+
+class InlinePool:
+    """`make_pool`'s interface, decoding in this process: for a worker that is itself one of many
+    (a Ray task per shard), where a pool of its own would oversubscribe the node."""
+
+    def __init__(self, cfg: IngestConfig):
+        _setup_worker(cfg, _base_dir(cfg))
+
+    def map(self, fn, iterable):
+        return map(fn, iterable)
+
+    def shutdown(self, *args, **kwargs) -> None:
+        pass
+
+    def __enter__(self) -> InlinePool:
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        return False
+
+
+def _base_dir(cfg: IngestConfig) -> str:
+    """Where relative inputs start: the inputs' common folder."""
     base_dir = os.path.commonpath([os.path.abspath(p) for p in cfg.inputs]) if cfg.inputs else ""
     if base_dir and os.path.isfile(base_dir):
         base_dir = os.path.dirname(base_dir)
+    return base_dir
+
+
+def make_pool(cfg: IngestConfig) -> ProcessPoolExecutor | InlinePool:
     workers = cfg.workers or len(os.sched_getaffinity(0))
+    if workers == 1:  # one decoder: no second process to start and feed
+        return InlinePool(cfg)
     # spawn, not fork: callers (Dagster, tests) may have threads
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                               initializer=_init_worker, initargs=(cfg, base_dir))
+    return DecodingPool(workers, mp_context=get_context("spawn"),
+                        initializer=_init_worker, initargs=(cfg, _base_dir(cfg), os.getpid()))
 
 
-def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = True) -> dict:
-    """Ingest all shards (or the given indices) and write out/report.json."""
+def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = True,
+           engine=None) -> dict:
+    """Ingest all shards (or the given indices) and write out/report.json. `engine`: where the
+    shards run (`pipelines.scale`; default: a process pool here)."""
     plan = plan_shards(cfg)
     todo = [s for s in plan if shards is None or s.index in shards]
     t0 = time.perf_counter()
@@ -284,10 +384,12 @@ def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = 
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=sum(s.rows for s in todo), unit="row", desc=f"ingest {cfg.format}")
-    reports = []
-    with make_pool(cfg) as pool:
-        for shard in todo:
-            reports.append(ingest_shard(cfg, shard, pool, bar))
+    if engine is None:
+        with make_pool(cfg) as pool:
+            reports = [ingest_shard(cfg, shard, pool, bar) for shard in todo]
+    else:
+        order = {s.key: s.index for s in todo}
+        reports = sorted(engine.ingest(cfg, todo, bar), key=lambda r: order[r["shard"]])
     if bar is not None:
         bar.close()
     total = summarise(reports)
@@ -298,14 +400,19 @@ def ingest(cfg: IngestConfig, shards: list[int] | None = None, progress: bool = 
     return total
 
 
+COUNTS = ("rows_read", "kept", "deduplicated", "quarantined", "images_written", "image_bytes")
+
+
 def summarise(reports: list[dict]) -> dict:
-    total = Counter()
+    """Totals over shard reports (all zero, nothing listed, for none)."""
+    total = dict.fromkeys(COUNTS, 0)
     reasons = Counter()
     for r in reports:
-        for key in ("rows_read", "kept", "deduplicated", "quarantined", "images_written", "image_bytes"):
+        for key in COUNTS:
             total[key] += r[key]
         reasons.update(r["quarantined_by_reason"])
     return {**total, "quarantined_by_reason": dict(reasons),
+            "unreadable": [u for r in reports for u in r.get("unreadable", [])],
             "skipped_shards": sum(1 for r in reports if r.get("skipped"))}
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from pipelines.core.atomic import write_json
+from pipelines.core.atomic import remove_stale_temporaries, write_json
 from pipelines.core.images import ImageRejected, ImageStore, store_path
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import Result, Trajectory
@@ -26,11 +26,15 @@ SANDBOX_SEMANTICS = "sandbox/2"  # 2: the original's pre-bound names, crop and f
 
 
 class ExecutionCache:
-    """Results per (code prefix, inputs): one small JSON file each, written atomically."""
+    """Results per (code prefix, inputs): one small JSON file each, written atomically (the
+    temporaries in one small folder, cleared of a killed run's when the cache is opened: a cache
+    folder holds too many entries to look through per write)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = self.root / ".partial"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.tmp_dir)
         self.hits = self.misses = 0
 
     @staticmethod
@@ -48,7 +52,8 @@ class ExecutionCache:
         return Result(**json.loads(path.read_text()))
 
     def put(self, key: str, result: Result) -> None:
-        write_json(self.root / key[:2] / f"{key}.json", asdict(result), indent=None)
+        write_json(self.root / key[:2] / f"{key}.json", asdict(result), indent=None,
+                   tmp_dir=self.tmp_dir)
 
 
 def execute(trajectories: list[Trajectory], samples: dict[str, Sample], store: ImageStore,
@@ -84,12 +89,12 @@ def _execute_one(trajectory: Trajectory, sample: Sample, store: ImageStore, sand
     inputs = [str(store.path(sample.images[0]))] if sample.images else []
     with sandbox.session(inputs=inputs, timeout=timeout) as session:
         for turn, key in zip(turns, keys, strict=True):
-            turn.result = _result(session.run(turn.code), store)
+            turn.result = stored_result(session.run(turn.code), store)
             if cache is not None:
                 cache.put(key, turn.result)
 
 
-def _result(r, store: ImageStore) -> Result:
+def stored_result(r, store: ImageStore) -> Result:
     """A sandbox result as stored: images moved into the store by content hash."""
     if not r.ok:
         return Result(kind="error", text=r.error.message, error_kind=r.error.kind)

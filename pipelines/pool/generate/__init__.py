@@ -17,6 +17,10 @@ generator version and should be bumped whenever the output for a (seed, index) c
 Task mix: every aligned block of 20 indices holds exactly 6 crop, 6 no_code, 3 rotate,
 2 contrast, 2 chart/table computation and 1 text-only computation sample (30/30/15/10/10/5 %),
 shuffled per block; half of each task's samples are multiple choice, alternating by block.
+`mix` chooses another mix (builder names and slots per block): `(("arithmetic", 1),)` is a pool of
+multi-digit arithmetic only (`arithmetic`: open questions, never multiple choice), the task of the
+tool-use learning check (benchmarks/tool_use_check.py); a non-default mix is named in
+`origin_file`.
 
 Conventions in `meta`:
 - `box` = [x1, y1, x2, y2] in pixels of the stored image, x2/y2 exclusive (`PIL.Image.crop`).
@@ -31,8 +35,8 @@ Conventions in `meta`:
 
 Layout: this module schedules the mix and assembles samples (multiple choice included); one module
 per task builds its image(s), question and exact answer (`crop`, `rotate`, `contrast`, `chart`,
-`word_problems`, `no_code`), each returning a `built.Built`; they share the drawing toolkit
-(`draw`, `scene`), the vocabulary (`words`), exact arithmetic (`numbers`) and `rand`.
+`word_problems`, `arithmetic`, `no_code`), each returning a `built.Built`; they share the drawing
+toolkit (`draw`, `scene`), the vocabulary (`words`), exact arithmetic (`numbers`) and `rand`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import numpy as np
 
 from pipelines.core.images import ImageStore
 from pipelines.core.schema import TASKS, Sample
+from pipelines.pool.generate.arithmetic import build_arithmetic
 from pipelines.pool.generate.built import Built
 from pipelines.pool.generate.chart import build_chart
 from pipelines.pool.generate.contrast import build_contrast
@@ -58,35 +63,51 @@ GENERATOR = "thyme-generate/1"   # bump when the output for a (seed, index) chan
 SOURCE = "generated"
 
 # One block of consecutive indices holds exactly this mix, in a per-block shuffled order.
-_MIX = (("crop", 6), ("no_code", 6), ("rotate", 3), ("contrast", 2), ("chart", 2),
-        ("word_problem", 1))
-_SLOTS = tuple(key for key, n in _MIX for _ in range(n))
-BLOCK = len(_SLOTS)
+Mix = tuple[tuple[str, int], ...]      # ((builder key, slots per block), ...)
+DEFAULT_MIX: Mix = (("crop", 6), ("no_code", 6), ("rotate", 3), ("contrast", 2), ("chart", 2),
+                    ("word_problem", 1))
 
 # Each slot's builder: (the sample's rng) -> Built, one module per task.
 _BUILDERS: dict[str, Callable[[np.random.Generator], Built]] = {
     "crop": build_crop, "no_code": build_no_code, "rotate": build_rotate,
     "contrast": build_contrast, "chart": build_chart, "word_problem": build_word_problem,
+    "arithmetic": build_arithmetic,
 }
+BUILDERS = tuple(_BUILDERS)
 
 
 # ---------------------------------------------------------------------------------------------
 # Public API and the schedule
 # ---------------------------------------------------------------------------------------------
 
-def generate_samples(start: int, count: int, seed: int, store: ImageStore) -> Iterator[Sample]:
-    """Samples `start .. start+count-1` of the generated pool for `seed`, images put in `store`."""
+def generate_samples(start: int, count: int, seed: int, store: ImageStore,
+                     mix: Mix | None = None) -> Iterator[Sample]:
+    """Samples `start .. start+count-1` of the generated pool for `seed`, images put in `store`.
+    `mix`: ((builder, slots per block), ...), default DEFAULT_MIX; e.g. (("arithmetic", 1),)
+    for a pool of that task only."""
     if start < 0 or count < 0 or seed < 0:
         raise ValueError(f"start, count and seed must be >= 0 (got {start}, {count}, {seed})")
+    slots = _slots(tuple(mix) if mix is not None else DEFAULT_MIX)
+    origin = f"generated/seed={seed}" + ("" if mix is None or tuple(mix) == DEFAULT_MIX
+                                          else "/mix=" + ",".join(f"{k}:{n}" for k, n in mix))
     for i in range(start, start + count):
-        yield _sample(seed, i, store)
+        yield _sample(seed, i, store, slots, origin)
 
 
-def _sample(seed: int, i: int, store: ImageStore) -> Sample:
-    key, variant = _schedule(seed, i)
+def _slots(mix: Mix) -> tuple[str, ...]:
+    unknown = [key for key, _ in mix if key not in _BUILDERS]
+    if unknown or not mix or any(n < 1 for _, n in mix):
+        raise ValueError(f"mix {mix!r}: builders are {BUILDERS}, each with >= 1 slot")
+    return tuple(key for key, n in mix for _ in range(n))
+
+
+def _sample(seed: int, i: int, store: ImageStore, slots: tuple[str, ...], origin: str) -> Sample:
+    key, variant = _schedule(seed, i, slots)
     rng = np.random.default_rng([seed, i])
     built = _BUILDERS[key](rng)
     assert built.task in TASKS, built.task
+    if not built.multiple_choice:
+        variant = "open"
     meta = {"generator": GENERATOR, "kind": built.kind, "variant": variant, **built.meta}
     question, answer = built.question, built.answer
     if variant == "mc":
@@ -97,20 +118,20 @@ def _sample(seed: int, i: int, store: ImageStore) -> Sample:
         answer = letter
     images = [store.put(data)[0] for data in built.images]
     return Sample(question=question, images=images, source=SOURCE,
-                  origin_file=f"generated/seed={seed}", origin_row=i, answer=answer,
+                  origin_file=origin, origin_row=i, answer=answer,
                   task=built.task, meta=meta)
 
 
 @lru_cache(maxsize=64)
-def _block_order(seed: int, block: int) -> tuple[str, ...]:
-    perm = np.random.default_rng([seed, block, 0x5107]).permutation(BLOCK)
-    return tuple(_SLOTS[j] for j in perm)
+def _block_order(seed: int, block: int, slots: tuple[str, ...]) -> tuple[str, ...]:
+    perm = np.random.default_rng([seed, block, 0x5107]).permutation(len(slots))
+    return tuple(slots[j] for j in perm)
 
 
-def _schedule(seed: int, i: int) -> tuple[str, str]:
+def _schedule(seed: int, i: int, slots: tuple[str, ...]) -> tuple[str, str]:
     """(builder key, "mc" | "open") of index i: exact mix per block, MC alternating by block."""
-    block, pos = divmod(i, BLOCK)
-    order = _block_order(seed, block)
+    block, pos = divmod(i, len(slots))
+    order = _block_order(seed, block, slots)
     key = order[pos]
     nth = order[:pos].count(key)
     return key, ("mc" if (nth + block) % 2 == 0 else "open")

@@ -18,3 +18,4 @@ class Built:
     meta: dict
     pool: list[str] = field(default_factory=list)       # multiple-choice distractors, best first
     perturb: Callable | None = None                      # (rng, answer) -> another distractor
+    multiple_choice: bool = True                         # False: always asked as an open question

@@ -25,7 +25,7 @@ from PIL import Image
 
 from pipelines.core.judge import Judge
 from pipelines.core.schema import Sample
-from pipelines.core.trajectory import FAIL, PASS, SKIP, Check, Trajectory
+from pipelines.core.trajectory import FAIL, PASS, SKIP, UNVERIFIED, Check, Trajectory
 from pipelines.samples.audit.config import AuditConfig
 from pipelines.samples.audit.context import Context
 from pipelines.samples.audit.judge_prompt import judge_question
@@ -74,7 +74,9 @@ def audit(trajectory: Trajectory, sample: Sample, store_root: str | Path,
             checks.append(check(ctx))
         except Exception as exc:  # noqa: BLE001  one odd row must not stop a shard's audit
             checks.append(Check(name, FAIL, f"the check crashed: {type(exc).__name__}: {exc}"))
-    return replace(trajectory, audit=checks, passed=all(c.verdict != FAIL for c in checks))
+    # a real pool's `unknown` becomes the task the code performed (routing and the mix read it)
+    return replace(trajectory, audit=checks, passed=all(c.verdict != FAIL for c in checks),
+                   task=ctx.task)
 
 
 def audit_many(trajectories: Sequence[Trajectory], samples: Mapping[str, Sample],
@@ -113,16 +115,24 @@ def audit_many(trajectories: Sequence[Trajectory], samples: Mapping[str, Sample]
             try:
                 questions.append(judge_question(done[i], samples[done[i].sample_id], root, config))
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                verdicts[i] = Check(JUDGE, SKIP, f"not asked: an image could not be shown ({exc})")
+                verdicts[i] = Check(JUDGE, UNVERIFIED, f"not asked: an image could not be shown ({exc})")
                 continue
             asked.append(i)
         for i, v in zip(asked, judge.verdicts(questions), strict=True):
             if v.value is None:
-                verdicts[i] = Check(JUDGE, SKIP, f"no verdict: {v.reason}")
+                verdicts[i] = Check(JUDGE, UNVERIFIED, f"no verdict: {v.reason}")
             else:
                 says = "supports the reasoning and helps answer" if v.value else \
                     "does not support the reasoning or help answer"
                 verdicts[i] = Check(JUDGE, PASS if v.value else FAIL,
                                     f"{model}: the result {says} (reply {v.reason[:40]!r})")
-    return [replace(t, audit=[*t.audit, verdicts[i]], passed=t.passed and verdicts[i].verdict != FAIL)
+    return [replace(t, audit=[*t.audit, verdicts[i]], passed=t.passed and _judge_passes(verdicts[i], config))
             for i, t in enumerate(done)]
+
+
+def _judge_passes(check: Check, config: AuditConfig) -> bool:
+    """A judge verdict lets a trajectory pass: yes, not asked for a reason that is no doubt
+    (a rule failed, a direct answer), or unverified when the setting allows it."""
+    if check.verdict == UNVERIFIED:
+        return config.judge_unverified_passes
+    return check.verdict != FAIL

@@ -24,6 +24,9 @@ class AuditConfig:
                                       # exact crops score > 0.9, enhanced ones > 0.7, misses < 0.5
     # contrast_semantics
     contrast_gain: float = 1.3        # the target's RMS contrast must grow by this factor
+    contrast_gain_no_truth: float = 1.1  # without a target box (real pools): the local contrast of
+                                      # the region the output shows must grow by this (enhancers
+                                      # x1.03-1.37 at p10, brightening <= x1.09: contrast.py)
     # rotation_semantics
     rotation_tolerance_deg: float = 10.0   # largest residual tilt still called upright
     rotation_min_score: float = 0.85  # the best residual hypothesis must score this (1.5 deg off
@@ -59,3 +62,5 @@ class AuditConfig:
     judge_text_chars: int = 3000      # each reasoning, code and printed text is cut to this
     judge_batch: int = 256            # questions built and sent together (memory: their images;
                                       # speed: enough to keep the client's concurrency busy)
+    judge_unverified_passes: bool = False  # a trajectory the judge could not verify (over budget,
+                                      # request failed, no yes/no) passes: False keeps only verified ones

@@ -16,9 +16,12 @@ from PIL import Image
 from pipelines.core.answers import parse_options
 from pipelines.core.images import store_path
 from pipelines.core.schema import Sample
+from pipelines.core.tasks import infer_task
 from pipelines.core.trajectory import Result, Trajectory
 from pipelines.samples.audit.config import AuditConfig
 from pipelines.samples.audit.locate import Pyramid
+
+UNKNOWN_TASK = "unknown"
 
 
 class Unreadable(Exception):
@@ -30,9 +33,14 @@ class Context:
 
     def __init__(self, trajectory: Trajectory, sample: Sample, root: Path, config: AuditConfig):
         self.t, self.sample, self.root, self.cfg = trajectory, sample, root, config
-        self.task = sample.task or trajectory.task
         self.meta = sample.meta or {}
         self.code_turns = trajectory.code_turns
+        known = [t for t in (sample.task, trajectory.task) if t and t != UNKNOWN_TASK]
+        # A real pool's samples carry `unknown`: the task is what the code did (core.tasks).
+        self.task_inferred = not known
+        self.task = known[0] if known else infer_task(
+            [t.code for t in self.code_turns],
+            [t.result.kind if t.result is not None else None for t in self.code_turns])
         self.last: Result | None = self.code_turns[-1].result if self.code_turns else None
         self._grey: dict[str, np.ndarray | Unreadable] = {}
 

@@ -25,7 +25,7 @@ from pipelines.core.answers import (
 )
 from pipelines.core.trajectory import FAIL, KINDS, PASS, SKIP, Check, Result
 from pipelines.samples.audit.context import Context, Unreadable, thumbnail
-from pipelines.samples.audit.contrast import aligned_score, target_contrast
+from pipelines.samples.audit.contrast import aligned_score, region_local_contrast, target_contrast
 from pipelines.samples.audit.locate import area, coverage, locate
 from pipelines.samples.audit.rotation import rotation_verdict
 
@@ -78,7 +78,8 @@ def check_result_kind(c: Context) -> Check:
     else:
         ok = r.kind == "text" and bool(r.text.strip())
     verb = "ends with" if ok else f"should end with {want} output, ends with"
-    return Check(name, PASS if ok else FAIL, f"a {c.task} trajectory {verb} a {got}")
+    inferred = " (task inferred from the code and its output)" if c.task_inferred else ""
+    return Check(name, PASS if ok else FAIL, f"a {c.task} trajectory{inferred} {verb} a {got}")
 
 
 def check_image_sanity(c: Context) -> Check:
@@ -117,15 +118,17 @@ def check_image_sanity(c: Context) -> Check:
                              "not a copy of the input")
 
 
-def _semantic_gates(c: Context, name: str, task: str, done: str, truth, truth_name: str):
+def _semantic_gates(c: Context, name: str, task: str, done: str, truth, truth_name: str,
+                    truth_needed: bool = True):
     """What the crop, rotation and contrast checks decide before looking at pixels: the task,
-    a code turn, the ground truth, a produced image that loads. Returns (a Check, None) when one
-    of these decides, else (None, (the produced image in grey, the input))."""
+    a code turn, the ground truth (unless the check has a rule without it), a produced image
+    that loads. Returns (a Check, None) when one of these decides, else (None, (the produced
+    image in grey, the input))."""
     if c.task != task:
         return Check(name, SKIP, f"not a {'rotation' if task == 'rotate' else task} task ({c.task})"), None
     if not c.code_turns:
         return Check(name, SKIP, f"no code turn: nothing was {done}"), None
-    if truth is None:
+    if truth is None and truth_needed:
         return Check(name, SKIP, f"the sample has no ground-truth {truth_name}"), None
     rel = c.final_image()
     if rel is None:
@@ -136,21 +139,35 @@ def _semantic_gates(c: Context, name: str, task: str, done: str, truth, truth_na
         return Check(name, FAIL, str(exc)), None
 
 
-def check_crop_semantics(c: Context) -> Check:
-    name, cfg = "crop_semantics", c.cfg
-    box = c.gt_box()
-    gate, loaded = _semantic_gates(c, name, "crop", "cropped", box, "box")
-    if gate is not None:
-        return gate
-    needle, inp = loaded
+def _locate_crop(c: Context, name: str, needle, inp):
+    """Where a produced image lies in the input, or (a failing Check, None)."""
+    cfg = c.cfg
     found = locate(needle, inp.pyramid, cfg, cfg.zoom_min, cfg.zoom_max, clip=cfg.crop_band_clip)
     if found is None or found.score < cfg.match_min_score:
         best = "no usable match" if found is None else f"best match {found.score:.2f}"
         return Check(name, FAIL, f"the produced image was not found in the input ({best} < "
-                                 f"{cfg.match_min_score:g})")
+                                 f"{cfg.match_min_score:g})"), None
+    return None, found
+
+
+def check_crop_semantics(c: Context) -> Check:
+    name, cfg = "crop_semantics", c.cfg
+    box = c.gt_box()
+    gate, loaded = _semantic_gates(c, name, "crop", "cropped", box, "box", truth_needed=False)
+    if gate is not None:
+        return gate
+    needle, inp = loaded
+    missed, found = _locate_crop(c, name, needle, inp)
+    if missed is not None:
+        return missed
     H, W = inp.grey.shape
     where = f"the crop {_fmt_box(found.box)} at {found.zoom:.2f}x (match {found.score:.2f})"
     share = area(found.box) / (W * H)
+    if box is None:     # a real pool: no target to hold, but a crop must lie inside and zoom in
+        ok = share <= cfg.crop_max_area
+        return Check(name, PASS if ok else FAIL, f"no ground-truth box: {where} lies inside the "
+                     f"input and covers {share:.0%} of it ({'<=' if ok else '>'} {cfg.crop_max_area:.0%}"
+                     f"{'' if ok else ': not a zoom-in'})")
     if share > cfg.crop_max_area and share > 2 * area(box) / (W * H):   # unless the target is huge
         return Check(name, FAIL, f"{where} covers {share:.0%} of the input (> "
                                  f"{cfg.crop_max_area:.0%}): not a zoom-in")
@@ -166,7 +183,8 @@ def check_rotation_semantics(c: Context) -> Check:
         angle = float(c.meta["angle"])
     except (KeyError, TypeError, ValueError):
         angle = None
-    gate, loaded = _semantic_gates(c, name, "rotate", "rotated", angle, "angle")
+    gate, loaded = _semantic_gates(c, name, "rotate", "rotated", angle,
+                                   "angle (whether the output is upright is the judge's to say)")
     if gate is not None:
         return gate
     out, inp = loaded
@@ -177,16 +195,18 @@ def check_rotation_semantics(c: Context) -> Check:
 def check_contrast_semantics(c: Context) -> Check:
     name, cfg = "contrast_semantics", c.cfg
     box = c.gt_box()
-    gate, loaded = _semantic_gates(c, name, "contrast", "enhanced", box, "box for the target")
+    gate, loaded = _semantic_gates(c, name, "contrast", "enhanced", box, "box for the target",
+                                   truth_needed=False)
     if gate is not None:
         return gate
     out, inp = loaded
     grey = inp.grey
     H, W = grey.shape
     oh, ow = out.shape
+    target = box if box is not None else (0, 0, W, H)   # a real pool: what the output shows
     region, how = None, ""
     if abs(ow / W - oh / H) <= 0.01 * max(ow / W, oh / H):      # the whole image, maybe resized
-        score = aligned_score(grey, out, box)
+        score = aligned_score(grey, out, target)
         if score >= cfg.match_min_score:
             region, how = (0.0, 0.0, float(W), float(H)), "the whole image" + (
                 "" if (ow, oh) == (W, H) else f" resized to {ow}x{oh}")
@@ -197,6 +217,13 @@ def check_contrast_semantics(c: Context) -> Check:
             return Check(name, FAIL, "the output is neither the input nor a crop of it that "
                                      f"could be located ({best} < {cfg.match_min_score:g})")
         region, how = found.box, f"the crop {_fmt_box(found.box)} at {found.zoom:.2f}x"
+    if box is None:
+        before, after = region_local_contrast(grey, out, region)
+        gain = after / before if before > 0 else math.inf
+        ok = gain >= cfg.contrast_gain_no_truth
+        return Check(name, PASS if ok else FAIL, f"no ground-truth box: local contrast of {how} "
+                     f"{before:.3f} -> {after:.3f} (x{gain:.2f} {'>=' if ok else '<'} "
+                     f"{cfg.contrast_gain_no_truth:g})")
     cov = coverage(region, box)
     if cov < cfg.crop_coverage:
         return Check(name, FAIL, f"{how} keeps {cov:.0%} of the target box {list(box)} (< "
@@ -260,6 +287,9 @@ def check_consistency(c: Context) -> Check:
     stated, stated_text = stated_number(given, options)
     said = f"option {letter} ({stated_text!r})" if letter else _short(given)
     if stated is None:
+        if c.task_inferred:      # code that printed a measurement on the way to a worded answer
+            return Check(name, SKIP, f"the answer {said} states no number to compare with the "
+                                     f"printed {format_number(printed)}")
         return Check(name, FAIL, f"the answer {said} is not a number; the code printed {format_number(printed)}")
     ok = agrees_with_printed(stated, stated_text, printed, c.cfg.numeric_tolerance)
     return Check(name, PASS if ok else FAIL,

@@ -10,6 +10,11 @@ Per batch: samples whose task names no operation (real pools) first get the deci
 prompt, `candidates` completions each, at the configured sampling; each completion is parsed
 (`parse.parse_trajectory`). A failed request, an unusable decision or an unparseable text
 becomes a quarantine row with a reason code; nothing is dropped silently.
+
+One pass (the default, fastest) writes the whole trajectory in one call, blind to what its code
+produces. Given `in_loop` (`loop.InLoop`: a sandbox, the image store, the execution cache), the
+teacher writes turn by turn with the sandbox in the loop instead (`loop.py`): each round sees
+the previous round's image or error, and round plans (`plans.py`) ask for two-round data.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pipelines.core.llm import Completion, image_part
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import Trajectory
 from pipelines.samples.teachers import parse, prompts
+from pipelines.samples.teachers.loop import InLoop, run_loop
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,11 @@ class ModelTeacher:
 
     name = "model"
 
-    def __init__(self, image_root: str | Path, config: TeacherConfig | None = None):
+    def __init__(self, image_root: str | Path, config: TeacherConfig | None = None,
+                 in_loop: InLoop | None = None):
         self.image_root = Path(image_root)     # the image store root the samples' refs live in
         self.config = config or TeacherConfig()
+        self.in_loop = in_loop                 # None: one pass
         self.quarantine: list[dict] = []
 
     def complete(self, conversations: list[list[dict]], sampling: dict) -> list[Completion | Exception]:
@@ -93,28 +101,42 @@ class ModelTeacher:
         self.quarantine.extend(out.quarantine)
         return out.trajectories
 
-    def generate(self, samples: list[Sample]) -> TeacherOutput:
+    def generate(self, samples: list[Sample], hints: dict[str, list[str]] | None = None,
+                 operation: str | None = None) -> TeacherOutput:
+        """Trajectories for `samples`. `hints`: more private hints per sample id (a chained
+        teacher's handed-over reasoning); `operation`: the same operation for every sample (no
+        decision asked)."""
         t0 = time.perf_counter()
+        hints = hints or {}
         trajectories: list[Trajectory] = []
         quarantine: list[dict] = []
         operations: Counter = Counter()
+        looped: Counter = Counter()
         size = self.config.batch_size
         for start in range(0, len(samples), size):
             batch = samples[start:start + size]
-            ops = self._decide(batch, quarantine)
+            ops = [operation] * len(batch) if operation else self._decide(batch, quarantine)
             operations.update(op or "skipped" for op in ops)
-            self._generate_batch(batch, ops, trajectories, quarantine)
+            if self.in_loop is not None:
+                run_loop(self, batch, ops, self.in_loop, trajectories, quarantine, looped, hints)
+            else:
+                self._generate_batch(batch, ops, trajectories, quarantine, hints)
         stats = {"samples": len(samples), "trajectories": len(trajectories),
                  "quarantined": len(quarantine),
                  "quarantine_reasons": dict(Counter(r["reason"] for r in quarantine)),
-                 "by_operation": dict(operations), "seconds": round(time.perf_counter() - t0, 3)}
+                 "by_operation": dict(operations), "seconds": round(time.perf_counter() - t0, 3),
+                 "mode": "one_pass" if self.in_loop is None else
+                         f"loop:{self.in_loop.config.continuation}"}
+        if self.in_loop is not None:
+            stats["loop"] = dict(sorted(looped.items()))
         return TeacherOutput(trajectories, quarantine, stats)
 
     def _generate_batch(self, samples: list[Sample], operations: list[str | None],
-                        trajectories: list[Trajectory], quarantine: list[dict]) -> None:
+                        trajectories: list[Trajectory], quarantine: list[dict],
+                        hints: dict[str, list[str]]) -> None:
         todo = [(s, op) for s, op in zip(samples, operations, strict=True) if op is not None]
         requests = [prompts.generation_messages(s, op, self._image(s), self.config.give_answer,
-                                                 self.config.prompt_set)
+                                                 self.config.prompt_set, hints.get(s.id, ()))
                     for s, op in todo]
         results = self.complete([messages for messages, _ in requests], self.config.sampling())
         for (sample, _), (_, hidden), result in zip(todo, requests, results, strict=True):

@@ -59,6 +59,13 @@ REASONS = {
     "reveals_ground_truth": "the reasoning states the box or angle the teacher was told to hide",
     "request_failed": "the model request failed (see detail)",
     "no_decision": "the decision prompt's reply names no operation",
+    # teachers in the loop (loop.py)
+    "blind_code": "a code block the loop did not run (generation did not stop after it, e.g. "
+                  "a fence outside <code> tags): what follows it was written without its output",
+    "turn_cap": "the teacher was still writing code when the loop's generation-call cap came",
+    "image_cap": "a sandbox result would exceed the images one conversation may hold",
+    "sandbox_failed": "the sandbox itself failed (not the code: that is shown to the teacher)",
+    "reasoner_failed": "a chained teacher's first model gave no usable reasoning (see detail)",
 }
 
 TEACHER_QUARANTINE_SCHEMA = pa.schema([

@@ -53,6 +53,22 @@ multiple choice, otherwise the value or the short phrase asked for.
 Never mention these instructions, any hint you are given, or that you were told anything \
 beyond the image and the question."""
 
+# Teachers in the loop (`loop.py`): a generation call stops after `</code>`; the sandbox's output
+# follows, inside the same message (prefill) or as the next user message (turns).
+LOOP_RULES = {
+    "prefill": "\nYou write with the sandbox in the loop: after each </code>, stop; the sandbox "
+               "runs the code and its real output (the processed image, the printed value or the "
+               "error) appears in a <sandbox_output> block; then continue from there, reasoning "
+               "about what it actually shows.",
+    "turns": "\nYou write with the sandbox in the loop: after each </code>, stop and end your "
+             "message. The sandbox runs the code and its real output (the processed image, the "
+             "printed value or the error) comes back in the next message inside a "
+             "<sandbox_output> block. Then continue your response exactly where it stopped: do "
+             "not repeat earlier text, do not start a new <think>, do not greet; reason about "
+             "what the output actually shows, and finish with </think> <answer>...</answer> "
+             "when you are done.",
+}
+
 DECISION_PROMPT = """\
 Decide how an assistant should answer the question below about the image. Choose exactly one:
 - none: the answer can be read or inferred directly from the image;
@@ -108,14 +124,18 @@ def parse_decision(text: str) -> str | None:
 
 
 def generation_messages(sample: Sample, operation: str, image: dict | None,
-                        give_answer: bool = True,
-                        prompt_set: str | None = None) -> tuple[list[dict], dict]:
+                        give_answer: bool = True, prompt_set: str | None = None,
+                        extra_hints: list[str] | tuple = (),
+                        loop: str | None = None) -> tuple[list[dict], dict]:
     """(messages, hidden): the generation prompt for `operation`, guided by the sample's ground
-    truth where it has some; `hidden` is the ground truth the reasoning must not state."""
+    truth where it has some; `hidden` is the ground truth the reasoning must not state.
+    `extra_hints`: more private hints (a round plan); `loop`: the in-the-loop mode whose rules
+    the system prompt adds (`LOOP_RULES`), None for one pass."""
     if operation not in OPERATIONS:
         raise ValueError(f"unknown operation {operation!r} (one of {OPERATIONS})")
     meta = sample.meta or {}
     hints, hidden = _hints(sample, operation, meta)
+    hints += list(extra_hints)
     if give_answer and sample.answer:
         hints.append(f"The correct final answer is: {sample.answer}. Reach it through the "
                      f"reasoning; never say it was given to you.")
@@ -124,7 +144,8 @@ def generation_messages(sample: Sample, operation: str, image: dict | None,
         guidance += "\n\nPrivate hints (use them, never reveal them):\n" + "\n".join(f"- {h}" for h in hints)
     student = _student_prompt(sample, prompt_set)
     text = f"{guidance}\n\nThe assistant's task follows.\n\n{student}"
-    messages = [system_message(TEACHER_SYSTEM_PROMPT), user_message(text, [image] if image else ())]
+    system = TEACHER_SYSTEM_PROMPT + (LOOP_RULES[loop] if loop else "")
+    messages = [system_message(system), user_message(text, [image] if image else ())]
     return messages, hidden
 
 

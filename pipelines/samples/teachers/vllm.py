@@ -17,14 +17,17 @@ from pathlib import Path
 
 from pipelines.core.llm import Completion, Usage
 from pipelines.core.vllm_config import VLLMConfig
+from pipelines.samples.teachers.loop import InLoop
 from pipelines.samples.teachers.model import ModelTeacher, TeacherConfig
 
 
 class VLLMTeacher(ModelTeacher):
     def __init__(self, engine, image_root: str | Path, config: TeacherConfig | None = None,
-                 name: str | None = None):
-        """`engine`: a `VLLMConfig` (the engine is built at first use) or a ready `vllm.LLM`."""
-        super().__init__(image_root, config)
+                 name: str | None = None, in_loop: InLoop | None = None):
+        """`engine`: a `VLLMConfig` (the engine is built at first use) or a ready `vllm.LLM`.
+        `in_loop`: write with the sandbox in the loop (continuation `prefill`: `LLM.chat`'s
+        `continue_final_message`)."""
+        super().__init__(image_root, config, in_loop)
         if isinstance(engine, VLLMConfig):
             self._engine_config, self._llm = engine, None
             model = engine.model
@@ -43,16 +46,19 @@ class VLLMTeacher(ModelTeacher):
     def complete(self, conversations: list[list[dict]], sampling: dict) -> list[Completion | Exception]:
         if not conversations:
             return []
+        sampling = dict(sampling)
+        # the chat template's switches (a continued assistant message) are LLM.chat arguments
+        chat = {k: sampling.pop(k) for k in CHAT_OPTIONS if k in sampling}
         params = _sampling_params(sampling)
         try:
-            outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
+            outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False, **chat)
         except Exception:  # noqa: BLE001  one bad request must not fail the batch: isolate it
-            return [self._one(c, params) for c in conversations]
+            return [self._one(c, params, chat) for c in conversations]
         return [self._completion(o) for o in outputs]
 
-    def _one(self, conversation: list[dict], params) -> Completion | Exception:
+    def _one(self, conversation: list[dict], params, chat: dict) -> Completion | Exception:
         try:
-            (output,) = self.llm.chat([conversation], sampling_params=params, use_tqdm=False)
+            (output,) = self.llm.chat([conversation], sampling_params=params, use_tqdm=False, **chat)
         except Exception as exc:  # noqa: BLE001  reported as this sample's quarantine reason
             self.usage.add(failures=1)
             return exc
@@ -68,10 +74,13 @@ class VLLMTeacher(ModelTeacher):
                        completion_tokens=completion.completion_tokens)
         return completion
 
-    def generate(self, samples):
-        out = super().generate(samples)
+    def generate(self, samples, hints=None, operation=None):
+        out = super().generate(samples, hints, operation)
         out.stats["usage"] = self.usage.as_dict()
         return out
+
+
+CHAT_OPTIONS = ("continue_final_message", "add_generation_prompt")
 
 
 def _sampling_params(sampling: dict):

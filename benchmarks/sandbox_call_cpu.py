@@ -1,0 +1,109 @@
+"""CPU per sandbox call, by process: what one call costs the worker, its zygote, the children
+(the code's child and the image checker, reaped or alive) and the caller. Calls run one after
+another on one worker; CPU times come from /proc, so a machine shared with other work skews
+them far less than wall times.
+
+With `--against DIR` (another checkout, e.g. `git worktree add /tmp/base <commit>`), rounds
+alternate between this tree and DIR, each in a fresh process, and the table shows both.
+
+    python benchmarks/sandbox_call_cpu.py [--calls 300] [--rounds 4] [--against DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+PARTS = ("worker", "zygote", "children", "caller")
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()  # [1] ppid, [11] utime ... [14] cstime
+
+
+def _cpu(worker: int, zygote: int) -> dict[str, float]:
+    tick = os.sysconf("SC_CLK_TCK")
+    w, z = _stat(worker), _stat(zygote)
+    children = int(z[13]) + int(z[14])  # reaped by the zygote
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                s = _stat(int(entry))
+            except OSError:
+                continue
+            if int(s[1]) == zygote:
+                children += int(s[11]) + int(s[12])  # still alive (a session, the checker)
+    return {"worker": (int(w[11]) + int(w[12])) / tick, "zygote": (int(z[11]) + int(z[12])) / tick,
+            "children": children / tick, "caller": time.process_time()}
+
+
+def measure(calls: int) -> dict[str, dict[str, float]]:
+    """ms of CPU per call, by process, for each snippet (this process's `sandbox`)."""
+    from sandbox import Sandbox
+    from sandbox.bench import IMAGE_SNIPPET, SYMPY_SNIPPET, make_image
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp, \
+            Sandbox(workers=1, results_dir=os.path.join(tmp, "results")) as sb:
+        handle = sb._handles[0]
+        image = os.path.join(tmp, "bench.jpg")
+        make_image(image)
+        for _ in range(10):
+            sb.run(IMAGE_SNIPPET, inputs=[image])
+        for name, code, inputs, n in (("print(1)", "print(1)", [], calls),
+                                      ("image", IMAGE_SNIPPET, [image], calls),
+                                      ("sympy", SYMPY_SNIPPET, [], max(calls // 4, 1))):
+            before = _cpu(handle.pid, handle.info["zygote_pid"])
+            for _ in range(n):
+                r = sb.run(code, inputs=inputs)
+                if not r.ok:
+                    raise RuntimeError(f"{name} failed: {r.error}")
+            after = _cpu(handle.pid, handle.info["zygote_pid"])
+            out[name] = {p: (after[p] - before[p]) / n * 1000 for p in PARTS}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--against", help="another checkout to compare with, measured alternately")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.calls)))
+        return 0
+    trees = {"this tree": str(HERE)}
+    if args.against:
+        trees[f"{args.against}"] = str(Path(args.against).resolve())
+    runs: dict[str, list[dict]] = {t: [] for t in trees}
+    for _ in range(args.rounds):
+        for label, root in trees.items():
+            env = {**os.environ, "PYTHONPATH": root}
+            proc = subprocess.run([sys.executable, __file__, "--one", "--calls", str(args.calls)],
+                                  env=env, capture_output=True, text=True, check=True)
+            runs[label].append(json.loads(proc.stdout))
+    print(f"CPU ms per call (median of {args.rounds} rounds of {args.calls} calls, one worker; "
+          f"load {os.getloadavg()[0]:.1f})\n")
+    print("| tree | snippet | worker | zygote | children | caller | total |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for label, rounds in runs.items():
+        for snippet in rounds[0]:
+            med = {p: statistics.median(r[snippet][p] for r in rounds) for p in PARTS}
+            total = statistics.median(sum(r[snippet].values()) for r in rounds)
+            print(f"| {label} | {snippet} | " + " | ".join(f"{med[p]:.2f}" for p in PARTS)
+                  + f" | {total:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

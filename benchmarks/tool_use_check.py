@@ -1,0 +1,384 @@
+"""Tool-use learning check (issue 19): does the flow teach the tiny model to think with code?
+
+A task the tiny Qwen2.5-VL cannot solve in its head but can delegate: multi-digit arithmetic
+("What is 4821 × 937?"; a product, a sum of three numbers, a product plus a number). The code
+copies the numbers from the question, the sandbox computes, the answer copies the printed result.
+
+    python benchmarks/tool_use_check.py sft  --seeds 0 1 2     SFT; tools vs direct on held-out items
+    python benchmarks/tool_use_check.py grpo --seeds 0 1 2     GRPO-ATS on top (after `sft`)
+
+`sft`, per seed, everything through the project's own code, each step its own process:
+  1. data: the generated pool's arithmetic task -> template teacher -> sandbox -> audit -> splits
+     -> published SFT and RL datasets (benchmarks/tool_use_data.py; its own seed per seed);
+  2. a tiny Qwen2.5-VL (`thyme_train.tiny`, the preset named by --preset) built with the seed;
+  3. SFT (`python -m thyme_train.sft`, stage2_tiny.yaml) on the `computation` split, a checkpoint
+     every --eval-every steps;
+  4. every --curve-every steps a checkpoint evaluated (`python -m thyme_train.evaluate`: the
+     rollout loop, sandbox and prompts of training, greedy) on --curve-items held-out items (the
+     RL dataset's `test` split: questions no SFT row or GRPO prompt has); the last one on
+     --final-items held-out items (default all), with the ablation (tools disabled: the direct
+     system prompt, one generation call);
+  5. the control: the same SFT (rows, steps, learning rate) on the same rows answered without
+     code (tool_use_data.direct_rows) under the direct system prompt, evaluated alike: what the
+     tiny model reaches when it is trained to answer in its head.
+  Passes when every seed reaches --min-tools accuracy with tools, at least --min-gap above
+  direct answering, and above the control.
+
+`grpo`, per seed, from the `sft` run's checkpoint at --from-step (deliberately under-trained):
+GRPO-ATS (`python -m thyme_train.grpo`, rl_tiny.yaml: rollouts with the sandbox in the loop, ATS
+sampling, the unchanged rewards) on the RL dataset's `train` prompts, and the same run with
+learning rate 0 (the same rollouts, no update): the curves of accuracy, execution success and
+tool-call rate per step, and both final policies evaluated on the held-out items. Passes when
+for every seed the accuracy of the last --k steps beats the first --k by --min-rise and two
+standard errors, execution success rises, the tool-call rate stays >= 0.5, and held-out accuracy
+with tools beats the no-update run's.
+
+Each run and evaluation folder records the command that made it (check_settings.json): a re-run
+with the same settings keeps what is finished and resumes an interrupted SFT from its newest
+checkpoint; other settings start that folder afresh. Writes run folders under --work, the figures and numbers to docs/img/tool_use_{sft,grpo}.{png,
+json}; exits 1 unless every seed passes. Results and their reading: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import tool_use_data  # noqa: E402
+
+WORK = ROOT / "data" / "benchmarks" / "tool_use_check"
+IMG = ROOT / "docs" / "img"
+SETTINGS = "check_settings.json"   # in each run/evaluation folder: the command that made it
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: the project's own command lines
+# ---------------------------------------------------------------------------------------------
+
+def _run(cmd: list[str], log_file: Path, threads: int) -> float:
+    started = time.time()
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": str(ROOT)}
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}); log "
+                           f"{log_file}:\n{log_file.read_text()[-3000:]}")
+    return time.time() - started
+
+
+def _settings_match(out: Path, settings: dict) -> bool:
+    """A run folder is reused (resumed or kept) only when made with the same settings; otherwise
+    it is removed and the settings recorded for the new run."""
+    marker = out / SETTINGS
+    if marker.is_file() and json.loads(marker.read_text())["command"] == settings["command"]:
+        return True
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    _atomic_json(marker, settings)
+    return False
+
+
+def sft(model: Path, data: Path, out: Path, args, seed: int, threads: int, log: Path,
+        splits: str = "[computation]", system_prompt: str | None = None) -> float:
+    """`python -m thyme_train.sft` with stage2_tiny.yaml, a checkpoint every --eval-every steps.
+    A finished run with the same settings is kept; an interrupted one resumes from its newest
+    checkpoint (the trainer's resume=auto)."""
+    cmd = [sys.executable, "-m", "thyme_train.sft", "--config", "thyme_train/configs/stage2_tiny.yaml",
+           "--set", f"model={model}", "--set", f"data={data}", "--set", f"splits={splits}",
+           "--set", f"output_dir={out}", "--set", "resume=auto",
+           "--set", f"max_steps={args.sft_steps}", "--set", f"per_device_train_batch_size={args.batch}",
+           "--set", f"learning_rate={args.sft_lr}", "--set", f"lr_scheduler_type={args.schedule}",
+           "--set", f"warmup_ratio={args.warmup_ratio}", "--set", f"seed={seed}",
+           "--set", f"save_steps={args.eval_every}", "--set", "save_total_limit=null",
+           "--set", "logging_steps=10"]
+    if system_prompt is not None:
+        cmd += ["--set", f"system_prompt={system_prompt}"]
+    settings = {"command": [c.replace(f"{ROOT}{os.sep}", "") for c in cmd[1:]]}
+    if _settings_match(out, settings) and (out / "metrics.json").is_file():
+        return json.loads((out / SETTINGS).read_text()).get("seconds")   # None: not recorded
+    seconds = _run(cmd, log, threads)
+    _atomic_json(out / SETTINGS, settings | {"seconds": round(seconds, 1)})
+    return seconds
+
+
+def evaluate(model: Path, rl: Path, out: Path, limit: int | None, ablation: bool, threads: int,
+             max_new_tokens: int) -> dict:
+    """`python -m thyme_train.evaluate` on the held-out split; {mode: summary}."""
+    cmd = [sys.executable, "-m", "thyme_train.evaluate", "--model", str(model), "--benchmark",
+           str(rl), "--split", "test", "--out", str(out), "--max-new-tokens", str(max_new_tokens)]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    if not ablation:
+        cmd.append("--no-ablation")
+    settings = {"command": [c.replace(f"{ROOT}{os.sep}", "") for c in cmd[1:]]}
+    if _settings_match(out, settings) and (out / "results.json").is_file():
+        seconds = json.loads((out / SETTINGS).read_text()).get("seconds", 0.0)
+    else:
+        seconds = _run(cmd, out.with_suffix(".log"), threads)
+        _atomic_json(out / SETTINGS, settings | {"seconds": round(seconds, 1)})
+    summaries = json.loads((out / "results.json").read_text())["summaries"]
+    keep = ("items", "accuracy", "used_code", "executions_per_answer", "execution_success",
+            "fell_back", "end_reasons")
+    return {mode: {k: s[k] for k in keep} | {"seconds": round(seconds, 1)}
+            for mode, s in summaries.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# sft: the check
+# ---------------------------------------------------------------------------------------------
+
+def prepare(seed: int, args, work: Path) -> tuple[dict, Path]:
+    """The seed's data (pipeline) and tiny model (reused when already built)."""
+    from thyme_train.tiny import build_tiny_model
+
+    data = tool_use_data.build(work / f"seed{seed}" / "data", count=args.count, seed=seed,
+                               workers=args.sandbox_workers)
+    tiny = build_tiny_model(work / f"seed{seed}" / f"tiny_{args.preset}", args.preset, seed)
+    return data, tiny
+
+
+def checkpoints(out: Path) -> list[tuple[int, Path]]:
+    found = sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*"))
+    return found
+
+
+def run_sft_seed(seed: int, args, work: Path) -> dict:
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    folder = work / f"seed{seed}"
+    data, tiny = prepare(seed, args, work)
+    sft_dir, rl_dir = Path(data["sft"]), Path(data["rl"])
+    timing = {}
+    out = folder / "sft"
+    timing["sft"] = sft(tiny, sft_dir, out, args, seed, threads, folder / "sft.log")
+
+    curve = []
+    for step, ckpt in checkpoints(out):
+        last = step == args.sft_steps
+        if step % args.curve_every and not last:
+            continue
+        result = evaluate(ckpt, rl_dir, folder / "eval" / f"step{step}",
+                          args.final_items if last else args.curve_items, last, threads,
+                          args.max_new_tokens)
+        curve.append({"step": step, **result})
+        print(f"seed {seed} step {step}: tools {result['tools']['accuracy']:.3f} "
+              f"(code {result['tools']['used_code']:.2f}, exec ok "
+              f"{result['tools']['execution_success']:.2f}, {result['tools']['items']} items)"
+              + (f", direct {result['direct']['accuracy']:.3f}" if "direct" in result else ""),
+              flush=True)
+    timing["evaluation"] = round(sum(c["tools"]["seconds"] for c in curve), 1)
+
+    control = None
+    if args.control:
+        from thyme_train.infer import DIRECT_SYSTEM_PROMPT
+
+        rows = tool_use_data.direct_rows(sft_dir, folder / "direct_rows.parquet")
+        cout = folder / "sft_direct"
+        timing["control_sft"] = sft(tiny, rows, cout, args, seed, threads,
+                                    folder / "sft_direct.log", splits="[]",
+                                    system_prompt=DIRECT_SYSTEM_PROMPT)
+        control = evaluate(cout, rl_dir, folder / "eval" / "control", args.final_items, True,
+                           threads, args.max_new_tokens)
+        print(f"seed {seed} control (trained to answer directly): direct "
+              f"{control['direct']['accuracy']:.3f}, tools mode {control['tools']['accuracy']:.3f}",
+              flush=True)
+
+    final = curve[-1]
+    losses = json.loads((out / "metrics.json").read_text())["losses"]
+    tools, direct = final["tools"]["accuracy"], final["direct"]["accuracy"]
+    best_direct = max(direct, control["direct"]["accuracy"] if control else 0.0)
+    passed = tools >= args.min_tools and tools - best_direct >= args.min_gap
+    return {"seed": seed, "data": {k: data[k] for k in ("samples", "passed_audit", "published",
+                                                          "seconds")},
+            "curve": curve, "control": control, "losses": losses, "tools": tools,
+            "direct": direct, "gap": tools - best_direct, "passed": passed, "seconds": timing,
+            "run_dir": os.path.relpath(folder, ROOT)}
+
+
+# ---------------------------------------------------------------------------------------------
+# grpo: GRPO-ATS on top
+# ---------------------------------------------------------------------------------------------
+
+def grpo(model: Path, rl: Path, out: Path, args, seed: int, lr: float, threads: int) -> float:
+    batch = args.prompts_per_step * args.num_generations
+    cmd = [sys.executable, "-m", "thyme_train.grpo", "--config", "thyme_train/configs/rl_tiny.yaml",
+           "--set", f"model={model}", "--set", f"data={rl}", "--set", f"output_dir={out}",
+           "--set", "resume=never", "--set", f"max_steps={args.steps}",
+           "--set", "num_train_epochs=1000", "--set", f"num_generations={args.num_generations}",
+           "--set", f"per_device_train_batch_size={batch}", "--set", f"engine_batch_size={batch}",
+           "--set", f"learning_rate={lr}", "--set", "min_lr_rate=1.0",
+           "--set", f"warmup_ratio={args.warmup}", "--set", f"beta={args.beta}",
+           "--set", f"max_new_tokens={args.max_new_tokens}", "--set", "max_turns=3",
+           "--set", f"sandbox_workers={args.sandbox_workers}", "--set", f"seed={seed}",
+           "--set", f"save_steps={args.steps}", "--set", "save_total_limit=1",
+           "--set", "rollout_samples=2"]
+    return _run(cmd, out.with_suffix(".log"), threads)
+
+
+def series(out: Path) -> dict:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "reward" in r]
+    get = lambda key: [r.get(key) for r in steps]   # noqa: E731
+    return {"step": get("step"), "reward": get("reward"),
+            "accuracy": get("rewards/accuracy_reward/mean"),
+            "format": get("rewards/format_reward/mean"),
+            "tool_call_rate": get("thyme/tool_call_rate"),
+            "exec_success": get("thyme/exec_success"),
+            "end_answer": get("thyme/end/answer")}
+
+
+def run_grpo_seed(seed: int, args, work: Path) -> dict:
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    folder = work / f"seed{seed}"
+    build = json.loads((folder / "data" / tool_use_data.MARKER).read_text())
+    rl = Path(build["rl"])
+    start = folder / "sft" / f"checkpoint-{args.from_step}"
+    if not (start / "config.json").is_file():
+        raise FileNotFoundError(f"{start}: run `tool_use_check.py sft` first (with a checkpoint "
+                                f"at step {args.from_step})")
+    runs, timing = {}, {}
+    for name, lr in (("updates", args.lr), ("no_updates", 0.0)):
+        out = folder / f"grpo_{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        timing[name] = round(grpo(start, rl, out, args, seed, lr, threads), 1)
+        runs[name] = {"series": series(out),
+                      "heldout": evaluate(out, rl, folder / "eval" / f"grpo_{name}",
+                                          args.final_items, True, threads, args.max_new_tokens)}
+    start_eval = folder / "eval" / f"step{args.from_step}"
+    heldout_start = json.loads((start_eval / "results.json").read_text())["summaries"] \
+        if (start_eval / "results.json").is_file() else None
+    s = runs["updates"]["series"]
+    summary = {"accuracy": compare(s["accuracy"], args.k, args.min_rise),
+               "exec_success": compare(s["exec_success"], args.k, 0.0),
+               "tool_call_rate_min": min(s["tool_call_rate"]),
+               "tool_call_rate_mean": _mean(s["tool_call_rate"])}
+    frozen = runs["no_updates"]["series"]
+    summary["no_updates_accuracy"] = compare(frozen["accuracy"], args.k, args.min_rise)
+    up, fr = runs["updates"]["heldout"]["tools"], runs["no_updates"]["heldout"]["tools"]
+    passed = (summary["accuracy"]["rose"] and summary["exec_success"]["rose"]
+              and summary["tool_call_rate_mean"] >= 0.5 and up["accuracy"] > fr["accuracy"])
+    return {"seed": seed, "runs": runs, "summary": summary, "passed": passed,
+            "heldout_start_curve_items": heldout_start, "seconds": timing,
+            "run_dir": os.path.relpath(folder, ROOT)}
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _se(xs):
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else 0.0
+
+
+def compare(values: list[float], k: int, min_rise: float) -> dict:
+    """First-k vs last-k step means; `rose` = the rise beats `min_rise` and 2 standard errors."""
+    first, last = values[:k], values[-k:]
+    rise = _mean(last) - _mean(first)
+    se = math.sqrt(_se(first) ** 2 + _se(last) ** 2)
+    return {"first": _mean(first), "last": _mean(last), "rise": rise, "rise_se": se,
+            "rose": bool(rise > min_rise and rise > 2 * se)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def _atomic_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="part", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    common.add_argument("--jobs", type=int, default=1,
+                        help="seeds run at once, the cores shared between them")
+    common.add_argument("--sandbox-workers", type=int, default=1)
+    common.add_argument("--max-new-tokens", type=int, default=256,
+                        help="tokens per generation call (a trajectory's longest call is ~150)")
+    common.add_argument("--final-items", type=int, default=None,
+                        help="held-out items for final evaluations (default all)")
+    common.add_argument("--work", default=str(WORK))
+    common.add_argument("--out", default=None, help="figure and numbers (default docs/img/...)")
+
+    s = sub.add_parser("sft", parents=[common], help="SFT, then tools vs direct on held-out items")
+    s.add_argument("--count", type=int, default=2400, help="generated samples per seed")
+    s.add_argument("--preset", default="default", help="thyme_train.tiny preset")
+    s.add_argument("--sft-steps", type=int, default=600)
+    s.add_argument("--sft-lr", type=float, default=3e-3)
+    s.add_argument("--schedule", default="cosine")
+    s.add_argument("--warmup-ratio", type=float, default=0.03)
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--eval-every", type=int, default=100, help="checkpoint (and curve point) interval")
+    s.add_argument("--curve-every", type=int, default=200, help="steps between curve points")
+    s.add_argument("--curve-items", type=int, default=20, help="held-out items per curve point")
+    s.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train the control that answers without code")
+    s.add_argument("--min-tools", type=float, default=0.8)
+    s.add_argument("--min-gap", type=float, default=0.5)
+
+    g = sub.add_parser("grpo", parents=[common], help="GRPO-ATS from an under-trained SFT checkpoint")
+    g.add_argument("--from-step", type=int, default=200, help="the SFT checkpoint to start from")
+    g.add_argument("--steps", type=int, default=40)
+    g.add_argument("--prompts-per-step", type=int, default=8)
+    g.add_argument("--num-generations", type=int, default=8)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--warmup", type=float, default=0.1)
+    g.add_argument("--beta", type=float, default=0.04)
+    g.add_argument("--k", type=int, default=10, help="steps averaged at each end")
+    g.add_argument("--min-rise", type=float, default=0.1, help="smallest accuracy rise that counts")
+    args = parser.parse_args(argv)
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    run = run_sft_seed if args.part == "sft" else run_grpo_seed
+    done = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run, seed, args, work) for seed in args.seeds]
+        for future in as_completed(futures):
+            done.append(future.result())
+    results = sorted(done, key=lambda r: args.seeds.index(r["seed"]))
+    out = Path(args.out) if args.out else IMG / f"tool_use_{args.part}"
+    from tool_use_plots import plot_grpo, plot_sft
+    (plot_sft if args.part == "sft" else plot_grpo)(results, out.with_suffix(".png"))
+    payload = {
+        "command": f"python benchmarks/tool_use_check.py {' '.join(argv or sys.argv[1:])}",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "config": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
+        "all_passed": all(r["passed"] for r in results),
+        "seconds_total": round(time.time() - started, 1),
+        "seeds": results,
+    }
+    _atomic_json(out.with_suffix(".json"), payload)
+    for r in results:
+        print(f"seed {r['seed']}: {'PASSED' if r['passed'] else 'not passed'}")
+    print(f"all passed: {payload['all_passed']}; {payload['seconds_total']} s; wrote "
+          f"{os.path.relpath(out.with_suffix('.png'), ROOT)}, {os.path.relpath(out.with_suffix('.json'), ROOT)}")
+    return 0 if payload["all_passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

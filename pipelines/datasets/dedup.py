@@ -1,0 +1,82 @@
+"""Near duplicates among questions (one implementation, used by the splits' dedup and by
+decontamination): MinHash LSH over character 5-grams of the canonical question (NFKC, case-folded,
+punctuation as spaces), confirmed by the exact Jaccard of the 5-gram sets.
+
+    near_duplicate_clusters(items, threshold) -> {id: smallest id of its cluster}
+    question_similarity(a, b) -> Jaccard of the two questions' 5-grams
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections import defaultdict
+
+import numpy as np
+
+from pipelines.core.schema import normalise_question
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NON_WORD = re.compile(r"[\W_]+")
+NUM_PERM, BANDS = 32, 8     # 8 bands of 4 rows: a pair at Jaccard 0.8 is a candidate with p ~ 0.985
+_rng = np.random.default_rng(0x7E4C)
+_A = _rng.integers(1, 2**63, NUM_PERM, dtype=np.uint64) | np.uint64(1)
+_B = _rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
+
+
+def canonical_question(question: str) -> str:
+    """The text near-duplicate detection compares: NFKC, case-folded, punctuation as spaces."""
+    return _NON_WORD.sub(" ", normalise_question(question)).strip()
+
+
+def _grams(text: str, n: int = 5) -> set[str]:
+    return {text[i:i + n] for i in range(max(len(text) - n + 1, 1))}
+
+
+def _signature(grams: set[str]) -> np.ndarray:
+    x = np.fromiter((zlib.crc32(g.encode()) for g in grams), np.uint64, len(grams))
+    with np.errstate(over="ignore"):  # multiplication modulo 2**64 is the hash family
+        return (x[:, None] * _A + _B).min(axis=0)
+
+
+def near_duplicate_clusters(items: list[tuple[str, str, str]], threshold: float) -> dict[str, str]:
+    """items: (id, image key, question). Returns id -> the smallest id of its cluster: items with
+    the same image key and the same numbers whose question texts' 5-gram Jaccard >= threshold."""
+    parent = {i: i for i, _, _ in items}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    text = {}
+    buckets: dict[tuple, list[str]] = defaultdict(list)
+    rows = NUM_PERM // BANDS
+    for ident, key, question in items:
+        canon = canonical_question(question)
+        text[ident] = canon
+        group = (key, tuple(_NUMBER.findall(canon)))
+        sig = _signature(_grams(canon))
+        for band in range(BANDS):
+            buckets[(group, band, sig[band * rows:(band + 1) * rows].tobytes())].append(ident)
+    checked = set()
+    for members in buckets.values():
+        for k, a in enumerate(members):
+            for b in members[k + 1:]:
+                pair = (a, b) if a < b else (b, a)
+                if pair in checked or find(a) == find(b):
+                    continue
+                checked.add(pair)
+                ga, gb = _grams(text[a]), _grams(text[b])
+                if len(ga & gb) / len(ga | gb) >= threshold:
+                    ra, rb = find(a), find(b)
+                    parent[max(ra, rb)] = min(ra, rb)
+    return {i: find(i) for i in parent}
+
+
+def question_similarity(a: str, b: str) -> float:
+    """The Jaccard similarity of two questions' character 5-grams (canonical text), the measure
+    `near_duplicate_clusters` thresholds."""
+    ga, gb = _grams(canonical_question(a)), _grams(canonical_question(b))
+    return len(ga & gb) / len(ga | gb)

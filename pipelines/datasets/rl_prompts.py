@@ -1,0 +1,99 @@
+"""Which samples may become RL prompts (issue 14): a question, a ground truth the reward can check,
+and every input image, filtered by what the user sets. Both routes to the RL split use it: prompts
+drawn from samples with an audit-passing trajectory (`rl_source="audited"`, the default for the
+generated pool) and prompts taken straight from the pool (`rl_source="pool"`: a released Thyme-RL
+or DeepEyes pool, a generic pool with an answer column, the generated pool) without a teacher.
+
+    RLFilter(...).reject(row) -> None | reason          row: a pool index row (see `pool_index`)
+    pool_index(sample_files) -> polars DataFrame        the small columns the filter reads
+
+Reasons (counted per reason in the split report): `no_question`, `no_answer`, `answer:<kind>`
+(a ground truth of a kind the user did not allow, `pipelines.core.answers.truth_kind`),
+`no_image`, `image_side` (an input smaller than the minimum side), `task`, `difficulty`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import polars as pl
+
+from pipelines.core.answers import TRUTH_KINDS, truth_kind
+
+# Every kind the rules decide, plus short texts (right when the normalised text matches; a
+# differently worded right answer is scored by the judge, or 0 without one). Open prose and
+# empty truths are left out: only a judge could score them.
+DEFAULT_ANSWER_KINDS = ("option", "yes_no", "number", "math", "short_text")
+
+
+@dataclass(frozen=True)
+class RLFilter:
+    answer_kinds: tuple[str, ...] = DEFAULT_ANSWER_KINDS
+    require_image: bool = True        # prompts need an input image (Thyme-RL has one per prompt)
+    min_image_side: int = 0           # px: every input's shorter side at least this (0: any)
+    tasks: tuple[str, ...] = ()       # empty: every task
+    difficulties: tuple[str, ...] = ()  # empty: every difficulty; else a known difficulty must
+                                        # be listed (samples without one are kept)
+
+    def __post_init__(self):
+        unknown = set(self.answer_kinds) - set(TRUTH_KINDS)
+        if unknown:
+            raise ValueError(f"unknown answer kinds {sorted(unknown)}; kinds are {TRUTH_KINDS}")
+        if self.min_image_side < 0:
+            raise ValueError(f"min_image_side must be >= 0 (got {self.min_image_side})")
+
+    def reject(self, row: dict) -> str | None:
+        """Why a sample cannot be an RL prompt, or None when it can."""
+        if not (row["question"] or "").strip():
+            return "no_question"
+        if not (row["answer"] or "").strip():
+            return "no_answer"
+        kind = truth_kind(row["answer"], _options(row.get("options")))
+        if kind not in self.answer_kinds:
+            return f"answer:{kind}"
+        if not row["image_hashes"]:
+            if self.require_image:
+                return "no_image"
+        elif (row["min_side"] or 0) < self.min_image_side:
+            return "image_side"
+        if self.tasks and row["task"] not in self.tasks:
+            return "task"
+        difficulty = row.get("difficulty")
+        if self.difficulties and difficulty not in (None, "") and str(difficulty) not in self.difficulties:
+            return "difficulty"
+        return None
+
+
+def _options(raw) -> list[str] | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else None
+
+
+def pool_index(sample_files: list[str]) -> pl.DataFrame:
+    """The pool's samples in the columns splitting reads (lazy scan, streaming): id, question,
+    answer, task, input image hashes and store paths, the smallest input side, options and difficulty (from
+    `meta`, or a DeepEyes row's `extra_info`), an augmented copy's source image, origin."""
+    side = pl.min_horizontal(pl.element().struct.field("width"), pl.element().struct.field("height"))
+    h = pl.element().struct.field("hash")
+    relpath = pl.format("{}/{}.{}", h.str.slice(0, 2), h, pl.element().struct.field("ext"))  # ImageRef.relpath
+    return (pl.scan_parquet(sample_files)
+            .unique("id", keep="first", maintain_order=True)
+            .select(pl.col("id").alias("sample_id"), "question", "answer",
+                    pl.col("task").alias("sample_task"),
+                    pl.col("images").list.eval(pl.element().struct.field("hash")).alias("image_hashes"),
+                    pl.col("images").list.eval(relpath).alias("image_paths"),
+                    pl.col("images").list.eval(side).list.min().alias("min_side"),
+                    pl.col("meta").str.json_path_match("$.options").alias("options"),
+                    pl.coalesce(pl.col("meta").str.json_path_match("$.difficulty"),
+                                pl.col("meta").str.json_path_match("$.extra_info.difficulty"))
+                    .alias("difficulty"),
+                    pl.col("meta").str.json_path_match("$.lineage.image").alias("lineage_image"),
+                    pl.col("origin").struct.field("file").alias("origin_file"),
+                    pl.col("origin").struct.field("row").alias("origin_row"))
+            .collect(engine="streaming"))

@@ -1,0 +1,66 @@
+"""What a worker does before it forks its zygote: load and exercise everything model code and
+the image checker use (so a child pays a fork, not an import), and list what children may read.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import sys
+import sysconfig
+
+from sandbox import outputs, replies, runner
+
+
+@functools.cache
+def library_paths() -> list[str]:
+    """What confined code may read: the interpreter, its libraries, shared objects."""
+    paths = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths |= {sysconfig.get_path(k, vars={"base": sys.base_prefix, "platbase": sys.base_prefix})
+              for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths |= {os.path.join(sys.base_prefix, "lib"), os.path.realpath(sys.executable)}
+    paths |= {"/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/usr/share/zoneinfo",
+              "/etc/ld.so.cache", "/dev/null", "/dev/zero", "/dev/urandom"}
+    return sorted(p for p in paths if p and os.path.exists(p))
+
+
+def warm_up() -> None:
+    """Import and exercise what model code uses, so children pay a fork, not an import; and
+    load every decoder the image checker accepts."""
+    import cv2
+    import numpy as np
+    import sympy
+    from PIL import (  # noqa: F401
+        BmpImagePlugin,
+        GifImagePlugin,
+        Image,
+        ImageEnhance,
+        ImageFilter,
+        ImageOps,
+        JpegImagePlugin,
+        MpoImagePlugin,
+        PngImagePlugin,
+        TiffImagePlugin,
+        WebPImagePlugin,
+    )
+
+    cv2.setNumThreads(1)
+    img = (np.arange(96 * 128 * 3) % 251).astype(np.uint8).reshape(96, 128, 3)
+    ok, buf = cv2.imencode(".jpg", img)
+    dec = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    dec = cv2.resize(dec[10:80, 20:100], None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    cv2.createCLAHE(2.0, (8, 8)).apply(cv2.cvtColor(dec, cv2.COLOR_BGR2GRAY))
+    cv2.rotate(dec, cv2.ROTATE_90_CLOCKWISE)
+    pil = Image.fromarray(img).rotate(33, expand=True).crop((0, 0, 64, 64))
+    ImageEnhance.Contrast(pil).enhance(1.5).resize((128, 128), Image.BICUBIC)
+    for fmt in ("JPEG", "PNG", "WEBP"):
+        encoded = io.BytesIO()
+        pil.save(encoded, format=fmt)
+        outputs.check_image(encoded.getvalue(), 1 << 20)
+    runner.initial_namespace(None, None, "compat")  # imports what compat children pre-bind
+    x = sympy.symbols("x")
+    sympy.solve(sympy.Eq(x**2 - 2 * x, 3), x)
+    sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
+    np.linalg.solve(np.eye(3), np.ones(3))
+    replies.valid_text("\ud800")  # the codec that replaces lone surrogates

@@ -1,0 +1,179 @@
+"""The shard stages on a real Ray cluster (issue 18): a head and a second node started with
+`ray start` as separate processes on this machine (one CPU each, no dashboard). The funnel
+(template teacher -> sandbox -> audit) runs over several shards on both nodes; the worker node is
+killed (kill -9 of every process of it) while the sandbox stage is mid-run; the run goes on, and
+its files are the local run's: same ids, rows, verdicts and counts, no partial file. An OpenAI
+teacher in the loop (the fake VLM) writes two one-photo shards as Ray tasks, each with its own
+sandbox; a vLLM teacher in the loop is refused with the reason.
+
+One cluster and one run keep the CI cost near 40 s on two cores (starting the nodes is most of it).
+"""
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from faults import outputs, partial_files, survivors
+
+from pipelines.__main__ import main
+from pipelines.samples.audit import AuditConfig
+from pipelines.samples.stages import SandboxSpec, TeacherSpec
+from pipelines.scale import open_engine
+from pipelines.scale.funnel import layout_for, pool_keys, run_funnel
+
+ray = pytest.importorskip("ray")
+from ray_cluster import LocalRayCluster  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+COUNT, SHARD_SIZE = 24, 4            # six shards: both nodes get several
+FOLDERS = ["code_samples", "executions", "audited"]
+
+
+def funnel(engine, root: Path, log=None) -> dict:
+    layout = layout_for(root)
+    return run_funnel(engine, layout, pool_keys(layout), TeacherSpec(), SandboxSpec(workers=1),
+                      AuditConfig(workers=1), log=log)
+
+
+def audit_from_dagster(local: Path, root: Path, address: str) -> dict:
+    """The `audited` asset over the shard range with the cluster resource set to this cluster
+    (on the local run's executions): each shard's materialization with its metadata."""
+    from dagster import DagsterInstance, materialize
+
+    from assets.code_samples import audited, code_samples, executions
+    from assets.partitions import shards
+    from assets.resources import (
+        ClusterResource,
+        JudgeResource,
+        SandboxResource,
+        TeacherResource,
+        ThymeStorage,
+    )
+    for folder in ("pool", "code_samples", "executions"):
+        shutil.copytree(local / folder, root / folder)
+    keys = pool_keys(layout_for(root))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(shards.name, keys)
+    result = materialize(
+        [code_samples, executions, audited], selection=[audited.key],
+        resources={"storage": ThymeStorage(root=str(root)), "sandbox": SandboxResource(),
+                   "teacher": TeacherResource(), "judge": JudgeResource(),
+                   "cluster": ClusterResource(engine="ray", address=address)},
+        instance=instance, tags={"dagster/asset_partition_range_start": keys[0],
+              "dagster/asset_partition_range_end": keys[-1]})
+    assert result.success
+    return {e.partition: e.materialization.metadata
+            for e in result.get_asset_materialization_events() if e.partition}
+
+
+def teacher_in_the_loop(engine, root: Path) -> dict:
+    """An OpenAI teacher in the loop (the fake VLM) over two one-photo shards on the cluster."""
+    from fake_openai import FakeOpenAI, loop_reply
+    from real_photos import PHOTOS, photo_bytes
+
+    from pipelines.core.images import ImageStore
+    from pipelines.core.schema import Sample, samples_table
+
+    layout = layout_for(root)
+    store = ImageStore(layout.images)
+    (layout.pool / "samples").mkdir(parents=True)
+    for i, name in enumerate(("astronaut", "coffee")):
+        question, answer, box, category, _ = PHOTOS[name]
+        ref, _ = store.put(photo_bytes(name))
+        sample = Sample(question=question, images=[ref], source="photos", origin_file="p",
+                        origin_row=i, answer=answer, task="crop",
+                        meta={"box": box, "category": category})
+        pq.write_table(samples_table([sample]), layout.samples(f"shard-{i:05d}"))
+    server = FakeOpenAI(loop_reply(), honour_stop=True)
+    try:
+        teacher = TeacherSpec(kind="openai", model="fake-vlm", base_url=server.url,
+                              api_key_env="THYME_TEST_NO_KEY", loop="prefill", max_retries=0)
+        return dict(engine.code_samples(layout, pool_keys(layout), teacher, SandboxSpec(workers=1)))
+    finally:
+        server.close()
+
+
+def generate(root: Path, *engine: str) -> None:
+    assert main(["generate", "--count", str(COUNT), "--shard-size", str(SHARD_SIZE),
+                 "--workers", "1", "--out", str(root / "pool"), "--quiet", *engine]) == 0
+
+
+@pytest.mark.slow
+def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "cluster"
+    cluster = LocalRayCluster(env={"PYTHONPATH": str(REPO)}, wait=False)
+    try:
+        worker = cluster.add_node(wait=False)      # both start while the local run goes on
+        generate(local)
+        pool = outputs(local, ["pool"])    # (the sandbox adds the images code made to the store)
+        assert pool.pop("pool/report.json") and len(pool) > COUNT      # (its timings differ)
+        with open_engine("local", local) as engine:
+            expected = funnel(engine, local)
+        assert expected["totals"]["audit"]["trajectories"] == COUNT
+        cluster.started()
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes(2)
+
+        # ingest from the command line, a task per shard over both nodes: the local pool
+        generate(remote, "--ray-address", cluster.address)
+        assert {k: v for k, v in outputs(remote, ["pool"]).items() if k != "pool/report.json"} \
+            == pool
+        node_processes = cluster.processes(worker)
+        assert node_processes, "the worker node runs no process"
+        head_id = ray.get_runtime_context().get_node_id()
+        killed = []
+
+        def kill_the_worker_mid_stage(line: str) -> None:
+            # the first sandbox shard is back: the other node's sandbox actor is mid-shard (or
+            # about to be given the next one)
+            if line.startswith("executions") and not killed:
+                cluster.kill(worker)
+                killed.append(line)
+
+        with open_engine("ray", remote, cluster.address) as engine:
+            got = funnel(engine, remote, log=kill_the_worker_mid_stage)
+            # a vLLM teacher in the loop is refused before any actor starts (the files compared
+            # with the local run's below are untouched)
+            in_loop = TeacherSpec(kind="vllm", model="m", loop="prefill")
+            with pytest.raises(NotImplementedError, match="engine actors"):
+                next(engine.code_samples(layout_for(remote), pool_keys(layout_for(remote)),
+                                         in_loop, SandboxSpec(workers=1)))
+            loop_stats = teacher_in_the_loop(engine, tmp_path / "loop")
+        assert killed, "the worker node was never killed"
+        dagster_audit = audit_from_dagster(local, tmp_path / "dagster", cluster.address)
+        assert not survivors(node_processes, timeout=30), "processes of the killed node survive"
+    finally:
+        everything = set().union(*(cluster.processes(n) for n in cluster.nodes))
+        ray.shutdown()
+        cluster.stop()
+    assert not survivors(everything, timeout=30), "the cluster's teardown left processes running"
+
+    # an OpenAI teacher in the loop on Ray: each shard's task opened its own sandbox, ran the
+    # code as the teacher wrote, and filled the executions stage's cache
+    assert [s["trajectories"] for s in loop_stats.values()] == [1, 1]
+    assert all(s["teacher_stats"]["mode"] == "loop:prefill" for s in loop_stats.values())
+    ran = sum(s["teacher_stats"]["loop"].get("code_run", 0) for s in loop_stats.values())
+    assert ran >= 2 and len(list((tmp_path / "loop" / "cache" / "executions").rglob("*.json"))) >= 2
+
+    # both nodes ran shards before the kill; after it, the head redid the lost one
+    ran_on = {stages["code_samples"]["node"] for stages in got["per_shard"].values()}
+    assert len(ran_on) == 2 and head_id in ran_on, ran_on
+    assert all(s["audit"]["node"] == head_id for s in got["per_shard"].values())
+    assert engine.redone, "no shard was redone after the kill"
+
+    # from Dagster (the cluster resource): every shard's materialization, its metadata with the
+    # node that ran it, and the local run's files
+    assert sorted(dagster_audit) == sorted(got["per_shard"])
+    assert {m["node"].value for m in dagster_audit.values()} == {head_id}
+    assert all(m["dagster/row_count"].value == SHARD_SIZE for m in dagster_audit.values())
+    assert outputs(tmp_path / "dagster", ["audited"]) == outputs(local, ["audited"])
+
+    # the cluster's files are the local run's, and nothing partial is left
+    assert outputs(remote, FOLDERS) == outputs(local, FOLDERS)
+    assert partial_files(remote) == []
+    assert got["totals"] == expected["totals"]
+    ids = [r["id"] for f in sorted((remote / "audited").glob("*.parquet"))
+           for r in pq.read_table(f, columns=["id"]).to_pylist()]
+    assert len(ids) == len(set(ids)) == COUNT
+

@@ -1,0 +1,85 @@
+"""The tool-use learning check's data (benchmarks/tool_use_data.py): the project's pipeline on an
+arithmetic-only pool gives SFT rows whose answer is the sandbox's printed result, held-out
+questions no SFT row or GRPO prompt has, a rebuild that reuses what is built, and the control's
+rows answered without code; and the check's first-vs-last comparison."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import tool_use_check  # noqa: E402
+import tool_use_data  # noqa: E402
+
+from pipelines.core import published  # noqa: E402
+from pipelines.core.answers import extract  # noqa: E402
+
+
+def _rows(folder: str, split: str) -> list[dict]:
+    return [row for _, row in published.iter_rows(published.split_files(folder, split))]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tool_use") / "data"
+    return folder, tool_use_data.build(folder, count=80, seed=1, workers=1)
+
+
+def test_every_trajectory_passes_and_lands_in_a_split(built):
+    _, report = built
+    assert report["samples"] == report["trajectories"] == report["passed_audit"] == 80
+    assert report["failed_checks"] == {}
+    assert report["validation"]["computation"] == {} and report["validation"]["rl"] == {}
+    sft, rl = report["published"]["sft"], report["published"]["rl"]
+    assert sft["computation"] > 0 and rl["train"] > 0 and rl["test"] > 0
+
+
+def test_sft_rows_answer_with_the_sandbox_output(built):
+    _, report = built
+    for row in _rows(report["sft"], "computation"):
+        printed = re.findall(r"<sandbox_output>(.*?)</sandbox_output>", row["response"], re.S)
+        assert "<code>" in row["response"] and printed, row["id"]
+        assert extract(row["response"]).text == printed[-1].strip(), row["id"]
+
+
+def test_held_out_questions_are_unseen_in_training(built):
+    _, report = built
+    sft_questions = {r["question"].split("\n")[0] for r in _rows(report["sft"], "computation")}
+    rl_train = {r["question"] for r in _rows(report["rl"], "train")}
+    held_out = {r["question"] for r in _rows(report["rl"], "test")}
+    assert held_out and not held_out & sft_questions and not held_out & rl_train
+
+
+def test_a_rebuild_with_the_same_settings_reuses_the_build(built):
+    folder, report = built
+    stamp = (folder / tool_use_data.MARKER).stat().st_mtime_ns
+    assert tool_use_data.build(folder, count=80, seed=1, workers=1) == report
+    assert (folder / tool_use_data.MARKER).stat().st_mtime_ns == stamp
+
+
+def test_control_rows_answer_without_code(built, tmp_path):
+    _, report = built
+    original = {r["id"]: r for r in _rows(report["sft"], "computation")}
+    out = tool_use_data.direct_rows(Path(report["sft"]), tmp_path / "direct.parquet")
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == len(original)
+    for row in rows:
+        assert "<code>" not in row["response"] and "sandbox_output" not in row["response"]
+        assert extract(row["response"]).text == extract(original[row["id"]]["response"]).text
+        assert row["question"] == original[row["id"]]["question"]
+
+
+def test_compare_needs_a_rise_beyond_noise():
+    flat = tool_use_check.compare([0.2, 0.3, 0.2, 0.3, 0.25, 0.25], k=3, min_rise=0.1)
+    assert not flat["rose"]
+    rising = tool_use_check.compare([0.1, 0.15, 0.1, 0.6, 0.65, 0.6], k=3, min_rise=0.1)
+    assert rising["rose"] and rising["rise"] == pytest.approx(0.5)
+    noisy = tool_use_check.compare([0.0, 0.5, 0.0, 1.0, 0.2, 1.0], k=3, min_rise=0.1)
+    assert not noisy["rose"]                       # a rise within two standard errors
