@@ -203,7 +203,8 @@ def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeS
              pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
     """GRPO-ATS from SFT stage 2's model on the published RL prompts: rollouts with the sandbox
     in the loop, greedy code inside sampled text, repetition stop, accuracy/format/consistency
-    rewards. Records the checkpoint, the reward and tool-use curves and the run summary."""
+    rewards. Records the checkpoint, the reward, tool-use and answer-collapse curves and the run
+    summary (with the tool- and answer-collapse warnings)."""
     stage2 = storage.path("checkpoints", "sft", "stage2")
     if not (stage2 / "config.json").is_file():
         raise Failure(description=f"SFT stage 2's model is missing at {storage.relative(stage2)}: "
@@ -223,7 +224,8 @@ def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeS
     result = launch(context, pipes_subprocess_client, command,
                     storage.path("checkpoints", ".grpo_ats-error.json"), "GRPO-ATS",
                     images={"curves_rewards": out / "curves_rewards.png",
-                            "curves_tool_use": out / "curves_tool_use.png"})
+                            "curves_tool_use": out / "curves_tool_use.png",
+                            "curves_collapse": out / "curves_collapse.png"})
     from pipelines.core.reports import GRPO_OPTIMISER, GRPO_STEP_METRICS, grpo_history
 
     return with_history(context, storage, result, out, grpo_history(out), "metrics.jsonl",

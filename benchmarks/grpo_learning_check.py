@@ -15,16 +15,20 @@ ground truth is the colour. Per seed, from scratch:
 
 The defaults are the settings that passed (docs/benchmarks.md has the runs that led to them):
 60 steps of 8 prompts x G = 8, lr 1e-3, KL beta 0.2, each step holding as many red as blue
-images (`--balanced`), text sampled as ATS does (T = 1, top-p 0.9, top-k 50).
+images (`--balanced`), text sampled as ATS does (T = 1, top-p 0.9, top-k 50) until answer collapse
+is detected, then without top-p/top-k (`--untruncated-on-collapse`, thyme_train.collapse; as
+shipped before it, seeds 47 and 404 collapsed to one colour at step ~20 and never recovered).
 
 The reward per step is TRL's logged batch mean (prompts x G completions). The check passes for
 a seed when the mean over the last K steps exceeds the mean over the first K steps by more than
 `--min-rise` AND by more than two standard errors of that difference (step means as samples).
-Writes per-seed curves and run folders under `--work`, the combined curve to
-docs/img/grpo_learning_check.png and the numbers to docs/img/grpo_learning_check.json; exits 1
-unless every seed rose. Results and their reading: docs/benchmarks.md.
+The default seeds, 1000-1015, are held out: none chose a setting (TUNING_SEEDS did). The run
+reports how many seeds rose with a 95% Wilson interval of that share and exits 1 when more than
+`--allowed-failures` (1) did not. Writes per-seed curves and run folders under `--work`, the
+combined curve to docs/img/grpo_learning_check.png and the numbers to
+docs/img/grpo_learning_check.json. Results, and every configuration tried: docs/benchmarks.md.
 
-    python benchmarks/grpo_learning_check.py --seeds 0 1 2 3 4 5 6 7 --jobs 2   (~20 min, 2 cores)
+    python benchmarks/grpo_learning_check.py --jobs 2     (16 seeds: ~36 min on 2 idle cores)
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ QUESTION = "Is the image red or blue? Answer with one word: red or blue."
 THINK = "I look at the color of the image."
 COLOURS = ("red", "blue")
 IMAGE_SIDE = 112            # 112 x 112 = 16 vision tokens at the tiny model's pixel budget
+# Seeds whose runs chose the settings (docs/benchmarks.md): 0-7 the first session's, 47 and 404
+# (the two that collapsed as shipped, issue 24) the collapse remedies'. Never count them as held out.
+TUNING_SEEDS = frozenset(range(8)) | {47, 404}
+HELD_OUT_SEEDS = list(range(1000, 1016))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +173,9 @@ def run_seed(seed: int, tiny: Path, args, work: Path) -> dict:
                    "--set", f"max_turns={args.max_turns}", "--set", "sandbox_workers=1",
                    "--set", f"top_p={args.top_p}", "--set", f"top_k={args.top_k}",
                    "--set", f"shuffle_dataset={str(not args.balanced).lower()}",
-                   "--set", f"save_steps={args.steps + 1}", "--set", f"seed={seed}"],
+                   "--set", f"save_steps={args.steps + 1}", "--set", f"seed={seed}",
+                   "--set", f"untruncated_sampling_on_collapse={str(args.untruncated_on_collapse).lower()}",
+                   *[a for item in args.grpo_set for a in ("--set", item)]],
                   folder / "grpo.log", threads)
 
     records = [json.loads(line) for line in (rl_out / "metrics.jsonl").read_text().splitlines()]
@@ -178,6 +188,11 @@ def run_seed(seed: int, tiny: Path, args, work: Path) -> dict:
         "completion_length": [r.get("completions/mean_length") for r in steps],
         "tool_call_rate": [r.get("thyme/tool_call_rate") for r in steps],
         "end_answer": [r.get("thyme/end/answer") for r in steps],
+        # answer collapse (thyme_train.collapse)
+        "answer_agreement": [r.get("thyme/collapse/answer_agreement") for r in steps],
+        "zero_variance_groups": [r.get("thyme/collapse/zero_variance_groups") for r in steps],
+        "answer_collapse": [r.get("thyme/answer_collapse") for r in steps],
+        "untruncated_sampling": [r.get("thyme/untruncated_sampling") for r in steps],
     }
     if len(series["reward"]) < 2 * args.k:
         raise RuntimeError(f"seed {seed}: {len(series['reward'])} logged steps < 2 x K = {2 * args.k}")
@@ -186,6 +201,11 @@ def run_seed(seed: int, tiny: Path, args, work: Path) -> dict:
     summary["accuracy_last"] = _mean(series["accuracy"][-args.k:])
     summary["format_first"] = _mean(series["format"][:args.k])
     summary["format_last"] = _mean(series["format"][-args.k:])
+    since = [r["thyme/answer_collapse_since"] for r in steps if "thyme/answer_collapse_since" in r]
+    summary["collapse_since"] = int(since[0]) if since else None
+    summary["collapse_steps"] = int(sum(x or 0 for x in series["answer_collapse"]))
+    summary["untruncated_from"] = next((st for st, u in zip(series["step"], series["untruncated_sampling"],
+                                                             strict=True) if u), None)
     return {"seed": seed, "series": series, "summary": summary,
             "seconds": {"sft": round(sft_s, 1), "grpo": round(grpo_s, 1)},
             "run_dir": os.path.relpath(folder, ROOT)}
@@ -212,6 +232,16 @@ def compare(rewards: list[float], k: int, min_rise: float) -> dict:
     se = math.sqrt(_se(first) ** 2 + _se(last) ** 2)
     return {"first": _mean(first), "last": _mean(last), "rise": rise, "rise_se": se,
             "rose": bool(rise > min_rise and rise > 2 * se)}
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a binomial proportion."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _save(fig, path: Path) -> None:
@@ -269,7 +299,11 @@ def plot_combined(results: list[dict], k: int, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=HELD_OUT_SEEDS,
+                        help="seeds to run (default: 16 held-out seeds, 1000-1015, none of them "
+                             f"used to choose settings; the tuning seeds were {sorted(TUNING_SEEDS)})")
+    parser.add_argument("--allowed-failures", type=int, default=1,
+                        help="seeds that may fail to rise for the check to pass (exit 0)")
     parser.add_argument("--steps", type=int, default=60,
                         help="GRPO steps per seed (at 40, one seed in eight had not yet started "
                              "to read the colour)")
@@ -294,6 +328,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the prompts in file order (colours alternate), so every step "
                              "holds as many red as blue images: a colour-blind policy then gains "
                              "nothing from drifting to one answer")
+    parser.add_argument("--untruncated-on-collapse", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="the collapse remedy (thyme_train.collapse): text sampled without "
+                             "top-p/top-k once answer collapse is detected (seeds 47 and 404 "
+                             "collapsed without it)")
+    parser.add_argument("--grpo-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra GRPO-ATS setting (repeatable), e.g. the collapse remedies "
+                             "untruncated_sampling_on_collapse=true (thyme_train.collapse)")
     parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--num-generations", type=int, default=8,
                         help="G. With 4, a policy 90%% sure of one colour gives a group without "
@@ -337,13 +379,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['last']:.3f}, rise {s['rise']:+.3f} (se {s['rise_se']:.3f}) -> "
                   f"{'ROSE' if s['rose'] else 'no clear rise'}; accuracy {s['accuracy_first']:.2f}"
                   f" -> {s['accuracy_last']:.2f}, format {s['format_first']:.2f} -> "
-                  f"{s['format_last']:.2f}; sft {r['seconds']['sft']}s, grpo "
-                  f"{r['seconds']['grpo']}s", flush=True)
+                  f"{s['format_last']:.2f}; collapse warned from step {s['collapse_since']} "
+                  f"({s['collapse_steps']} steps), untruncated text from step {s['untruncated_from']}"
+                  f"; sft {r['seconds']['sft']}s, grpo {r['seconds']['grpo']}s", flush=True)
             done.append(r)
     results = sorted(done, key=lambda r: args.seeds.index(r["seed"]))
     for r in results:
         plot_seed(r["series"], args.k, r["seed"], work / f"seed{r['seed']}" / "curve.png")
     plot_combined(results, args.k, Path(args.png))
+    rose = sum(r["summary"]["rose"] for r in results)
+    lo, hi = wilson(rose, len(results))
+    passed = len(results) - rose <= args.allowed_failures
     out = {
         "command": "python benchmarks/grpo_learning_check.py " + " ".join(argv or sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
@@ -352,15 +398,22 @@ def main(argv: list[str] | None = None) -> int:
                  "sft_answers": "coin flips, independent of the image"},
         "config": {k: v for k, v in vars(args).items() if k not in ("work", "png", "json")},
         "all_rose": all(r["summary"]["rose"] for r in results),
+        "rose": rose, "runs": len(results), "rose_share_ci95_wilson": [round(lo, 3), round(hi, 3)],
+        "tuning_seeds_in_run": sorted(set(args.seeds) & TUNING_SEEDS),
+        "passed": passed,
         "seconds_total": round(time.time() - started, 1),
         "seeds": results,
     }
     json_path = Path(args.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(json_path, (json.dumps(out, indent=1) + "\n").encode())
-    print(f"all seeds rose: {out['all_rose']}; {out['seconds_total']} s; wrote "
-          f"{os.path.relpath(args.png, ROOT)}, {os.path.relpath(json_path, ROOT)}")
-    return 0 if out["all_rose"] else 1
+    tuned = out["tuning_seeds_in_run"]
+    print(f"rose in {rose} of {len(results)} seeds (95% Wilson interval of the share: {lo:.2f}-{hi:.2f})"
+          f"{'; NOT held out: ' + str(tuned) + ' chose the settings' if tuned else '; all held out'}; "
+          f"{'PASS' if passed else 'FAIL'} (at most {args.allowed_failures} may fail); "
+          f"{out['seconds_total']} s; wrote {os.path.relpath(args.png, ROOT)}, "
+          f"{os.path.relpath(json_path, ROOT)}")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

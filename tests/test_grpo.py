@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from sandbox.policy import MECHANISMS
+from thyme_train.collapse import ToolUseMonitor
 from thyme_train.config import load_config
-from thyme_train.grpo import GRPOATSConfig, ToolUseMonitor, isolation_metrics, rollout_statistics
+from thyme_train.grpo import GRPOATSConfig, isolation_metrics, rollout_statistics
 from thyme_train.rollout import END_REASONS, Rollout
 
 CROP = ("<think>Zoom in.<code>\n```python\nfrom PIL import Image\nimg = Image.open(image_path)\n"

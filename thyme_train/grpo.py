@@ -20,9 +20,11 @@ temperatures: TRL's loss knows none; `code_token_loss: mask` removes greedy code
 Rollout statistics are logged through the `log_metric` TRL hands every reward function:
 tool-call rate, execution success, code calls / images / turns per rollout, end-reason shares,
 sandbox tokens, and a warning (plus `thyme/tool_collapse` = 1) when the tool-call rate falls below
-`tool_collapse_fraction` of its early value. Every logged record goes to `metrics.jsonl` and the
-curves of the rewards and of tool use are redrawn as PNGs in `output_dir` at every save and at the
-end (thyme_train.plots); `metrics.json`, written last, marks a finished run.
+`tool_collapse_fraction` of its early value; beside them the answer-collapse statistics and their
+warning (thyme_train.collapse, with the remedies' settings; dynamic sampling in
+thyme_train.dynamic_sampling). Every logged record goes to `metrics.jsonl` and the curves of the
+rewards, of tool use and of answer collapse are redrawn as PNGs in `output_dir` at every save and
+at the end (thyme_train.plots); `metrics.json`, written last, marks a finished run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from thyme_train.collapse import (
+    AnswerCollapseMonitor,
+    CollapseConfig,
+    ToolUseMonitor,
+    answer_token_entropy,
+    untruncated,
+)
 from thyme_train.config import doc, parse_config
 from thyme_train.rewards import RewardConfig
 from thyme_train.rollout import END_REASONS, RolloutConfig
@@ -46,10 +55,12 @@ IMPORTANCE_SAMPLING = ("off", "token_truncate", "token_mask", "sequence_truncate
 
 
 @dataclass
-class GRPOATSConfig(RolloutConfig, RewardConfig, VLLMTrainingConfig, PromptSamplingConfig):
+class GRPOATSConfig(RolloutConfig, RewardConfig, VLLMTrainingConfig, PromptSamplingConfig,
+                    CollapseConfig):
     """GRPO-ATS. Defaults are the paper's GPU schedule (THYME.md §4); rl_tiny.yaml shrinks it
-    for the CPU. Rollout, reward, vLLM-engine and prompt-sampling fields are RolloutConfig's,
-    RewardConfig's, VLLMTrainingConfig's and PromptSamplingConfig's."""
+    for the CPU. Rollout, reward, vLLM-engine, prompt-sampling and answer-collapse fields are
+    RolloutConfig's, RewardConfig's, VLLMTrainingConfig's, PromptSamplingConfig's and
+    CollapseConfig's."""
 
     model: str = doc("policy checkpoint (the SFT stage-2 output) or a tiny model directory",
                      default="")
@@ -86,7 +97,11 @@ class GRPOATSConfig(RolloutConfig, RewardConfig, VLLMTrainingConfig, PromptSampl
     warmup_ratio: float = doc("share of steps spent warming up (paper: 3%)", default=0.03)
     beta: float = doc("KL weight with the k3 estimator (paper: 0.001; the released scripts 0.01)",
                       default=0.001)
-    loss_type: str = doc("TRL loss aggregation (grpo, dapo, dr_grpo, bnpo)", default="grpo")
+    loss_type: str = doc(
+        "TRL's loss aggregation: grpo (each completion's token mean, then the mean over "
+        "completions: the paper's), dapo (token-level normalisation: every token of the batch "
+        "weighs the same, so long completions are not diluted; DAPO), dr_grpo (a constant "
+        "normaliser, no length bias), bnpo", default="grpo")
     num_train_epochs: float = doc("epochs over the prompts (paper: 1-2)", default=1.0)
     shuffle_dataset: bool = doc("shuffle the prompts each epoch; false keeps the data's order "
                                 "(a curriculum, or batches balanced by construction)", default=True)
@@ -145,6 +160,11 @@ class GRPOATSConfig(RolloutConfig, RewardConfig, VLLMTrainingConfig, PromptSampl
             load_prompt_set(self.prompt_set)      # a bad name or file fails here, not mid-run
         VLLMTrainingConfig.__post_init__(self)
         PromptSamplingConfig.__post_init__(self)
+        CollapseConfig.__post_init__(self)
+        if self.dynamic_sampling and self.per_device_train_batch_size % self.num_generations:
+            raise ValueError("dynamic_sampling refills whole groups within a process: "
+                             f"per_device_train_batch_size ({self.per_device_train_batch_size}) must "
+                             f"be a multiple of num_generations ({self.num_generations})")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.importance_sampling not in IMPORTANCE_SAMPLING:
@@ -165,25 +185,6 @@ class GRPOATSConfig(RolloutConfig, RewardConfig, VLLMTrainingConfig, PromptSampl
 # ---------------------------------------------------------------------------------------------
 # Rollouts as TRL's rollout_func, with their statistics
 # ---------------------------------------------------------------------------------------------
-
-class ToolUseMonitor:
-    """Warns when the tool-call rate collapses below `fraction` of its early value (a known
-    failure of tool RL: the policy learns to answer without looking)."""
-
-    def __init__(self, fraction: float = 0.5, early_steps: int = 5):
-        self.fraction, self.early_steps = fraction, early_steps
-        self.rates: list[float] = []
-
-    def record(self, rate: float) -> str | None:
-        self.rates.append(rate)
-        if len(self.rates) <= self.early_steps:
-            return None
-        early = sum(self.rates[:self.early_steps]) / self.early_steps
-        if early > 0 and rate < self.fraction * early:
-            return (f"tool-call rate collapsed: {rate:.2f} < {self.fraction:g} x its early value "
-                    f"{early:.2f}")
-        return None
-
 
 def rollout_statistics(rollouts) -> dict[str, float]:
     """Batch statistics of a list of `Rollout`s (the `thyme/...` metrics)."""
@@ -233,8 +234,22 @@ class ThymeRolloutFunc:
         self.rollouts = None              # thyme_train.rollout_engines, built on the first batch
         self.runner = None
         self.statistics: dict[str, float] = {}   # the last batch's, until a reward function logs them
+        self.prepared = None              # (rollouts, encoded) of a batch dynamic sampling built
+        self.untruncated = False          # text sampled without top-p/top-k (collapse remedy)
+        self.rollout_seconds = 0.0
 
     def __call__(self, prompts: list, trainer) -> dict:
+        if self.prepared is not None:
+            (rollouts, encoded), self.prepared = self.prepared, None
+            if len(rollouts) != len(prompts):
+                raise RuntimeError(f"dynamic sampling prepared {len(rollouts)} rollouts for a batch "
+                                   f"of {len(prompts)} prompts")
+        else:
+            rollouts, encoded = self.run(prompts, trainer)
+        return self.package(rollouts, encoded)
+
+    def run(self, prompts: list, trainer) -> tuple[list, list]:
+        """The rollouts of `prompts` (TRL's message lists) and their encoded prompts."""
         import time
 
         from thyme_train.rollout import RolloutRunner
@@ -248,6 +263,8 @@ class ThymeRolloutFunc:
             self.rollouts = build_rollouts(cfg, self.processor, trainer, self.model_path)
         started = time.perf_counter()
         with self.rollouts.session(trainer) as engine:
+            if self.untruncated:
+                engine.sampling = untruncated(engine.sampling)
             if self.runner is None:
                 rollout_cfg = cfg.rollout()
                 rollout_cfg.seed = cfg.seed * 1000 + trainer.accelerator.process_index
@@ -255,6 +272,7 @@ class ThymeRolloutFunc:
             self.runner.engine = engine
             rollouts = self.runner.run(encoded, force=self.force,
                                        on_event=samples.watch(step) if samples else None)
+        self.rollout_seconds += time.perf_counter() - started
         if all(r.end_reason == "engine_error" for r in rollouts):
             raise RuntimeError(f"the rollout engine failed every sample of the batch: {rollouts[0].error}")
         for r in rollouts:
@@ -262,12 +280,26 @@ class ThymeRolloutFunc:
                 r.append_environment([self.codec.tokenizer.eos_token_id])   # TRL needs one token
         if samples is not None:
             samples.collect(step, prompts, rollouts, self.codec)
+        return rollouts, encoded
+
+    def package(self, rollouts: list, encoded: list) -> dict:
+        """TRL's rollout_func output for a batch, its statistics kept for logging."""
+        cfg = self.config
         stats = rollout_statistics(rollouts)
         timings = self.rollouts.timings
-        stats["thyme/time/rollout_s"] = time.perf_counter() - started
+        stats["thyme/time/rollout_s"], self.rollout_seconds = self.rollout_seconds, 0.0
         stats["thyme/time/generate_s"] = timings.get("generate", 0.0)
         stats["thyme/time/weight_sync_s"] = timings.get("sync", 0.0)
         stats.update(behaviour_statistics(rollouts))
+        decode = self.codec.tokenizer.decode
+        # the policy's log-probs; where the engine reports none (vLLM's processed mode), the
+        # behaviour's: then the estimate is of the sampling distribution's entropy
+        entropies = [e for r in rollouts if (e := answer_token_entropy(
+            r.completion_ids, [p if p == p else b for p, b in zip(r.logprobs, r.behaviour_logprobs, strict=True)],
+            r.env_mask, decode)) is not None]
+        stats["thyme/collapse/answer_token_entropy"] = (sum(entropies) / len(entropies)
+                                                        if entropies else float("nan"))
+        stats["thyme/untruncated_sampling"] = float(self.untruncated)
         warning = self.monitor.record(stats["thyme/tool_call_rate"])
         stats["thyme/tool_collapse"] = float(warning is not None)
         stats.update(isolation_metrics(self.sandbox))
@@ -309,20 +341,51 @@ class LoggingRolloutStatistics:
     `log_metric` TRL hands reward functions (the public way to add metrics; `rollout_func` is
     given none), then scores as the function it wraps (whose name TRL logs it under: the
     accuracy). With prompt sampling, the batch's accuracies (every process's) update each
-    prompt's success rate (the dataset's `prompt_index` column names the prompt)."""
+    prompt's success rate (the dataset's `prompt_index` column names the prompt). The batch's
+    answers and accuracies (every process's, in TRL's group layout) give the answer-collapse
+    statistics and warning (thyme_train.collapse); with `untruncated_sampling_on_collapse`, the
+    warning switches the rollouts to untruncated text sampling."""
 
-    def __init__(self, reward, rollout_func: ThymeRolloutFunc, sampling=None, gather=None):
+    def __init__(self, reward, rollout_func: ThymeRolloutFunc, sampling=None, gather=None,
+                 dynamic_sampling=None):
         self.reward, self.rollout_func = reward, rollout_func
-        self.sampling, self.gather = sampling, gather
+        self.sampling, self.gather = sampling, gather or ProcessGather()
+        self.dynamic_sampling = dynamic_sampling
+        cfg = rollout_func.config
+        self.collapse = AnswerCollapseMonitor(cfg)
+        self.untruncate_on_collapse = cfg.untruncated_sampling_on_collapse
+        self.group_size = cfg.num_generations
+        self.batches = 0
         self.__name__ = reward.__name__
 
     def __call__(self, completions, log_metric=None, **kwargs):
+        from pipelines.core.answers import extract
+        from thyme_train.collapse import group_statistics
+
         statistics, self.rollout_func.statistics = self.rollout_func.statistics, {}
         scores = self.reward(completions, log_metric=log_metric, **kwargs)
         if self.sampling is not None:
             batch, _ = self.gather(list(zip(kwargs["prompt_index"], scores, strict=True)))
             self.sampling.record([i for i, _ in batch], [score for _, score in batch])
             statistics.update(self.sampling.statistics())
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        batch, _ = self.gather([(extract(t).text, a) for t, a in zip(texts, scores, strict=True)])
+        statistics.update(group_statistics([g for g, _ in batch], [a for _, a in batch], self.group_size))
+        self.batches += 1
+        state = kwargs.get("trainer_state")    # the step this batch trains (TRL logs it under)
+        step = state.global_step + 1 if state is not None else self.batches
+        warning = self.collapse.record(step, statistics)
+        del statistics["thyme/collapse/accuracy"]          # TRL logs the accuracy reward itself
+        statistics["thyme/answer_collapse"] = float(warning is not None)
+        if warning:
+            statistics["thyme/answer_collapse_since"] = float(self.collapse.since)
+            log.warning(warning)
+            if self.untruncate_on_collapse and not self.rollout_func.untruncated:
+                log.warning("answer collapse: text is sampled without top-p/top-k truncation from "
+                            "the next batch on (untruncated_sampling_on_collapse)")
+                self.rollout_func.untruncated = True
+        if self.dynamic_sampling is not None:
+            statistics.update(self.dynamic_sampling.statistics)
         if log_metric is not None:
             for name, value in statistics.items():
                 log_metric(name, value)
@@ -419,6 +482,8 @@ def trl_args(cfg: GRPOATSConfig, rewards):
         vllm_importance_sampling_mode=cfg.importance_sampling if correct else "token_truncate",
         vllm_importance_sampling_clip_max=cfg.importance_sampling_cap,
         vllm_importance_sampling_clip_min=cfg.importance_sampling_floor,
+        # the collapse remedies TRL has (clip-higher, entropy bonus and floor; thyme_train.collapse)
+        **cfg.trl_fields(),
     )
 
 
@@ -430,6 +495,7 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     from pipelines.core.atomic import write_json
     from sandbox.client import open_sandbox
     from thyme_train.config import resume_checkpoint
+    from thyme_train.dynamic_sampling import DynamicSampling
     from thyme_train.freezing import freeze
     from thyme_train.rewards import Judge, ThymeRewards
     from thyme_train.rl_data import data_report, load_rl_rows, rl_dataset
@@ -473,12 +539,18 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         rollout_log = RolloutLog(out, cfg.rollout_samples, cfg.logging_steps, rewards.weights(), cfg.seed)
         rollout_func = ThymeRolloutFunc(cfg, processor, sandbox, force, rollout_log, model_path)
+        dynamic = (DynamicSampling(dataset, rollout_func, cfg.num_generations,
+                                   cfg.dynamic_sampling_max_rounds, cfg.seed, cfg.numeric_tolerance,
+                                   judged=judge is not None and cfg.judge_accuracy)
+                   if cfg.dynamic_sampling else None)
         first, *others = rewards.reward_funcs()
         own_callbacks = [_metrics_callback(str(out))] + ([_sampling_callback(sampling)] if sampling else [])
         trainer = Trainer(model=model, processing_class=processor, args=args,
                           reward_funcs=rollout_log.wrap([
-                              LoggingRolloutStatistics(first, rollout_func, sampling, gather), *others]),
+                              LoggingRolloutStatistics(first, rollout_func, sampling, gather, dynamic),
+                              *others]),
                           train_dataset=dataset, rollout_func=rollout_func, prompt_sampling=sampling,
+                          dynamic_sampling=dynamic,
                           callbacks=[*own_callbacks, *(callbacks or [])])
         gather.accelerator = trainer.accelerator
         resume = resume_checkpoint(cfg.resume, out)
@@ -501,7 +573,8 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
 
 
 def run_summary(history: list[dict], steps: int) -> dict:
-    """The run in a few numbers: steps, first and last reward and tool-call rate, end reasons."""
+    """The run in a few numbers: steps, first and last reward and tool-call rate, end reasons,
+    the collapse warnings (tool use; answers, with the step the first answer collapse started)."""
     def series(key):
         return [r[key] for r in history if key in r]
 
@@ -516,6 +589,11 @@ def run_summary(history: list[dict], steps: int) -> dict:
         "tool_call_rate_first": tools[0] if tools else None,
         "tool_call_rate_last": tools[-1] if tools else None,
         "tool_collapse_warnings": int(sum(series("thyme/tool_collapse"))),
+        "answer_collapse_warnings": int(sum(series("thyme/answer_collapse"))),
+        "answer_collapse_since": int(series("thyme/answer_collapse_since")[0])
+                                 if series("thyme/answer_collapse_since") else None,
+        "zero_variance_groups_last": (series("thyme/collapse/zero_variance_groups") or [None])[-1],
+        "answer_agreement_last": (series("thyme/collapse/answer_agreement") or [None])[-1],
         "end_reasons_last": {reason: series(f"thyme/end/{reason}")[-1]
                              for reason in END_REASONS if series(f"thyme/end/{reason}")},
         "rewards_last": {name: series(f"rewards/{name}/mean")[-1] for name in
@@ -531,8 +609,10 @@ def materialization_metadata(out: Path, summary: dict) -> dict:
             "summary": {"raw_value": summary, "type": "json"}}
     if summary.get("sandbox_isolation"):
         meta["sandbox_isolation"] = {"raw_value": summary["sandbox_isolation"], "type": "json"}
-    for key in ("steps",):
-        meta[key] = {"raw_value": summary[key], "type": "int"}
+    for key in ("steps", "tool_collapse_warnings", "answer_collapse_warnings"):
+        meta[key] = {"raw_value": summary.get(key, 0), "type": "int"}
+    since = summary.get("answer_collapse_since")
+    meta["answer_collapse_since"] = {"raw_value": since, "type": "null" if since is None else "int"}
     for key in ("reward_first_quarter", "reward_last_quarter"):
         value = summary.get(key)
         meta[key] = {"raw_value": value, "type": "null" if value is None else "float"}

@@ -1,7 +1,7 @@
 """Every chart thyme_train draws, each written atomically as a PNG (matplotlib, headless):
 
     loss_curve(losses, path, title)               SFT: training loss per step
-    save_curves(records, out_dir)                 GRPO: reward and tool-use curves per step
+    save_curves(records, out_dir)                 GRPO: reward, tool-use and collapse curves per step
     accuracy_bars(categories, by_mode, path, t)   evaluation: accuracy per category, a bar per
                                                   mode, with confidence intervals
 """
@@ -15,7 +15,14 @@ REWARD_CURVES = ("reward", "rewards/accuracy_reward/mean", "rewards/format_rewar
                  "rewards/consistency_reward/mean")
 TOOL_CURVES = ("thyme/tool_call_rate", "thyme/exec_success", "thyme/images_per_rollout",
                "thyme/turns_per_rollout")
-CURVE_FILES = {"curves_rewards.png": REWARD_CURVES, "curves_tool_use.png": TOOL_CURVES}
+# answer collapse (thyme_train.collapse): groups without signal, agreement, entropies; TRL's
+# frac_reward_zero_std (total reward) and entropy (every model token) beside ours
+COLLAPSE_CURVES = ("thyme/collapse/zero_variance_groups", "frac_reward_zero_std",
+                   "thyme/collapse/answer_agreement", "thyme/collapse/top_answer_share",
+                   "thyme/collapse/answer_entropy", "thyme/collapse/answer_token_entropy", "entropy",
+                   "thyme/answer_collapse")
+CURVE_FILES = {"curves_rewards.png": REWARD_CURVES, "curves_tool_use.png": TOOL_CURVES,
+               "curves_collapse.png": COLLAPSE_CURVES}
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], path: str | os.PathLike, title: str,
@@ -42,8 +49,8 @@ def loss_curve(losses: list[tuple[int, float]], path: str | os.PathLike, title: 
 
 
 def save_curves(records: list[dict], out_dir: str | os.PathLike) -> list[Path]:
-    """GRPO's reward and tool-use curves from logged records (each with a `step`); returns the
-    files written."""
+    """GRPO's reward, tool-use and answer-collapse curves from logged records (each with a
+    `step`); returns the files written."""
     written = []
     for name, keys in CURVE_FILES.items():
         series = {_short(key): [(r["step"], r[key]) for r in records if key in r] for key in keys}

@@ -86,6 +86,15 @@ class Isolating:
         self.max_images_per_prompt = getattr(engine, "max_images_per_prompt", None)
         self.generate_s = 0.0
 
+    @property
+    def sampling(self):
+        """The engine's SamplingConfig (replaced whole to change it: the collapse remedy)."""
+        return self.engine.sampling
+
+    @sampling.setter
+    def sampling(self, value):
+        self.engine.sampling = value
+
     def generate(self, requests):
         started = time.perf_counter()
         try:

@@ -26,7 +26,12 @@ change there fails loudly, not silently.
 3. `GRPOTrainer._get_train_sampler`: which prompts a step draws. TRL's `RepeatSampler` walks the
    data in epochs; curriculum and prioritized sampling (thyme_train.sampling) replace it with a
    sampler of the same layout.
-4. `Trainer._load_from_checkpoint`: strict resume. transformers 5 saves Qwen2.5-VL in the hub's
+4. `GRPOTrainer._generate_and_score_completions`: DAPO's dynamic sampling
+   (thyme_train.dynamic_sampling) swaps groups of the batch's rows for others before TRL
+   generates and scores them; the only hook that sees the rows (solutions included) before
+   generation. TRL then runs as usual on the new rows, its `rollout_func` call answered with the
+   rollouts dynamic sampling already made.
+5. `Trainer._load_from_checkpoint`: strict resume. transformers 5 saves Qwen2.5-VL in the hub's
    key layout (`model.layers.*`, `visual.*`) while the module is `model.language_model.*`,
    `model.visual.*`; `Trainer` resumes with `load_state_dict(strict=False)` and so silently keeps
    the weights it started with (transformers issue #43701). Both trainers here resume through
@@ -138,7 +143,8 @@ def grpo_trainer_class():
     """`ThymeGRPOTrainer`: TRL's GRPOTrainer whose `rollout_func` may return the images inside
     each completion, with TRL's importance-sampling correction on our engines' log-probs (when
     `args.vllm_importance_sampling_correction`), an optional `prompt_sampling`
-    (thyme_train.sampling.PromptSampling) and strict resume."""
+    (thyme_train.sampling.PromptSampling), optional `dynamic_sampling`
+    (thyme_train.dynamic_sampling.DynamicSampling) and strict resume."""
     from trl import GRPOTrainer
 
     def _sandbox(code: str) -> str:
@@ -146,8 +152,9 @@ def grpo_trainer_class():
         raise RuntimeError("the Thyme sandbox runs inside the rollout loop, not as a TRL tool")
 
     class ThymeGRPOTrainer(StrictResume, GRPOTrainer):
-        def __init__(self, *args, prompt_sampling=None, **kwargs):
+        def __init__(self, *args, prompt_sampling=None, dynamic_sampling=None, **kwargs):
             self.prompt_sampling = prompt_sampling
+            self.dynamic_sampling = dynamic_sampling
             super().__init__(*args, **kwargs)
             if self.rollout_func is not None and self.args.vllm_importance_sampling_correction:
                 if self.args.use_vllm:
@@ -163,6 +170,11 @@ def grpo_trainer_class():
                 mini_repeat_count=self.num_generations,
                 batch_size=self.args.generation_batch_size // self.num_generations,
                 repeat_count=self.num_iterations * self.args.steps_per_generation)
+
+        def _generate_and_score_completions(self, inputs):
+            if self.dynamic_sampling is not None and self.model.training:
+                inputs = self.dynamic_sampling.fill(inputs, self)
+            return super()._generate_and_score_completions(inputs)
 
         def _generate(self, prompts):
             self.tools = []   # TRL's own tool loop must not run: our rollouts ran the sandbox
