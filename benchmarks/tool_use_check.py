@@ -105,7 +105,7 @@ def sft(model: Path, data: Path, out: Path, args, seed: int, threads: int, log: 
            "--set", f"learning_rate={args.sft_lr}", "--set", f"lr_scheduler_type={args.schedule}",
            "--set", f"warmup_ratio={args.warmup_ratio}", "--set", f"seed={seed}",
            "--set", f"save_steps={args.eval_every}", "--set", "save_total_limit=null",
-           "--set", "logging_steps=10"]
+           "--set", "logging_steps=10", "--set", f"prompt_set={args.prompt_set}"]
     if system_prompt is not None:
         cmd += ["--set", f"system_prompt={system_prompt}"]
     settings = {"command": [c.replace(f"{ROOT}{os.sep}", "") for c in cmd[1:]]}
@@ -117,10 +117,11 @@ def sft(model: Path, data: Path, out: Path, args, seed: int, threads: int, log: 
 
 
 def evaluate(model: Path, rl: Path, out: Path, limit: int | None, ablation: bool, threads: int,
-             max_new_tokens: int) -> dict:
+             max_new_tokens: int, prompt_set: str = "thyme") -> dict:
     """`python -m thyme_train.evaluate` on the held-out split; {mode: summary}."""
     cmd = [sys.executable, "-m", "thyme_train.evaluate", "--model", str(model), "--benchmark",
-           str(rl), "--split", "test", "--out", str(out), "--max-new-tokens", str(max_new_tokens)]
+           str(rl), "--split", "test", "--out", str(out), "--max-new-tokens", str(max_new_tokens),
+           "--prompt-set", prompt_set]
     if limit:
         cmd += ["--limit", str(limit)]
     if not ablation:
@@ -147,7 +148,8 @@ def prepare(seed: int, args, work: Path) -> tuple[dict, Path]:
     from thyme_train.tiny import build_tiny_model
 
     data = tool_use_data.build(work / f"seed{seed}" / "data", count=args.count, seed=seed,
-                               workers=args.sandbox_workers)
+                               workers=args.sandbox_workers, prompt_set=args.prompt_set,
+                               task=args.task)
     tiny = build_tiny_model(work / f"seed{seed}" / f"tiny_{args.preset}", args.preset, seed)
     return data, tiny
 
@@ -173,7 +175,7 @@ def run_sft_seed(seed: int, args, work: Path) -> dict:
             continue
         result = evaluate(ckpt, rl_dir, folder / "eval" / f"step{step}",
                           args.final_items if last else args.curve_items, last, threads,
-                          args.max_new_tokens)
+                          args.max_new_tokens, args.prompt_set)
         curve.append({"step": step, **result})
         print(f"seed {seed} step {step}: tools {result['tools']['accuracy']:.3f} "
               f"(code {result['tools']['used_code']:.2f}, exec ok "
@@ -192,7 +194,7 @@ def run_sft_seed(seed: int, args, work: Path) -> dict:
                                     folder / "sft_direct.log", splits="[]",
                                     system_prompt=DIRECT_SYSTEM_PROMPT)
         control = evaluate(cout, rl_dir, folder / "eval" / "control", args.final_items, True,
-                           threads, args.max_new_tokens)
+                           threads, args.max_new_tokens, args.prompt_set)
         print(f"seed {seed} control (trained to answer directly): direct "
               f"{control['direct']['accuracy']:.3f}, tools mode {control['tools']['accuracy']:.3f}",
               flush=True)
@@ -320,10 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--final-items", type=int, default=None,
                         help="held-out items for final evaluations (default all)")
     common.add_argument("--work", default=str(WORK))
+    common.add_argument("--prompt-set", default="thyme",
+                        help="prompt set of the data, SFT and evaluation: a name or a YAML path, "
+                             "e.g. benchmarks/tool_use_prompts.yaml (short: cheaper steps)")
     common.add_argument("--out", default=None, help="figure and numbers (default docs/img/...)")
 
     s = sub.add_parser("sft", parents=[common], help="SFT, then tools vs direct on held-out items")
     s.add_argument("--count", type=int, default=2400, help="generated samples per seed")
+    s.add_argument("--task", default="arithmetic", choices=("arithmetic", "arithmetic_small"),
+                   help="the generated pool's task (arithmetic_small: fewer digits to copy)")
     s.add_argument("--preset", default="default", help="thyme_train.tiny preset")
     s.add_argument("--sft-steps", type=int, default=600)
     s.add_argument("--sft-lr", type=float, default=3e-3)
