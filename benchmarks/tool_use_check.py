@@ -33,6 +33,10 @@ for every seed the accuracy of the last --k steps beats the first --k by --min-r
 standard errors, execution success rises, the tool-call rate stays >= 0.5, and held-out accuracy
 with tools beats the no-update run's.
 
+`--prompt-set benchmarks/tool_use_prompts.yaml` renders the data, SFT and evaluation with a short
+prompt set (about 100 fewer tokens a row than `thyme`'s); `--task arithmetic_small` draws fewer
+digits (3-digit x 2-digit products, sums of three 3-digit numbers): less to copy.
+
 Each run and evaluation folder records the command that made it (check_settings.json): a re-run
 with the same settings keeps what is finished and resumes an interrupted SFT from its newest
 checkpoint; other settings start that folder afresh. Writes run folders under --work, the figures and numbers to docs/img/tool_use_{sft,grpo}.{png,
@@ -127,16 +131,22 @@ def evaluate(model: Path, rl: Path, out: Path, limit: int | None, ablation: bool
     if not ablation:
         cmd.append("--no-ablation")
     settings = {"command": [c.replace(f"{ROOT}{os.sep}", "") for c in cmd[1:]]}
-    if _settings_match(out, settings) and (out / "results.json").is_file():
+    results = out / rl.name / "results.json"      # evaluate writes one folder per benchmark
+    if _settings_match(out, settings) and results.is_file():
         seconds = json.loads((out / SETTINGS).read_text()).get("seconds", 0.0)
     else:
         seconds = _run(cmd, out.with_suffix(".log"), threads)
         _atomic_json(out / SETTINGS, settings | {"seconds": round(seconds, 1)})
-    summaries = json.loads((out / "results.json").read_text())["summaries"]
-    keep = ("items", "accuracy", "used_code", "executions_per_answer", "execution_success",
-            "fell_back", "end_reasons")
-    return {mode: {k: s[k] for k in keep} | {"seconds": round(seconds, 1)}
-            for mode, s in summaries.items()}
+    return {mode: _summary(s) | {"seconds": round(seconds, 1)}
+            for mode, s in json.loads(results.read_text())["summaries"].items()}
+
+
+def _summary(mode: dict) -> dict:
+    """The figures the check reads from one mode of thyme_train.evaluate's results.json."""
+    use = mode["tool_use"]
+    return {"items": mode["items"], "accuracy": mode["metrics"]["overall"]["avg"],
+            **{k: use.get(k) for k in ("used_code", "executions_per_answer", "execution_success",
+                                       "fell_back", "end_reasons")}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +237,7 @@ def grpo(model: Path, rl: Path, out: Path, args, seed: int, lr: float, threads: 
            "--set", f"max_new_tokens={args.max_new_tokens}", "--set", "max_turns=3",
            "--set", f"sandbox_workers={args.sandbox_workers}", "--set", f"seed={seed}",
            "--set", f"save_steps={args.steps}", "--set", "save_total_limit=1",
-           "--set", "rollout_samples=2"]
+           "--set", "rollout_samples=2"]       # prompts: the rows' own (the data's prompt set)
     return _run(cmd, out.with_suffix(".log"), threads)
 
 
@@ -259,10 +269,13 @@ def run_grpo_seed(seed: int, args, work: Path) -> dict:
         timing[name] = round(grpo(start, rl, out, args, seed, lr, threads), 1)
         runs[name] = {"series": series(out),
                       "heldout": evaluate(out, rl, folder / "eval" / f"grpo_{name}",
-                                          args.final_items, True, threads, args.max_new_tokens)}
+                                          args.final_items, True, threads, args.max_new_tokens,
+                                          args.prompt_set)}
     start_eval = folder / "eval" / f"step{args.from_step}"
-    heldout_start = json.loads((start_eval / "results.json").read_text())["summaries"] \
-        if (start_eval / "results.json").is_file() else None
+    start_results = start_eval / rl.name / "results.json"
+    heldout_start = {mode: _summary(m) for mode, m in
+                     json.loads(start_results.read_text())["summaries"].items()} \
+        if start_results.is_file() else None
     s = runs["updates"]["series"]
     summary = {"accuracy": compare(s["accuracy"], args.k, args.min_rise),
                "exec_success": compare(s["exec_success"], args.k, 0.0),

@@ -107,3 +107,16 @@ def test_compare_needs_a_rise_beyond_noise():
     assert rising["rose"] and rising["rise"] == pytest.approx(0.5)
     noisy = tool_use_check.compare([0.0, 0.5, 0.0, 1.0, 0.2, 1.0], k=3, min_rise=0.1)
     assert not noisy["rose"]                       # a rise within two standard errors
+
+
+def test_the_check_reads_the_evaluation_summaries():
+    """A mode of `thyme_train.evaluate`'s results.json (the layout a real run wrote on
+    2026-12-07, under OUT/<benchmark folder name>/) gives the check its figures."""
+    mode = {"items": 16, "metrics": {"overall": {"avg": 0.25, "ci": [0.1, 0.4]}},
+            "tool_use": {"used_code": 1.0, "executions_per_answer": 1.25, "execution_success": 0.6,
+                         "fell_back": 4, "end_reasons": {"answer": 12, "repetition": 4}}}
+    assert tool_use_check._summary(mode) == {
+        "items": 16, "accuracy": 0.25, "used_code": 1.0, "executions_per_answer": 1.25,
+        "execution_success": 0.6, "fell_back": 4, "end_reasons": {"answer": 12, "repetition": 4}}
+    with pytest.raises(KeyError):
+        tool_use_check._summary({"items": 1, "accuracy": 0.5})    # the old layout: refused loudly
