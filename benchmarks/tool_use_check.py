@@ -33,6 +33,10 @@ for every seed the accuracy of the last --k steps beats the first --k by --min-r
 standard errors, execution success rises, the tool-call rate stays >= 0.5, and held-out accuracy
 with tools beats the no-update run's.
 
+`--prompt-set benchmarks/tool_use_prompts.yaml` renders the data, SFT and evaluation with a short
+prompt set (about 100 fewer tokens a row than `thyme`'s); `--task arithmetic_small` draws fewer
+digits (3-digit x 2-digit products, sums of three 3-digit numbers): less to copy.
+
 Each run and evaluation folder records the command that made it (check_settings.json): a re-run
 with the same settings keeps what is finished and resumes an interrupted SFT from its newest
 checkpoint; other settings start that folder afresh. Writes run folders under --work, the figures and numbers to docs/img/tool_use_{sft,grpo}.{png,
@@ -105,7 +109,7 @@ def sft(model: Path, data: Path, out: Path, args, seed: int, threads: int, log: 
            "--set", f"learning_rate={args.sft_lr}", "--set", f"lr_scheduler_type={args.schedule}",
            "--set", f"warmup_ratio={args.warmup_ratio}", "--set", f"seed={seed}",
            "--set", f"save_steps={args.eval_every}", "--set", "save_total_limit=null",
-           "--set", "logging_steps=10"]
+           "--set", "logging_steps=10", "--set", f"prompt_set={args.prompt_set}"]
     if system_prompt is not None:
         cmd += ["--set", f"system_prompt={system_prompt}"]
     settings = {"command": [c.replace(f"{ROOT}{os.sep}", "") for c in cmd[1:]]}
@@ -117,25 +121,32 @@ def sft(model: Path, data: Path, out: Path, args, seed: int, threads: int, log: 
 
 
 def evaluate(model: Path, rl: Path, out: Path, limit: int | None, ablation: bool, threads: int,
-             max_new_tokens: int) -> dict:
+             max_new_tokens: int, prompt_set: str = "thyme") -> dict:
     """`python -m thyme_train.evaluate` on the held-out split; {mode: summary}."""
     cmd = [sys.executable, "-m", "thyme_train.evaluate", "--model", str(model), "--benchmark",
-           str(rl), "--split", "test", "--out", str(out), "--max-new-tokens", str(max_new_tokens)]
+           str(rl), "--split", "test", "--out", str(out), "--max-new-tokens", str(max_new_tokens),
+           "--prompt-set", prompt_set]
     if limit:
         cmd += ["--limit", str(limit)]
     if not ablation:
         cmd.append("--no-ablation")
     settings = {"command": [c.replace(f"{ROOT}{os.sep}", "") for c in cmd[1:]]}
-    if _settings_match(out, settings) and (out / "results.json").is_file():
+    results = out / rl.name / "results.json"      # evaluate writes one folder per benchmark
+    if _settings_match(out, settings) and results.is_file():
         seconds = json.loads((out / SETTINGS).read_text()).get("seconds", 0.0)
     else:
         seconds = _run(cmd, out.with_suffix(".log"), threads)
         _atomic_json(out / SETTINGS, settings | {"seconds": round(seconds, 1)})
-    summaries = json.loads((out / "results.json").read_text())["summaries"]
-    keep = ("items", "accuracy", "used_code", "executions_per_answer", "execution_success",
-            "fell_back", "end_reasons")
-    return {mode: {k: s[k] for k in keep} | {"seconds": round(seconds, 1)}
-            for mode, s in summaries.items()}
+    return {mode: _summary(s) | {"seconds": round(seconds, 1)}
+            for mode, s in json.loads(results.read_text())["summaries"].items()}
+
+
+def _summary(mode: dict) -> dict:
+    """The figures the check reads from one mode of thyme_train.evaluate's results.json."""
+    use = mode["tool_use"]
+    return {"items": mode["items"], "accuracy": mode["metrics"]["overall"]["avg"],
+            **{k: use.get(k) for k in ("used_code", "executions_per_answer", "execution_success",
+                                       "fell_back", "end_reasons")}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +158,8 @@ def prepare(seed: int, args, work: Path) -> tuple[dict, Path]:
     from thyme_train.tiny import build_tiny_model
 
     data = tool_use_data.build(work / f"seed{seed}" / "data", count=args.count, seed=seed,
-                               workers=args.sandbox_workers)
+                               workers=args.sandbox_workers, prompt_set=args.prompt_set,
+                               task=args.task)
     tiny = build_tiny_model(work / f"seed{seed}" / f"tiny_{args.preset}", args.preset, seed)
     return data, tiny
 
@@ -173,7 +185,7 @@ def run_sft_seed(seed: int, args, work: Path) -> dict:
             continue
         result = evaluate(ckpt, rl_dir, folder / "eval" / f"step{step}",
                           args.final_items if last else args.curve_items, last, threads,
-                          args.max_new_tokens)
+                          args.max_new_tokens, args.prompt_set)
         curve.append({"step": step, **result})
         print(f"seed {seed} step {step}: tools {result['tools']['accuracy']:.3f} "
               f"(code {result['tools']['used_code']:.2f}, exec ok "
@@ -192,7 +204,7 @@ def run_sft_seed(seed: int, args, work: Path) -> dict:
                                     folder / "sft_direct.log", splits="[]",
                                     system_prompt=DIRECT_SYSTEM_PROMPT)
         control = evaluate(cout, rl_dir, folder / "eval" / "control", args.final_items, True,
-                           threads, args.max_new_tokens)
+                           threads, args.max_new_tokens, args.prompt_set)
         print(f"seed {seed} control (trained to answer directly): direct "
               f"{control['direct']['accuracy']:.3f}, tools mode {control['tools']['accuracy']:.3f}",
               flush=True)
@@ -225,7 +237,7 @@ def grpo(model: Path, rl: Path, out: Path, args, seed: int, lr: float, threads: 
            "--set", f"max_new_tokens={args.max_new_tokens}", "--set", "max_turns=3",
            "--set", f"sandbox_workers={args.sandbox_workers}", "--set", f"seed={seed}",
            "--set", f"save_steps={args.steps}", "--set", "save_total_limit=1",
-           "--set", "rollout_samples=2"]
+           "--set", "rollout_samples=2"]       # prompts: the rows' own (the data's prompt set)
     return _run(cmd, out.with_suffix(".log"), threads)
 
 
@@ -257,10 +269,13 @@ def run_grpo_seed(seed: int, args, work: Path) -> dict:
         timing[name] = round(grpo(start, rl, out, args, seed, lr, threads), 1)
         runs[name] = {"series": series(out),
                       "heldout": evaluate(out, rl, folder / "eval" / f"grpo_{name}",
-                                          args.final_items, True, threads, args.max_new_tokens)}
+                                          args.final_items, True, threads, args.max_new_tokens,
+                                          args.prompt_set)}
     start_eval = folder / "eval" / f"step{args.from_step}"
-    heldout_start = json.loads((start_eval / "results.json").read_text())["summaries"] \
-        if (start_eval / "results.json").is_file() else None
+    start_results = start_eval / rl.name / "results.json"
+    heldout_start = {mode: _summary(m) for mode, m in
+                     json.loads(start_results.read_text())["summaries"].items()} \
+        if start_results.is_file() else None
     s = runs["updates"]["series"]
     summary = {"accuracy": compare(s["accuracy"], args.k, args.min_rise),
                "exec_success": compare(s["exec_success"], args.k, 0.0),
@@ -320,10 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--final-items", type=int, default=None,
                         help="held-out items for final evaluations (default all)")
     common.add_argument("--work", default=str(WORK))
+    common.add_argument("--prompt-set", default="thyme",
+                        help="prompt set of the data, SFT and evaluation: a name or a YAML path, "
+                             "e.g. benchmarks/tool_use_prompts.yaml (short: cheaper steps)")
     common.add_argument("--out", default=None, help="figure and numbers (default docs/img/...)")
 
     s = sub.add_parser("sft", parents=[common], help="SFT, then tools vs direct on held-out items")
     s.add_argument("--count", type=int, default=2400, help="generated samples per seed")
+    s.add_argument("--task", default="arithmetic", choices=("arithmetic", "arithmetic_small"),
+                   help="the generated pool's task (arithmetic_small: fewer digits to copy)")
     s.add_argument("--preset", default="default", help="thyme_train.tiny preset")
     s.add_argument("--sft-steps", type=int, default=600)
     s.add_argument("--sft-lr", type=float, default=3e-3)

@@ -16,12 +16,12 @@ import shutil
 import time
 from pathlib import Path
 
-TASK_MIX = (("arithmetic", 1),)       # the generated pool's builders: arithmetic only
 MARKER = "build.json"
 
 
 def build(folder: Path, count: int = 2400, seed: int = 0, test_share: float = 0.15,
-          rl_share: float = 0.3, workers: int = 2) -> dict:
+          rl_share: float = 0.3, workers: int = 2, prompt_set: str = "thyme",
+          task: str = "arithmetic") -> dict:
     """Run the pipeline into `folder` (pool/, audited/, splits/, published/{thyme-sft,thyme-rl})."""
     from pipelines.core.atomic import write_json, write_parquet
     from pipelines.core.images import ImageStore
@@ -36,8 +36,11 @@ def build(folder: Path, count: int = 2400, seed: int = 0, test_share: float = 0.
     from sandbox import Sandbox
 
     folder = Path(folder)
+    mix = ((task, 1),)                 # the pool builder: arithmetic or arithmetic_small
     wanted = {"count": count, "seed": seed, "test_share": test_share, "rl_share": rl_share,
-              "mix": [list(m) for m in TASK_MIX]}
+              "mix": [list(m) for m in mix]}
+    if prompt_set != "thyme":          # older builds (the default prompts) keep their marker
+        wanted["prompt_set"] = prompt_set
     marker = folder / MARKER
     if marker.is_file():
         found = json.loads(marker.read_text())
@@ -47,7 +50,7 @@ def build(folder: Path, count: int = 2400, seed: int = 0, test_share: float = 0.
         shutil.rmtree(folder)
     t0 = time.time()
     store = ImageStore(folder / "pool" / "images")
-    samples = {s.id: s for s in generate_samples(0, count, seed, store, mix=TASK_MIX)}
+    samples = {s.id: s for s in generate_samples(0, count, seed, store, mix=mix)}
     samples_file = folder / "pool" / "samples" / "shard-00000.parquet"
     samples_file.parent.mkdir(parents=True)
     write_parquet(samples_table(list(samples.values())), samples_file)
@@ -66,7 +69,8 @@ def build(folder: Path, count: int = 2400, seed: int = 0, test_share: float = 0.
                 failed[c.name] = failed.get(c.name, 0) + 1
 
     splits_dir = folder / "splits"
-    cfg = SplitConfig(test_share=test_share, rl_share=rl_share, rl_require_image=False, seed=seed)
+    cfg = SplitConfig(test_share=test_share, rl_share=rl_share, rl_require_image=False, seed=seed,
+                      prompt_set=prompt_set)
     split_report = build_splits([str(audited_file)], [str(samples_file)], splits_dir, cfg)
     problems = {split: {check: n for check, n in r.counts.items() if n}
                 for split, r in validate_splits(splits_dir, store.root).items()}

@@ -59,6 +59,19 @@ def test_same_seed_same_samples_and_the_default_mix_is_unchanged(pool, tmp_path)
     assert {s.origin_file for s in default} == {"generated/seed=3"}
 
 
+def test_the_small_variant_has_fewer_digits_and_the_same_forms(tmp_path):
+    rows = list(generate_samples(0, 60, 3, ImageStore(tmp_path), mix=(("arithmetic_small", 1),)))
+    assert Counter(s.meta["kind"] for s in rows).keys() == {"product", "sum", "product_plus"}
+    for s in rows:
+        values = s.meta["values"]
+        assert int(s.answer) == eval(s.meta["expression"], {}, dict(values))  # noqa: S307
+        assert [int(n) for n in re.findall(r"\d+", s.question)] == list(values.values())
+        if s.meta["kind"] == "product":        # 3 digits x 2 digits: no tiny model's mental sum
+            assert 100 <= values["a"] <= 999 and 10 <= values["b"] <= 99
+        assert all(len(str(v)) <= 3 for v in values.values())
+    assert {s.origin_file for s in rows} == {"generated/seed=3/mix=arithmetic_small:1"}
+
+
 @pytest.mark.parametrize("mix", [(("nonsense", 1),), (("arithmetic", 0),), ()])
 def test_a_bad_mix_is_refused(mix, tmp_path):
     with pytest.raises(ValueError, match="mix"):

@@ -62,6 +62,30 @@ def test_a_rebuild_with_the_same_settings_reuses_the_build(built):
     assert (folder / tool_use_data.MARKER).stat().st_mtime_ns == stamp
 
 
+def test_the_short_prompt_set_and_small_task_reach_the_published_rows(tmp_path):
+    """`--prompt-set benchmarks/tool_use_prompts.yaml --task arithmetic_small`: the rows carry
+    the short set's prompts (what SFT and the evaluation render them with), and a build with other
+    settings is not mistaken for it."""
+    import json
+
+    from pipelines.core.prompts import load_prompt_set
+
+    spec = "benchmarks/tool_use_prompts.yaml"
+    prompts = load_prompt_set(str(Path(tool_use_check.ROOT) / spec))
+    report = tool_use_data.build(tmp_path, count=40, seed=2, workers=1, prompt_set=spec,
+                                 task="arithmetic_small")
+    assert report["config"]["prompt_set"] == spec and report["passed_audit"] == 40
+    for row in _rows(report["sft"], "computation"):
+        assert "Output Format" not in row["question"]               # the raw question
+        assert max(len(n) for n in re.findall(r"\d+", row["question"])) <= 3
+    for row in _rows(report["rl"], "test"):
+        system, user = json.loads(row["messages"]) if isinstance(row["messages"], str) \
+            else row["messages"]
+        assert system["content"] == prompts.system and user["content"] == row["question"]
+    again = tool_use_data.build(tmp_path, count=40, seed=2, workers=1, prompt_set=spec)
+    assert again["config"]["mix"] == [["arithmetic", 1]]          # rebuilt, not reused
+
+
 def test_control_rows_answer_without_code(built, tmp_path):
     _, report = built
     original = {r["id"]: r for r in _rows(report["sft"], "computation")}
@@ -83,3 +107,16 @@ def test_compare_needs_a_rise_beyond_noise():
     assert rising["rose"] and rising["rise"] == pytest.approx(0.5)
     noisy = tool_use_check.compare([0.0, 0.5, 0.0, 1.0, 0.2, 1.0], k=3, min_rise=0.1)
     assert not noisy["rose"]                       # a rise within two standard errors
+
+
+def test_the_check_reads_the_evaluation_summaries():
+    """A mode of `thyme_train.evaluate`'s results.json (the layout a real run wrote on
+    2026-12-07, under OUT/<benchmark folder name>/) gives the check its figures."""
+    mode = {"items": 16, "metrics": {"overall": {"avg": 0.25, "ci": [0.1, 0.4]}},
+            "tool_use": {"used_code": 1.0, "executions_per_answer": 1.25, "execution_success": 0.6,
+                         "fell_back": 4, "end_reasons": {"answer": 12, "repetition": 4}}}
+    assert tool_use_check._summary(mode) == {
+        "items": 16, "accuracy": 0.25, "used_code": 1.0, "executions_per_answer": 1.25,
+        "execution_success": 0.6, "fell_back": 4, "end_reasons": {"answer": 12, "repetition": 4}}
+    with pytest.raises(KeyError):
+        tool_use_check._summary({"items": 1, "accuracy": 0.5})    # the old layout: refused loudly

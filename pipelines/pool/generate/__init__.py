@@ -18,8 +18,8 @@ Task mix: every aligned block of 20 indices holds exactly 6 crop, 6 no_code, 3 r
 2 contrast, 2 chart/table computation and 1 text-only computation sample (30/30/15/10/10/5 %),
 shuffled per block; half of each task's samples are multiple choice, alternating by block.
 `mix` chooses another mix (builder names and slots per block): `(("arithmetic", 1),)` is a pool of
-multi-digit arithmetic only (`arithmetic`: open questions, never multiple choice), the task of the
-tool-use learning check (benchmarks/tool_use_check.py); a non-default mix is named in
+multi-digit arithmetic only (`arithmetic`: open questions, never multiple choice; `arithmetic_small`:
+the same with fewer digits), the task of the tool-use learning check (benchmarks/tool_use_check.py); a non-default mix is named in
 `origin_file`.
 
 Conventions in `meta`:
@@ -48,7 +48,7 @@ import numpy as np
 
 from pipelines.core.images import ImageStore
 from pipelines.core.schema import TASKS, Sample
-from pipelines.pool.generate.arithmetic import build_arithmetic
+from pipelines.pool.generate.arithmetic import build_arithmetic, build_arithmetic_small
 from pipelines.pool.generate.built import Built
 from pipelines.pool.generate.chart import build_chart
 from pipelines.pool.generate.contrast import build_contrast
@@ -71,7 +71,7 @@ DEFAULT_MIX: Mix = (("crop", 6), ("no_code", 6), ("rotate", 3), ("contrast", 2),
 _BUILDERS: dict[str, Callable[[np.random.Generator], Built]] = {
     "crop": build_crop, "no_code": build_no_code, "rotate": build_rotate,
     "contrast": build_contrast, "chart": build_chart, "word_problem": build_word_problem,
-    "arithmetic": build_arithmetic,
+    "arithmetic": build_arithmetic, "arithmetic_small": build_arithmetic_small,
 }
 BUILDERS = tuple(_BUILDERS)
 

@@ -25,18 +25,29 @@ def _digits(rng, lo: int, hi: int) -> int:
     return randint(rng, 10 ** (n - 1), 10 ** n - 1)
 
 
-def build_arithmetic(rng) -> Built:
+# Digits per operand (lo, hi) by kind: `arithmetic` and `arithmetic_small` (fewer digits to
+# copy, products still far beyond what a tiny model computes in its head: 3 digits x 2 digits).
+_SIZES = {
+    "arithmetic": {"product": ((3, 4), (2, 3)), "sum": ((3, 5),) * 3,
+                   "product_plus": ((2, 3), (2, 3), (2, 4))},
+    "arithmetic_small": {"product": ((3, 3), (2, 2)), "sum": ((3, 3),) * 3,
+                         "product_plus": ((2, 2), (2, 2), (2, 3))},
+}
+_FORMS = {"product": ("a * b", _PRODUCT), "sum": ("a + b + c", _SUM),
+          "product_plus": ("a * b + c", _PRODUCT_PLUS)}
+
+
+def build_arithmetic(rng, size: str = "arithmetic") -> Built:
     kind = pick(rng, ("product", "sum", "product_plus"))
-    if kind == "product":
-        values = {"a": _digits(rng, 3, 4), "b": _digits(rng, 2, 3)}
-        expression, phrasing = "a * b", _PRODUCT
-    elif kind == "sum":
-        values = {"a": _digits(rng, 3, 5), "b": _digits(rng, 3, 5), "c": _digits(rng, 3, 5)}
-        expression, phrasing = "a + b + c", _SUM
-    else:
-        values = {"a": _digits(rng, 2, 3), "b": _digits(rng, 2, 3), "c": _digits(rng, 2, 4)}
-        expression, phrasing = "a * b + c", _PRODUCT_PLUS
+    sizes = _SIZES[size][kind]
+    values = {name: _digits(rng, lo, hi) for name, (lo, hi) in zip("abc"[:len(sizes)], sizes, strict=True)}
+    expression, phrasing = _FORMS[kind]
     question = pick(rng, phrasing).format(**values)
     answer = finish_computation(values, expression, "integer")
     meta = {"values": values, "expression": expression, "answer_format": "integer"}
     return Built("computation", kind, question, answer, [], meta, multiple_choice=False)
+
+
+def build_arithmetic_small(rng) -> Built:
+    """The same task with fewer digits (3x2-digit products, sums of three 3-digit numbers)."""
+    return build_arithmetic(rng, "arithmetic_small")
