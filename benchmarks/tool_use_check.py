@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -62,6 +61,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tool_use_data  # noqa: E402
+from grpo_learning_check import _mean, compare  # noqa: E402  (one first-vs-last-K rule)
+
+from pipelines.core.atomic import write_json  # noqa: E402
 
 WORK = ROOT / "data" / "benchmarks" / "tool_use_check"
 IMG = ROOT / "docs" / "img"
@@ -93,7 +95,7 @@ def _settings_match(out: Path, settings: dict) -> bool:
         return True
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    _atomic_json(marker, settings)
+    write_json(marker, settings)
     return False
 
 
@@ -116,7 +118,7 @@ def sft(model: Path, data: Path, out: Path, args, seed: int, threads: int, log: 
     if _settings_match(out, settings) and (out / "metrics.json").is_file():
         return json.loads((out / SETTINGS).read_text()).get("seconds")   # None: not recorded
     seconds = _run(cmd, log, threads)
-    _atomic_json(out / SETTINGS, settings | {"seconds": round(seconds, 1)})
+    write_json(out / SETTINGS, settings | {"seconds": round(seconds, 1)})
     return seconds
 
 
@@ -136,7 +138,7 @@ def evaluate(model: Path, rl: Path, out: Path, limit: int | None, ablation: bool
         seconds = json.loads((out / SETTINGS).read_text()).get("seconds", 0.0)
     else:
         seconds = _run(cmd, out.with_suffix(".log"), threads)
-        _atomic_json(out / SETTINGS, settings | {"seconds": round(seconds, 1)})
+        write_json(out / SETTINGS, settings | {"seconds": round(seconds, 1)})
     return {mode: _summary(s) | {"seconds": round(seconds, 1)}
             for mode, s in json.loads(results.read_text())["summaries"].items()}
 
@@ -291,35 +293,9 @@ def run_grpo_seed(seed: int, args, work: Path) -> dict:
             "run_dir": os.path.relpath(folder, ROOT)}
 
 
-def _mean(xs):
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
-
-
-def _se(xs):
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else 0.0
-
-
-def compare(values: list[float], k: int, min_rise: float) -> dict:
-    """First-k vs last-k step means; `rose` = the rise beats `min_rise` and 2 standard errors."""
-    first, last = values[:k], values[-k:]
-    rise = _mean(last) - _mean(first)
-    se = math.sqrt(_se(first) ** 2 + _se(last) ** 2)
-    return {"first": _mean(first), "last": _mean(last), "rise": rise, "rise_se": se,
-            "rose": bool(rise > min_rise and rise > 2 * se)}
-
-
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-
-def _atomic_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -392,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_total": round(time.time() - started, 1),
         "seeds": results,
     }
-    _atomic_json(out.with_suffix(".json"), payload)
+    write_json(out.with_suffix(".json"), payload)
     for r in results:
         print(f"seed {r['seed']}: {'PASSED' if r['passed'] else 'not passed'}")
     print(f"all passed: {payload['all_passed']}; {payload['seconds_total']} s; wrote "
