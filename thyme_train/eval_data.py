@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.core import published
+from pipelines.core.benchmarks import BenchmarkError  # one error type for benchmark rows
 
 OPTION_LETTERS = "ABCDEFGH"
 VSTAR_CATEGORIES = ("direct_attributes", "relative_position")
@@ -43,12 +44,6 @@ MCQ_SUFFIX_CN = "请直接回答选项字母。"
 YES_NO_SUFFIX = " Please answer yes or no."
 VQA_SUFFIX = "\nPlease try to answer the question with short words or phrases if possible."
 STYLES = ("mcq", "vqa", "yes_no", "plain", "asis")
-
-
-class BenchmarkError(ValueError):
-    def __init__(self, source: str, row: int | str, reason: str):
-        super().__init__(f"{source}: row {row}: {reason}")
-        self.source, self.row, self.reason = source, row, reason
 
 
 @dataclass
