@@ -17,6 +17,7 @@ from pathlib import Path
 
 from thyme_train.benchmarks import Benchmark, parse_spec
 from thyme_train.evaluate import JudgeFn, Policy, report, run, thyme_policy
+from thyme_train.infer import add_sandbox_arguments
 
 
 class EvaluationError(RuntimeError):
@@ -65,14 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items in flight at once (default: 64 with vllm, 8 with hf)")
     e.add_argument("--batch-size", type=int, default=8, help="hf engine: rows per generate call")
     e.add_argument("--keep-images", action="store_true", help="keep the sandbox's images")
-    e.add_argument("--sandbox-url", default=None, metavar="URL", help="a sandbox service "
-                   "(python -m sandbox serve) instead of a sandbox in this process")
-    e.add_argument("--sandbox-token-file", default=None,
-                   help="the service's token file (default: $THYME_SANDBOX_TOKEN)")
-    e.add_argument("--sandbox-isolation", default=None, metavar="POLICY",
-                   help="sandbox isolation policy: strict (default) or the minimum to run with, "
-                        "e.g. landlock+seccomp+rlimits in a container that denies namespaces "
-                        "(docs/sandbox.md); default: $THYME_SANDBOX_ISOLATION, else strict")
+    add_sandbox_arguments(e)
     e.add_argument("--restart", action="store_true", help="discard earlier results in --out")
     e.add_argument("--skip-bad-rows", action="store_true",
                    help="record unreadable benchmark rows and go on (default: stop)")

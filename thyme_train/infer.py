@@ -325,6 +325,19 @@ def _save_images(paths: list[str], out: Path) -> list[str]:
     return saved
 
 
+def add_sandbox_arguments(parser) -> None:
+    """The sandbox options every command line that runs model code shares (infer, evaluate)."""
+    parser.add_argument("--sandbox-url", default=None, metavar="URL", help="a sandbox service "
+                        "(python -m sandbox serve) instead of a sandbox in this process")
+    parser.add_argument("--sandbox-token-file", default=None,
+                        help="the service's token file (default: $THYME_SANDBOX_TOKEN)")
+    parser.add_argument("--sandbox-isolation", default=None, metavar="POLICY",
+                        help="sandbox isolation policy: strict (default) or the minimum to run "
+                             "with, e.g. landlock+seccomp+rlimits in a container that denies "
+                             "namespaces (docs/sandbox.md); default: $THYME_SANDBOX_ISOLATION, "
+                             "else strict")
+
+
 def main(argv: list[str] | None = None) -> int:
     from sandbox import SandboxUnavailable
     from sandbox.policy import summary
@@ -346,14 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-turns", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=2048)
     parser.add_argument("--max-pixels", type=int, default=None)
-    parser.add_argument("--sandbox-url", default=None, help="a sandbox service (python -m "
-                        "sandbox serve) instead of a sandbox in this process")
-    parser.add_argument("--sandbox-token-file", default=None,
-                        help="the service's token file (default: $THYME_SANDBOX_TOKEN)")
-    parser.add_argument("--sandbox-isolation", default=None, metavar="POLICY",
-                        help="sandbox isolation policy: strict (default) or the minimum to run "
-                             "with, e.g. landlock+seccomp+rlimits (docs/sandbox.md); default: "
-                             "$THYME_SANDBOX_ISOLATION, else strict")
+    add_sandbox_arguments(parser)
     args = parser.parse_args(argv)
 
     def show(kind: str, text: str) -> None:
