@@ -172,6 +172,13 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
     # the cluster's files are the local run's, and nothing partial is left
     assert outputs(remote, FOLDERS) == outputs(local, FOLDERS)
     assert partial_files(remote) == []
+    # the same totals, except how the sandbox's blocks split between the cache and fresh runs: the
+    # killed node may have cached some blocks of its shard before it died, and the head's redo
+    # then finds them (a race, so only the sum is the local run's)
+    def cache_split(totals: dict) -> tuple:
+        runs = totals["executions"]
+        return runs.pop("cache_hits"), runs.pop("cache_misses")
+    assert sum(cache_split(got["totals"])) == sum(cache_split(expected["totals"]))
     assert got["totals"] == expected["totals"]
     ids = [r["id"] for f in sorted((remote / "audited").glob("*.parquet"))
            for r in pq.read_table(f, columns=["id"]).to_pylist()]
