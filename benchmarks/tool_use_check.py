@@ -35,7 +35,9 @@ with tools beats the no-update run's.
 
 `--prompt-set benchmarks/tool_use_prompts.yaml` renders the data, SFT and evaluation with a short
 prompt set (about 100 fewer tokens a row than `thyme`'s); `--task arithmetic_small` draws fewer
-digits (3-digit x 2-digit products, sums of three 3-digit numbers): less to copy.
+digits (3-digit x 2-digit products, sums of three 3-digit numbers): less to copy;
+`--task arithmetic_fixed --wording fixed` asks one shape ("What is 482 × 937?", six-digit
+products) answered in one wording, so every copy is at a constant offset.
 
 Each run and evaluation folder records the command that made it (check_settings.json): a re-run
 with the same settings keeps what is finished and resumes an interrupted SFT from its newest
@@ -161,7 +163,7 @@ def prepare(seed: int, args, work: Path) -> tuple[dict, Path]:
 
     data = tool_use_data.build(work / f"seed{seed}" / "data", count=args.count, seed=seed,
                                workers=args.sandbox_workers, prompt_set=args.prompt_set,
-                               task=args.task)
+                               task=args.task, wording=args.wording)
     tiny = build_tiny_model(work / f"seed{seed}" / f"tiny_{args.preset}", args.preset, seed)
     return data, tiny
 
@@ -260,10 +262,11 @@ def run_grpo_seed(seed: int, args, work: Path) -> dict:
     folder = work / f"seed{seed}"
     build = json.loads((folder / "data" / tool_use_data.MARKER).read_text())
     rl = Path(build["rl"])
-    start = folder / "sft" / f"checkpoint-{args.from_step}"
+    from_step = args.from_step[args.seeds.index(seed) if len(args.from_step) > 1 else 0]
+    start = folder / "sft" / f"checkpoint-{from_step}"
     if not (start / "config.json").is_file():
         raise FileNotFoundError(f"{start}: run `tool_use_check.py sft` first (with a checkpoint "
-                                f"at step {args.from_step})")
+                                f"at step {from_step})")
     runs, timing = {}, {}
     for name, lr in (("updates", args.lr), ("no_updates", 0.0)):
         out = folder / f"grpo_{name}"
@@ -273,7 +276,7 @@ def run_grpo_seed(seed: int, args, work: Path) -> dict:
                       "heldout": evaluate(out, rl, folder / "eval" / f"grpo_{name}",
                                           args.final_items, True, threads, args.max_new_tokens,
                                           args.prompt_set)}
-    start_eval = folder / "eval" / f"step{args.from_step}"
+    start_eval = folder / "eval" / f"step{from_step}"
     start_results = start_eval / rl.name / "results.json"
     heldout_start = {mode: _summary(m) for mode, m in
                      json.loads(start_results.read_text())["summaries"].items()} \
@@ -288,7 +291,8 @@ def run_grpo_seed(seed: int, args, work: Path) -> dict:
     up, fr = runs["updates"]["heldout"]["tools"], runs["no_updates"]["heldout"]["tools"]
     passed = (summary["accuracy"]["rose"] and summary["exec_success"]["rose"]
               and summary["tool_call_rate_mean"] >= 0.5 and up["accuracy"] > fr["accuracy"])
-    return {"seed": seed, "runs": runs, "summary": summary, "passed": passed,
+    return {"seed": seed, "from_step": from_step, "runs": runs, "summary": summary,
+            "passed": passed,
             "heldout_start_curve_items": heldout_start, "seconds": timing,
             "run_dir": os.path.relpath(folder, ROOT)}
 
@@ -318,8 +322,13 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("sft", parents=[common], help="SFT, then tools vs direct on held-out items")
     s.add_argument("--count", type=int, default=2400, help="generated samples per seed")
-    s.add_argument("--task", default="arithmetic", choices=("arithmetic", "arithmetic_small"),
-                   help="the generated pool's task (arithmetic_small: fewer digits to copy)")
+    s.add_argument("--task", default="arithmetic",
+                   choices=("arithmetic", "arithmetic_small", "arithmetic_fixed"),
+                   help="the generated pool's task (arithmetic_small: fewer digits to copy; "
+                        "arithmetic_fixed: one phrasing, 3x3-digit products of six digits)")
+    s.add_argument("--wording", default="varied", choices=("varied", "fixed"),
+                   help="the template teacher's wording (fixed: the first option of every "
+                        "choice, so copied numbers sit at constant offsets)")
     s.add_argument("--preset", default="default", help="thyme_train.tiny preset")
     s.add_argument("--sft-steps", type=int, default=600)
     s.add_argument("--sft-lr", type=float, default=3e-3)
@@ -335,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--min-gap", type=float, default=0.5)
 
     g = sub.add_parser("grpo", parents=[common], help="GRPO-ATS from an under-trained SFT checkpoint")
-    g.add_argument("--from-step", type=int, default=200, help="the SFT checkpoint to start from")
+    g.add_argument("--from-step", type=int, nargs="+", default=[200],
+                   help="the SFT checkpoint to start from: one step for every seed, or one per "
+                        "seed (the copy forms at a different step in each)")
     g.add_argument("--steps", type=int, default=40)
     g.add_argument("--prompts-per-step", type=int, default=8)
     g.add_argument("--num-generations", type=int, default=8)
@@ -345,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--k", type=int, default=10, help="steps averaged at each end")
     g.add_argument("--min-rise", type=float, default=0.1, help="smallest accuracy rise that counts")
     args = parser.parse_args(argv)
+    # Seeds run in threads of this process, which trains tokenizers (the tiny models) and forks
+    # sandbox workers: the tokenizers' thread pool after a fork deadlocks, so keep it off.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

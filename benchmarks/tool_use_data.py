@@ -21,7 +21,7 @@ MARKER = "build.json"
 
 def build(folder: Path, count: int = 2400, seed: int = 0, test_share: float = 0.15,
           rl_share: float = 0.3, workers: int = 2, prompt_set: str = "thyme",
-          task: str = "arithmetic") -> dict:
+          task: str = "arithmetic", wording: str = "varied") -> dict:
     """Run the pipeline into `folder` (pool/, audited/, splits/, published/{thyme-sft,thyme-rl})."""
     from pipelines.core.atomic import write_json, write_parquet
     from pipelines.core.images import ImageStore
@@ -41,6 +41,8 @@ def build(folder: Path, count: int = 2400, seed: int = 0, test_share: float = 0.
               "mix": [list(m) for m in mix]}
     if prompt_set != "thyme":          # older builds (the default prompts) keep their marker
         wanted["prompt_set"] = prompt_set
+    if wording != "varied":
+        wanted["wording"] = wording
     marker = folder / MARKER
     if marker.is_file():
         found = json.loads(marker.read_text())
@@ -55,7 +57,7 @@ def build(folder: Path, count: int = 2400, seed: int = 0, test_share: float = 0.
     samples_file.parent.mkdir(parents=True)
     write_parquet(samples_table(list(samples.values())), samples_file)
 
-    trajectories, teacher_stats = generate_code_samples(samples, TemplateTeacher(seed=seed))
+    trajectories, teacher_stats = generate_code_samples(samples, TemplateTeacher(seed=seed, wording=wording))
     with Sandbox(workers=workers, timeout=10) as sandbox:
         execute(trajectories, samples, store, sandbox)
     audited = audit_many(trajectories, samples, store.root, AuditConfig(workers=workers))

@@ -120,3 +120,24 @@ def test_the_check_reads_the_evaluation_summaries():
         "execution_success": 0.6, "fell_back": 4, "end_reasons": {"answer": 12, "repetition": 4}}
     with pytest.raises(KeyError):
         tool_use_check._summary({"items": 1, "accuracy": 0.5})    # the old layout: refused loudly
+
+
+def test_the_fixed_task_and_wording_put_every_number_at_the_same_place(tmp_path):
+    """`--task arithmetic_fixed --wording fixed`: one question shape with six-digit products, and
+    responses that differ only in the digits, so each copied number sits at a constant offset
+    (what lets the tiny model learn the copy); the audit passes them all and the teacher that
+    wrote them is named apart from the varied one."""
+    report = tool_use_data.build(tmp_path, count=40, seed=3, workers=1, task="arithmetic_fixed",
+                                 wording="fixed")
+    assert report["passed_audit"] == report["samples"] == 40
+    assert report["config"]["wording"] == "fixed"
+    rows = _rows(report["sft"], "computation")
+    shapes = {re.sub(r"\d", "9", r["question"].split("\n")[0]) for r in rows}
+    assert shapes == {"What is 999 × 999?"}
+    assert {re.sub(r"\d", "9", r["response"]) for r in rows} \
+        == {re.sub(r"\d", "9", rows[0]["response"])}
+    assert all(len(extract(r["response"]).text) == 6 for r in rows)
+    from pipelines.samples.teachers import TemplateTeacher
+    assert TemplateTeacher(wording="fixed").name != TemplateTeacher().name
+    with pytest.raises(ValueError, match="wording"):
+        TemplateTeacher(wording="terse")

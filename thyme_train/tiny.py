@@ -6,10 +6,11 @@ a byte-level BPE tokenizer trained here on a small built-in corpus, the Qwen spe
 and a small pixel budget, and reloads offline with `AutoProcessor` /
 `AutoModelForImageTextToText`.
 
-    python -m thyme_train.tiny --out DIR [--preset default|vllm] [--seed 0]
+    python -m thyme_train.tiny --out DIR [--preset default|vllm|deep] [--seed 0]
 
 Building is deterministic for a (preset, seed) pair, and building into a directory that already
-holds the same build is a no-op. Preset `vllm` uses head_dim 64, which vLLM's CPU attention needs.
+holds the same build is a no-op. Preset `vllm` uses head_dim 64, which vLLM's CPU attention needs; `deep` is `vllm` with four text
+layers.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ PRESETS = {
     "vllm": dict(
         vocab_size=1024,
         text=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, mrope_section=[8, 12, 12]),
+        vision=dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2),
+    ),
+    # `vllm` with four text layers: the tool-use learning check's model, where copying numbers
+    # (an induction-style circuit) formed within fewer steps than with two (docs/benchmarks.md).
+    "deep": dict(
+        vocab_size=1024,
+        text=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2, mrope_section=[8, 12, 12]),
         vision=dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2),
     ),

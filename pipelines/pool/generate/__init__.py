@@ -19,7 +19,8 @@ Task mix: every aligned block of 20 indices holds exactly 6 crop, 6 no_code, 3 r
 shuffled per block; half of each task's samples are multiple choice, alternating by block.
 `mix` chooses another mix (builder names and slots per block): `(("arithmetic", 1),)` is a pool of
 multi-digit arithmetic only (`arithmetic`: open questions, never multiple choice; `arithmetic_small`:
-the same with fewer digits), the task of the tool-use learning check (benchmarks/tool_use_check.py); a non-default mix is named in
+the same with fewer digits; `arithmetic_fixed`: one phrasing, 3-digit x 3-digit products of six
+digits), the task of the tool-use learning check (benchmarks/tool_use_check.py); a non-default mix is named in
 `origin_file`.
 
 Conventions in `meta`:
@@ -48,7 +49,11 @@ import numpy as np
 
 from pipelines.core.images import ImageStore
 from pipelines.core.schema import TASKS, Sample
-from pipelines.pool.generate.arithmetic import build_arithmetic, build_arithmetic_small
+from pipelines.pool.generate.arithmetic import (
+    build_arithmetic,
+    build_arithmetic_fixed,
+    build_arithmetic_small,
+)
 from pipelines.pool.generate.built import Built
 from pipelines.pool.generate.chart import build_chart
 from pipelines.pool.generate.contrast import build_contrast
@@ -72,6 +77,7 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], Built]] = {
     "crop": build_crop, "no_code": build_no_code, "rotate": build_rotate,
     "contrast": build_contrast, "chart": build_chart, "word_problem": build_word_problem,
     "arithmetic": build_arithmetic, "arithmetic_small": build_arithmetic_small,
+    "arithmetic_fixed": build_arithmetic_fixed,
 }
 BUILDERS = tuple(_BUILDERS)
 

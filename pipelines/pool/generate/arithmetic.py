@@ -51,3 +51,19 @@ def build_arithmetic(rng, size: str = "arithmetic") -> Built:
 def build_arithmetic_small(rng) -> Built:
     """The same task with fewer digits (3x2-digit products, sums of three 3-digit numbers)."""
     return build_arithmetic(rng, "arithmetic_small")
+
+
+# Three-digit factors whose product always has six digits (317 x 317 = 100,489).
+_FIXED_LO, _FIXED_HI = 317, 999
+
+
+def build_arithmetic_fixed(rng) -> Built:
+    """One shape only: "What is a × b?" with three-digit factors and a six-digit product, so every
+    number sits at the same place in every question (and, with the template teacher's fixed
+    wording, in every response): copying becomes a constant-offset lookup, the easiest copy a
+    small transformer learns, while the product stays far beyond what it computes in its head."""
+    values = {"a": randint(rng, _FIXED_LO, _FIXED_HI), "b": randint(rng, _FIXED_LO, _FIXED_HI)}
+    question = _PRODUCT[0].format(**values)
+    answer = finish_computation(values, "a * b", "integer")
+    meta = {"values": values, "expression": "a * b", "answer_format": "integer"}
+    return Built("computation", "product", question, answer, [], meta, multiple_choice=False)

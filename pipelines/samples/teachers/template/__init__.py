@@ -1,7 +1,7 @@
 """The embedded default teacher: templated reasoning and code built from a sample's ground truth,
 so the whole flow runs without a model (THYME.md §3, how the paper's generator was briefed).
 
-    TemplateTeacher(seed=0, multi_round_share=0.25).candidates(sample) -> [Trajectory]
+    TemplateTeacher(seed=0, multi_round_share=0.25, wording="varied").candidates(sample) -> [Trajectory]
 
 Per task (the generated pool's `meta` conventions, `pipelines.pool.generate`), one module each:
 - crop (`crop.py`): a box = ground-truth box + a random margin (inside the image, sides >= 64 px),
@@ -27,7 +27,8 @@ appear only in the code, as in the paper's data.
 
 Everything varies (phrasing, library, variable and file names, margins, zoom, method) from one
 `numpy.random.default_rng` seeded by (seed, sample id): the same configuration and sample always
-give the same trajectory. Samples a template cannot serve (no ground truth, unknown task, empty
+give the same trajectory. `wording="fixed"` takes the first option of every choice instead (one
+phrasing per task; the tool-use learning check's setting). Samples a template cannot serve (no ground truth, unknown task, empty
 answer) get no candidate.
 """
 
@@ -39,7 +40,7 @@ import numpy as np
 
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import Trajectory
-from pipelines.samples.teachers.template.common import Draw, Facts, Skip
+from pipelines.samples.teachers.template.common import Draw, Facts, FixedDraw, Skip
 from pipelines.samples.teachers.template.computation import build_computation
 from pipelines.samples.teachers.template.contrast import build_contrast
 from pipelines.samples.teachers.template.crop import build_crop
@@ -56,20 +57,26 @@ _BUILDERS = {"crop": build_crop, "rotate": build_rotate, "contrast": build_contr
 class TemplateTeacher:
     name = "template/1"
 
-    def __init__(self, seed: int = 0, multi_round_share: float = 0.25):
+    def __init__(self, seed: int = 0, multi_round_share: float = 0.25, wording: str = "varied"):
+        if wording not in ("varied", "fixed"):
+            raise ValueError(f"wording must be 'varied' or 'fixed' (got {wording!r})")
         if not 0.0 <= multi_round_share <= 1.0:
             raise ValueError(f"multi_round_share must be in [0, 1] (got {multi_round_share})")
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (got {seed})")
         self.seed = int(seed)
         self.multi_round_share = float(multi_round_share)
+        self.wording = wording
+        if wording == "fixed":      # other trajectories: another name (caches, provenance)
+            self.name = f"{TemplateTeacher.name}:fixed"
 
     def candidates(self, sample: Sample) -> list[Trajectory]:
         build = _BUILDERS.get(sample.task)
         if build is None or not sample.answer:
             return []
         key = int.from_bytes(hashlib.blake2b(sample.id.encode(), digest_size=8).digest(), "big")
-        draw = Draw(np.random.default_rng([self.seed, key, 0x7E4C]))
+        draw = (FixedDraw if self.wording == "fixed" else Draw)(
+            np.random.default_rng([self.seed, key, 0x7E4C]))
         # The round structure has its own stream, so the share is exact in expectation.
         u = float(np.random.default_rng([self.seed, key, 0x40D5]).random())
         try:

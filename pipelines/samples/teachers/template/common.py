@@ -46,6 +46,22 @@ class Draw:
         return "".join(self.pick(_HEX) for _ in range(self.pick((4, 6, 8))))
 
 
+class FixedDraw(Draw):
+    """The teacher's fixed wording: every choice is the first option and no optional sentence or
+    comment is added, so one task's trajectories differ only in the sample's own values. The
+    tool-use learning check uses it (a tiny model learns a copy at a constant offset far sooner
+    than one whose position varies with the phrasing); numbers drawn with `uniform` still vary."""
+
+    def pick(self, seq):
+        return seq[0]
+
+    def chance(self, p: float) -> bool:
+        return False
+
+    def suffix(self) -> str:
+        return "".join(Draw.pick(self, _HEX) for _ in range(6))
+
+
 @dataclass
 class Facts:
     """What the templates read from a sample: the answer, meta and the first image's size."""
