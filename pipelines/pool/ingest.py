@@ -54,6 +54,7 @@ from pipelines.pool.readers import (
 from pipelines.pool.truth import resolve as resolve_truth
 
 TASK_ROWS = 256        # rows per unit of parallel work
+PIL_CACHED_BLOCKS = 16
 FINGERPRINT_KEY = b"thyme.fingerprint"
 REPORT_KEY = b"thyme.report"
 
@@ -176,6 +177,11 @@ def _init_worker(cfg: IngestConfig, base_dir: str, parent: int) -> None:
 
 
 def _setup_worker(cfg: IngestConfig, base_dir: str) -> None:
+    from PIL import Image
+
+    # Pillow gives every decoded or converted image fresh memory from the OS, page faults
+    # and all (~0.5 ms of a flattened graphic); a few cached blocks are reused instead.
+    Image.core.set_blocks_max(PIL_CACHED_BLOCKS)
     _WORKER["store"] = ImageStore(Path(cfg.out) / "images", cfg.limits)
     _WORKER["reader"] = Reader(cfg.format, cfg.image_root, cfg.mapping, base_dir)
     _WORKER["cfg"] = cfg
@@ -311,7 +317,9 @@ def ingest_shard(cfg: IngestConfig, shard: Shard, pool: ProcessPoolExecutor | No
         "seconds": round(time.perf_counter() - t0, 3), "skipped": False,
     }
     samples_path, quarantine_path = shard_paths(cfg.out, shard)
-    write_parquet(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), quarantine_path)
+    # (an empty list through from_pylist imports pandas: 0.4 s)
+    write_parquet(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA) if quarantined
+                  else QUARANTINE_SCHEMA.empty_table(), quarantine_path)
     table = pa.Table.from_pylist(kept, schema=SAMPLE_SCHEMA).replace_schema_metadata(
         {FINGERPRINT_KEY: fp.encode(), REPORT_KEY: json.dumps(report).encode()})
     write_parquet(table, samples_path)  # last: its presence marks the shard done
