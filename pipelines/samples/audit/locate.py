@@ -105,7 +105,7 @@ def _template(needle: Pyramid, tw: int, th: int, clip: float | None) -> tuple[np
     tpl = _band(needle.resized(tw, th), clip)
     if m:
         tpl = tpl[m:th - m, m:tw - m]
-    if float(tpl.std()) < 0.2:
+    if float(cv2.meanStdDev(tpl)[1][0, 0]) < 0.2:   # (numpy's std: 3x the time, same answer)
         return None
     return np.ascontiguousarray(tpl), m
 
