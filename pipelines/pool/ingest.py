@@ -54,7 +54,6 @@ from pipelines.pool.readers import (
 from pipelines.pool.truth import resolve as resolve_truth
 
 TASK_ROWS = 256        # rows per unit of parallel work
-PIL_CACHED_BLOCKS = 16
 FINGERPRINT_KEY = b"thyme.fingerprint"
 REPORT_KEY = b"thyme.report"
 
@@ -177,11 +176,6 @@ def _init_worker(cfg: IngestConfig, base_dir: str, parent: int) -> None:
 
 
 def _setup_worker(cfg: IngestConfig, base_dir: str) -> None:
-    from PIL import Image
-
-    # Pillow gives every decoded or converted image fresh memory from the OS, page faults
-    # and all (~0.5 ms of a flattened graphic); a few cached blocks are reused instead.
-    Image.core.set_blocks_max(PIL_CACHED_BLOCKS)
     _WORKER["store"] = ImageStore(Path(cfg.out) / "images", cfg.limits)
     _WORKER["reader"] = Reader(cfg.format, cfg.image_root, cfg.mapping, base_dir)
     _WORKER["cfg"] = cfg
