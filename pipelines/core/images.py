@@ -77,8 +77,8 @@ class ImageStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.tmp_dir)  # a killed writer's; few, so cheap to list
         self.files_written = 0   # by this instance: new files and their bytes
-        self._folders: set[str] = set()  # hash-prefix folders known to exist
         self.bytes_written = 0
+        self._folders: set[str] = set()  # hash-prefix folders known to exist
 
     def path(self, ref: ImageRef) -> Path:
         return store_path(self.root, ref.relpath)
@@ -207,13 +207,13 @@ def _encode_jpeg_like(img: Image.Image, original: Image.Image) -> bytes:
 def _encode_png(img: Image.Image) -> bytes:
     """An RGB image as a lossless PNG, fast: every row Sub-filtered (one numpy subtraction
     instead of libpng's per-row trial of all five filters) and deflated by ISA-L at level 1.
-    ~0.3 ms for a 512x384 graphic where OpenCV's libpng at level 1 took ~5-10 ms (Pillow's
-    default level 6 longer still); files come out a few percent larger. Any PNG decoder reads
-    it (the stored pixels are exactly the flattened ones)."""
+    ~0.3 ms for a 512x384 graphic where OpenCV's libpng at level 1 took ~5-10 ms; files come out
+    a few percent larger. Any PNG decoder reads it (the stored pixels are exactly the flattened
+    ones)."""
     import numpy as np
     from isal import isal_zlib
 
-    pixels = np.asarray(img.convert("RGB"))
+    pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     height, width, _ = pixels.shape
     rows = pixels.reshape(height, width * 3)
     filtered = np.empty((height, width * 3 + 1), np.uint8)
