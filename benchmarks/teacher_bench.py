@@ -13,12 +13,23 @@ Stages, timed one after the other in one process (as the Dagster assets run them
             one trajectory at a time is timed beside it (and must agree), not in the rate
 Trajectories/s is over teacher + execute + audit. A last row re-runs the execution with a warm
 execution cache (what a re-materialisation costs).
+
+    python benchmarks/teacher_bench.py --baseline f7f6ad4 [--samples 200] [--rounds 2]
+
+compares this checkout with an earlier commit side by side in one run: the commit is checked out
+in a temporary `git worktree`, and `funnel_measure.py` runs the same samples through each tree in
+a process of its own (alternating, `--rounds` times each), so both see the same machine load.
+It reports trajectories/s, the ratio, and CPU seconds per trajectory of the whole process tree
+(the load-robust figure), and fails unless every trajectory's code results and audit verdicts
+are the baseline's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -104,13 +115,95 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def measure_tree(tree: Path, args, out: Path) -> dict:
+    """`funnel_measure.py` with `tree` first on PYTHONPATH, in its own process."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "funnel_measure.py"), "--samples",
+                    str(args.samples), "--workers", str(args.workers), "--seed", str(args.seed),
+                    "--multi-round-share", str(args.multi_round_share), "--out", str(out)],
+                   env=env, check=True, cwd=tree)
+    return json.loads(out.read_text())
+
+
+def compare(baseline: dict, ours: dict) -> str:
+    """Every trajectory's code, results and verdicts must be the baseline's; a summary line."""
+    if set(baseline["verdicts"]) != set(ours["verdicts"]):
+        raise AssertionError("the two trees wrote different trajectories (ids differ)")
+    for tid, want in baseline["verdicts"].items():
+        got = ours["verdicts"][tid]
+        for field in ("code", "results", "passed", "checks"):
+            if got[field] != want[field]:
+                raise AssertionError(f"trajectory {tid}: {field} differs from the baseline's: "
+                                     f"{got[field]!r} != {want[field]!r}")
+    return (f"all {len(ours['verdicts'])} trajectories: same code, same sandbox results and the "
+            f"same audit verdicts as the baseline ({ours['passed']} passed)")
+
+
+def side_by_side(args) -> str:
+    with tempfile.TemporaryDirectory(prefix="thyme-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree),
+                        args.baseline], check=True, capture_output=True)
+        try:
+            runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
+            load = os.getloadavg()[0]
+            for r in range(args.rounds):
+                for name, path in (("baseline", tree), ("ours", ROOT)):
+                    runs[name].append(measure_tree(path, args, Path(tmp) / f"{name}-{r}.json"))
+            load_end = os.getloadavg()[0]
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                           check=False, capture_output=True)
+    checked = [compare(runs["baseline"][0], run) for run in runs["ours"]][-1]
+    first = runs["ours"][0]
+    lines = [f"{first['samples']} samples -> {first['trajectories']} trajectories, "
+             f"{first['code_blocks']} code blocks; {args.workers} sandbox workers and audit threads; "
+             f"{args.rounds} round(s), baseline and ours alternating; load average "
+             f"{load:.1f} at the start, {load_end:.1f} at the end (1 min, {os.cpu_count()} cores)", "",
+             "| tree | round | teacher s | execute s | audit s | trajectories/s | CPU s | "
+             "CPU ms/traj | of which execute | audit | sandbox start+stop |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rate, cpu, steady = {}, {}, {}
+    for name in ("baseline", "ours"):
+        for r, run in enumerate(runs[name]):
+            busy = run["teacher"] + run["execute"] + run["audit"]
+            n = run["trajectories"]
+            label = f"{args.baseline} (baseline)" if name == "baseline" else "this checkout"
+            lines.append(f"| {label} | {r + 1} | {run['teacher']:.2f} | {run['execute']:.2f} | "
+                         f"{run['audit']:.2f} | {n / busy:.1f} | {run['cpu']:.1f} | "
+                         f"{run['cpu'] / n * 1000:.0f} | {run['cpu_execute'] / n * 1000:.0f} | "
+                         f"{run['cpu_audit'] / n * 1000:.0f} | {run['cpu_sandbox_start_stop']:.2f} s |")
+        total = sum(run["trajectories"] for run in runs[name])
+        rate[name] = total / sum(run["teacher"] + run["execute"] + run["audit"] for run in runs[name])
+        cpu[name] = sum(run["cpu"] for run in runs[name]) / total
+        steady[name] = sum(run["cpu_teacher"] + run["cpu_execute"] + run["cpu_audit"]
+                           for run in runs[name]) / total
+    lines += ["", f"- trajectories/s (teacher + execute + audit, all rounds): baseline "
+                  f"{rate['baseline']:.1f}, ours {rate['ours']:.1f}: **{rate['ours'] / rate['baseline']:.2f}x** "
+                  "(target >= 2x; wall clock: only meaningful on a quiet machine)",
+              f"- CPU per trajectory, teacher + execute + audit (the sandbox's start-up left out, as "
+              f"from the rate): baseline {steady['baseline'] * 1000:.0f} ms, ours "
+              f"{steady['ours'] * 1000:.0f} ms: **{steady['baseline'] / steady['ours']:.2f}x** less",
+              f"- CPU per trajectory, whole process tree (start-up included): baseline "
+              f"{cpu['baseline'] * 1000:.0f} ms, ours {cpu['ours'] * 1000:.0f} ms: "
+              f"**{cpu['baseline'] / cpu['ours']:.2f}x** less",
+              f"- {checked}"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--multi-round-share", type=float, default=0.25)
+    parser.add_argument("--baseline", metavar="COMMIT",
+                        help="compare with this commit side by side (e.g. f7f6ad4)")
+    parser.add_argument("--rounds", type=int, default=1, help="with --baseline: runs of each tree")
     args = parser.parse_args(argv)
+    if args.baseline:
+        print(side_by_side(args))
+        return 0
     print(table(run(args.samples, args.workers, args.seed, args.multi_round_share)))
     return 0
 

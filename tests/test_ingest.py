@@ -104,6 +104,23 @@ def test_conversions_only_when_needed(tmp_path):
     assert Image.open(store.path(ref16)).mode == "RGB"
 
 
+def test_converted_pngs_are_lossless_for_other_decoders(tmp_path):
+    """The store's own PNG writer (Sub filter, ISA-L deflate): PIL and OpenCV decode exactly the
+    pixels of the flattening, partial transparency and odd sizes included."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    store = ImageStore(tmp_path)
+    for size in ((64, 48), (29, 301)):
+        rgba = Image.fromarray(rng.integers(0, 256, (*size[::-1], 4), dtype=np.uint8), "RGBA")
+        ref, _ = store.put(encode(rgba, "PNG"))
+        expected = Image.new("RGB", rgba.size, (255, 255, 255))
+        expected.paste(rgba, mask=rgba.getchannel("A"))
+        assert ref.ext == "png" and (ref.width, ref.height) == size
+        assert np.array_equal(np.asarray(Image.open(store.path(ref))), np.asarray(expected))
+        assert np.array_equal(cv2.imread(str(store.path(ref)))[:, :, ::-1], np.asarray(expected))
+
+
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty_image"),
     (JPEG[: len(JPEG) // 2], "undecodable_image"),

@@ -26,9 +26,12 @@ import hashlib
 import io
 import os
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import pybase64
 from PIL import Image, ImageOps, JpegImagePlugin
 
 from pipelines.core.atomic import remove_stale_temporaries, write_bytes
@@ -75,6 +78,7 @@ class ImageStore:
         remove_stale_temporaries(self.tmp_dir)  # a killed writer's; few, so cheap to list
         self.files_written = 0   # by this instance: new files and their bytes
         self.bytes_written = 0
+        self._folders: set[str] = set()  # hash-prefix folders known to exist
 
     def path(self, ref: ImageRef) -> Path:
         return store_path(self.root, ref.relpath)
@@ -85,8 +89,8 @@ class ImageStore:
     def put_base64(self, text: str | bytes, notes: dict | None = None) -> tuple[ImageRef, bool]:
         data = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
         data = _DATA_URL.sub(b"", data.strip())
-        try:
-            raw = base64.b64decode(data, validate=True)
+        try:  # pybase64: SIMD, ~20x the standard library's speed, the same validation
+            raw = pybase64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ImageRejected("bad_base64", str(exc)) from None
         return self.put(raw, notes)
@@ -103,10 +107,14 @@ class ImageStore:
             notes["exif_orientation"] = orientation
         digest = hashlib.sha256(stored).hexdigest()
         ref = ImageRef(digest, ext, width, height)
-        target = self.path(ref)
-        if target.exists():
+        target = self.root / digest[:2] / f"{digest}.{ext}"   # (the path `ref.relpath` names)
+        if os.path.exists(target):
             return ref, False
-        write_bytes(target, stored, tmp_dir=self.tmp_dir)
+        try:  # one mkdir per folder, not per image
+            write_bytes(target, stored, self.tmp_dir, make_parent=digest[:2] not in self._folders)
+        except FileNotFoundError:  # the folder was removed since
+            write_bytes(target, stored, self.tmp_dir)
+        self._folders.add(digest[:2])
         self.files_written += 1
         self.bytes_written += len(stored)
         return ref, True
@@ -197,13 +205,31 @@ def _encode_jpeg_like(img: Image.Image, original: Image.Image) -> bytes:
 
 
 def _encode_png(img: Image.Image) -> bytes:
-    """Lossless and fast (OpenCV's libpng at level 1 beats Pillow's encoder ~1.4x)."""
-    import cv2
+    """An RGB image as a lossless PNG, fast: every row Sub-filtered (one numpy subtraction
+    instead of libpng's per-row trial of all five filters) and deflated by ISA-L at level 1.
+    ~0.3 ms for a 512x384 graphic where OpenCV's libpng at level 1 took ~5-10 ms; files come out
+    a few percent larger. Any PNG decoder reads it (the stored pixels are exactly the flattened
+    ones)."""
     import numpy as np
-    ok, buf = cv2.imencode(".png", np.asarray(img)[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ImageRejected("unsupported_image", "PNG encoding failed")
-    return buf.tobytes()
+    from isal import isal_zlib
+
+    pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    height, width, _ = pixels.shape
+    rows = pixels.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), np.uint8)
+    filtered[:, 0] = 1                              # filter type Sub: byte minus the pixel before
+    filtered[:, 1:4] = rows[:, :3]
+    np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 4:])   # wraps modulo 256, as PNG does
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)   # 8-bit RGB, no interlace
+    return (PNG_SIGNATURE + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", isal_zlib.compress(filtered.data, 1)) + _png_chunk(b"IEND", b""))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -114,7 +114,8 @@ class Sample:
     def to_row(self) -> dict:
         return {
             "id": self.id, "source": self.source,
-            "images": [asdict(im) for im in self.images],
+            "images": [{"hash": im.hash, "ext": im.ext, "width": im.width, "height": im.height}
+                       for im in self.images],   # (not `asdict`: its deep copies cost ingest)
             "question": self.question, "answer": self.answer, "task": self.task,
             "meta": json.dumps(self.meta, ensure_ascii=False, sort_keys=True),
             "reference": None if self.reference is None else json.dumps(self.reference, ensure_ascii=False),

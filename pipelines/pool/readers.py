@@ -12,6 +12,7 @@ on with the other files.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -256,7 +257,7 @@ class Reader:
     base_dir: str = ""                              # origins are recorded relative to this
 
     def origin(self, file: str) -> str:
-        return os.path.relpath(file, self.base_dir) if self.base_dir else os.path.basename(file)
+        return _origin(file, self.base_dir)
 
     def to_sample(self, file: str, number: int, row: dict, store: ImageStore) -> Sample:
         """One row as a Sample (its images stored), with the ground truth the mapping names
@@ -361,6 +362,12 @@ class Reader:
                       source=self.mapping.get("source", "generic"), origin_file=origin,
                       origin_row=number, answer="" if answer is None else str(answer).strip(),
                       task=task, meta=meta)
+
+
+@functools.lru_cache(maxsize=256)
+def _origin(file: str, base_dir: str) -> str:
+    """A file as origins record it (asked once per row: cached)."""
+    return os.path.relpath(file, base_dir) if base_dir else os.path.basename(file)
 
 
 def _check_image_tokens(content: str, images: list) -> None:

@@ -105,7 +105,7 @@ def _template(needle: Pyramid, tw: int, th: int, clip: float | None) -> tuple[np
     tpl = _band(needle.resized(tw, th), clip)
     if m:
         tpl = tpl[m:th - m, m:tw - m]
-    if float(tpl.std()) < 0.2:
+    if float(cv2.meanStdDev(tpl)[1][0, 0]) < 0.2:   # (numpy's std: 3x the time, same answer)
         return None
     return np.ascontiguousarray(tpl), m
 
@@ -233,11 +233,8 @@ def _search_local(needle: Pyramid, pyr: Pyramid, zooms: list[float], cx: float, 
         Y0 = max(0, int(math.floor(cy - rh / 2 - slack[1] - border)))
         X1 = min(W, int(math.ceil(cx + rw / 2 + slack[0] + border)))
         Y1 = min(H, int(math.ceil(cy + rh / 2 + slack[1] + border)))
-        win = full[Y0:Y1, X0:X1]
-        if a < 1.0:
-            size = (max(1, round((X1 - X0) * a)), max(1, round((Y1 - Y0) * a)))
-            win = cv2.resize(win, size, interpolation=cv2.INTER_AREA)
-        sx, sy = win.shape[1] / (X1 - X0), win.shape[0] / (Y1 - Y0)
+        win, (ox, oy, ow, oh) = _window(pyr, X0, Y0, X1, Y1, a)
+        sx, sy = win.shape[1] / ow, win.shape[0] / oh
         tw, th = round(rw * sx), round(rh * sy)
         if tw > win.shape[1] or th > win.shape[0] or (made := _template(needle, tw, th, clip)) is None:
             continue
@@ -246,9 +243,35 @@ def _search_local(needle: Pyramid, pyr: Pyramid, zooms: list[float], cx: float, 
         _, score, _, (lx, ly) = cv2.minMaxLoc(res)
         if not math.isfinite(score) or (best is not None and score <= best.score):
             continue
-        bx, by = X0 + (lx - m) / sx, Y0 + (ly - m) / sy
+        bx, by = ox + (lx - m) / sx, oy + (ly - m) / sy
         best = Found(float(score), (bx, by, bx + rw, by + rh), pw / rw)
     return best
+
+
+def _window(pyr: Pyramid, X0: int, Y0: int, X1: int, Y1: int, a: float):
+    """The full image's pixels X0..X1 x Y0..Y1 reduced by `a` (<= 1), and the full-resolution
+    rectangle (x, y, width, height) they cover. Cut from the coarsest halving of the pyramid
+    (an even level: cheap to build) at least a sqrt(2) step finer than `a`, where its grid lands,
+    not from the full image: reducing a big window of a large image at full resolution was most
+    of the audit's time."""
+    full = pyr.full
+    k = pyr.index(a) - 1
+    k -= k % 2
+    if a >= 1.0 or k < 1:
+        win = full[Y0:Y1, X0:X1]
+        if a < 1.0:
+            size = (max(1, round((X1 - X0) * a)), max(1, round((Y1 - Y0) * a)))
+            win = cv2.resize(win, size, interpolation=cv2.INTER_AREA)
+        return win, (X0, Y0, X1 - X0, Y1 - Y0)
+    level = pyr.raw(k)
+    kx, ky = level.shape[1] / full.shape[1], level.shape[0] / full.shape[0]
+    x0, y0 = int(math.floor(X0 * kx)), int(math.floor(Y0 * ky))
+    x1 = min(level.shape[1], int(math.ceil(X1 * kx)))
+    y1 = min(level.shape[0], int(math.ceil(Y1 * ky)))
+    ow, oh = (x1 - x0) / kx, (y1 - y0) / ky
+    size = (max(1, round(ow * a)), max(1, round(oh * a)))
+    win = cv2.resize(level[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+    return win, (x0 / kx, y0 / ky, ow, oh)
 
 
 # Boxes are (x1, y1, x2, y2), x2 and y2 exclusive, as `Found.box` and the ground truth's `box`.
