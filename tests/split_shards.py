@@ -1,7 +1,8 @@
 """Synthetic pool and audited shards for the splits' linearity test and `benchmarks/splits_bench.py`:
-any number of rows and shards, written as columns (no per-sample image work), so 1M rows take
-seconds. A few hundred small store images are shared by the samples (as inputs) and the
-trajectories (as sandbox outputs), so every rendered row passes the row validations.
+any number of rows and shards, without drawing an image per row: every sample's input and every
+trajectory's sandbox output is a store file of its own, a hard link to one of a few hundred small
+pictures, so each rendered row passes the row validations and checking it costs what it costs on
+a real pool.
 
     write(root, rows, shards, mixed=False) -> {"samples": [...], "audited": [...], "store": path}
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +38,33 @@ TASKS = ("crop", "rotate", "contrast", "no_code", "real_world", "computation")
 WORDS = ("red", "blue", "green", "large", "small", "circle", "square", "left", "right", "top",
          "bottom", "corner", "shape", "sign", "label", "chart", "bar", "line", "table", "text",
          "colour", "number", "written", "shown", "visible", "middle", "behind", "front", "near")
-IMAGES = 256
+PICTURES = 256
 
 
-def _images(store: ImageStore) -> list[dict]:
+def _pictures(store: ImageStore) -> list[dict]:
+    """A few hundred small distinct pictures in the store (their refs)."""
     rng = np.random.default_rng(7)
     refs = []
-    for _ in range(IMAGES):
+    for _ in range(PICTURES):
         pixels = rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)
         buf = io.BytesIO()
         Image.fromarray(pixels, "RGB").save(buf, format="PNG")
         ref = store.put(buf.getvalue())[0]
         refs.append({"hash": ref.hash, "ext": ref.ext, "width": ref.width, "height": ref.height})
     return refs
+
+
+def _linked(store: ImageStore, picture: dict, name: str) -> dict:
+    """A store file of its own for one row's image (a hard link to one of the pictures, under a
+    hash of `name`): rows do not share image files, as in a real pool, and checking each row's
+    images costs what it costs there."""
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    ref = {**picture, "hash": digest}
+    target = store.root / _relpath(ref)
+    target.parent.mkdir(exist_ok=True)
+    if not target.exists():
+        os.link(store.root / _relpath(picture), target)
+    return ref
 
 
 def _hex(prefix: str, k: int) -> str:
@@ -78,10 +94,11 @@ def _turns(kind: str, produced: str) -> list[dict]:
 
 def write(root: Path, rows: int, shards: int, mixed: bool = False, seed: int = 0) -> dict:
     root = Path(root)
-    refs = _images(ImageStore(root / "pool" / "images"))
+    store = ImageStore(root / "pool" / "images")
+    pictures = _pictures(store)
     rng = np.random.default_rng(seed)
     task = rng.integers(0, len(TASKS), rows)
-    image = rng.integers(0, IMAGES, rows)
+    image = rng.integers(0, PICTURES, rows)
     words = rng.integers(0, len(WORDS), (rows, 7))
     numbers = rng.integers(1, 100, rows)
     near = rng.random(rows) < 0.02
@@ -94,12 +111,10 @@ def write(root: Path, rows: int, shards: int, mixed: bool = False, seed: int = 0
         text_only = name == "computation" and k % 10 == 0
         samples.append({
             "id": _hex("s", k), "source": "synthetic",
-            "images": [] if text_only else [refs[image[k] if not (near[k] and k) else image[k - 1]]],
+            "images": [] if text_only else [_linked(store, pictures[image[k]], f"in{k - 1 if near[k] and k else k}")],
             "question": question, "answer": str(numbers[k]), "task": name,
             "meta": json.dumps({"difficulty": ("easy", "hard")[k % 2]}), "reference": None,
             "origin": {"file": f"synthetic-{k * shards // rows:05d}.parquet", "row": k}})
-        if near[k] and k:
-            image[k] = image[k - 1]
     pool_shard = np.arange(rows) * shards // rows                 # contiguous pool shards
     audit_shard = pool_shard if not mixed else np.arange(rows) % shards
     trajectories: list[list[dict]] = [[] for _ in range(shards)]
@@ -113,7 +128,8 @@ def write(root: Path, rows: int, shards: int, mixed: bool = False, seed: int = 0
             trajectories[audit_shard[k]].append({
                 "id": _hex(f"t{copy}-", k), "sample_id": s["id"], "teacher": f"synthetic/{copy}",
                 "kind": kind, "task": s["task"],
-                "turns": _turns(kind, _relpath(refs[(image[k] + 1) % IMAGES])),
+                "turns": _turns(kind, _relpath(_linked(store, pictures[(image[k] + 1) % PICTURES],
+                                                       f"out{k}-{copy}"))),
                 "answer": s["answer"], "audit": [{"name": "answer", "verdict": "pass", "reason": ""}],
                 "passed": bool(passed[k]), "lineage": None})
     (root / "pool" / "samples").mkdir(parents=True, exist_ok=True)
@@ -128,3 +144,13 @@ def write(root: Path, rows: int, shards: int, mixed: bool = False, seed: int = 0
         pq.write_table(pa.Table.from_pylist(trajectories[j], schema=TRAJECTORY_SCHEMA), path)
         audited_files.append(str(path))
     return {"samples": sample_files, "audited": audited_files, "store": str(root / "pool" / "images")}
+
+
+def first_output(files: dict) -> str:
+    """The store path of the first sandbox-produced image in the audited shards."""
+    for f in files["audited"]:
+        for turns in pq.read_table(f, columns=["turns"])["turns"].to_pylist():
+            for t in turns:
+                if t["result"] and t["result"]["images"]:
+                    return t["result"]["images"][0]
+    raise ValueError("no produced image")

@@ -31,8 +31,10 @@ are rendered and written one shard at a time, so memory stays bounded by a shard
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -79,6 +81,7 @@ PAPER_MIX = {"no_code": 100_000, "real_world": 50_000, "crop": 28_000, "rotate":
              "contrast": 10_000}
 RL_SOURCES = ("audited", "pool")
 QUARANTINE_FILE = "quarantine.parquet"
+UNIT_ROWS = 2048     # rows rendered and validated as one unit (by a worker, with workers > 1)
 SAMPLE_COLUMNS = ("id", "source", "images", "question", "answer", "task", "meta", "origin")  # what rows read
 QUARANTINE_SCHEMA = pa.schema([
     ("split", pa.string()), ("part", pa.string()), ("id", pa.string()), ("sample_id", pa.string()),
@@ -146,10 +149,13 @@ def default_store_root(sample_files: list[str]) -> Path:
 
 def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str | os.PathLike,
                  cfg: SplitConfig | None = None, store_root: str | os.PathLike | None = None,
-                 vcfg: v.ValidationConfig | None = None) -> dict:
+                 vcfg: v.ValidationConfig | None = None, workers: int = 1) -> dict:
     """Write `out_dir/<split>/{train,test}.parquet`, `out_dir/quarantine.parquet` and
     `out_dir/report.json` (atomically, as a whole directory); returns the report. `store_root`:
-    the pool's image store (default: beside the samples); `vcfg`: the row validations' limits."""
+    the pool's image store (default: beside the samples); `vcfg`: the row validations' limits;
+    `workers`: processes rendering and validating rows (0: one per core; the files are the same
+    whatever the number)."""
+    workers = workers or os.cpu_count() or 1
     cfg = cfg or SplitConfig()
     if not sample_files:
         raise FileNotFoundError("no pool sample shards to build splits from")
@@ -173,7 +179,6 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
     assigned, rl, funnel = assign(index, pool, cfg, excluded)
     if rejected:
         funnel["dropped"]["review_rejected"] = rejected
-    resolve = store_resolver(store_root)
     with atomic_path(out_dir) as tmp:
         writers = {}
         for split in SPLITS:
@@ -182,13 +187,14 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
                 writers[split, part] = RowWriter(tmp / split / f"{part}.parquet", SCHEMAS[split], cfg.batch_rows)
         quarantine = _Quarantine()
         try:
-            for split, part, row in _rendered(audited_files, sample_files, assigned, rl, prompts):
-                failures = (v.validate_rl_rows if split == RL else v.validate_sft_rows)([row], resolve, vcfg)
-                quarantine.rendered[split] += 1
-                if failures:
-                    quarantine.add(split, part, row, failures)
-                else:
-                    writers[split, part].add(row)
+            units = _units(audited_files, sample_files, assigned, rl)
+            for rendered in _in_order(_render, units, (prompts, store_root, vcfg), workers):
+                for split, part, row, failures in rendered:
+                    quarantine.rendered[split] += 1
+                    if failures:
+                        quarantine.add(split, part, row, failures)
+                    else:
+                        writers[split, part].add(row)
             for w in writers.values():
                 w.close()
         finally:
@@ -206,11 +212,12 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
     return report
 
 
-def _rendered(audited_files, sample_files, assigned: pl.DataFrame, rl: pl.DataFrame, prompts):
-    """(split, part, row) for every assigned trajectory (in shard order) and RL prompt (in pool
-    order). The samples they need are read in one pass over the pool's shards (the rows
-    `pool_index` keeps, without the reference trajectories no row reads); each audited shard is
-    read once and joined with them by id: no shard is read again per other shard."""
+def _units(audited_files, sample_files, assigned: pl.DataFrame, rl: pl.DataFrame):
+    """The rows to render, as frames of at most `UNIT_ROWS`: (RL or None, frame); the assigned
+    trajectories in shard order, each with its sample (`sample`), then the RL prompts' samples in
+    pool order. The samples are read in one pass over the pool's shards (the rows `pool_index`
+    keeps, without the reference trajectories no row reads); each audited shard is read once and
+    joined with them by id: no shard is read again per other shard."""
     needed = pl.concat([assigned["sample_id"], rl["sample_id"]]).unique()
     if needed.is_empty():
         return
@@ -223,12 +230,45 @@ def _rendered(audited_files, sample_files, assigned: pl.DataFrame, rl: pl.DataFr
         shard = (pl.scan_parquet(file).join(assigned.lazy().drop("sample_id"), on="id", how="inner",
                                             maintain_order="left")
                  .collect().join(by_id, on="sample_id", how="left", maintain_order="left"))
-        for row in shard.iter_rows(named=True):
-            yield row["split"], row["part"], sft_row(Trajectory.from_row(row), Sample.from_row(row["sample"]), prompts)
+        for chunk in shard.iter_slices(UNIT_ROWS):
+            yield None, chunk
     prompts_of = samples.join(rl.select(pl.col("sample_id").alias("id"), "part", pl.col("task").alias("rl_task")),
                               on="id", how="inner", maintain_order="left")
-    for row in prompts_of.iter_rows(named=True):
-        yield RL, row["part"], rl_row(Sample.from_row(row), prompts, row["rl_task"])
+    for chunk in prompts_of.iter_slices(UNIT_ROWS):
+        yield RL, chunk
+
+
+def _render(rl: str | None, frame: pl.DataFrame, prompts, store_root, vcfg) -> list[tuple]:
+    """(split, part, row, failures) of each row of a unit: rendered (`rows.sft_row`, `rows.rl_row`)
+    and run through the row validations. Runs in this process or a worker's."""
+    resolve = store_resolver(store_root)
+    out = []
+    for r in frame.iter_rows(named=True):
+        if rl:
+            split, row = RL, rl_row(Sample.from_row(r), prompts, r["rl_task"])
+            failures = v.validate_rl_rows([row], resolve, vcfg)
+        else:
+            split, row = r["split"], sft_row(Trajectory.from_row(r), Sample.from_row(r["sample"]), prompts)
+            failures = v.validate_sft_rows([row], resolve, vcfg)
+        out.append((split, r["part"], row, failures))
+    return out
+
+
+def _in_order(fn, units, args: tuple, workers: int):
+    """fn(*unit, *args) of each unit, in order: here (`workers` 1), or in worker processes with
+    at most two units per worker in flight (memory stays bounded by a few units)."""
+    if workers <= 1:
+        for unit in units:
+            yield fn(*unit, *args)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque = deque()
+        for unit in units:
+            pending.append(pool.submit(fn, *unit, *args))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 class _Quarantine:
