@@ -182,7 +182,7 @@ def _components(chosen: pl.DataFrame) -> pl.DataFrame:
     """key -> the smallest key of its component: rows that share any input image (or a text-only
     question, or an augmented copy's source image) are joined, so the test part can take whole
     components. Minimum labels propagate along row-key edges until nothing changes (as many
-    rounds as the longest chain of shared keys, one or two in practice)."""
+    rounds as the longest chain of rows linked by shared keys: one or two in practice)."""
     has_image = pl.col("image_hashes").list.len().fill_null(0) > 0
     keys = pl.when(has_image).then("image_hashes").otherwise(
         pl.concat_list(pl.col("question_key")))
@@ -251,7 +251,8 @@ def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
         for task, n in mix_dropped.items():
             dropped[f"mix:{split}:{task}"] += n
         kept.append(rows)
-    kept = pl.concat(kept).with_columns(_keys_of(pl.concat(kept)).alias("key"))
+    kept = pl.concat(kept)
+    kept = kept.with_columns(_keys_of(kept).alias("key"))
     kept = kept.join(components, on="key", how="left", maintain_order="left")
     roots = kept["component"].unique()
     parts = pl.DataFrame({"component": roots, "draw": draws("test", cfg.seed, roots)},

@@ -23,9 +23,15 @@ written: a row that fails is set aside in `quarantine.parquet` with its checks, 
 sample's origin (file, row), and counted per check in the report; the Dagster checks block only
 above the rate the user sets.
 
-Only an index (ids, task, kind, question, image hashes) is collected, through lazy scans; rows
-are rendered and written one shard at a time, so memory stays bounded by a shard
-(`pipelines.datasets.rows`).
+Linear in rows and shards, each input file read a constant number of times: an index (ids,
+task, kind, question, image hashes) from one streaming pass over the shards' small columns; the
+assignment as table operations on it (`pipelines.datasets.assign`); then the kept rows' samples
+from one pass over the pool, and each audited shard read once and joined with them by id. Rows
+are rendered (`pipelines.datasets.rows`) and validated in units of `UNIT_ROWS`, here or in
+worker processes (`workers`; a script calling it with workers > 1 needs the
+`if __name__ == "__main__":` guard of Python's spawned processes), and written in order, so
+the files are the same whatever the number of workers; memory holds the index, the kept rows'
+samples and a few units.
 """
 
 from __future__ import annotations
@@ -170,7 +176,7 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
     rejected = 0
     if cfg.exclude_ids_file and index.height:
         ids = pl.read_parquet(cfg.exclude_ids_file, columns=["id"])["id"]
-        rejected = index.height - (index := index.filter(~pl.col("id").is_in(ids))).height
+        rejected = index.height - (index := index.filter(~pl.col("id").is_in(ids.implode()))).height
     excluded, decontamination = {}, None
     if cfg.decontaminate is not None:
         matches, decontamination = find_contaminated(pool, store_root, cfg.decontaminate)
