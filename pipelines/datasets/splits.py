@@ -42,6 +42,7 @@ import os
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from itertools import chain, islice
 from pathlib import Path
 
 import polars as pl
@@ -263,10 +264,13 @@ def _render(rl: str | None, frame: pl.DataFrame, prompts, store_root, vcfg) -> l
 def _in_order(fn, units, args: tuple, workers: int):
     """fn(*unit, *args) of each unit, in order: here (`workers` 1), or in worker processes with
     at most two units per worker in flight (memory stays bounded by a few units)."""
-    if workers <= 1:
-        for unit in units:
+    units = iter(units)
+    first = list(islice(units, 2))
+    if workers <= 1 or len(first) < 2:       # one unit: not worth starting processes
+        for unit in chain(first, units):
             yield fn(*unit, *args)
         return
+    units = chain(first, units)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: deque = deque()
         for unit in units:
