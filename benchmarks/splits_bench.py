@@ -82,6 +82,7 @@ def main(argv=None) -> int:
         return 0
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     import split_shards
+    args.load = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         tmp = Path(tmp)
@@ -134,10 +135,10 @@ def _line(r: dict) -> str:
 def _markdown(results: list[dict], args) -> str:
     cpus = os.cpu_count()
     workers = f"{args.workers} processes" if args.workers > 1 else "not run"
-    lines = [f"## Splits build, columnar and linear in shards ({datetime.date.today()}, issue 18)", "",
-             f"`python benchmarks/splits_bench.py --rows {' '.join(map(str, args.rows))} "
-             f"--shards {args.shards} --layout {' '.join(args.layout)} --workers {args.workers}` on "
-             f"{cpus} cores; baseline `{args.baseline}` (main before this change) and this tree, each "
+    lines = [f"### `benchmarks/splits_bench.py --rows {' '.join(map(str, args.rows))} --shards "
+             f"{args.shards} --layout {' '.join(args.layout)} --workers {args.workers}` "
+             f"({datetime.date.today()}, {cpus} cores, load average {args.load:.1f} at the start)", "",
+             f"Baseline `{args.baseline}` (main before this change) and this tree, each "
              "build in its own process on the same synthetic shards (`tests/split_shards.py`: every "
              "row its own image files; 10% of samples with a second trajectory, 2% near "
              "duplicates), default `SplitConfig` (paper mix, RL share 0.2, test share 0.05). Rows: "
