@@ -134,7 +134,9 @@ def _line(r: dict) -> str:
 
 def _markdown(results: list[dict], args) -> str:
     cpus = os.cpu_count()
-    workers = f"{args.workers} processes" if args.workers > 1 else "not run"
+    parallel = (f"parallel: rendering and validation in {args.workers} processes "
+                "(`build_splits(workers=)`), its speed-up over the baseline" if args.workers > 1
+                else "parallel: not run")
     lines = [f"### `benchmarks/splits_bench.py --rows {' '.join(map(str, args.rows))} --shards "
              f"{args.shards} --layout {' '.join(args.layout)} --workers {args.workers}` "
              f"({datetime.date.today()}, {cpus} cores, load average {args.load:.1f} at the start)", "",
@@ -142,8 +144,7 @@ def _markdown(results: list[dict], args) -> str:
              "build in its own process on the same synthetic shards (`tests/split_shards.py`: every "
              "row its own image files; 10% of samples with a second trajectory, 2% near "
              "duplicates), default `SplitConfig` (paper mix, RL share 0.2, test share 0.05). Rows: "
-             "pool samples; new: one process, as the baseline; parallel: rendering and validation "
-             f"in {workers} (`build_splits(workers=)`), its speed-up over the baseline.", "",
+             f"pool samples; new: one process, as the baseline; {parallel}.", "",
              "| pool rows | layout | old s | new s | old rows/s | new rows/s | old peak RSS MB | "
              "new peak RSS MB | old max opens/file | new max opens/file | speed-up | parallel s | "
              "identical files |",
