@@ -72,6 +72,8 @@ class SplitsConfig(Config):
     failure_rates: dict[str, float] = Field({}, description="per-check overrides of max_failure_rate")
     exclude_review_rejections: bool = Field(True, description="leave out the trajectories the "
                                             "imported human review rejected (review/verdicts)")
+    workers: int = Field(1, description="processes rendering and validating the split rows (0: "
+                                        "one per core); the files are the same whatever the number")
 
 
 @multi_asset(
@@ -120,7 +122,8 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
                             system_prompt=load_prompt_set(config.prompt_set).system,
                             max_failure_rate=config.max_failure_rate,
                             failure_rates=dict(config.failure_rates))
-    report = build_splits(audited_files, sample_files, out, cfg, storage.path("pool", "images"), vcfg)
+    report = build_splits(audited_files, sample_files, out, cfg, storage.path("pool", "images"), vcfg,
+                          workers=config.workers)
     validation = validate_splits(out, storage.path("pool", "images"), cfg.mix, vcfg)
     quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
     for split in SPLITS:

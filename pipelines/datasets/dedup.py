@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -50,14 +50,18 @@ def near_duplicate_clusters(items: list[tuple[str, str, str]], threshold: float)
             x = parent[x]
         return x
 
-    text = {}
-    buckets: dict[tuple, list[str]] = defaultdict(list)
-    rows = NUM_PERM // BANDS
+    text, group_of = {}, {}
     for ident, key, question in items:
         canon = canonical_question(question)
         text[ident] = canon
-        group = (key, tuple(_NUMBER.findall(canon)))
-        sig = _signature(_grams(canon))
+        group_of[ident] = (key, tuple(_NUMBER.findall(canon)))
+    sizes = Counter(group_of.values())
+    buckets: dict[tuple, list[str]] = defaultdict(list)
+    rows = NUM_PERM // BANDS
+    for ident, group in group_of.items():
+        if sizes[group] < 2:       # alone with its image and numbers: nothing to compare with
+            continue
+        sig = _signature(_grams(text[ident]))
         for band in range(BANDS):
             buckets[(group, band, sig[band * rows:(band + 1) * rows].tobytes())].append(ident)
     checked = set()

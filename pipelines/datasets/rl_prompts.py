@@ -4,7 +4,7 @@ drawn from samples with an audit-passing trajectory (`rl_source="audited"`, the 
 generated pool) and prompts taken straight from the pool (`rl_source="pool"`: a released Thyme-RL
 or DeepEyes pool, a generic pool with an answer column, the generated pool) without a teacher.
 
-    RLFilter(...).reject(row) -> None | reason          row: a pool index row (see `pool_index`)
+    RLFilter(...).rejections(rows) -> reason per row (null: eligible)   rows: `pool_index` columns
     pool_index(sample_files) -> polars DataFrame        the small columns the filter reads
 
 Reasons (counted per reason in the split report): `no_question`, `no_answer`, `answer:<kind>`
@@ -43,26 +43,42 @@ class RLFilter:
         if self.min_image_side < 0:
             raise ValueError(f"min_image_side must be >= 0 (got {self.min_image_side})")
 
-    def reject(self, row: dict) -> str | None:
-        """Why a sample cannot be an RL prompt, or None when it can."""
-        if not (row["question"] or "").strip():
-            return "no_question"
-        if not (row["answer"] or "").strip():
-            return "no_answer"
-        kind = truth_kind(row["answer"], _options(row.get("options")))
-        if kind not in self.answer_kinds:
-            return f"answer:{kind}"
-        if not row["image_hashes"]:
-            if self.require_image:
-                return "no_image"
-        elif (row["min_side"] or 0) < self.min_image_side:
-            return "image_side"
-        if self.tasks and row["task"] not in self.tasks:
-            return "task"
-        difficulty = row.get("difficulty")
-        if self.difficulties and difficulty not in (None, "") and str(difficulty) not in self.difficulties:
-            return "difficulty"
-        return None
+    def rejections(self, rows: pl.DataFrame) -> pl.Series:
+        """Why each sample cannot be an RL prompt (`reason`, null when it can), as column
+        expressions over `pool_index` columns (`task`: the task it is filed under). The first
+        failing rule names the reason; only the answer kind is decided in Python, once per
+        distinct (answer, options)."""
+        if not rows.height:
+            return pl.Series("reason", [], pl.String)
+        has_question, has_answer = _has_text("question"), _has_text("answer")
+        checked = rows.filter(has_question & has_answer).select("answer", "options").unique()
+        kinds = checked.with_columns(pl.Series("kind", [
+            truth_kind(answer, _options(options)) for answer, options in checked.iter_rows()],
+            pl.String))
+        images = pl.col("image_hashes").list.len().fill_null(0)
+        difficulty = pl.col("difficulty")
+        reason = (pl.when(~has_question).then(pl.lit("no_question"))
+                  .when(~has_answer).then(pl.lit("no_answer"))
+                  .when(~pl.col("kind").is_in(self.answer_kinds)).then(pl.lit("answer:") + pl.col("kind"))
+                  .when((images == 0) & self.require_image).then(pl.lit("no_image"))
+                  .when((images > 0) & (pl.col("min_side").fill_null(0) < self.min_image_side))
+                  .then(pl.lit("image_side"))
+                  .when(pl.lit(bool(self.tasks)) & ~pl.col("task").is_in(self.tasks).fill_null(False))
+                  .then(pl.lit("task"))
+                  .when(pl.lit(bool(self.difficulties)) & difficulty.is_not_null() & (difficulty != "")
+                        & ~difficulty.is_in(self.difficulties)).then(pl.lit("difficulty")))
+        return (rows.select("question", "answer", "options", "image_hashes", "min_side", "task", "difficulty")
+                .join(kinds, on=["answer", "options"], how="left", nulls_equal=True, maintain_order="left")
+                .select(reason.alias("reason"))["reason"])
+
+
+# Python's str.strip() whitespace: Unicode White_Space (the regex engine's \s) plus \x1c-\x1f.
+_PY_SPACE = r"\s\x1c-\x1f"
+
+
+def _has_text(column: str) -> pl.Expr:
+    """Whether the column holds more than whitespace (a null holds nothing)."""
+    return pl.col(column).str.contains(f"[^{_PY_SPACE}]").fill_null(False)
 
 
 def _options(raw) -> list[str] | None:

@@ -23,17 +23,26 @@ written: a row that fails is set aside in `quarantine.parquet` with its checks, 
 sample's origin (file, row), and counted per check in the report; the Dagster checks block only
 above the rate the user sets.
 
-Only an index (ids, task, kind, question, image hashes) is collected, through lazy scans; rows
-are rendered and written one shard at a time, so memory stays bounded by a shard
-(`pipelines.datasets.rows`).
+Linear in rows and shards, each input file read a constant number of times: an index (ids,
+task, kind, question, image hashes) from one streaming pass over the shards' small columns; the
+assignment as table operations on it (`pipelines.datasets.assign`); then the kept rows' samples
+from one pass over the pool, and each audited shard read once and joined with them by id. Rows
+are rendered (`pipelines.datasets.rows`) and validated in units of `UNIT_ROWS`, here or in
+worker processes (`workers`; a script calling it with workers > 1 needs the
+`if __name__ == "__main__":` guard of Python's spawned processes), and written in order, so
+the files are the same whatever the number of workers; memory holds the index, the kept rows'
+samples and a few units.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from itertools import chain, islice
 from pathlib import Path
 
 import polars as pl
@@ -46,6 +55,7 @@ from pipelines.core.prompts import DEFAULT_PROMPT_SET, load_prompt_set
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import Trajectory
 from pipelines.datasets import validate as v
+from pipelines.datasets.assign import assign, scan_index
 from pipelines.datasets.decontaminate import DecontaminationConfig, find_contaminated
 from pipelines.datasets.dedup import near_duplicate_clusters  # noqa: F401  re-exported
 from pipelines.datasets.names import (
@@ -78,6 +88,8 @@ PAPER_MIX = {"no_code": 100_000, "real_world": 50_000, "crop": 28_000, "rotate":
              "contrast": 10_000}
 RL_SOURCES = ("audited", "pool")
 QUARANTINE_FILE = "quarantine.parquet"
+UNIT_ROWS = 2048     # rows rendered and validated as one unit (by a worker, with workers > 1)
+SAMPLE_COLUMNS = ("id", "source", "images", "question", "answer", "task", "meta", "origin")  # what rows read
 QUARANTINE_SCHEMA = pa.schema([
     ("split", pa.string()), ("part", pa.string()), ("id", pa.string()), ("sample_id", pa.string()),
     ("origin_file", pa.string()), ("origin_row", pa.int64()),
@@ -132,210 +144,6 @@ class SplitConfig:
                         tuple(self.rl_tasks), tuple(str(d) for d in self.rl_difficulties))
 
 
-# ------------------------------------------------------------------ the index and assignment
-
-def scan_index(audited_files: list[str], pool: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """Passed trajectories joined with their samples' small columns (lazy scans, streaming)."""
-    totals = {"pool_samples": pool.height, "trajectories": 0, "passed": 0}
-    if not audited_files:
-        return pl.DataFrame(), {**totals, "passed_with_sample": 0}
-    audited = pl.scan_parquet(audited_files)
-    code_rounds = (pl.col("turns").list.eval(pl.element().struct.field("code").is_not_null())
-                   .list.sum().alias("code_rounds"))
-    index = (audited.filter(pl.col("passed").fill_null(False))
-             .select("id", "sample_id", "task", "kind", code_rounds)
-             .join(pool.lazy(), on="sample_id", how="inner", maintain_order="left")  # reruns: same order
-             .collect(engine="streaming"))
-    totals["trajectories"] = audited.select(pl.len()).collect().item()
-    totals["passed"] = audited.filter(pl.col("passed").fill_null(False)).select(pl.len()).collect().item()
-    totals["passed_with_sample"] = index.height
-    return index, totals
-
-
-def _routed(index: pl.DataFrame, cfg: SplitConfig, excluded: dict[str, str],
-            funnel: dict) -> list[dict]:
-    """The index's trajectories that go to an SFT split, with it (`split`), in index order; the
-    exclusions and the routing are column operations (counted into `funnel`); only the routed
-    rows become Python rows (the RL filter and the duplicate clustering read them)."""
-    if not index.height:
-        return []
-    reasons = pl.DataFrame({"sample_id": list(excluded), "excluded": list(excluded.values())},
-                           schema={"sample_id": pl.String, "excluded": pl.String})
-    rounds = pl.col("code_rounds")
-    split = (pl.when(rounds > cfg.max_code_rounds).then(None)
-             .when(pl.col("task") == "computation").then(pl.lit(COMPUTATION))
-             .when(rounds <= 1).then(pl.lit(SINGLE)).otherwise(pl.lit(TWO_ROUND)))
-    frame = (index.lazy().join(reasons.lazy(), on="sample_id", how="left", maintain_order="left")
-             .with_columns(split.alias("split")).collect())
-    for reason, n in frame["excluded"].drop_nulls().value_counts(sort=True).iter_rows():
-        funnel["dropped"][reason] += n
-    kept = frame.filter(pl.col("excluded").is_null())
-    funnel["dropped"]["too_many_code_rounds"] += kept["split"].null_count()
-    kept = kept.filter(pl.col("split").is_not_null())
-    for name, n in kept["split"].value_counts(sort=True).iter_rows():
-        funnel["routed"][name] += n
-    return kept.drop("excluded").to_dicts()
-
-
-def _key(row: dict) -> str:
-    return image_key(row["image_hashes"][0] if row["image_hashes"] else None, row["question"])
-
-
-def _apply_mix(rows: list[dict], weights: dict[str, float] | None, seed: int) -> tuple[list[dict], Counter]:
-    """Downsample over-represented tasks to the target proportions (renormalised over the listed
-    tasks present); tasks the mix does not list are kept whole, weight 0 drops a task. Returns
-    the kept rows and how many of each task were dropped."""
-    if not weights:
-        return rows, Counter()
-    by_task: dict[str, list[dict]] = defaultdict(list)
-    kept, dropped = [], Counter()
-    for r in rows:
-        weight = weights.get(r["task"])
-        if weight is None:
-            kept.append(r)
-        elif weight > 0:
-            by_task[r["task"]].append(r)
-        else:
-            dropped[r["task"]] += 1
-    if not by_task:
-        return kept, dropped
-    scale = min(len(rs) / weights[t] for t, rs in by_task.items())
-    for task, rs in by_task.items():
-        n = min(len(rs), max(1, round(scale * weights[task])))
-        rs.sort(key=lambda r: unit_draw("mix", seed, r["id"]))
-        kept += rs[:n]
-        dropped[task] += len(rs) - n
-    return kept, dropped
-
-
-def _components(rows: list[dict]) -> dict[str, str]:
-    """Image key -> the smallest key of its component: rows that share any input image (or a
-    text-only question, or an augmented copy's source image) are joined, so the test part can
-    take whole components."""
-    parent: dict[str, str] = {}
-
-    def find(x):
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for r in rows:
-        keys = list(r["image_hashes"]) or [question_key(r["question"])]
-        if r.get("lineage_image"):     # an augmented copy: held out with its source's image
-            keys.append(r["lineage_image"])
-        roots = {find(k) for k in keys}
-        top = min(roots)
-        for root in roots:
-            parent[root] = top
-    return {k: find(k) for k in parent}
-
-
-def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
-           excluded: dict[str, str] | None = None) -> tuple[dict, dict, dict]:
-    """(trajectory id -> (split, part), RL sample id -> (part, task), funnel counts of each step).
-    `excluded`: sample id -> why decontamination keeps it out (`decontaminated`, or
-    `unreadable_image`: it could not be checked)."""
-    excluded = excluded or {}
-    funnel: dict = {"routed": Counter(), "dropped": Counter()}
-    routed = _routed(index, cfg, excluded, funnel)
-
-    # RL candidates: the routed rows' samples (audited) or every pool sample (pool), filtered.
-    task_of = {}
-    for r in routed:
-        task_of.setdefault(r["sample_id"], r["task"])
-    rl_filter, filtered = cfg.rl_filter, Counter()
-    if cfg.rl_source == "pool":     # streamed: only the eligible rows are kept
-        pool_rows = (s for s in pool.iter_rows(named=True))
-    else:
-        seen: set[str] = set()
-        pool_rows = (r for r in routed if not (r["sample_id"] in seen or seen.add(r["sample_id"])))
-    candidates, eligible = 0, {}
-    for s in pool_rows:
-        sid = s["sample_id"]
-        if sid in excluded:
-            filtered[excluded[sid]] += 1
-            continue
-        candidates += 1
-        reason = rl_filter.reject({**s, "task": task_of.get(sid, s["sample_task"])})
-        if reason is None:
-            eligible[sid] = s
-        else:
-            filtered[reason] += 1
-
-    # Near-duplicate clusters over distinct samples (exact duplicates share a sample id).
-    first = {}
-    for r in routed:
-        first.setdefault(r["sample_id"], r)
-    for sid, s in eligible.items():
-        first.setdefault(sid, s)
-    clusters = near_duplicate_clusters(
-        [(s, _key(r), r["question"]) for s, r in first.items()], cfg.near_dup_threshold)
-
-    # RL takes whole clusters: a deterministic share of those with SFT rows, every pool-only one.
-    members: dict[str, list[dict]] = defaultdict(list)
-    for r in routed:
-        members[clusters[r["sample_id"]]].append(r)
-    pool_only: dict[str, list[str]] = defaultdict(list)
-    for sid in eligible:
-        if sid not in task_of:
-            pool_only[clusters[sid]].append(sid)
-    in_cluster: dict[str, list[str]] = defaultdict(list)
-    for sid in eligible:
-        in_cluster[clusters[sid]].append(sid)
-    rank = {s: k for k, s in enumerate(cfg.priority)}
-    chosen: dict[str, list[dict]] = defaultdict(list)
-    rl_counts = Counter()
-    for cluster in sorted(set(members) | set(pool_only)):
-        rs = sorted(members.get(cluster, []),
-                    key=lambda r: (rank[r["split"]], r["sample_id"] != cluster, r["id"]))
-        chances = sorted(in_cluster.get(cluster, []))
-        to_rl = bool(chances) and (not rs or unit_draw("rl", cfg.seed, cluster) < cfg.rl_share)
-        if to_rl:
-            source = chances[0]
-            rl_counts["taken"] += 1
-            rl_counts["duplicates"] += len(chances) - 1
-            row = first[source]
-            chosen[RL].append({**row, "id": source, "sample_id": source,
-                               "task": task_of.get(source, row.get("sample_task"))})
-            own = [r for r in rs if r["sample_id"] == source]
-            spared = min(own, key=lambda r: r["id"]) if own else None
-        else:
-            if not rs:
-                continue
-            rl_counts["left_to_sft"] += len(chances)
-            source = rs[0]["sample_id"]
-            spared = rs[0]
-            chosen[rs[0]["split"]].append(rs[0])
-        for r in rs:
-            if r is not spared:
-                funnel["dropped"]["exact_duplicate" if r["sample_id"] == source else "near_duplicate"] += 1
-
-    components = _components([r for split in chosen.values() for r in split])
-    assignment: dict[str, tuple[str, str]] = {}
-    rl_assignment: dict[str, tuple[str, str]] = {}
-    counts: dict[str, dict[str, Counter]] = {s: {p: Counter() for p in PARTS} for s in SPLITS}
-    for split in SPLITS:
-        kept, dropped = _apply_mix(chosen.get(split, []), cfg.mix.get(split), cfg.seed)
-        for task, n in dropped.items():
-            funnel["dropped"][f"mix:{split}:{task}"] += n
-        for r in kept:
-            key = r["image_hashes"][0] if r["image_hashes"] else question_key(r["question"])
-            part = "test" if unit_draw("test", cfg.seed, components[key]) < cfg.test_share else "train"
-            if split == RL:
-                rl_assignment[r["sample_id"]] = (part, r["task"])
-            else:
-                assignment[r["id"]] = (split, part)
-            counts[split][part][r["task"]] += 1
-    funnel["routed"] = dict(funnel["routed"])
-    funnel["dropped"] = {k: v for k, v in funnel["dropped"].items() if v}
-    funnel["splits"] = {s: {p: dict(c) for p, c in parts.items()} for s, parts in counts.items()}
-    funnel["rl_prompts"] = {"source": cfg.rl_source, "candidates": candidates,
-                            "eligible": len(eligible), "filtered": dict(filtered), **rl_counts}
-    return assignment, rl_assignment, funnel
-
-
 # ------------------------------------------------------------------ building
 
 def default_store_root(sample_files: list[str]) -> Path:
@@ -348,10 +156,13 @@ def default_store_root(sample_files: list[str]) -> Path:
 
 def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str | os.PathLike,
                  cfg: SplitConfig | None = None, store_root: str | os.PathLike | None = None,
-                 vcfg: v.ValidationConfig | None = None) -> dict:
+                 vcfg: v.ValidationConfig | None = None, workers: int = 1) -> dict:
     """Write `out_dir/<split>/{train,test}.parquet`, `out_dir/quarantine.parquet` and
     `out_dir/report.json` (atomically, as a whole directory); returns the report. `store_root`:
-    the pool's image store (default: beside the samples); `vcfg`: the row validations' limits."""
+    the pool's image store (default: beside the samples); `vcfg`: the row validations' limits;
+    `workers`: processes rendering and validating rows (0: one per core; the files are the same
+    whatever the number)."""
+    workers = workers or os.cpu_count() or 1
     cfg = cfg or SplitConfig()
     if not sample_files:
         raise FileNotFoundError("no pool sample shards to build splits from")
@@ -366,16 +177,15 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
     rejected = 0
     if cfg.exclude_ids_file and index.height:
         ids = pl.read_parquet(cfg.exclude_ids_file, columns=["id"])["id"]
-        rejected = index.height - (index := index.filter(~pl.col("id").is_in(ids))).height
+        rejected = index.height - (index := index.filter(~pl.col("id").is_in(ids.implode()))).height
     excluded, decontamination = {}, None
     if cfg.decontaminate is not None:
         matches, decontamination = find_contaminated(pool, store_root, cfg.decontaminate)
         excluded = {sid: "unreadable_image" if all(m["by"] == "unreadable_image" for m in ms)
                     else "decontaminated" for sid, ms in matches.items()}
-    assignment, rl_assignment, funnel = assign(index, pool, cfg, excluded)
+    assigned, rl, funnel = assign(index, pool, cfg, excluded)
     if rejected:
         funnel["dropped"]["review_rejected"] = rejected
-    resolve = store_resolver(store_root)
     with atomic_path(out_dir) as tmp:
         writers = {}
         for split in SPLITS:
@@ -384,13 +194,14 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
                 writers[split, part] = RowWriter(tmp / split / f"{part}.parquet", SCHEMAS[split], cfg.batch_rows)
         quarantine = _Quarantine()
         try:
-            for split, part, row in _rendered(audited_files, sample_files, assignment, rl_assignment, prompts):
-                failures = (v.validate_rl_rows if split == RL else v.validate_sft_rows)([row], resolve, vcfg)
-                quarantine.rendered[split] += 1
-                if failures:
-                    quarantine.add(split, part, row, failures)
-                else:
-                    writers[split, part].add(row)
+            units = _units(audited_files, sample_files, assigned, rl)
+            for rendered in _in_order(_render, units, (prompts, store_root, vcfg), workers):
+                for split, part, row, failures in rendered:
+                    quarantine.rendered[split] += 1
+                    if failures:
+                        quarantine.add(split, part, row, failures)
+                    else:
+                        writers[split, part].add(row)
             for w in writers.values():
                 w.close()
         finally:
@@ -408,45 +219,66 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
     return report
 
 
-def _rendered(audited_files, sample_files, assignment, rl_assignment, prompts):
-    """(split, part, row) for every assigned trajectory and RL prompt, one shard at a time."""
-    assigned = pl.DataFrame({"id": list(assignment), "split": [a[0] for a in assignment.values()],
-                             "part": [a[1] for a in assignment.values()]},
-                            schema={"id": pl.String, "split": pl.String, "part": pl.String})
-    home = _sample_homes(sample_files) if assignment else None
-    for file in audited_files if assignment else []:
-        shard = pl.scan_parquet(file).join(assigned.lazy(), on="id", how="inner", maintain_order="left").collect()
-        if shard.height == 0:
-            continue
-        needed = home.join(shard.select(pl.col("sample_id").unique().alias("id")), on="id", how="semi")
-        samples = {}
-        for (k,), ids in needed.group_by("file", maintain_order=True):   # mostly the shard's own
-            rows = pl.scan_parquet(sample_files[k]).filter(pl.col("id").is_in(ids["id"].implode()))
-            for r in rows.unique("id", keep="first", maintain_order=True).collect().to_dicts():
-                samples[r["id"]] = Sample.from_row(r)
-        for row in shard.to_dicts():
-            yield row["split"], row["part"], sft_row(Trajectory.from_row(row), samples[row["sample_id"]], prompts)
-    if not rl_assignment:
+def _units(audited_files, sample_files, assigned: pl.DataFrame, rl: pl.DataFrame):
+    """The rows to render, as frames of at most `UNIT_ROWS`: (RL or None, frame); the assigned
+    trajectories in shard order, each with its sample (`sample`), then the RL prompts' samples in
+    pool order. The samples are read in one pass over the pool's shards (the rows `pool_index`
+    keeps, without the reference trajectories no row reads); each audited shard is read once and
+    joined with them by id: no shard is read again per other shard."""
+    needed = pl.concat([assigned["sample_id"], rl["sample_id"]]).unique()
+    if needed.is_empty():
         return
-    wanted = list(rl_assignment)
-    done: set[str] = set()
-    for file in sample_files:  # RL prompts in pool order, one sample shard at a time
-        for r in pl.scan_parquet(file).filter(pl.col("id").is_in(wanted)).collect().to_dicts():
-            if r["id"] in done:
-                continue
-            done.add(r["id"])
-            part, task = rl_assignment[r["id"]]
-            yield RL, part, rl_row(Sample.from_row(r), prompts, task)
+    samples = (pl.scan_parquet(sample_files).filter(pl.col("id").is_in(needed.implode()))
+               .unique("id", keep="first", maintain_order=True)
+               .select(*SAMPLE_COLUMNS, pl.lit(None, pl.String).alias("reference"))
+               .collect(engine="streaming"))
+    by_id = samples.select(pl.col("id").alias("sample_id"), pl.struct(pl.all()).alias("sample"))
+    for file in audited_files if assigned.height else []:
+        shard = (pl.scan_parquet(file).join(assigned.lazy().drop("sample_id"), on="id", how="inner",
+                                            maintain_order="left")
+                 .collect().join(by_id, on="sample_id", how="left", maintain_order="left"))
+        for chunk in shard.iter_slices(UNIT_ROWS):
+            yield None, chunk
+    prompts_of = samples.join(rl.select(pl.col("sample_id").alias("id"), "part", pl.col("task").alias("rl_task")),
+                              on="id", how="inner", maintain_order="left")
+    for chunk in prompts_of.iter_slices(UNIT_ROWS):
+        yield RL, chunk
 
 
-def _sample_homes(sample_files: list[str]) -> pl.DataFrame:
-    """Sample id -> the index of the first sample file that holds it (the row `pool_index` keeps),
-    from one pass over the id columns: each audited shard then reads only the sample files its
-    trajectories come from, instead of every pool shard (which made building splits quadratic in
-    the shard count)."""
-    ids = [pl.scan_parquet(f).select("id", pl.lit(k, pl.Int32).alias("file"))
-           for k, f in enumerate(sample_files)]
-    return pl.concat(ids).unique("id", keep="first", maintain_order=True).collect(engine="streaming")
+def _render(rl: str | None, frame: pl.DataFrame, prompts, store_root, vcfg) -> list[tuple]:
+    """(split, part, row, failures) of each row of a unit: rendered (`rows.sft_row`, `rows.rl_row`)
+    and run through the row validations. Runs in this process or a worker's."""
+    resolve = store_resolver(store_root)
+    out = []
+    for r in frame.iter_rows(named=True):
+        if rl:
+            split, row = RL, rl_row(Sample.from_row(r), prompts, r["rl_task"])
+            failures = v.validate_rl_rows([row], resolve, vcfg)
+        else:
+            split, row = r["split"], sft_row(Trajectory.from_row(r), Sample.from_row(r["sample"]), prompts)
+            failures = v.validate_sft_rows([row], resolve, vcfg)
+        out.append((split, r["part"], row, failures))
+    return out
+
+
+def _in_order(fn, units, args: tuple, workers: int):
+    """fn(*unit, *args) of each unit, in order: here (`workers` 1), or in worker processes with
+    at most two units per worker in flight (memory stays bounded by a few units)."""
+    units = iter(units)
+    first = list(islice(units, 2))
+    if workers <= 1 or len(first) < 2:       # one unit: not worth starting processes
+        for unit in chain(first, units):
+            yield fn(*unit, *args)
+        return
+    units = chain(first, units)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque = deque()
+        for unit in units:
+            pending.append(pool.submit(fn, *unit, *args))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 class _Quarantine:
