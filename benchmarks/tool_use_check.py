@@ -158,13 +158,14 @@ def _summary(mode: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def prepare(seed: int, args, work: Path) -> tuple[dict, Path]:
-    """The seed's data (pipeline) and tiny model (reused when already built)."""
-    from thyme_train.tiny import build_tiny_model
-
+    """The seed's data (pipeline) and tiny model (reused when already built). The model is
+    built in its own process: in a thread beside other seeds' sandbox forks it deadlocked."""
     data = tool_use_data.build(work / f"seed{seed}" / "data", count=args.count, seed=seed,
                                workers=args.sandbox_workers, prompt_set=args.prompt_set,
                                task=args.task, wording=args.wording)
-    tiny = build_tiny_model(work / f"seed{seed}" / f"tiny_{args.preset}", args.preset, seed)
+    tiny = work / f"seed{seed}" / f"tiny_{args.preset}"
+    _run([sys.executable, "-m", "thyme_train.tiny", "--out", str(tiny), "--preset", args.preset,
+          "--seed", str(seed)], work / f"seed{seed}" / "tiny.log", threads=1)
     return data, tiny
 
 
@@ -356,9 +357,6 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--k", type=int, default=10, help="steps averaged at each end")
     g.add_argument("--min-rise", type=float, default=0.1, help="smallest accuracy rise that counts")
     args = parser.parse_args(argv)
-    # Seeds run in threads of this process, which trains tokenizers (the tiny models) and forks
-    # sandbox workers: the tokenizers' thread pool after a fork deadlocks, so keep it off.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
