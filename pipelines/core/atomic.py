@@ -63,12 +63,11 @@ def atomic_path(path: str | os.PathLike, make_parent: bool = True,
             raise WriteFailed(exc.errno, f"{os.strerror(exc.errno)}; not written", str(path)) from exc
         raise
     finally:
-        if renamed:
-            pass
-        elif tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        if not renamed:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, tmp_dir: Path | None = None,
