@@ -29,9 +29,10 @@ GRPO-ATS (`python -m thyme_train.grpo`, rl_tiny.yaml: rollouts with the sandbox 
 sampling, the unchanged rewards) on the RL dataset's `train` prompts, and the same run with
 learning rate 0 (the same rollouts, no update): the curves of accuracy, execution success and
 tool-call rate per step, and both final policies evaluated on the held-out items. Passes when
-for every seed the accuracy of the last --k steps beats the first --k by --min-rise and two
-standard errors, execution success rises, the tool-call rate stays >= 0.5, and held-out accuracy
-with tools beats the no-update run's.
+for every seed the accuracy of the last --k steps beats the no-update run's on the same steps
+(same prompts: paired) by --min-rise and two standard errors, execution success rises or holds
+its ceiling (>= 0.95), the tool-call rate stays >= 0.5, and held-out accuracy with tools beats
+the no-update run's.
 
 `--prompt-set benchmarks/tool_use_prompts.yaml` renders the data, SFT and evaluation with a short
 prompt set (about 100 fewer tokens a row than `thyme`'s); `--task arithmetic_small` draws fewer
@@ -258,6 +259,19 @@ def series(out: Path) -> dict:
             "end_answer": get("thyme/end/answer")}
 
 
+def paired(updated: list[float], frozen: list[float], k: int, min_rise: float) -> dict:
+    """The last K steps of the run with updates against the same steps of the run without: both
+    runs draw the same prompts in the same order (same seed), so the per-step difference removes
+    the prompts' own difficulty, which moves a 4-8-prompt batch mean far more than learning does.
+    `rose` = the mean difference beats `min_rise` and 2 standard errors of the differences."""
+    diffs = [u - f for u, f in zip(updated[-k:], frozen[-k:], strict=True)]
+    mean = _mean(diffs)
+    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5 \
+        if len(diffs) > 1 else float("inf")
+    return {"updates": _mean(updated[-k:]), "no_updates": _mean(frozen[-k:]), "rise": mean,
+            "rise_se": se, "rose": bool(mean > min_rise and mean > 2 * se)}
+
+
 def run_grpo_seed(seed: int, args, work: Path) -> dict:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     folder = work / f"seed{seed}"
@@ -282,15 +296,22 @@ def run_grpo_seed(seed: int, args, work: Path) -> dict:
     heldout_start = {mode: _summary(m) for mode, m in
                      json.loads(start_results.read_text())["summaries"].items()} \
         if start_results.is_file() else None
-    s = runs["updates"]["series"]
+    s, frozen = runs["updates"]["series"], runs["no_updates"]["series"]
     summary = {"accuracy": compare(s["accuracy"], args.k, args.min_rise),
+               "accuracy_vs_no_updates": paired(s["accuracy"], frozen["accuracy"], args.k,
+                                                args.min_rise),
                "exec_success": compare(s["exec_success"], args.k, 0.0),
+               "exec_success_vs_no_updates": paired(s["exec_success"], frozen["exec_success"],
+                                                    args.k, 0.0),
                "tool_call_rate_min": min(s["tool_call_rate"]),
-               "tool_call_rate_mean": _mean(s["tool_call_rate"])}
-    frozen = runs["no_updates"]["series"]
-    summary["no_updates_accuracy"] = compare(frozen["accuracy"], args.k, args.min_rise)
+               "tool_call_rate_mean": _mean(s["tool_call_rate"]),
+               "no_updates_accuracy": compare(frozen["accuracy"], args.k, args.min_rise)}
+    # Execution success starts near 100% from a checkpoint that already calls the sandbox: it
+    # cannot rise there, so holding the ceiling (>= 0.95 over the last K steps) counts.
+    exec_ok = (summary["exec_success"]["rose"] or summary["exec_success_vs_no_updates"]["rose"]
+               or summary["exec_success"]["last"] >= 0.95)
     up, fr = runs["updates"]["heldout"]["tools"], runs["no_updates"]["heldout"]["tools"]
-    passed = (summary["accuracy"]["rose"] and summary["exec_success"]["rose"]
+    passed = (summary["accuracy_vs_no_updates"]["rose"] and exec_ok
               and summary["tool_call_rate_mean"] >= 0.5 and up["accuracy"] > fr["accuracy"])
     return {"seed": seed, "from_step": from_step, "runs": runs, "summary": summary,
             "passed": passed,
