@@ -285,7 +285,7 @@ def test_deepeyes_nested_verl_columns(tmp_path):
 def test_generic_jsonl_with_relative_paths_and_mapping(tmp_path):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.jpg").write_bytes(JPEG)
-    lines = [{"prompt": "Q1?", "img": "imgs/a.jpg", "label": "yes"},
+    lines = [{"prompt": "Q1?", "img": "imgs/a.jpg", "label": "yes", "task": "  "},  # blank task
              {"prompt": "Q2?", "img": "imgs/missing.jpg", "label": "no"}]
     (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken json\n")
     cfg = IngestConfig("generic", str(tmp_path / "out"), [str(tmp_path / "data.jsonl")],
@@ -293,7 +293,7 @@ def test_generic_jsonl_with_relative_paths_and_mapping(tmp_path):
     report = ingest(cfg, progress=False)
     assert report["kept"] == 1 and report["quarantined_by_reason"] == {"missing_image_file": 1, "unparseable": 1}
     (row,) = read_samples(tmp_path / "out")
-    assert (row["question"], row["answer"]) == ("Q1?", "yes")
+    assert (row["question"], row["answer"], row["task"]) == ("Q1?", "yes", "unknown")
     bad = {q["origin"]["row"]: q for q in read_quarantine(tmp_path / "out")}
     assert bad[1]["reason"] == "missing_image_file" and "imgs/missing.jpg" in bad[1]["detail"]
     assert bad[2]["reason"] == "unparseable" and bad[2]["origin"]["file"] == "data.jsonl"

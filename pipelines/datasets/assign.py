@@ -2,13 +2,16 @@
 14, 18), as table operations over the index (`pipelines.datasets.splits` builds the rows):
 
     scan_index(audited_files, pool) -> (index, totals)     one pass over the audited shards
-    assign(index, pool, cfg, excluded) -> (assigned, rl, funnel)
+    assign(index, pool, cfg, excluded) -> (assigned, rl, funnel, unroutable)
 
 `assigned`: trajectory id -> split, part; `rl`: sample id -> part, task; `funnel`: the counts of
-each step for the report. Routing, the exclusions, the RL filter, the choice of one row per
-near-duplicate cluster, the task mix and the held-out part are joins, group-bys and column
-expressions; Python runs per row only for what must stay byte-compatible with earlier builds:
-the hashed draws (`rows.unit_draw`), text-only question keys and near-duplicate detection
+each step for the report; `unroutable`: the rows (id, sample_id) without a task (null or blank),
+which no split can take (the computation split, the mix and the counts are by task): the
+trajectories, and with `rl_source="pool"` the RL candidates (a sample id; in the RL funnel as
+`missing_task`); the stage quarantines them. Routing, the exclusions, the RL filter, the choice
+of one row per near-duplicate cluster, the task mix and the held-out part are joins, group-bys
+and column expressions; Python runs per row only for what must stay byte-compatible with earlier
+builds: the hashed draws (`rows.unit_draw`), text-only question keys and near-duplicate detection
 (`pipelines.datasets.dedup`, per question, skipped for questions alone with their image and
 numbers). Rows are taken in the same order on every run, so the same inputs give the same splits.
 """
@@ -21,13 +24,18 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from pipelines.datasets.dedup import near_duplicate_clusters
-from pipelines.datasets.names import COMPUTATION, PARTS, RL, SINGLE, SPLITS, TWO_ROUND
+from pipelines.datasets.names import COMPUTATION, MISSING_TASK, PARTS, RL, SINGLE, SPLITS, TWO_ROUND
 from pipelines.datasets.rows import question_key, unit_draw
 
 if TYPE_CHECKING:
     from pipelines.datasets.splits import SplitConfig
 
 _S = pl.String
+
+
+def missing_task(column: str = "task") -> pl.Expr:
+    """Whether a row's task is null or blank (a pool written by other tools may hold either)."""
+    return pl.col(column).str.strip_chars().fill_null("") == ""
 
 
 def scan_index(audited_files: list[str], pool: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
@@ -68,8 +76,9 @@ def _keys_of(frame: pl.DataFrame) -> pl.Series:
 
 
 def _route(index: pl.DataFrame, cfg: SplitConfig, excluded: pl.DataFrame, dropped: Counter,
-           routed_counts: Counter) -> pl.DataFrame:
-    """The index's trajectories that go to an SFT split (column `split`), in index order."""
+           routed_counts: Counter) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The index's trajectories that go to an SFT split (column `split`), in index order, and
+    those without a task (id, sample_id), which none can take."""
     rounds = pl.col("code_rounds")
     split = (pl.when(rounds > cfg.max_code_rounds).then(None)
              .when(pl.col("task") == "computation").then(pl.lit(COMPUTATION))
@@ -79,17 +88,19 @@ def _route(index: pl.DataFrame, cfg: SplitConfig, excluded: pl.DataFrame, droppe
     for reason, n in frame["excluded"].drop_nulls().value_counts().iter_rows():
         dropped[reason] += n
     kept = frame.filter(pl.col("excluded").is_null()).drop("excluded")
+    unroutable = kept.filter(missing_task()).select("id", "sample_id")
+    kept = kept.filter(~missing_task())
     dropped["too_many_code_rounds"] += kept["split"].null_count()
     kept = kept.filter(pl.col("split").is_not_null())
     for name, n in kept["split"].value_counts().iter_rows():
         routed_counts[name] += n
-    return kept
+    return kept, unroutable
 
 
 def _rl_candidates(routed: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
-                   excluded: pl.DataFrame, task_of: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """The samples that may become RL prompts (`task`: the audit's, else the sample's) and the
-    counts: candidates, eligible, filtered per reason."""
+                   excluded: pl.DataFrame, task_of: pl.DataFrame) -> tuple[pl.DataFrame, dict, pl.DataFrame]:
+    """The samples that may become RL prompts (`task`: the audit's, else the sample's), the
+    counts (candidates, eligible, filtered per reason) and the candidates without a task."""
     if cfg.rl_source == "pool":
         rows = pool.join(task_of, on="sample_id", how="left", maintain_order="left")
     else:
@@ -99,11 +110,16 @@ def _rl_candidates(routed: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
             .join(excluded, on="sample_id", how="left", maintain_order="left"))
     filtered = Counter(dict(rows["excluded"].drop_nulls().value_counts().iter_rows()))
     rows = rows.filter(pl.col("excluded").is_null()).drop("excluded")
+    unroutable = rows.filter(missing_task()).select(pl.col("sample_id").alias("id"), "sample_id")
+    if unroutable.height:
+        filtered[MISSING_TASK] += unroutable.height
+    candidates = rows.height
+    rows = rows.filter(~missing_task())
     rows = rows.with_columns(cfg.rl_filter.rejections(rows).alias("reason"))
     filtered.update(dict(rows["reason"].drop_nulls().value_counts().iter_rows()))
     eligible = rows.filter(pl.col("reason").is_null()).drop("reason")
-    return eligible, {"source": cfg.rl_source, "candidates": rows.height, "eligible": eligible.height,
-                      "filtered": dict(filtered)}
+    return eligible, {"source": cfg.rl_source, "candidates": candidates, "eligible": eligible.height,
+                      "filtered": dict(filtered)}, unroutable
 
 
 _ROW = ("sample_id", "question", "image_hashes", "lineage_image")   # what clustering and parts read
@@ -227,20 +243,23 @@ def _mix(rows: pl.DataFrame, weights: dict[str, float] | None, seed: int) -> tup
 
 
 def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
-           excluded: dict[str, str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+           excluded: dict[str, str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict, pl.DataFrame]:
     """(assigned: id, sample_id, split, part of each SFT row; rl: sample_id, part, task of each RL prompt;
-    funnel counts of each step). `excluded`: sample id -> why decontamination keeps it out
-    (`decontaminated`, or `unreadable_image`: it could not be checked)."""
+    funnel counts of each step; unroutable: id, sample_id of each row without a task).
+    `excluded`: sample id -> why decontamination keeps it out (`decontaminated`, or
+    `unreadable_image`: it could not be checked)."""
     excluded = excluded or {}
     reasons = pl.DataFrame({"sample_id": list(excluded), "excluded": list(excluded.values())},
                            schema={"sample_id": _S, "excluded": _S})
     dropped, routed_counts = Counter(), Counter()
-    routed = (_route(index, cfg, reasons, dropped, routed_counts) if index.height
-              else pool.clear().with_columns(*(pl.lit(None, t).alias(c) for c, t in
-                                               (("id", _S), ("task", _S), ("split", _S)))))
+    no_task = pl.DataFrame(schema={"id": _S, "sample_id": _S})
+    routed, no_task = (_route(index, cfg, reasons, dropped, routed_counts) if index.height
+                       else (pool.clear().with_columns(*(pl.lit(None, t).alias(c) for c, t in
+                                                         (("id", _S), ("task", _S), ("split", _S)))),
+                             no_task))
     task_of = (routed.unique("sample_id", keep="first", maintain_order=True)
                .select("sample_id", pl.col("task").alias("audited_task")))
-    eligible, rl_counts = _rl_candidates(routed, pool, cfg, reasons, task_of)
+    eligible, rl_counts, no_rl_task = _rl_candidates(routed, pool, cfg, reasons, task_of)
     clusters = _clusters(routed, eligible, cfg.near_dup_threshold)
     chosen, taken = _choose(routed, eligible, clusters, task_of, cfg, dropped)
 
@@ -267,4 +286,4 @@ def assign(index: pl.DataFrame, pool: pl.DataFrame, cfg: SplitConfig,
               "splits": counts, "rl_prompts": {**rl_counts, **taken}}
     assigned = kept.filter(pl.col("split") != RL).select("id", "sample_id", "split", "part")
     rl = kept.filter(pl.col("split") == RL).select("sample_id", "part", "task")
-    return assigned, rl, funnel
+    return assigned, rl, funnel, pl.concat([no_task, no_rl_task])

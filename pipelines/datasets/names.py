@@ -6,6 +6,9 @@ SINGLE, TWO_ROUND, COMPUTATION, RL = "wo_thinking_thyme_single_round", "2round",
 SFT_SPLITS = (SINGLE, TWO_ROUND, COMPUTATION)
 SPLITS = (*SFT_SPLITS, RL)
 PARTS = ("train", "test")
+# The quarantine's name for rows no split could take (a row without a task: routing, the mix and
+# the counts are by task), and its check.
+UNROUTED, MISSING_TASK = "unrouted", "missing_task"
 
 # Validation checks (pipelines.datasets.validate), each with what it guards.
 CHECKS = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.core.previews import Table, example, examples
-from pipelines.datasets.names import RL
+from pipelines.datasets.names import RL, UNROUTED
 
 
 def rows_markdown(rows: list[dict], split: str, pool_dir: Path) -> str:
@@ -36,11 +36,14 @@ def counts_table(counts: dict, key: str) -> Table:
 
 def corpus_funnel(report: dict, split: str | None = None) -> Table:
     """From the pool to the splits (`build_splits`' report): pool samples, trajectories, passed
-    the audit, routed to each split, dropped by reason, and the rows `split` ended with."""
+    the audit, routed to each split, dropped by reason, quarantined before any split (a row
+    without a task), and the rows `split` ended with."""
     stages = [("pool samples", report["pool_samples"]), ("trajectories", report["trajectories"]),
               ("passed the audit", report["passed"])]
     stages += [(f"routed to {s}", n) for s, n in sorted(report["routed"].items())]
     stages += [(f"dropped: {reason}", n) for reason, n in sorted(report["dropped"].items())]
+    unrouted = report.get("validated", {}).get("quarantined", {}).get(UNROUTED, {})
+    stages += [(f"quarantined, no split: {check}", n) for check, n in sorted(unrouted.items())]
     if split is not None:
         stages.append((f"rows in {split}", sum(report["rows"][split].values())))
     return Table([("stage", "string"), ("count", "int")],

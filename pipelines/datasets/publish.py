@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from pipelines.core.atomic import atomic_path
 from pipelines.core.formats import b64
 from pipelines.core.published import ENCODINGS, shard_name
-from pipelines.datasets.names import COMPUTATION, RL, SINGLE, TWO_ROUND
+from pipelines.datasets.names import COMPUTATION, RL, SINGLE, TWO_ROUND, UNROUTED
 from pipelines.datasets.splits import iter_split, split_file
 from pipelines.datasets.splits import store_resolver as _store_resolver
 
@@ -167,6 +167,9 @@ def publish(split_dir: str | os.PathLike, store_root: str | os.PathLike, out_dir
                     for batch in iter_split(split_dir, *source, batch_rows=cfg.rows_per_group):
                         encoded, size = [], 0
                         for row in batch:
+                            if not (row["task"] or "").strip():   # build_splits quarantines these
+                                raise ValueError(f"{split_file(split_dir, *source)}: row {row['id']}: "
+                                                 "task is missing (rebuild the splits)")
                             encoded.append(encode_row(row, cfg.kind, encoding, lambda p: resolve(p).read_bytes()))
                             size += sum(resolve(p).stat().st_size for p in row["images"])
                             size += len(row.get("response") or row.get("question") or "")
@@ -341,7 +344,9 @@ def _sections(funnel: dict) -> str:
         checks = sorted({c for by in validated["quarantined"].values() for c in by})
         rows = {split: {**by, "rendered": validated["rendered"].get(split, 0)}
                 for split, by in validated["quarantined"].items()}
-        out.append("## Rows set aside by validation\n\n" + _table(rows, ["rendered", *checks]))
+        note = (f"\n\n`{UNROUTED}`: rows no split could take (without a task), set aside before "
+                "rendering." if UNROUTED in rows else "")
+        out.append("## Rows set aside by validation\n\n" + _table(rows, ["rendered", *checks]) + note)
     rl = (funnel or {}).get("rl_prompts")
     if rl:
         out.append(f"## RL prompts\n\nFrom the {'pool (no teacher)' if rl.get('source') == 'pool' else 'samples with an audited trajectory'}: "

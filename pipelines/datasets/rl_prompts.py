@@ -9,7 +9,8 @@ or DeepEyes pool, a generic pool with an answer column, the generated pool) with
 
 Reasons (counted per reason in the split report): `no_question`, `no_answer`, `answer:<kind>`
 (a ground truth of a kind the user did not allow, `pipelines.core.answers.truth_kind`),
-`no_image`, `image_side` (an input smaller than the minimum side), `task`, `difficulty`.
+`no_image`, `image_side` (an input smaller than the minimum side), `task`, `difficulty`; a
+candidate without a task is counted as `missing_task` and quarantined (`pipelines.datasets.assign`).
 """
 
 from __future__ import annotations

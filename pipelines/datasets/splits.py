@@ -21,7 +21,9 @@ benchmark are dropped first (`pipelines.datasets.decontaminate`).
 Every rendered row goes through the row validations (`pipelines.datasets.validate`) before it is
 written: a row that fails is set aside in `quarantine.parquet` with its checks, reasons and the
 sample's origin (file, row), and counted per check in the report; the Dagster checks block only
-above the rate the user sets.
+above the rate the user sets. A row without a task (null or blank) reaches no split: it is set
+aside there too, before rendering, as split `unrouted`, check `missing_task` ("row <id>: task is
+missing"), and the batch goes on.
 
 Linear in rows and shards, each input file read a constant number of times: an index (ids,
 task, kind, question, image hashes) from one streaming pass over the shards' small columns; the
@@ -60,12 +62,14 @@ from pipelines.datasets.decontaminate import DecontaminationConfig, find_contami
 from pipelines.datasets.dedup import near_duplicate_clusters  # noqa: F401  re-exported
 from pipelines.datasets.names import (
     COMPUTATION,
+    MISSING_TASK,
     PARTS,
     RL,
     SFT_SPLITS,
     SINGLE,
     SPLITS,
     TWO_ROUND,
+    UNROUTED,
     split_checks,
 )
 from pipelines.datasets.paths import store_relpath
@@ -183,7 +187,7 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
         matches, decontamination = find_contaminated(pool, store_root, cfg.decontaminate)
         excluded = {sid: "unreadable_image" if all(m["by"] == "unreadable_image" for m in ms)
                     else "decontaminated" for sid, ms in matches.items()}
-    assigned, rl, funnel = assign(index, pool, cfg, excluded)
+    assigned, rl, funnel, unroutable = assign(index, pool, cfg, excluded)
     if rejected:
         funnel["dropped"]["review_rejected"] = rejected
     with atomic_path(out_dir) as tmp:
@@ -193,6 +197,9 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
             for part in PARTS:
                 writers[split, part] = RowWriter(tmp / split / f"{part}.parquet", SCHEMAS[split], cfg.batch_rows)
         quarantine = _Quarantine()
+        for row_id, sample_id in unroutable.iter_rows():
+            quarantine.add(UNROUTED, None, {"id": row_id, "sample_id": sample_id},
+                           [v.Failure(MISSING_TASK, row_id, f"row {row_id}: task is missing")])
         try:
             units = _units(audited_files, sample_files, assigned, rl)
             for rendered in _in_order(_render, units, (prompts, store_root, vcfg), workers):
@@ -290,7 +297,7 @@ class _Quarantine:
         self.rendered: Counter = Counter()
         self.by_check: dict[str, Counter] = defaultdict(Counter)
 
-    def add(self, split: str, part: str, row: dict, failures: list) -> None:
+    def add(self, split: str, part: str | None, row: dict, failures: list) -> None:
         checks = sorted({f.check for f in failures})
         for check in checks:
             self.by_check[split][check] += 1

@@ -354,7 +354,7 @@ class Reader:
         meta: dict = {}  # category, difficulty, options: truth.GENERIC_DEFAULTS (to_sample)
         refs = self._images([] if images is None else _image_list({"i": images}, "i"), store,
                             meta)  # [] : text-only
-        task = _text(row, col["task"], required=False) or "unknown"
+        task = _text(row, col["task"], required=False).strip() or "unknown"  # blank: not a task
         answer = row.get(col["answer"])
         if isinstance(answer, (list, dict)):
             raise RowRejected("wrong_type", f"'{col['answer']}' is {type(answer).__name__}, expected text or a number")
