@@ -91,6 +91,7 @@ class _WorkerHandle:
         self.generation = 0
         self.pid = -1
         self.info: dict = {}
+        self.open_sessions = 0    # sessions placed here and not yet closed (Sandbox._sessions_lock)
 
     def start(self) -> None:
         self.pid, self.fd_to, self.fd_from = self.launcher(self.config)
@@ -248,6 +249,7 @@ class Sandbox:
             self._handles.append(_WorkerHandle(config, launcher))
         self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
         self._next_session = itertools.count()
+        self._sessions_lock = threading.Lock()
         try:
             for h in self._handles:
                 h.start()
@@ -281,8 +283,16 @@ class Sandbox:
             self._idle.put(handle)
 
     def session(self, inputs: Sequence[str | os.PathLike] = (), timeout: float | None = None) -> Session:
-        """A trajectory: code blocks run in one process, so variables persist between them."""
-        handle = self._handles[next(self._next_session) % len(self._handles)]
+        """A trajectory: code blocks run in one process, so variables persist between them.
+        It goes to the worker with the fewest open sessions (ties in turn): plain turns would
+        put two concurrent sessions on one worker whenever sessions differ in length, and that
+        worker would serve both one call at a time while another stood idle."""
+        with self._sessions_lock:
+            start = next(self._next_session)
+            n = len(self._handles)
+            handle = min((self._handles[(start + i) % n] for i in range(n)),
+                         key=lambda h: h.open_sessions)
+            handle.open_sessions += 1
         return Session(self, handle, [os.fspath(p) for p in inputs], timeout)
 
     def map(self, jobs: Iterable[Job | dict], progress: bool = False) -> list[Result]:
@@ -351,6 +361,7 @@ class Session:
         self.sandbox, self.handle, self.inputs, self.timeout = sandbox, handle, inputs, timeout
         self.id = uuid.uuid4().hex
         self._generation = None
+        self._closed = False
 
     def run(self, code: str, timeout: float | None = None, *,
             results_dir: str | os.PathLike | None = None) -> Result:
@@ -364,6 +375,11 @@ class Session:
         return result
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self.sandbox._sessions_lock:
+            self.handle.open_sessions -= 1
         if self.handle.pid > 0:
             with self.handle.lock:
                 self.handle.call({"op": "close", "session": self.id}, WORKER_GRACE_S)

@@ -123,6 +123,22 @@ def test_session_after_timeout_runs_fresh_and_says_so(sandbox):
     assert any("state was lost" in n for n in r.notes)
 
 
+def test_concurrent_sessions_go_to_different_workers(sandbox):
+    """A session goes to the worker with the fewest open ones. In plain turns two trajectories
+    at once shared a worker whenever the sessions before them differed in length, and that
+    worker ran both one call at a time while the other stood idle."""
+    with sandbox.session() as a:
+        with sandbox.session() as b:
+            assert a.handle is not b.handle
+            assert a.run("x = 1\nprint(x)").ok and b.run("x = 2\nprint(x)").ok
+        for _ in range(2):     # b is closed: its worker is free, a's is not (turns alternate)
+            with sandbox.session() as c:
+                assert c.handle is not a.handle
+                assert c.run("print(7)").text == "7"
+        assert a.run("print(x)").text == "1"
+    a.close()                  # closing twice is harmless
+
+
 def test_image_path_predefined_and_repaired(sandbox, sample_image):
     r = sandbox.run("print(image_path.endswith('sample.jpg'))", inputs=[sample_image])
     assert r.text == "True"

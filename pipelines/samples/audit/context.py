@@ -121,6 +121,18 @@ _INPUTS_LOCK = threading.Lock()
 _INPUTS_KEPT = 4            # trajectories of one sample usually come together
 
 
+class _Loading:
+    """An input one thread is decoding; the others auditing the same sample wait for it."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.item: Input | None = None
+        self.error: str | None = None     # why it is Unreadable (neither set: it failed otherwise)
+
+
+_LOADING: dict[tuple, _Loading] = {}
+
+
 def _cached_input(path: Path, max_pixels: int) -> Input:
     try:
         st = path.stat()
@@ -131,12 +143,32 @@ def _cached_input(path: Path, max_pixels: int) -> Input:
         if key in _INPUTS:
             _INPUTS.move_to_end(key)
             return _INPUTS[key]
-    grey = _load_grey(path, max_pixels)
-    item = Input(grey, Pyramid(grey), thumbnail(grey))
-    with _INPUTS_LOCK:
-        _INPUTS[key] = item
-        while len(_INPUTS) > _INPUTS_KEPT:
-            _INPUTS.popitem(last=False)
+        loading = _LOADING.get(key)
+        mine = loading is None
+        if mine:
+            loading = _LOADING[key] = _Loading()
+    if not mine:
+        # The candidates of one sample are audited side by side: one decode, not one per thread.
+        loading.done.wait()
+        if loading.item is not None:
+            return loading.item
+        if loading.error is not None:
+            raise Unreadable(loading.error)
+        return _cached_input(path, max_pixels)   # it failed otherwise: try for ourselves
+    try:
+        grey = _load_grey(path, max_pixels)
+        item = loading.item = Input(grey, Pyramid(grey), thumbnail(grey))
+    except Unreadable as exc:
+        loading.error = str(exc)
+        raise
+    finally:
+        with _INPUTS_LOCK:
+            del _LOADING[key]
+            if loading.item is not None:
+                _INPUTS[key] = loading.item
+                while len(_INPUTS) > _INPUTS_KEPT:
+                    _INPUTS.popitem(last=False)
+        loading.done.set()
     return item
 
 

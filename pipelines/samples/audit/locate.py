@@ -30,6 +30,9 @@ class Pyramid:
         self.full = grey
         self._raw: dict[int, np.ndarray] = {0: grey}
         self._band: dict[tuple[int, float | None], np.ndarray] = {}
+        # As a needle: its templates by (width, height, clip). The refinement of neighbouring
+        # peaks asks for the same sizes again (about 5 times each).
+        self.templates: dict[tuple[int, int, float | None], tuple[np.ndarray, int] | None] = {}
 
     def index(self, scale: float) -> int:
         """The coarsest level whose scale is still >= `scale`."""
@@ -98,7 +101,15 @@ def _band(img: np.ndarray, clip: float | None = None, dither: bool = False) -> n
 
 def _template(needle: Pyramid, tw: int, th: int, clip: float | None) -> tuple[np.ndarray, int] | None:
     """The needle resized to tw x th and band-passed, minus the margin whose filter saw the
-    border; returns it and the margin (None when too small or featureless)."""
+    border; returns it and the margin (None when too small or featureless). Made once per size
+    (`Pyramid.templates`)."""
+    key = (tw, th, clip)
+    if key not in needle.templates:
+        needle.templates[key] = _make_template(needle, tw, th, clip)
+    return needle.templates[key]
+
+
+def _make_template(needle: Pyramid, tw: int, th: int, clip: float | None) -> tuple[np.ndarray, int] | None:
     m = _TEMPLATE_MARGIN if min(tw, th) >= 2 * _TEMPLATE_MARGIN + 10 else 0
     if min(tw, th) - 2 * m < 6:
         return None
