@@ -23,6 +23,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/python -m assets demo
 	$(VENV)/bin/python -m sandbox demo
+	$(VENV)/bin/python benchmarks/tool_use_check.py demo
 
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -m assets.definitions

@@ -6,6 +6,7 @@ copies the numbers from the question, the sandbox computes, the answer copies th
 
     python benchmarks/tool_use_check.py sft  --seeds 0 1 2     SFT; tools vs direct on held-out items
     python benchmarks/tool_use_check.py grpo --seeds 0 1 2     GRPO-ATS on top (after `sft`)
+    python benchmarks/tool_use_check.py demo                   `make demo`'s smaller check
 
 `sft`, per seed, everything through the project's own code, each step its own process:
   1. data: the generated pool's arithmetic task -> template teacher -> sandbox -> audit -> splits
@@ -69,6 +70,15 @@ from grpo_learning_check import _mean, compare  # noqa: E402  (one first-vs-last
 from pipelines.core.atomic import write_json  # noqa: E402
 
 WORK = ROOT / "data" / "benchmarks" / "tool_use_check"
+# `make demo`'s smaller check (`demo`): seed 0 of the setting that left the copy plateau fastest
+# (docs/benchmarks.md, run 4d: batch 32 learned the copy in ~250 steps where batch 8 took
+# 1,600-2,100+); it passes when tools beat direct by 30 points with at least 50% right.
+DEMO = dict(seeds=[0], task="arithmetic_fixed", wording="fixed", preset="deep", batch=32,
+            sft_steps=300, sft_lr=2e-3, schedule="constant_with_warmup", control=False,
+            prompt_set="benchmarks/tool_use_prompts.yaml", final_items=20, curve_items=16,
+            curve_every=300, eval_every=100, min_tools=0.5, min_gap=0.3,
+            work=str(ROOT / "data" / "demo" / "tool_use"),
+            out=str(ROOT / "data" / "demo" / "tool_use" / "tool_use_demo"))
 IMG = ROOT / "docs" / "img"
 SETTINGS = "check_settings.json"   # in each run/evaluation folder: the command that made it
 
@@ -323,49 +333,61 @@ def run_grpo_seed(seed: int, args, work: Path) -> dict:
 # Command line
 # ---------------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="part", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    common.add_argument("--jobs", type=int, default=1,
-                        help="seeds run at once, the cores shared between them")
-    common.add_argument("--sandbox-workers", type=int, default=1)
-    common.add_argument("--max-new-tokens", type=int, default=256,
-                        help="tokens per generation call (a trajectory's longest call is ~150)")
-    common.add_argument("--final-items", type=int, default=None,
-                        help="held-out items for final evaluations (default all)")
-    common.add_argument("--work", default=str(WORK))
-    common.add_argument("--prompt-set", default="thyme",
-                        help="prompt set of the data, SFT and evaluation: a name or a YAML path, "
-                             "e.g. benchmarks/tool_use_prompts.yaml (short: cheaper steps)")
-    common.add_argument("--out", default=None, help="figure and numbers (default docs/img/...)")
 
-    s = sub.add_parser("sft", parents=[common], help="SFT, then tools vs direct on held-out items")
-    s.add_argument("--count", type=int, default=2400, help="generated samples per seed")
-    s.add_argument("--task", default="arithmetic",
-                   choices=("arithmetic", "arithmetic_small", "arithmetic_fixed"),
-                   help="the generated pool's task (arithmetic_small: fewer digits to copy; "
-                        "arithmetic_fixed: one phrasing, 3x3-digit products of six digits)")
-    s.add_argument("--wording", default="varied", choices=("varied", "fixed"),
-                   help="the template teacher's wording (fixed: the first option of every "
-                        "choice, so copied numbers sit at constant offsets)")
-    s.add_argument("--preset", default="default", help="thyme_train.tiny preset")
-    s.add_argument("--sft-steps", type=int, default=600)
-    s.add_argument("--sft-lr", type=float, default=3e-3)
-    s.add_argument("--schedule", default="cosine")
-    s.add_argument("--warmup-ratio", type=float, default=0.03)
-    s.add_argument("--batch", type=int, default=8)
-    s.add_argument("--eval-every", type=int, default=100, help="checkpoint (and curve point) interval")
-    s.add_argument("--curve-every", type=int, default=200, help="steps between curve points")
-    s.add_argument("--curve-items", type=int, default=20, help="held-out items per curve point")
-    s.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train the control that answers without code")
-    s.add_argument("--min-tools", type=float, default=0.8)
-    s.add_argument("--min-gap", type=float, default=0.5)
+    def common_options(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        common.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        common.add_argument("--jobs", type=int, default=1,
+                            help="seeds run at once, the cores shared between them")
+        common.add_argument("--sandbox-workers", type=int, default=1)
+        common.add_argument("--max-new-tokens", type=int, default=256,
+                            help="tokens per generation call (a trajectory's longest call is ~150)")
+        common.add_argument("--final-items", type=int, default=None,
+                            help="held-out items for final evaluations (default all)")
+        common.add_argument("--work", default=str(WORK))
+        common.add_argument("--prompt-set", default="thyme",
+                            help="prompt set of the data, SFT and evaluation: a name or a YAML path, "
+                                 "e.g. benchmarks/tool_use_prompts.yaml (short: cheaper steps)")
+        common.add_argument("--out", default=None, help="figure and numbers (default docs/img/...)")
+        return common
 
-    g = sub.add_parser("grpo", parents=[common], help="GRPO-ATS from an under-trained SFT checkpoint")
+    def sft_options(s: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """`sft`'s options, made afresh for `demo` (parents would share the actions, and
+        `set_defaults` on one would change the other's)."""
+        s.add_argument("--count", type=int, default=2400, help="generated samples per seed")
+        s.add_argument("--task", default="arithmetic",
+                       choices=("arithmetic", "arithmetic_small", "arithmetic_fixed"),
+                       help="the generated pool's task (arithmetic_small: fewer digits to copy; "
+                            "arithmetic_fixed: one phrasing, 3x3-digit products of six digits)")
+        s.add_argument("--wording", default="varied", choices=("varied", "fixed"),
+                       help="the template teacher's wording (fixed: the first option of every "
+                            "choice, so copied numbers sit at constant offsets)")
+        s.add_argument("--preset", default="default", help="thyme_train.tiny preset")
+        s.add_argument("--sft-steps", type=int, default=600)
+        s.add_argument("--sft-lr", type=float, default=3e-3)
+        s.add_argument("--schedule", default="cosine")
+        s.add_argument("--warmup-ratio", type=float, default=0.03)
+        s.add_argument("--batch", type=int, default=8)
+        s.add_argument("--eval-every", type=int, default=100, help="checkpoint (and curve point) interval")
+        s.add_argument("--curve-every", type=int, default=200, help="steps between curve points")
+        s.add_argument("--curve-items", type=int, default=20, help="held-out items per curve point")
+        s.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                       help="also train the control that answers without code")
+        s.add_argument("--min-tools", type=float, default=0.8)
+        s.add_argument("--min-gap", type=float, default=0.5)
+        return s
+
+    sft_options(common_options(sub.add_parser(
+        "sft", help="SFT, then tools vs direct on held-out items")))
+    demo = sft_options(common_options(sub.add_parser(
+        "demo", help="`make demo`'s smaller check: one seed, the setting that learns the copy "
+                     "fastest, 300 SFT steps, 20 held-out items")))
+    demo.set_defaults(**DEMO)
+
+    g = common_options(sub.add_parser("grpo", help="GRPO-ATS from an under-trained SFT checkpoint"))
     g.add_argument("--from-step", type=int, nargs="+", default=[200],
                    help="the SFT checkpoint to start from: one step for every seed, or one per "
                         "seed (the copy forms at a different step in each)")
@@ -377,12 +399,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--beta", type=float, default=0.04)
     g.add_argument("--k", type=int, default=10, help="steps averaged at each end")
     g.add_argument("--min-rise", type=float, default=0.1, help="smallest accuracy rise that counts")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    run = run_sft_seed if args.part == "sft" else run_grpo_seed
+    run = run_grpo_seed if args.part == "grpo" else run_sft_seed
     done = []
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run, seed, args, work) for seed in args.seeds]
@@ -391,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     results = sorted(done, key=lambda r: args.seeds.index(r["seed"]))
     out = Path(args.out) if args.out else IMG / f"tool_use_{args.part}"
     from tool_use_plots import plot_grpo, plot_sft
-    (plot_sft if args.part == "sft" else plot_grpo)(results, out.with_suffix(".png"))
+    (plot_grpo if args.part == "grpo" else plot_sft)(results, out.with_suffix(".png"))
     payload = {
         "command": f"python benchmarks/tool_use_check.py {' '.join(argv or sys.argv[1:])}",
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
@@ -404,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out.with_suffix(".json"), payload)
     for r in results:
         print(f"seed {r['seed']}: {'PASSED' if r['passed'] else 'not passed'}")
+        if args.part == "demo":
+            final = r["curve"][-1]
+            print(f"held-out products ({final['tools']['items']} items, never trained on), "
+                  f"after {final['step']} SFT steps: with the sandbox "
+                  f"{final['tools']['accuracy']:.0%}, without it (direct) "
+                  f"{final['direct']['accuracy']:.0%}")
     print(f"all passed: {payload['all_passed']}; {payload['seconds_total']} s; wrote "
           f"{os.path.relpath(out.with_suffix('.png'), ROOT)}, {os.path.relpath(out.with_suffix('.json'), ROOT)}")
     return 0 if payload["all_passed"] else 1

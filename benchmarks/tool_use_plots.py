@@ -62,8 +62,8 @@ def plot_grpo(results: list[dict], path: Path) -> None:
     plt = _pyplot()
     keys = (("accuracy", "accuracy reward (batch mean)"), ("exec_success", "code ran without error"),
             ("tool_call_rate", "rollouts that called the sandbox"))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for (key, title), ax in zip(keys, axes, strict=True):
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    for (key, title), ax in zip(keys, axes[:3], strict=True):
         for k, r in enumerate(results):
             for name, style in (("updates", "-"), ("no_updates", ":")):
                 s = r["runs"][name]["series"]
@@ -73,6 +73,20 @@ def plot_grpo(results: list[dict], path: Path) -> None:
         ax.set_xlabel("GRPO step")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
+    # Both runs of a seed draw the same prompts step by step: their difference removes the
+    # prompts' own difficulty, which moves a batch mean far more than learning does.
+    ax, window = axes[3], 10
+    for k, r in enumerate(results):
+        up, frozen = r["runs"]["updates"]["series"], r["runs"]["no_updates"]["series"]
+        diffs = [u - f for u, f in zip(up["accuracy"], frozen["accuracy"], strict=True)]
+        moving = [sum(diffs[max(0, i - window + 1):i + 1]) / len(diffs[max(0, i - window + 1):i + 1])
+                  for i in range(len(diffs))]
+        ax.plot(up["step"], moving, color=f"C{k}", label=f"seed {r['seed']}")
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_title(f"accuracy, updates minus no updates ({window}-step mean)")
+    ax.set_xlabel("GRPO step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     axes[0].legend(fontsize=7)
     fig.suptitle("GRPO-ATS on the tool-use check: with updates (solid) vs learning rate 0 (dotted)")
     fig.tight_layout()

@@ -109,6 +109,29 @@ def test_compare_needs_a_rise_beyond_noise():
     assert not noisy["rose"]                       # a rise within two standard errors
 
 
+def test_grpo_is_judged_against_the_no_update_run_on_the_same_steps():
+    """Both runs draw the same prompts step by step: the paired difference is the learning,
+    while the prompts' own difficulty (which moves both) cancels."""
+    frozen = [0.4, 0.1, 0.5, 0.0, 0.3, 0.2]
+    learned = tool_use_check.paired([f + 0.2 for f in frozen], frozen, k=4, min_rise=0.1)
+    assert learned["rose"] and learned["rise"] == pytest.approx(0.2)
+    # the same runs judged first-vs-last would see nothing: the late prompts are harder
+    assert not tool_use_check.compare([f + 0.2 for f in frozen], k=3, min_rise=0.1)["rose"]
+    noisy = tool_use_check.paired([0.9, 0.0, 0.9, 0.0], [0.0, 0.5, 0.0, 0.5], k=4, min_rise=0.1)
+    assert not noisy["rose"]                       # a mean difference within two standard errors
+    assert not tool_use_check.paired(frozen, frozen, k=4, min_rise=0.1)["rose"]
+
+
+def test_the_demo_settings_leave_the_full_check_unchanged():
+    """`demo` has its own defaults (one seed, batch 32, 300 steps, data/demo/); `sft` keeps
+    the check's (argparse parents would share the actions, so one set_defaults changed both)."""
+    sft, demo = tool_use_check.parse_args(["sft"]), tool_use_check.parse_args(["demo"])
+    assert (sft.seeds, sft.batch, sft.sft_steps, sft.min_tools) == ([0, 1, 2], 8, 600, 0.8)
+    assert (demo.seeds, demo.batch, demo.sft_steps, demo.control) == ([0], 32, 300, False)
+    assert Path(demo.work).parts[-2:] == ("demo", "tool_use")
+    assert tool_use_check.parse_args(["demo", "--sft-steps", "400"]).sft_steps == 400
+
+
 def test_the_check_reads_the_evaluation_summaries():
     """A mode of `thyme_train.evaluate`'s results.json (the layout a real run wrote on
     2026-12-07, under OUT/<benchmark folder name>/) gives the check its figures."""
