@@ -188,10 +188,14 @@ def checkpoints(out: Path) -> list[tuple[int, Path]]:
 def run_sft_seed(seed: int, args, work: Path) -> dict:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     folder = work / f"seed{seed}"
+    print(f"seed {seed}: data through the pipeline (pool -> template teacher -> sandbox -> audit "
+          f"-> splits -> published datasets) and a tiny model", flush=True)
     data, tiny = prepare(seed, args, work)
     sft_dir, rl_dir = Path(data["sft"]), Path(data["rl"])
     timing = {}
     out = folder / "sft"
+    print(f"seed {seed}: SFT, {args.sft_steps} steps of {args.batch} rows (progress: "
+          f"{os.path.relpath(folder / 'sft.log')}), then the held-out evaluation", flush=True)
     timing["sft"] = sft(tiny, sft_dir, out, args, seed, threads, folder / "sft.log")
 
     curve = []
