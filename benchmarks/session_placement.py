@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -23,29 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from funnel_measure import PR_SET_CHILD_SUBREAPER, reap_orphans, tree_cpu  # noqa: E402
+
 from pipelines.core.images import ImageStore  # noqa: E402
 from pipelines.pool.generate import generate_samples  # noqa: E402
 from pipelines.samples.execute import stored_result  # noqa: E402
 from pipelines.samples.teachers import TemplateTeacher  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
 from sandbox.core import Session  # noqa: E402
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def tree_cpu() -> float:
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
-
-
-def reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            time.sleep(0.01)
 
 
 def in_turns(sandbox: Sandbox):
@@ -61,7 +45,7 @@ def start_stop_cpu(workers: int) -> float:
     they are reaped: taken off each run's tree CPU."""
     cpu0 = tree_cpu()
     Sandbox(workers=workers, timeout=10).close()
-    reap()
+    reap_orphans()
     return tree_cpu() - cpu0
 
 
@@ -90,7 +74,7 @@ def run(placement: str, trajectories, pool, store, workers: int) -> dict:
         list(threads.map(one, trajectories))
     wall = time.perf_counter() - t0
     sandbox.close()
-    reap()
+    reap_orphans()
     cpu = tree_cpu() - cpu0 - idle
     edges = sorted({e for a, b, _ in spans for e in (a, b)})
     shared = 0.0
