@@ -43,8 +43,11 @@ products) answered in one wording, so every copy is at a constant offset.
 
 Each run and evaluation folder records the command that made it (check_settings.json): a re-run
 with the same settings keeps what is finished and resumes an interrupted SFT from its newest
-checkpoint; other settings start that folder afresh. Writes run folders under --work, the figures and numbers to docs/img/tool_use_{sft,grpo}.{png,
-json}; exits 1 unless every seed passes. Results and their reading: docs/benchmarks.md.
+checkpoint; other settings start that folder afresh. GRPO runs live in one folder per learning
+rate (`grpo_lr0` is the no-update run), so trying another --lr re-runs only the run with updates.
+Writes run folders under --work, the figures and numbers to docs/img/tool_use_{sft,grpo}.{png,
+json} (`demo`: under data/demo/tool_use/); exits 1 unless every seed passes. Results and their
+reading: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -245,9 +248,9 @@ def run_sft_seed(seed: int, args, work: Path) -> dict:
 # grpo: GRPO-ATS on top
 # ---------------------------------------------------------------------------------------------
 
-def grpo(model: Path, rl: Path, out: Path, args, seed: int, lr: float, threads: int) -> float:
+def grpo_command(model: Path, rl: Path, out: Path, args, seed: int, lr: float) -> list[str]:
     batch = args.prompts_per_step * args.num_generations
-    cmd = [sys.executable, "-m", "thyme_train.grpo", "--config", "thyme_train/configs/rl_tiny.yaml",
+    return [sys.executable, "-m", "thyme_train.grpo", "--config", "thyme_train/configs/rl_tiny.yaml",
            "--set", f"model={model}", "--set", f"data={rl}", "--set", f"output_dir={out}",
            "--set", "resume=never", "--set", f"max_steps={args.steps}",
            "--set", "num_train_epochs=1000", "--set", f"num_generations={args.num_generations}",
@@ -258,7 +261,22 @@ def grpo(model: Path, rl: Path, out: Path, args, seed: int, lr: float, threads: 
            "--set", f"sandbox_workers={args.sandbox_workers}", "--set", f"seed={seed}",
            "--set", f"save_steps={args.steps}", "--set", "save_total_limit=1",
            "--set", "rollout_samples=2"]       # prompts: the rows' own (the data's prompt set)
-    return _run(cmd, out.with_suffix(".log"), threads)
+
+
+def grpo(model: Path, rl: Path, out: Path, args, seed: int, lr: float, threads: int) -> float | None:
+    """A finished run with the same settings is kept (its recorded seconds returned): the
+    no-update run does not depend on --lr, so trying another learning rate re-runs only the run
+    with updates. An unfinished one starts afresh."""
+    cmd = grpo_command(model, rl, out, args, seed, lr)
+    settings = {"command": [c.replace(f"{ROOT}{os.sep}", "") for c in cmd[1:]]}
+    if _settings_match(out, settings):
+        if (out / f"checkpoint-{args.steps}").is_dir():
+            return json.loads((out / SETTINGS).read_text()).get("seconds")
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
+    seconds = _run(cmd, out.parent / f"{out.name}.log", threads)   # not with_suffix: "lr0.0002"
+    write_json(out / SETTINGS, settings | {"seconds": round(seconds, 1)})
+    return seconds
 
 
 def series(out: Path) -> dict:
@@ -298,13 +316,13 @@ def run_grpo_seed(seed: int, args, work: Path) -> dict:
                                 f"at step {from_step})")
     runs, timing = {}, {}
     for name, lr in (("updates", args.lr), ("no_updates", 0.0)):
-        out = folder / f"grpo_{name}"
-        shutil.rmtree(out, ignore_errors=True)
-        timing[name] = round(grpo(start, rl, out, args, seed, lr, threads), 1)
+        # one folder per learning rate (the no-update run is lr 0, shared by every --lr tried);
+        # its held-out evaluation inside it, so a run made afresh never keeps an old evaluation
+        out = folder / f"grpo_lr{lr:g}"
+        timing[name] = grpo(start, rl, out, args, seed, lr, threads)
         runs[name] = {"series": series(out),
-                      "heldout": evaluate(out, rl, folder / "eval" / f"grpo_{name}",
-                                          args.final_items, True, threads, args.max_new_tokens,
-                                          args.prompt_set)}
+                      "heldout": evaluate(out, rl, out / "heldout", args.final_items, True,
+                                          threads, args.max_new_tokens, args.prompt_set)}
     start_eval = folder / "eval" / f"step{from_step}"
     start_results = start_eval / rl.name / "results.json"
     heldout_start = {mode: _summary(m) for mode, m in
