@@ -6,6 +6,7 @@ rows answered without code; and the check's first-vs-last comparison."""
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -164,3 +165,34 @@ def test_the_fixed_task_and_wording_put_every_number_at_the_same_place(tmp_path)
     assert TemplateTeacher(wording="fixed").name != TemplateTeacher().name
     with pytest.raises(ValueError, match="wording"):
         TemplateTeacher(wording="terse")
+
+
+def test_a_finished_grpo_run_is_kept_and_another_setting_starts_afresh(tmp_path, monkeypatch):
+    """The no-update run (lr 0) does not depend on --lr: a re-run with another learning rate
+    keeps it and trains only the run with updates; an unfinished run starts afresh."""
+    ran = []
+
+    def fake_run(cmd, log_file, threads):
+        out = Path(next(c for c in cmd if c.startswith("output_dir=")).split("=", 1)[1])
+        (out / "checkpoint-3").mkdir(parents=True)
+        ran.append(out.name)
+        return 1.5
+
+    monkeypatch.setattr(tool_use_check, "_run", fake_run)
+    args = tool_use_check.parse_args(["grpo", "--steps", "3"])
+    model, rl = tmp_path / "model", tmp_path / "rl"
+    for lr in (2e-4, 0.0):
+        tool_use_check.grpo(model, rl, tmp_path / f"grpo_lr{lr:g}", args, 0, lr, 1)
+    assert ran == ["grpo_lr0.0002", "grpo_lr0"]
+    (tmp_path / "grpo_lr0" / "heldout").mkdir()               # its evaluation, kept with it
+    for lr in (1e-4, 0.0):                                     # another --lr
+        assert tool_use_check.grpo(model, rl, tmp_path / f"grpo_lr{lr:g}", args, 0, lr, 1) == 1.5
+    assert ran == ["grpo_lr0.0002", "grpo_lr0", "grpo_lr0.0001"]
+    assert (tmp_path / "grpo_lr0" / "heldout").is_dir()
+    shutil.rmtree(tmp_path / "grpo_lr0.0001" / "checkpoint-3")  # interrupted: afresh
+    (tmp_path / "grpo_lr0.0001" / "stale").mkdir()
+    tool_use_check.grpo(model, rl, tmp_path / "grpo_lr0.0001", args, 0, 1e-4, 1)
+    assert ran[-1] == "grpo_lr0.0001" and not (tmp_path / "grpo_lr0.0001" / "stale").exists()
+    other = tool_use_check.parse_args(["grpo", "--steps", "3", "--beta", "0.0"])
+    tool_use_check.grpo(model, rl, tmp_path / "grpo_lr0", other, 0, 0.0, 1)   # other settings
+    assert ran[-1] == "grpo_lr0" and not (tmp_path / "grpo_lr0" / "heldout").exists()
