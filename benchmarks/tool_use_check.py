@@ -209,7 +209,8 @@ def run_sft_seed(seed: int, args, work: Path) -> dict:
         result = evaluate(ckpt, rl_dir, folder / "eval" / f"step{step}",
                           args.final_items if last else args.curve_items, last, threads,
                           args.max_new_tokens, args.prompt_set)
-        curve.append({"step": step, **result})
+        report = folder / "eval" / f"step{step}" / rl_dir.name / "report.md"  # evaluate's own table
+        curve.append({"step": step, **result, "report": os.path.relpath(report, ROOT)})
         print(f"seed {seed} step {step}: tools {result['tools']['accuracy']:.3f} "
               f"(code {result['tools']['used_code']:.2f}, exec ok "
               f"{result['tools']['execution_success']:.2f}, {result['tools']['items']} items)"
@@ -454,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {r['seed']}: {'PASSED' if r['passed'] else 'not passed'}")
         if args.part == "demo":
             final = r["curve"][-1]
+            table = next(block for block in (ROOT / final["report"]).read_text().split("\n\n")
+                         if block.startswith("| mode"))                   # tools vs direct
+            print(f"\n{final['report']}:\n{table}\n")
             print(f"held-out products ({final['tools']['items']} items, never trained on), "
                   f"after {final['step']} SFT steps: with the sandbox "
                   f"{final['tools']['accuracy']:.0%}, without it (direct) "
