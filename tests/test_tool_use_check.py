@@ -5,6 +5,7 @@ rows answered without code; and the check's first-vs-last comparison."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -196,3 +197,21 @@ def test_a_finished_grpo_run_is_kept_and_another_setting_starts_afresh(tmp_path,
     other = tool_use_check.parse_args(["grpo", "--steps", "3", "--beta", "0.0"])
     tool_use_check.grpo(model, rl, tmp_path / "grpo_lr0", other, 0, 0.0, 1)   # other settings
     assert ran[-1] == "grpo_lr0" and not (tmp_path / "grpo_lr0" / "heldout").exists()
+
+
+def test_grpo_is_judged_on_the_held_out_items_both_policies_answered(tmp_path):
+    """Per item (thyme_train.evaluate's records): the items only one policy gets right must
+    favour the updates beyond chance (exact McNemar); ties and noise do not pass."""
+    assert tool_use_check.mcnemar(6, 0) == pytest.approx(2 / 64)
+    assert tool_use_check.mcnemar(28, 5) < 1e-4
+    assert tool_use_check.mcnemar(3, 3) == 1.0 and tool_use_check.mcnemar(0, 0) == 1.0
+    assert tool_use_check.mcnemar(3, 0) == pytest.approx(0.25)          # too few to tell
+    folder = tmp_path / "heldout" / "thyme-rl"
+    folder.mkdir(parents=True)
+    rows = [{"mode": "tools", "id": "a", "sample": 0, "correct": True},
+            {"mode": "direct", "id": "a", "sample": 0, "correct": False},
+            {"mode": "tools", "id": "b", "sample": 0, "correct": False},
+            {"mode": "tools", "id": "b", "sample": 0, "correct": True}]     # a later line wins
+    (folder / "records.0-of-1.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n{half")
+    assert tool_use_check.item_outcomes(tmp_path / "heldout", Path("data/thyme-rl")) == {
+        "a": True, "b": True}

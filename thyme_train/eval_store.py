@@ -26,6 +26,25 @@ NEUTRAL = ("batch_items", "batch_size", "workers", "servers", "devices", "limit"
            "started", "toolkit", "versions", "judge_max_calls", "sandbox_isolation", "sandbox")
 
 
+def read_records(folder: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """The records of every shard in `folder` (later lines win for the same (mode, item,
+    sample)), and the half-written lines skipped (file: line number)."""
+    latest: dict[tuple, dict] = {}
+    dropped: list[str] = []
+    for file in sorted(Path(folder).glob("records.*.jsonl")):
+        with open(file, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    dropped.append(f"{file.name}:{n}")
+                    continue
+                latest[(record["mode"], record["id"], record["sample"])] = record
+    return list(latest.values()), dropped
+
+
 class SettingsMismatch(ValueError):
     """The folder holds records made with other settings."""
 
@@ -57,20 +76,8 @@ class RecordStore:
 
     def records(self) -> list[dict]:
         """Every shard's records (later lines win for the same key)."""
-        latest: dict[tuple, dict] = {}
-        self.dropped = []
-        for file in sorted(self.folder.glob("records.*.jsonl")):
-            with open(file, encoding="utf-8") as f:
-                for n, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        self.dropped.append(f"{file.name}:{n}")
-                        continue
-                    latest[(record["mode"], record["id"], record["sample"])] = record
-        return list(latest.values())
+        records, self.dropped = read_records(self.folder)
+        return records
 
     def done(self, mode: str) -> set[tuple[str, int]]:
         """(item id, sample) pairs finished in `mode`; one that ended in an engine error is not
