@@ -111,3 +111,14 @@ def test_decontamination_and_evaluation_read_the_same_items(tmp_path, name):
             assert why in error.reason and str(error).startswith(f"{path}: row {row}: ")
     with pytest.raises(BenchmarkError, match=rf"{name}: row "):
         load_items(path, tmp_path / "img")
+
+
+@pytest.mark.parametrize("name", ["VStarBench.tsv", "hr_bench_4k.tsv", "MME-RealWorld.tsv",
+                                  "MME-RealWorld-Lite.tsv", "HallusionBench.tsv", "OCRBench.tsv"])
+def test_the_real_layouts_read_alike(tmp_path, name):
+    path = Path(__file__).parent / "data" / "benchmarks" / name
+    seen = list(read_benchmark(path))
+    scored = load_items(path, tmp_path / "img")
+    assert [(i.id, i.question, i.options, i.answer) for i in seen] == \
+        [(i.id, i.question, i.options, i.answer) for i in scored]
+    assert all(i.options for i in seen) == name.startswith(("VStar", "hr_", "MME"))  # Lite's list too

@@ -108,28 +108,31 @@ def load_items(path: str | os.PathLike, image_dir: str | os.PathLike, limit: int
         raise BenchmarkError(str(path), "-", "no such file or directory")
     image_dir.mkdir(parents=True, exist_ok=True)
     fmt = detect_format(path)
-    items, seen = [], set()
     if fmt in ("tsv", "jsonl"):
         rows = _file_rows(path, image_dir, fmt)
     else:
         rows = {"published": _published_rows, "vstar": _vstar_rows}[fmt](
             path, image_dir, option_seed if fmt == "vstar" else split)
-    for item in rows:
-        if isinstance(item, EvalItem) and item.id in seen:
-            item = BenchmarkError(str(path), item.id, "duplicate id (results are kept per id)")
-        if isinstance(item, BenchmarkError):
-            if on_error == "raise":
-                raise item
-            if errors is not None:
-                errors.append(item)
-            continue
-        seen.add(item.id)
+    items = []
+    for item in benchmarks.sift(_unique(rows, path), on_error, errors):
         if yes_no and item.style == "vqa":
             item.style = "yes_no"
         items.append(item)
         if limit is not None and len(items) >= limit:
             break
     return items
+
+
+def _unique(rows, path: Path):
+    """A second item with an id already read becomes an error (results are kept per id)."""
+    seen = set()
+    for item in rows:
+        if isinstance(item, EvalItem):
+            if item.id in seen:
+                item = BenchmarkError(str(path), item.id, "duplicate id (results are kept per id)")
+            else:
+                seen.add(item.id)
+        yield item
 
 
 def _image_from(value, base: Path, image_dir: Path) -> str:

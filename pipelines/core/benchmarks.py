@@ -19,6 +19,7 @@ items on these), so both see the same questions, options, answers and images. Tw
 
     read_benchmark(path) -> Iterator[BenchmarkItem]     raises BenchmarkError(file, row, reason)
     iter_benchmark(path) -> Iterator[BenchmarkItem | BenchmarkError]     (in file order)
+    sift(items_and_errors, on_error, errors) -> Iterator[item]          (what read_benchmark does)
 
 Rows are streamed (a VLMEvalKit TSV holds every image in base64: several GB); an item carries
 its own images' bytes (`images`, each checked to decode), the file each was read from when the
@@ -93,9 +94,15 @@ def read_benchmark(path: str | os.PathLike, on_error: str = "raise",
                    require_answer: bool = False) -> Iterator[BenchmarkItem]:
     """The items of a benchmark file; a broken row raises, or with `on_error="skip"` goes to
     `errors`. `require_answer`: the file must have answers (the evaluation scores them)."""
+    return sift(iter_benchmark(path, require_answer), on_error, errors)
+
+
+def sift(rows: Iterator, on_error: str = "raise", errors: list[BenchmarkError] | None = None):
+    """The items of a stream of items and `BenchmarkError`s: an error raises (`on_error="raise"`)
+    or goes to `errors` (`"skip"`)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip' (got {on_error!r})")
-    for item in iter_benchmark(path, require_answer):
+    for item in rows:
         if isinstance(item, BenchmarkError):
             if on_error == "raise":
                 raise item
