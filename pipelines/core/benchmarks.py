@@ -97,7 +97,8 @@ def read_benchmark(path: str | os.PathLike, on_error: str = "raise",
     return sift(iter_benchmark(path, require_answer), on_error, errors)
 
 
-def sift(rows: Iterator, on_error: str = "raise", errors: list[BenchmarkError] | None = None):
+def sift(rows: Iterator, on_error: str = "raise",
+         errors: list[BenchmarkError] | None = None) -> Iterator:
     """The items of a stream of items and `BenchmarkError`s: an error raises (`on_error="raise"`)
     or goes to `errors` (`"skip"`)."""
     if on_error not in ("raise", "skip"):
@@ -206,8 +207,10 @@ def _tsv(path: Path, require_answer: bool):
                 yield BenchmarkError(str(path), where, str(exc) or type(exc).__name__)
             else:
                 holds[index] = bool(item.images)
-                if not item.image_refs or item.image_refs[0] in holds:
-                    yield item if not item.image_refs else settle(item)
+                if not item.image_refs:
+                    yield item
+                elif item.image_refs[0] in holds:
+                    yield settle(item)
                 else:
                     waiting[item.image_refs[0]].append(item)
             for later in waiting.pop(index, []):
