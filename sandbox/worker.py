@@ -27,7 +27,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from sandbox import confine, outputs, policy, replies, runner
+from sandbox import call_files, confine, outputs, policy, replies, runner
 from sandbox import result as R
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 from sandbox.repair import RepairContext, image_size, output_subfolders, repair
@@ -297,9 +297,22 @@ class Worker:
                     notes.append("session state was lost (its previous call was stopped); "
                                  "this block ran in a fresh interpreter")
                 self.sessions[sid] = child
+        if sid and (req.get("files") or req.get("fetch_files")):
+            raise ValueError("files and fetch_files are for one-shot calls only")
+        problem = call_files.write(child.scratch, call_files.decode(req["files"])) \
+            if req.get("files") else None  # (a fresh child: no code has run in its folder)
+        if problem:
+            self._end(child)
+            return R.Result(ok=False, code=req["code"], notes=notes, error=R.ErrorInfo(
+                R.INTERNAL, f"the call's files could not be written: {problem}")).to_dict()
         try:
             out = self._run_block(child, req["code"], float(req["timeout"]), req["results_dir"],
                                   req.get("stdin"), req.get("repairs", True))
+            if req.get("fetch_files"):
+                if child.pid > 0:
+                    self._kill_and_reap(child)  # nothing may change the folder while it is read
+                out["fetched"], out["unfetched"] = call_files.fetch(child.scratch,
+                                                                    req["fetch_files"])
         finally:
             if child.pid < 0 or not sid:
                 self.sessions.pop(sid, None)
