@@ -272,6 +272,9 @@ class Worker:
             raise Unfit(problem)
         sid = req.get("session")
         inputs = [os.path.abspath(p) for p in req.get("inputs", [])]
+        files = call_files.decode(req.get("files") or {})
+        if sid and (files or req.get("fetch_files")):
+            raise ValueError("files and fetch_files are for one-shot calls only")
         child = self.sessions.get(sid) if sid else None
         notes: list[str] = []
         if child is not None and _exited(child):
@@ -297,10 +300,8 @@ class Worker:
                     notes.append("session state was lost (its previous call was stopped); "
                                  "this block ran in a fresh interpreter")
                 self.sessions[sid] = child
-        if sid and (req.get("files") or req.get("fetch_files")):
-            raise ValueError("files and fetch_files are for one-shot calls only")
-        problem = call_files.write(child.scratch, call_files.decode(req["files"])) \
-            if req.get("files") else None  # (a fresh child: no code has run in its folder)
+        # (one-shot calls only: a fresh child, no code has run in its folder yet)
+        problem = call_files.write(child.scratch, files) if files else None
         if problem:
             self._end(child)
             return R.Result(ok=False, code=req["code"], notes=notes, error=R.ErrorInfo(
