@@ -1,6 +1,6 @@
 """Files a one-shot call exchanges with its caller (SandboxFusion's `files` and `fetch_files`):
-written into the child's scratch folder (the folder its code runs in) before the code runs,
-and read back from it once the child is dead.
+written into the child's scratch folder (the folder its code runs in) as the worker makes it,
+before the child exists, and read back from it once the child is dead.
 
 A path is relative to that folder: absolute paths, `..`, NUL and over-long names are refused
 (`check_request`). The worker writes and reads by walking a path one component at a time from
@@ -89,10 +89,30 @@ def check_request(files: Mapping[str, bytes], fetch_files: Sequence[str]) -> Non
         components(path)
 
 
-def write(scratch: str, files: Mapping[str, bytes]) -> str | None:
+def of_request(request: dict) -> dict[str, bytes]:
+    """The files a worker request carries, decoded (ValueError on a session's block: files
+    are for one-shot calls, whose child and folder are fresh)."""
+    files = decode(request.get("files") or {})
+    if request.get("session") and (files or request.get("fetch_files")):
+        raise ValueError("files and fetch_files are for one-shot calls only")
+    return files
+
+
+def make_folder(scratch: str, files: Mapping[str, bytes]) -> None:
+    """Make the scratch folder `scratch` with `files` in it, before any child can use it; if a
+    file cannot be written the folder is removed and OSError (naming the file) raised."""
+    os.mkdir(scratch, 0o700)
+    try:
+        write(scratch, files)
+    except OSError:
+        outputs.remove_tree(scratch)
+        raise
+
+
+def write(scratch: str, files: Mapping[str, bytes]) -> None:
     """Write each file under `scratch` (folders made as needed), in order: a later path that
-    names the same file replaces it, as in SandboxFusion. None, or what failed (naming the
-    file). Call it before any code has run in that folder."""
+    names the same file replaces it, as in SandboxFusion. OSError names a file that could not
+    be written."""
     root = os.open(scratch, _DIR_FLAGS)
     try:
         for path, data in files.items():
@@ -108,10 +128,9 @@ def write(scratch: str, files: Mapping[str, bytes]) -> str | None:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
             except OSError as exc:
-                return f"{path!r}: could not be written ({exc.strerror})"
+                raise OSError(exc.errno, f"{path!r} could not be written ({exc.strerror})") from None
     finally:
         os.close(root)
-    return None
 
 
 def fetch(scratch: str, paths: Sequence[str],

@@ -77,10 +77,19 @@ def test_files_in_and_out_through_sandboxfusions_sdk(server, models):
     assert base64.b64decode(reply.files["data/cities.csv"]) == table
     with Image.open(io.BytesIO(base64.b64decode(reply.files["out/crop.png"]))) as crop:
         assert crop.size == (32, 32) and crop.getpixel((0, 0)) == (220, 20, 20)
-    # files are fetched whatever the outcome (SandboxFusion fetches after a failed run too)
+    # a null content and a name with IGNORE_THIS_FILE are skipped, as SandboxFusion skips them
+    reply = run(server, models, code="import os\nprint(sorted(os.listdir('.')))",
+                files={"kept.txt": b64(b"k"), "none.txt": None, "a_IGNORE_THIS_FILE.txt": b64(b"i")})
+    assert reply.status == "Success" and reply.run_result.stdout == "['kept.txt']\n", reply
+    # files are fetched whatever the outcome (SandboxFusion fetches after a failure or a timeout)
     reply = run(server, models, code="open('partial.txt', 'w').write('so far')\nraise ValueError('x')",
                 fetch_files=["partial.txt"])
     assert reply.status == "Failed" and base64.b64decode(reply.files["partial.txt"]) == b"so far"
+    reply = run(server, models, code="open('partial.txt', 'w').write('before')\n"
+                                     "import time\ntime.sleep(30)", run_timeout=1,
+                fetch_files=["partial.txt"])
+    assert reply.run_result.status == "TimeLimitExceeded", reply
+    assert base64.b64decode(reply.files["partial.txt"]) == b"before"
     assert_serves(server, models)
 
 
@@ -186,13 +195,14 @@ def test_links_fifos_and_hard_links_are_never_read(tmp_path):
 
 def test_written_files_stay_inside_the_folder(tmp_path):
     """The writer, on its own: folders made as needed, a later path naming the same file
-    replaces it, and a link in the way (which no code could have made before the call, but the
-    writer does not rely on that) is not followed."""
+    replaces it, and a link in the way (which cannot be there: the worker writes into a folder
+    it has just made, before the child exists; the writer does not rely on that) is not
+    followed."""
     (tmp_path / "scratch").mkdir()
     (tmp_path / "outside").mkdir()
     (tmp_path / "scratch" / "via").symlink_to(tmp_path / "outside")
-    assert call_files.write(str(tmp_path / "scratch"), {"a/b/c.txt": b"1", "a/./b/c.txt": b"2"}) is None
+    call_files.write(str(tmp_path / "scratch"), {"a/b/c.txt": b"1", "a/./b/c.txt": b"2"})
     assert (tmp_path / "scratch" / "a" / "b" / "c.txt").read_bytes() == b"2"
-    problem = call_files.write(str(tmp_path / "scratch"), {"via/x.txt": b"x"})
-    assert problem and "'via/x.txt': could not be written" in problem
+    with pytest.raises(OSError, match="'via/x.txt' could not be written .a symbolic link"):
+        call_files.write(str(tmp_path / "scratch"), {"via/x.txt": b"x"})
     assert list((tmp_path / "outside").iterdir()) == []
