@@ -17,6 +17,7 @@ that worker's sessions lose their state.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import logging
@@ -30,11 +31,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from sandbox import policy, runner
+from sandbox import call_files, policy, runner
 from sandbox import result as R
 from sandbox.replies import read_frame
 from sandbox.result import Result
@@ -270,15 +271,26 @@ class Sandbox:
     # ------------------------------------------------------------ public API
     def run(self, code: str, inputs: Sequence[str | os.PathLike] = (),
             timeout: float | None = None, *, stdin: str | None = None, repairs: bool = True,
-            results_dir: str | os.PathLike | None = None) -> Result:
+            results_dir: str | os.PathLike | None = None, files: Mapping[str, bytes] | None = None,
+            fetch_files: Sequence[str] = ()) -> Result:
         """Run one independent code block in a fresh confined process. `stdin`: what the code
         reads from `sys.stdin` (default: nothing); `repairs=False` runs the code as written
         (no Thyme auto-corrections: for generic code, e.g. a test-case harness); `results_dir`:
-        where this call's images go (default: the sandbox's)."""
+        where this call's images go (default: the sandbox's). `files`: {relative path: bytes}
+        written into the folder the code runs in before it runs; `fetch_files`: relative paths
+        read back after it ran, into `Result.fetched` (base64) or `Result.unfetched` (why not;
+        sandbox.call_files). A path or limit it refuses raises `call_files.FileRequestError`."""
+        files = dict(files or {})
+        fetch_files = list(fetch_files)
+        call_files.check_request(files, fetch_files)
+        extra = {}
+        if files or fetch_files:
+            extra = {"files": {p: base64.b64encode(d).decode("ascii") for p, d in files.items()},
+                     "fetch_files": fetch_files}
         handle = self._idle.get()
         try:
             return self._call(handle, code, inputs, timeout, session=None, stdin=stdin,
-                              repairs=repairs, results_dir=results_dir)[0]
+                              repairs=repairs, results_dir=results_dir, extra=extra)[0]
         finally:
             self._idle.put(handle)
 
@@ -329,8 +341,10 @@ class Sandbox:
     # ------------------------------------------------------------ internals
     def _call(self, handle: _WorkerHandle, code: str, inputs, timeout, session: str | None,
               stdin: str | None = None, repairs: bool = True,
-              results_dir: str | os.PathLike | None = None) -> tuple[Result, int]:
-        """The result, and the generation of the worker that ran the code."""
+              results_dir: str | os.PathLike | None = None,
+              extra: dict | None = None) -> tuple[Result, int]:
+        """The result, and the generation of the worker that ran the code (`extra`: more
+        fields of the worker's request)."""
         timeout = self.timeout if timeout is None else float(timeout)
         paths = [os.path.abspath(os.fspath(p)) for p in inputs]
         for path in paths:
@@ -339,7 +353,7 @@ class Sandbox:
         out_dir = self.results_dir if results_dir is None else os.path.abspath(results_dir)
         message = {"op": "run", "code": code, "inputs": paths, "timeout": timeout,
                    "session": session, "results_dir": out_dir, "stdin": stdin,
-                   "repairs": repairs}
+                   "repairs": repairs, **(extra or {})}
         t0 = time.perf_counter()
         with handle.lock:
             reply, notes, served_by, replied = handle.call(message, timeout + WORKER_GRACE_S)

@@ -122,15 +122,21 @@ def _read_regular_file(path: str, max_bytes: int) -> bytes | str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return "not a regular file"
-        chunks, size = [], 0
-        while size <= max_bytes:  # read to the cap, whatever fstat said (the file may grow)
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        return read_capped(fd, max_bytes)
     finally:
         os.close(fd)
+
+
+def read_capped(fd: int, max_bytes: int) -> bytes | None:
+    """What `fd` holds, or None if it is more than `max_bytes` (read to the cap, whatever fstat
+    said: the file may grow)."""
+    chunks, size = [], 0
+    while size <= max_bytes:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
     return None if size > max_bytes else b"".join(chunks)
 
 

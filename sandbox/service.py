@@ -38,7 +38,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from sandbox import fusion, wire
+from sandbox import call_files, fusion, wire
 from sandbox.core import Sandbox
 from sandbox.policy import summary
 
@@ -131,10 +131,15 @@ class SandboxService:
         problem = fusion.unsupported(request)
         if problem:
             return fusion.sandbox_error(problem)
+        try:
+            files, fetch = fusion.request_files(request)
+        except call_files.FileRequestError as exc:
+            return fusion.sandbox_error(f"the request's files were refused: {exc}")
         with self.admission, self._request_dir() as folder:
             result = self.sandbox.run(request["code"], (), request["timeout"],
                                       stdin=request["stdin"], repairs=request["repairs"],
-                                      results_dir=self._out_dir(folder))
+                                      results_dir=self._out_dir(folder), files=files,
+                                      fetch_files=fetch)
         return fusion.response(result)
 
     def open_session(self, body: dict) -> dict:

@@ -27,7 +27,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from sandbox import confine, outputs, policy, replies, runner
+from sandbox import call_files, confine, outputs, policy, replies, runner
 from sandbox import result as R
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 from sandbox.repair import RepairContext, image_size, output_subfolders, repair
@@ -272,6 +272,7 @@ class Worker:
             raise Unfit(problem)
         sid = req.get("session")
         inputs = [os.path.abspath(p) for p in req.get("inputs", [])]
+        files = call_files.of_request(req)
         child = self.sessions.get(sid) if sid else None
         notes: list[str] = []
         if child is not None and _exited(child):
@@ -285,7 +286,7 @@ class Worker:
                          f"({replies.death_reason(status)[1]}); this block ran in a fresh one")
         if child is None:
             try:
-                child = self._spawn(inputs)
+                child = self._spawn(inputs, files=files)
             except OSError as exc:  # the scratch tmpfs is full (of open sessions' files)
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -300,6 +301,10 @@ class Worker:
         try:
             out = self._run_block(child, req["code"], float(req["timeout"]), req["results_dir"],
                                   req.get("stdin"), req.get("repairs", True))
+            if req.get("fetch_files"):
+                if child.pid > 0:
+                    self._kill_and_reap(child)  # nothing may change the folder while it is read
+                out["fetched"], out["unfetched"] = call_files.fetch(child.scratch, req["fetch_files"])
         finally:
             if child.pid < 0 or not sid:
                 self.sessions.pop(sid, None)
@@ -315,15 +320,16 @@ class Worker:
         return out
 
     # ------------------------------------------------------------ children
-    def _spawn(self, inputs: list[str], role: str = "code") -> Child:
+    def _spawn(self, inputs: list[str], role: str = "code", files: dict | None = None) -> Child:
         """A new child (forked by the zygote) that confines itself, then serves code blocks
         (or image checks). It reports whether it is confined before it reads anything, and
-        never runs code unconfined. Raises OSError when no scratch directory can be made."""
+        never runs code unconfined. Its scratch holds `files` before it exists. Raises OSError
+        when no scratch directory can be made."""
         self.counter += 1
         scratch = None
         if role == "code":
             scratch = os.path.join(self.cfg.scratch_root, str(self.counter))
-            os.mkdir(scratch, 0o700)
+            call_files.make_folder(scratch, files or {})
         c_in, p_out = os.pipe()
         p_in, c_out = os.pipe()
         try:

@@ -1,7 +1,8 @@
 # SandboxFusion's run_code request/response models, copied verbatim (Apache-2.0) from
 # github.com/bytedance/SandboxFusion@469de0845cb7d665bc68044d541aa3aa28c5b30a: CommandRunStatus, CommandRunResult from
 # sandbox/runners/types.py; RunCodeRequest, RunStatus, RunCodeResponse from sandbox/server/sandbox_api.py.
-# Only the imports are ours. tests/test_sandbox_service.py validates our service's JSON with them.
+# Only the imports are ours. tests/test_sandbox_service.py and tests/test_sandbox_fusion_files.py
+# validate our service's JSON with them (files and fetch_files too).
 from enum import Enum
 from typing import Dict, List, Literal, Optional
 
