@@ -184,3 +184,24 @@ def test_a_users_own_set_is_recorded_whole_and_loads_without_its_file(tmp_path):
     assert recorded_prompt_set(tmp_path) is None
     with pytest.raises(PromptSetError, match="records no prompt set"):
         load_prompt_set(f"from:{tmp_path}")
+
+
+def test_exports_write_the_datasets_system_prompt(data, tmp_path):
+    from assets.exports import EXPORT_ASSETS
+    from pipelines.__main__ import main
+
+    (tmp_path / "published").symlink_to(data / "published")
+    swift = next(a for a in EXPORT_ASSETS if a.key.path == ["exports", "swift"])
+    result = materialize([swift], instance=DagsterInstance.ephemeral(),
+                         resources={"storage": ThymeStorage(root=str(tmp_path))})
+    assert result.success and _meta(result, swift.op.name)["prompt_set"] == "thyme-release"
+    main(["export", "--format", "trl", "--dataset", str(data / "published" / "thyme-sft"),
+          "--out", str(tmp_path / "trl")])
+    for file in (next((tmp_path / "exports" / "swift").glob("*.jsonl")),
+                 next((tmp_path / "trl").rglob("*.parquet"))):
+        rows = pq.read_table(file).to_pylist() if file.suffix == ".parquet" else \
+            [json.loads(line) for line in file.read_text().splitlines()]
+        systems = [(m["role"], m["content"] if isinstance(m["content"], str) else   # TRL: parts
+                    "".join(part["text"] for part in m["content"] if part["text"]))
+                   for m in (r["messages"][0] for r in rows)]
+        assert systems and set(systems) == {("system", RELEASE.system)}, file

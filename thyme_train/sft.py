@@ -29,7 +29,7 @@ from pipelines.core.prompts import (
     DEFAULT_PROMPT_SET,
     FROM_DATASET,
     load_prompt_set,
-    recorded_prompt_set,
+    recorded_spec,
 )
 from thyme_train.config import doc, parse_config, resume_checkpoint, to_dict, trainer_arguments
 from thyme_train.data import data_files, fingerprint, load_rows, measure_and_filter
@@ -152,7 +152,7 @@ class ThymeSFTConfig:
             raise ValueError("config: max_length must be positive")
         if self.deepspeed:
             self.deepspeed = str(_shipped(self.deepspeed))
-        recorded = data_prompt_set(self.data)
+        recorded = recorded_spec(self.data)
         if self.prompt_set is None:
             self.prompt_set = recorded or DEFAULT_PROMPT_SET
         load_prompt_set(self.prompt_set)          # a bad name or file fails here, not mid-run
@@ -167,19 +167,6 @@ class ThymeSFTConfig:
         text = self.system_prompt if self.system_prompt is not None \
             else load_prompt_set(self.prompt_set).system
         return text or None
-
-
-def data_prompt_set(data: list[str]) -> str | None:
-    """`from:<folder>` for the prompt set the dataset folders in `data` record (None when none
-    does); ValueError when they record different sets (their rows were rendered differently)."""
-    recorded = {entry: found for entry in data if Path(entry).is_dir()
-                and (found := recorded_prompt_set(entry)) is not None}
-    distinct = {(p.system, p.user, p.user_text): entry for entry, p in recorded.items()}
-    if len(distinct) > 1:
-        raise ValueError("config: the datasets in `data` were rendered with different prompt sets ("
-                         + ", ".join(f"{e}: {recorded[e].name}" for e in distinct.values())
-                         + "): set prompt_set")
-    return f"{FROM_DATASET}{next(iter(recorded))}" if recorded else None
 
 
 def _shipped(path: str) -> Path:

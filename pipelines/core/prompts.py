@@ -69,22 +69,27 @@ class PromptSet:
         return text.replace("{question}", question)  # last: a question may hold slot-like text
 
 
-@functools.cache
 def load_prompt_set(spec: str | None = None) -> PromptSet:
     """A prompt set by name (`prompt_sets/<name>.yaml`), by path to such a YAML file, or
     `from:<file>` (a Thyme-RL/verl parquet or JSONL whose rows hold system and user messages)
-    or `from:<folder>` (the set a dataset folder records, `RECORD_FILE`)."""
+    or `from:<folder>` (the set a dataset folder records, `RECORD_FILE`; read afresh each time,
+    as a folder can be published again with another set)."""
     spec = spec or DEFAULT_PROMPT_SET
+    source = Path(spec[len(FROM_DATASET):]) if spec.startswith(FROM_DATASET) else None
+    if source is not None and source.is_dir():
+        recorded = recorded_prompt_set(source)
+        if recorded is None:
+            raise PromptSetError(f"{source}: records no prompt set (no {RECORD_FILE}: built or "
+                                 "published before sets were recorded, or not a dataset of "
+                                 "this pipeline); name a set, a YAML path or from:<a parquet file>")
+        return recorded
+    return _load_prompt_set(spec)
+
+
+@functools.cache
+def _load_prompt_set(spec: str) -> PromptSet:
     if spec.startswith(FROM_DATASET):
-        source = Path(spec[len(FROM_DATASET):])
-        if source.is_dir():
-            recorded = recorded_prompt_set(source)
-            if recorded is None:
-                raise PromptSetError(f"{source}: records no prompt set (no {RECORD_FILE}: built or "
-                                     "published before sets were recorded, or not a dataset of "
-                                     "this pipeline); name a set, a YAML path or from:<a parquet file>")
-            return recorded
-        return prompt_set_from_dataset(str(source))
+        return prompt_set_from_dataset(spec[len(FROM_DATASET):])
     path = Path(spec)
     if not path.suffix:
         path = PROMPT_SETS_DIR / f"{spec}.yaml"
@@ -140,6 +145,19 @@ def recorded_prompt_set(folder: str | os.PathLike) -> PromptSet | None:
     """The set a dataset folder records (read afresh, never cached), None when it records none."""
     record = Path(folder) / RECORD_FILE
     return _read_yaml(record) if record.is_file() else None
+
+
+def recorded_spec(folders: list[str]) -> str | None:
+    """`from:<folder>` for the set the dataset folders among `folders` record (None when none
+    does); PromptSetError when they record different sets (their rows were rendered differently)."""
+    recorded = {str(f): found for f in folders if Path(f).is_dir()
+                and (found := recorded_prompt_set(f)) is not None}
+    distinct = {(p.system, p.user, p.user_text): folder for folder, p in recorded.items()}
+    if len(distinct) > 1:
+        raise PromptSetError("the datasets were rendered with different prompt sets ("
+                             + ", ".join(f"{f}: {recorded[f].name}" for f in distinct.values())
+                             + "): name the set to use")
+    return f"{FROM_DATASET}{next(iter(recorded))}" if recorded else None
 
 
 def prompt_set_differences(chosen: PromptSet, recorded: PromptSet,
