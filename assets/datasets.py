@@ -138,6 +138,7 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
             "decontamination": MetadataValue.json(report.get("decontamination", {}).get("benchmarks", {})),
             "preview": MetadataValue.md(rows_markdown(first, split, storage.path("pool"))),
             "path": MetadataValue.path(storage.relative(out / split)),
+            "prompt_set": MetadataValue.text(load_prompt_set(config.prompt_set).name),
         })
         result = validation[split]
         for check in split_checks(split):

@@ -7,6 +7,11 @@ The trainer (`python -m thyme_train.sft`, or under torchrun / accelerate / deeps
 log lines and its loss at every logged step into the run, and reports the checkpoint, the final
 and best loss, the steps, the samples dropped, the loss curve and the dataset version it trained
 on. A failed run fails the asset with the trainer's own error.
+
+The prompt set is the published dataset's: SFT gets `prompt_set=from:<data/published/thyme-sft>`
+(the set its rows were rendered with, `pipelines.core.prompts`), GRPO keeps each RL row's own
+messages. A `prompt_set` in `overrides` or the config file wins; one that differs from the
+dataset's set is a warning in the run's log and the metadata (`prompt_set_warning`).
 (No `from __future__ import annotations` here: Dagster reads the config annotations.)
 """
 
