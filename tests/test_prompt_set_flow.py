@@ -164,12 +164,14 @@ def test_sft_from_the_command_line_takes_the_published_set_unless_given(data, ca
 
     published = str(data / "published" / "thyme-sft")
     config = Path(__file__).parent.parent / "thyme_train" / "configs" / "stage1_tiny.yaml"
-    cfg = load_config(ThymeSFTConfig, config, [f"data=[{published}]"])
+    with caplog.at_level("WARNING", logger="thyme_train.sft"):
+        cfg = load_config(ThymeSFTConfig, config, [f"data=[{published}]"])
     assert cfg.prompt_set == f"from:{published}" and cfg.system() == RELEASE.system
+    assert not caplog.records
     with caplog.at_level("WARNING", logger="thyme_train.sft"):
         cfg = load_config(ThymeSFTConfig, config, [f"data=[{published}]", "prompt_set=thyme"])
-    assert cfg.system() == load_prompt_set("thyme").system
-    assert "the set" in caplog.text and "thyme-release" in caplog.text
+    assert cfg.system() == load_prompt_set("thyme").system                   # the override wins
+    assert "(prompt_set thyme) is not the one of thyme-release" in caplog.text
 
 
 def test_a_users_own_set_is_recorded_whole_and_loads_without_its_file(tmp_path):
