@@ -138,6 +138,7 @@ def splits(context: AssetExecutionContext, config: SplitsConfig, storage: ThymeS
             "decontamination": MetadataValue.json(report.get("decontamination", {}).get("benchmarks", {})),
             "preview": MetadataValue.md(rows_markdown(first, split, storage.path("pool"))),
             "path": MetadataValue.path(storage.relative(out / split)),
+            "prompt_set": MetadataValue.text(load_prompt_set(config.prompt_set).name),
         })
         result = validation[split]
         for check in split_checks(split):
@@ -194,7 +195,12 @@ def _publish(context: AssetExecutionContext, config: PublishSettings, storage: T
     report = publish(storage.path("splits"), storage.path("pool", "images"), out, cfg)
     pushed = push(out, cfg)
     card = (out / "README.md").read_text()
+    if report["prompt_set"] is None:
+        context.log.warning("the splits record no prompt set (built before sets were recorded): "
+                            "rematerialize splits, or training and evaluation fall back to "
+                            "their configured sets")
     return MaterializeResult(metadata={
+        "prompt_set": MetadataValue.text(report["prompt_set"] or "(not recorded)"),
         "dagster/row_count": sum(report["rows"].values()),
         "rows": ui.table(counts_table(report["rows"], "split")),
         "rows_by_task": ui.table(counts_table(report["rows_by_task"], "split")),

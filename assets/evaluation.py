@@ -10,7 +10,10 @@ benchmarks.yaml` when it exists; each entry a name and a file (relative to the Y
     vstar: VStarBench.tsv                          # the kind read from the name
     hrbench4k: {path: hr_bench_4k.tsv, kind: hrbench}
 
-A new checkpoint is evaluated on every partition automatically (eager). Each materialization
+The prompts are those the checkpoint's data was rendered with: the set its published dataset
+records (thyme-sft for SFT stage 2, thyme-rl for GRPO-ATS; `prompt_set` overrides it, with a
+warning when it differs). A new checkpoint is
+evaluated on every partition automatically (eager). Each materialization
 records the benchmark's score with its confidence interval, with and without tools (the
 ablation), tool use, the markdown report, a table of every metric and the bar chart. The work
 is `python -m thyme_train.evaluate` (docs/evaluation.md).
@@ -42,7 +45,7 @@ from pydantic import Field
 
 from assets import ui
 from assets.resources import SandboxResource, ThymeStorage
-from assets.training import RL_DATASET, launch
+from assets.training import RL_DATASET, SFT_DATASET, choose_prompt_set, launch
 
 HELDOUT = "heldout"
 BENCHMARKS_ENV = "THYME_BENCHMARKS"
@@ -95,8 +98,9 @@ class EvaluationConfig(Config):
                         "folder, a .jsonl or a published dataset directory); empty: the partition's")
     split: str = Field("test", description="split of a published dataset")
     limit: int = Field(0, description="evaluate at most this many items (0: all)")
-    prompt_set: str = Field("thyme", description="thyme, thyme-release (a released checkpoint's "
-                                                 "prompts), a YAML file or from:<dataset>")
+    prompt_set: str = Field("", description="empty: the set the published datasets record (the "
+                            "one the checkpoints' data was rendered with); or thyme, thyme-release "
+                            "(a released checkpoint's prompts), a YAML file or from:<dataset>")
     samples: int = Field(1, description="samples per item (Avg@k, pass@k); > 1 needs a temperature")
     temperature: float = Field(0.0, description="text temperature (0: greedy)")
     max_new_tokens: int = Field(2048, description="new tokens per generation call")
@@ -112,6 +116,8 @@ class EvaluationConfig(Config):
 
 def _evaluation_asset(checkpoint: str):
     upstream = AssetKey(["training", checkpoint])
+    # the published dataset the checkpoint was last trained on: its prompts are the model's
+    trained_on = (SFT_DATASET, "thyme-sft") if checkpoint == "sft_stage2" else (RL_DATASET, "thyme-rl")
 
     @asset(name=f"{checkpoint}_scores", key_prefix="evaluation", group_name="evaluation",
            kinds={"python", "pytorch"}, deps=[upstream, RL_DATASET], partitions_def=benchmarks,
@@ -133,11 +139,14 @@ def _evaluation_asset(checkpoint: str):
                                     else str(storage.path("published", "thyme-rl")))
         kind = BENCHMARKS.get(name, {}).get("kind", "")
         out = storage.path("evaluation", checkpoint)
+        prompt_set, prompt_meta = choose_prompt_set(context, storage, *trained_on,
+                                                    config.prompt_set or None,
+                                                    parts=("system", "user", "user_text"))
         command = [sys.executable, "-m", "thyme_train.evaluate", "--model", str(model),
                    "--benchmark", f"{name}{':' + kind if kind else ''}={spec}", "--split", config.split,
                    "--out", str(out), "--max-new-tokens", str(config.max_new_tokens),
                    "--engine", config.engine, "--on-code-error", config.on_code_error,
-                   "--prompt-set", config.prompt_set, "--samples", str(config.samples),
+                   "--prompt-set", prompt_set, "--samples", str(config.samples),
                    "--temperature", str(config.temperature)]
         command += [a for url in config.servers for a in ("--server", url)]
         if config.judge_model:
@@ -156,7 +165,8 @@ def _evaluation_asset(checkpoint: str):
         metadata = {k: v for k, v in (result.metadata or {}).items() if k != "report"}
         settings = json.loads((out / name / "results.json").read_text()).get("settings", {})
         metadata["sandbox_isolation"] = MetadataValue.json(settings.get("sandbox_isolation", []))
-        return result._replace(metadata={**metadata, "metrics": metrics_table(out / name / "results.json"),
+        return result._replace(metadata={**metadata, **prompt_meta,
+                                         "metrics": metrics_table(out / name / "results.json"),
                                          **_report(storage, out / name, f"{checkpoint}_{name}", images)})
 
     return _evaluate

@@ -7,6 +7,11 @@ The trainer (`python -m thyme_train.sft`, or under torchrun / accelerate / deeps
 log lines and its loss at every logged step into the run, and reports the checkpoint, the final
 and best loss, the steps, the samples dropped, the loss curve and the dataset version it trained
 on. A failed run fails the asset with the trainer's own error.
+
+The prompt set is the published dataset's: SFT gets `prompt_set=from:<data/published/thyme-sft>`
+(the set its rows were rendered with, `pipelines.core.prompts`), GRPO keeps each RL row's own
+messages. A `prompt_set` in `overrides` or the config file wins; one that differs from the
+dataset's set is a warning in the run's log and the metadata (`prompt_set_warning`).
 (No `from __future__ import annotations` here: Dagster reads the config annotations.)
 """
 
@@ -72,6 +77,70 @@ def config_path(name: str) -> str:
     return str(shipped)
 
 
+def explicit_setting(config_file: str, overrides: list[str], key: str) -> str | None:
+    """A setting the user gave the launched process: the last `key=value` of `overrides`, else
+    the config file's `key` (None when neither sets it, or sets it to null)."""
+    import yaml
+
+    data = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+    value = data.get(key) if isinstance(data, dict) else None
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        if sep and name.strip() == key:
+            value = None if raw.strip().lower() in ("", "null", "none", "~") else raw.strip()
+    return None if value is None else str(value)
+
+
+def choose_prompt_set(context: AssetExecutionContext, storage: ThymeStorage, dataset: AssetKey,
+                      folder: str, explicit: str | None, parts: tuple[str, ...],
+                      row_own: bool = False) -> tuple[str | None, dict]:
+    """The prompt set a consumer of the published dataset `folder` uses, and its metadata: an
+    explicit choice wins; else the set the dataset records, passed as `from:<folder>` (`row_own`:
+    nothing is passed, the process keeps each row's own messages, which that set rendered); else
+    (nothing recorded) the process's default. A choice whose `parts` (system, user, user_text)
+    are not the recorded set's, or a dataset that records none, is a warning in the run's log
+    and the metadata."""
+    from pipelines.core.prompts import (
+        DEFAULT_PROMPT_SET,
+        FROM_DATASET,
+        PromptSetError,
+        load_prompt_set,
+        prompt_set_differences,
+        recorded_prompt_set,
+    )
+
+    where = storage.path("published", folder)
+    try:
+        recorded = recorded_prompt_set(where)
+        chosen = load_prompt_set(explicit) if explicit else None
+    except PromptSetError as exc:
+        raise Failure(description=str(exc)) from None
+    warning = None
+    if chosen is not None:
+        spec, name = explicit, chosen.name
+        differ = prompt_set_differences(chosen, recorded, parts) if recorded else []
+        if differ:
+            warning = (f"prompt_set {explicit!r} overrides {recorded.name!r}, the set "
+                       f"{dataset.to_user_string()} was rendered with: its {', '.join(differ)} "
+                       f"differ, so the model sees other prompts than its data was made with")
+    elif row_own:
+        spec, name = None, "each row's own" + (f" ({recorded.name})" if recorded else "")
+    elif recorded is not None:
+        spec, name = f"{FROM_DATASET}{where}", recorded.name
+    else:
+        spec, name = DEFAULT_PROMPT_SET, DEFAULT_PROMPT_SET
+        warning = (f"{dataset.to_user_string()} records no prompt set ({storage.relative(where)} "
+                   f"was published before sets were recorded, or by hand): using "
+                   f"{DEFAULT_PROMPT_SET!r}; rematerialize the splits and the dataset to record "
+                   f"the set its rows were rendered with")
+    metadata = {"prompt_set": MetadataValue.text(name),
+                "prompt_set_of_dataset": MetadataValue.text(recorded.name if recorded else "(not recorded)")}
+    if warning:
+        context.log.warning(warning)
+        metadata["prompt_set_warning"] = MetadataValue.text(warning)
+    return spec, metadata
+
+
 def _dataset_version(context: AssetExecutionContext) -> str:
     """The data version of the published SFT dataset's latest materialization, if any."""
     event = context.instance.get_latest_materialization_event(SFT_DATASET)
@@ -87,11 +156,16 @@ def _launch(context: AssetExecutionContext, config: SFTStageConfig, storage: Thy
             model: str) -> MaterializeResult:
     out = storage.path("checkpoints", "sft", stage)
     error_file = storage.path("checkpoints", "sft", f".{stage}-error.json")
+    config_file = config_path(config.config_file)
+    prompt_set, prompt_meta = choose_prompt_set(
+        context, storage, SFT_DATASET, "thyme-sft",
+        explicit_setting(config_file, config.overrides, "prompt_set"), parts=("system",))
     settings = [f"data={storage.path('published', 'thyme-sft')}", f"output_dir={out}",
                 f"model={model}", f"stage={stage}", f"cache_dir={storage.path('cache', 'hf')}",
-                f"dataset_version={_dataset_version(context)}", *config.overrides]
+                f"dataset_version={_dataset_version(context)}", f"prompt_set={prompt_set}",
+                *config.overrides]
     prefix = config.launcher or [sys.executable, "-m"]
-    command = [*prefix, "thyme_train.sft", "--config", config_path(config.config_file)]
+    command = [*prefix, "thyme_train.sft", "--config", config_file]
     for item in settings:
         command += ["--set", item]
     stale = out / "metrics.json"  # a finished run is never continued: a new one starts fresh
@@ -105,8 +179,8 @@ def _launch(context: AssetExecutionContext, config: SFTStageConfig, storage: Thy
     result = with_history(context, storage, result, out, records, source, SFT_STEP_METRICS,
                           {"curves_training": (f"SFT {stage}: per-step metrics", SFT_STEP_METRICS)})
     # the trainer names its files relative to its own working directory; show the data folder's
-    return result._replace(metadata={**result.metadata, "loss_curve_file": MetadataValue.path(
-        storage.relative(out / "loss_curve.png"))})
+    return result._replace(metadata={**result.metadata, **prompt_meta, "loss_curve_file":
+                                     MetadataValue.path(storage.relative(out / "loss_curve.png"))})
 
 
 def with_history(context: AssetExecutionContext, storage: ThymeStorage, result: MaterializeResult,
@@ -210,6 +284,12 @@ def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeS
         raise Failure(description=f"SFT stage 2's model is missing at {storage.relative(stage2)}: "
                                   f"materialize training/sft_stage2 first")
     out = storage.path("checkpoints", "grpo_ats")
+    config_file = config_path(config.config_file)
+    # null (the default) keeps each row's own messages: those the dataset's set rendered
+    _, prompt_meta = choose_prompt_set(
+        context, storage, RL_DATASET, "thyme-rl",
+        explicit_setting(config_file, config.overrides, "prompt_set"),
+        parts=("system", "user", "user_text"), row_own=True)
     settings = [f"model={stage2}", f"data={storage.path('published', 'thyme-rl')}",
                 f"output_dir={out}"]
     if sandbox.isolation is not None:  # (an override below still wins)
@@ -218,7 +298,7 @@ def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeS
     if (out / "metrics.json").is_file():  # a finished run is never continued: start fresh
         settings.append("resume=never")
     command = [*(config.launcher or [sys.executable, "-m"]), "thyme_train.grpo",
-               "--config", config_path(config.config_file)]
+               "--config", config_file]
     for item in settings:
         command += ["--set", item]
     result = launch(context, pipes_subprocess_client, command,
@@ -228,9 +308,10 @@ def grpo_ats(context: AssetExecutionContext, config: GRPOConfig, storage: ThymeS
                             "curves_collapse": out / "curves_collapse.png"})
     from pipelines.core.reports import GRPO_OPTIMISER, GRPO_STEP_METRICS, grpo_history
 
-    return with_history(context, storage, result, out, grpo_history(out), "metrics.jsonl",
-                        GRPO_STEP_METRICS,
-                        {"curves_optimiser": ("GRPO-ATS: loss, KL, learning rate", GRPO_OPTIMISER)})
+    result = with_history(context, storage, result, out, grpo_history(out), "metrics.jsonl",
+                          GRPO_STEP_METRICS,
+                          {"curves_optimiser": ("GRPO-ATS: loss, KL, learning rate", GRPO_OPTIMISER)})
+    return result._replace(metadata={**result.metadata, **prompt_meta})
 
 
 TRAINING_ASSETS = [sft_stage1, sft_stage2, grpo_ats]

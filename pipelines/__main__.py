@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--no-system-prompt", action="store_true",
                     help="SFT: no system message (the model's template default applies)")
     ex.add_argument("--prompt-set", default=None,
-                    help="SFT: the system prompt's set (thyme, thyme-release, a YAML path, from:<dataset>)")
+                    help="SFT: the system prompt's set (thyme, thyme-release, a YAML path, "
+                         "from:<dataset>); default: the set the dataset records, else thyme")
     _recipe_commands(sub)
     args = parser.parse_args(argv)
     if args.command in RECIPES:
@@ -148,12 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         args.engine = "ray" if args.ray_address else "local"
 
     if args.command == "export":
-        from pipelines.core.prompts import load_prompt_set
+        from pipelines.core.prompts import load_prompt_set, recorded_spec
         from pipelines.datasets.exports import ExportConfig, export
+        prompt_set = args.prompt_set or recorded_spec([args.dataset])   # the dataset's own set
         cfg = ExportConfig(format=args.format, splits=tuple(args.splits),
                            train_last_round_only=args.last_round_only,
                            system_prompt=None if args.no_system_prompt
-                           else load_prompt_set(args.prompt_set).system)
+                           else load_prompt_set(prompt_set).system)
         print(json.dumps(export(args.dataset, args.out, cfg, store_root=args.images), indent=2))
         return 0
 

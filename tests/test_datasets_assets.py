@@ -12,6 +12,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from assets.datasets import DATASET_ASSETS
 from assets.resources import ThymeStorage
+from pipelines.core.prompts import load_prompt_set
 from pipelines.datasets import validate
 from pipelines.datasets.names import CHECKS, RL_ROW_CHECKS, SFT_ROW_CHECKS, SPLIT_CHECKS, SPLITS
 
@@ -40,8 +41,10 @@ def test_definitions_hold_the_dataset_assets():
 
 def test_splits_checks_and_published_datasets(storage):
     res, _ = storage
+    # rendered with the released checkpoints' prompts: the set travels into both datasets
+    run_config = {"ops": {"splits": {"config": {"test_share": 0.25, "prompt_set": "thyme-release"}}}}
     result = materialize(DATASET_ASSETS, instance=DagsterInstance.ephemeral(),
-                         resources={"storage": res}, run_config=RUN_CONFIG)
+                         resources={"storage": res}, run_config=run_config)
     assert result.success
     checks = result.get_asset_check_evaluations()
     assert len(checks) == 3 * len(SFT_ROW_CHECKS + SPLIT_CHECKS) + len(RL_ROW_CHECKS + SPLIT_CHECKS)
@@ -66,6 +69,11 @@ def test_splits_checks_and_published_datasets(storage):
     def train_rows(value, key):
         return next(r.data["rows"] for r in value.records if r.data[key] == "train")
     assert train_rows(rl["rows"], "split") == train_rows(meta[AssetKey(["splits", "rl"])]["rows"], "part") > 0
+    release = load_prompt_set("thyme-release")
+    assert single["prompt_set"] == sft["prompt_set"] == rl["prompt_set"] == "thyme-release"
+    for name in ("thyme-sft", "thyme-rl"):
+        recorded = load_prompt_set(f"from:{res.path('published', name)}")
+        assert (recorded.name, recorded.system, recorded.user) == ("thyme-release", release.system, release.user)
 
 
 def test_a_failing_check_blocks_publishing(storage):

@@ -53,6 +53,9 @@ def test_both_stages_train_through_pipes_and_record_metadata(tmp_path):
         assert "data:image/png;base64," in m["curves_training"] and "4 logged steps" in m["history"]
         assert m["dataset_fingerprint"] and m["samples_dropped"] == 0
         assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+        # a dataset written by hand records no prompt set: the default, and the asset says so
+        assert m["prompt_set"] == json.loads((out / "metrics.json").read_text())["prompt_set"] == "thyme"
+        assert "records no prompt set" in m["prompt_set_warning"]
     assert meta["stage1"]["samples_trained"] == 32      # single-round + 2round
     assert meta["stage2"]["samples_trained"] == 12      # computation, with and without images
     # Stage 2 continued from stage 1's model; both record the dataset version they trained on.
@@ -135,6 +138,7 @@ def test_grpo_and_evaluation_assets_through_pipes(tmp_path, tmp_path_factory):
         assert meta["items_preview"].count("data:image/jpeg;base64,") == items   # from splits/rl
         results = json.loads((root / "evaluation" / name / "heldout" / "results.json").read_text())
         assert set(results["summaries"]) == modes
+        assert results["settings"]["prompt_set"] == meta["prompt_set"] == "thyme"   # as evaluated
         assert [r["policy"] for r in meta["sandbox_isolation"]] == [ISOLATION]
 
 

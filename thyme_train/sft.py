@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.core.atomic import write_json
-from pipelines.core.prompts import DEFAULT_PROMPT_SET, load_prompt_set
+from pipelines.core.prompts import (
+    DEFAULT_PROMPT_SET,
+    FROM_DATASET,
+    load_prompt_set,
+    recorded_spec,
+)
 from thyme_train.config import doc, parse_config, resume_checkpoint, to_dict, trainer_arguments
 from thyme_train.data import data_files, fingerprint, load_rows, measure_and_filter
 from thyme_train.freezing import freeze
@@ -98,11 +103,13 @@ class ThymeSFTConfig:
                                      "hallucinate sandbox results.", default=True)
     train_last_round_only: bool = doc("No loss on rounds before the last in multi-round samples "
                                       "(paper: on for stage 1, off for stage 2).", default=True)
-    prompt_set: str = doc("Prompt set whose system prompt every sample gets: a name (thyme, "
-                          "thyme-release: the released checkpoints' prompts), a prompt-set YAML "
-                          "path, or from:<dataset file> (pipelines.core.prompts). The user "
-                          "message is each row's own `question`, as the splits rendered it.",
-                          default=DEFAULT_PROMPT_SET)
+    prompt_set: str | None = doc("Prompt set whose system prompt every sample gets: a name "
+                                 "(thyme, thyme-release: the released checkpoints' prompts), a "
+                                 "prompt-set YAML path, or from:<dataset file or folder> "
+                                 "(pipelines.core.prompts). null: the set the published datasets "
+                                 "in `data` record (the one their rows were rendered with), else "
+                                 "thyme. The user message is each row's own `question`, as the "
+                                 "splits rendered it.", default=None)
     system_prompt: str | None = doc("A system prompt text overriding the set's; \"\" in YAML: "
                                     "none (the chat template's default); null: the set's.",
                                     default=None)
@@ -145,7 +152,15 @@ class ThymeSFTConfig:
             raise ValueError("config: max_length must be positive")
         if self.deepspeed:
             self.deepspeed = str(_shipped(self.deepspeed))
+        recorded = recorded_spec(self.data)
+        if self.prompt_set is None:
+            self.prompt_set = recorded or DEFAULT_PROMPT_SET
         load_prompt_set(self.prompt_set)          # a bad name or file fails here, not mid-run
+        if recorded and (self.system() or "") != load_prompt_set(recorded).system:
+            log.warning("the system prompt (prompt_set %s%s) is not the one of %s, the set %s "
+                        "was rendered with", self.prompt_set,
+                        ", system_prompt set" if self.system_prompt is not None else "",
+                        load_prompt_set(recorded).name, recorded.removeprefix(FROM_DATASET))
 
     def system(self) -> str | None:
         """The system prompt of every sample (None: none)."""
@@ -287,6 +302,7 @@ def train(cfg: ThymeSFTConfig, callbacks: list = ()) -> dict:
             "parameters": run.parameters,
             "dataset": {"files": [os.path.relpath(f) for f in run.files],
                         "fingerprint": fingerprint(run.files), "version": cfg.dataset_version},
+            "prompt_set": load_prompt_set(cfg.prompt_set).name,
             "config": to_dict(cfg),
             "runtime_s": round(time.time() - started, 1),
         }
@@ -330,6 +346,7 @@ def materialization_metadata(metrics: dict) -> dict:
         "loss_curve_file": {"raw_value": os.path.relpath(out / LOSS_CURVE_FILE), "type": "path"},
         "runtime_s": {"raw_value": metrics["runtime_s"], "type": "float"},
         "resumed_from": {"raw_value": metrics["resumed_from"] or "", "type": "text"},
+        "prompt_set": {"raw_value": metrics["prompt_set"], "type": "text"},
     }
     return meta
 

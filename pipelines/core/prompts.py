@@ -2,12 +2,19 @@
 
 Prompts a model was trained with are data: each prompt set is a YAML file (`prompt_sets/<name>.
 yaml`: `system`, `user` for a question with images, `user_text` for a text-only question,
-`description`), selectable by name, by path, or taken from a released dataset's own rows:
+`description`, optionally `name`, else the file's stem), selectable by name, by path, or taken from a released dataset's own rows:
 
     load_prompt_set("thyme")                      # ours, the default
     load_prompt_set("thyme-release")              # the released checkpoints' prompts, verbatim
     load_prompt_set("path/to/my_prompts.yaml")    # a user's file
     load_prompt_set("from:thyme-rl.parquet")      # the system and user prompt of a dataset's rows
+    load_prompt_set("from:data/published/thyme-sft")  # the set a dataset folder records
+
+A dataset folder records the set its rows were rendered with in `prompt_set.yaml` (the same
+YAML, with the set's `name`): `build_splits` writes it beside the splits, `publish` copies it into
+the published dataset, and the training and evaluation assets (and `thyme_train.sft` by default)
+read it back through `from:<folder>`, so a model trains and is evaluated with the prompts its
+data was made with.
 
 Templates name their slots `{image_tokens}` (one `<image>` line per input image), `{question}`,
 `{image_path}` and `{image_size}` (`WxH`, the original pixel size of the first image); any other
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +36,7 @@ from sandbox.protocol import IMAGE_TOKEN
 PROMPT_SETS_DIR = Path(__file__).parent / "prompt_sets"
 DEFAULT_PROMPT_SET = "thyme"
 FROM_DATASET = "from:"
+RECORD_FILE = "prompt_set.yaml"   # in a dataset folder: the set its rows were rendered with
 SLOTS = ("{image_tokens}", "{image_path}", "{image_size}", "{question}")
 
 _PATH = re.compile(r'(User Image Path:\*{0,2}\s*")([^"]*)(")')
@@ -60,11 +69,25 @@ class PromptSet:
         return text.replace("{question}", question)  # last: a question may hold slot-like text
 
 
-@functools.cache
 def load_prompt_set(spec: str | None = None) -> PromptSet:
     """A prompt set by name (`prompt_sets/<name>.yaml`), by path to such a YAML file, or
-    `from:<file>` (a Thyme-RL/verl parquet or JSONL whose rows hold system and user messages)."""
+    `from:<file>` (a Thyme-RL/verl parquet or JSONL whose rows hold system and user messages)
+    or `from:<folder>` (the set a dataset folder records, `RECORD_FILE`; read afresh each time,
+    as a folder can be published again with another set)."""
     spec = spec or DEFAULT_PROMPT_SET
+    source = Path(spec[len(FROM_DATASET):]) if spec.startswith(FROM_DATASET) else None
+    if source is not None and source.is_dir():
+        recorded = recorded_prompt_set(source)
+        if recorded is None:
+            raise PromptSetError(f"{source}: records no prompt set (no {RECORD_FILE}: built or "
+                                 "published before sets were recorded, or not a dataset of "
+                                 "this pipeline); name a set, a YAML path or from:<a parquet file>")
+        return recorded
+    return _load_prompt_set(spec)
+
+
+@functools.cache
+def _load_prompt_set(spec: str) -> PromptSet:
     if spec.startswith(FROM_DATASET):
         return prompt_set_from_dataset(spec[len(FROM_DATASET):])
     path = Path(spec)
@@ -99,8 +122,48 @@ def _read_yaml(path: Path) -> PromptSet:
         absent = [slot for slot in required if slot not in data[key]]
         if absent:
             raise PromptSetError(f"prompt set {path}: `{key}` lacks the slot(s) {absent}")
-    return PromptSet(path.stem, data["system"], data["user"], data["user_text"],
+    name = data.get("name") if isinstance(data.get("name"), str) and data["name"] else path.stem
+    return PromptSet(name, data["system"], data["user"], data["user_text"],
                      data.get("description", ""))
+
+
+def record_prompt_set(prompts: PromptSet, folder: str | os.PathLike) -> Path:
+    """Write `prompts` into a dataset folder as its `RECORD_FILE` (a prompt-set YAML naming the
+    set), atomically; `from:<folder>` loads it back."""
+    import yaml
+
+    from pipelines.core.atomic import write_text
+
+    text = yaml.safe_dump({"name": prompts.name, "description": prompts.description,
+                           "system": prompts.system, "user": prompts.user,
+                           "user_text": prompts.user_text}, sort_keys=False, allow_unicode=True,
+                          width=100)
+    return write_text(Path(folder) / RECORD_FILE, text)
+
+
+def recorded_prompt_set(folder: str | os.PathLike) -> PromptSet | None:
+    """The set a dataset folder records (read afresh, never cached), None when it records none."""
+    record = Path(folder) / RECORD_FILE
+    return _read_yaml(record) if record.is_file() else None
+
+
+def recorded_spec(folders: list[str]) -> str | None:
+    """`from:<folder>` for the set the dataset folders among `folders` record (None when none
+    does); PromptSetError when they record different sets (their rows were rendered differently)."""
+    recorded = {str(f): found for f in folders if Path(f).is_dir()
+                and (found := recorded_prompt_set(f)) is not None}
+    distinct = {(p.system, p.user, p.user_text): folder for folder, p in recorded.items()}
+    if len(distinct) > 1:
+        raise PromptSetError("the datasets were rendered with different prompt sets ("
+                             + ", ".join(f"{f}: {recorded[f].name}" for f in distinct.values())
+                             + "): name the set to use")
+    return f"{FROM_DATASET}{next(iter(recorded))}" if recorded else None
+
+
+def prompt_set_differences(chosen: PromptSet, recorded: PromptSet,
+                           parts: tuple[str, ...] = ("system", "user", "user_text")) -> list[str]:
+    """The parts (`system`, `user`, `user_text`) in which `chosen` is not `recorded`'s text."""
+    return [part for part in parts if getattr(chosen, part) != getattr(recorded, part)]
 
 
 def prompt_set_from_dataset(file: str) -> PromptSet:

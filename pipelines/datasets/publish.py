@@ -7,6 +7,8 @@ Layout (`datasets.load_dataset(DIR, split=...)` reads it from a local path or th
 
     README.md                                   dataset card: YAML configs, features, row counts,
                                                 funnel, how it was made, license
+    prompt_set.yaml                             the prompt set the rows were rendered with (as
+                                                the splits recorded it; `from:DIR` loads it)
     data/<encoding>/<split>-00000.parquet ...   shards per split, per image encoding
     images/<hash[:2]>/<hash>.<ext>              image files (RL by default: prompts name them)
 
@@ -38,6 +40,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_path
 from pipelines.core.formats import b64
+from pipelines.core.prompts import RECORD_FILE, PromptSet, record_prompt_set, recorded_prompt_set
 from pipelines.core.published import ENCODINGS, shard_name
 from pipelines.datasets.names import COMPUTATION, RL, SINGLE, TWO_ROUND, UNROUTED
 from pipelines.datasets.splits import iter_split, split_file
@@ -185,9 +188,13 @@ def publish(split_dir: str | os.PathLike, store_root: str | os.PathLike, out_dir
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(resolve(path), target)
         splits = [s for s in cfg.layout if rows[s]]
-        (tmp / "README.md").write_text(dataset_card(cfg, splits, rows, by_task, sizes))
+        prompts = recorded_prompt_set(split_dir)       # build_splits records it
+        if prompts is not None:
+            record_prompt_set(prompts, tmp)
+        (tmp / "README.md").write_text(dataset_card(cfg, splits, rows, by_task, sizes, prompts))
     files = sorted(p for p in out.rglob("*") if p.is_file())
     return {"path": str(out), "kind": cfg.kind, "splits": splits, "rows": rows, "rows_by_task": by_task,
+            "prompt_set": prompts.name if prompts is not None else None,
             "encodings": list(cfg.encodings), "image_files": len(shipped), "files": len(files),
             "bytes": sum(p.stat().st_size for p in files)}
 
@@ -195,7 +202,8 @@ def publish(split_dir: str | os.PathLike, store_root: str | os.PathLike, out_dir
 # ------------------------------------------------------------------ the dataset card
 
 def dataset_card(cfg: PublishConfig, splits: list[str], rows: dict[str, int],
-                 by_task: dict[str, dict[str, int]], sizes: dict[tuple[str, str], int]) -> str:
+                 by_task: dict[str, dict[str, int]], sizes: dict[tuple[str, str], int],
+                 prompts: PromptSet | None = None) -> str:
     import yaml
 
     configs, infos = [], []
@@ -243,7 +251,7 @@ ds_hf = load_dataset("PATH_OR_REPO", "hf", split="{splits[0] if splits else 'tra
 Responses end with `</think>` + one space + `<answer>...</answer>`. Rows without an input image
 (`has_image` false: text-only computation questions) have an empty image list and a question
 without `<image>`; a row with several input images has one `<image>` per input, in order.
-{_sections(cfg.funnel)}
+{_prompts_section(cfg, prompts)}{_sections(cfg.funnel)}
 ## How it was made (funnel)
 
 ```json
@@ -307,6 +315,20 @@ def _images_section(cfg: PublishConfig, splits: list[str] | None = None) -> str:
             f"`hf` has the same images as `datasets.Image` values.\n{files}\n"
             "Processed images are saved under `/mnt/data/temp_processed_images/`, which the "
             "sandbox redirects.")
+
+
+def _prompts_section(cfg: PublishConfig, prompts: PromptSet | None) -> str:
+    """What the card says about the prompts the rows were rendered with."""
+    if prompts is None:
+        return ("\n## Prompts\n\nThe prompt set the rows were rendered with is not recorded (the "
+                "splits were built before sets were recorded).\n")
+    rendered = ("the `question` column is the user message it rendered; a trainer adds the "
+                "set's system prompt" if cfg.kind == "sft" else "`messages` hold its system and "
+                "user messages")
+    return (f"\n## Prompts\n\nRendered with the prompt set `{prompts.name}` ({rendered}). "
+            f"`{RECORD_FILE}` holds it (system prompt and user templates): train and evaluate "
+            "with the same set, `prompt_set=from:PATH_TO_THIS_DATASET` (the Thyme toolkit's "
+            "trainers and evaluation read it by default).\n")
 
 
 def _absent(cfg: PublishConfig, splits: list[str]) -> str:

@@ -11,7 +11,9 @@
   its image(s) may become one, no teacher needed (`pipelines.datasets.rl_prompts`).
 
 Each split has a `train` and a held-out `test` part, separated by input image: rows that share
-any input image (or, text-only, the normalised question) fall in the same part. Exact duplicates
+any input image (or, text-only, the normalised question) fall in the same part. The prompt set the rows are
+rendered with is recorded beside them (`prompt_set.yaml`, `pipelines.core.prompts`); publishing
+carries it into the dataset. Exact duplicates
 (same sample) and near duplicates (same first image, same numbers, question Jaccard >= threshold,
 `pipelines.datasets.dedup`) are removed across all splits: one row per cluster, placed by the split
 priority. A configurable task mix downsamples over-represented tasks per split; tasks the mix
@@ -53,7 +55,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_path
 from pipelines.core.images import store_path
-from pipelines.core.prompts import DEFAULT_PROMPT_SET, load_prompt_set
+from pipelines.core.prompts import DEFAULT_PROMPT_SET, load_prompt_set, record_prompt_set
 from pipelines.core.schema import Sample
 from pipelines.core.trajectory import Trajectory
 from pipelines.datasets import validate as v
@@ -223,6 +225,7 @@ def build_splits(audited_files: list[str], sample_files: list[str], out_dir: str
         if decontamination is not None:
             report["decontamination"] = decontamination
         (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        record_prompt_set(prompts, tmp)          # what the rows were rendered with, for publish
     return report
 
 
