@@ -2,8 +2,8 @@
 a VLMEvalKit TSV, this tree's code side by side with a baseline commit's (by default the last one
 before it went columnar), each in its own process on the same files:
 
-    python benchmarks/decontamination_bench.py [--rows 5000 10000 20000 1000000]
-                                               [--baseline-max-rows 20000] [--baseline 35ec961]
+    python benchmarks/decontamination_bench.py [--rows 2000 5000 10000 1000000]
+                                               [--baseline-max-rows 10000] [--baseline 35ec961]
 
 The pool asks what real pools ask: templated questions ("What is the colour of the {thing}?")
 over a vocabulary, so the same text comes back for thousands of pictures, plus questions of
@@ -128,9 +128,9 @@ def _run(code_root: Path, data: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, nargs="+", default=[5_000, 10_000, 20_000, 1_000_000])
+    ap.add_argument("--rows", type=int, nargs="+", default=[2_000, 5_000, 10_000, 1_000_000])
     ap.add_argument("--baseline", default=BASELINE, help="commit whose find_contaminated is compared")
-    ap.add_argument("--baseline-max-rows", type=int, default=20_000,
+    ap.add_argument("--baseline-max-rows", type=int, default=10_000,
                     help="largest pool the baseline runs (it is quadratic in alike questions)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", default=None, help="append the results to this markdown file")

@@ -9,10 +9,15 @@ A sample matches a benchmark item when
   came), or the same picture re-encoded, resized or recoloured (`perceptual_hash` within
   `phash_distance` bits of 64), or
 - its question is a near duplicate of the item's, with or without the item's options listed
-  (character 5-gram Jaccard >= `question_threshold`, same numbers: the splits' MinHash LSH,
-  `pipelines.datasets.dedup`, each pair confirmed directly). Questions shorter than
+  (character 5-gram Jaccard >= `question_threshold`, same numbers: the splits' MinHash,
+  `pipelines.datasets.dedup.near_duplicates_of`, each pair confirmed directly). Questions shorter than
   `min_question_chars` match by text only when that is allowed (`short_questions`): "What is the
   color of the bag?" is asked of thousands of unrelated pictures.
+
+At pool scale (4M rows, the same question asked of thousands of pictures) the work is linear
+in the pool: images are matched once per distinct image and questions once per distinct text,
+against the benchmark's (never pool question against pool question), as polars joins over the
+pool index; only the matched samples become Python objects (benchmarks/decontamination_bench.py).
 
 Benchmarks are read by `pipelines.core.benchmarks` (VLMEvalKit TSV, JSONL); a broken row stops
 the run naming file and row, unless `on_error="skip"` (the skipped rows are counted). Perceptual

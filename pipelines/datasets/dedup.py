@@ -51,11 +51,17 @@ def near_duplicate_clusters(items: list[tuple[str, str, str]], threshold: float)
             x = parent[x]
         return x
 
-    text, group_of = {}, {}
+    text, group_of, first_of = {}, {}, {}
     for ident, key, question in items:
         canon = canonical_question(question)
+        group = (key, tuple(_NUMBER.findall(canon)))
+        same = first_of.setdefault((group, canon), ident)
+        if same != ident:     # the same text in the same group: one cluster, no pair to compare
+            ra, rb = find(same), find(ident)
+            parent[max(ra, rb)] = min(ra, rb)
+            continue
         text[ident] = canon
-        group_of[ident] = (key, tuple(_NUMBER.findall(canon)))
+        group_of[ident] = group
     sizes = Counter(group_of.values())
     buckets: dict[tuple, list[str]] = defaultdict(list)
     rows = NUM_PERM // BANDS
