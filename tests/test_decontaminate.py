@@ -85,7 +85,8 @@ def test_broken_benchmark_rows_name_file_and_row(tmp_path):
     with pytest.raises(BenchmarkError, match=r"bad.tsv: row 1 \(index 7\): image .* neither a file nor base64"):
         list(read_benchmark(tmp_path / "bad.tsv"))
     errors: list = []
-    assert [i.id for i in read_benchmark(tmp_path / "bad.tsv", "skip", errors)] == ["8"]
+    # a row whose image reference dangles is an error, not an item (the evaluation cannot score it)
+    assert [i.id for i in read_benchmark(tmp_path / "bad.tsv", "skip", errors)] == []
     assert [e.row for e in errors] == ["1 (index 7)", "2 (index 8)"]
     assert "row index '42', which holds no image" in errors[1].reason
     (tmp_path / "b.jsonl").write_text('{"question": "q", "image": "missing.jpg"}\nnot json\n')

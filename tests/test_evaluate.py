@@ -145,7 +145,7 @@ def test_broken_rows_name_file_and_row(tmp_path):
     _write_tsv(tmp_path / "lite.tsv", [{"index": "0", "image": base64.b64encode(_png()).decode(),
                                         "question": "q", "multi-choice options": "__import__('os')",
                                         "answer": "A"}])
-    with pytest.raises(BenchmarkError, match=r"lite.tsv: row 0: malformed node"):
+    with pytest.raises(BenchmarkError, match=r"lite.tsv: row 1 \(index 0\): malformed node"):
         load_items(tmp_path / "lite.tsv", tmp_path / "img")      # literal_eval, never eval
     (tmp_path / "bench.txt").write_text("")
     with pytest.raises(BenchmarkError, match="unknown benchmark format"):

@@ -2,17 +2,18 @@
 names the source of every layout):
 
 - `tsv`: VLMEvalKit's TSVs (VStarBench, HRBench4K/8K, MME-RealWorld and -Lite, HallusionBench,
-  OCRBench, any MCQ/VQA TSV): `index`, base64 `image` (or `image_path`; a repeated image as the
-  index of the row holding it), `question`, options in columns `A`…`H` (MME-RealWorld-Lite: the
-  list in `multi-choice options`), `answer`, `category`, optional `hint`; every other column
-  (`l2-category`, `cycle_category`, `split`, a `bbox` …) is kept in `EvalItem.meta`;
+  OCRBench, any MCQ/VQA TSV) and `jsonl` (one object per line, `image` a path relative to the
+  file or base64, `question`, `answer`, optional `options` (a dict or a list), `category`, `id`,
+  `hint`, `bbox`): their rows are read by pipelines.core.benchmarks, the reader decontamination
+  uses, so both see the same questions, options and images (its docstring gives the columns).
+  Here every other column (`l2-category`, `cycle_category`, `split`, a `bbox` as `boxes` …) is
+  kept in `EvalItem.meta`; TSV items are worded as VLMEvalKit does (`mcq`, `vqa`), JSONL items
+  `plain`. The evaluation asks one image per item: a row with several is an error of that row;
 - `vstar`: V*'s own release (`vstar_bench/`): `direct_attributes/` and `relative_position/`,
   each image beside a JSON with `question`, `options` (the correct one first), `target_object`
   and `bbox` (`[x, y, w, h]` per target, pixels). The options are shown in a seeded order
   (per item, `option_seed`), so the correct letter is not always A and a re-run shows the same
   order; the target boxes feed the faithful-crop measure;
-- `jsonl`: one object per line, `image` (a path relative to the file), `question`, `answer`,
-  optional `options` (a dict or a list), `category`, `id`, `bbox`;
 - `published`: a split of a dataset this project published (read through
   pipelines.core.published, the reader SFT and GRPO share).
 
@@ -24,19 +25,15 @@ file, the row and the reason; `load_items(..., on_error="skip")` records it and 
 
 from __future__ import annotations
 
-import ast
-import csv
 import json
 import os
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.core import published
-from pipelines.core.benchmarks import BenchmarkError  # one error type for benchmark rows
+from pipelines.core import benchmarks, published
+from pipelines.core.benchmarks import OPTION_LETTERS, BenchmarkError  # one reader, one error
 
-OPTION_LETTERS = "ABCDEFGH"
 VSTAR_CATEGORIES = ("direct_attributes", "relative_position")
 # the MCQ wording of the released Thyme evaluation (its VLMEvalKit prompt mixin, _build_mcq_prompt)
 MCQ_SUFFIX = "Please select the correct answer from the options above."
@@ -67,10 +64,13 @@ class EvalItem:
         """The question as the model reads it, in the released Thyme evaluation's wording for
         VLMEvalKit benchmarks (its prompt mixin): `mcq` Hint / Question / Options / "Please
         select ..."; `yes_no` the question and " Please answer yes or no."; `vqa` the question
-        and a request for a short answer. `plain`: the question, then the options and a request
-        for the letter; `asis`: the text unchanged (a published row already lists its options)."""
-        if self.style == "asis" or (self.style == "plain" and not self.options):
+        and a request for a short answer. `plain`: the hint, the question, then the options and
+        a request for the letter; `asis`: the text unchanged (a published row already lists its
+        options)."""
+        if self.style == "asis":
             return self.question
+        if self.style == "plain" and not self.options:
+            return (f"Hint: {self.hint}\n" if self.hint else "") + self.question
         if self.style == "yes_no":
             return self.question + YES_NO_SUFFIX
         if self.style == "vqa" or not self.options:
@@ -80,7 +80,8 @@ class EvalItem:
             text += "Options:\n" + "".join(f"{k}. {v}\n" for k, v in self.options.items())
             chinese = any("\u4e00" <= ch <= "\u9fff" for ch in text)
             return (text + (MCQ_SUFFIX_CN if chinese else MCQ_SUFFIX)).rstrip()
-        lines = [self.question, "Options:"] + [f"{k}. {v}" for k, v in self.options.items()]
+        lines = ([f"Hint: {self.hint}"] if self.hint else []) + [self.question, "Options:"]
+        lines += [f"{k}. {v}" for k, v in self.options.items()]
         return "\n".join(lines) + "\nAnswer with the option's letter from the given choices."
 
 
@@ -90,10 +91,8 @@ def detect_format(path: Path) -> str:
         return "vstar"
     if path.is_dir() or path.suffix == ".parquet":
         return "published"
-    if path.suffix in (".tsv", ".csv"):
-        return "tsv"
-    if path.suffix in (".jsonl", ".json"):
-        return "jsonl"
+    if benchmarks.benchmark_format(path):
+        return benchmarks.benchmark_format(path)
     raise BenchmarkError(str(path), "-", "unknown benchmark format (expected .tsv, .jsonl, V*'s "
                          "vstar_bench folder, a .parquet file or a published dataset directory)")
 
@@ -109,20 +108,13 @@ def load_items(path: str | os.PathLike, image_dir: str | os.PathLike, limit: int
         raise BenchmarkError(str(path), "-", "no such file or directory")
     image_dir.mkdir(parents=True, exist_ok=True)
     fmt = detect_format(path)
-    reader = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "published": _published_rows,
-              "vstar": _vstar_rows}[fmt]
-    items, seen = [], set()
-    rows = reader(path, image_dir, option_seed if fmt == "vstar" else split)
-    for item in rows:
-        if isinstance(item, EvalItem) and item.id in seen:
-            item = BenchmarkError(str(path), item.id, "duplicate id (results are kept per id)")
-        if isinstance(item, BenchmarkError):
-            if on_error == "raise":
-                raise item
-            if errors is not None:
-                errors.append(item)
-            continue
-        seen.add(item.id)
+    if fmt in ("tsv", "jsonl"):
+        rows = _file_rows(path, image_dir, fmt)
+    else:
+        rows = {"published": _published_rows, "vstar": _vstar_rows}[fmt](
+            path, image_dir, option_seed if fmt == "vstar" else split)
+    items = []
+    for item in benchmarks.sift(_unique(rows, path), on_error, errors):
         if yes_no and item.style == "vqa":
             item.style = "yes_no"
         items.append(item)
@@ -131,60 +123,55 @@ def load_items(path: str | os.PathLike, image_dir: str | os.PathLike, limit: int
     return items
 
 
+def _unique(rows, path: Path):
+    """A second item with an id already read becomes an error (results are kept per id)."""
+    seen = set()
+    for item in rows:
+        if isinstance(item, EvalItem):
+            if item.id in seen:
+                item = BenchmarkError(str(path), item.id, "duplicate id (results are kept per id)")
+            else:
+                seen.add(item.id)
+        yield item
+
+
 def _image_from(value, base: Path, image_dir: Path) -> str:
     """An image given as base64 text, bytes, an HF image struct, or a path (relative to `base`),
     as a file that opens (pipelines.core.published.image_file)."""
     return str(published.image_file(value, base, image_dir))
 
 
-def _given(value) -> bool:
-    return value not in (None, "", "nan", "NaN", "None")
-
-
-_TSV_CORE = {"index", "image", "image_path", "question", "answer", "category", "hint",
-             "multi-choice options", *OPTION_LETTERS}
-
-
-def _tsv_rows(path: Path, image_dir: Path, split: str):
-    csv.field_size_limit(sys.maxsize)                  # base64 images are long fields
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-        missing = {"question", "answer"} - set(reader.fieldnames or [])
-        if missing:
-            raise BenchmarkError(str(path), "header", f"missing columns {sorted(missing)}")
-        images_by_index: dict[str, str] = {}
-        for n, row in enumerate(reader, start=1):
-            index = row.get("index") or str(n)
-            try:
-                raw = row.get("image") or row.get("image_path") or ""
-                # VLMEvalKit stores a repeated image as the index of the row that holds it
-                image = images_by_index[raw] if raw in images_by_index else \
-                    _image_from(raw, path.parent, image_dir)
-                images_by_index[index] = image
-                options = {k: row[k].strip() for k in OPTION_LETTERS if _given(row.get(k))}
-                if not options and _given(row.get("multi-choice options")):
-                    options = _option_list(row["multi-choice options"])
-                meta = {k: v for k, v in row.items() if k not in _TSV_CORE and _given(v)}
-                if "bbox" in meta:
-                    meta["boxes"] = _boxes(meta.pop("bbox"))
-                yield EvalItem(id=index, image=image, question=row["question"].strip(),
-                               answer=row["answer"].strip(), options=options,
-                               category=row.get("category") or "all",
-                               hint=row["hint"].strip() if _given(row.get("hint")) else "",
-                               style="mcq" if options else "vqa", meta=meta)
-            except (ValueError, OSError, SyntaxError) as exc:
-                yield BenchmarkError(str(path), index, str(exc))
-
-
-def _option_list(text: str) -> dict[str, str]:
-    """MME-RealWorld-Lite's `multi-choice options`: a Python list literal of "(A) text" lines (read
-    with ast.literal_eval, never eval)."""
-    from pipelines.core.answers import parse_options
-
-    lines = ast.literal_eval(text)
-    if not isinstance(lines, list | tuple):
-        raise ValueError(f"multi-choice options is not a list: {text[:60]!r}")
-    return parse_options(lines)
+def _file_rows(path: Path, image_dir: Path, fmt: str):
+    """EvalItems on the rows of pipelines.core.benchmarks (the reader decontamination uses):
+    each image a file (the one the row names, else its bytes cached in `image_dir`), a repeated
+    image the file of the row holding it, the other columns in `meta` (a `bbox` as `boxes`)."""
+    files_by_index: dict[str, str] = {}           # rows' images as files, for rows repeating them
+    for item in benchmarks.iter_benchmark(path, require_answer=True):
+        if isinstance(item, BenchmarkError):
+            yield item
+            continue
+        try:
+            if len(item.images) > 1:
+                raise ValueError(f"{len(item.images)} images: the evaluation asks one image per "
+                                 "item (decontamination reads them all)")
+            image = None
+            if item.images:
+                file = item.image_files[0] or published.cache_image(item.images[0], image_dir)
+                image = files_by_index[item.id] = str(file)
+            elif item.image_refs:
+                image = files_by_index.get(item.image_refs[0])
+                if image is None:
+                    raise ValueError(f"its image is row index {item.image_refs[0]!r}'s, which "
+                                     "the evaluation could not take")
+            meta = dict(item.extra)
+            if "bbox" in meta:
+                meta["boxes"] = _boxes(meta.pop("bbox"))
+            style = ("mcq" if item.options else "vqa") if fmt == "tsv" else "plain"
+            yield EvalItem(id=item.id, image=image, question=item.question, answer=item.answer,
+                           options=item.options, category=item.category or "all",
+                           hint=item.hint, style=style, meta=meta)
+        except (ValueError, OSError) as exc:
+            yield BenchmarkError(str(path), item.where, str(exc))
 
 
 def _boxes(value) -> list[list[float]]:
@@ -225,28 +212,6 @@ def _vstar_rows(path: Path, image_dir: Path, option_seed: int):
             except (ValueError, KeyError, OSError, TypeError) as exc:
                 reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
                 yield BenchmarkError(str(anno), rid, reason)
-
-
-def _jsonl_rows(path: Path, image_dir: Path, split: str):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                options = row.get("options") or {}
-                if isinstance(options, list):
-                    options = dict(zip(OPTION_LETTERS, options, strict=False))
-                image = row.get("image") or row.get("image_path")
-                meta = {"boxes": _boxes(row["bbox"])} if row.get("bbox") else {}
-                yield EvalItem(id=str(row.get("id", n)),
-                               image=_image_from(image, path.parent, image_dir) if image else None,
-                               question=str(row["question"]), answer=str(row["answer"]),
-                               options={str(k): str(v) for k, v in options.items()},
-                               category=str(row.get("category", "all")), meta=meta)
-            except (ValueError, KeyError, OSError, TypeError) as exc:
-                reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-                yield BenchmarkError(str(path), n, reason)
 
 
 def _published_rows(path: Path, image_dir: Path, split: str):

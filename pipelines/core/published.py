@@ -105,9 +105,9 @@ def image_file(entry, root: str | os.PathLike, cache_dir: str | os.PathLike | No
     one (an hf struct's `path` or a path string, relative to `root` or absolute), else its bytes
     (an hf struct's `bytes`, base64 text, raw bytes) written once under `cache_dir` by content
     hash. ValueError saying why when it has neither or does not decode."""
-    named = _named_file(entry, Path(root))
+    named = named_file(entry, Path(root))
     if named is not None:
-        _check_decodes(named.read_bytes(), str(named))
+        check_decodes(named.read_bytes(), str(named))
         return named
     data = image_bytes(entry, root)
     if cache_dir is None:
@@ -117,7 +117,7 @@ def image_file(entry, root: str | os.PathLike, cache_dir: str | os.PathLike | No
 
 def image_bytes(entry, root: str | os.PathLike) -> bytes:
     """The bytes of one image entry (see `image_file`)."""
-    named = _named_file(entry, Path(root))
+    named = named_file(entry, Path(root))
     if named is not None:
         return named.read_bytes()
     path = None
@@ -144,7 +144,7 @@ def cache_image(data: bytes, cache_dir: str | os.PathLike) -> Path:
 
     from pipelines.core.atomic import atomic_path, write_bytes
 
-    fmt = _check_decodes(data, "the image")
+    fmt = check_decodes(data, "the image")
     ext = {"JPEG": "jpg", "PNG": "png"}.get(fmt, "png")
     out = Path(cache_dir) / f"{hashlib.sha256(data).hexdigest()[:24]}.{ext}"
     if out.exists():
@@ -157,7 +157,7 @@ def cache_image(data: bytes, cache_dir: str | os.PathLike) -> Path:
     return out
 
 
-def _named_file(entry, root: Path) -> Path | None:
+def named_file(entry, root: Path) -> Path | None:
     """The existing file an entry names, if it names one."""
     if isinstance(entry, dict):
         entry = entry.get("path")
@@ -170,7 +170,7 @@ def _named_file(entry, root: Path) -> Path | None:
         return None
 
 
-def _check_decodes(data: bytes, what: str) -> str:
+def check_decodes(data: bytes, what: str) -> str:
     """The image format, or ValueError when the bytes are not a whole image."""
     from PIL import Image
 

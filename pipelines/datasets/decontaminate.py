@@ -19,7 +19,10 @@ in the pool: images are matched once per distinct image and questions once per d
 against the benchmark's (never pool question against pool question), as polars joins over the
 pool index; only the matched samples become Python objects (benchmarks/decontamination_bench.py).
 
-Benchmarks are read by `pipelines.core.benchmarks` (VLMEvalKit TSV, JSONL); a broken row stops
+Benchmarks are read by `pipelines.core.benchmarks` (VLMEvalKit TSV, JSONL), the reader the
+evaluation's items are built on, so the questions, options and images checked here are the ones
+it scores (a multi-image row, which the evaluation refuses, is checked here all the same). A
+question is matched bare and as the model reads it (hint, question, options). A broken row stops
 the run naming file and row, unless `on_error="skip"` (the skipped rows are counted). Perceptual
 hashes of the store's images are cached in `cache_dir` (store images never change).
 The report counts, per benchmark: items, distinct images, matched samples by image (exact,
@@ -98,7 +101,7 @@ def _load(path: str, cfg: DecontaminationConfig) -> _Bench:
             try:
                 bench.phash.append((int(perceptual_hash(io.BytesIO(data)), 16), item.id))
             except ImageRejected as exc:
-                error = BenchmarkError(path, f"{item.row} (index {item.id})", f"image: {exc.detail}")
+                error = BenchmarkError(path, item.where, f"image: {exc.detail}")
                 if cfg.on_error == "raise":
                     raise error from None
                 errors.append(error)
