@@ -103,6 +103,7 @@ def run_one(code_root: str, data: str) -> None:
     import hashlib
     sys.path.insert(0, code_root)
     import polars as pl
+    from splits_bench import peak_rss_mb  # (benchmarks/ is this script's folder)
 
     from pipelines.datasets.decontaminate import DecontaminationConfig, find_contaminated
     data = Path(data)
@@ -112,9 +113,7 @@ def run_one(code_root: str, data: str) -> None:
     matches, report = find_contaminated(pool, data / "images", cfg)
     seconds = time.perf_counter() - start
     canonical = sorted((sid, m["by"], m["item"]) for sid, ms in matches.items() for m in ms)
-    # VmHWM, not ru_maxrss: the latter keeps the parent's size from before the fork (the data writer's)
-    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": hwm / 1024,
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(),
                       "report": report["benchmarks"]["bench"],
                       "matches": hashlib.sha256(json.dumps(canonical).encode()).hexdigest()[:16]}))
 
