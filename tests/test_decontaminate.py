@@ -151,3 +151,30 @@ def test_a_pool_image_that_cannot_be_hashed_keeps_its_sample_out_and_says_so(poo
     assert report["rl_prompts"]["filtered"]["unreadable_image"] == 1
     assert report["decontamination"]["matched_samples"] == 1           # the benchmark's own match
     assert easy.id not in {r["id"] for p in PARTS for b in iter_split(out, "rl", p) for r in b}
+
+
+def test_pool_questions_are_matched_against_the_benchmark_once_per_distinct_text(monkeypatch):
+    """A pool asks the same question of thousands of pictures: decontamination works each
+    distinct text out once and never compares pool questions with each other (clustering the
+    whole pool was quadratic in alike questions: 5,000 rows took 42 s, docs/benchmarks.md)."""
+    import polars as pl
+
+    from pipelines.datasets import decontaminate, dedup
+
+    signatures = []
+    real = dedup._signature
+    monkeypatch.setattr(dedup, "_signature", lambda grams: signatures.append(1) or real(grams))
+    asked = "What is the colour of the striped umbrella next to the bench?"
+    questions = [asked] * 1500 + ["What is the color of the striped umbrella next to the bench?"] * 500 + \
+        ["Which of the 3 boats in the harbour is the closest one to the camera?"] * 500 + [None, ""]
+    n = len(questions)
+    index = pl.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "question": questions})
+    bench = decontaminate._Bench("b", {}, [], [("What is the colour of the striped umbrella next to the bench?", "7"),
+                                               ("Which of the 4 boats in the harbour is the closest one to the camera?", "8")])
+    found: list = []
+    decontaminate._match_questions(index.with_row_index("_order"), [bench],
+                                   decontaminate.DecontaminationConfig(benchmarks=("x",)), found)
+    matched = pl.concat(found)
+    assert set(matched["item"]) == {"7"}                       # the 3-boat question has other numbers
+    assert matched.height == 2000                              # the question and its rewording, every copy
+    assert len(signatures) <= 2 + 2                            # the references, then two distinct texts

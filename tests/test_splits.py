@@ -156,6 +156,24 @@ def test_near_duplicate_clusters():
     assert len({clusters[k] for k in "acdef"}) == 5   # different image, question or numbers
 
 
+def test_the_same_question_asked_many_times_is_clustered_without_comparing_each_pair(monkeypatch):
+    """A pool that asks one text-only question 3,000 times: one cluster (rooted at the smallest
+    id), and the question's 5-grams are worked out for distinct texts only (each pair was
+    compared before: quadratic in the copies)."""
+    from pipelines.datasets import dedup
+
+    grams = []
+    real = dedup._grams
+    monkeypatch.setattr(dedup, "_grams", lambda text, n=5: grams.append(text) or real(text, n))
+    asked = "A shop sells apples at a fixed price each. What is the total cost of a dozen?"
+    items = [(f"s{i:05d}", "q", asked) for i in range(3000)] + \
+        [("t0", "q", asked.replace("a dozen", "one dozen")), ("u0", "q", "Which is the tallest tree in the park?")]
+    clusters = near_duplicate_clusters(items, 0.8)
+    assert {clusters[f"s{i:05d}"] for i in range(3000)} == {"s00000"} == {clusters["t0"]}
+    assert clusters["u0"] == "u0"
+    assert len(grams) <= 3 * 2          # a signature and a confirmed pair per distinct text at most
+
+
 # ------------------------------------------------------------------ each check on a bad row
 
 

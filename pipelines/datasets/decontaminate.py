@@ -9,10 +9,15 @@ A sample matches a benchmark item when
   came), or the same picture re-encoded, resized or recoloured (`perceptual_hash` within
   `phash_distance` bits of 64), or
 - its question is a near duplicate of the item's, with or without the item's options listed
-  (character 5-gram Jaccard >= `question_threshold`, same numbers: the splits' MinHash LSH,
-  `pipelines.datasets.dedup`, each pair confirmed directly). Questions shorter than
+  (character 5-gram Jaccard >= `question_threshold`, same numbers: the splits' MinHash,
+  `pipelines.datasets.dedup.near_duplicates_of`, each pair confirmed directly). Questions shorter than
   `min_question_chars` match by text only when that is allowed (`short_questions`): "What is the
   color of the bag?" is asked of thousands of unrelated pictures.
+
+At pool scale (4M rows, the same question asked of thousands of pictures) the work is linear
+in the pool: images are matched once per distinct image and questions once per distinct text,
+against the benchmark's (never pool question against pool question), as polars joins over the
+pool index; only the matched samples become Python objects (benchmarks/decontamination_bench.py).
 
 Benchmarks are read by `pipelines.core.benchmarks` (VLMEvalKit TSV, JSONL), the reader the
 evaluation's items are built on, so the questions, options and images checked here are the ones
@@ -44,11 +49,7 @@ import pyarrow.parquet as pq
 from pipelines.core.atomic import write_parquet
 from pipelines.core.benchmarks import BenchmarkError, read_benchmark
 from pipelines.core.images import ImageRejected, perceptual_hash, store_path
-from pipelines.datasets.dedup import (
-    canonical_question,
-    near_duplicate_clusters,
-    question_similarity,
-)
+from pipelines.datasets.dedup import canonical_question, near_duplicates_of
 
 PHASH_CACHE = "phash.parquet"
 
@@ -116,17 +117,26 @@ def _load(path: str, cfg: DecontaminationConfig) -> _Bench:
 def find_contaminated(pool: pl.DataFrame, store_root: str | os.PathLike,
                       cfg: DecontaminationConfig) -> tuple[dict[str, list[dict]], dict]:
     """Pool samples (`rl_prompts.pool_index` rows) that match a benchmark item: {sample_id:
-    [{benchmark, item, by}]}, and the report."""
+    [{benchmark, item, by}]}, and the report. Columnar over the pool (a 4M-row pool never
+    becomes Python rows): images are matched per distinct image, questions per distinct text,
+    and only the matched samples come back as Python objects."""
     benches = [_load(p, cfg) for p in cfg.benchmarks]
-    rows = pool.select("sample_id", "question", "image_hashes", "image_paths", "origin_file",
-                       "origin_row").to_dicts()
-    matches: dict[str, list[dict]] = defaultdict(list)
+    index = pool.select("sample_id", "question", "image_hashes", "image_paths", "origin_file",
+                        "origin_row").with_row_index("_order")
+    images = (index.select("_order", "sample_id", "image_hashes", "image_paths")
+              .explode("image_hashes", "image_paths").drop_nulls("image_hashes")
+              .rename({"image_hashes": "sha", "image_paths": "path"}))
+    found: list[pl.DataFrame] = []             # _order, sample_id, benchmark, item, by
     failed: dict[str, str] = {}
     if cfg.match_images:
-        failed = _match_images(rows, benches, Path(store_root), cfg, matches)
+        failed = _match_images(images, benches, Path(store_root), cfg, found)
     if cfg.match_questions:
-        _match_questions(rows, benches, cfg, matches)
-    matches = {sid: ms for sid, ms in matches.items() if ms}
+        _match_questions(index, benches, cfg, found)
+    matches: dict[str, list[dict]] = defaultdict(list)
+    if found:
+        for sid, benchmark, item, by in (pl.concat(found).sort("_order", maintain_order=True)
+                                         .select("sample_id", "benchmark", "item", "by").iter_rows()):
+            matches[sid].append({"benchmark": benchmark, "item": item, "by": by})
     report = {}
     for b in benches:
         by: dict[str, set] = defaultdict(set)      # how each sample matched this benchmark
@@ -140,52 +150,60 @@ def find_contaminated(pool: pl.DataFrame, store_root: str | os.PathLike,
                           "by_image_perceptual": len(by["image_perceptual"]),
                           "by_question": len(by["question"]), "questions_too_short": b.short,
                           "errors": b.errors}
-    unreadable = {r["sample_id"]: next(failed[h] for h in r["image_hashes"] if h in failed)
-                  for r in rows if any(h in failed for h in r["image_hashes"])}
-    origin = {r["sample_id"]: f"{r['origin_file']} row {r['origin_row']}" for r in rows
-              if r["sample_id"] in matches or r["sample_id"] in unreadable}
+    unreadable: dict[str, str] = {}
+    if failed:
+        bad = (images.filter(pl.col("sha").is_in(list(failed))).sort("_order")
+               .unique("sample_id", keep="first", maintain_order=True))
+        unreadable = {sid: failed[sha] for sid, sha in bad.select("sample_id", "sha").iter_rows()}
+    origin = {sid: f"{f} row {r}" for sid, f, r in
+              index.filter(pl.col("sample_id").is_in(list(matches) + list(unreadable)))
+              .select("sample_id", "origin_file", "origin_row").iter_rows()}
     examples = [{"sample": sid, "origin": origin[sid], **m} for sid, ms in list(matches.items())[:50]
                 for m in ms[:1]]
     for sid in unreadable:     # not shown clean: kept out too, and said so
         matches.setdefault(sid, []).append({"benchmark": None, "item": None, "by": "unreadable_image"})
-    return matches, {"benchmarks": report, "matched_samples": len(matches) - len(unreadable),
-                     "unreadable_images": {"samples": len(unreadable),
-                                           "examples": [{"sample": sid, "origin": origin[sid], "reason": why[:300]}
-                                                        for sid, why in list(unreadable.items())[:20]]},
+    return dict(matches), {"benchmarks": report, "matched_samples": len(matches) - len(unreadable),
+                           "unreadable_images": {"samples": len(unreadable),
+                                                 "examples": [{"sample": sid, "origin": origin[sid], "reason": why[:300]}
+                                                              for sid, why in list(unreadable.items())[:20]]},
                            "settings": {"phash_distance": cfg.phash_distance,
                                         "question_threshold": cfg.question_threshold,
                                         "min_question_chars": cfg.min_question_chars},
                            "examples": examples}
 
 
-def _match_images(rows, benches, root: Path, cfg, matches) -> dict[str, str]:
-    """Matches by image into `matches`; returns the pool images that could not be hashed (path:
+def _matched(rows: pl.DataFrame, on: str, pairs: pl.DataFrame, benchmark: str, by: str) -> pl.DataFrame:
+    """`rows` (_order, sample_id, `on`) joined to `pairs` (`on`, item): one match each."""
+    return (rows.join(pairs, on=on).select("_order", "sample_id", "item")
+            .with_columns(benchmark=pl.lit(benchmark), by=pl.lit(by)))
+
+
+def _match_images(images: pl.DataFrame, benches, root: Path, cfg, found: list) -> dict[str, str]:
+    """Matches by image into `found`; returns the pool images that could not be hashed (sha:
     why): their samples cannot be shown clean."""
-    paths = {h: p for r in rows for h, p in zip(r["image_hashes"], r["image_paths"], strict=True)}
-    hashes, failed = _store_phashes(paths, root, cfg)
-    owners: dict[str, list[str]] = defaultdict(list)
-    for r in rows:
-        for h in r["image_hashes"]:
-            owners[h].append(r["sample_id"])
+    distinct = images.unique("sha", keep="first", maintain_order=True)
+    hashes, failed = _store_phashes(dict(distinct.select("sha", "path").iter_rows()), root, cfg)
     keys = list(hashes)
     values = np.array([hashes[k] for k in keys], dtype=np.uint64)
     for b in benches:
-        for sha, item in b.sha.items():
-            for sid in owners.get(sha, []):
-                matches[sid].append({"benchmark": b.name, "item": item, "by": "image_exact"})
+        exact = _matched(images, "sha", pl.DataFrame({"sha": list(b.sha), "item": list(b.sha.values())},
+                                                     schema={"sha": pl.String, "item": pl.String}),
+                         b.name, "image_exact")
+        found.append(exact)
         if not b.phash or not len(values):
             continue
         bench = np.array([h for h, _ in b.phash], dtype=np.uint64)
+        near_sha, near_item = [], []
         for start in range(0, len(values), 4096):  # bounded memory: 4096 x benchmark images
             block = values[start:start + 4096]
             distance = np.bitwise_count(block[:, None] ^ bench[None, :])
             for i, j in zip(*np.nonzero(distance <= cfg.phash_distance), strict=True):
-                sha = keys[start + i]
-                for sid in owners[sha]:
-                    if not any(m["benchmark"] == b.name and m["by"] == "image_exact"
-                               for m in matches.get(sid, [])):
-                        matches[sid].append({"benchmark": b.name, "item": b.phash[j][1],
-                                             "by": "image_perceptual"})
+                near_sha.append(keys[start + i])
+                near_item.append(b.phash[j][1])
+        near = _matched(images, "sha", pl.DataFrame({"sha": near_sha, "item": near_item},
+                                                    schema={"sha": pl.String, "item": pl.String}),
+                        b.name, "image_perceptual")
+        found.append(near.join(exact.select("sample_id"), on="sample_id", how="anti"))  # exact wins
     return failed
 
 
@@ -217,29 +235,20 @@ def _store_phashes(paths: dict[str, str], root: Path, cfg) -> dict[str, int]:
     return {h: known[h] for h in paths if h in known}, failed
 
 
-def _match_questions(rows, benches, cfg, matches) -> None:
-    items = [(f"s:{r['sample_id']}", "", r["question"]) for r in rows if r["question"]]
-    text = {ident: q for ident, _, q in items}
+def _match_questions(index: pl.DataFrame, benches, cfg, found: list) -> None:
+    """Matches by question into `found`: each distinct pool question against every benchmark's
+    questions (`near_duplicates_of`), at most one item per benchmark and sample, none for a
+    sample this benchmark's images already matched."""
+    texts = index.select("question").drop_nulls().filter(pl.col("question") != "").unique(maintain_order=True)
+    queries = texts["question"].to_list()
     for b in benches:
-        for k, (question, _item) in enumerate(b.questions):
-            ident = f"b:{b.name}:{k}"
-            items.append((ident, "", question))
-            text[ident] = question
-    clusters = near_duplicate_clusters(items, cfg.question_threshold)
-    members: dict[str, list[str]] = defaultdict(list)
-    for ident, root in clusters.items():
-        members[root].append(ident)
-    lookup = {f"b:{b.name}:{k}": (b.name, item) for b in benches for k, (_, item) in enumerate(b.questions)}
-    for group in members.values():
-        samples = [i for i in group if i.startswith("s:")]
-        found = [i for i in group if i.startswith("b:")]
-        if not samples or not found:
-            continue
-        for s in samples:      # a cluster chains pairs: confirm each sample against an item itself
-            sid = s[2:]
-            for f in found:
-                name, item = lookup[f]
-                if any(m["benchmark"] == name for m in matches.get(sid, [])):
-                    continue
-                if question_similarity(text[s], text[f]) >= cfg.question_threshold:
-                    matches[sid].append({"benchmark": name, "item": item, "by": "question"})
+        hits = near_duplicates_of(queries, [q for q, _ in b.questions], cfg.question_threshold)
+        pairs = pl.DataFrame({"question": [queries[i] for i in hits],
+                              "item": [b.questions[js[0]][1] for js in hits.values()]},
+                             schema={"question": pl.String, "item": pl.String})
+        by_question = _matched(index.select("_order", "sample_id", "question"), "question", pairs,
+                               b.name, "question")
+        by_image = [f.select("sample_id") for f in found if f["benchmark"].eq(b.name).any()]
+        if by_image:      # a sample already out by this benchmark's image is counted there
+            by_question = by_question.join(pl.concat(by_image), on="sample_id", how="anti")
+        found.append(by_question)

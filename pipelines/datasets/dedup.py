@@ -3,6 +3,7 @@ decontamination): MinHash LSH over character 5-grams of the canonical question (
 punctuation as spaces), confirmed by the exact Jaccard of the 5-gram sets.
 
     near_duplicate_clusters(items, threshold) -> {id: smallest id of its cluster}
+    near_duplicates_of(queries, references, threshold) -> {query index: [reference indices]}
     question_similarity(a, b) -> Jaccard of the two questions' 5-grams
 """
 
@@ -50,11 +51,17 @@ def near_duplicate_clusters(items: list[tuple[str, str, str]], threshold: float)
             x = parent[x]
         return x
 
-    text, group_of = {}, {}
+    text, group_of, first_of = {}, {}, {}
     for ident, key, question in items:
         canon = canonical_question(question)
+        group = (key, tuple(_NUMBER.findall(canon)))
+        same = first_of.setdefault((group, canon), ident)
+        if same != ident:     # the same text in the same group: one cluster, no pair to compare
+            ra, rb = find(same), find(ident)
+            parent[max(ra, rb)] = min(ra, rb)
+            continue
         text[ident] = canon
-        group_of[ident] = (key, tuple(_NUMBER.findall(canon)))
+        group_of[ident] = group
     sizes = Counter(group_of.values())
     buckets: dict[tuple, list[str]] = defaultdict(list)
     rows = NUM_PERM // BANDS
@@ -77,6 +84,47 @@ def near_duplicate_clusters(items: list[tuple[str, str, str]], threshold: float)
                     ra, rb = find(a), find(b)
                     parent[max(ra, rb)] = min(ra, rb)
     return {i: find(i) for i in parent}
+
+
+def near_duplicates_of(queries: list[str], references: list[str], threshold: float) -> dict[int, list[int]]:
+    """For each query question, the reference questions it nearly duplicates (same numbers,
+    5-gram Jaccard >= threshold): {query index: [reference indices]}, only queries with some.
+
+    Decontamination's shape: millions of pool questions against a few thousand benchmark ones.
+    Only references are bucketed, so the work is linear in the queries (clustering them all,
+    `near_duplicate_clusters`, compares every pair of alike pool questions: quadratic when a pool
+    asks the same question of many pictures); a query whose numbers no reference has needs no
+    signature; each distinct query text is worked out once."""
+    rows = NUM_PERM // BANDS
+    buckets: dict[tuple, list[int]] = defaultdict(list)
+    ref_grams, ref_numbers = [], set()
+    for j, question in enumerate(references):
+        canon = canonical_question(question)
+        numbers = tuple(_NUMBER.findall(canon))
+        grams = _grams(canon)
+        ref_grams.append(grams)
+        ref_numbers.add(numbers)
+        sig = _signature(grams)
+        for band in range(BANDS):
+            buckets[(numbers, band, sig[band * rows:(band + 1) * rows].tobytes())].append(j)
+    found_by_text: dict[str, list[int]] = {}
+    out: dict[int, list[int]] = {}
+    for i, question in enumerate(queries):
+        canon = canonical_question(question)
+        if canon not in found_by_text:
+            numbers = tuple(_NUMBER.findall(canon))
+            found: list[int] = []
+            if numbers in ref_numbers:
+                grams = _grams(canon)
+                sig = _signature(grams)
+                candidates = {j for band in range(BANDS)
+                              for j in buckets.get((numbers, band, sig[band * rows:(band + 1) * rows].tobytes()), ())}
+                found = sorted(j for j in candidates
+                               if len(grams & ref_grams[j]) / len(grams | ref_grams[j]) >= threshold)
+            found_by_text[canon] = found
+        if found_by_text[canon]:
+            out[i] = found_by_text[canon]
+    return out
 
 
 def question_similarity(a: str, b: str) -> float:
