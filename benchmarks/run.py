@@ -2,8 +2,9 @@
 (the sandbox throughput, the ingest decode benchmark, code-sample throughput through
 teacher -> sandbox -> audit, the repetition detector, evaluation throughput and interval
 widths, the sandbox over HTTP vs in process, padding-free SFT batches, GRPO-ATS with the hf and
-vllm rollout engines, and the scale-out benchmark: one Ray node vs two, ingest vs the original
-recipe, the 4M-pool extrapolation; ~90 minutes on 2 cores). The GRPO engine benchmark runs in
+vllm rollout engines, the splits build and decontamination against their baselines, and the
+scale-out benchmark: one Ray node vs two, ingest vs the original recipe, the 4M-pool
+extrapolation; ~100 minutes on 2 cores). The GRPO engine benchmark runs in
 the vLLM environment (`.venv-vllm`, scripts/vllm_cpu_env.sh, which `make bench` sets up): never
 two vLLM processes at once; where other vLLM jobs share the machine, run `make bench` under their
 lock.
@@ -56,9 +57,10 @@ def main() -> int:
         with open(args.out, "a") as f:
             f.write(f"\n### `benchmarks/{script}`: {title} ({today})\n\n{run.stdout}\n")
         status = status or run.returncode
-    scale = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scale_bench.py"),
-                            "--out", args.out])
-    return status or scale.returncode
+    for script in ("splits_bench.py", "decontamination_bench.py", "scale_bench.py"):
+        run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--out", args.out])
+        status = status or run.returncode
+    return status
 
 
 if __name__ == "__main__":
