@@ -9,12 +9,15 @@ sandbox; a vLLM teacher in the loop is refused with the reason.
 One cluster and one run keep the CI cost near 40 s on two cores (starting the nodes is most of it).
 """
 
+import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from faults import outputs, partial_files, survivors
+from faults import descendants, outputs, partial_files, survivors
 
 from pipelines.__main__ import main
 from pipelines.samples.audit import AuditConfig
@@ -67,9 +70,8 @@ def audit_from_dagster(local: Path, root: Path, address: str) -> dict:
             for e in result.get_asset_materialization_events() if e.partition}
 
 
-def teacher_in_the_loop(engine, root: Path) -> dict:
-    """An OpenAI teacher in the loop (the fake VLM) over two one-photo shards on the cluster."""
-    from fake_openai import FakeOpenAI, loop_reply
+def photo_pool(root: Path):
+    """Two one-photo shards (real photos, each with its target's box) under `root`."""
     from real_photos import PHOTOS, photo_bytes
 
     from pipelines.core.images import ImageStore
@@ -85,13 +87,89 @@ def teacher_in_the_loop(engine, root: Path) -> dict:
                         origin_row=i, answer=answer, task="crop",
                         meta={"box": box, "category": category})
         pq.write_table(samples_table([sample]), layout.samples(f"shard-{i:05d}"))
-    server = FakeOpenAI(loop_reply(), honour_stop=True)
-    try:
-        teacher = TeacherSpec(kind="openai", model="fake-vlm", base_url=server.url,
-                              api_key_env="THYME_TEST_NO_KEY", loop="prefill", max_retries=0)
+    return layout
+
+
+class LoopTeacher:
+    """The fake VLM writing in the loop (prefill), served for a `with` block; `on_request(body)`
+    is called before each reply."""
+
+    def __init__(self, on_request=None):
+        from fake_openai import FakeOpenAI, loop_reply
+        reply = loop_reply()
+        self.server = FakeOpenAI(lambda body: (on_request and on_request(body)) or reply(body),
+                                 honour_stop=True)
+        self.spec = TeacherSpec(kind="openai", model="fake-vlm", base_url=self.server.url,
+                                api_key_env="THYME_TEST_NO_KEY", loop="prefill", max_retries=0)
+
+    def __enter__(self) -> TeacherSpec:
+        return self.spec
+
+    def __exit__(self, *exc) -> None:
+        self.server.close()
+
+
+def teacher_in_the_loop(engine, root: Path) -> dict:
+    """An OpenAI teacher in the loop (the fake VLM) over two one-photo shards on the cluster."""
+    layout = photo_pool(root)
+    with LoopTeacher() as teacher:
         return dict(engine.code_samples(layout, pool_keys(layout), teacher, SandboxSpec(workers=1)))
-    finally:
-        server.close()
+
+
+def funnel_in_the_loop(engine, root: Path, sandbox: SandboxSpec, on_request=None) -> dict:
+    """The funnel over the two photo shards with the teacher in the loop."""
+    layout = photo_pool(root)
+    with LoopTeacher(on_request) as teacher:
+        return run_funnel(engine, layout, pool_keys(layout), teacher, sandbox,
+                          AuditConfig(workers=1))
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+class KillATeacherActorMidShard:
+    """At the first request that shows the teacher a sandbox output (a teacher actor's sandbox
+    has run a block of its shard): note the cluster's teacher actor processes (Ray titles them
+    `ray::TeacherWorker...`) with the sandbox workers they started, and kill -9 one that is
+    running a shard (with its engine, as when its node's GPU driver fails)."""
+
+    def __init__(self, cluster):
+        from fake_openai import sandbox_outputs
+        self.cluster, self.shown = cluster, sandbox_outputs
+        self.actors: dict[int, set[int]] = {}      # actor pid -> its sandbox workers' pids
+        self.roots: dict[int, set[str]] = {}
+        self.titles: set[str] = set()
+        self.killed: int | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, body: dict) -> None:
+        if self.killed is not None or not self.shown(body):
+            return
+        with self.lock:
+            if self.killed is not None:
+                return
+            pids = set().union(*(self.cluster.processes(n) for n in self.cluster.nodes))
+            self.titles = {cmdline(p).split(" ")[0] for p in pids if cmdline(p).startswith("ray::")}
+            self.actors = {p: {c for c in descendants(p) if "sandbox.worker" in cmdline(c)
+                               and parent(c) == p}
+                           for p in pids if cmdline(p).startswith("ray::TeacherWorker")}
+            self.roots = {p: {os.path.dirname(os.readlink(f"/proc/{w}/cwd")) for w in workers}
+                          for p, workers in self.actors.items()}     # each sandbox's temp dir
+            busy = sorted(p for p in self.actors if "TeacherWorker.run" in cmdline(p))
+            if busy:
+                self.killed = busy[0]
+                os.kill(self.killed, signal.SIGKILL)
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
 
 
 def generate(root: Path, *engine: str) -> None:
@@ -102,6 +180,7 @@ def generate(root: Path, *engine: str) -> None:
 @pytest.mark.slow
 def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_path):
     local, remote = tmp_path / "local", tmp_path / "cluster"
+    loop_local, loop_actors = tmp_path / "loop-local", tmp_path / "loop-actors"
     cluster = LocalRayCluster(env={"PYTHONPATH": str(REPO)}, wait=False)
     try:
         worker = cluster.add_node(wait=False)      # both start while the local run goes on
@@ -110,10 +189,27 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
         assert pool.pop("pool/report.json") and len(pool) > COUNT      # (its timings differ)
         with open_engine("local", local) as engine:
             expected = funnel(engine, local)
+            loop_expected = funnel_in_the_loop(engine, loop_local, SandboxSpec(workers=1))
         assert expected["totals"]["audit"]["trajectories"] == COUNT
         cluster.started()
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes(2)
+
+        # a teacher in the loop on engine actors, one per node, each with its own sandbox (sized
+        # by default: the node's one core); one actor is killed mid-shard
+        killer = KillATeacherActorMidShard(cluster)
+        with open_engine("ray", loop_actors, cluster.address, teacher_actors=True) as engine:
+            loop_got = funnel_in_the_loop(engine, loop_actors, SandboxSpec(), on_request=killer)
+            loop_redone = list(engine.redone)
+        assert killer.killed, f"no teacher actor was running a shard: {killer.titles}"
+        assert not survivors(killer.actors[killer.killed], timeout=30), \
+            "the killed actor's sandbox workers outlived it"
+        # the run's end closed the other actor's sandbox (its temp dir is gone); a kill -9 leaves
+        # the dead one's behind, removed here
+        closed = set().union(*(r for p, r in killer.roots.items() if p != killer.killed))
+        assert closed and not any(os.path.exists(r) for r in closed), closed
+        for root in killer.roots.get(killer.killed, ()):
+            shutil.rmtree(root, ignore_errors=True)
 
         # ingest from the command line, a task per shard over both nodes: the local pool
         generate(remote, "--ray-address", cluster.address)
@@ -133,12 +229,6 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
 
         with open_engine("ray", remote, cluster.address) as engine:
             got = funnel(engine, remote, log=kill_the_worker_mid_stage)
-            # a vLLM teacher in the loop is refused before any actor starts (the files compared
-            # with the local run's below are untouched)
-            in_loop = TeacherSpec(kind="vllm", model="m", loop="prefill")
-            with pytest.raises(NotImplementedError, match="engine actors"):
-                next(engine.code_samples(layout_for(remote), pool_keys(layout_for(remote)),
-                                         in_loop, SandboxSpec(workers=1)))
             loop_stats = teacher_in_the_loop(engine, tmp_path / "loop")
         assert killed, "the worker node was never killed"
         dagster_audit = audit_from_dagster(local, tmp_path / "dagster", cluster.address)
@@ -148,6 +238,19 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
         ray.shutdown()
         cluster.stop()
     assert not survivors(everything, timeout=30), "the cluster's teardown left processes running"
+
+    # the teacher in the loop on engine actors: each actor ran its shard's code in a sandbox of
+    # its own (one worker, its child process), no shard task ran; the shard of the killed actor
+    # was redone on the other, and every stage's files are the local run's
+    assert len(killer.actors) == 2 and all(len(w) == 1 for w in killer.actors.values()), \
+        killer.actors
+    assert not any(t.startswith("ray::_code_samples_task") for t in killer.titles), killer.titles
+    assert len(loop_redone) == 1, loop_redone
+    assert outputs(loop_actors, FOLDERS) == outputs(loop_local, FOLDERS)
+    assert partial_files(loop_actors) == []
+    blocks = loop_expected["totals"]["executions"]["code_blocks"]
+    assert blocks >= 2 and loop_expected["totals"]["executions"]["cache_hits"] == blocks
+    assert loop_got["totals"] == loop_expected["totals"]   # every block the loop's (cached)
 
     # an OpenAI teacher in the loop on Ray: each shard's task opened its own sandbox, ran the
     # code as the teacher wrote, and filled the executions stage's cache
