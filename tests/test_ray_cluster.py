@@ -2,11 +2,14 @@
 `ray start` as separate processes on this machine (one CPU each, no dashboard). The funnel
 (template teacher -> sandbox -> audit) runs over several shards on both nodes; the worker node is
 killed (kill -9 of every process of it) while the sandbox stage is mid-run; the run goes on, and
-its files are the local run's: same ids, rows, verdicts and counts, no partial file. An OpenAI
-teacher in the loop (the fake VLM) writes two one-photo shards as Ray tasks, each with its own
-sandbox; a vLLM teacher in the loop is refused with the reason.
+its files are the local run's: same ids, rows, verdicts and counts, no partial file. A teacher
+in the loop (the fake VLM, an OpenAI teacher) writes two one-photo shards on engine actors
+(`teacher_actors`, the vLLM teacher's path: vLLM itself is not installed with Ray here), one per
+node, each running the code in a sandbox of its own; one actor is killed mid-shard, its shard is
+redone on the other, and the funnel's files are the local run's. The same teacher also runs as
+Ray tasks, each with its own sandbox.
 
-One cluster and one run keep the CI cost near 40 s on two cores (starting the nodes is most of it).
+One cluster and one run keep the CI cost near 60 s on two cores (starting the nodes is most of it).
 """
 
 import os

@@ -204,7 +204,8 @@ class TeacherSpec:
 class SandboxSpec:
     """The isolated executor (the `sandbox` resource's settings)."""
 
-    workers: int | None = None        # None: one per core (on a cluster: per node)
+    workers: int | None = None        # None: one per core (on a cluster: per node; per teacher
+                                      # engine actor in the loop, its share of the node's cores)
     timeout: float = 10.0
     memory_mb: int = 1024
     url: str | None = None            # a sandbox service; None: workers in this process
