@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -134,17 +135,32 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def cluster_processes(cluster) -> dict[int, str]:
+    """pid -> command line of every process of the cluster's nodes (Ray titles its workers
+    `ray::<actor class>.<method>`)."""
+    return {p: cmdline(p) for p in set().union(*(cluster.processes(n) for n in cluster.nodes))}
+
+
+def teacher_sandboxes(processes: dict[int, str]) -> dict[int, dict[int, str]]:
+    """Teacher actor pid -> {pid: sandbox temp dir} of the sandbox workers it started itself."""
+    found = {}
+    for actor, line in processes.items():
+        if line.startswith("ray::TeacherWorker"):
+            found[actor] = {w: os.path.dirname(os.readlink(f"/proc/{w}/cwd"))
+                            for w in descendants(actor)
+                            if parent(w) == actor and "sandbox.worker" in cmdline(w)}
+    return found
+
+
 class KillATeacherActorMidShard:
     """At the first request that shows the teacher a sandbox output (a teacher actor's sandbox
-    has run a block of its shard): note the cluster's teacher actor processes (Ray titles them
-    `ray::TeacherWorker...`) with the sandbox workers they started, and kill -9 one that is
-    running a shard (with its engine, as when its node's GPU driver fails)."""
+    has run a block of its shard): note the cluster's teacher actors with their sandboxes, and
+    kill -9 one that is running a shard (with its engine, as when its node's GPU fails)."""
 
     def __init__(self, cluster):
         from fake_openai import sandbox_outputs
         self.cluster, self.shown = cluster, sandbox_outputs
-        self.actors: dict[int, set[int]] = {}      # actor pid -> its sandbox workers' pids
-        self.roots: dict[int, set[str]] = {}
+        self.actors: dict[int, dict[int, str]] = {}
         self.titles: set[str] = set()
         self.killed: int | None = None
         self.lock = threading.Lock()
@@ -155,14 +171,11 @@ class KillATeacherActorMidShard:
         with self.lock:
             if self.killed is not None:
                 return
-            pids = set().union(*(self.cluster.processes(n) for n in self.cluster.nodes))
-            self.titles = {cmdline(p).split(" ")[0] for p in pids if cmdline(p).startswith("ray::")}
-            self.actors = {p: {c for c in descendants(p) if "sandbox.worker" in cmdline(c)
-                               and parent(c) == p}
-                           for p in pids if cmdline(p).startswith("ray::TeacherWorker")}
-            self.roots = {p: {os.path.dirname(os.readlink(f"/proc/{w}/cwd")) for w in workers}
-                          for p, workers in self.actors.items()}     # each sandbox's temp dir
-            busy = sorted(p for p in self.actors if "TeacherWorker.run" in cmdline(p))
+            processes = cluster_processes(self.cluster)
+            self.titles = {line.split(" ")[0] for line in processes.values()
+                           if line.startswith("ray::")}
+            self.actors = teacher_sandboxes(processes)
+            busy = sorted(p for p in self.actors if "TeacherWorker.run" in processes[p])
             if busy:
                 self.killed = busy[0]
                 os.kill(self.killed, signal.SIGKILL)
@@ -173,6 +186,24 @@ def parent(pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except OSError:
         return -1
+
+
+def kept_teachers_in_the_loop(cluster, root: Path) -> tuple[dict, dict, list[str]]:
+    """The teacher in the loop on kept-alive actors: (their sandboxes after the run, after
+    `stop_teachers`, the names it stopped)."""
+    from pipelines.scale.ray_engine import stop_teachers
+
+    layout = photo_pool(root)
+    with open_engine("ray", root, cluster.address, teacher_actors=True,
+                     keep_teachers=True) as engine, LoopTeacher() as teacher:
+        stats = dict(engine.code_samples(layout, pool_keys(layout), teacher, SandboxSpec()))
+    assert [s["trajectories"] for s in stats.values()] == [1, 1]
+    kept = teacher_sandboxes(cluster_processes(cluster))
+    stopped = stop_teachers(cluster.address)
+    deadline = time.time() + 30           # the kill takes a moment to reach the processes
+    while (left := teacher_sandboxes(cluster_processes(cluster))) and time.time() < deadline:
+        time.sleep(0.2)
+    return kept, left, stopped
 
 
 def generate(root: Path, *engine: str) -> None:
@@ -204,15 +235,21 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
         with open_engine("ray", loop_actors, cluster.address, teacher_actors=True) as engine:
             loop_got = funnel_in_the_loop(engine, loop_actors, SandboxSpec(), on_request=killer)
             loop_redone = list(engine.redone)
+            # an actor whose sandbox cannot start (here: a policy no node knows) fails the call
+            # with the reason, and new actors are not tried in a loop
+            with pytest.raises(RuntimeError, match="no actor could start.*unknown isolation"):
+                funnel_in_the_loop(engine, tmp_path / "loop-refused",
+                                   SandboxSpec(isolation="no-such-mechanism"))
         assert killer.killed, f"no teacher actor was running a shard: {killer.titles}"
-        assert not survivors(killer.actors[killer.killed], timeout=30), \
+        assert not survivors(set(killer.actors[killer.killed]), timeout=30), \
             "the killed actor's sandbox workers outlived it"
         # the run's end closed the other actor's sandbox (its temp dir is gone); a kill -9 leaves
         # the dead one's behind, removed here
-        closed = set().union(*(r for p, r in killer.roots.items() if p != killer.killed))
-        assert closed and not any(os.path.exists(r) for r in closed), closed
-        for root in killer.roots.get(killer.killed, ()):
-            shutil.rmtree(root, ignore_errors=True)
+        closed = {d for p, w in killer.actors.items() if p != killer.killed for d in w.values()}
+        assert closed and not any(os.path.exists(d) for d in closed), closed
+        for folder in set(killer.actors[killer.killed].values()):
+            shutil.rmtree(folder, ignore_errors=True)
+        kept, after_stop, stopped = kept_teachers_in_the_loop(cluster, tmp_path / "loop-kept")
 
         # ingest from the command line, a task per shard over both nodes: the local pool
         generate(remote, "--ray-address", cluster.address)
@@ -247,6 +284,12 @@ def test_funnel_on_two_nodes_survives_a_killed_node_and_matches_a_local_run(tmp_
     # was redone on the other, and every stage's files are the local run's
     assert len(killer.actors) == 2 and all(len(w) == 1 for w in killer.actors.values()), \
         killer.actors
+    # kept-alive actors keep their sandboxes after the run; `stop_teachers` closes them
+    assert len(stopped) == 2 and all(n.startswith("thyme-teacher-") for n in stopped), stopped
+    assert len(kept) == 2 and all(len(w) == 1 for w in kept.values()), kept
+    assert after_stop == {}, after_stop
+    kept_dirs = {d for w in kept.values() for d in w.values()}
+    assert not any(os.path.exists(d) for d in kept_dirs), kept_dirs
     assert not any(t.startswith("ray::_code_samples_task") for t in killer.titles), killer.titles
     assert len(loop_redone) == 1, loop_redone
     assert outputs(loop_actors, FOLDERS) == outputs(loop_local, FOLDERS)

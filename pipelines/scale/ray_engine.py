@@ -343,16 +343,22 @@ class RayEngine:
     def _on_actors(self, keys: list[str], actors: list, call, more: Callable[[], list]):
         """(key, result) per shard, each shard on the first idle actor; a shard whose actor died
         goes back in the queue, and when no actor is left, `more()` starts new ones on the nodes
-        still alive (a few tries: a dead node takes a moment to be noticed)."""
+        still alive (a few tries: a dead node takes a moment to be noticed). An actor that could
+        not start (its engine or sandbox failed to open) is not replaced: when none is left, the
+        call fails with that reason."""
         ray = self.ray
         todo, idle, running = deque(keys), deque(actors), {}
-        restarts = 0
+        restarts, unstartable = 0, None
         try:
             while todo or running:
                 while idle and todo:
                     actor, key = idle.popleft(), todo.popleft()
                     running[call(actor, key)] = (actor, key)
                 if not running:
+                    if unstartable is not None:    # new ones would fail the same way
+                        raise RuntimeError(
+                            f"no actor could start ({_last_line(unstartable)}); shards left: "
+                            f"{list(todo)}") from unstartable
                     restarts += 1
                     if restarts > 5:
                         raise RuntimeError(f"every actor died; shards left: {list(todo)}")
@@ -364,10 +370,15 @@ class RayEngine:
                 try:
                     result = self._get(ref, key)
                 except ray.exceptions.RayActorError as exc:
+                    todo.appendleft(key)
+                    if exc.actor_init_failed:      # its engine or sandbox could not start there
+                        log.warning("%s: its actor could not start (%s); the shard goes to "
+                                    "another", key, _last_line(exc))
+                        unstartable = exc
+                        continue
                     log.warning("%s: its actor died (%s); the shard goes to another",
                                 key, str(exc).splitlines()[0])
                     self.redone.append(key)
-                    todo.appendleft(key)
                     continue
                 idle.append(actor)
                 yield key, result
@@ -405,6 +416,12 @@ def _share(total: int, shards: int, cpus: int) -> tuple[int, int]:
     """(shards in flight, requests per shard) so that in flight x per shard <= total."""
     in_flight = max(1, min(shards, cpus, total))
     return in_flight, max(1, total // in_flight)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The error a remote traceback ends with."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
 
 
 def _absolute(layout: Layout) -> Layout:
@@ -447,11 +464,13 @@ def check_shared_root(root: Path, timeout_s: float = 120.0) -> None:
 
 
 def stop_teachers(address: str = "") -> list[str]:
-    """Kill the kept-alive teacher actors (frees their GPUs); returns their names."""
+    """Kill the kept-alive teacher actors (frees their GPUs), each after closing its sandbox;
+    returns their names."""
     ray = import_ray()
     if not ray.is_initialized():
         ray.init(address=address or None, namespace=NAMESPACE, log_to_driver=False)
-    names = [n for n in ray.util.list_named_actors() if n.startswith(TEACHER_PREFIX)]
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == NAMESPACE and a["name"].startswith(TEACHER_PREFIX)]
     end_actors(ray, [ray.get_actor(name, namespace=NAMESPACE) for name in names])
     return names
 
