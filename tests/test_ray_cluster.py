@@ -6,8 +6,9 @@ its files are the local run's: same ids, rows, verdicts and counts, no partial f
 in the loop (the fake VLM, an OpenAI teacher) writes two one-photo shards on engine actors
 (`teacher_actors`, the vLLM teacher's path: vLLM itself is not installed with Ray here), one per
 node, each running the code in a sandbox of its own; one actor is killed mid-shard, its shard is
-redone on the other, and the funnel's files are the local run's. The same teacher also runs as
-Ray tasks, each with its own sandbox.
+redone on the other, and the funnel's files are the local run's; actors whose sandbox cannot
+start fail the call with the reason; kept-alive actors keep their sandboxes after the run and
+`stop_teachers` closes them. The same teacher also runs as Ray tasks, each with its own sandbox.
 
 One cluster and one run keep the CI cost near 60 s on two cores (starting the nodes is most of it).
 """

@@ -32,11 +32,12 @@ Placement:
 Every node must see the data root at the same path (a shared filesystem): the engine checks it on
 each node when it connects. Failures: a task whose worker or node dies is retried by Ray
 (`task_retries`); a shard whose actor dies goes to another actor (new ones are started on the
-nodes left when none remains). A sandbox worker that dies inside a teacher actor is replaced by
-its sandbox: that trajectory is quarantined (`sandbox_failed`), the actor and its engine go on.
-Writes are atomic, so a shard redone elsewhere leaves no partial file; its output is the same.
-An error in the shard's own code (a corrupt file, an endpoint that is down) is not retried: it
-fails the call, as it would locally.
+nodes left when none remains; an actor that could not start, its sandbox or engine failing to
+open, is not replaced: when none is left the call fails with its reason). A sandbox worker that
+dies inside a teacher actor is replaced by its sandbox: that trajectory is quarantined
+(`sandbox_failed`), the actor and its engine go on. Writes are atomic, so a shard redone
+elsewhere leaves no partial file; its output is the same. An error in the shard's own code (a
+corrupt file, an endpoint that is down) is not retried: it fails the call, as it would locally.
 """
 
 from __future__ import annotations
