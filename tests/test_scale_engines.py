@@ -3,6 +3,7 @@ the cluster, and the vLLM teacher's engine kept for every shard and run of a pro
 `samples` command on the local engine next to the `funnel` report of the same data root."""
 
 import itertools
+import types
 
 import pytest
 
@@ -155,3 +156,36 @@ def test_a_teacher_actor_keeps_its_sandbox_through_a_dead_worker_and_closes_it(m
     with pytest.raises(RuntimeError, match="out of GPU memory"):
         TeacherWorker(spec, SandboxSpec(workers=1), 1)
     assert opened and opened[0].workers == 0         # closed: no worker left
+
+
+@pytest.mark.parametrize("loop,keep,url,cpus", [("prefill", False, None, 32),
+                                                ("off", False, None, 0),
+                                                ("prefill", True, None, 0),
+                                                ("prefill", False, "http://sandbox:8080", 0)])
+def test_vllm_engine_actors_in_the_loop_reserve_their_sandbox_cpus(loop, keep, url, cpus):
+    """The placement a GPU cluster gets (no Ray needed: the actor class is recorded): an engine
+    per `tensor_parallel_size` GPUs of one node, each reserving its sandbox's CPUs, except
+    kept-alive actors (held for good) and a service's client (its workers run elsewhere)."""
+    from pipelines.samples.stages import SandboxSpec
+    from pipelines.scale.ray_engine import RayEngine
+
+    started = []
+
+    class Recorded:
+        def options(self, **options):
+            return types.SimpleNamespace(remote=lambda *args: started.append((options, args)))
+
+    engine = object.__new__(RayEngine)
+    engine.keep_teachers, engine._actors = keep, []
+    engine.nodes = lambda: [{"NodeID": "a", "Resources": {"CPU": 96, "GPU": 8}},
+                            {"NodeID": "b", "Resources": {"CPU": 32, "GPU": 4}},
+                            {"NodeID": "c", "Resources": {"CPU": 16, "GPU": 2}},   # < one engine
+                            {"NodeID": "d", "Resources": {"CPU": 64}}]
+    engine._remote_class = lambda cls: Recorded()
+    spec = TeacherSpec(kind="vllm", model="m", tensor_parallel_size=4, loop=loop)
+    engine.teacher_workers(spec, SandboxSpec(url=url))
+    assert len(started) == 3
+    assert all(o["num_gpus"] == 4 and o["num_cpus"] == cpus for o, _ in started), started
+    workers = 0 if loop == "off" or url else 32       # a sandbox worker per reserved CPU
+    assert all(args == (spec, SandboxSpec(url=url), workers or None) for _, args in started)
+    assert all(("name" in o) == keep for o, _ in started)

@@ -287,7 +287,8 @@ class RayEngine:
         later run instead of being built anew. In the loop each opens its own sandbox
         (`teacher_sandbox_workers`) and reserves its CPUs."""
         gpus = spec.tensor_parallel_size if spec.kind == "vllm" else 0
-        hosts = [n for n in self.nodes() if n["Resources"].get("GPU" if gpus else "CPU", 0) >= max(gpus, 1)]
+        needs = ("GPU", gpus) if gpus else ("CPU", 1)
+        hosts = [n for n in self.nodes() if n["Resources"].get(needs[0], 0) >= needs[1]]
         engines = {n["NodeID"]: int(n["Resources"]["GPU"]) // gpus if gpus else 1 for n in hosts}
         count = sum(engines.values())
         if gpus and count < 1:
