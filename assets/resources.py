@@ -73,9 +73,11 @@ def die_with_run_worker() -> None:
 
 class SandboxResource(ConfigurableResource):
     """The isolated executor, started once per run step and shared by its code (on a Ray
-    cluster: one per node, `workers` per node)."""
+    cluster: one per node, `workers` per node; a teacher engine actor in the loop opens its own,
+    `workers` of them, by default its share of the node's cores)."""
 
-    workers: int | None = Field(None, description="worker processes; null: one per core")
+    workers: int | None = Field(None, description="worker processes; null: one per core (ray: "
+                                "per node, and per teacher engine actor its share of them)")
     timeout: float = Field(10.0, description="seconds per code block (THYME.md: 10 s)")
     memory_mb: int = Field(1024, description="memory budget per code block, MB")
     url: str | None = Field(None, description="a sandbox service (`python -m sandbox serve`) "
@@ -120,7 +122,7 @@ class TeacherResource(ConfigurableResource):
     """Who writes reasoning and code for a sample: `template` (no model; the embedded default),
     `openai` (any OpenAI-compatible endpoint: a vLLM or SGLang server, a commercial API) or
     `vllm` (an offline vLLM engine; needs the `gpu` extra; on a Ray cluster, engine actors on
-    the GPU nodes)."""
+    the GPU nodes, each with its own sandbox in the loop)."""
 
     kind: str = Field("template", description="template | openai | vllm")
     seed: int = Field(0, description="sampling seed (template: the draw of phrasings and rounds)")

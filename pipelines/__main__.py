@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="ray + vllm: keep the engines alive for later runs")
     fun.add_argument("--seed", type=int, default=0, help="teacher seed")
     fun.add_argument("--sandbox-workers", type=int, default=None,
-                     help="per machine (default: one per core)")
+                     help="per machine, and per teacher engine actor in the loop on Ray "
+                          "(default: one per core; an actor: its share of its node's cores)")
     fun.add_argument("--timeout", type=float, default=10.0, help="seconds per code block")
     fun.add_argument("--sandbox-url", default=None,
                      help="a sandbox service (python -m sandbox serve) instead of local workers")

@@ -3,6 +3,7 @@ the cluster, and the vLLM teacher's engine kept for every shard and run of a pro
 `samples` command on the local engine next to the `funnel` report of the same data root."""
 
 import itertools
+import types
 
 import pytest
 
@@ -86,3 +87,105 @@ def test_the_teacher_resource_spec_builds_the_chained_teacher_where_it_runs(tmp_
     chained = TeacherSpec(kind="openai", model="coder", reasoner_model="reasoner").build(tmp_path)
     assert isinstance(chained, ChainedTeacher)
     assert isinstance(TeacherSpec(kind="openai", model="coder").build(tmp_path), OpenAITeacher)
+
+
+def test_a_teacher_actor_in_the_loop_sizes_its_sandbox_from_the_spec_or_its_node_share():
+    from pipelines.samples.stages import SandboxSpec
+    from pipelines.scale.ray_engine import teacher_sandbox_workers
+
+    vllm = TeacherSpec(kind="vllm", model="m", loop="prefill", tensor_parallel_size=4)
+    gpu_nodes = [{"NodeID": "a", "Resources": {"CPU": 96, "GPU": 8}},
+                 {"NodeID": "b", "Resources": {"CPU": 32, "GPU": 4}}]
+    engines = {"a": 2, "b": 1}
+    # by default the node's cores over its engines, the smallest such share
+    assert teacher_sandbox_workers(vllm, SandboxSpec(), gpu_nodes, engines) == 32
+    assert teacher_sandbox_workers(vllm, SandboxSpec(workers=6), gpu_nodes, engines) == 6
+    assert teacher_sandbox_workers(vllm, SandboxSpec(workers=64), gpu_nodes, engines) == 32
+    # the service's client runs nothing on the node; out of the loop there is no sandbox
+    assert teacher_sandbox_workers(vllm, SandboxSpec(url="http://sandbox:8080"), gpu_nodes,
+                                   engines) == 0
+    assert teacher_sandbox_workers(TeacherSpec(kind="vllm", model="m"), SandboxSpec(),
+                                   gpu_nodes, engines) == 0
+
+
+def test_a_teacher_actor_keeps_its_sandbox_through_a_dead_worker_and_closes_it(monkeypatch,
+                                                                                tmp_path):
+    """The actor's class, run in this process: the sandbox opens before the engine is built (a
+    refusal costs no engine), survives a killed worker with the engine untouched, and `close`
+    stops its workers; an engine that fails to build closes the sandbox it opened."""
+    import os
+    import signal
+
+    from faults import survivors
+
+    from pipelines.core.vllm_config import VLLMConfig
+    from pipelines.samples.stages import SandboxSpec
+    from pipelines.scale.ray_engine import TeacherWorker
+
+    engine = object()
+    built = []
+    monkeypatch.setattr(VLLMConfig, "build", lambda self: built.append(self) or engine)
+    spec = TeacherSpec(kind="vllm", model="m", loop="prefill")
+    with pytest.raises(FileNotFoundError, match="no-token"):
+        TeacherWorker(spec, SandboxSpec(url="http://127.0.0.1:9",
+                                        token_file=str(tmp_path / "no-token")), 0)
+    assert built == []
+
+    actor = TeacherWorker(spec, SandboxSpec(workers=2), 2)
+    try:
+        assert actor.engine is engine and actor.sandbox.workers == 2
+        workers = {h.pid for h in actor.sandbox._handles}
+        os.kill(next(iter(workers)), signal.SIGKILL)
+        # the call that finds the dead worker says so; the worker is replaced, all serve again
+        results = [actor.sandbox.run("print(6 * 7)") for _ in range(4)]
+        assert [r.error.kind for r in results if not r.ok] == ["internal"], results
+        assert all(r.ok and r.stdout.strip() == "42"
+                   for r in [actor.sandbox.run("print(6 * 7)") for _ in range(4)])
+        assert actor.engine is engine and len(built) == 1
+    finally:
+        actor.close()
+    assert not survivors(workers | {h.pid for h in actor.sandbox._handles}, timeout=10)
+
+    def broken(self):
+        raise RuntimeError("out of GPU memory")
+    monkeypatch.setattr(VLLMConfig, "build", broken)
+    opened = []
+    real_open = SandboxSpec.open
+    monkeypatch.setattr(SandboxSpec, "open", lambda self, w=None: opened.append(
+        real_open(self, w)) or opened[-1])
+    with pytest.raises(RuntimeError, match="out of GPU memory"):
+        TeacherWorker(spec, SandboxSpec(workers=1), 1)
+    assert opened and opened[0].workers == 0         # closed: no worker left
+
+
+@pytest.mark.parametrize("loop,keep,url,cpus", [("prefill", False, None, 32),
+                                                ("off", False, None, 0),
+                                                ("prefill", True, None, 0),
+                                                ("prefill", False, "http://sandbox:8080", 0)])
+def test_vllm_engine_actors_in_the_loop_reserve_their_sandbox_cpus(loop, keep, url, cpus):
+    """The placement a GPU cluster gets (no Ray needed: the actor class is recorded): an engine
+    per `tensor_parallel_size` GPUs of one node, each reserving its sandbox's CPUs, except
+    kept-alive actors (held for good) and a service's client (its workers run elsewhere)."""
+    from pipelines.samples.stages import SandboxSpec
+    from pipelines.scale.ray_engine import RayEngine
+
+    started = []
+
+    class Recorded:
+        def options(self, **options):
+            return types.SimpleNamespace(remote=lambda *args: started.append((options, args)))
+
+    engine = object.__new__(RayEngine)
+    engine.keep_teachers, engine._actors = keep, []
+    engine.nodes = lambda: [{"NodeID": "a", "Resources": {"CPU": 96, "GPU": 8}},
+                            {"NodeID": "b", "Resources": {"CPU": 32, "GPU": 4}},
+                            {"NodeID": "c", "Resources": {"CPU": 16, "GPU": 2}},   # < one engine
+                            {"NodeID": "d", "Resources": {"CPU": 64}}]
+    engine._remote_class = lambda cls: Recorded()
+    spec = TeacherSpec(kind="vllm", model="m", tensor_parallel_size=4, loop=loop)
+    engine.teacher_workers(spec, SandboxSpec(url=url))
+    assert len(started) == 3
+    assert all(o["num_gpus"] == 4 and o["num_cpus"] == cpus for o, _ in started), started
+    workers = 0 if loop == "off" or url else 32       # a sandbox worker per reserved CPU
+    assert all(args == (spec, SandboxSpec(url=url), workers or None) for _, args in started)
+    assert all(("name" in o) == keep for o, _ in started)

@@ -204,7 +204,8 @@ class TeacherSpec:
 class SandboxSpec:
     """The isolated executor (the `sandbox` resource's settings)."""
 
-    workers: int | None = None        # None: one per core (on a cluster: per node)
+    workers: int | None = None        # None: one per core (on a cluster: per node; per teacher
+                                      # engine actor in the loop, its share of the node's cores)
     timeout: float = 10.0
     memory_mb: int = 1024
     url: str | None = None            # a sandbox service; None: workers in this process
@@ -242,19 +243,33 @@ class JudgeSpec:
         return Judge(client, self.max_calls if max_calls is None else max_calls)
 
 
+def teacher_sandbox(spec: TeacherSpec, sandbox: SandboxSpec | None, workers: int | None = None):
+    """What a teacher in the loop runs its code in, opened from `sandbox` (a context manager:
+    `workers` of them, or the service's client with its `url`); for other teachers nothing."""
+    if spec.needs_sandbox and sandbox is None:
+        raise ValueError(f"teacher loop={spec.loop!r} needs the sandbox's settings")
+    return sandbox.open(workers) if spec.needs_sandbox else nullcontext()
+
+
+def layout_teacher(spec: TeacherSpec, layout: Layout, sandbox: SandboxSpec | None, running, *,
+                   engine=None, max_concurrency: int | None = None):
+    """The teacher for `layout`'s data, running its code in `running` (`teacher_sandbox`'s) and
+    recording it in the executions stage's cache, so that stage reuses what the loop ran."""
+    return spec.build(layout.images, cache_dir=layout.cache("teacher"), engine=engine,
+                      max_concurrency=max_concurrency, sandbox=running,
+                      sandbox_timeout=sandbox.timeout if sandbox else 10.0,
+                      execution_cache=layout.cache("executions"))
+
+
 @contextmanager
 def built_teacher(spec: TeacherSpec, layout: Layout, sandbox: SandboxSpec | None = None, *,
                   engine=None, max_concurrency: int | None = None, workers: int | None = None):
-    """The teacher a stage runs, built where it runs; a teacher in the loop gets a sandbox
-    opened here from `sandbox` (`workers` of them; a service's client with its `url`) and the
-    executions stage's cache, so that stage reuses what the loop ran."""
-    if spec.needs_sandbox and sandbox is None:
-        raise ValueError(f"teacher loop={spec.loop!r} needs the sandbox's settings")
-    with (sandbox.open(workers) if spec.needs_sandbox else nullcontext()) as running:
-        yield spec.build(layout.images, cache_dir=layout.cache("teacher"), engine=engine,
-                         max_concurrency=max_concurrency, sandbox=running,
-                         sandbox_timeout=sandbox.timeout if sandbox else 10.0,
-                         execution_cache=layout.cache("executions"))
+    """The teacher a stage runs, built where it runs, with its sandbox (`teacher_sandbox`) open
+    for as long as the block. (A Ray engine actor opens the sandbox once for its life and builds
+    the teacher per shard: `teacher_sandbox` and `layout_teacher` apart.)"""
+    with teacher_sandbox(spec, sandbox, workers) as running:
+        yield layout_teacher(spec, layout, sandbox, running, engine=engine,
+                             max_concurrency=max_concurrency)
 
 
 # ------------------------------------------------------------------ the stages, one shard each

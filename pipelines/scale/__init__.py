@@ -10,7 +10,8 @@ and write the same files; only the placement differs.
 
 On Ray (`pipelines.scale.ray_engine`): a task per shard for ingest, template/OpenAI teachers and
 the audit; the sandbox as one actor per node (its workers one per core); vLLM teachers as engine
-actors on GPU nodes, kept alive across shards (and across runs with `keep_teachers`); an OpenAI
+actors on GPU nodes, kept alive across shards (and across runs with `keep_teachers`), in the loop
+each with a sandbox of its own for as long as it lives; an OpenAI
 teacher's or judge's `max_concurrency` holds for the whole cluster. A task whose node dies is
 retried elsewhere; every write is atomic, so a retried shard leaves no partial file. Ray is
 imported only when a Ray engine is opened.

@@ -12,19 +12,32 @@ Placement:
                                                 (the actor reserves those CPUs); a shard at a
                                                 time per actor, the next shard to the first idle.
   vLLM teacher                                  `TeacherWorker` actors with the engine's GPUs
-                                                (`tensor_parallel_size`), as many as the GPUs
-                                                allow; the engine is built once per actor and
-                                                serves every shard; with `keep_teachers` the
-                                                actors are named and detached, so later runs
-                                                reuse them (`stop_teachers` releases the GPUs).
-                                                Not in the loop yet (refused: no sandbox there).
+  (any model teacher with `teacher_actors`)     (`tensor_parallel_size`, on one node), as many as
+                                                the GPUs allow (other kinds: one per node); the
+                                                engine is built once per actor and serves every
+                                                shard; with `keep_teachers` the actors are named
+                                                and detached, so later runs reuse them
+                                                (`stop_teachers` releases the GPUs).
+                                                In the loop, each actor opens its own sandbox
+                                                (or the service's client) next to its engine,
+                                                for the actor's life: `SandboxSpec.workers`
+                                                workers, by default its share of the node's
+                                                cores (the node's CPUs over its engines), and
+                                                reserves those CPUs (none when kept alive: they
+                                                would be held for good, and the executions
+                                                stage's sandbox on that node never placed).
+                                                Ending an actor (`close`, `stop_teachers`)
+                                                closes its sandbox first.
 
 Every node must see the data root at the same path (a shared filesystem): the engine checks it on
 each node when it connects. Failures: a task whose worker or node dies is retried by Ray
 (`task_retries`); a shard whose actor dies goes to another actor (new ones are started on the
-nodes left when none remains). Writes are atomic, so a shard redone elsewhere leaves no partial
-file; its output is the same. An error in the shard's own code (a corrupt file, an endpoint that
-is down) is not retried: it fails the call, as it would locally.
+nodes left when none remains; an actor that could not start, its sandbox or engine failing to
+open, is not replaced: when none is left the call fails with its reason). A sandbox worker that
+dies inside a teacher actor is replaced by its sandbox: that trajectory is quarantined
+(`sandbox_failed`), the actor and its engine go on. Writes are atomic, so a shard redone
+elsewhere leaves no partial file; its output is the same. An error in the shard's own code (a
+corrupt file, an endpoint that is down) is not retried: it fails the call, as it would locally.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +62,8 @@ from pipelines.samples.stages import (
     built_teacher,
     code_samples_shard,
     executions_shard,
+    layout_teacher,
+    teacher_sandbox,
 )
 
 log = logging.getLogger(__name__)
@@ -119,25 +135,43 @@ class SandboxWorker:
         import ray
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
+    def close(self) -> None:
+        """Stop the sandbox's workers and remove its temporaries (a kill alone would leave them)."""
+        self.sandbox.close()
+
 
 class TeacherWorker:
-    """A teacher whose model stays loaded: built once, serves shards until the actor ends."""
+    """A teacher whose model stays loaded: built once, serves shards until the actor ends. In the
+    loop, the actor's own sandbox (`sandbox_workers` workers, or the service's client) is opened
+    before the engine (a node that cannot confine code fails before minutes of loading) and
+    lives as long as it; `close` stops it."""
 
-    def __init__(self, spec: TeacherSpec):
-        self.spec = spec
-        self.engine = spec.vllm_config().build() if spec.kind == "vllm" else None
+    def __init__(self, spec: TeacherSpec, sandbox: SandboxSpec | None = None,
+                 sandbox_workers: int | None = None):
+        self.spec, self.sandbox_spec = spec, sandbox
+        self._resources = ExitStack()
+        self.sandbox = self._resources.enter_context(teacher_sandbox(spec, sandbox,
+                                                                     sandbox_workers))
+        try:
+            self.engine = spec.vllm_config().build() if spec.kind == "vllm" else None
+        except BaseException:
+            self._resources.close()
+            raise
         self.shards = 0
 
     def run(self, layout: Layout, key: str) -> dict:
-        teacher = self.spec.build(layout.images, cache_dir=layout.cache("teacher"),
-                                  engine=self.engine)
+        teacher = layout_teacher(self.spec, layout, self.sandbox_spec, self.sandbox,
+                                 engine=self.engine)
         self.shards += 1
         return _placed(code_samples_shard(layout, key, teacher))
 
     def where(self) -> dict:
         import ray
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "shards": self.shards}
+                "shards": self.shards, "sandbox_workers": getattr(self.sandbox, "workers", 0)}
+
+    def close(self) -> None:
+        self._resources.close()
 
 
 # ------------------------------------------------------------------ the engine
@@ -160,6 +194,7 @@ class RayEngine:
         self._remote: dict[Callable, object] = {}
         self._actors: list = []       # this engine's own (non-detached) actors, killed on close
         self.redone: list[str] = []   # shards whose actor died under them, run again elsewhere
+        self._busy: list = []         # actors left mid-shard by a failed dispatch
         if check_shared:
             check_shared_root(Path(data_root))
 
@@ -176,19 +211,14 @@ class RayEngine:
                      sandbox: SandboxSpec | None = None) -> Iterator[tuple[str, dict]]:
         teacher.check()
         on_actors = teacher.kind == "vllm" or self.teacher_actors
-        if teacher.needs_sandbox and on_actors:   # before any actor starts: nothing half-written
-            raise NotImplementedError(
-                f"teacher loop={teacher.loop!r} with a {teacher.kind} teacher on engine actors: "
-                "the teacher in the loop runs on the local engine, or on Ray as an OpenAI "
-                "teacher's shard tasks; engine actors (vLLM) do not open a sandbox yet")
-        if teacher.needs_sandbox and sandbox is None:
+        if teacher.needs_sandbox and sandbox is None:   # before any actor starts
             raise ValueError(f"teacher loop={teacher.loop!r} needs the sandbox's settings")
         layout, keys = _absolute(layout), list(keys)
         if on_actors:
             try:
-                yield from self._on_actors(keys, self.teacher_workers(teacher),
+                yield from self._on_actors(keys, self.teacher_workers(teacher, sandbox),
                                            lambda a, k: a.run.remote(layout, k),
-                                           lambda: self.teacher_workers(teacher))
+                                           lambda: self.teacher_workers(teacher, sandbox))
             finally:
                 self.close()        # the run's own actors; kept-alive teachers stay
             return
@@ -250,30 +280,35 @@ class RayEngine:
             raise RuntimeError("no alive Ray node with a CPU to run the sandbox on")
         return actors
 
-    def teacher_workers(self, spec: TeacherSpec) -> list:
-        """The teacher's engine actors: as many as the cluster's GPUs allow (vLLM) or one per node
-        (other kinds, with `teacher_actors`); named and detached with `keep_teachers`, and then
-        found again by a later run instead of being built anew."""
+    def teacher_workers(self, spec: TeacherSpec, sandbox: SandboxSpec | None = None) -> list:
+        """The teacher's engine actors: as many as the cluster's GPUs allow (vLLM: an engine
+        needs its `tensor_parallel_size` GPUs on one node) or one per node (other kinds, with
+        `teacher_actors`); named and detached with `keep_teachers`, and then found again by a
+        later run instead of being built anew. In the loop each opens its own sandbox
+        (`teacher_sandbox_workers`) and reserves its CPUs."""
         gpus = spec.tensor_parallel_size if spec.kind == "vllm" else 0
-        if gpus:
+        needs = ("GPU", gpus) if gpus else ("CPU", 1)
+        hosts = [n for n in self.nodes() if n["Resources"].get(needs[0], 0) >= needs[1]]
+        engines = {n["NodeID"]: int(n["Resources"]["GPU"]) // gpus if gpus else 1 for n in hosts}
+        count = sum(engines.values())
+        if gpus and count < 1:
             total = int(sum(n["Resources"].get("GPU", 0) for n in self.nodes()))
-            count = total // gpus
-            if count < 1:
-                raise RuntimeError(f"the vLLM teacher needs {gpus} GPU(s) per engine; the Ray "
-                                   f"cluster has {total}")
-        else:
-            count = len(self.nodes())
+            raise RuntimeError(f"the vLLM teacher needs {gpus} GPU(s) on one node per engine; "
+                               f"the Ray cluster has {total} in all")
+        workers = teacher_sandbox_workers(spec, sandbox, hosts, engines)
+        # a kept-alive actor reserves no CPU: it would hold it for good, and the executions
+        # stage's sandbox on its node (a worker per core) could never be placed
+        cpus = 0 if self.keep_teachers else (workers if gpus else max(1, workers))
+        key = repr(spec) + (repr((sandbox, workers)) if spec.needs_sandbox else "")
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         cls = self._remote_class(TeacherWorker)
-        digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
         actors = []
         for i in range(count):
-            # an engine actor holds GPUs, not a CPU (a kept-alive one would block it for good)
-            options = {"num_gpus": gpus, "num_cpus": 0 if gpus or self.keep_teachers else 1,
-                       "max_concurrency": 1}
+            options = {"num_gpus": gpus, "num_cpus": cpus, "max_concurrency": 1}
             if self.keep_teachers:
                 options.update(name=f"{TEACHER_PREFIX}{digest}-{i}", lifetime="detached",
                                get_if_exists=True, namespace=NAMESPACE)
-            actor = cls.options(**options).remote(spec)
+            actor = cls.options(**options).remote(spec, sandbox, workers or None)
             actors.append(actor)
             if not self.keep_teachers:
                 self._actors.append(actor)
@@ -310,16 +345,22 @@ class RayEngine:
     def _on_actors(self, keys: list[str], actors: list, call, more: Callable[[], list]):
         """(key, result) per shard, each shard on the first idle actor; a shard whose actor died
         goes back in the queue, and when no actor is left, `more()` starts new ones on the nodes
-        still alive (a few tries: a dead node takes a moment to be noticed)."""
+        still alive (a few tries: a dead node takes a moment to be noticed). An actor that could
+        not start (its engine or sandbox failed to open) is not replaced: when none is left, the
+        call fails with that reason."""
         ray = self.ray
         todo, idle, running = deque(keys), deque(actors), {}
-        restarts = 0
+        restarts, unstartable = 0, None
         try:
             while todo or running:
                 while idle and todo:
                     actor, key = idle.popleft(), todo.popleft()
                     running[call(actor, key)] = (actor, key)
                 if not running:
+                    if unstartable is not None:    # new ones would fail the same way
+                        raise RuntimeError(
+                            f"no actor could start ({_last_line(unstartable)}); shards left: "
+                            f"{list(todo)}") from unstartable
                     restarts += 1
                     if restarts > 5:
                         raise RuntimeError(f"every actor died; shards left: {list(todo)}")
@@ -331,16 +372,22 @@ class RayEngine:
                 try:
                     result = self._get(ref, key)
                 except ray.exceptions.RayActorError as exc:
+                    todo.appendleft(key)
+                    if exc.actor_init_failed:      # its engine or sandbox could not start there
+                        log.warning("%s: its actor could not start (%s); the shard goes to "
+                                    "another", key, _last_line(exc))
+                        unstartable = exc
+                        continue
                     log.warning("%s: its actor died (%s); the shard goes to another",
                                 key, str(exc).splitlines()[0])
                     self.redone.append(key)
-                    todo.appendleft(key)
                     continue
                 idle.append(actor)
                 yield key, result
         finally:
             for ref in running:
                 ray.cancel(ref)          # actor tasks cannot be forced; `close` kills the actors
+            self._busy += [actor for actor, _ in running.values()]
 
     def _get(self, ref, key: str):
         try:
@@ -352,9 +399,11 @@ class RayEngine:
             raise cause from RuntimeError(f"shard {key} failed on the cluster")
 
     def close(self) -> None:
-        for actor in self._actors:
-            self.ray.kill(actor)
-        self._actors = []
+        """End this engine's own actors (their sandboxes closed first; kept-alive teachers
+        stay)."""
+        actors, self._actors = self._actors, []
+        end_actors(self.ray, actors, busy=self._busy)
+        self._busy = []
 
     def __enter__(self) -> RayEngine:
         return self
@@ -369,6 +418,12 @@ def _share(total: int, shards: int, cpus: int) -> tuple[int, int]:
     """(shards in flight, requests per shard) so that in flight x per shard <= total."""
     in_flight = max(1, min(shards, cpus, total))
     return in_flight, max(1, total // in_flight)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The error a remote traceback ends with."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
 
 
 def _absolute(layout: Layout) -> Layout:
@@ -411,11 +466,40 @@ def check_shared_root(root: Path, timeout_s: float = 120.0) -> None:
 
 
 def stop_teachers(address: str = "") -> list[str]:
-    """Kill the kept-alive teacher actors (frees their GPUs); returns their names."""
+    """Kill the kept-alive teacher actors (frees their GPUs), each after closing its sandbox;
+    returns their names."""
     ray = import_ray()
     if not ray.is_initialized():
         ray.init(address=address or None, namespace=NAMESPACE, log_to_driver=False)
-    names = [n for n in ray.util.list_named_actors() if n.startswith(TEACHER_PREFIX)]
-    for name in names:
-        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == NAMESPACE and a["name"].startswith(TEACHER_PREFIX)]
+    end_actors(ray, [ray.get_actor(name, namespace=NAMESPACE) for name in names])
     return names
+
+
+def end_actors(ray, actors: list, busy: list = (), timeout_s: float = 30.0) -> None:
+    """Kill `actors`, each after its own `close` (its sandbox's workers stopped, temporaries
+    removed), waiting at most `timeout_s` for those; `busy` ones (mid-shard: a close would wait
+    for the shard) are killed at once. (A killed actor's sandbox workers exit too: their pipe
+    closes.)"""
+    busy = {id(a) for a in busy}
+    closing = [a.close.remote() for a in actors if id(a) not in busy]
+    if closing:
+        ray.wait(closing, num_returns=len(closing), timeout=timeout_s)
+    for actor in actors:
+        ray.kill(actor)
+
+
+def teacher_sandbox_workers(spec: TeacherSpec, sandbox: SandboxSpec | None, hosts: list[dict],
+                            engines: dict[str, int]) -> int:
+    """Sandbox workers per teacher actor in the loop (0: no sandbox of its own, or the service's
+    client): `sandbox.workers` (capped), else the actor's share of a node's cores, the smallest
+    share over the nodes that may hold it (a node's CPUs over the engines it holds)."""
+    if not spec.needs_sandbox or sandbox is None or sandbox.url:
+        return 0
+    share = max(1, min((int(n["Resources"].get("CPU", 0)) // max(engines[n["NodeID"]], 1)
+                        for n in hosts), default=1))
+    if sandbox.workers and sandbox.workers > share:
+        log.warning("teacher sandbox: %d workers asked, %d per engine actor fit on its nodes' "
+                    "CPUs; using %d", sandbox.workers, share, share)
+    return min(sandbox.workers or share, share)
