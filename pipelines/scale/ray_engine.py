@@ -4,7 +4,8 @@ Placement:
   ingest, audit, template and OpenAI teachers   one task per shard (`num_cpus=1`); Ray spreads
                                                 them over every node's CPUs. An OpenAI teacher's
                                                 or judge's `max_concurrency` is the cluster's:
-                                                shards in flight x requests per shard <= it.
+                                                shards in flight x requests per shard <= it
+                                                (on engine actors: actors x each one's share).
                                                 In the loop, each task opens a one-worker
                                                 sandbox (or the service's client) for its shard.
   executions                                    one `SandboxWorker` actor per node holding a
