@@ -187,5 +187,25 @@ def test_vllm_engine_actors_in_the_loop_reserve_their_sandbox_cpus(loop, keep, u
     assert len(started) == 3
     assert all(o["num_gpus"] == 4 and o["num_cpus"] == cpus for o, _ in started), started
     workers = 0 if loop == "off" or url else 32       # a sandbox worker per reserved CPU
-    assert all(args == (spec, SandboxSpec(url=url), workers or None) for _, args in started)
+    assert all(args == (spec, SandboxSpec(url=url), workers or None, None) for _, args in started)
     assert all(("name" in o) == keep for o, _ in started)
+
+
+def test_openai_teacher_actors_share_the_clusters_requests_in_flight():
+    """`max_concurrency` of an OpenAI teacher is the cluster's: on engine actors (one per node)
+    each gets its share, as shard tasks do, never the whole limit each."""
+    from pipelines.scale.ray_engine import RayEngine
+
+    started = []
+
+    class Recorded:
+        def options(self, **options):
+            return types.SimpleNamespace(remote=lambda *args: started.append(args))
+
+    engine = object.__new__(RayEngine)
+    engine.keep_teachers, engine._actors = False, []
+    engine.nodes = lambda: [{"NodeID": n, "Resources": {"CPU": 8}} for n in "abcd"]
+    engine._remote_class = lambda cls: Recorded()
+    spec = TeacherSpec(kind="openai", model="m", base_url="http://teacher:8000/v1", max_concurrency=10)
+    engine.teacher_workers(spec, None)
+    assert [args[3] for args in started] == [2, 2, 2, 2]      # 4 actors x 2 <= 10

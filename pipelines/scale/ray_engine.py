@@ -4,7 +4,8 @@ Placement:
   ingest, audit, template and OpenAI teachers   one task per shard (`num_cpus=1`); Ray spreads
                                                 them over every node's CPUs. An OpenAI teacher's
                                                 or judge's `max_concurrency` is the cluster's:
-                                                shards in flight x requests per shard <= it.
+                                                shards in flight x requests per shard <= it
+                                                (on engine actors: actors x each one's share).
                                                 In the loop, each task opens a one-worker
                                                 sandbox (or the service's client) for its shard.
   executions                                    one `SandboxWorker` actor per node holding a
@@ -147,8 +148,9 @@ class TeacherWorker:
     lives as long as it; `close` stops it."""
 
     def __init__(self, spec: TeacherSpec, sandbox: SandboxSpec | None = None,
-                 sandbox_workers: int | None = None):
+                 sandbox_workers: int | None = None, max_concurrency: int | None = None):
         self.spec, self.sandbox_spec = spec, sandbox
+        self.max_concurrency = max_concurrency    # an OpenAI teacher's share of the cluster's
         self._resources = ExitStack()
         self.sandbox = self._resources.enter_context(teacher_sandbox(spec, sandbox,
                                                                      sandbox_workers))
@@ -161,7 +163,7 @@ class TeacherWorker:
 
     def run(self, layout: Layout, key: str) -> dict:
         teacher = layout_teacher(self.spec, layout, self.sandbox_spec, self.sandbox,
-                                 engine=self.engine)
+                                 engine=self.engine, max_concurrency=self.max_concurrency)
         self.shards += 1
         return _placed(code_samples_shard(layout, key, teacher))
 
@@ -299,7 +301,9 @@ class RayEngine:
         # a kept-alive actor reserves no CPU: it would hold it for good, and the executions
         # stage's sandbox on its node (a worker per core) could never be placed
         cpus = 0 if self.keep_teachers else (workers if gpus else max(1, workers))
-        key = repr(spec) + (repr((sandbox, workers)) if spec.needs_sandbox else "")
+        # an OpenAI teacher's max_concurrency is the cluster's: each actor gets its share
+        share = max(1, spec.max_concurrency // count) if spec.kind == "openai" and count else None
+        key = repr(spec) + (repr((sandbox, workers)) if spec.needs_sandbox else "") + repr(share)
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         cls = self._remote_class(TeacherWorker)
         actors = []
@@ -308,7 +312,7 @@ class RayEngine:
             if self.keep_teachers:
                 options.update(name=f"{TEACHER_PREFIX}{digest}-{i}", lifetime="detached",
                                get_if_exists=True, namespace=NAMESPACE)
-            actor = cls.options(**options).remote(spec, sandbox, workers or None)
+            actor = cls.options(**options).remote(spec, sandbox, workers or None, share)
             actors.append(actor)
             if not self.keep_teachers:
                 self._actors.append(actor)
