@@ -84,6 +84,10 @@ def main() -> None:
         from importlib.metadata import version
 
         from math_verify import parse, verify
+        # One check before "ready": math-verify and sympy load their parsers and simplifiers on
+        # first use (~0.15 s idle, seconds on a busy machine), which would otherwise count against
+        # the first real check's timeout, e.g. the check after a timed-out worker was replaced.
+        _check({"given": "$\\frac{x^2}{2}$", "truth": "$0.5 x^2$"}, parse, verify)
         ready = {"ready": True, "version": version("math-verify")}
     except Exception as exc:  # noqa: BLE001  reported to the parent, which raises it
         replies.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
