@@ -38,29 +38,31 @@ def cpu() -> float:
 
 
 class Counts:
-    """By check (crop, contrast, rotation): locate's calls, its full searches, and the hints it
-    tried and confirmed (wrapping its internals; the caller is told apart by the thread)."""
+    """By check (crop, contrast, rotation): locate's calls, their CPU seconds (the calling thread's),
+    its full searches, and the hints it tried and confirmed (wrapping its internals; the caller is told apart by the thread)."""
 
-    FIELDS = ("calls", "searches", "tried", "confirmed")
+    FIELDS = ("calls", "cpu", "searches", "tried", "confirmed")
 
     def __init__(self):
-        self.n: dict[tuple[str, str], int] = {}
+        self.n: dict[tuple[str, str], float] = {}
         self._lock, self._where = threading.Lock(), threading.local()
         grid, confirm = locate_module._zoom_grid, locate_module._confirm
 
-        def count(field: str) -> None:
+        def count(field: str, n: float = 1) -> None:
             with self._lock:
                 key = (getattr(self._where, "check", "rotation"), field)
-                self.n[key] = self.n.get(key, 0) + 1
+                self.n[key] = self.n.get(key, 0) + n
 
         def counted(locate, check=None):
             def wrapper(*a, **k):
                 # rules.py: the crop check clips the band, the contrast check does not
                 self._where.check = check or ("crop" if k.get("clip") else "contrast")
                 count("calls")
+                t0 = time.thread_time()
                 try:
                     return locate(*a, **k)
                 finally:
+                    count("cpu", time.thread_time() - t0)
                     self._where.check = "rotation"
             return wrapper
 
@@ -130,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
           f"and off; {reasons_differ} trajectories' reasons differ (a located box or score)\n")
     kinds = ("crop", "contrast", "rotation")
     print("| round | threads | hints | audit CPU s | CPU ms/traj | wall s | locate calls (crop / "
-          "contrast / rotation) | full searches | hints tried | confirmed |")
-    print("|---:|---:|---|---:|---:|---:|---|---|---|---|")
+          "contrast / rotation) | their CPU s | full searches | hints tried | confirmed |")
+    print("|---:|---:|---|---:|---:|---:|---|---|---|---|---|")
     for rnd, threads, mode, c, wall, n_ in rows:
-        cols = [" / ".join(str(n_.get((k, f), 0)) for k in kinds) for f in Counts.FIELDS]
+        cols = [" / ".join(f"{n_.get((k, f), 0):{'.2f' if f == 'cpu' else '.0f'}}" for k in kinds)
+                for f in Counts.FIELDS]
         print(f"| {rnd} | {threads} | {mode} | {c:.2f} | {1000 * c / n:.1f} | {wall:.2f} | "
               + " | ".join(cols) + " |")
     return 0
