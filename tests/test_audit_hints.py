@@ -40,6 +40,9 @@ W, H = 2000, 1500
     ("a = img.crop((1900, 1400, 2400, 1900))", [(1900, 1400, 2000, 1500)]),
     ("a = img.crop((10, 10, 14, 14)); b = img.crop((300, 10, 100, 90)); c = (1, 2, 'x', 4)", []),
     ("a = img.crop((0.1, 0.2, 0.5, 0.6))", []),
+    # as the sandbox runs it too: a literal box grown to 64 px, code re-indented until it parses
+    ("x1, y1, x2, y2 = 10, 10, 40, 30\ncrop = img.crop((x1, y1, x2, y2))", [(10, 10, 74, 74), (10, 10, 40, 30)]),
+    ("  x1, y1, x2, y2 = 10, 10, 100, 90\n  roi = img[y1:y2, x1:x2]", [(10, 10, 100, 90)]),
     # a name bound twice, or by a loop, is not a number we know
     ("x1 = 10\nx1 = 500\nb = img.crop((x1, 0, 700, 300))", []),
     ("for x1 in range(3):\n    b = img.crop((x1, 0, 700, 300))", []),
@@ -101,6 +104,14 @@ def _audit(s, code: str | None, rel: str, root: Path, config: AuditConfig | None
     return next(c for c in audit(t, s, root, config or AuditConfig()).audit if c.name == "crop_semantics")
 
 
+def _found_box(check) -> list[int]:
+    return [int(v) for v in re.search(r"the crop \[([\d, ]+)\]", check.reason).group(1).split(", ")]
+
+
+def _near(found, box, px: int = 3) -> bool:
+    return max(abs(a - b) for a, b in zip(found, box, strict=True)) <= px
+
+
 def _around(box, margin: int):
     x1, y1, x2, y2 = box
     return (x1 - margin, y1 - margin, x2 + margin, y2 + margin)
@@ -125,6 +136,18 @@ def test_a_box_the_code_names_is_confirmed_without_a_search(crop_case, searches)
     assert check.verdict == PASS and len(searches) == 1, check.reason
 
 
+def test_a_box_the_sandbox_grew_is_confirmed(crop_case, searches):
+    """The sandbox grows a literal box's short sides to 64 px (sandbox/repair.py): the crop that
+    ran is the grown one, and that is the box tried first."""
+    root, s, img = crop_case
+    x1, y1 = s.meta["box"][:2]
+    rel = _produce(root, img, (x1, y1, x1 + 64, y1 + 64), 3, "grown")
+    code = f"left, top, right, bottom = {x1}, {y1}, {x1 + 40}, {y1 + 30}\ncrop = img.crop((left, top, right, bottom))"
+    check = _audit(s, code, rel, root)
+    assert _near(_found_box(check), (x1, y1, x1 + 64, y1 + 64)), check.reason
+    assert searches == []
+
+
 def test_a_lying_box_falls_back_to_the_search(crop_case, searches):
     root, s, img = crop_case
     box = _around(s.meta["box"], 80)
@@ -144,8 +167,7 @@ def test_a_box_beside_the_crop_refines_onto_where_the_pixels_are(crop_case, sear
     shift = (box[2] - box[0]) // 3
     check = _audit(s, f"b = img.crop({(box[0] + shift, box[1], box[2] + shift, box[3])})", rel, root)
     assert check.verdict == PASS, check.reason
-    found = [int(v) for v in re.search(r"the crop \[([\d, ]+)\]", check.reason).group(1).split(", ")]
-    assert max(abs(a - b) for a, b in zip(found, box, strict=True)) <= 3, (found, box)
+    assert _near(_found_box(check), box), check.reason
     assert searches == []
 
 

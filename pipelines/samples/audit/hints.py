@@ -6,7 +6,8 @@ Read from the syntax tree, never run (the code may be hostile; here it is only t
 list of four numbers or names bound to numbers (`img.crop((947, 2133, 1168, 2277))`,
 `box = (x1, y1, x2, y2)`, `x_min, y_min, x_max, y_max = 947, 2133, 1168, 2277`) read as
 left, top, right, bottom; a two-axis slice (`img[y1:y2, x1:x2]`, cv2/numpy) as rows, columns.
-A box is only a hint: `locate` accepts one where the pixels confirm it and searches otherwise,
+Both the code as written and as the sandbox ran it (its repairs: a box grown to 64 px, code
+re-indented until it parses) are read. A box is only a hint: `locate` accepts one where the pixels confirm it and searches otherwise,
 so a box the code names but did not crop (or a swapped one) costs a refinement, not a verdict.
 """
 
@@ -14,15 +15,32 @@ from __future__ import annotations
 
 import ast
 
+from sandbox.repair import RepairContext, repair
+
 MAX_CODE_CHARS = 20_000     # longer code is not read for hints (the full search still runs)
 MIN_SIDE = 8                # locate's smallest needle side; smaller boxes cannot be confirmed
 
 
 def code_boxes(code: str | None, width: int, height: int, limit: int = 4) -> list[tuple[int, int, int, int]]:
-    """The last `limit` distinct boxes named in `code`, clamped to width x height, last first
-    (the final crop is usually the last one written)."""
+    """The last `limit` distinct boxes named in `code` as written and as the sandbox ran it (its
+    repairs clamp a literal box to the image and grow its sides to 64 px, sandbox/repair.py),
+    clamped to width x height, last first (the final crop is usually the last one written)."""
     if not code or limit < 1 or len(code) > MAX_CODE_CHARS:
         return []
+    try:
+        ran = repair(code, RepairContext(image_size=lambda: (width, height)))[0]
+    except Exception:  # noqa: BLE001 - as in the sandbox: odd code gets no repair (hints only)
+        ran = code
+    boxes: list[tuple[int, int, int, int]] = []
+    for box in _boxes_in(code, width, height) + (_boxes_in(ran, width, height) if ran != code else []):
+        if box in boxes:
+            boxes.remove(box)
+        boxes.append(box)
+    return boxes[::-1][:limit]
+
+
+def _boxes_in(code: str, width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """Every box the code names, in the order written."""
     try:
         tree = ast.parse(code)
         nodes = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Tuple | ast.List | ast.Subscript)),
@@ -30,14 +48,7 @@ def code_boxes(code: str | None, width: int, height: int, limit: int = 4) -> lis
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []
     numbers = _bound_numbers(tree)
-    boxes: list[tuple[int, int, int, int]] = []
-    for node in nodes:
-        box = _clamp(_named_box(node, numbers), width, height)
-        if box is not None:
-            if box in boxes:
-                boxes.remove(box)
-            boxes.append(box)
-    return boxes[::-1][:limit]
+    return [box for node in nodes if (box := _clamp(_named_box(node, numbers), width, height)) is not None]
 
 
 def _bound_numbers(tree: ast.AST) -> dict[str, float]:
