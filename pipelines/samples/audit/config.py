@@ -50,6 +50,8 @@ class AuditConfig:
     coarse_zoom_step: float = 1.2     # ratio between zooms of the coarse search
     early_exit_score: float = 0.95    # a refined match this good ends the search (look-alike
                                       # distractors refine to <= 0.93, true crops to >= 0.95)
+    code_box_hints: int = 4           # boxes named in the code that produced an image, tried before
+                                      # the search (kept only at >= early_exit_score; 0: none)
     crop_band_clip: float = 8.0       # grey levels the band-passed images are clipped at when
                                       # locating crops (see `locate.py`)
     rotation_side: int = 256          # long side the input is reduced to for the rotation search

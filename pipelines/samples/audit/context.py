@@ -19,6 +19,7 @@ from pipelines.core.schema import Sample
 from pipelines.core.tasks import infer_task
 from pipelines.core.trajectory import Result, Trajectory
 from pipelines.samples.audit.config import AuditConfig
+from pipelines.samples.audit.hints import code_boxes
 from pipelines.samples.audit.locate import Pyramid
 
 UNKNOWN_TASK = "unknown"
@@ -53,6 +54,14 @@ class Context:
     def final_image(self) -> str | None:
         images = self.produced()
         return images[-1] if images else None
+
+    def code_boxes(self, relpath: str, width: int, height: int) -> list[tuple[int, int, int, int]]:
+        """The boxes named in the code of the turn that produced `relpath` (`hints.py`): where
+        `locate` looks first. Never the ground truth's box: the code's own claims only."""
+        for turn in self.code_turns:
+            if turn.result is not None and relpath in turn.result.images:
+                return code_boxes(turn.code, width, height, self.cfg.code_box_hints)
+        return []
 
     def grey(self, relpath: str) -> np.ndarray:
         if relpath not in self._grey:

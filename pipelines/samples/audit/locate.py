@@ -11,6 +11,7 @@ the best distinct peaks at up to full resolution (`locate` says how).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -135,8 +136,12 @@ def _zoom_grid(lo: float, hi: float, step: float) -> list[float]:
 
 def locate(needle: np.ndarray, pyr: Pyramid, cfg: AuditConfig, zoom_lo: float, zoom_hi: float,
            max_scale: float = 0.5, early_exit: float | None = None, keep: int = 6,
-           clip: float | None = None) -> Found | None:
+           clip: float | None = None, hints: Sequence[tuple[int, int, int, int]] = ()) -> Found | None:
     """Where `needle` (a possibly zoomed crop) lies in the pyramid's image.
+
+    First the `hints` (boxes where the needle may come from: those its code names, `hints.py`),
+    each refined around its place at the zoom its size implies; one that reaches early_exit (the
+    search's own acceptance rule) is the answer, and otherwise the search below runs unchanged.
 
     Coarse: for each zoom on a geometric grid, the needle shrunk to the region it would cover
     is matched against the coarsest pyramid level where that template keeps a short side of
@@ -151,6 +156,10 @@ def locate(needle: np.ndarray, pyr: Pyramid, cfg: AuditConfig, zoom_lo: float, z
         return None
     early_exit = cfg.early_exit_score if early_exit is None else early_exit
     needle_pyr = Pyramid(needle)
+    for box in hints:
+        found = _confirm(needle_pyr, pyr, cfg, box, zoom_lo, zoom_hi, clip)
+        if found is not None and found.score >= early_exit:
+            return found
     floor = min(1.0, 128 / max(W, H))       # never search a haystack smaller than ~128 px
     peaks: list[tuple] = []         # score, zoom, cx, cy, (slack x, slack y)
     for z in _zoom_grid(zoom_lo, zoom_hi, cfg.coarse_zoom_step):
@@ -181,6 +190,20 @@ def locate(needle: np.ndarray, pyr: Pyramid, cfg: AuditConfig, zoom_lo: float, z
             break
     results = [r for p in chosen if (r := _refine(needle_pyr, pyr, cfg, *p[1:], clip)) is not None]
     return max(results, key=lambda r: r.score, default=None)
+
+
+def _confirm(needle: Pyramid, pyr: Pyramid, cfg: AuditConfig, box: tuple[int, int, int, int],
+             zoom_lo: float, zoom_hi: float, clip: float | None) -> Found | None:
+    """The refinement around a hinted box, or None where its shape or zoom rules it out: the
+    needle's aspect must be the box's (one zoom for both sides, as the search assumes) and the
+    zoom within the searched range (a hint must not find what the search could not)."""
+    ph, pw = needle.full.shape
+    x1, y1, x2, y2 = box
+    zoom, zoom_y = pw / (x2 - x1), ph / (y2 - y1)
+    if abs(zoom_y / zoom - 1) > 0.05 or not zoom_lo <= zoom <= zoom_hi:
+        return None
+    slack = (2.0 + 0.05 * (x2 - x1), 2.0 + 0.05 * (y2 - y1))
+    return _refine(needle, pyr, cfg, zoom, (x1 + x2) / 2, (y1 + y2) / 2, slack, clip)
 
 
 def _peaks(res: np.ndarray, n: int, tw: int, th: int) -> list[tuple[float, tuple[int, int]]]:

@@ -142,7 +142,9 @@ def _semantic_gates(c: Context, name: str, task: str, done: str, truth, truth_na
 def _locate_crop(c: Context, name: str, needle, inp):
     """Where a produced image lies in the input, or (a failing Check, None)."""
     cfg = c.cfg
-    found = locate(needle, inp.pyramid, cfg, cfg.zoom_min, cfg.zoom_max, clip=cfg.crop_band_clip)
+    H, W = inp.grey.shape
+    found = locate(needle, inp.pyramid, cfg, cfg.zoom_min, cfg.zoom_max, clip=cfg.crop_band_clip,
+                   hints=c.code_boxes(c.final_image(), W, H))
     if found is None or found.score < cfg.match_min_score:
         best = "no usable match" if found is None else f"best match {found.score:.2f}"
         return Check(name, FAIL, f"the produced image was not found in the input ({best} < "
@@ -211,7 +213,8 @@ def check_contrast_semantics(c: Context) -> Check:
             region, how = (0.0, 0.0, float(W), float(H)), "the whole image" + (
                 "" if (ow, oh) == (W, H) else f" resized to {ow}x{oh}")
     if region is None:
-        found = locate(out, inp.pyramid, cfg, cfg.zoom_min, cfg.zoom_max)
+        found = locate(out, inp.pyramid, cfg, cfg.zoom_min, cfg.zoom_max,
+                       hints=c.code_boxes(c.final_image(), W, H))
         if found is None or found.score < cfg.match_min_score:
             best = "no usable match" if found is None else f"best match {found.score:.2f}"
             return Check(name, FAIL, "the output is neither the input nor a crop of it that "
