@@ -103,7 +103,7 @@ def run_one(code_root: str, data: str) -> None:
     import hashlib
     sys.path.insert(0, code_root)
     import polars as pl
-    from splits_bench import peak_rss_mb  # (benchmarks/ is this script's folder)
+    from trees import peak_rss_mb  # (benchmarks/ is this script's folder)
 
     from pipelines.datasets.decontaminate import DecontaminationConfig, find_contaminated
     data = Path(data)
@@ -142,24 +142,17 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     load = os.getloadavg()[0]
     results = []
-    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        tmp = Path(tmp)
-        base = tmp / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
-                       check=True, capture_output=True)
-        try:
-            for rows in args.rows:
-                data = tmp / f"data-{rows}"
-                write_data(data, rows)
-                old = _run(base, data) if rows <= args.baseline_max_rows else None
-                new = _run(ROOT, data)
-                results.append({"rows": rows, "old": old, "new": new,
-                                "same": None if old is None else old["matches"] == new["matches"]})
-                print(_line(results[-1]), flush=True)
-                subprocess.run(["rm", "-rf", str(data)], check=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
-                           check=False, capture_output=True)
+    from trees import baseline_tree
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp, baseline_tree(args.baseline, tmp) as base:
+        for rows in args.rows:
+            data = Path(tmp) / f"data-{rows}"
+            write_data(data, rows)
+            old = _run(base, data) if rows <= args.baseline_max_rows else None
+            new = _run(ROOT, data)
+            results.append({"rows": rows, "old": old, "new": new,
+                            "same": None if old is None else old["matches"] == new["matches"]})
+            print(_line(results[-1]), flush=True)
+            subprocess.run(["rm", "-rf", str(data)], check=True)
     largest = results[-1]
     text = "\n".join([
         f"### `benchmarks/decontamination_bench.py --rows {' '.join(map(str, args.rows))}` "

@@ -27,15 +27,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))     # run as a script or imported: its siblings
+from trees import baseline_tree  # noqa: E402
+
 BASELINE = "5e697b7"        # main before the columnar splits build (issue 18)
 POOL_ROWS = 4_000_000
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM, not `ru_maxrss`: a child started with
-    subprocess keeps, in `ru_maxrss`, its parent's size at the fork (here: the data writer's)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def run_one(code_root: str, data: str, out: str, workers: str) -> None:
@@ -43,6 +39,7 @@ def run_one(code_root: str, data: str, out: str, workers: str) -> None:
     in that many processes); print JSON."""
     sys.path[:0] = [code_root, str(ROOT / "tests")]
     from file_opens import FileOpens
+    from trees import peak_rss_mb
 
     from pipelines.datasets.splits import SplitConfig, build_splits
     data = Path(data)
@@ -90,36 +87,29 @@ def main(argv=None) -> int:
     import split_shards
     args.load = os.getloadavg()[0]
 
-    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp, baseline_tree(args.baseline, tmp) as base:
         tmp = Path(tmp)
-        base = tmp / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
-                       check=True, capture_output=True)
-        try:
-            results = []
-            for rows in args.rows:
-                for layout in args.layout:
-                    data = tmp / f"data-{rows}-{layout}"
-                    start = time.perf_counter()
-                    split_shards.write(data, rows, args.shards, mixed=layout == "mixed")
-                    print(f"{rows} rows, {args.shards} shards, {layout}: data in "
-                          f"{time.perf_counter() - start:.0f} s", flush=True)
-                    old = _build(base, data, tmp / "out-old")
-                    new = _build(ROOT, data, tmp / "out-new")
-                    same = _same_files(tmp / "out-old", tmp / "out-new")
-                    parallel = None
-                    if args.workers > 1:
-                        parallel = _build(ROOT, data, tmp / "out-par", args.workers)
-                        same = same and _same_files(tmp / "out-old", tmp / "out-par")
-                    results.append({"rows": rows, "layout": layout, "old": old, "new": new,
-                                    "parallel": parallel, "same": same})
-                    print(_line(results[-1]), flush=True)
-                    for d in ("out-old", "out-new", "out-par"):
-                        subprocess.run(["rm", "-rf", str(tmp / d)], check=True)
-                    subprocess.run(["rm", "-rf", str(data)], check=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
-                           check=False, capture_output=True)
+        results = []
+        for rows in args.rows:
+            for layout in args.layout:
+                data = tmp / f"data-{rows}-{layout}"
+                start = time.perf_counter()
+                split_shards.write(data, rows, args.shards, mixed=layout == "mixed")
+                print(f"{rows} rows, {args.shards} shards, {layout}: data in "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
+                old = _build(base, data, tmp / "out-old")
+                new = _build(ROOT, data, tmp / "out-new")
+                same = _same_files(tmp / "out-old", tmp / "out-new")
+                parallel = None
+                if args.workers > 1:
+                    parallel = _build(ROOT, data, tmp / "out-par", args.workers)
+                    same = same and _same_files(tmp / "out-old", tmp / "out-par")
+                results.append({"rows": rows, "layout": layout, "old": old, "new": new,
+                                "parallel": parallel, "same": same})
+                print(_line(results[-1]), flush=True)
+                for d in ("out-old", "out-new", "out-par"):
+                    subprocess.run(["rm", "-rf", str(tmp / d)], check=True)
+                subprocess.run(["rm", "-rf", str(data)], check=True)
     text = _markdown(results, args)
     print(text)
     if args.out:

@@ -140,20 +140,16 @@ def compare(baseline: dict, ours: dict) -> str:
 
 
 def side_by_side(args) -> str:
-    with tempfile.TemporaryDirectory(prefix="thyme-baseline-") as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree),
-                        args.baseline], check=True, capture_output=True)
-        try:
-            runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
-            load = os.getloadavg()[0]
-            for r in range(args.rounds):
-                for name, path in (("baseline", tree), ("ours", ROOT)):
-                    runs[name].append(measure_tree(path, args, Path(tmp) / f"{name}-{r}.json"))
-            load_end = os.getloadavg()[0]
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
-                           check=False, capture_output=True)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from trees import baseline_tree
+    with tempfile.TemporaryDirectory(prefix="thyme-baseline-") as tmp, \
+            baseline_tree(args.baseline, tmp) as tree:
+        runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
+        load = os.getloadavg()[0]
+        for r in range(args.rounds):
+            for name, path in (("baseline", tree), ("ours", ROOT)):
+                runs[name].append(measure_tree(path, args, Path(tmp) / f"{name}-{r}.json"))
+        load_end = os.getloadavg()[0]
     checked = [compare(runs["baseline"][0], run) for run in runs["ours"]][-1]
     first = runs["ours"][0]
     lines = [f"{first['samples']} samples -> {first['trajectories']} trajectories, "
