@@ -56,7 +56,6 @@ from pipelines.core.prompts import (
     DEFAULT_PROMPT_SET,
     FROM_DATASET,
     PromptSet,
-    PromptSetError,
     load_prompt_set,
     parse_user,
     recorded_prompt_set,
@@ -141,7 +140,7 @@ def rows_prompt_set(path: str | os.PathLike, split: str = "train",
     files, _ = _data_files(Path(path), split)
     try:
         return load_prompt_set(f"{FROM_DATASET}{files[0]}") if files else load_prompt_set()
-    except PromptSetError as exc:
+    except ValueError as exc:    # PromptSetError, or a first row that is no JSON (quarantined)
         log.info("the RL rows carry no Thyme prompts to record (%s): they are rendered with %s",
                  exc, DEFAULT_PROMPT_SET)
         return load_prompt_set(DEFAULT_PROMPT_SET)
