@@ -13,9 +13,11 @@ question, `ask_many` for many questions (and several samples of each) in flight 
 rollout loop over all of them, so the engine batches their generation calls and the sandbox pool
 runs their code side by side.
 
-Prompts come from a prompt set (pipelines.core.prompts): `thyme` (ours, the default) or
-`thyme-release` (the released checkpoints' prompts verbatim: evaluate a released checkpoint with
-it). The direct answer (tools off, or the fallback) uses the set's direct prompt: for
+Prompts come from a prompt set (pipelines.core.prompts): by default the one the checkpoint
+records (`prompt_set.yaml`, written by SFT and GRPO: the prompts it was trained with), else
+`thyme` (ours) with a notice; `--prompt-set` names another, with a warning when it is not the
+recorded one (`checkpoint_prompt_set`). `thyme-release` is the released checkpoints' prompts
+verbatim: ask a released checkpoint, which records none, with it. The direct answer (tools off, or the fallback) uses the set's direct prompt: for
 `thyme-release` the released evaluation's simple prompt verbatim, else ours (DIRECT_PROMPTS).
 """
 
