@@ -10,9 +10,11 @@ benchmarks.yaml` when it exists; each entry a name and a file (relative to the Y
     vstar: VStarBench.tsv                          # the kind read from the name
     hrbench4k: {path: hr_bench_4k.tsv, kind: hrbench}
 
-The prompts are those the checkpoint's data was rendered with: the set its published dataset
-records (thyme-sft for SFT stage 2, thyme-rl for GRPO-ATS; `prompt_set` overrides it, with a
-warning when it differs). A new checkpoint is
+The prompts are those the checkpoint was trained with: the set its folder records
+(`prompt_set.yaml`, written by SFT and GRPO; a training run that overrode the dataset's set
+recorded the override), else the set its published dataset records (thyme-sft for SFT stage 2,
+thyme-rl for GRPO-ATS); `prompt_set` overrides both, with a warning when it differs from the
+dataset's. A new checkpoint is
 evaluated on every partition automatically (eager). Each materialization
 records the benchmark's score with its confidence interval, with and without tools (the
 ablation), tool use, the markdown report, a table of every metric and the bar chart. The work
@@ -46,6 +48,7 @@ from pydantic import Field
 from assets import ui
 from assets.resources import SandboxResource, ThymeStorage
 from assets.training import RL_DATASET, SFT_DATASET, choose_prompt_set, launch
+from pipelines.core.prompts import FROM_DATASET, RECORD_FILE
 
 HELDOUT = "heldout"
 BENCHMARKS_ENV = "THYME_BENCHMARKS"
@@ -139,9 +142,13 @@ def _evaluation_asset(checkpoint: str):
                                     else str(storage.path("published", "thyme-rl")))
         kind = BENCHMARKS.get(name, {}).get("kind", "")
         out = storage.path("evaluation", checkpoint)
+        # the checkpoint's own record first: a training override is what the model learnt
+        own = f"{FROM_DATASET}{model}" if (model / RECORD_FILE).is_file() else None
         prompt_set, prompt_meta = choose_prompt_set(context, storage, *trained_on,
-                                                    config.prompt_set or None,
+                                                    config.prompt_set or own,
                                                     parts=("system", "user", "user_text"))
+        prompt_meta["prompt_set_source"] = MetadataValue.text(
+            "config" if config.prompt_set else "checkpoint" if own else "dataset")
         command = [sys.executable, "-m", "thyme_train.evaluate", "--model", str(model),
                    "--benchmark", f"{name}{':' + kind if kind else ''}={spec}", "--split", config.split,
                    "--out", str(out), "--max-new-tokens", str(config.max_new_tokens),

@@ -130,6 +130,27 @@ def test_published_split(tmp_path):
     assert item.category == "crop" and item.answer == "B"
 
 
+def test_a_published_row_with_several_images_is_an_error_of_that_row(tmp_path):
+    from pipelines.core.prompts import DEFAULT_SYSTEM_PROMPT, render_user
+
+    def row(rid, images):
+        user = "<image>\n" * (images - 1) + render_user(f"Question {rid}?", "x.png", (40, 30))
+        return {"id": rid, "messages": [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                                        {"role": "user", "content": user}],
+                "images": [base64.b64encode(_png()).decode()] * images, "solution": "A"}
+
+    shard = tmp_path / "ds" / "data" / "test-00000-of-00001.parquet"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row("one", 1), row("two", 2)]), shard)
+    with pytest.raises(BenchmarkError, match=r"test-00000-of-00001.parquet: row two: 2 images: "
+                                             r"the evaluation asks one image per item"):
+        load_items(tmp_path / "ds", tmp_path / "img", split="test")
+    errors = []
+    items = load_items(tmp_path / "ds", tmp_path / "img", split="test", on_error="skip",
+                       errors=errors)
+    assert [i.id for i in items] == ["one"] and [e.row for e in errors] == ["two"]
+
+
 def test_broken_rows_name_file_and_row(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"question": "q", "answer": "1", "image": "nope.png"}\n'
                                         '{"answer": "2"}\n'

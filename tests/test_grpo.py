@@ -158,6 +158,16 @@ def test_grpo_steps_end_to_end(tmp_path, request):
         assert len(r["images"]) == 1 and not os.path.isabs(r["images"][0])
         assert set(r["rewards"]) == {"accuracy_reward", "format_reward", "consistency_reward"}
         assert r["end_reason"] in END_REASONS and r["turns"] >= 1 and r["completion"]
+    # the model folder and its checkpoint carry the prompts the rows were rendered with
+    from pipelines.core.prompts import recorded_prompt_set
+    recorded = recorded_prompt_set(out)
+    assert recorded == recorded_prompt_set(out / "checkpoint-2")
+    assert summary["prompt_set"] == recorded.name == "from:thyme-rl.parquet"
+    for r in samples:
+        i = int(r["origin"].rsplit(" ", 1)[1])
+        assert recorded.system == r["system"]
+        assert recorded.render_user("What colour is the image?", f"/mnt/data/images/{i}.png",
+                                    (320, 240)) == r["user"]
     crops = [c for r in samples for c in r["calls"] if "crop((0, 0, 160, 120))" in c["code"]]
     assert crops, "the scripted crop appears among the sampled rollouts"
     for call in crops:           # the code as the model wrote it, its output: a kept image

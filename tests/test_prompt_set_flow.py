@@ -158,6 +158,35 @@ def test_evaluation_uses_the_datasets_set_and_an_override_wins_with_a_warning(da
     assert len(_warnings(instance, result)) == 1
 
 
+def test_evaluation_prefers_the_set_the_checkpoint_records(data, tmp_path):
+    """A checkpoint trained with an override records it: its evaluation asks it with that set
+    (warned as not the dataset's), and the asset's own `prompt_set` still wins."""
+    (tmp_path / "published").symlink_to(data / "published")
+    model = tmp_path / "checkpoints" / "sft" / "stage2"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    record_prompt_set(load_prompt_set("thyme"), model)
+    for config, spec, source in (({}, f"from:{model}", "checkpoint"),
+                                 ({"prompt_set": "thyme-release"}, "thyme-release", "config")):
+        client, instance = RecordingClient(), DagsterInstance.ephemeral()
+        result = materialize(
+            [*TRAINING_ASSETS, *EVALUATION_ASSETS], instance=instance, partition_key="heldout",
+            resources={"storage": ThymeStorage(root=str(tmp_path)), "sandbox": SandboxResource(),
+                       "pipes_subprocess_client": client},
+            selection=[AssetKey(["evaluation", "sft_stage2_scores"])],
+            run_config={"ops": {"evaluation__sft_stage2_scores": {"config": config}}})
+        assert result.success
+        (command,) = client.commands
+        assert command[command.index("--prompt-set") + 1] == spec
+        meta = _meta(result, "evaluation__sft_stage2_scores")
+        assert meta["prompt_set_source"] == source and meta["prompt_set_of_dataset"] == "thyme-release"
+        if source == "checkpoint":
+            assert meta["prompt_set"] == "thyme" and "system, user, user_text differ" in \
+                meta["prompt_set_warning"]
+        else:
+            assert meta["prompt_set"] == "thyme-release" and "prompt_set_warning" not in meta
+
+
 def test_sft_from_the_command_line_takes_the_published_set_unless_given(data, caplog):
     from thyme_train.config import load_config
     from thyme_train.sft import ThymeSFTConfig

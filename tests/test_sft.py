@@ -12,6 +12,7 @@ import pytest
 import torch
 from sft_data import write_dataset
 
+from pipelines.core.prompts import load_prompt_set, recorded_prompt_set
 from thyme_train.chat import IGNORE
 from thyme_train.config import load_config, parse_config
 from thyme_train.data import data_files, load_rows, measure_and_filter
@@ -167,6 +168,9 @@ def test_the_model_learns_its_own_writing(tiny, dataset, tmp_path):
     on_disk = json.loads((out / METRICS_FILE).read_text())
     assert on_disk["final_loss"] == metrics["final_loss"]
     assert (out / LOSS_CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the model folder carries the set it trained with, whole, for evaluate and infer
+    assert recorded_prompt_set(out) == load_prompt_set(metrics["config"]["prompt_set"])
+    assert on_disk["prompt_set"] == "thyme"
 
 
 @pytest.mark.slow
@@ -177,6 +181,8 @@ def test_save_reload_resume_continues_with_the_same_step_and_loss(tiny, dataset,
     straight = train(tiny_config(tiny, dataset, tmp_path / "a", max_steps=6, **common))
     train(tiny_config(tiny, dataset, tmp_path / "b", max_steps=3, **common))
     assert (tmp_path / "b" / "checkpoint-3").is_dir()
+    # an intermediate checkpoint carries its prompts too (evaluate it without naming them)
+    assert recorded_prompt_set(tmp_path / "b" / "checkpoint-3") == load_prompt_set("thyme")
     resumed = train(tiny_config(tiny, dataset, tmp_path / "b", max_steps=6, resume="auto",
                                 **common))
     assert resumed["resumed_from"] == "checkpoint-3" and resumed["steps"] == 6

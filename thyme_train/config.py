@@ -113,6 +113,23 @@ def resume_checkpoint(resume: str, output_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(output_dir))
 
 
+def prompt_set_callback(prompts):
+    """A transformers TrainerCallback recording `prompts` (a PromptSet) in every checkpoint
+    folder the trainer saves, so an intermediate checkpoint is asked with its prompts too."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from pipelines.core.prompts import record_prompt_set
+
+    class RecordPromptSet(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                record_prompt_set(prompts, folder)
+
+    return RecordPromptSet()
+
+
 def _types(cls) -> dict:
     return typing.get_type_hints(cls)
 

@@ -17,7 +17,11 @@ from pathlib import Path
 
 from thyme_train.benchmarks import Benchmark, parse_spec
 from thyme_train.evaluate import JudgeFn, Policy, report, run, thyme_policy
-from thyme_train.infer import add_sandbox_arguments
+from thyme_train.infer import add_sandbox_arguments, checkpoint_prompt_set
+
+# where the set came from, as the reports state it (thyme_train.infer.PromptChoice.source)
+PROMPT_SOURCES = {"--prompt-set": "--prompt-set", "checkpoint": "the checkpoint's prompt_set.yaml",
+                  "default": "default: the checkpoint records none"}
 
 
 class EvaluationError(RuntimeError):
@@ -38,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many items per benchmark")
     p.add_argument("--out", default=None, help="report folder (default: eval/<model name>)")
     g = p.add_argument_group("prompts and decoding")
-    g.add_argument("--prompt-set", default="thyme", help="thyme (ours), thyme-release (the "
-                   "released checkpoints' prompts: use it for a released checkpoint), a YAML file "
-                   "or from:<dataset>")
+    g.add_argument("--prompt-set", default=None, help="default: the set the checkpoint records "
+                   "(prompt_set.yaml, written by SFT and GRPO: the one it was trained with), else "
+                   "thyme (ours); thyme-release (the released checkpoints' prompts: pass it for a "
+                   "released checkpoint), a YAML file or from:<dataset>")
     g.add_argument("--samples", type=int, default=1, help="samples per item: Avg@k and pass@k")
     g.add_argument("--temperature", type=float, default=0.0, help="text temperature (0: greedy)")
     g.add_argument("--temperature-code", type=float, default=0.0,
@@ -91,7 +96,8 @@ def settings_for(args, bench: Benchmark) -> dict:
     rollout = RolloutConfig()
     return {
         "model": _shown(args.model), "model_fingerprint": fingerprint(Path(args.model), "config.json"),
-        "prompt_set": prompts.name, "prompt_set_sha256": hashlib.sha256(
+        "prompt_set": prompts.name, "prompt_set_source": args.prompt_set_source,
+        "prompt_set_sha256": hashlib.sha256(
             (prompts.system + prompts.user + prompts.user_text).encode()).hexdigest()[:16],
         "engine": "vllm-server" if args.server else args.engine,
         "temperature": args.temperature, "temperature_code": args.temperature_code,
@@ -220,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     errors: list = []
     with launched_process() as pipes:     # Pipes when the `evaluation` asset launched it
         try:
+            choice = checkpoint_prompt_set(args.model, args.prompt_set)
+            if choice.notice and not args.shard:      # the parent says it once
+                print(choice.notice, file=sys.stderr)
+            args.prompt_set, args.prompt_set_source = choice.spec, PROMPT_SOURCES[choice.source]
             benches = [parse_spec(s, args.split) for s in args.benchmark]
             if len({b.name for b in benches}) != len(benches):
                 raise ValueError("two benchmarks share a name: name them (NAME=PATH)")
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0                   # the parent reports
             isolation = isolation_settings(out, max(len(devices), 1))
             for b in benches:
-                title = f"{b.name} ({Path(args.model).name}, {args.prompt_set})"
+                title = f"{b.name} ({Path(args.model).name}, {settings[b.name]['prompt_set']})"
                 rows[b.name] = (b.kind, report(b.kind, stores[b.name], {**settings[b.name], **isolation},
                                                out / b.name, title, b.name, args.bootstrap))
             common = {k: v for k, v in settings[benches[0].name].items() if k != "benchmark"}
@@ -253,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if pipes is not None:
-            pipes.report_asset_materialization(metadata=materialization_metadata(rows, out))
+            pipes.report_asset_materialization(metadata=materialization_metadata(rows, out, common))
     for e in errors:
         print(f"skipped: {e}", file=sys.stderr)
     print(paths["markdown"].read_text())
@@ -323,12 +333,14 @@ def _spawn(argv: list[str], devices: list[str]) -> None:
                            " (rerun the same command: finished items are kept)")
 
 
-def materialization_metadata(rows: dict[str, tuple[str, dict]], out: Path) -> dict:
+def materialization_metadata(rows: dict[str, tuple[str, dict]], out: Path, settings: dict) -> dict:
     """What the Dagster `evaluation` asset records (the chart and the table are added by the
-    launching asset from the files: a long Pipes line can be read half-written)."""
+    launching asset from the files: a long Pipes line can be read half-written), with the prompt
+    set the model was asked with and where it came from."""
     from thyme_train.eval_report import json_safe
 
-    meta = {}
+    meta = {"prompt_set_used": {"raw_value": settings["prompt_set"], "type": "text"},
+            "prompt_set_source": {"raw_value": settings["prompt_set_source"], "type": "text"}}
     for name, (_kind, summary) in rows.items():
         prefix = "" if len(rows) == 1 else f"{name}/"
         for mode, s in summary.items():

@@ -15,7 +15,8 @@ names the source of every layout):
   (per item, `option_seed`), so the correct letter is not always A and a re-run shows the same
   order; the target boxes feed the faithful-crop measure;
 - `published`: a split of a dataset this project published (read through
-  pipelines.core.published, the reader SFT and GRPO share).
+  pipelines.core.published, the reader SFT and GRPO share); as above, a row with several images
+  is an error of that row.
 
 Every item's image is a real file, because the sandbox and the User Image Path need one: the file
 a row names when there is one, else its bytes decoded once into a cache folder beside the
@@ -141,6 +142,13 @@ def _image_from(value, base: Path, image_dir: Path) -> str:
     return str(published.image_file(value, base, image_dir))
 
 
+def _one_image(images: list, who_reads_more: str) -> None:
+    """A row's images are one at most: the evaluation asks one image per item."""
+    if len(images) > 1:
+        raise ValueError(f"{len(images)} images: the evaluation asks one image per item "
+                         f"({who_reads_more})")
+
+
 def _file_rows(path: Path, image_dir: Path, fmt: str):
     """EvalItems on the rows of pipelines.core.benchmarks (the reader decontamination uses):
     each image a file (the one the row names, else its bytes cached in `image_dir`), a repeated
@@ -151,9 +159,7 @@ def _file_rows(path: Path, image_dir: Path, fmt: str):
             yield item
             continue
         try:
-            if len(item.images) > 1:
-                raise ValueError(f"{len(item.images)} images: the evaluation asks one image per "
-                                 "item (decontamination reads them all)")
+            _one_image(item.images, "decontamination reads them all")
             image = None
             if item.images:
                 file = item.image_files[0] or published.cache_image(item.images[0], image_dir)
@@ -236,6 +242,7 @@ def _published_rows(path: Path, image_dir: Path, split: str):
                 user = row["question"]
             question, _ = parse_user(user)
             images = published.image_entries(row)
+            _one_image(images, "training reads them all")
             image = _image_from(images[0], base, image_dir) if images else None
             answer = row.get("solution") or row.get("answer")
             if answer is None and row.get("response"):

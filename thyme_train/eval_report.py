@@ -208,7 +208,7 @@ def markdown(name: str, summary: dict, settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-SHOWN = ("model", "prompt_set", "engine", "temperature", "samples", "max_turns", "max_new_tokens",
+SHOWN = ("model", "prompt_set", "prompt_set_source", "engine", "temperature", "samples", "max_turns", "max_new_tokens",
          "on_code_error", "judge", "option_seed", "seed", "sandbox")
 
 

@@ -23,7 +23,8 @@ from pipelines.core.atomic import write_json
 
 # Settings that do not change the scores: a run may resume with other values of these.
 NEUTRAL = ("batch_items", "batch_size", "workers", "servers", "devices", "limit", "shard",
-           "started", "toolkit", "versions", "judge_max_calls", "sandbox_isolation", "sandbox")
+           "started", "toolkit", "versions", "judge_max_calls", "sandbox_isolation", "sandbox",
+           "prompt_set_source")   # the set itself is prompt_set_sha256
 
 
 def read_records(folder: str | os.PathLike) -> tuple[list[dict], list[str]]:

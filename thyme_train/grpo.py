@@ -24,7 +24,9 @@ sandbox tokens, and a warning (plus `thyme/tool_collapse` = 1) when the tool-cal
 warning (thyme_train.collapse, with the remedies' settings; dynamic sampling in
 thyme_train.dynamic_sampling). Every logged record goes to `metrics.jsonl` and the curves of the
 rewards, of tool use and of answer collapse are redrawn as PNGs in `output_dir` at every save and
-at the end (thyme_train.plots); `metrics.json`, written last, marks a finished run.
+at the end (thyme_train.plots); `metrics.json`, written last, marks a finished run. The model
+folder and each checkpoint record the prompts the rows were rendered with (`prompt_set.yaml`,
+thyme_train.rl_data.rows_prompt_set): evaluate and infer ask the policy with them by default.
 """
 
 from __future__ import annotations
@@ -493,12 +495,13 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from pipelines.core.atomic import write_json
+    from pipelines.core.prompts import record_prompt_set
     from sandbox.client import open_sandbox
-    from thyme_train.config import resume_checkpoint
+    from thyme_train.config import prompt_set_callback, resume_checkpoint
     from thyme_train.dynamic_sampling import DynamicSampling
     from thyme_train.freezing import freeze
     from thyme_train.rewards import Judge, ThymeRewards
-    from thyme_train.rl_data import data_report, load_rl_rows, rl_dataset
+    from thyme_train.rl_data import data_report, load_rl_rows, rl_dataset, rows_prompt_set
     from thyme_train.rollout_log import RolloutLog
     from thyme_train.sampling import PromptSampling
     from thyme_train.tiny import resolve_model
@@ -526,6 +529,7 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
         rows = load_rl_rows(cfg.data, cfg.data_split, cfg.prompt_set, quarantine=quarantine,
                             cache_dir=cfg.data_cache_dir or out / "rl_data" / "cache")
     data_counts = data_report(rows, quarantine, out / "rl_data")
+    trained_prompts = rows_prompt_set(cfg.data, cfg.data_split, cfg.prompt_set)
     dataset = rl_dataset(rows)
     if "prompt_index" not in dataset.column_names:      # names the prompt to prompt sampling
         dataset = dataset.add_column("prompt_index", list(range(len(dataset))))
@@ -544,7 +548,8 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
                                    judged=judge is not None and cfg.judge_accuracy)
                    if cfg.dynamic_sampling else None)
         first, *others = rewards.reward_funcs()
-        own_callbacks = [_metrics_callback(str(out))] + ([_sampling_callback(sampling)] if sampling else [])
+        own_callbacks = [_metrics_callback(str(out)), prompt_set_callback(trained_prompts)] \
+            + ([_sampling_callback(sampling)] if sampling else [])
         trainer = Trainer(model=model, processing_class=processor, args=args,
                           reward_funcs=rollout_log.wrap([
                               LoggingRolloutStatistics(first, rollout_func, sampling, gather, dynamic),
@@ -564,9 +569,11 @@ def train(cfg: GRPOATSConfig, force=None, callbacks: list | None = None):
         trainer.save_model(str(out))
         if trainer.is_world_process_zero():
             processor.save_pretrained(str(out))
+            record_prompt_set(trained_prompts, out)   # evaluate and infer's default prompts
             summary = run_summary(trainer.state.log_history, trainer.state.global_step)
             summary["resumed_from"] = os.path.relpath(resume, out) if resume else None
             summary["data"] = data_counts
+            summary["prompt_set"] = trained_prompts.name
             summary["sandbox_isolation"] = sandbox.isolation_report
             write_json(out / "metrics.json", summary, indent=1)
     return trainer

@@ -13,9 +13,11 @@ question, `ask_many` for many questions (and several samples of each) in flight 
 rollout loop over all of them, so the engine batches their generation calls and the sandbox pool
 runs their code side by side.
 
-Prompts come from a prompt set (pipelines.core.prompts): `thyme` (ours, the default) or
-`thyme-release` (the released checkpoints' prompts verbatim: evaluate a released checkpoint with
-it). The direct answer (tools off, or the fallback) uses the set's direct prompt: for
+Prompts come from a prompt set (pipelines.core.prompts): by default the one the checkpoint
+records (`prompt_set.yaml`, written by SFT and GRPO: the prompts it was trained with), else
+`thyme` (ours) with a notice; `--prompt-set` names another, with a warning when it is not the
+recorded one (`checkpoint_prompt_set`). `thyme-release` is the released checkpoints' prompts
+verbatim: ask a released checkpoint, which records none, with it. The direct answer (tools off, or the fallback) uses the set's direct prompt: for
 `thyme-release` the released evaluation's simple prompt verbatim, else ours (DIRECT_PROMPTS).
 """
 
@@ -53,6 +55,55 @@ class InferenceError(RuntimeError):
     """A clear, user-facing failure (bad model path, unreadable image, engine failure)."""
 
 
+@dataclass(frozen=True)
+class PromptChoice:
+    """The prompt set a checkpoint is asked with, and why: `source` is `--prompt-set` (asked
+    for), `checkpoint` (the set it records: the one it was trained with) or `default` (it
+    records none); `notice` is what the user should read (None: nothing to say)."""
+
+    spec: str
+    name: str
+    source: str
+    notice: str | None = None
+
+
+def checkpoint_prompt_set(model: str, requested: str | None = None) -> PromptChoice:
+    """The set to ask `model` with: `requested` when given (a notice when it differs from the
+    set the checkpoint records), else the checkpoint's own record (`prompt_set.yaml` in its
+    folder, read through `from:<folder>`), else the default set with a notice that the
+    checkpoint records none. InferenceError for a set or record that cannot be loaded."""
+    from pipelines.core.prompts import (
+        DEFAULT_PROMPT_SET,
+        FROM_DATASET,
+        RECORD_FILE,
+        PromptSetError,
+        load_prompt_set,
+        prompt_set_differences,
+        recorded_prompt_set,
+    )
+
+    shown = os.path.relpath(model) if os.path.isdir(model) else model
+    try:
+        recorded = recorded_prompt_set(model) if os.path.isdir(model) else None
+        if requested:
+            chosen = load_prompt_set(requested)
+            differ = prompt_set_differences(chosen, recorded) if recorded else []
+            notice = (f"warning: --prompt-set {requested} ({chosen.name}) is not the set {shown} "
+                      f"was trained with ({recorded.name}, {RECORD_FILE}): its "
+                      f"{', '.join(differ)} differ, so the model sees prompts it was not trained "
+                      f"on; leave --prompt-set out to use the checkpoint's") if differ else None
+            return PromptChoice(requested, chosen.name, "--prompt-set", notice)
+    except PromptSetError as exc:
+        raise InferenceError(str(exc)) from None
+    if recorded is not None:
+        return PromptChoice(f"{FROM_DATASET}{model}", recorded.name, "checkpoint")
+    return PromptChoice(DEFAULT_PROMPT_SET, DEFAULT_PROMPT_SET, "default", (
+        f"note: {shown} records no prompt set (no {RECORD_FILE}: not trained by this project's "
+        f"SFT or GRPO, or before they recorded it): using {DEFAULT_PROMPT_SET!r}; pass "
+        f"--prompt-set thyme-release for a released Thyme checkpoint, or the set it was trained "
+        f"with"))
+
+
 def evaluation_rollout(**overrides) -> RolloutConfig:
     """The rollout loop of the original evaluation (THYME.md §5): greedy text and code, no
     repetition penalty, 2,048 new tokens per generation call, failed code rounds rolled back and
@@ -69,8 +120,10 @@ class InferConfig:
     model: str = doc("a local checkpoint directory or a hub model id", default="")
     engine: str = doc("`hf` (transformers generate; CPU or GPU) or `vllm` (needs vLLM, or a "
                       "server: `server`)", default="hf")
-    prompt_set: str = doc("prompt set: a name (thyme, thyme-release), a YAML path or "
-                          "from:<dataset> (pipelines.core.prompts)", default="thyme")
+    prompt_set: str | None = doc("prompt set: a name (thyme, thyme-release), a YAML path or "
+                                 "from:<dataset or checkpoint folder> (pipelines.core.prompts); "
+                                 "None: the set the checkpoint records (its prompt_set.yaml, "
+                                 "written by SFT and GRPO), else thyme", default=None)
     system_prompt: str | None = doc("system prompt; None: the prompt set's", default=None)
     batch_size: int = doc("hf engine: generation rows per `generate` call", default=8)
     server: str | None = doc("vllm engine: an OpenAI-compatible vLLM server's URL "
@@ -128,8 +181,9 @@ class Thyme:
 
         self.config = config
         rollout = config.rollout
+        self.prompt_choice = checkpoint_prompt_set(config.model, config.prompt_set)
         try:
-            self.prompts = load_prompt_set(config.prompt_set)
+            self.prompts = load_prompt_set(self.prompt_choice.spec)
         except PromptSetError as exc:
             raise InferenceError(str(exc)) from None
         self.model, self.processor = load_checkpoint(config.model, config.max_pixels,
@@ -350,9 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     parser.add_argument("--server", default=None,
                         help="with --engine vllm: a vLLM server's URL instead of an in-process engine")
-    parser.add_argument("--prompt-set", default="thyme",
-                        help="thyme (ours), thyme-release (the released checkpoints' prompts, "
-                             "verbatim), a YAML file or from:<dataset>")
+    parser.add_argument("--prompt-set", default=None,
+                        help="default: the set the checkpoint records (prompt_set.yaml, written "
+                             "by SFT and GRPO), else thyme (ours); thyme-release (the released "
+                             "checkpoints' prompts, verbatim: pass it for a released "
+                             "checkpoint), a YAML file or from:<dataset>")
     parser.add_argument("--out", default="thyme-transcript", help="folder for the transcript")
     parser.add_argument("--no-tools", action="store_true", help="answer directly (no code)")
     parser.add_argument("--on-code-error", choices=("rollback", "show"), default="rollback")
@@ -367,15 +423,18 @@ def main(argv: list[str] | None = None) -> int:
         print(prefix + text, end="" if kind == "model" else "\n", flush=True)
 
     try:
+        prompts = checkpoint_prompt_set(args.model, args.prompt_set)
+        if prompts.notice:
+            print(prompts.notice, file=sys.stderr)
         config = InferConfig(model=args.model, engine=args.engine, max_pixels=args.max_pixels,
-                             prompt_set=args.prompt_set, server=args.server,
+                             prompt_set=prompts.spec, server=args.server,
                              sandbox_url=args.sandbox_url,
                              sandbox_token_file=args.sandbox_token_file,
                              rollout=evaluation_rollout(on_code_error=args.on_code_error,
                                                        max_turns=args.max_turns,
                                                        max_new_tokens=args.max_new_tokens,
                                                        sandbox_isolation=args.sandbox_isolation))
-    except ValueError as exc:                  # e.g. a server without the vllm engine
+    except (ValueError, InferenceError) as exc:  # a server without the vllm engine, a bad set
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from sandbox.client import SandboxServiceError
@@ -395,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record = asdict(transcript)
     record["sandbox_isolation"] = isolation
+    record["prompt_set"] = {"name": prompts.name, "source": prompts.source}
     record["image"] = os.path.relpath(transcript.image, out) if transcript.image else None
     write_json(out / "transcript.json", record, indent=1)
     print(f"\nanswer: {transcript.answer!r} ({transcript.end_reason}; {transcript.code_calls} code "

@@ -52,7 +52,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.core import published
-from pipelines.core.prompts import PromptSet, load_prompt_set, parse_user, strip_image_tokens
+from pipelines.core.prompts import (
+    DEFAULT_PROMPT_SET,
+    FROM_DATASET,
+    PromptSet,
+    load_prompt_set,
+    parse_user,
+    recorded_prompt_set,
+    strip_image_tokens,
+)
 from sandbox.protocol import IMAGE_TOKEN
 
 # DeepEyes appends its tool instructions to every question (the `image_zoom_in_tool` protocol).
@@ -117,6 +125,25 @@ def load_rl_rows(path: str | os.PathLike, split: str = "train", prompt_set: str 
         raise ValueError(f"{path} holds no usable rows{held}"
                          + (f" for split {split!r}" if Path(path).is_dir() else ""))
     return rows
+
+
+def rows_prompt_set(path: str | os.PathLike, split: str = "train",
+                    prompt_set: str | None = None) -> PromptSet:
+    """The prompt set of the prompts `load_rl_rows` makes from `path` (what a policy trained on
+    them records): the chosen set; else the set a published dataset folder records; else the
+    Thyme messages of the data's first rows (Thyme-RL: `from:<file>`); else the default set,
+    which renders rows that carry no Thyme messages (DeepEyes, simple rows)."""
+    if prompt_set:
+        return load_prompt_set(prompt_set)
+    if Path(path).is_dir() and (recorded := recorded_prompt_set(path)) is not None:
+        return recorded
+    files, _ = _data_files(Path(path), split)
+    try:
+        return load_prompt_set(f"{FROM_DATASET}{files[0]}") if files else load_prompt_set()
+    except ValueError as exc:    # PromptSetError, or a first row that is no JSON (quarantined)
+        log.info("the RL rows carry no Thyme prompts to record (%s): they are rendered with %s",
+                 exc, DEFAULT_PROMPT_SET)
+        return load_prompt_set(DEFAULT_PROMPT_SET)
 
 
 def data_report(rows: list[dict], quarantine: list | None, folder: str | os.PathLike) -> dict:

@@ -8,7 +8,9 @@ TRL's trainer takes our collator (`thyme_train.chat.ThymeCollator`), which owns 
 own `assistant_only_loss` would still train the sandbox outputs inside the assistant turn. Rows
 are kept raw (images stay encoded until a batch needs them); a first pass measures every row and
 drops, and counts, those over `max_length` (never cut). At the end the output directory holds the
-model and processor, `metrics.json` and `loss_curve.png`.
+model and processor, `prompt_set.yaml` (the prompts it was trained with, in the format the
+datasets record them: `python -m thyme_train.evaluate` and `thyme_train.infer` ask it with them by
+default), `metrics.json` and `loss_curve.png`.
 
 Launched by a Dagster asset (assets/training.py), rank 0 talks Dagster Pipes (thyme_train.pipes):
 every logged step goes to the run's log and the metrics become the asset's materialization; a
@@ -21,17 +23,26 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines.core.atomic import write_json
 from pipelines.core.prompts import (
     DEFAULT_PROMPT_SET,
     FROM_DATASET,
+    PromptSet,
     load_prompt_set,
+    record_prompt_set,
     recorded_spec,
 )
-from thyme_train.config import doc, parse_config, resume_checkpoint, to_dict, trainer_arguments
+from thyme_train.config import (
+    doc,
+    parse_config,
+    prompt_set_callback,
+    resume_checkpoint,
+    to_dict,
+    trainer_arguments,
+)
 from thyme_train.data import data_files, fingerprint, load_rows, measure_and_filter
 from thyme_train.freezing import freeze
 from thyme_train.pipes import launched_process, log_callback
@@ -168,6 +179,21 @@ class ThymeSFTConfig:
             else load_prompt_set(self.prompt_set).system
         return text or None
 
+    def trained_prompt_set(self) -> PromptSet:
+        """The prompts the model learns, as its output folder records them: the user messages
+        of the rows (rendered with the set the data records, when it records one) under
+        `system()`; the chosen set itself when that is all the same text."""
+        chosen = load_prompt_set(self.prompt_set)
+        recorded = recorded_spec(self.data)
+        users = load_prompt_set(recorded) if recorded else chosen
+        system = self.system() or ""
+        if (system, users.user, users.user_text) == (chosen.system, chosen.user, chosen.user_text):
+            return chosen
+        origin = "system_prompt" if self.system_prompt is not None else chosen.name
+        return replace(users, name=f"{users.name} (system: {origin})", system=system,
+                                   description=f"the rows' user messages ({users.name}) under "
+                                               f"the system prompt of {origin}")
+
 
 def _shipped(path: str) -> Path:
     """A config file as given, or else relative to the repository (the shipped configs)."""
@@ -258,7 +284,8 @@ def build_trainer(cfg: ThymeSFTConfig, callbacks: list = ()) -> Run:
     trainer = sft_trainer_class()(model=model, args=args, train_dataset=kept,
                                   processing_class=processor,
                                   data_collator=collator,
-                                  callbacks=list(callbacks) or None)
+                                  callbacks=[prompt_set_callback(cfg.trained_prompt_set()),
+                                             *callbacks])
     return Run(trainer, chat, files, len(rows), dropped, params)
 
 
@@ -283,6 +310,8 @@ def train(cfg: ThymeSFTConfig, callbacks: list = ()) -> dict:
     metrics = {}
     if trainer.is_world_process_zero():
         run.chat.processor.save_pretrained(cfg.output_dir)
+        # the checkpoint carries its prompts: evaluate and infer ask it with them by default
+        record_prompt_set(cfg.trained_prompt_set(), cfg.output_dir)
         losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
         metrics = {
             "stage": cfg.stage,
@@ -302,7 +331,7 @@ def train(cfg: ThymeSFTConfig, callbacks: list = ()) -> dict:
             "parameters": run.parameters,
             "dataset": {"files": [os.path.relpath(f) for f in run.files],
                         "fingerprint": fingerprint(run.files), "version": cfg.dataset_version},
-            "prompt_set": load_prompt_set(cfg.prompt_set).name,
+            "prompt_set": cfg.trained_prompt_set().name,
             "config": to_dict(cfg),
             "runtime_s": round(time.time() - started, 1),
         }

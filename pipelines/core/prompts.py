@@ -14,7 +14,8 @@ A dataset folder records the set its rows were rendered with in `prompt_set.yaml
 YAML, with the set's `name`): `build_splits` writes it beside the splits, `publish` copies it into
 the published dataset, and the training and evaluation assets (and `thyme_train.sft` by default)
 read it back through `from:<folder>`, so a model trains and is evaluated with the prompts its
-data was made with.
+data was made with. SFT and GRPO write the set they trained with into the model folder the same
+way, so `from:<checkpoint folder>` loads it too (inference and evaluation's default).
 
 Templates name their slots `{image_tokens}` (one `<image>` line per input image), `{question}`,
 `{image_path}` and `{image_size}` (`WxH`, the original pixel size of the first image); any other
