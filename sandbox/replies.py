@@ -18,7 +18,7 @@ import time
 from sandbox import result as R
 from sandbox import runner
 
-# A child exits with this status when its reply could not be sent (see worker._child_main).
+# A child exits with this status when its reply could not be sent (see fork_server._child_main).
 REPLY_LOST_STATUS = 121
 # The error kinds a child may report itself; any other claim is a runtime error.
 CHILD_ERROR_KINDS = (R.SYNTAX, R.RUNTIME, R.MEMORY, R.OUTPUT_LIMIT, R.FORBIDDEN)
