@@ -67,8 +67,8 @@ Launcher = Callable[[WorkerConfig], tuple[int, int, int]]
 # Every child is a fresh process, so each buffer a snippet allocates (a decoded image, its
 # crops and resizes) is new memory faulted in 4 KB at a time; in a VM a fault costs microseconds,
 # and a child decoding a 4 MP JPEG took ~3,400 of them. With this glibc (2.35+) asks the kernel
-# for transparent huge pages for malloc's memory: one fault per 2 MB, the snippets' own CPU
-# ~10 % lower (docs/benchmarks.md). Ignored by an older glibc or a kernel with THP off.
+# for transparent huge pages for malloc's memory: one fault per 2 MB, and the funnel's children
+# use 5-8 % less CPU (docs/benchmarks.md). Ignored by an older glibc or a kernel with THP off.
 MALLOC_TUNABLES = "glibc.malloc.hugetlb=1"
 
 
