@@ -5,8 +5,11 @@ them far less than wall times.
 
 With `--against DIR` (another checkout, e.g. `git worktree add /tmp/base <commit>`), rounds
 alternate between this tree and DIR, each in a fresh process, and the table shows both.
+A last row, "funnel", runs the template teacher's trajectories on `--samples` generated samples
+(the code-sample funnel's execute stage, one session per trajectory, one after another) and
+gives CPU per trajectory.
 
-    python benchmarks/sandbox_call_cpu.py [--calls 300] [--rounds 4] [--against DIR]
+    python benchmarks/sandbox_call_cpu.py [--calls 300] [--rounds 4] [--samples 200] [--against DIR]
 """
 
 from __future__ import annotations
@@ -46,7 +49,24 @@ def _cpu(worker: int, zygote: int) -> dict[str, float]:
             "children": children / tick, "caller": time.process_time()}
 
 
-def measure(calls: int) -> dict[str, dict[str, float]]:
+def _funnel_sessions(samples: int, tmp: str) -> list[tuple[list[str], list[str]]]:
+    """(inputs, code blocks) of each trajectory the template teacher writes on the pool."""
+    from pipelines.core.images import ImageStore
+    from pipelines.pool.generate import generate_samples
+    from pipelines.samples.teachers import TemplateTeacher
+
+    store = ImageStore(os.path.join(tmp, "images"))
+    pool = {s.id: s for s in generate_samples(0, samples, 0, store)}
+    teacher = TemplateTeacher(seed=0, multi_round_share=0.25)
+    sessions = []
+    for s in pool.values():
+        for t in teacher.candidates(s):
+            inputs = [str(store.path(s.images[0]))] if s.images else []
+            sessions.append((inputs, [turn.code for turn in t.code_turns]))
+    return sessions
+
+
+def measure(calls: int, samples: int) -> dict[str, dict[str, float]]:
     """ms of CPU per call, by process, for each snippet (this process's `sandbox`)."""
     from sandbox import Sandbox
     from sandbox.bench import IMAGE_SNIPPET, SYMPY_SNIPPET, make_image
@@ -69,6 +89,17 @@ def measure(calls: int) -> dict[str, dict[str, float]]:
                     raise RuntimeError(f"{name} failed: {r.error}")
             after = _cpu(handle.pid, handle.info["zygote_pid"])
             out[name] = {p: (after[p] - before[p]) / n * 1000 for p in PARTS}
+        if samples:
+            sessions = _funnel_sessions(samples, tmp)
+            before = _cpu(handle.pid, handle.info["zygote_pid"])
+            for inputs, blocks in sessions:
+                if blocks:
+                    with sb.session(inputs=inputs) as session:
+                        for code in blocks:
+                            session.run(code)  # a failed block is a result like any other
+            after = _cpu(handle.pid, handle.info["zygote_pid"])
+            out["funnel (per trajectory)"] = {p: (after[p] - before[p]) / len(sessions) * 1000
+                                              for p in PARTS}
     return out
 
 
@@ -76,11 +107,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=200,
+                    help="generated samples for the funnel row (0: leave it out)")
     ap.add_argument("--against", help="another checkout to compare with, measured alternately")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.calls)))
+        print(json.dumps(measure(args.calls, args.samples)))
         return 0
     trees = {"this tree": str(HERE)}
     if args.against:
@@ -89,7 +122,8 @@ def main() -> int:
     for _ in range(args.rounds):
         for label, root in trees.items():
             env = {**os.environ, "PYTHONPATH": root}
-            proc = subprocess.run([sys.executable, __file__, "--one", "--calls", str(args.calls)],
+            proc = subprocess.run([sys.executable, __file__, "--one", "--calls", str(args.calls),
+                                   "--samples", str(args.samples)],
                                   env=env, capture_output=True, text=True, check=True)
             runs[label].append(json.loads(proc.stdout))
     print(f"CPU ms per call (median of {args.rounds} rounds of {args.calls} calls, one worker; "
