@@ -17,7 +17,6 @@ that worker's sessions lose their state.
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import logging
@@ -280,13 +279,7 @@ class Sandbox:
         written into the folder the code runs in before it runs; `fetch_files`: relative paths
         read back after it ran, into `Result.fetched` (base64) or `Result.unfetched` (why not;
         sandbox.call_files). A path or limit it refuses raises `call_files.FileRequestError`."""
-        files = dict(files or {})
-        fetch_files = list(fetch_files)
-        call_files.check_request(files, fetch_files)
-        extra = {}
-        if files or fetch_files:
-            extra = {"files": {p: base64.b64encode(d).decode("ascii") for p, d in files.items()},
-                     "fetch_files": fetch_files}
+        extra = call_files.to_json(files, fetch_files)
         handle = self._idle.get()
         try:
             return self._call(handle, code, inputs, timeout, session=None, stdin=stdin,
@@ -294,8 +287,12 @@ class Sandbox:
         finally:
             self._idle.put(handle)
 
-    def session(self, inputs: Sequence[str | os.PathLike] = (), timeout: float | None = None) -> Session:
+    def session(self, inputs: Sequence[str | os.PathLike] = (), timeout: float | None = None,
+                *, files: Mapping[str, bytes] | None = None) -> Session:
         """A trajectory: code blocks run in one process, so variables persist between them.
+        `files`: {relative path: bytes} in the folder the code runs in from its first block
+        (written before its interpreter exists, and again into a fresh one if the session's
+        state is lost); a path or limit it refuses raises `call_files.FileRequestError`.
         It goes to the worker with the fewest open sessions (ties in turn): plain turns would
         put two concurrent sessions on one worker whenever sessions differ in length, and that
         worker would serve both one call at a time while another stood idle."""
@@ -305,7 +302,7 @@ class Sandbox:
             handle = min((self._handles[(start + i) % n] for i in range(n)),
                          key=lambda h: h.open_sessions)
             handle.open_sessions += 1
-        return Session(self, handle, [os.fspath(p) for p in inputs], timeout)
+        return Session(self, handle, [os.fspath(p) for p in inputs], timeout, files)
 
     def map(self, jobs: Iterable[Job | dict], progress: bool = False) -> list[Result]:
         """Run independent jobs on all workers; results in job order."""
@@ -371,17 +368,24 @@ class Session:
     """One trajectory's interpreter, kept alive across `run` calls (see `Sandbox.session`)."""
 
     def __init__(self, sandbox: Sandbox, handle: _WorkerHandle, inputs: list[str],
-                 timeout: float | None):
+                 timeout: float | None, files: Mapping[str, bytes] | None = None):
         self.sandbox, self.handle, self.inputs, self.timeout = sandbox, handle, inputs, timeout
+        # encoded once; every block carries them (used only when its interpreter is started)
+        self._files = call_files.to_json(files, ()).get("files", {})
         self.id = uuid.uuid4().hex
         self._generation = None
         self._closed = False
 
     def run(self, code: str, timeout: float | None = None, *,
-            results_dir: str | os.PathLike | None = None) -> Result:
+            results_dir: str | os.PathLike | None = None,
+            fetch_files: Sequence[str] = ()) -> Result:
+        """One block. `fetch_files`: relative paths read back after it, with the interpreter
+        frozen (sandbox.call_files), into `Result.fetched` / `Result.unfetched`."""
+        extra = {**call_files.to_json(None, fetch_files), "files": self._files}
         result, generation = self.sandbox._call(self.handle, code, self.inputs,
                                                 self.timeout if timeout is None else timeout,
-                                                session=self.id, results_dir=results_dir)
+                                                session=self.id, results_dir=results_dir,
+                                                extra=extra)
         if self._generation not in (None, generation):
             result.notes.append("session state was lost (its worker was replaced); this block "
                                 "ran in a fresh interpreter")
@@ -403,3 +407,4 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
+

@@ -163,7 +163,6 @@ class Worker(ForkServer):
             raise Unfit(problem)
         sid = req.get("session")
         inputs = [os.path.abspath(p) for p in req.get("inputs", [])]
-        files = call_files.of_request(req)
         child = self.sessions.get(sid) if sid else None
         notes: list[str] = []
         if child is not None and _exited(child):
@@ -177,7 +176,7 @@ class Worker(ForkServer):
                          f"({replies.death_reason(status)[1]}); this block ran in a fresh one")
         if child is None:
             try:
-                child = self._spawn(inputs, files=files)
+                child = self._spawn(inputs, files=call_files.of_request(req))
             except OSError as exc:  # the scratch tmpfs is full (of open sessions' files)
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -193,9 +192,7 @@ class Worker(ForkServer):
             out = self._run_block(child, req["code"], float(req["timeout"]), req["results_dir"],
                                   req.get("stdin"), req.get("repairs", True))
             if req.get("fetch_files"):
-                if child.pid > 0:
-                    self._kill_and_reap(child)  # nothing may change the folder while it is read
-                out["fetched"], out["unfetched"] = call_files.fetch(child.scratch, req["fetch_files"])
+                self._fetch(child, bool(sid), req["fetch_files"], out)
         finally:
             if child.pid < 0 or not sid:
                 self.sessions.pop(sid, None)
@@ -209,6 +206,17 @@ class Worker(ForkServer):
         out["notes"] = notes + out.get("notes", [])
         out["wall_s"] = time.perf_counter() - t0
         return out
+
+    def _fetch(self, child: Child, session: bool, paths: list[str], out: dict) -> None:
+        """Read `paths` back into `out` once nothing can change the child's folder: a one-shot
+        child is killed first, a session's frozen (and seen stopped) so its variables live on."""
+        if child.pid > 0 and not session:
+            self._kill_and_reap(child)
+        elif child.pid > 0 and not self._freeze(child):
+            why = "not read (the session's interpreter could not be seen stopped)"
+            out["fetched"], out["unfetched"] = {}, {path: why for path in paths}
+            return
+        out["fetched"], out["unfetched"] = call_files.fetch(child.scratch, paths)
 
     # ------------------------------------------------------------ one code block
     def _run_block(self, child: Child, code: str, timeout: float, results_dir: str | None,
