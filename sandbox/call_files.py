@@ -116,13 +116,6 @@ def to_json(files: Mapping[str, bytes] | None, fetch_files: Sequence[str] = ()) 
             "fetch_files": fetch_files}
 
 
-def of_request(request: dict) -> dict[str, bytes]:
-    """The files a worker request carries, decoded. A session's blocks all carry its files:
-    the worker writes them only when it starts the session's child (the first block, or a
-    fresh interpreter after its state was lost), so that folder always starts the same."""
-    return decode(request.get("files") or {})
-
-
 def make_folder(scratch: str, files: Mapping[str, bytes]) -> None:
     """Make the scratch folder `scratch` with `files` in it, before any child can use it; if a
     file cannot be written the folder is removed and OSError (naming the file) raised."""

@@ -339,9 +339,12 @@ class Sandbox:
     def _call(self, handle: _WorkerHandle, code: str, inputs, timeout, session: str | None,
               stdin: str | None = None, repairs: bool = True,
               results_dir: str | os.PathLike | None = None,
-              extra: dict | None = None) -> tuple[Result, int]:
+              extra: dict | None = None,
+              session_files: dict[str, str] | None = None) -> tuple[Result, int]:
         """The result, and the generation of the worker that ran the code (`extra`: more
-        fields of the worker's request)."""
+        fields of the worker's request; `session_files`: a session's files, {path: base64},
+        sent only when the worker asks for them: when it starts the session's interpreter and
+        has not kept them, i.e. its first block on this worker)."""
         timeout = self.timeout if timeout is None else float(timeout)
         paths = [os.path.abspath(os.fspath(p)) for p in inputs]
         for path in paths:
@@ -350,10 +353,16 @@ class Sandbox:
         out_dir = self.results_dir if results_dir is None else os.path.abspath(results_dir)
         message = {"op": "run", "code": code, "inputs": paths, "timeout": timeout,
                    "session": session, "results_dir": out_dir, "stdin": stdin,
-                   "repairs": repairs, **(extra or {})}
+                   "repairs": repairs, "session_files": bool(session_files), **(extra or {})}
         t0 = time.perf_counter()
         with handle.lock:
             reply, notes, served_by, replied = handle.call(message, timeout + WORKER_GRACE_S)
+            if reply is not None and reply.get("need_files"):
+                reply, more, served_by, replied = handle.call(
+                    {**message, "files": session_files}, timeout + WORKER_GRACE_S)
+                notes += more
+                if reply is not None and reply.get("need_files"):
+                    raise RuntimeError("the sandbox worker asked again for files it was sent")
         if reply is None:
             return Result(ok=False, code=code, wall_s=replied - t0, notes=notes,
                           error=R.ErrorInfo(R.INTERNAL, "the sandbox worker died or hung; it was "
@@ -370,7 +379,7 @@ class Session:
     def __init__(self, sandbox: Sandbox, handle: _WorkerHandle, inputs: list[str],
                  timeout: float | None, files: Mapping[str, bytes] | None = None):
         self.sandbox, self.handle, self.inputs, self.timeout = sandbox, handle, inputs, timeout
-        # encoded once; every block carries them (used only when its interpreter is started)
+        # encoded once; a worker asks for them when it starts the session's interpreter
         self._files = call_files.to_json(files, ()).get("files", {})
         self.id = uuid.uuid4().hex
         self._generation = None
@@ -381,11 +390,13 @@ class Session:
             fetch_files: Sequence[str] = ()) -> Result:
         """One block. `fetch_files`: relative paths read back after it, with the interpreter
         frozen (sandbox.call_files), into `Result.fetched` / `Result.unfetched`."""
-        extra = {**call_files.to_json(None, fetch_files), "files": self._files}
+        fetch_files = list(fetch_files)
+        call_files.check_request({}, fetch_files)
         result, generation = self.sandbox._call(self.handle, code, self.inputs,
                                                 self.timeout if timeout is None else timeout,
                                                 session=self.id, results_dir=results_dir,
-                                                extra=extra)
+                                                extra={"fetch_files": fetch_files},
+                                                session_files=self._files)
         if self._generation not in (None, generation):
             result.notes.append("session state was lost (its worker was replaced); this block "
                                 "ran in a fresh interpreter")

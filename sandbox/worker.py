@@ -66,6 +66,8 @@ class Worker(ForkServer):
         self.missing: dict[str, str] = {}  # mechanism -> why it is unavailable here
         self.sessions: dict[str, Child] = {}
         self.restarted: set[str] = set()  # sessions whose child was killed mid-block
+        # each open session's files ({path: base64}), kept to start a fresh interpreter with
+        self.session_files: dict[str, dict] = {}
         self.counter = 0
         self.lost: str | None = None      # why the zygote can no longer be used
         self.cleanup_problem: str | None = None
@@ -153,6 +155,7 @@ class Worker(ForkServer):
         if op == "close":
             self._end(self.sessions.pop(req["session"], None))
             self.restarted.discard(req["session"])
+            self.session_files.pop(req["session"], None)
             return {"ok": True}
         raise ValueError(f"unknown op {op!r}")
 
@@ -174,9 +177,14 @@ class Worker(ForkServer):
             child = None
             notes.append("session state was lost: its interpreter ended between blocks "
                          f"({replies.death_reason(status)[1]}); this block ran in a fresh one")
+        if sid and req.get("files"):
+            self.session_files[sid] = req["files"]
         if child is None:
+            if sid and req.get("session_files") and sid not in self.session_files:
+                return {"need_files": True}  # the Sandbox sends them with this request again
+            files = self.session_files.get(sid, {}) if sid else req.get("files") or {}
             try:
-                child = self._spawn(inputs, files=call_files.of_request(req))
+                child = self._spawn(inputs, files=call_files.decode(files))
             except OSError as exc:  # the scratch tmpfs is full (of open sessions' files)
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise

@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
+import signal
 import ssl
 import threading
 import time
@@ -45,7 +47,8 @@ def service(tmp_path_factory):
         thread.start()
         try:
             yield SimpleNamespace(url=f"https://127.0.0.1:{server.server_address[1]}",
-                                  port=server.server_address[1], cert=cert, folder=folder)
+                                  port=server.server_address[1], cert=cert, folder=folder,
+                                  sandbox=sb)
         finally:
             server.shutdown()
             server.server_close()
@@ -79,7 +82,7 @@ def post(service, path: str, body) -> tuple[int, dict]:
     return response.status, reply
 
 
-def test_files_go_in_and_come_back_one_shot_and_per_session_block(client, tmp_path):
+def test_files_go_in_and_come_back_one_shot_and_per_session_block(service, client, tmp_path):
     photo = tmp_path / "photo.png"
     Image.new("RGB", (64, 48), (10, 200, 30)).save(photo)
     table = b"city,population\nParis,2102650\nLyon,522250\n"
@@ -109,6 +112,11 @@ def test_files_go_in_and_come_back_one_shot_and_per_session_block(client, tmp_pa
         r = s.run("import os\nprint(sorted(os.listdir('.')), open('notes/start.txt').read())")
         assert r.ok and r.text == "['notes'] 1", r
         assert any("state was lost" in note for note in r.notes), r.notes
+        # and so does one on a fresh worker, which never saw them (it asks the Sandbox)
+        os.kill(service.sandbox._handles[0].pid, signal.SIGKILL)
+        assert s.run("print(1)").error.kind == R.INTERNAL      # the dead worker's block
+        r = s.run("print(open('notes/start.txt').read())", fetch_files=["notes/start.txt"])
+        assert r.ok and r.text == "1" and decoded(r.fetched) == {"notes/start.txt": b"1"}, r
 
 
 HOSTILE = [
