@@ -296,13 +296,14 @@ class Sandbox:
         It goes to the worker with the fewest open sessions (ties in turn): plain turns would
         put two concurrent sessions on one worker whenever sessions differ in length, and that
         worker would serve both one call at a time while another stood idle."""
+        encoded = call_files.to_json(files, ()).get("files", {})  # (refused before it is placed)
         with self._sessions_lock:
             start = next(self._next_session)
             n = len(self._handles)
             handle = min((self._handles[(start + i) % n] for i in range(n)),
                          key=lambda h: h.open_sessions)
             handle.open_sessions += 1
-        return Session(self, handle, [os.fspath(p) for p in inputs], timeout, files)
+        return Session(self, handle, [os.fspath(p) for p in inputs], timeout, encoded)
 
     def map(self, jobs: Iterable[Job | dict], progress: bool = False) -> list[Result]:
         """Run independent jobs on all workers; results in job order."""
@@ -377,10 +378,10 @@ class Session:
     """One trajectory's interpreter, kept alive across `run` calls (see `Sandbox.session`)."""
 
     def __init__(self, sandbox: Sandbox, handle: _WorkerHandle, inputs: list[str],
-                 timeout: float | None, files: Mapping[str, bytes] | None = None):
+                 timeout: float | None, files: dict[str, str] | None = None):
         self.sandbox, self.handle, self.inputs, self.timeout = sandbox, handle, inputs, timeout
-        # encoded once; a worker asks for them when it starts the session's interpreter
-        self._files = call_files.to_json(files, ()).get("files", {})
+        # {path: base64}, encoded once; a worker asks for them when it starts the interpreter
+        self._files = files or {}
         self.id = uuid.uuid4().hex
         self._generation = None
         self._closed = False
@@ -418,4 +419,3 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
-

@@ -18,6 +18,8 @@ import json
 import os
 import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -29,6 +31,7 @@ from PIL import Image
 from self_signed import make_certificate
 from test_sandbox_fusion_files import NOTHING_BUT_RLIMITS
 
+from sandbox import fork_server
 from sandbox import result as R
 from sandbox.call_files import FileRequestError
 from sandbox.client import SandboxClient
@@ -210,3 +213,26 @@ def test_sandboxfusions_sdk_verifies_the_https_server(service, monkeypatch):
     reply = sandbox_fusion.run_code(request, endpoint=service.url, max_attempts=1)
     assert reply.status == sandbox_fusion.RunStatus.Success, reply
     assert reply.run_result.stdout == "over TLS\n" and decoded(reply.files) == {"out.txt": b"back"}
+
+
+def test_the_worker_reads_only_once_it_sees_the_interpreter_stopped(tmp_path, monkeypatch):
+    """`_freeze`, on a real process whose name holds ") (": True once /proc shows it stopped
+    (T); False, within its wait, for one never seen stopped (the worker then reads nothing)."""
+    sleeper = subprocess.Popen([sys.executable, "-c", (   # a name a naive parser splits wrongly
+        "import ctypes, sys, time\nctypes.CDLL(None).prctl(15, b'x) (y', 0, 0, 0)\n"
+        "print('named', flush=True)\ntime.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    assert sleeper.stdout.readline() == "named\n"
+    child = fork_server.Child(sleeper.pid, os.pidfd_open(sleeper.pid), -1, -1, str(tmp_path), [])
+    try:
+        assert fork_server._process_state(sleeper.pid) in ("S", "R")
+        assert fork_server.ForkServer()._freeze(child) is True
+        assert fork_server._process_state(sleeper.pid) == "T"
+        monkeypatch.setattr(fork_server, "_process_state", lambda pid: "R")
+        os.kill(sleeper.pid, signal.SIGCONT)
+        start = time.monotonic()
+        assert fork_server.ForkServer()._freeze(child, wait_s=0.2) is False
+        assert time.monotonic() - start < 5
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        os.close(child.pidfd)
