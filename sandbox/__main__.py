@@ -4,6 +4,7 @@
     python -m sandbox bench [--jobs N] [--workers N] [--out docs/benchmarks.md]
     python -m sandbox demo       # the bundled Thyme-style snippets, printed as the model sees them
     python -m sandbox serve --host 0.0.0.0 --port 8080 --token-file FILE   # the HTTP service
+        [--certfile CERT.pem --keyfile KEY.pem]                             # ... as HTTPS
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-sessions", type=int, default=None, help="default: 32 per worker")
     serve.add_argument("--session-idle-s", type=float, default=600.0,
                        help="close a session unused this long")
+    serve.add_argument("--certfile", default=None, help="PEM certificate (chain): serve HTTPS "
+                       "only, so the token is not sent in clear")
+    serve.add_argument("--keyfile", default=None, help="its private key (if not in --certfile)")
     serve.set_defaults(func=lambda a: __import__("sandbox.service").service.serve(a))
     for command in (run, demo, serve):
         command.add_argument("--isolation", default=None, metavar="POLICY",

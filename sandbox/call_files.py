@@ -1,6 +1,8 @@
-"""Files a one-shot call exchanges with its caller (SandboxFusion's `files` and `fetch_files`):
-written into the child's scratch folder (the folder its code runs in) as the worker makes it,
-before the child exists, and read back from it once the child is dead.
+"""Files a call exchanges with its caller (SandboxFusion's `files` and `fetch_files`, also on
+our own /v1 endpoints and sessions): written into the child's scratch folder (the folder its
+code runs in) as the worker makes it, before the child exists, and read back from it once the
+child cannot run any more (a one-shot call's child is dead; a session's is frozen between
+blocks, and the worker has seen it stopped before it reads).
 
 A path is relative to that folder: absolute paths, `..`, NUL and over-long names are refused
 (`check_request`). The worker writes and reads by walking a path one component at a time from
@@ -89,13 +91,29 @@ def check_request(files: Mapping[str, bytes], fetch_files: Sequence[str]) -> Non
         components(path)
 
 
-def of_request(request: dict) -> dict[str, bytes]:
-    """The files a worker request carries, decoded (ValueError on a session's block: files
-    are for one-shot calls, whose child and folder are fresh)."""
-    files = decode(request.get("files") or {})
-    if request.get("session") and (files or request.get("fetch_files")):
-        raise ValueError("files and fetch_files are for one-shot calls only")
-    return files
+def from_json(files, fetch_files) -> tuple[dict[str, bytes], list[str]]:
+    """`files` ({path: base64}) and `fetch_files` ([path]) as a JSON request carries them,
+    decoded and checked (`check_request`); FileRequestError names the field or file."""
+    files = {} if files is None else files
+    fetch_files = [] if fetch_files is None else fetch_files
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise FileRequestError("`files` must be an object of {relative path: base64 string}")
+    if not isinstance(fetch_files, list) or not all(isinstance(p, str) for p in fetch_files):
+        raise FileRequestError("`fetch_files` must be a list of relative paths")
+    decoded = decode(files)
+    check_request(decoded, fetch_files)
+    return decoded, fetch_files
+
+
+def to_json(files: Mapping[str, bytes] | None, fetch_files: Sequence[str] = ()) -> dict:
+    """The `files` ({path: base64}) and `fetch_files` fields of a request to a worker or the
+    service, checked first (`check_request`); {} when there are none."""
+    files, fetch_files = dict(files or {}), list(fetch_files)
+    check_request(files, fetch_files)
+    if not files and not fetch_files:
+        return {}
+    return {"files": {path: base64.b64encode(data).decode("ascii") for path, data in files.items()},
+            "fetch_files": fetch_files}
 
 
 def make_folder(scratch: str, files: Mapping[str, bytes]) -> None:

@@ -1,15 +1,19 @@
 """The client of the sandbox service (sandbox/service.py), with the interface of the in-process
 `Sandbox` the rollout loop, inference, evaluation and the pipeline use:
 
-    with SandboxClient("http://sandbox-host:8080", token=...) as sb:
+    with SandboxClient("https://sandbox-host:8443", token=..., ca_file="ca.pem") as sb:
         r = sb.run(code, inputs=["img.jpg"])            # the input's bytes are sent
-        with sb.session(inputs=["img.jpg"]) as s:       # one trajectory, variables persist
-            r1 = s.run(code1); r2 = s.run(code2)
+        r = sb.run(code, files={"data.csv": b"..."}, fetch_files=["out.json"])  # r.fetched
+        with sb.session(inputs=["img.jpg"], files={...}) as s:  # variables persist
+            r1 = s.run(code1); r2 = s.run(code2, fetch_files=["table.csv"])
         sb.map(jobs)
 
 Produced images are stored in `results_dir` (by content) and `Result.images` names them there,
 as with `Sandbox`. A server that cannot be reached, or that answers with an error, raises
 `SandboxServiceError` naming the URL; a busy server (429) is retried for `busy_wait_s`.
+`files` and `fetch_files` are checked here as the server checks them (sandbox.call_files), so a
+refused path raises `FileRequestError` before anything is sent. An https:// URL is verified
+against `ca_file` (else $THYME_SANDBOX_CA_FILE, else the system's CAs), host name included.
 `open_sandbox(url=...)` gives a client when a URL is configured, else a local `Sandbox`.
 """
 
@@ -19,14 +23,15 @@ import http.client
 import json
 import os
 import shutil
+import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote, urlsplit
 
-from sandbox import policy, wire
+from sandbox import call_files, policy, wire
 from sandbox.core import Job, SandboxUnavailable
 from sandbox.result import Result
 
@@ -46,10 +51,13 @@ class SandboxClient:
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float | None = None,
                  results_dir: str | os.PathLike | None = None, busy_wait_s: float = 600.0,
-                 isolation: str | None = None):
+                 isolation: str | None = None, ca_file: str | os.PathLike | None = None):
         parts = urlsplit(url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not a sandbox service URL: {url!r} (expected http://host:port)")
+        if ca_file and parts.scheme != "https":
+            raise ValueError(f"a CA file verifies an https:// URL; {url!r} is plain HTTP")
+        self._tls = _tls_context(ca_file) if parts.scheme == "https" else None
         self.url, self.token, self.busy_wait_s = url.rstrip("/"), token, busy_wait_s
         self._parts, self._local = parts, threading.local()
         self._own_results = results_dir is None
@@ -71,17 +79,19 @@ class SandboxClient:
     # ------------------------------------------------------------ the Sandbox interface
     def run(self, code: str, inputs: Sequence[str | os.PathLike] = (),
             timeout: float | None = None, *, stdin: str | None = None,
-            repairs: bool = True) -> Result:
+            repairs: bool = True, files: Mapping[str, bytes] | None = None,
+            fetch_files: Sequence[str] = ()) -> Result:
         timeout = self.timeout if timeout is None else timeout
         body = {"code": code, "inputs": _encode_inputs(inputs), "timeout": timeout,
-                "stdin": stdin, "repairs": repairs}
+                "stdin": stdin, "repairs": repairs, **call_files.to_json(files, fetch_files)}
         return self._result(self._call("POST", "/run", body, timeout + HTTP_GRACE_S))
 
-    def session(self, inputs: Sequence[str | os.PathLike] = (),
-                timeout: float | None = None) -> RemoteSession:
+    def session(self, inputs: Sequence[str | os.PathLike] = (), timeout: float | None = None,
+                *, files: Mapping[str, bytes] | None = None) -> RemoteSession:
         timeout = self.timeout if timeout is None else timeout
-        reply = self._call("POST", "/sessions", {"inputs": _encode_inputs(inputs),
-                                                 "timeout": timeout}, HTTP_GRACE_S)
+        body = {"inputs": _encode_inputs(inputs), "timeout": timeout,
+                **call_files.to_json(files, ())}
+        reply = self._call("POST", "/sessions", body, HTTP_GRACE_S)
         return RemoteSession(self, reply["session"], timeout)
 
     def map(self, jobs: Iterable[Job | dict], progress: bool = False) -> list[Result]:
@@ -168,8 +178,12 @@ class SandboxClient:
         conn = getattr(self._local, "conn", None)
         reused = conn is not None
         if conn is None:
-            cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-            conn = cls(self._parts.hostname, self._parts.port, timeout=timeout)
+            if self._tls is not None:
+                conn = http.client.HTTPSConnection(self._parts.hostname, self._parts.port,
+                                                   timeout=timeout, context=self._tls)
+            else:
+                conn = http.client.HTTPConnection(self._parts.hostname, self._parts.port,
+                                                  timeout=timeout)
             self._local.conn = conn
         conn.timeout = timeout
         if conn.sock is not None:
@@ -190,10 +204,12 @@ class RemoteSession:
         self.client, self.id, self.timeout = client, session_id, timeout
         self._path = f"/sessions/{quote(session_id, safe='')}"
 
-    def run(self, code: str, timeout: float | None = None) -> Result:
+    def run(self, code: str, timeout: float | None = None, *,
+            fetch_files: Sequence[str] = ()) -> Result:
+        """One block; `fetch_files` are read back after it (the interpreter frozen)."""
         timeout = self.timeout if timeout is None else timeout
-        reply = self.client._call("POST", f"{self._path}/run", {"code": code, "timeout": timeout},
-                                  timeout + HTTP_GRACE_S)
+        body = {"code": code, "timeout": timeout, **call_files.to_json(None, fetch_files)}
+        reply = self.client._call("POST", f"{self._path}/run", body, timeout + HTTP_GRACE_S)
         return self.client._result(reply)
 
     def close(self) -> None:
@@ -215,12 +231,31 @@ def _encode_inputs(inputs: Sequence[str | os.PathLike]) -> list[dict]:
     return files
 
 
+def _tls_context(ca_file: str | os.PathLike | None) -> ssl.SSLContext:
+    """Verifies the server (certificate and host name) against `ca_file`, else
+    $THYME_SANDBOX_CA_FILE, else the system's CAs."""
+    ca_file = ca_file or os.environ.get(wire.CA_FILE_ENV) or None
+    if ca_file is None:
+        return ssl.create_default_context()
+    if not os.path.isfile(ca_file):
+        raise FileNotFoundError(f"the sandbox service's CA file {os.fspath(ca_file)} does not exist")
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca_file))
+    except ssl.SSLError as exc:
+        raise ValueError(f"the CA file {os.fspath(ca_file)} holds no usable certificate "
+                         f"({exc})") from None
+
+
 def open_sandbox(url: str | None = None, token_file: str | os.PathLike | None = None, *,
-                 timeout: float = 10.0, isolation: str | None = None, **local):
+                 timeout: float = 10.0, isolation: str | None = None,
+                 ca_file: str | os.PathLike | None = None, **local):
     """The sandbox a stage uses: a `SandboxClient` of the service at `url` (token from
-    `token_file`, else $THYME_SANDBOX_TOKEN), or, without a URL, a local `Sandbox(**local)`.
-    Either way the `isolation` policy (sandbox.policy) must hold, or SandboxUnavailable."""
+    `token_file`, else $THYME_SANDBOX_TOKEN; an https:// URL verified against `ca_file`, else
+    $THYME_SANDBOX_CA_FILE, else the system's CAs), or, without a URL, a local
+    `Sandbox(**local)`. Either way the `isolation` policy (sandbox.policy) must hold, or
+    SandboxUnavailable."""
     if url:
-        return SandboxClient(url, wire.read_token(token_file), timeout=timeout, isolation=isolation)
+        return SandboxClient(url, wire.read_token(token_file), timeout=timeout,
+                             isolation=isolation, ca_file=ca_file)
     from sandbox.core import Sandbox
     return Sandbox(timeout=timeout, isolation=isolation, **local)

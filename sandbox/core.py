@@ -17,7 +17,6 @@ that worker's sessions lose their state.
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import logging
@@ -288,13 +287,7 @@ class Sandbox:
         written into the folder the code runs in before it runs; `fetch_files`: relative paths
         read back after it ran, into `Result.fetched` (base64) or `Result.unfetched` (why not;
         sandbox.call_files). A path or limit it refuses raises `call_files.FileRequestError`."""
-        files = dict(files or {})
-        fetch_files = list(fetch_files)
-        call_files.check_request(files, fetch_files)
-        extra = {}
-        if files or fetch_files:
-            extra = {"files": {p: base64.b64encode(d).decode("ascii") for p, d in files.items()},
-                     "fetch_files": fetch_files}
+        extra = call_files.to_json(files, fetch_files)
         handle = self._idle.get()
         try:
             return self._call(handle, code, inputs, timeout, session=None, stdin=stdin,
@@ -302,18 +295,23 @@ class Sandbox:
         finally:
             self._idle.put(handle)
 
-    def session(self, inputs: Sequence[str | os.PathLike] = (), timeout: float | None = None) -> Session:
+    def session(self, inputs: Sequence[str | os.PathLike] = (), timeout: float | None = None,
+                *, files: Mapping[str, bytes] | None = None) -> Session:
         """A trajectory: code blocks run in one process, so variables persist between them.
+        `files`: {relative path: bytes} in the folder the code runs in from its first block
+        (written before its interpreter exists, and again into a fresh one if the session's
+        state is lost); a path or limit it refuses raises `call_files.FileRequestError`.
         It goes to the worker with the fewest open sessions (ties in turn): plain turns would
         put two concurrent sessions on one worker whenever sessions differ in length, and that
         worker would serve both one call at a time while another stood idle."""
+        encoded = call_files.to_json(files, ()).get("files", {})  # (refused before it is placed)
         with self._sessions_lock:
             start = next(self._next_session)
             n = len(self._handles)
             handle = min((self._handles[(start + i) % n] for i in range(n)),
                          key=lambda h: h.open_sessions)
             handle.open_sessions += 1
-        return Session(self, handle, [os.fspath(p) for p in inputs], timeout)
+        return Session(self, handle, [os.fspath(p) for p in inputs], timeout, encoded)
 
     def map(self, jobs: Iterable[Job | dict], progress: bool = False) -> list[Result]:
         """Run independent jobs on all workers; results in job order."""
@@ -350,9 +348,12 @@ class Sandbox:
     def _call(self, handle: _WorkerHandle, code: str, inputs, timeout, session: str | None,
               stdin: str | None = None, repairs: bool = True,
               results_dir: str | os.PathLike | None = None,
-              extra: dict | None = None) -> tuple[Result, int]:
+              extra: dict | None = None,
+              session_files: dict[str, str] | None = None) -> tuple[Result, int]:
         """The result, and the generation of the worker that ran the code (`extra`: more
-        fields of the worker's request)."""
+        fields of the worker's request; `session_files`: a session's files, {path: base64},
+        sent only when the worker asks for them: when it starts the session's interpreter and
+        has not kept them, i.e. its first block on this worker)."""
         timeout = self.timeout if timeout is None else float(timeout)
         paths = [os.path.abspath(os.fspath(p)) for p in inputs]
         for path in paths:
@@ -361,10 +362,16 @@ class Sandbox:
         out_dir = self.results_dir if results_dir is None else os.path.abspath(results_dir)
         message = {"op": "run", "code": code, "inputs": paths, "timeout": timeout,
                    "session": session, "results_dir": out_dir, "stdin": stdin,
-                   "repairs": repairs, **(extra or {})}
+                   "repairs": repairs, "session_files": bool(session_files), **(extra or {})}
         t0 = time.perf_counter()
         with handle.lock:
             reply, notes, served_by, replied = handle.call(message, timeout + WORKER_GRACE_S)
+            if reply is not None and reply.get("need_files"):
+                reply, more, served_by, replied = handle.call(
+                    {**message, "files": session_files}, timeout + WORKER_GRACE_S)
+                notes += more
+                if reply is not None and reply.get("need_files"):
+                    raise RuntimeError("the sandbox worker asked again for files it was sent")
         if reply is None:
             return Result(ok=False, code=code, wall_s=replied - t0, notes=notes,
                           error=R.ErrorInfo(R.INTERNAL, "the sandbox worker died or hung; it was "
@@ -379,17 +386,26 @@ class Session:
     """One trajectory's interpreter, kept alive across `run` calls (see `Sandbox.session`)."""
 
     def __init__(self, sandbox: Sandbox, handle: _WorkerHandle, inputs: list[str],
-                 timeout: float | None):
+                 timeout: float | None, files: dict[str, str] | None = None):
         self.sandbox, self.handle, self.inputs, self.timeout = sandbox, handle, inputs, timeout
+        # {path: base64}, encoded once; a worker asks for them when it starts the interpreter
+        self._files = files or {}
         self.id = uuid.uuid4().hex
         self._generation = None
         self._closed = False
 
     def run(self, code: str, timeout: float | None = None, *,
-            results_dir: str | os.PathLike | None = None) -> Result:
+            results_dir: str | os.PathLike | None = None,
+            fetch_files: Sequence[str] = ()) -> Result:
+        """One block. `fetch_files`: relative paths read back after it, with the interpreter
+        frozen (sandbox.call_files), into `Result.fetched` / `Result.unfetched`."""
+        fetch_files = list(fetch_files)
+        call_files.check_request({}, fetch_files)
         result, generation = self.sandbox._call(self.handle, code, self.inputs,
                                                 self.timeout if timeout is None else timeout,
-                                                session=self.id, results_dir=results_dir)
+                                                session=self.id, results_dir=results_dir,
+                                                extra={"fetch_files": fetch_files},
+                                                session_files=self._files)
         if self._generation not in (None, generation):
             result.notes.append("session state was lost (its worker was replaced); this block "
                                 "ran in a fresh interpreter")

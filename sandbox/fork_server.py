@@ -36,6 +36,8 @@ class ZygoteLost(Unfit):
     """The zygote died or hung: this worker can no longer start children."""
 
 
+# How long the worker waits to see a session's child stopped before it reads its folder.
+FREEZE_WAIT_S = 2.0
 CHILD_ENV = {"LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
              "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"}
 
@@ -202,6 +204,20 @@ class ForkServer:
         except ProcessLookupError:
             pass
 
+    def _freeze(self, child: Child, wait_s: float = FREEZE_WAIT_S) -> bool:
+        """Stop a session's child and wait until the kernel shows it stopped (or dead): a
+        signal is delivered asynchronously, and a handler the code installed could otherwise
+        still be writing. False if that could not be seen within `wait_s`."""
+        self._signal(child, signal.SIGSTOP)
+        deadline, pause = time.monotonic() + wait_s, 0.0005
+        while True:
+            if _exited(child) or _process_state(child.pid) in ("T", "Z", "X"):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+
     def _kill_and_reap(self, child: Child) -> tuple[int | None, float]:
         """Stop the child for good; its wait status (None if unknown) and CPU seconds."""
         self._signal(child, signal.SIGKILL)
@@ -270,6 +286,17 @@ class ForkServer:
 def _exited(child: Child) -> bool:
     """Whether the child has ended (its pidfd turns readable)."""
     return bool(select.select([child.pidfd], [], [], 0)[0])
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter /proc shows for `pid` (R, S, D, T, Z, ...), or None if not shown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split(b" ", 1)  # after "pid (name) "; name may hold ")"
+    return fields[0].decode("ascii", "replace") if fields and fields[0] else None
 
 
 def _reap(pid: int) -> tuple[int, float]:

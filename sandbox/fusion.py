@@ -76,9 +76,7 @@ def request_files(request: dict) -> tuple[dict[str, bytes], list[str]]:
     (naming the file) for what this sandbox refuses."""
     files = {path: content for path, content in request["files"].items()
              if content is not None and SKIPPED_FILE_MARK not in path}
-    files = call_files.decode(files)
-    call_files.check_request(files, request["fetch_files"])
-    return files, request["fetch_files"]
+    return call_files.from_json(files, request["fetch_files"])
 
 
 def unsupported(request: dict) -> str | None:

@@ -38,7 +38,7 @@ class Result:
     stdout_truncated: bool = False
     notes: list[str] = field(default_factory=list)    # e.g. a session restarted after a timeout
     degraded: tuple[str, ...] = ()    # isolation mechanisms missing (only if asked for)
-    # `fetch_files` of a one-shot call (sandbox.call_files): path -> base64 content, as
+    # `fetch_files` of a call or a session's block (sandbox.call_files): path -> base64, as
     # SandboxFusion returns them; path -> why it was not returned ("not found", a link, ...)
     fetched: dict[str, str] = field(default_factory=dict)
     unfetched: dict[str, str] = field(default_factory=dict)

@@ -2,7 +2,8 @@
 health rule unchanged) behind a small JSON API, for rollout and evaluation workers on other
 machines and for other trainers.
 
-    python -m sandbox serve --host 0.0.0.0 --port 8080 --token-file sandbox.token
+    python -m sandbox serve --host 0.0.0.0 --port 8080 --token-file sandbox.token \
+        [--certfile server.pem --keyfile server.key]      # HTTPS: the token is not sent in clear
 
 Endpoints (all but /health need the token: `Authorization: Bearer <token>`, or
 `?access_token=<token>` on the URL for clients that cannot set a header, e.g. verl):
@@ -10,16 +11,25 @@ Endpoints (all but /health need the token: `Authorization: Bearer <token>`, or
     GET    /health                      liveness, no token
     POST   /run_code                    SandboxFusion's run_code (sandbox/fusion.py)
     GET    /v1/info                     workers, timeout, namespace, limits, load
-    POST   /v1/run                      one code block: {code, inputs, timeout, stdin, repairs}
-    POST   /v1/sessions                 a trajectory: {inputs, timeout} -> {session}
-    POST   /v1/sessions/<id>/run        a block in it (variables persist): {code, timeout}
+    POST   /v1/run                      one code block: {code, inputs, timeout, stdin, repairs,
+                                        files, fetch_files}
+    POST   /v1/sessions                 a trajectory: {inputs, timeout, files} -> {session}
+    POST   /v1/sessions/<id>/run        a block in it (variables persist): {code, timeout,
+                                        fetch_files}
     DELETE /v1/sessions/<id>            close it
 
-Inputs and produced images travel as base64 files (sandbox/wire.py). Bounded: at most
+Inputs and produced images travel as base64 files (sandbox/wire.py); `files` ({relative path:
+base64}, written into the folder the code runs in before its interpreter exists) and
+`fetch_files` (read back into the result's `fetched`/`unfetched` once it cannot run: after a
+one-shot call, after each block of a session) follow sandbox/call_files.py. Bounded: at most
 `workers + max_queue` code requests are admitted at once (they wait for a worker in order);
 more get 429 with Retry-After. A body over `max_body_mb` gets 413 before it is read.
 Sessions idle for `session_idle_s` are closed (a client that died must not hold a worker's
 scratch forever); at most `max_sessions` are open.
+
+With a certificate (`--certfile`, `--keyfile`) it serves HTTPS only (stdlib `ssl`, TLS 1.2 or
+later); each connection's handshake runs in its own thread, and a client speaking plain HTTP
+to it gets a plain 400 that says to use https.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -43,6 +55,8 @@ from sandbox.core import Sandbox
 from sandbox.policy import summary
 
 SESSION_REAP_EVERY_S = 10.0
+TLS_HANDSHAKE_S = 30.0      # a client that has not finished its TLS handshake by then is dropped
+_PLAIN_HTTP_ERROR = b'{"error": "this sandbox service speaks HTTPS: use an https:// URL"}'
 
 
 class HTTPError(Exception):
@@ -113,12 +127,13 @@ class SandboxService:
 
     def run(self, body: dict) -> dict:
         code = _field(body, "code", str)
+        files, fetch = call_files.from_json(body.get("files"), body.get("fetch_files"))
         with self.admission, self._request_dir() as folder:
             inputs = wire.write_inputs(wire.decode_files(body.get("inputs", []), "inputs"),
                                        os.path.join(folder, "in"))
             result = self.sandbox.run(code, inputs, self._timeout(body), stdin=_field(
                 body, "stdin", str, None), repairs=_field(body, "repairs", bool, True),
-                results_dir=self._out_dir(folder))
+                results_dir=self._out_dir(folder), files=files, fetch_files=fetch)
             return wire.result_payload(result)
 
     def run_code(self, body, query: dict) -> dict:
@@ -143,7 +158,11 @@ class SandboxService:
         return fusion.response(result)
 
     def open_session(self, body: dict) -> dict:
+        if body.get("fetch_files"):
+            raise HTTPError(HTTPStatus.BAD_REQUEST, "`fetch_files` is asked for with each block "
+                            "(POST /v1/sessions/<id>/run), not when a session is opened")
         files = wire.decode_files(body.get("inputs", []), "inputs")
+        scratch_files, _ = call_files.from_json(body.get("files"), None)
         timeout = self._timeout(body)
         with self.sessions_lock:
             if len(self.sessions) >= self.max_sessions:
@@ -154,18 +173,24 @@ class SandboxService:
             folder = os.path.join(self.root, sid)
             os.mkdir(folder, 0o755)
             inputs = wire.write_inputs(files, folder)
-            self.sessions[sid] = _OpenSession(self.sandbox.session(inputs, timeout), folder)
+            self.sessions[sid] = _OpenSession(
+                self.sandbox.session(inputs, timeout, files=scratch_files), folder)
         return {"session": sid}
 
     def run_in_session(self, sid: str, body: dict) -> dict:
         code = _field(body, "code", str)
         timeout = self._timeout(body) if "timeout" in body else None
+        if body.get("files"):
+            raise HTTPError(HTTPStatus.BAD_REQUEST, "`files` are sent when the session is opened "
+                            "(POST /v1/sessions): they are written before its interpreter exists")
+        _, fetch = call_files.from_json(None, body.get("fetch_files"))
         entry = self._session(sid)
         with self.admission, entry.lock, self._request_dir() as folder:
             if entry.closed:  # closed or expired while this request waited
                 raise HTTPError(HTTPStatus.NOT_FOUND, f"session {sid!r} was closed")
             entry.last_used = time.monotonic()
-            result = entry.session.run(code, timeout, results_dir=self._out_dir(folder))
+            result = entry.session.run(code, timeout, results_dir=self._out_dir(folder),
+                                       fetch_files=fetch)
             entry.last_used = time.monotonic()
             return wire.result_payload(result)
 
@@ -277,6 +302,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(exc.status, {"error": exc.message, "detail": exc.message}, exc.headers)
         except wire.WireError as exc:
             return self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        except call_files.FileRequestError as exc:
+            return self._reply(HTTPStatus.BAD_REQUEST,
+                               {"error": f"the request's files were refused: {exc}"})
         except FileNotFoundError as exc:
             return self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except Exception as exc:  # noqa: BLE001  a bug here must not take the server down
@@ -356,11 +384,75 @@ class Handler(BaseHTTPRequestHandler):
             self.log_message('"%s %s" %s', self.command, urlsplit(self.path).path, code)
 
 
+class TLSServer(ThreadingHTTPServer):
+    """HTTPS. The handshake runs in the connection's own thread, not in the accept loop, so a
+    client that stalls it holds only its own thread (for `TLS_HANDSHAKE_S`)."""
+
+    tls: ssl.SSLContext
+
+    def finish_request(self, request, client_address):
+        tls = self._handshake(request, client_address)
+        if tls is None:
+            return
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            self.shutdown_request(tls)
+
+    def _handshake(self, sock: socket.socket, client_address) -> ssl.SSLSocket | None:
+        sock.settimeout(TLS_HANDSHAKE_S)
+        try:
+            first = sock.recv(1, socket.MSG_PEEK)
+            if first and first != b"\x16":  # not a TLS handshake record: plain HTTP, most likely
+                sys.stderr.write(f"{client_address[0]} - plain HTTP on the HTTPS port: 400\n")
+                _refuse_plain_http(sock)
+                return None
+            return self.tls.wrap_socket(sock, server_side=True) if first else None
+        except OSError as exc:  # (ssl.SSLError is one) a bad handshake ends its connection only
+            sys.stderr.write(f"{client_address[0]} - TLS handshake failed: {exc}\n")
+            return None
+
+
+def _refuse_plain_http(sock: socket.socket) -> None:
+    """Answer a plain-HTTP request on the HTTPS port with a plain 400, then read what it sent
+    until it closes (closing on unread data would reset the connection before it reads this)."""
+    try:
+        sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                     % (len(_PLAIN_HTTP_ERROR), _PLAIN_HTTP_ERROR))
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(2.0)
+        drained = 0
+        while drained < (1 << 20) and (chunk := sock.recv(65536)):
+            drained += len(chunk)
+    except OSError:
+        pass  # it went away, or sent too much: closed either way
+
+
+def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """The server's TLS context (TLS 1.2 or later); ValueError naming the file that cannot be
+    used."""
+    for path in (certfile, keyfile):
+        if path and not os.path.isfile(path):
+            raise ValueError(f"the TLS file {path} does not exist")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"the certificate {certfile} (key {keyfile or 'in the same file'}) "
+                         f"cannot be used: {exc}") from None
+    return context
+
+
 def make_server(sandbox: Sandbox, host: str, port: int, token: str | None,
+                tls: ssl.SSLContext | None = None,
                 **limits) -> tuple[ThreadingHTTPServer, SandboxService]:
     service = SandboxService(sandbox, token, **limits)
     handler = type("BoundHandler", (Handler,), {"service": service})
-    server = ThreadingHTTPServer((host, port), handler)
+    server = (TLSServer if tls else ThreadingHTTPServer)((host, port), handler)
+    if tls:
+        server.tls = tls
     server.daemon_threads = True
     return server, service
 
@@ -372,15 +464,23 @@ def serve(args) -> int:
         print(f"error: give --token-file (or set ${wire.TOKEN_ENV}); --no-token serves without "
               "one (only on a trusted network)", file=sys.stderr)
         return 2
+    if args.keyfile and not args.certfile:
+        print("error: --keyfile needs --certfile", file=sys.stderr)
+        return 2
+    try:
+        tls = tls_context(args.certfile, args.keyfile) if args.certfile else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with Sandbox(workers=args.workers, timeout=args.timeout, memory_mb=args.memory_mb,
                  namespace=args.namespace, isolation=args.isolation) as sandbox:
-        server, service = make_server(sandbox, args.host, args.port, token,
+        server, service = make_server(sandbox, args.host, args.port, token, tls,
                                       max_queue=args.max_queue, max_body_mb=args.max_body_mb,
                                       max_timeout=args.max_timeout,
                                       max_sessions=args.max_sessions,
                                       session_idle_s=args.session_idle_s)
         host, port = server.server_address[:2]
-        print(f"thyme sandbox serving on http://{host}:{port} ({sandbox.workers} workers, "
+        print(f"thyme sandbox serving on {'https' if tls else 'http'}://{host}:{port} ({sandbox.workers} workers, "
               f"{service.admission.limit} requests admitted at once, token "
               f"{'required' if token else 'NOT required'}); {summary(sandbox.isolation_report)}",
               flush=True)

@@ -16,6 +16,7 @@ import tempfile
 from sandbox.result import Result
 
 TOKEN_ENV = "THYME_SANDBOX_TOKEN"
+CA_FILE_ENV = "THYME_SANDBOX_CA_FILE"   # the CA an https:// client verifies the service with
 API = "/v1"
 
 

@@ -66,6 +66,8 @@ class Worker(ForkServer):
         self.missing: dict[str, str] = {}  # mechanism -> why it is unavailable here
         self.sessions: dict[str, Child] = {}
         self.restarted: set[str] = set()  # sessions whose child was killed mid-block
+        # each open session's files ({path: base64}), kept to start a fresh interpreter with
+        self.session_files: dict[str, dict] = {}
         self.counter = 0
         self.lost: str | None = None      # why the zygote can no longer be used
         self.cleanup_problem: str | None = None
@@ -153,6 +155,7 @@ class Worker(ForkServer):
         if op == "close":
             self._end(self.sessions.pop(req["session"], None))
             self.restarted.discard(req["session"])
+            self.session_files.pop(req["session"], None)
             return {"ok": True}
         raise ValueError(f"unknown op {op!r}")
 
@@ -163,7 +166,6 @@ class Worker(ForkServer):
             raise Unfit(problem)
         sid = req.get("session")
         inputs = [os.path.abspath(p) for p in req.get("inputs", [])]
-        files = call_files.of_request(req)
         child = self.sessions.get(sid) if sid else None
         notes: list[str] = []
         if child is not None and _exited(child):
@@ -175,9 +177,14 @@ class Worker(ForkServer):
             child = None
             notes.append("session state was lost: its interpreter ended between blocks "
                          f"({replies.death_reason(status)[1]}); this block ran in a fresh one")
+        if sid and req.get("files"):
+            self.session_files[sid] = req["files"]
         if child is None:
+            if sid and req.get("session_files") and sid not in self.session_files:
+                return {"need_files": True}  # the Sandbox sends them with this request again
+            files = self.session_files.get(sid, {}) if sid else req.get("files") or {}
             try:
-                child = self._spawn(inputs, files=files)
+                child = self._spawn(inputs, files=call_files.decode(files))
             except OSError as exc:  # the scratch tmpfs is full (of open sessions' files)
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -193,9 +200,7 @@ class Worker(ForkServer):
             out = self._run_block(child, req["code"], float(req["timeout"]), req["results_dir"],
                                   req.get("stdin"), req.get("repairs", True))
             if req.get("fetch_files"):
-                if child.pid > 0:
-                    self._kill_and_reap(child)  # nothing may change the folder while it is read
-                out["fetched"], out["unfetched"] = call_files.fetch(child.scratch, req["fetch_files"])
+                self._fetch(child, bool(sid), req["fetch_files"], out)
         finally:
             if child.pid < 0 or not sid:
                 self.sessions.pop(sid, None)
@@ -209,6 +214,17 @@ class Worker(ForkServer):
         out["notes"] = notes + out.get("notes", [])
         out["wall_s"] = time.perf_counter() - t0
         return out
+
+    def _fetch(self, child: Child, session: bool, paths: list[str], out: dict) -> None:
+        """Read `paths` back into `out` once nothing can change the child's folder: a one-shot
+        child is killed first, a session's frozen (and seen stopped) so its variables live on."""
+        if child.pid > 0 and not session:
+            self._kill_and_reap(child)
+        elif child.pid > 0 and not self._freeze(child):
+            why = "not read (the session's interpreter could not be seen stopped)"
+            out["fetched"], out["unfetched"] = {}, {path: why for path in paths}
+            return
+        out["fetched"], out["unfetched"] = call_files.fetch(child.scratch, paths)
 
     # ------------------------------------------------------------ one code block
     def _run_block(self, child: Child, code: str, timeout: float, results_dir: str | None,

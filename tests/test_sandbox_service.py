@@ -48,7 +48,7 @@ class Server:
              *access, "--workers", "1", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp)
         line = self.proc.stdout.readline()  # printed once the workers are warm
-        assert "serving on http://" in line, f"the server did not start: {line!r}"
+        assert "serving on http" in line, f"the server did not start: {line!r}"  # (or https)
         self.url = line.split("serving on ")[1].split()[0]
         self.port = int(self.url.rsplit(":", 1)[1])
 
