@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     fun.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per engine")
     fun.add_argument("--teacher-device", default="gpu", choices=VLLM_DEVICES,
                      help="vllm: cpu for vLLM's CPU build (Ray engine actors reserve CPUs)")
+    fun.add_argument("--teacher-engine-kwargs", type=json.loads, default={},
+                     help='vllm: other vllm.LLM arguments as JSON, e.g. \'{"max_model_len": 16384}\'')
     fun.add_argument("--loop", default="off", choices=("off", "prefill", "turns"),
                      help="model teachers: the sandbox in the loop")
     fun.add_argument("--keep-teachers", action="store_true",
@@ -222,7 +224,8 @@ def _samples(args) -> int:
     teacher = TeacherSpec(kind=args.teacher, model=args.teacher_model, base_url=args.teacher_url,
                           max_concurrency=args.teacher_concurrency, seed=args.seed,
                           tensor_parallel_size=args.tensor_parallel_size,
-                          device=args.teacher_device, loop=args.loop)
+                          device=args.teacher_device, engine_kwargs=args.teacher_engine_kwargs,
+                          loop=args.loop)
     teacher.check()
     sandbox = SandboxSpec(workers=args.sandbox_workers, timeout=args.timeout,
                           url=args.sandbox_url, token_file=args.sandbox_token_file)
