@@ -122,7 +122,8 @@ class TeacherResource(ConfigurableResource):
     """Who writes reasoning and code for a sample: `template` (no model; the embedded default),
     `openai` (any OpenAI-compatible endpoint: a vLLM or SGLang server, a commercial API) or
     `vllm` (an offline vLLM engine; needs the `gpu` extra; on a Ray cluster, engine actors on
-    the GPU nodes, each with its own sandbox in the loop)."""
+    the GPU nodes, or with `device: cpu` and vLLM's CPU build one per CPU node, each with its own
+    sandbox in the loop)."""
 
     kind: str = Field("template", description="template | openai | vllm")
     seed: int = Field(0, description="sampling seed (template: the draw of phrasings and rounds)")
