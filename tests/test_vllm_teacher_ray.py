@@ -68,9 +68,10 @@ def test_the_vllm_teacher_in_the_loop_on_engine_actors_matches_a_local_run(tmp_p
     try:
         cluster.add_node(wait=False)              # both start while the local run goes on
         model = build_tiny_model(tmp_path / "tiny", preset="vllm")
+        # (two images per conversation, a short context: a smaller engine profile to build)
         spec = TeacherSpec(kind="vllm", model=str(model), device="cpu", loop="prefill",
-                           max_tokens=160, engine_kwargs={"max_model_len": 4096,
-                                                          "logits_processors": [SCRIPTED]})
+                           max_tokens=160, max_images=2,
+                           engine_kwargs={"max_model_len": 2048, "logits_processors": [SCRIPTED]})
         assert main(["generate", "--count", str(COUNT), "--shard-size", str(SHARD_SIZE),
                      "--workers", "1", "--out", str(local / "pool"), "--quiet"]) == 0
         shutil.copytree(local / "pool", remote / "pool")
