@@ -6,7 +6,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export THYME_DATA := $(CURDIR)/data
 
 VLLM_TESTS := tests/test_vllm_teacher.py tests/test_vllm_engine.py tests/test_vllm_infer.py \
-              tests/test_vllm_teacher_loop.py tests/test_grpo_vllm.py
+              tests/test_vllm_teacher_loop.py tests/test_grpo_vllm.py tests/test_vllm_teacher_ray.py
 
 .PHONY: demo ui test lint bench sandbox-matrix clean
 

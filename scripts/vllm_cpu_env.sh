@@ -59,6 +59,10 @@ cleanup
 pip_install "$(pin pyarrow)" "$(pin pyseccomp)" "$(pin httpx2)" "$(pin pytest)" "$(pin pytest-timeout)" \
     "$(pin trl)" "$(pin accelerate)" "$(pin datasets)" "$(pin python-dateutil)" "$(pin matplotlib)" \
     "$(pin pybase64)" "$(pin isal)"
+# Ray: the vLLM teacher on engine actors (pipelines.scale.ray_engine, tests/test_vllm_teacher_ray.py).
+# No -c here: at its pin it needs only msgpack beside what vLLM already has (the project's lock
+# would move protobuf, filelock, PyYAML, ... away from vLLM's versions).
+pip_install "$(pin ray)" "$(pin msgpack)"
 cleanup
 patch_torchvision
 
@@ -70,6 +74,7 @@ echo "$ROOT" > "$SITE/thyme_repo.pth"
 import torch
 import torchvision  # noqa: F401
 from vllm import LLM, SamplingParams  # noqa: F401
+import ray  # noqa: F401
 
 import pipelines.samples.teachers  # noqa: F401  the repository is importable
 assert torch.__version__.endswith("+cpu"), torch.__version__

@@ -191,6 +191,38 @@ def test_vllm_engine_actors_in_the_loop_reserve_their_sandbox_cpus(loop, keep, u
     assert all(("name" in o) == keep for o, _ in started)
 
 
+@pytest.mark.parametrize("loop,keep,cpus", [("off", False, 2), ("prefill", False, 8),
+                                            ("prefill", True, 0)])
+def test_vllm_cpu_engine_actors_reserve_cpus_one_per_node(loop, keep, cpus):
+    """vLLM's CPU build (`device: cpu`) on a cluster without GPUs: one engine actor per node
+    that has the engine's CPUs (`tensor_parallel_size` of them), reserving those (or its
+    sandbox's, in the loop) and no GPU; the GPU build there fails, naming the setting."""
+    from pipelines.samples.stages import SandboxSpec
+    from pipelines.scale.ray_engine import RayEngine
+
+    started = []
+
+    class Recorded:
+        def options(self, **options):
+            return types.SimpleNamespace(remote=lambda *args: started.append((options, args)))
+
+    engine = object.__new__(RayEngine)
+    engine.keep_teachers, engine._actors = keep, []
+    engine.nodes = lambda: [{"NodeID": "a", "Resources": {"CPU": 8}},
+                            {"NodeID": "b", "Resources": {"CPU": 8}},
+                            {"NodeID": "c", "Resources": {"CPU": 1}}]     # < one engine
+    engine._remote_class = lambda cls: Recorded()
+    on_gpus = TeacherSpec(kind="vllm", model="m", tensor_parallel_size=2, loop=loop)
+    with pytest.raises(RuntimeError, match="has 0 in all.*device to cpu"):
+        engine.teacher_workers(on_gpus, SandboxSpec())
+    spec = TeacherSpec(kind="vllm", model="m", tensor_parallel_size=2, loop=loop, device="cpu")
+    engine.teacher_workers(spec, SandboxSpec())
+    assert len(started) == 2, started
+    assert all(o["num_gpus"] == 0 and o["num_cpus"] == cpus for o, _ in started), started
+    with pytest.raises(ValueError, match="device 'tpu'"):
+        TeacherSpec(kind="vllm", model="m", device="tpu").check()
+
+
 def test_openai_teacher_actors_share_the_clusters_requests_in_flight():
     """`max_concurrency` of an OpenAI teacher is the cluster's: on engine actors (one per node)
     each gets its share, as shard tasks do, never the whole limit each."""
@@ -209,3 +241,42 @@ def test_openai_teacher_actors_share_the_clusters_requests_in_flight():
     spec = TeacherSpec(kind="openai", model="m", base_url="http://teacher:8000/v1", max_concurrency=10)
     engine.teacher_workers(spec, None)
     assert [args[3] for args in started] == [2, 2, 2, 2]      # 4 actors x 2 <= 10
+
+
+def test_a_teacher_kept_across_shards_reports_each_shards_own_usage(tmp_path):
+    """The local engine keeps one teacher (and its client or engine) for every shard: each
+    shard's stats count that shard's requests and tokens, not all since the teacher was built
+    (the Ray engine builds a teacher per shard, and the two must agree)."""
+    from fake_openai import FakeOpenAI, guided_reply
+
+    from pipelines.scale.funnel import layout_for, pool_keys
+
+    root = tmp_path / "data"
+    assert main(["generate", "--count", "6", "--shard-size", "2", "--workers", "1",
+                 "--out", str(root / "pool"), "--quiet"]) == 0
+    layout = layout_for(root)
+    server = FakeOpenAI(reply=guided_reply)
+    try:
+        spec = TeacherSpec(kind="openai", model="fake-vlm", base_url=server.url,
+                           api_key_env="THYME_TEST_NO_KEY", max_retries=0)
+        stats = dict(local.LocalEngine().code_samples(layout, pool_keys(layout), spec))
+    finally:
+        server.close()
+    usage = [s["teacher_stats"]["usage"] for s in stats.values()]
+    assert len(usage) == 3 and all(u["requests"] >= 2 for u in usage), usage
+    assert sum(u["requests"] for u in usage) == len(server.bodies), usage
+    assert sum(u["prompt_tokens"] for u in usage) == 11 * len(server.bodies), usage
+
+
+def test_the_vllm_teachers_engine_kwargs_reach_the_engine_config():
+    """Other `vllm.LLM` arguments: VLLMConfig's own fields set there, the rest passed as is; the
+    ones the teacher's own settings decide are refused."""
+    spec = TeacherSpec(kind="vllm", model="m", loop="prefill", max_images=3,
+                       engine_kwargs={"max_model_len": 2048, "enforce_eager": True,
+                                      "logits_processors": ["pkg.mod:Processor"]})
+    spec.check()
+    config = spec.vllm_config()
+    assert (config.max_model_len, config.enforce_eager, config.max_images) == (2048, True, 3)
+    assert config.engine_kwargs == {"logits_processors": ["pkg.mod:Processor"]}
+    with pytest.raises(ValueError, match=r"engine_kwargs \['seed'\]"):
+        TeacherSpec(kind="vllm", model="m", engine_kwargs={"seed": 1}).check()

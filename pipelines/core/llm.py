@@ -127,6 +127,11 @@ class Usage:
         with self._lock:
             return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
+    def since(self, before: dict[str, int]) -> dict[str, int]:
+        """The counts added since `before` (an earlier `as_dict`): one call's share of a client or
+        engine that lives longer (kept across shards)."""
+        return {name: value - before.get(name, 0) for name, value in self.as_dict().items()}
+
 
 # ---------------------------------------------------------------------------------------------
 # Messages

