@@ -21,6 +21,7 @@ from pipelines.core.trajectory import Result, Trajectory
 from pipelines.samples.audit.config import AuditConfig
 from pipelines.samples.audit.hints import code_boxes
 from pipelines.samples.audit.locate import Pyramid
+from pipelines.samples.audit.rotation_hints import RotationHint, code_rotation
 
 UNKNOWN_TASK = "unknown"
 
@@ -62,6 +63,17 @@ class Context:
             if turn.result is not None and relpath in turn.result.images:
                 return code_boxes(turn.code, width, height, self.cfg.code_box_hints)
         return []
+
+    def code_rotation(self, relpath: str, width: int, height: int) -> RotationHint | None:
+        """The rotation the code of the turn that produced `relpath` says it applied
+        (`rotation_hints.py`): the hypothesis the rotation check scores first. The code's claim
+        only, never the ground truth's angle."""
+        if not self.cfg.code_rotation_hints:
+            return None
+        for turn in self.code_turns:
+            if turn.result is not None and relpath in turn.result.images:
+                return code_rotation(turn.code, width, height)
+        return None
 
     def grey(self, relpath: str) -> np.ndarray:
         if relpath not in self._grey:
