@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -17,7 +18,8 @@ from pipelines.pool.generate import generate_samples
 from pipelines.samples.audit import AuditConfig, audit
 from pipelines.samples.audit import locate as locate_module
 from pipelines.samples.audit.hints import MAX_CODE_CHARS
-from pipelines.samples.audit.rotation_hints import code_rotation
+from pipelines.samples.audit.rotation import rotation_verdict
+from pipelines.samples.audit.rotation_hints import RotationHint, code_rotation
 from pipelines.samples.execute import execute
 from pipelines.samples.teachers import TemplateTeacher
 
@@ -66,6 +68,11 @@ CV_SAVE = "\ncv2.imwrite('/mnt/data/temp_processed_images/out.png', out)\n"
      "out = img.rotate(-90, expand=True)" + SAVE, -90, (500, 1000), (2000, 1000)),
     (OPEN + "a = img.rotate(90, expand=True)\nb = img.rotate(-90, expand=True)\na.save('a.png')\nb.save('b.png')",
      -90, (500, 1000), (2000, 1000)),
+    # as the sandbox ran it: re-indented, `cv.` as `cv2.`, a literal box grown to 64 px
+    ("  img = Image.open(image_path)\n  out = img.rotate(180)\n  out.save('o.png')", 180, (500, 1000), (1000, 2000)),
+    ("img = cv.imread(image_path)\nout = cv.rotate(img, cv.ROTATE_180)\ncv.imwrite('o.png', out)",
+     180, (500, 1000), (1000, 2000)),
+    (OPEN + "box = (100, 100, 130, 120)\nout = img.crop(box).rotate(90, expand=True)" + SAVE, 90, (132, 132), (64, 64)),
 ])
 def test_code_rotation_reads_what_the_code_does(code, angle, source, size):
     hint = code_rotation(code, W, H)
@@ -89,6 +96,7 @@ def test_code_rotation_reads_what_the_code_does(code, angle, source, size):
     OPEN + "out = img.transpose(Image.FLIP_LEFT_RIGHT).rotate(90)" + SAVE,      # a mirror
     CV_OPEN + "out = cv2.flip(cv2.rotate(img, 0), 1)" + CV_SAVE,
     CV_OPEN + "M = np.float32([[1, 0, 5], [0, 1, 5]])\nout = cv2.warpAffine(img, M, (9, 9))" + CV_SAVE,
+    CV_OPEN + "M = cv2.getRotationMatrix2D((5, 5), 30, 0)\nout = cv2.warpAffine(img, M, (9, 9))" + CV_SAVE,
     OPEN + "r = img.rotate(90, expand=True)\nout = r.crop((x, 0, 50, 50))" + SAVE,  # a computed box
     OPEN + "s = img.resize((100, 200))\nout = s.rotate(90).crop((0, 0, 50, 50))" + SAVE,  # crop after resize
     OPEN + "out = img.rotate(1e999)" + SAVE, OPEN + f"out = img.rotate({10 ** 400})" + SAVE,
@@ -146,6 +154,7 @@ def test_the_rotation_the_code_names_is_confirmed_without_a_search(rotate_case, 
     cases = {   # code -> the image it makes (as the sandbox would)
         OPEN + f"out = img.rotate({a}, expand=True)" + SAVE: img.rotate(a, expand=True),
         OPEN + f"out = img.rotate({360 + a})" + SAVE: img.rotate(a),
+        OPEN + f"out = img.rotate({a + 2}, expand=True)" + SAVE: img.rotate(a + 2, expand=True),  # 2 deg off
         OPEN + f"r = img.rotate({a}, expand=True)\nout = r.crop({after})" + SAVE:
             img.rotate(a, expand=True).crop(after),
         OPEN + f"part = img.crop({before})\nout = part.rotate({a}, expand=True)" + SAVE:
@@ -205,12 +214,25 @@ def test_unparseable_code_falls_back_to_the_search(rotate_case, searches):
         assert len(searches) == 1
 
 
+def test_a_claim_off_the_image_or_degenerate_is_not_refined(rotate_case):
+    """Hints are built by hand here: whatever a claim says, the verdict is the search's."""
+    store, s, img, _ = rotate_case
+    grey = np.asarray(img.convert("L"))
+    out = np.asarray(img.rotate(-s.meta["angle"], expand=True).convert("L"))
+    cfg = AuditConfig()
+    alone = rotation_verdict(grey, out, s.meta["angle"], cfg)
+    for hint in (RotationHint(-s.meta["angle"], (-5000.0, 9000.0), (400.0, 300.0)),
+                 RotationHint(-s.meta["angle"], (100.0, 100.0), (0.01, 0.01)),
+                 RotationHint(-s.meta["angle"], (100.0, 100.0), None, zoom=1e-9)):
+        assert rotation_verdict(grey, out, s.meta["angle"], cfg, hint) == alone
+
+
 def test_verdicts_with_and_without_hints_are_identical_on_the_generated_pool(tmp_path, sandbox):
     """The template teacher's trajectories for generated rotation samples, executed in the
     sandbox, plus two outputs turned 180 deg (the code still claims upright): every rotation
     verdict is the search's, and the hints confirm every upright one."""
     store = ImageStore(tmp_path)
-    pool = {s.id: s for s in generate_samples(0, 8, 0, store, mix=(("rotate", 1),))}
+    pool = {s.id: s for s in generate_samples(0, 6, 0, store, mix=(("rotate", 1),))}
     trajectories = execute([t for s in pool.values() for t in TemplateTeacher(seed=0).candidates(s)],
                            pool, store, sandbox)
     flipped = []
@@ -221,7 +243,7 @@ def test_verdicts_with_and_without_hints_are_identical_on_the_generated_pool(tmp
         turns = [dataclasses.replace(x, result=dataclasses.replace(x.result, images=[new]))
                  if x is t.code_turns[-1] else x for x in t.turns]
         flipped.append(dataclasses.replace(t, id=t.id + "-flipped", turns=turns))
-    assert len(trajectories) >= 8
+    assert len(trajectories) == 6
     verdicts = {}
     for hints in (True, False):
         cfg = AuditConfig(code_rotation_hints=hints)

@@ -51,12 +51,13 @@ def _boxes_in(code: str, width: int, height: int) -> list[tuple[int, int, int, i
     return [box for node in nodes if (box := _clamp(named_box(node, numbers), width, height)) is not None]
 
 
-def bound_numbers(tree: ast.AST, read=None) -> dict[str, float]:
+def bound_numbers(tree: ast.AST, read=None, nodes: list[ast.AST] | None = None) -> dict[str, float]:
     """Names assigned a number exactly once (`x1 = 947`, `x1, y1 = 947, 2133`); `read` turns an
-    assigned expression into its number or None (default: a numeric literal)."""
+    assigned expression into its number or None (default: a numeric literal); `nodes`: the
+    tree's nodes where the caller has walked it already."""
     read = read or number
     seen: dict[str, float | None] = {}
-    for node in ast.walk(tree):
+    for node in nodes if nodes is not None else ast.walk(tree):
         pairs = []
         if isinstance(node, ast.Assign):
             for target in node.targets:

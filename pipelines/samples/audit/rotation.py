@@ -31,6 +31,13 @@ def _rotate(grey: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.warpAffine(grey, M, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=0)
 
 
+def reduced(grey: np.ndarray, side: int) -> np.ndarray:
+    """`grey` reduced (INTER_AREA) to a long side of `side` px, or itself where it is smaller:
+    the scale every rotation hypothesis is scored at."""
+    a = min(1.0, side / max(grey.shape))
+    return cv2.resize(grey, None, fx=a, fy=a, interpolation=cv2.INTER_AREA) if a < 1 else grey
+
+
 @dataclass
 class RotationVerdict:
     """Upright or not, and the reason a person reads in the audit."""
@@ -52,7 +59,8 @@ def _residual_label(d: float, angle: float) -> str:
 
 
 def rotation_verdict(grey: np.ndarray, out: np.ndarray, angle: float,
-                     cfg: AuditConfig, hint: RotationHint | None = None) -> RotationVerdict:
+                     cfg: AuditConfig, hint: RotationHint | None = None,
+                     small: np.ndarray | None = None) -> RotationVerdict:
     """Is `out` the input turned upright? A residual hypothesis d says the output is the upright
     image turned d degrees further counter-clockwise; it scores how well the output's central
     half is located (`locate`) in the input turned by d - angle, all at ~rotation_side px,
@@ -66,9 +74,13 @@ def rotation_verdict(grey: np.ndarray, out: np.ndarray, angle: float,
     Fast path: d = 0 scores >= rotation_fast_score: upright.
     Otherwise residuals -tol-2step .. tol+2step (step ROTATION_STEP) and the far alternatives
     (90, 180, 270, not rotated, rotated the wrong way) are all scored; the best must be a near
-    one, score >= rotation_min_score, and its interpolated residual lie within the tolerance."""
+    one, score >= rotation_min_score, and its interpolated residual lie within the tolerance.
+
+    `small`: `reduced(grey, cfg.rotation_side)` where the caller keeps it (the candidates of one
+    sample share their input)."""
     a = min(1.0, cfg.rotation_side / max(grey.shape))
-    small = cv2.resize(grey, None, fx=a, fy=a, interpolation=cv2.INTER_AREA) if a < 1 else grey
+    if small is None:
+        small = reduced(grey, cfg.rotation_side)
     oh, ow = out.shape
     centre = out[oh // 4: oh - oh // 4, ow // 4: ow - ow // 4]
     # Output px per small-input px is zoom / a; shrink the needle once so zoom_min maps to 1:1.
@@ -162,6 +174,8 @@ def _code_claim(hint: RotationHint, angle: float, haystack, full_shape: tuple[in
     # the needle is the output's central half (oh // 4 cut from each side): that share of the region
     bw = (ow - 2 * (ow // 4)) / ow * region_w * kx
     bh = (oh - 2 * (oh // 4)) / oh * region_h * ky
+    if min(bw, bh) < 1 or not (0 <= cx <= hay.full.shape[1] and 0 <= cy <= hay.full.shape[0]):
+        return None     # a claim that puts the output off the turned input is not one to refine
     found = confirm(needle, hay, cfg, (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), lo, hi)
     if found is None or found.score < cfg.rotation_fast_score:
         return None

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, replace
 
 from pipelines.samples.audit.hints import MAX_CODE_CHARS, bound_numbers, named_box
-from sandbox.repair import RepairContext, repair
+from sandbox.repair import CV2_ALIASES, RepairContext, repair
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,8 @@ def code_rotation(code: str | None, width: int, height: int) -> RotationHint | N
     if not code or len(code) > MAX_CODE_CHARS or width < 1 or height < 1:
         return None
     try:
-        ran = repair(code, RepairContext(image_size=lambda: (width, height)))[0]
-    except Exception:  # noqa: BLE001 - as in the sandbox: odd code gets no repair (hints only)
-        ran = code
-    try:
-        tree = ast.parse(ran)
-        reader = _Reader(tree, width, height)
+        tree, nodes = _as_ran(code, width, height)
+        reader = _Reader(tree, nodes, width, height)
         reader.statements(tree.body)
     except (SyntaxError, ValueError, RecursionError, MemoryError, _Unreadable):
         return None
@@ -62,6 +58,28 @@ def code_rotation(code: str | None, width: int, height: int) -> RotationHint | N
     if g is None or not g.rotated:
         return None
     return RotationHint(g.angle, g.source, g.size, g.zoom)
+
+
+def _as_ran(code: str, width: int, height: int) -> tuple[ast.Module, list[ast.AST]]:
+    """The code's tree as the sandbox ran it, and its nodes. Only three of its repairs can change what the reader
+    follows (sandbox/repair.py): re-indenting code that does not parse, clamping and growing a
+    literal 4-tuple assigned to a name, and `cv.` for `cv2.`; code with none of those ran as
+    written (and the repair, ~1 ms, is skipped)."""
+    try:
+        tree = ast.parse(code)
+        nodes = list(ast.walk(tree))
+        if not any(isinstance(n, ast.Name) and n.id in CV2_ALIASES
+                   or isinstance(n, ast.Assign) and isinstance(n.value, ast.Tuple | ast.List) and len(n.value.elts) == 4
+                   for n in nodes):
+            return tree, nodes
+    except SyntaxError:
+        pass
+    try:
+        ran = repair(code, RepairContext(image_size=lambda: (width, height)))[0]
+    except Exception:  # noqa: BLE001 - as in the sandbox: odd code gets no repair (hints only)
+        ran = code
+    tree = ast.parse(ran)
+    return tree, list(ast.walk(tree))
 
 
 @dataclass(frozen=True)
@@ -88,10 +106,10 @@ _SAVES = {"imwrite", "imsave"}
 class _Reader:
     """Follows the statements in order; `saved` is the last saved image's geometry."""
 
-    def __init__(self, tree: ast.Module, width: int, height: int):
-        self.numbers = bound_numbers(tree, read=lambda v: _value(v, {}))
-        self.modules = _imports(tree)
-        self.boxes = _bound_tuples(tree)
+    def __init__(self, tree: ast.Module, nodes: list[ast.AST], width: int, height: int):
+        self.numbers = bound_numbers(tree, read=lambda v: _value(v, {}), nodes=nodes)
+        self.modules = _imports(nodes)
+        self.boxes = _bound_tuples(nodes)
         self.input = _Geometry(0.0, (width / 2, height / 2), (float(width), float(height)))
         self.images: dict[str, _Geometry] = {}
         self.matrices: dict[str, tuple[float, float]] = {}   # name -> (angle, scale)
@@ -186,6 +204,8 @@ class _Reader:
                 (self._matrix(args[1]) if len(args) > 1 else None)
             if matrix is None:
                 raise _Unreadable("warpAffine with a matrix not from getRotationMatrix2D")
+            if not 0 < matrix[1] < 100:
+                raise _Unreadable("a matrix that does not keep the image (scale <= 0)")
             turned = _rotate(first(), matrix[0], expand=False)
             return replace(turned, size=None, zoom=turned.zoom * matrix[1])
         if receiver is not None and not on_module:          # a method of an image
@@ -332,11 +352,11 @@ _USUAL_IMPORTS = {"np": "numpy", "numpy": "numpy", "cv2": "cv2", "Image": "PIL.I
                   "ImageOps": "PIL.ImageOps", "ndimage": "scipy.ndimage", "plt": "matplotlib.pyplot"}
 
 
-def _imports(tree: ast.Module) -> dict[str, str]:
+def _imports(nodes: list[ast.AST]) -> dict[str, str]:
     """Local name -> what it was imported as (`np` -> `numpy`, `rotate` -> `scipy.ndimage.rotate`);
     the usual names count as imported (snippets often rely on a preamble)."""
     names: dict[str, str] = dict(_USUAL_IMPORTS)
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             for a in node.names:
                 names[(a.asname or a.name).split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
@@ -346,10 +366,10 @@ def _imports(tree: ast.Module) -> dict[str, str]:
     return names
 
 
-def _bound_tuples(tree: ast.Module) -> dict[str, ast.AST]:
+def _bound_tuples(nodes: list[ast.AST]) -> dict[str, ast.AST]:
     """Names assigned a four-element tuple or list exactly once (`box = (x1, y1, x2, y2)`)."""
     seen: dict[str, ast.AST | None] = {}
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Assign):
             for t in node.targets:
                 if isinstance(t, ast.Name):
