@@ -3,8 +3,9 @@
     code_rotation(code, width, height) -> RotationHint(angle, source, size, zoom) | None
 
 Read from the syntax tree, never run (as `hints.py`), from the code as the sandbox ran it (its
-repairs). The statements are followed in order, each image variable keeping where it came from
-in the input: turned by how much, cut where. What counts (degrees counter-clockwise, as PIL):
+repairs). The statements are followed in order (a loop's or a function's body read once, where
+it is written), each image variable keeping where it came from in the input: turned by how
+much, cut where. What counts (degrees counter-clockwise, as PIL):
 `img.rotate(a, expand=...)` (PIL), `cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)` (or 0, 1, 2),
 `np.rot90(img, k, axes)`, `img.transpose(Image.ROTATE_90)` (or `Image.Transpose.`), `scipy.ndimage.rotate`,
 `skimage.transform.rotate`, `imutils.rotate` / `rotate_bound`, and `cv2.warpAffine(img, M, ...)` with
@@ -15,8 +16,9 @@ described is the one saved last (`.save(...)`, `cv2.imwrite(path, img)`, `imwrit
 Anything that does not fit gives no hint (the check's full search runs as before): a mirror
 (`flip`, `FLIP_*`, `TRANSPOSE`), a free warp, a rotation about another centre, an angle or box the
 code computes, a crop after a resize or a warp. Other calls pass the image through unchanged,
-`ImageOps.exif_transpose` included (an input with an EXIF orientation makes the hint wrong, and the
-pixels then reject it). A hint is only a claim: rotation.py accepts it only where the pixels confirm it.
+`ImageOps.exif_transpose` included (the image store keeps inputs upright, pipelines/core/images.py;
+were one not, the pixels would reject the claim). A hint is only a claim: rotation.py accepts it
+only where the pixels confirm it.
 """
 
 from __future__ import annotations
@@ -160,9 +162,13 @@ class _Reader:
         receiver = call.func.value if isinstance(call.func, ast.Attribute) else None
         on_module = receiver is not None and _root(receiver) in self.modules   # np.x, not img.x
         args = call.args
-        arg = lambda i, key=None: _keyword(call, key) if key and _keyword(call, key) is not None \
-            else (args[i] if len(args) > i else None)   # noqa: E731
-        first = lambda: self.geometry(args[0]) if args else self.input   # noqa: E731
+
+        def arg(i: int, key: str) -> ast.AST | None:      # by keyword, else the i-th positional
+            value = _keyword(call, key)
+            return value if value is not None else (args[i] if len(args) > i else None)
+
+        def first() -> _Geometry:                           # the image a function is given
+            return self.geometry(args[0]) if args else self.input
         if last in _SAVES and len(args) >= 2:
             self.saved = self.geometry(args[1])
             return self.input
