@@ -1,6 +1,8 @@
-"""The audit with and without the code's boxes as hints for `locate` (`AuditConfig.code_box_hints`),
-on the generated pool's trajectories: CPU seconds one trajectory at a time and in `audit_many`'s
-threads, how often a hint was confirmed, and whether every verdict is the same.
+"""The audit with and without the code's hints: the boxes it names, tried first by `locate`
+(`AuditConfig.code_box_hints`), and the rotation it names, scored first by the rotation check
+(`code_rotation_hints`), on the generated pool's trajectories: CPU seconds one trajectory at a time
+and in `audit_many`'s threads, the rotation check's own CPU, how often a hint was confirmed, and
+whether every verdict is the same (the script fails otherwise).
 
     PYTHONPATH=. python benchmarks/audit_hints.py [--samples 200] [--workers 2] [--rounds 2]
 
@@ -39,14 +41,17 @@ def cpu() -> float:
 
 class Counts:
     """By check (crop, contrast, rotation): locate's calls, their CPU seconds (the calling thread's),
-    its full searches, and the hints it tried and confirmed (wrapping its internals; the caller is told apart by the thread)."""
+    its full searches, and the hints tried and confirmed (boxes by `locate`, the code's rotation by
+    the rotation check); and the rotation check's whole CPU ("check_cpu": its reductions, the code's
+    claim and any search). Wraps the internals; the caller is told apart by the thread."""
 
     FIELDS = ("calls", "cpu", "searches", "tried", "confirmed")
 
     def __init__(self):
         self.n: dict[tuple[str, str], float] = {}
         self._lock, self._where = threading.Lock(), threading.local()
-        grid, confirm = locate_module._zoom_grid, locate_module._confirm
+        grid, confirm = locate_module._zoom_grid, locate_module.confirm
+        claim, verdict = rotation._code_claim, rules.rotation_verdict
 
         def count(field: str, n: float = 1) -> None:
             with self._lock:
@@ -77,7 +82,22 @@ class Counts:
                 count("confirmed")
             return found
 
-        locate_module._zoom_grid, locate_module._confirm = counted_grid, counted_confirm
+        def counted_claim(*a, **k):
+            count("tried")
+            found = claim(*a, **k)
+            if found is not None:
+                count("confirmed")
+            return found
+
+        def counted_verdict(*a, **k):
+            t0 = time.thread_time()
+            try:
+                return verdict(*a, **k)
+            finally:
+                count("check_cpu", time.thread_time() - t0)
+
+        locate_module._zoom_grid, locate_module.confirm = counted_grid, counted_confirm
+        rotation._code_claim, rules.rotation_verdict = counted_claim, counted_verdict
         rotation.locate = counted(rotation.locate, "rotation")
         rules.locate = counted(rules.locate)
 
@@ -111,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         with Sandbox(workers=args.workers, timeout=10) as sandbox:
             execute(trajectories, pool, store, sandbox)
         counts = Counts()
-        modes = {"off": AuditConfig(code_box_hints=0), "on": AuditConfig()}
+        modes = {"off": AuditConfig(code_box_hints=0, code_rotation_hints=False), "on": AuditConfig()}
         rows, checks, reasons = [], {}, {}
         for rnd in range(1, args.rounds + 1):
             for threads in (1, args.workers):
@@ -129,16 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         reasons_differ = sum(a != b for a, b in zip(reasons["off"], reasons["on"], strict=True))
     n = len(trajectories)
     print(f"{len(pool)} samples -> {n} trajectories; every check's verdict the same with hints on "
-          f"and off; {reasons_differ} trajectories' reasons differ (a located box or score)\n")
+          f"and off; {reasons_differ} trajectories' reasons differ (a located box or score; the rotation check names the code's claim it confirmed)\n")
     kinds = ("crop", "contrast", "rotation")
+    rotations = sum(1 for t in trajectories if pool[t.sample_id].task == "rotate")
     print("| round | threads | hints | audit CPU s | CPU ms/traj | wall s | locate calls (crop / "
-          "contrast / rotation) | their CPU s | full searches | hints tried | confirmed |")
-    print("|---:|---:|---|---:|---:|---:|---|---|---|---|---|")
+          "contrast / rotation) | their CPU s | full searches | hints tried | confirmed | "
+          f"rotation check CPU s ({rotations} traj) | ms each |")
+    print("|---:|---:|---|---:|---:|---:|---|---|---|---|---|---:|---:|")
     for rnd, threads, mode, c, wall, n_ in rows:
         cols = [" / ".join(f"{n_.get((k, f), 0):{'.2f' if f == 'cpu' else '.0f'}}" for k in kinds)
                 for f in Counts.FIELDS]
+        check = n_.get(("rotation", "check_cpu"), 0)
         print(f"| {rnd} | {threads} | {mode} | {c:.2f} | {1000 * c / n:.1f} | {wall:.2f} | "
-              + " | ".join(cols) + " |")
+              + " | ".join(cols) + f" | {check:.2f} | {1000 * check / max(1, rotations):.1f} |")
     return 0
 
 

@@ -9,7 +9,8 @@ check's rule, geometry conventions, speed and limitations.
     JUDGE    the optional judge check's name, listed after them when a judge is given
 
 The package: `rules` (the checks), `context` (what they share), `locate` (finding one image in
-another), `rotation` and `contrast` (their measures), `judge_prompt` (what the judge is shown),
+another), `rotation` and `contrast` (their measures), `hints` and `rotation_hints` (the boxes and
+the rotation a trajectory's code names, tried first), `judge_prompt` (what the judge is shown),
 `config` (every threshold).
 """
 

@@ -52,6 +52,8 @@ class AuditConfig:
                                       # distractors refine to <= 0.93, true crops to >= 0.95)
     code_box_hints: int = 4           # boxes named in the code that produced an image, tried before
                                       # the search (kept only at >= early_exit_score; 0: none)
+    code_rotation_hints: bool = True  # the rotation the code names is scored first (upright only
+                                      # where the pixels reach rotation_fast_score; rotation.py)
     crop_band_clip: float = 8.0       # grey levels the band-passed images are clipped at when
                                       # locating crops (see `locate.py`)
     rotation_side: int = 256          # long side the input is reduced to for the rotation search

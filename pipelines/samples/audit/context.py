@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -21,6 +21,8 @@ from pipelines.core.trajectory import Result, Trajectory
 from pipelines.samples.audit.config import AuditConfig
 from pipelines.samples.audit.hints import code_boxes
 from pipelines.samples.audit.locate import Pyramid
+from pipelines.samples.audit.rotation import reduced
+from pipelines.samples.audit.rotation_hints import RotationHint, code_rotation
 
 UNKNOWN_TASK = "unknown"
 
@@ -62,6 +64,17 @@ class Context:
             if turn.result is not None and relpath in turn.result.images:
                 return code_boxes(turn.code, width, height, self.cfg.code_box_hints)
         return []
+
+    def code_rotation(self, relpath: str, width: int, height: int) -> RotationHint | None:
+        """The rotation the code of the turn that produced `relpath` says it applied
+        (`rotation_hints.py`): the hypothesis the rotation check scores first. The code's claim
+        only, never the ground truth's angle."""
+        if not self.cfg.code_rotation_hints:
+            return None
+        for turn in self.code_turns:
+            if turn.result is not None and relpath in turn.result.images:
+                return code_rotation(turn.code, width, height)
+        return None
 
     def grey(self, relpath: str) -> np.ndarray:
         if relpath not in self._grey:
@@ -123,6 +136,14 @@ class Input:
     grey: np.ndarray
     pyramid: Pyramid
     thumb: np.ndarray       # 128 x 128 float32, for the copy-of-the-input test
+    _reduced: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def reduced(self, side: int) -> np.ndarray:
+        """The input at the rotation check's scale (`rotation.reduced`), made once per input: the
+        candidates of one sample share it (threads may both make it: the same array either way)."""
+        if side not in self._reduced:
+            self._reduced[side] = reduced(self.grey, side)
+        return self._reduced[side]
 
 
 _INPUTS: OrderedDict[tuple, Input] = OrderedDict()

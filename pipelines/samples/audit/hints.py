@@ -47,14 +47,17 @@ def _boxes_in(code: str, width: int, height: int) -> list[tuple[int, int, int, i
                        key=lambda n: (n.lineno, n.col_offset))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []
-    numbers = _bound_numbers(tree)
-    return [box for node in nodes if (box := _clamp(_named_box(node, numbers), width, height)) is not None]
+    numbers = bound_numbers(tree)
+    return [box for node in nodes if (box := _clamp(named_box(node, numbers), width, height)) is not None]
 
 
-def _bound_numbers(tree: ast.AST) -> dict[str, float]:
-    """Names assigned a number exactly once (`x1 = 947`, `x1, y1 = 947, 2133`)."""
+def bound_numbers(tree: ast.AST, read=None, nodes: list[ast.AST] | None = None) -> dict[str, float]:
+    """Names assigned a number exactly once (`x1 = 947`, `x1, y1 = 947, 2133`); `read` turns an
+    assigned expression into its number or None (default: a numeric literal); `nodes`: the
+    tree's nodes where the caller has walked it already."""
+    read = read or number
     seen: dict[str, float | None] = {}
-    for node in ast.walk(tree):
+    for node in nodes if nodes is not None else ast.walk(tree):
         pairs = []
         if isinstance(node, ast.Assign):
             for target in node.targets:
@@ -68,12 +71,12 @@ def _bound_numbers(tree: ast.AST) -> dict[str, float]:
         for target, value in pairs:
             for name in ast.walk(target):
                 if isinstance(name, ast.Name):
-                    number = _number(value) if name is target else None
-                    seen[name.id] = None if name.id in seen else number
+                    value_read = read(value) if name is target and value is not None else None
+                    seen[name.id] = None if name.id in seen else value_read
     return {k: v for k, v in seen.items() if v is not None}
 
 
-def _number(node: ast.AST | None, numbers: dict[str, float] | None = None) -> float | None:
+def number(node: ast.AST | None, numbers: dict[str, float] | None = None) -> float | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float) \
             and not isinstance(node.value, bool):
         return float(node.value) if abs(node.value) < 1e9 else None   # (also not inf or nan)
@@ -82,14 +85,14 @@ def _number(node: ast.AST | None, numbers: dict[str, float] | None = None) -> fl
     return None
 
 
-def _named_box(node: ast.AST, numbers: dict[str, float]) -> tuple[float, ...] | None:
+def named_box(node: ast.AST, numbers: dict[str, float]) -> tuple[float, ...] | None:
     if isinstance(node, ast.Tuple | ast.List) and len(node.elts) == 4:
-        values = tuple(_number(e, numbers) for e in node.elts)
+        values = tuple(number(e, numbers) for e in node.elts)
         return values if None not in values else None
     if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Tuple) and len(node.slice.elts) >= 2:
         rows, cols = node.slice.elts[:2]
         if isinstance(rows, ast.Slice) and isinstance(cols, ast.Slice):
-            y1, y2, x1, x2 = (_number(v, numbers) for v in (rows.lower, rows.upper, cols.lower, cols.upper))
+            y1, y2, x1, x2 = (number(v, numbers) for v in (rows.lower, rows.upper, cols.lower, cols.upper))
             return (x1, y1, x2, y2) if None not in (x1, y1, x2, y2) else None
     return None
 

@@ -134,7 +134,12 @@ def _zoom_grid(lo: float, hi: float, step: float) -> list[float]:
     return [lo * (hi / lo) ** (i / n) for i in range(n + 1)]
 
 
-def locate(needle: np.ndarray, pyr: Pyramid, cfg: AuditConfig, zoom_lo: float, zoom_hi: float,
+def usable_needle(needle: np.ndarray) -> bool:
+    """Big and textured enough to be located: `locate` finds nothing for smaller or flatter ones."""
+    return min(needle.shape) >= 8 and float(needle.std()) >= 1.0
+
+
+def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo: float, zoom_hi: float,
            max_scale: float = 0.5, early_exit: float | None = None, keep: int = 6,
            clip: float | None = None, hints: Sequence[tuple[int, int, int, int]] = ()) -> Found | None:
     """Where `needle` (a possibly zoomed crop) lies in the pyramid's image.
@@ -149,15 +154,16 @@ def locate(needle: np.ndarray, pyr: Pyramid, cfg: AuditConfig, zoom_lo: float, z
     small regions finer. Zooms run from low to high, i.e. from cheap to expensive, and a peak
     that refines to >= early_exit ends the search. Refinement (`_refine`): the `keep` best
     distinct peaks are matched again in local windows of the full image at up to full
-    resolution, over ever finer zooms (+-14 %, +-3 %, +-0.5 %)."""
-    ph, pw = needle.shape
+    resolution, over ever finer zooms (+-14 %, +-3 %, +-0.5 %). A needle searched in several
+    haystacks is best passed as its Pyramid: its templates are then made once for all."""
+    needle_pyr = needle if isinstance(needle, Pyramid) else Pyramid(needle)
+    ph, pw = needle_pyr.full.shape
     H, W = pyr.full.shape
-    if min(ph, pw) < 8 or float(needle.std()) < 1.0:
+    if not usable_needle(needle_pyr.full):
         return None
     early_exit = cfg.early_exit_score if early_exit is None else early_exit
-    needle_pyr = Pyramid(needle)
     for box in hints:
-        found = _confirm(needle_pyr, pyr, cfg, box, zoom_lo, zoom_hi, clip)
+        found = confirm(needle_pyr, pyr, cfg, box, zoom_lo, zoom_hi, clip)
         if found is not None and found.score >= early_exit:
             return found
     floor = min(1.0, 128 / max(W, H))       # never search a haystack smaller than ~128 px
@@ -192,8 +198,8 @@ def locate(needle: np.ndarray, pyr: Pyramid, cfg: AuditConfig, zoom_lo: float, z
     return max(results, key=lambda r: r.score, default=None)
 
 
-def _confirm(needle: Pyramid, pyr: Pyramid, cfg: AuditConfig, box: tuple[int, int, int, int],
-             zoom_lo: float, zoom_hi: float, clip: float | None) -> Found | None:
+def confirm(needle: Pyramid, pyr: Pyramid, cfg: AuditConfig, box: tuple[float, float, float, float],
+            zoom_lo: float, zoom_hi: float, clip: float | None = None) -> Found | None:
     """The refinement around a hinted box, or None where its shape or zoom rules it out: the
     needle's aspect must be the box's (one zoom for both sides, as the search assumes) and the
     zoom within the searched range (a hint must not find what the search could not)."""

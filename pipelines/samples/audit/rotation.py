@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 
 from pipelines.samples.audit.config import AuditConfig
-from pipelines.samples.audit.locate import Pyramid, locate
+from pipelines.samples.audit.locate import Pyramid, confirm, locate, usable_needle
+from pipelines.samples.audit.rotation_hints import RotationHint, turn
 
 ROTATION_STEP = 3.0         # degrees between residual hypotheses
 
@@ -28,6 +29,13 @@ def _rotate(grey: np.ndarray, degrees: float) -> np.ndarray:
     M[0, 2] += nw / 2 - w / 2
     M[1, 2] += nh / 2 - h / 2
     return cv2.warpAffine(grey, M, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+def reduced(grey: np.ndarray, side: int) -> np.ndarray:
+    """`grey` reduced (INTER_AREA) to a long side of `side` px, or itself where it is smaller:
+    the scale every rotation hypothesis is scored at."""
+    a = min(1.0, side / max(grey.shape))
+    return cv2.resize(grey, None, fx=a, fy=a, interpolation=cv2.INTER_AREA) if a < 1 else grey
 
 
 @dataclass
@@ -51,18 +59,28 @@ def _residual_label(d: float, angle: float) -> str:
 
 
 def rotation_verdict(grey: np.ndarray, out: np.ndarray, angle: float,
-                     cfg: AuditConfig) -> RotationVerdict:
+                     cfg: AuditConfig, hint: RotationHint | None = None,
+                     small: np.ndarray | None = None) -> RotationVerdict:
     """Is `out` the input turned upright? A residual hypothesis d says the output is the upright
     image turned d degrees further counter-clockwise; it scores how well the output's central
     half is located (`locate`) in the input turned by d - angle, all at ~rotation_side px,
     where a hypothesis 1.5 deg off still scores > 0.9 and a wrong one < 0.8.
 
+    The code's claim first (`hint`, rotation_hints.py): where the rotation the code names leaves
+    the output within ROTATION_STEP of upright, that hypothesis is scored at the place and zoom
+    the code implies (one refinement, no search); >= rotation_fast_score: upright. Otherwise, or
+    where the pixels do not confirm it, the search below runs as if there were no hint.
+
     Fast path: d = 0 scores >= rotation_fast_score: upright.
     Otherwise residuals -tol-2step .. tol+2step (step ROTATION_STEP) and the far alternatives
     (90, 180, 270, not rotated, rotated the wrong way) are all scored; the best must be a near
-    one, score >= rotation_min_score, and its interpolated residual lie within the tolerance."""
+    one, score >= rotation_min_score, and its interpolated residual lie within the tolerance.
+
+    `small`: `reduced(grey, cfg.rotation_side)` where the caller keeps it (the candidates of one
+    sample share their input)."""
     a = min(1.0, cfg.rotation_side / max(grey.shape))
-    small = cv2.resize(grey, None, fx=a, fy=a, interpolation=cv2.INTER_AREA) if a < 1 else grey
+    if small is None:
+        small = reduced(grey, cfg.rotation_side)
     oh, ow = out.shape
     centre = out[oh // 4: oh - oh // 4, ow // 4: ow - ow // 4]
     # Output px per small-input px is zoom / a; shrink the needle once so zoom_min maps to 1:1.
@@ -71,12 +89,28 @@ def rotation_verdict(grey: np.ndarray, out: np.ndarray, angle: float,
         centre = cv2.resize(centre, (max(1, round(centre.shape[1] * f)), max(1, round(centre.shape[0] * f))),
                             interpolation=cv2.INTER_AREA)
     lo, hi = cfg.zoom_min * f / a, cfg.rotation_zoom_max * f / a
+    needle = Pyramid(centre)      # one for all hypotheses: its templates are made once
+    haystacks: dict[float, Pyramid] = {}
+
+    def haystack(d: float) -> Pyramid:
+        d = round(d, 6)
+        if d not in haystacks:
+            haystacks[d] = Pyramid(_rotate(small, d - angle))
+        return haystacks[d]
+
+    if hint is not None and usable_needle(centre):
+        claim = _code_claim(hint, angle, haystack, grey.shape, small.shape, out.shape, needle, cfg, lo, hi)
+        if claim is not None:
+            d, found = claim
+            return RotationVerdict(True, f"upright: the code turns the input by {hint.angle:+g} deg "
+                                         f"({d:+g} from upright) and the pixels agree (match "
+                                         f"{found.score:.2f} >= {cfg.rotation_fast_score:g})")
     scores: dict[float, float] = {}
 
     def score(d: float) -> float:
         d = round(d, 6)
         if d not in scores:
-            found = locate(centre, Pyramid(_rotate(small, d - angle)), cfg, lo, hi,
+            found = locate(needle, haystack(d), cfg, lo, hi,
                            max_scale=1.0, early_exit=1.01, keep=2)
             scores[d] = found.score if found is not None else -1.0
         return scores[d]
@@ -116,3 +150,33 @@ def rotation_verdict(grey: np.ndarray, out: np.ndarray, angle: float,
                                  f"match {s_up:.2f})")
 
 
+
+
+def _code_claim(hint: RotationHint, angle: float, haystack, full_shape: tuple[int, int],
+                small_shape: tuple[int, int], out_shape: tuple[int, int], needle: Pyramid,
+                cfg: AuditConfig, lo: float, hi: float):
+    """(residual, Found) where the code's rotation leaves the output within ROTATION_STEP of
+    upright and the output's centre is found where the code puts it, scoring >=
+    rotation_fast_score; else None (the search decides). The box: the input point the code puts
+    at the output's centre, carried into the small input turned by the code's angle, spanning
+    the share of the code's region that the needle (the output's central half) shows."""
+    d = _wrap(angle + hint.angle)
+    if abs(d) > ROTATION_STEP:
+        return None
+    H, W = full_shape
+    sh, sw = small_shape
+    hay = haystack(d)
+    kx, ky = sw / W, sh / H
+    cx, cy = turn((hint.source[0] * kx, hint.source[1] * ky), (sw / 2, sh / 2), d - angle,
+                  (hay.full.shape[1] / 2, hay.full.shape[0] / 2))
+    oh, ow = out_shape
+    region_w, region_h = hint.size if hint.size is not None else (ow / hint.zoom, oh / hint.zoom)
+    # the needle is the output's central half (oh // 4 cut from each side): that share of the region
+    bw = (ow - 2 * (ow // 4)) / ow * region_w * kx
+    bh = (oh - 2 * (oh // 4)) / oh * region_h * ky
+    if min(bw, bh) < 1 or not (0 <= cx <= hay.full.shape[1] and 0 <= cy <= hay.full.shape[0]):
+        return None     # a claim that puts the output off the turned input is not one to refine
+    found = confirm(needle, hay, cfg, (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), lo, hi)
+    if found is None or found.score < cfg.rotation_fast_score:
+        return None
+    return d, found

@@ -190,7 +190,9 @@ def check_rotation_semantics(c: Context) -> Check:
     if gate is not None:
         return gate
     out, inp = loaded
-    v = rotation_verdict(inp.grey, out, angle, cfg)
+    H, W = inp.grey.shape
+    v = rotation_verdict(inp.grey, out, angle, cfg, hint=c.code_rotation(c.final_image(), W, H),
+                         small=inp.reduced(cfg.rotation_side))
     return Check(name, PASS if v.ok else FAIL, v.reason)
 
 
