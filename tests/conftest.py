@@ -153,3 +153,15 @@ def image_dir():
 def sample_image(image_dir) -> str:
     """A 640x480 JPEG readable by any user."""
     return make_image(os.path.join(image_dir, "sample.jpg"))
+
+
+@pytest.fixture
+def searches(monkeypatch):
+    """How many full searches the audit's `locate` ran (each walks the zoom grid once): the
+    code-hint tests count them to see a confirmed hint spare the search."""
+    from pipelines.samples.audit import locate as locate_module
+
+    calls = []
+    grid = locate_module._zoom_grid
+    monkeypatch.setattr(locate_module, "_zoom_grid", lambda *a: calls.append(a) or grid(*a))
+    return calls

@@ -15,7 +15,6 @@ from pipelines.core.images import ImageStore
 from pipelines.core.trajectory import FAIL, PASS, Result, Trajectory, Turn
 from pipelines.pool.generate import generate_samples
 from pipelines.samples.audit import AuditConfig, audit
-from pipelines.samples.audit import locate as locate_module
 from pipelines.samples.audit.hints import MAX_CODE_CHARS, code_boxes
 
 # ---------------------------------------------------------------------------------------------
@@ -79,15 +78,6 @@ def crop_case(tmp_path_factory):
     samples = [s for s in generate_samples(0, 16, 0, ImageStore(root)) if s.task == "crop"]
     s = max(samples, key=lambda s: s.images[0].width * s.images[0].height)
     return root, s, Image.open(root / s.images[0].relpath).convert("RGB")
-
-
-@pytest.fixture
-def searches(monkeypatch):
-    """How many full searches `locate` ran (each walks the zoom grid once)."""
-    calls = []
-    grid = locate_module._zoom_grid
-    monkeypatch.setattr(locate_module, "_zoom_grid", lambda *a: calls.append(a) or grid(*a))
-    return calls
 
 
 def _produce(root: Path, img: Image.Image, box, zoom: int, name: str) -> str:

@@ -16,7 +16,6 @@ from pipelines.core.images import ImageStore
 from pipelines.core.trajectory import FAIL, PASS, Result, Trajectory, Turn
 from pipelines.pool.generate import generate_samples
 from pipelines.samples.audit import AuditConfig, audit
-from pipelines.samples.audit import locate as locate_module
 from pipelines.samples.audit.hints import MAX_CODE_CHARS
 from pipelines.samples.audit.rotation import rotation_verdict
 from pipelines.samples.audit.rotation_hints import RotationHint, code_rotation
@@ -120,15 +119,6 @@ def rotate_case(tmp_path_factory):
     s = next(s for s in generate_samples(0, 8, 0, store, mix=(("rotate", 1),)) if 20 < s.meta["angle"] < 160)
     img = Image.open(root / s.images[0].relpath).convert("RGB")
     return store, s, img, img.rotate(-s.meta["angle"], expand=True, fillcolor=(255, 255, 255))
-
-
-@pytest.fixture
-def searches(monkeypatch):
-    """How many full searches `locate` ran (each walks the zoom grid once)."""
-    calls = []
-    grid = locate_module._zoom_grid
-    monkeypatch.setattr(locate_module, "_zoom_grid", lambda *a: calls.append(a) or grid(*a))
-    return calls
 
 
 def _produce(root: Path, img: Image.Image, name: str) -> str:

@@ -158,15 +158,9 @@ def test_a_teacher_actor_keeps_its_sandbox_through_a_dead_worker_and_closes_it(m
     assert opened and opened[0].workers == 0         # closed: no worker left
 
 
-@pytest.mark.parametrize("loop,keep,url,cpus", [("prefill", False, None, 32),
-                                                ("off", False, None, 0),
-                                                ("prefill", True, None, 0),
-                                                ("prefill", False, "http://sandbox:8080", 0)])
-def test_vllm_engine_actors_in_the_loop_reserve_their_sandbox_cpus(loop, keep, url, cpus):
-    """The placement a GPU cluster gets (no Ray needed: the actor class is recorded): an engine
-    per `tensor_parallel_size` GPUs of one node, each reserving its sandbox's CPUs, except
-    kept-alive actors (held for good) and a service's client (its workers run elsewhere)."""
-    from pipelines.samples.stages import SandboxSpec
+def _recorded_engine(keep: bool, nodes: list[dict]):
+    """A RayEngine over `nodes` (as `ray.nodes()` lists them) that records the teacher actors it
+    would start, as (options, args), instead of starting them: placement without Ray."""
     from pipelines.scale.ray_engine import RayEngine
 
     started = []
@@ -177,11 +171,26 @@ def test_vllm_engine_actors_in_the_loop_reserve_their_sandbox_cpus(loop, keep, u
 
     engine = object.__new__(RayEngine)
     engine.keep_teachers, engine._actors = keep, []
-    engine.nodes = lambda: [{"NodeID": "a", "Resources": {"CPU": 96, "GPU": 8}},
-                            {"NodeID": "b", "Resources": {"CPU": 32, "GPU": 4}},
-                            {"NodeID": "c", "Resources": {"CPU": 16, "GPU": 2}},   # < one engine
-                            {"NodeID": "d", "Resources": {"CPU": 64}}]
+    engine.nodes = lambda: nodes
     engine._remote_class = lambda cls: Recorded()
+    return engine, started
+
+
+@pytest.mark.parametrize("loop,keep,url,cpus", [("prefill", False, None, 32),
+                                                ("off", False, None, 0),
+                                                ("prefill", True, None, 0),
+                                                ("prefill", False, "http://sandbox:8080", 0)])
+def test_vllm_engine_actors_in_the_loop_reserve_their_sandbox_cpus(loop, keep, url, cpus):
+    """The placement a GPU cluster gets (no Ray needed: the actor class is recorded): an engine
+    per `tensor_parallel_size` GPUs of one node, each reserving its sandbox's CPUs, except
+    kept-alive actors (held for good) and a service's client (its workers run elsewhere)."""
+    from pipelines.samples.stages import SandboxSpec
+
+    engine, started = _recorded_engine(keep, [
+        {"NodeID": "a", "Resources": {"CPU": 96, "GPU": 8}},
+        {"NodeID": "b", "Resources": {"CPU": 32, "GPU": 4}},
+        {"NodeID": "c", "Resources": {"CPU": 16, "GPU": 2}},   # < one engine
+        {"NodeID": "d", "Resources": {"CPU": 64}}])
     spec = TeacherSpec(kind="vllm", model="m", tensor_parallel_size=4, loop=loop)
     engine.teacher_workers(spec, SandboxSpec(url=url))
     assert len(started) == 3
@@ -198,20 +207,11 @@ def test_vllm_cpu_engine_actors_reserve_cpus_one_per_node(loop, keep, cpus):
     that has the engine's CPUs (`tensor_parallel_size` of them), reserving those (or its
     sandbox's, in the loop) and no GPU; the GPU build there fails, naming the setting."""
     from pipelines.samples.stages import SandboxSpec
-    from pipelines.scale.ray_engine import RayEngine
 
-    started = []
-
-    class Recorded:
-        def options(self, **options):
-            return types.SimpleNamespace(remote=lambda *args: started.append((options, args)))
-
-    engine = object.__new__(RayEngine)
-    engine.keep_teachers, engine._actors = keep, []
-    engine.nodes = lambda: [{"NodeID": "a", "Resources": {"CPU": 8}},
-                            {"NodeID": "b", "Resources": {"CPU": 8}},
-                            {"NodeID": "c", "Resources": {"CPU": 1}}]     # < one engine
-    engine._remote_class = lambda cls: Recorded()
+    engine, started = _recorded_engine(keep, [
+        {"NodeID": "a", "Resources": {"CPU": 8}},
+        {"NodeID": "b", "Resources": {"CPU": 8}},
+        {"NodeID": "c", "Resources": {"CPU": 1}}])     # < one engine
     on_gpus = TeacherSpec(kind="vllm", model="m", tensor_parallel_size=2, loop=loop)
     with pytest.raises(RuntimeError, match="has 0 in all.*device to cpu"):
         engine.teacher_workers(on_gpus, SandboxSpec())
@@ -226,21 +226,10 @@ def test_vllm_cpu_engine_actors_reserve_cpus_one_per_node(loop, keep, cpus):
 def test_openai_teacher_actors_share_the_clusters_requests_in_flight():
     """`max_concurrency` of an OpenAI teacher is the cluster's: on engine actors (one per node)
     each gets its share, as shard tasks do, never the whole limit each."""
-    from pipelines.scale.ray_engine import RayEngine
-
-    started = []
-
-    class Recorded:
-        def options(self, **options):
-            return types.SimpleNamespace(remote=lambda *args: started.append(args))
-
-    engine = object.__new__(RayEngine)
-    engine.keep_teachers, engine._actors = False, []
-    engine.nodes = lambda: [{"NodeID": n, "Resources": {"CPU": 8}} for n in "abcd"]
-    engine._remote_class = lambda cls: Recorded()
+    engine, started = _recorded_engine(False, [{"NodeID": n, "Resources": {"CPU": 8}} for n in "abcd"])
     spec = TeacherSpec(kind="openai", model="m", base_url="http://teacher:8000/v1", max_concurrency=10)
     engine.teacher_workers(spec, None)
-    assert [args[3] for args in started] == [2, 2, 2, 2]      # 4 actors x 2 <= 10
+    assert [args[3] for _, args in started] == [2, 2, 2, 2]      # 4 actors x 2 <= 10
 
 
 def test_a_teacher_kept_across_shards_reports_each_shards_own_usage(tmp_path):

@@ -150,8 +150,6 @@ def rotation_verdict(grey: np.ndarray, out: np.ndarray, angle: float,
                                  f"match {s_up:.2f})")
 
 
-
-
 def _code_claim(hint: RotationHint, angle: float, haystack, full_shape: tuple[int, int],
                 small_shape: tuple[int, int], out_shape: tuple[int, int], needle: Pyramid,
                 cfg: AuditConfig, lo: float, hi: float):
