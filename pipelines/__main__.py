@@ -53,6 +53,17 @@ from pipelines.scale import ENGINES, open_engine
 from pipelines.scale.funnel import STAGES
 
 
+def _json_object(text: str) -> dict:
+    """A JSON object given on the command line (argparse names the option on error)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({{...}}), got {text!r}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--shard-size", type=int, default=5000, help="rows per shard")
@@ -109,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     fun.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per engine")
     fun.add_argument("--teacher-device", default="gpu", choices=VLLM_DEVICES,
                      help="vllm: cpu for vLLM's CPU build (Ray engine actors reserve CPUs)")
-    fun.add_argument("--teacher-engine-kwargs", type=json.loads, default={},
+    fun.add_argument("--teacher-engine-kwargs", type=_json_object, default={},
                      help='vllm: other vllm.LLM arguments as JSON, e.g. \'{"max_model_len": 16384}\'')
     fun.add_argument("--loop", default="off", choices=("off", "prefill", "turns"),
                      help="model teachers: the sandbox in the loop")

@@ -221,6 +221,8 @@ def test_vllm_cpu_engine_actors_reserve_cpus_one_per_node(loop, keep, cpus):
     assert all(o["num_gpus"] == 0 and o["num_cpus"] == cpus for o, _ in started), started
     with pytest.raises(ValueError, match="device 'tpu'"):
         TeacherSpec(kind="vllm", model="m", device="tpu").check()
+    with pytest.raises(ValueError, match="engine_kwargs must be a mapping.*not list"):
+        TeacherSpec(kind="vllm", model="m", engine_kwargs=["max_model_len"]).check()
 
 
 def test_openai_teacher_actors_share_the_clusters_requests_in_flight():
@@ -269,3 +271,12 @@ def test_the_vllm_teachers_engine_kwargs_reach_the_engine_config():
     assert config.engine_kwargs == {"logits_processors": ["pkg.mod:Processor"]}
     with pytest.raises(ValueError, match=r"engine_kwargs \['seed'\]"):
         TeacherSpec(kind="vllm", model="m", engine_kwargs={"seed": 1}).check()
+
+
+@pytest.mark.parametrize("text,why", [("{bad", "not JSON"), ("[1]", "expected a JSON object")])
+def test_engine_kwargs_on_the_command_line_must_be_a_json_object(tmp_path, capsys, text, why):
+    with pytest.raises(SystemExit) as exit_:
+        main(["samples", "--data", str(tmp_path), "--teacher-engine-kwargs", text])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--teacher-engine-kwargs" in err and why in err, err

@@ -137,6 +137,9 @@ class TeacherSpec:
             raise ValueError(f"teacher kind {self.kind!r} needs `model`")
         if self.device not in VLLM_DEVICES:
             raise ValueError(f"teacher device {self.device!r}: expected gpu or cpu")
+        if not isinstance(self.engine_kwargs, dict):
+            raise ValueError(f"teacher engine_kwargs must be a mapping of vllm.LLM arguments, "
+                             f"not {type(self.engine_kwargs).__name__}")
         taken = sorted(set(self.engine_kwargs) & set(ENGINE_ARGS_OF_THE_SPEC))
         if taken:
             raise ValueError(f"teacher engine_kwargs {taken}: set by the teacher's own settings "
