@@ -71,6 +71,7 @@ class SandboxClient:
         self.timeout: float = info["timeout"] if timeout is None else timeout
         # the service's mechanisms; the caller's policy holds there as it would here
         self.isolation_report: dict = info["isolation"]
+        self.zlib: str = info["zlib"]     # the service's workers' zlib (sandbox.deflate)
         refused = policy.refusal(policy.resolve(isolation), self.isolation_report["missing"])
         if refused:
             self.close()

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from sandbox import call_files, policy, runner
+from sandbox import call_files, deflate, policy, runner
 from sandbox import result as R
 from sandbox.replies import read_frame
 from sandbox.result import Result
@@ -77,6 +77,8 @@ def launch_subprocess(config: WorkerConfig, prelude: str = "") -> tuple[int, int
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": _PACKAGE_PARENT, "LANG": "C.UTF-8",
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONDONTWRITEBYTECODE": "1", "GLIBC_TUNABLES": MALLOC_TUNABLES}
+    if config.zlib:
+        env["LD_PRELOAD"] = config.zlib     # sandbox.deflate; the worker checks that it loaded
     for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # host-specific BLAS workarounds
         if key in os.environ:
             env[key] = os.environ[key]
@@ -231,15 +233,20 @@ class Sandbox:
             `np`/`numpy`, `os`, `math`, `Image`, `json`, `re`, `random`, `string`,
             `temp_output_dir`, ...), as released checkpoints expect; "strict" binds only
             `image_path`, so code must import what it uses.
+        zlib: the zlib the workers load (`sandbox.deflate`): "system", or the path of a libz.so.1
+            build (zlib-ng in compat mode deflates PNGs ~2x faster); None: $THYME_SANDBOX_ZLIB,
+            else the zlib-ng that `scripts/zlib_ng.sh` built into this environment, else the
+            system's. `Sandbox.zlib` is the version the workers use (e.g. "1.3.1.zlib-ng").
     """
 
     def __init__(self, workers: int | None = None, *, timeout: float = 10.0, memory_mb: int = 1024,
                  file_mb: int = 32, scratch_mb: int = 256, stdout_limit: int = 64_000,
                  results_dir: str | os.PathLike | None = None, isolation: str | None = None,
-                 allow_degraded: bool = False, namespace: str = "compat",
+                 allow_degraded: bool = False, namespace: str = "compat", zlib: str | None = None,
                  launcher: Launcher = launch_subprocess):
         if namespace not in runner.NAMESPACES:
             raise ValueError(f"namespace must be one of {runner.NAMESPACES}, not {namespace!r}")
+        zlib_library = deflate.resolve(zlib)
         self.timeout, self.namespace = timeout, namespace
         self.policy = policy.resolve(isolation, allow_degraded)
         self._root = tempfile.mkdtemp(prefix="thyme-sandbox-")
@@ -253,7 +260,7 @@ class Sandbox:
             os.mkdir(scratch, 0o700)
             config = WorkerConfig(scratch_root=scratch, scratch_mb=scratch_mb, memory_mb=memory_mb,
                                   file_mb=file_mb, stdout_limit=stdout_limit,
-                                  isolation=self.policy, namespace=namespace)
+                                  isolation=self.policy, namespace=namespace, zlib=zlib_library)
             self._handles.append(_WorkerHandle(config, launcher))
         self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
         self._next_session = itertools.count()
@@ -274,6 +281,10 @@ class Sandbox:
         # Runs record it (run metadata, rollout metrics, evaluation reports).
         self.isolation_report: dict = self._handles[0].info["isolation"]
         (log.warning if self.degraded else log.info)(policy.summary(self.isolation_report))
+        # the version of the zlib the code's PNGs are written with (sandbox.deflate)
+        zlib_in_use = self._handles[0].info["zlib"]
+        self.zlib: str = zlib_in_use["version"]
+        log.info("sandbox workers use zlib %s (%s)", self.zlib, zlib_in_use["library"])
 
     # ------------------------------------------------------------ public API
     def run(self, code: str, inputs: Sequence[str | os.PathLike] = (),

@@ -120,6 +120,7 @@ class SandboxService:
         sb = self.sandbox
         return {"workers": sb.workers, "timeout": sb.timeout, "namespace": sb.namespace,
                 "degraded": list(sb.degraded), "isolation": sb.isolation_report,
+                "zlib": sb.zlib,
                 "max_timeout": self.max_timeout,
                 "max_body_bytes": self.max_body, "max_inflight": self.admission.limit,
                 "inflight": self.admission.inside, "sessions": len(self.sessions),

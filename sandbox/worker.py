@@ -25,7 +25,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from sandbox import call_files, confine, outputs, policy, replies, runner
+from sandbox import call_files, confine, deflate, outputs, policy, replies, runner
 from sandbox import result as R
 from sandbox.fork_server import Child, ForkServer, Unfit, ZygoteLost, _exited
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
@@ -56,6 +56,7 @@ class WorkerConfig:
     zygote_timeout_s: float = 10.0    # a zygote silent this long is declared hung
     isolation: str = "strict"         # the isolation policy (sandbox.policy): what must be active
     namespace: str = "compat"         # pre-bound names: "compat" (the original's) or "strict"
+    zlib: str | None = None           # a libz.so.1 build preloaded in place of the system's (sandbox.deflate)
 
 
 class Worker(ForkServer):
@@ -94,6 +95,7 @@ class Worker(ForkServer):
         if refusal:
             raise confine.ConfinementError(refusal)
         self.degraded = [m for m in policy.MECHANISMS if m in self.missing]
+        self.zlib = deflate.check_loaded(self.cfg.zlib)
         _warm_up()
         self.read_only = _library_paths()
         # Compiled once; per child only when signals cannot be scoped by Landlock.
@@ -378,7 +380,7 @@ class Worker(ForkServer):
     def serve(self, fd_in: int, fd_out: int) -> None:
         hello = {"ready": True, "pid": os.getpid(), "degraded": self.degraded,
                  "isolation": self.isolation(), "landlock_abi": self.landlock_abi, "huge_pages_bytes": self.huge_pages_bytes,
-                 "zygote_pid": self.zygote_pid}
+                 "zygote_pid": self.zygote_pid, "zlib": self.zlib}
         runner.write_frame(fd_out, json.dumps(hello).encode())
         while True:
             frame = runner.read_frame(fd_in, 1 << 26)
@@ -420,7 +422,7 @@ def main() -> None:
     config = WorkerConfig(**json.loads(runner.read_frame(fd_in, 1 << 20)))
     try:
         worker = Worker(config)
-    except confine.ConfinementError as exc:
+    except RuntimeError as exc:  # confine.ConfinementError, or a zlib not loaded (sandbox.deflate)
         runner.write_frame(fd_out, json.dumps({"ready": False, "error": str(exc)}).encode())
         return
     worker.serve(fd_in, fd_out)

@@ -333,6 +333,9 @@ def executions_shard(layout: Layout, key: str, sandbox, cache=None, timeout: flo
         "preview": trajectories_markdown([t for t in trajectories if t.code_turns], samples,
                                          store.root),
         "sandbox_isolation": sandbox.isolation_report,     # what confined the shard's code
+        # the zlib its PNGs were deflated with: the pixels never depend on it, the bytes (and so
+        # the images' content-addressed names) do (sandbox.deflate)
+        "sandbox_zlib": sandbox.zlib,
     }
 
 
