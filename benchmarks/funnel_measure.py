@@ -9,7 +9,7 @@ It writes: seconds per stage, CPU seconds of the whole process tree from the tea
 process, its threads, the sandbox workers, their zygotes and every child that ran code: the
 process is their subreaper, so orphans are reaped and counted), the same per stage (the sandbox's
 start-up measured apart, on an idle sandbox started and closed first), and each trajectory's
-results and verdicts.
+results (images by their pixels) and verdicts.
 """
 
 from __future__ import annotations
@@ -72,6 +72,14 @@ def reap_orphans(timeout: float = 10.0) -> None:
             time.sleep(0.01)
 
 
+def pixels_digest(path: Path) -> str:
+    """What an image shows (mode, size, pixels), not its bytes: a PNG's bytes, and so its name in
+    the content-addressed store, depend on the zlib that deflated it (sandbox/deflate.py)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        return hashlib.sha256(f"{im.mode} {im.size}".encode() + im.tobytes()).hexdigest()[:16]
+
+
 def measure(samples: int, workers: int, seed: int, multi_round_share: float) -> dict:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     with tempfile.TemporaryDirectory(prefix="thyme-funnel-") as tmp:
@@ -107,12 +115,13 @@ def measure(samples: int, workers: int, seed: int, multi_round_share: float) -> 
         wall = time.perf_counter() - t_all
         reap_orphans()
         cpu = tree_cpu() - cpu0
-    verdicts = {t.id: {"passed": bool(t.passed), "checks": [[c.name, c.verdict] for c in t.audit],
-                       "code": hashlib.sha256(json.dumps([c.code for c in t.code_turns]).encode())
-                       .hexdigest()[:16],
-                       "results": [[c.result.kind, c.result.text, c.result.images]
-                                   for c in t.code_turns]}
-                for t in audited}
+        verdicts = {t.id: {"passed": bool(t.passed), "checks": [[c.name, c.verdict] for c in t.audit],
+                           "code": hashlib.sha256(json.dumps([c.code for c in t.code_turns]).encode())
+                           .hexdigest()[:16],
+                           "results": [[c.result.kind, c.result.text,
+                                        [pixels_digest(store.root / rel) for rel in c.result.images]]
+                                       for c in t.code_turns]}
+                    for t in audited}
     return {"samples": len(pool), "trajectories": len(trajectories),
             "code_blocks": sum(len(t.code_turns) for t in trajectories), "workers": workers,
             "teacher": t_teacher, "sandbox_start": t_start, "execute": t_execute,

@@ -7,9 +7,11 @@ With `--against DIR` (another checkout, e.g. `git worktree add /tmp/base <commit
 alternate between this tree and DIR, each in a fresh process, and the table shows both.
 A last row, "funnel", runs the template teacher's trajectories on `--samples` generated samples
 (the code-sample funnel's execute stage, one session per trajectory, one after another) and
-gives CPU per trajectory.
+gives CPU per trajectory. `--system-zlib` adds rows for this tree with the workers on the
+system's zlib instead of the zlib-ng `make` builds (sandbox/deflate.py), alternating too.
 
     python benchmarks/sandbox_call_cpu.py [--calls 300] [--rounds 4] [--samples 200] [--against DIR]
+                                          [--system-zlib]
 """
 
 from __future__ import annotations
@@ -110,18 +112,22 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=200,
                     help="generated samples for the funnel row (0: leave it out)")
     ap.add_argument("--against", help="another checkout to compare with, measured alternately")
+    ap.add_argument("--system-zlib", action="store_true",
+                    help="also this tree with the workers on the system's zlib")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(measure(args.calls, args.samples)))
         return 0
-    trees = {"this tree": str(HERE)}
+    trees = {"this tree": (str(HERE), {})}
+    if args.system_zlib:
+        trees["this tree, system zlib"] = (str(HERE), {"THYME_SANDBOX_ZLIB": "system"})
     if args.against:
-        trees[f"{args.against}"] = str(Path(args.against).resolve())
+        trees[f"{args.against}"] = (str(Path(args.against).resolve()), {})
     runs: dict[str, list[dict]] = {t: [] for t in trees}
     for _ in range(args.rounds):
-        for label, root in trees.items():
-            env = {**os.environ, "PYTHONPATH": root}
+        for label, (root, extra) in trees.items():
+            env = {**os.environ, "PYTHONPATH": root, **extra}
             proc = subprocess.run([sys.executable, __file__, "--one", "--calls", str(args.calls),
                                    "--samples", str(args.samples)],
                                   env=env, capture_output=True, text=True, check=True)

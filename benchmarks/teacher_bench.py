@@ -20,8 +20,8 @@ compares this checkout with an earlier commit side by side in one run: the commi
 in a temporary `git worktree`, and `funnel_measure.py` runs the same samples through each tree in
 a process of its own (alternating, `--rounds` times each), so both see the same machine load.
 It reports trajectories/s, the ratio, and CPU seconds per trajectory of the whole process tree
-(the load-robust figure), and fails unless every trajectory's code results and audit verdicts
-are the baseline's.
+(the load-robust figure), and fails unless every trajectory's code results (images compared by
+their pixels) and audit verdicts are the baseline's.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def compare(baseline: dict, ours: dict) -> str:
                 raise AssertionError(f"trajectory {tid}: {field} differs from the baseline's: "
                                      f"{got[field]!r} != {want[field]!r}")
     return (f"all {len(ours['verdicts'])} trajectories: same code, same sandbox results and the "
-            f"same audit verdicts as the baseline ({ours['passed']} passed)")
+            f"same audit verdicts as the baseline ({ours['passed']} passed); images compared "
+            f"by their pixels")
 
 
 def side_by_side(args) -> str:

@@ -10,6 +10,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import ctypes  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -35,6 +36,9 @@ def launch_forked_as(uid: int, mode: container_modes.Mode | None = None):
     emulated deployment (a container's seccomp profile, ...) applied before the worker starts."""
 
     def launch(config: worker.WorkerConfig):
+        # A fork keeps the zlib this process has loaded; only a fresh interpreter can preload
+        # another (sandbox.deflate).
+        config = dataclasses.replace(config, zlib=None)
         parent = os.path.dirname(config.scratch_root)
         for path in (parent, config.scratch_root, os.path.join(parent, "results")):
             if os.path.exists(path):
