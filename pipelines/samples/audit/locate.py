@@ -185,6 +185,14 @@ def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo
             return found
     floor = min(1.0, 128 / max(W, H))       # never search a haystack smaller than ~128 px
     peaks: list[tuple] = []         # score, zoom, cx, cy, (slack x, slack y)
+    refined: dict[tuple, Found | None] = {}
+
+    def refine(peak: tuple) -> Found | None:
+        # A peak refined for an early exit that fell short is often among the chosen below.
+        if peak[1:] not in refined:
+            refined[peak[1:]] = _refine(needle_pyr, pyr, cfg, *peak[1:], clip)
+        return refined[peak[1:]]
+
     for z in _zoom_grid(zoom_lo, zoom_hi, cfg.coarse_zoom_step):
         rw, rh = pw / z, ph / z
         if rw > W or rh > H:
@@ -201,7 +209,7 @@ def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo
                  for score, (x, y) in _peaks(res, 2, tw, th)]
         peaks += found
         if found and early_exit <= 1.0 and found[0][0] >= early_exit - 0.15:
-            best = _refine(needle_pyr, pyr, cfg, *found[0][1:], clip)
+            best = refine(found[0])
             if best is not None and best.score >= early_exit:
                 return best
     chosen: list[tuple] = []
@@ -211,7 +219,7 @@ def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo
             chosen.append(p)
         if len(chosen) == keep:
             break
-    results = [r for p in chosen if (r := _refine(needle_pyr, pyr, cfg, *p[1:], clip)) is not None]
+    results = [r for p in chosen if (r := refine(p)) is not None]
     return max(results, key=lambda r: r.score, default=None)
 
 
