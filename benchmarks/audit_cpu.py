@@ -3,14 +3,15 @@ executed trajectories; fails unless every trajectory's checks (name, verdict and
 pass/fail are the baseline's.
 
     PYTHONPATH=. python benchmarks/audit_cpu.py --baseline ad1b810 [--samples 200] [--seed 0]
-        [--rounds 3] [--workers 2]
+        [--rounds 5] [--workers 2]
 
 The generated pool is written by the template teacher and executed once, by this checkout; the
 commit is checked out in a temporary `git worktree` (`trees.baseline_tree`), and each round audits
 the trajectories in a fresh process per tree (baseline and ours alternating, so both see the same
 machine load): one at a time (`audit`), then in `audit_many` with --workers threads, each pass
 with a cold input cache. CPU is the auditing process's own (all its threads), from
-`getrusage`, so it stays meaningful on a loaded machine where wall time does not.
+`getrusage`: it stays meaningful on a loaded machine where wall time does not, but neighbours
+still move it by +-20 % from round to round, hence the median of several rounds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,19 +136,19 @@ def side_by_side(args) -> str:
              f"the start, {load_end:.1f} at the end (1 min, {os.cpu_count()} cores)", "",
              f"| tree | round | one at a time: CPU ms/traj | wall ms/traj | {args.workers} threads: "
              "CPU ms/traj | wall ms/traj |", "|---|---:|---:|---:|---:|---:|"]
-    mean = {}
+    median = {}
     for name in ("baseline", "ours"):
         label = f"{args.baseline} (baseline)" if name == "baseline" else "this checkout"
         for r, run in enumerate(runs[name]):
             (sc, sw), (tc, tw) = run["timings"]["serial"], run["timings"]["threads"]
             lines.append(f"| {label} | {r + 1} | {1000 * sc / n:.1f} | {1000 * sw / n:.1f} | "
                          f"{1000 * tc / n:.1f} | {1000 * tw / n:.1f} |")
-        mean[name] = [sum(run["timings"][mode][0] for run in runs[name]) / len(runs[name]) / n * 1000
+        median[name] = [statistics.median(run["timings"][mode][0] for run in runs[name]) / n * 1000
                       for mode in ("serial", "threads")]
-    (bs, bt), (os_, ot) = mean["baseline"], mean["ours"]
-    lines += ["", f"- CPU per trajectory, one at a time (mean of the rounds): baseline {bs:.1f} ms, "
+    (bs, bt), (os_, ot) = median["baseline"], median["ours"]
+    lines += ["", f"- CPU per trajectory, one at a time (median of the rounds): baseline {bs:.1f} ms, "
                   f"ours {os_:.1f} ms: **{bs / os_:.2f}x** less",
-              f"- CPU per trajectory, {args.workers} threads: baseline {bt:.1f} ms, ours {ot:.1f} ms: "
+              f"- CPU per trajectory, {args.workers} threads (median): baseline {bt:.1f} ms, ours {ot:.1f} ms: "
               f"**{bt / ot:.2f}x** less",
               f"- all {n} trajectories: the same {checks} checks (name, verdict and reason) and "
               f"pass/fail as the baseline's in every round ({passed} passed)"]
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", metavar="COMMIT", help="the commit to compare with (e.g. ad1b810)")
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--workers", type=int, default=2, help="sandbox workers and audit threads")
     p.add_argument("--multi-round-share", type=float, default=0.25)
     p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)    # the per-tree child
