@@ -30,6 +30,7 @@ class Pyramid:
     def __init__(self, grey: np.ndarray):
         self.full = grey
         self._raw: dict[int, np.ndarray] = {0: grey}
+        self._shapes: dict[int, tuple[int, int]] = {0: grey.shape[:2]}
         self._band: dict[tuple[int, float | None], np.ndarray] = {}
         # As a needle: its templates by (width, height, clip). The refinement of neighbouring
         # peaks asks for the same sizes again (about 5 times each).
@@ -41,12 +42,22 @@ class Pyramid:
             return 0
         return max(0, int(math.floor(math.log(scale) / math.log(self.STEP) + 1e-9)))
 
+    def shape(self, k: int) -> tuple[int, int]:
+        """Level k's (height, width), known without building it."""
+        if k not in self._shapes:
+            h, w = self.shape(self._source(k))
+            f = 0.5 if k % 2 == 0 else self.STEP
+            self._shapes[k] = (max(1, round(h * f)), max(1, round(w * f)))
+        return self._shapes[k]
+
+    @staticmethod
+    def _source(k: int) -> int:
+        return k - 2 if k % 2 == 0 else k - 1
+
     def raw(self, k: int) -> np.ndarray:
         if k not in self._raw:
-            src = self.raw(k - 2 if k % 2 == 0 else k - 1)
-            f = 0.5 if k % 2 == 0 else self.STEP
-            size = (max(1, round(src.shape[1] * f)), max(1, round(src.shape[0] * f)))
-            self._raw[k] = cv2.resize(src, size, interpolation=cv2.INTER_AREA)
+            h, w = self.shape(k)
+            self._raw[k] = cv2.resize(self.raw(self._source(k)), (w, h), interpolation=cv2.INTER_AREA)
         return self._raw[k]
 
     def level(self, k: int, clip: float | None = None) -> tuple[np.ndarray, float, float]:
@@ -62,8 +73,8 @@ class Pyramid:
         (cheap for the many template sizes one needle is asked for)."""
         k = 0
         while True:
-            nxt = self.raw(k + 1)
-            if nxt.shape[1] < w or nxt.shape[0] < h or min(nxt.shape) < 2:
+            nh, nw = self.shape(k + 1)      # (not built: only the chosen level is)
+            if nw < w or nh < h or min(nh, nw) < 2:
                 break
             k += 1
         src = self.raw(k)
