@@ -43,11 +43,12 @@ def _boxes_in(code: str, width: int, height: int) -> list[tuple[int, int, int, i
     """Every box the code names, in the order written."""
     try:
         tree = ast.parse(code)
-        nodes = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Tuple | ast.List | ast.Subscript)),
-                       key=lambda n: (n.lineno, n.col_offset))
+        walked = list(ast.walk(tree))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []
-    numbers = bound_numbers(tree)
+    nodes = sorted((n for n in walked if isinstance(n, ast.Tuple | ast.List | ast.Subscript)),
+                   key=lambda n: (n.lineno, n.col_offset))
+    numbers = bound_numbers(tree, nodes=walked)
     return [box for node in nodes if (box := _clamp(named_box(node, numbers), width, height)) is not None]
 
 

@@ -30,6 +30,7 @@ class Pyramid:
     def __init__(self, grey: np.ndarray):
         self.full = grey
         self._raw: dict[int, np.ndarray] = {0: grey}
+        self._shapes: dict[int, tuple[int, int]] = {0: grey.shape[:2]}
         self._band: dict[tuple[int, float | None], np.ndarray] = {}
         # As a needle: its templates by (width, height, clip). The refinement of neighbouring
         # peaks asks for the same sizes again (about 5 times each).
@@ -41,12 +42,22 @@ class Pyramid:
             return 0
         return max(0, int(math.floor(math.log(scale) / math.log(self.STEP) + 1e-9)))
 
+    def shape(self, k: int) -> tuple[int, int]:
+        """Level k's (height, width), known without building it."""
+        if k not in self._shapes:
+            h, w = self.shape(self._source(k))
+            f = 0.5 if k % 2 == 0 else self.STEP
+            self._shapes[k] = (max(1, round(h * f)), max(1, round(w * f)))
+        return self._shapes[k]
+
+    @staticmethod
+    def _source(k: int) -> int:
+        return k - 2 if k % 2 == 0 else k - 1
+
     def raw(self, k: int) -> np.ndarray:
         if k not in self._raw:
-            src = self.raw(k - 2 if k % 2 == 0 else k - 1)
-            f = 0.5 if k % 2 == 0 else self.STEP
-            size = (max(1, round(src.shape[1] * f)), max(1, round(src.shape[0] * f)))
-            self._raw[k] = cv2.resize(src, size, interpolation=cv2.INTER_AREA)
+            h, w = self.shape(k)
+            self._raw[k] = cv2.resize(self.raw(self._source(k)), (w, h), interpolation=cv2.INTER_AREA)
         return self._raw[k]
 
     def level(self, k: int, clip: float | None = None) -> tuple[np.ndarray, float, float]:
@@ -62,8 +73,8 @@ class Pyramid:
         (cheap for the many template sizes one needle is asked for)."""
         k = 0
         while True:
-            nxt = self.raw(k + 1)
-            if nxt.shape[1] < w or nxt.shape[0] < h or min(nxt.shape) < 2:
+            nh, nw = self.shape(k + 1)      # (not built: only the chosen level is)
+            if nw < w or nh < h or min(nh, nw) < 2:
                 break
             k += 1
         src = self.raw(k)
@@ -136,7 +147,24 @@ def _zoom_grid(lo: float, hi: float, step: float) -> list[float]:
 
 def usable_needle(needle: np.ndarray) -> bool:
     """Big and textured enough to be located: `locate` finds nothing for smaller or flatter ones."""
-    return min(needle.shape) >= 8 and float(needle.std()) >= 1.0
+    return min(needle.shape) >= 8 and mean_std(needle, exact_below=1.0)[1] >= 1.0
+
+
+# How far OpenCV's one-pass std may be trusted to lie on the same side of a threshold as
+# numpy's two-pass one: both are within ~1e-9 of the true figure for up to max_pixels grey
+# levels (a std this close to a threshold gets numpy's own figure instead).
+STD_SLACK = 1e-4
+
+
+def mean_std(grey: np.ndarray, exact_below: float) -> tuple[float, float]:
+    """The mean and std of a grey image in one pass (cv2.meanStdDev: ~30x faster than numpy's
+    std on a megapixel). The std is numpy's own (`grey.std()`, bit for bit) wherever it comes
+    within STD_SLACK of `exact_below` or under it: there a threshold at `exact_below` compares
+    it and a reason may print it; above, the one-pass figure lies on the same side."""
+    mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(grey))
+    if std <= exact_below + STD_SLACK:
+        std = float(grey.std())
+    return mean, std
 
 
 def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo: float, zoom_hi: float,
@@ -168,6 +196,14 @@ def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo
             return found
     floor = min(1.0, 128 / max(W, H))       # never search a haystack smaller than ~128 px
     peaks: list[tuple] = []         # score, zoom, cx, cy, (slack x, slack y)
+    refined: dict[tuple, Found | None] = {}
+
+    def refine(peak: tuple) -> Found | None:
+        # A peak refined for an early exit that fell short is often among the chosen below.
+        if peak[1:] not in refined:
+            refined[peak[1:]] = _refine(needle_pyr, pyr, cfg, *peak[1:], clip)
+        return refined[peak[1:]]
+
     for z in _zoom_grid(zoom_lo, zoom_hi, cfg.coarse_zoom_step):
         rw, rh = pw / z, ph / z
         if rw > W or rh > H:
@@ -184,7 +220,7 @@ def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo
                  for score, (x, y) in _peaks(res, 2, tw, th)]
         peaks += found
         if found and early_exit <= 1.0 and found[0][0] >= early_exit - 0.15:
-            best = _refine(needle_pyr, pyr, cfg, *found[0][1:], clip)
+            best = refine(found[0])
             if best is not None and best.score >= early_exit:
                 return best
     chosen: list[tuple] = []
@@ -194,7 +230,7 @@ def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo
             chosen.append(p)
         if len(chosen) == keep:
             break
-    results = [r for p in chosen if (r := _refine(needle_pyr, pyr, cfg, *p[1:], clip)) is not None]
+    results = [r for p in chosen if (r := refine(p)) is not None]
     return max(results, key=lambda r: r.score, default=None)
 
 

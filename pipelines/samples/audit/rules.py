@@ -8,8 +8,6 @@ import math
 import re
 from fractions import Fraction
 
-import numpy as np
-
 from pipelines.core.answers import (
     agrees_with_printed,
     answers_match,
@@ -24,9 +22,9 @@ from pipelines.core.answers import (
     stated_number,
 )
 from pipelines.core.trajectory import FAIL, KINDS, PASS, SKIP, Check, Result
-from pipelines.samples.audit.context import Context, Unreadable, thumbnail
+from pipelines.samples.audit.context import Context, Unreadable, copy_difference
 from pipelines.samples.audit.contrast import aligned_score, region_local_contrast, target_contrast
-from pipelines.samples.audit.locate import area, coverage, locate
+from pipelines.samples.audit.locate import area, coverage, locate, mean_std
 from pipelines.samples.audit.rotation import rotation_verdict
 
 # What the last code turn of each task must return.
@@ -88,7 +86,7 @@ def check_image_sanity(c: Context) -> Check:
     if not images:
         return Check(name, SKIP, "no produced images")
     try:
-        reference = c.input().thumb
+        reference = c.input()
     except Unreadable:
         reference = None        # text-only sample: nothing to be a copy of
     problems = []
@@ -99,16 +97,18 @@ def check_image_sanity(c: Context) -> Check:
             problems.append(f"{rel}: {exc}")
             continue
         h, w = g.shape
-        std = float(g.std())
         if min(h, w) < cfg.min_side:
             problems.append(f"{rel}: {w}x{h} has a side below {cfg.min_side} px")
-        elif max(h, w) / min(h, w) > cfg.max_aspect_ratio:
+            continue
+        if max(h, w) / min(h, w) > cfg.max_aspect_ratio:
             problems.append(f"{rel}: aspect ratio {max(h, w) / min(h, w):.0f} > {cfg.max_aspect_ratio:g}")
-        elif std <= cfg.blank_std:
+            continue
+        mean, std = mean_std(g, exact_below=cfg.blank_std)
+        if std <= cfg.blank_std:
             problems.append(f"{rel}: blank (grey std {std:.2f} <= {cfg.blank_std:g})")
         elif reference is not None:
-            diff = float(np.abs(thumbnail(g) - reference).mean())
-            if diff <= cfg.identical_diff:
+            diff = copy_difference(g, mean, reference, cfg.identical_diff)
+            if diff is not None and diff <= cfg.identical_diff:
                 problems.append(f"{rel}: a copy of the input (mean difference {diff:.2f} <= "
                                 f"{cfg.identical_diff:g} at 128x128)")
     if problems:
