@@ -58,7 +58,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"Thyme sandbox demo: bundled snippets on {os.path.relpath(image)}; images go to "
           f"{os.path.relpath(results_dir)}/\n")
     with Sandbox(results_dir=results_dir, isolation=args.isolation) as sb:
-        print(f"{sb.workers} pre-warmed workers; {summary(sb.isolation_report)}\n")
+        print(f"{sb.workers} pre-warmed workers (zlib {sb.zlib}); {summary(sb.isolation_report)}\n")
         for name in ("crop_zoom.py", "rotate.py", "contrast.py", "compute.py"):
             code = (examples / name).read_text()
             _print_result(name, sb.run(code, inputs=[image]))
