@@ -71,7 +71,8 @@ class SandboxClient:
         self.timeout: float = info["timeout"] if timeout is None else timeout
         # the service's mechanisms; the caller's policy holds there as it would here
         self.isolation_report: dict = info["isolation"]
-        self.zlib: str = info["zlib"]     # the service's workers' zlib (sandbox.deflate)
+        # the service's workers' zlib (sandbox.deflate); a service older than that does not say
+        self.zlib: str = info.get("zlib", "unknown")
         refused = policy.refusal(policy.resolve(isolation), self.isolation_report["missing"])
         if refused:
             self.close()

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 from test_rollout import ANSWER, CROP, codec, image_file, make_prompt, runner, scripted, tiny  # noqa: F401
 
+from sandbox import deflate
 from sandbox import result as R
 from sandbox.client import SandboxClient, SandboxServiceError
 
@@ -191,6 +192,8 @@ def test_the_callers_isolation_policy_holds_on_the_service(server, client, monke
     from sandbox.core import SandboxUnavailable
 
     assert client.isolation_report["active"] and client.isolation_report["policy"]
+    # and the zlib its workers write PNGs with (sandbox.deflate; the same environment as ours)
+    assert client.zlib.endswith("zlib-ng") == (deflate.resolve(None) is not None), client.zlib
     with open_sandbox(server.url, isolation="seccomp+rlimits", token_file=server.token_file) as remote:
         assert remote.isolation_report == client.isolation_report
     weaker = {**client.info, "isolation": {**client.isolation_report,
