@@ -66,6 +66,10 @@ pip_install "$(pin ray)" "$(pin msgpack)"
 cleanup
 patch_torchvision
 
+# zlib-ng for the sandbox's workers, as in .venv: a teacher writing code in the loop here saves
+# its PNGs with the same deflate as the executions stage there (sandbox/deflate.py).
+bash "$ROOT/scripts/zlib_ng.sh" "$VENV"
+
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$ROOT" > "$SITE/thyme_repo.pth"
 
