@@ -89,6 +89,7 @@ def executions(context: AssetExecutionContext, storage: ThymeStorage, sandbox: S
                 "cache_hits": stats["cache_hits"], "cache_misses": stats["cache_misses"],
                 "blocks_per_s": stats["blocks_per_s"], "preview": MetadataValue.md(stats["preview"]),
                 "sandbox_isolation": MetadataValue.json(stats["sandbox_isolation"]),
+                "sandbox_zlib": stats["sandbox_zlib"],      # what deflated its PNGs (sandbox.deflate)
                 **ui.placement(stats),
             }, partition_key=key)
     return MaterializeResult(metadata={"sandbox_timeout_s": sandbox.timeout,

@@ -26,15 +26,15 @@ def resolve(setting: str | None) -> str | None:
     """The library the workers preload, or None for the system's zlib. `setting`: "system", or
     a path to a libz.so.1 build; None: $THYME_SANDBOX_ZLIB, else the built zlib-ng if there is
     one. A path that is not a file is refused (ValueError naming it)."""
+    source = "zlib"
     if setting is None:
-        setting = os.environ.get(ENV) or None
+        source, setting = f"${ENV}", os.environ.get(ENV) or None
         if setting is None:
             return BUILT if os.path.isfile(BUILT) else None
     if setting == "system":
         return None
     path = os.path.abspath(setting)
     if not os.path.isfile(path):
-        source = f"${ENV}" if setting == os.environ.get(ENV) else "zlib"
         raise ValueError(f"{source}={setting!r}: no such file (give a libz.so.1 build, or 'system')")
     return path
 

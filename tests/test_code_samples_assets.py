@@ -12,6 +12,7 @@ from assets.resources import (
     TeacherResource,
     ThymeStorage,
 )
+from sandbox import deflate
 
 ASSETS = [source_manifest, source_pool, code_samples, executions, audited]
 
@@ -55,6 +56,8 @@ def test_funnel_on_a_generated_shard(tmp_path):
     # the mechanisms that confined the code, on the materialization and the run
     isolation = ex.metadata["sandbox_isolation"].value
     assert isolation["policy"] == "strict" and isolation["missing"] == {}
+    # and the zlib its PNGs were deflated with (sandbox.deflate: the built zlib-ng, if any)
+    assert ex.metadata["sandbox_zlib"].value.endswith("zlib-ng") == (deflate.resolve(None) is not None)
     assert instance.get_run_by_id(result.run_id).tags["thyme/sandbox_isolation"] == \
         "namespaces+landlock+seccomp+rlimits"
 
