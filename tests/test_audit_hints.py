@@ -181,3 +181,21 @@ def test_hostile_code_does_not_break_the_audit(crop_case, searches, code):
     check = _audit(s, code, rel, root)
     assert check.verdict == PASS, check.reason
     assert len(searches) == 1
+
+
+def test_a_right_box_is_confirmed_wherever_its_window_starts(crop_case, searches):
+    """A window reduced by a factor that is not whole samples the input on a grid whose phase
+    follows where the window starts: half a reduced pixel out of phase an exact crop once scored
+    0.85 at its exact place, the hint fell short and the full search ran. The box the code names
+    is matched first on a grid aligned to it: every exact crop, wherever it starts, is confirmed
+    at its place with no search."""
+    root, s, img = crop_case
+    x1, y1, x2, y2 = _around(s.meta["box"], 80)
+    for d in range(8):
+        box = (x1 + d, y1 + 2 * d, x2 + d + d // 2, y2 + 2 * d)
+        rel = _produce(root, img, box, 3, f"phase_{d}")
+        check = _audit(s, f"crop = img.crop({box})", rel, root)
+        assert check.verdict == PASS, check.reason
+        assert _near(_found_box(check), box, px=1), check.reason
+        assert float(re.search(r"\(match ([\d.]+)\)", check.reason).group(1)) >= 0.95, check.reason
+    assert searches == []

@@ -191,7 +191,7 @@ def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo
         return None
     early_exit = cfg.early_exit_score if early_exit is None else early_exit
     for box in hints:
-        found = confirm(needle_pyr, pyr, cfg, box, zoom_lo, zoom_hi, clip)
+        found = confirm(needle_pyr, pyr, cfg, box, zoom_lo, zoom_hi, clip, enough=early_exit)
         if found is not None and found.score >= early_exit:
             return found
     floor = min(1.0, 128 / max(W, H))       # never search a haystack smaller than ~128 px
@@ -235,15 +235,23 @@ def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo
 
 
 def confirm(needle: Pyramid, pyr: Pyramid, cfg: AuditConfig, box: tuple[float, float, float, float],
-            zoom_lo: float, zoom_hi: float, clip: float | None = None) -> Found | None:
+            zoom_lo: float, zoom_hi: float, clip: float | None = None,
+            enough: float | None = None) -> Found | None:
     """The refinement around a hinted box, or None where its shape or zoom rules it out: the
     needle's aspect must be the box's (one zoom for both sides, as the search assumes) and the
-    zoom within the searched range (a hint must not find what the search could not)."""
+    zoom within the searched range (a hint must not find what the search could not). With
+    `enough`, the box itself is matched first, at the zoom its width implies, within 2 px and
+    on a grid aligned to it (`_window`): a match there reaching `enough` is the answer."""
     ph, pw = needle.full.shape
     x1, y1, x2, y2 = box
     zoom, zoom_y = pw / (x2 - x1), ph / (y2 - y1)
     if abs(zoom_y / zoom - 1) > 0.05 or not zoom_lo <= zoom <= zoom_hi:
         return None
+    if enough is not None:
+        found = _match_at(needle, pyr, zoom, (x1 + x2) / 2, (y1 + y2) / 2, (2.0, 2.0),
+                          cfg.refine_template_side, clip, aligned=True)
+        if found is not None and found.score >= enough:
+            return found
     slack = (2.0 + 0.05 * (x2 - x1), 2.0 + 0.05 * (y2 - y1))
     return _refine(needle, pyr, cfg, zoom, (x1 + x2) / 2, (y1 + y2) / 2, slack, clip)
 
@@ -295,59 +303,92 @@ def _search_local(needle: Pyramid, pyr: Pyramid, zooms: list[float], cx: float, 
     """The best match of the needle, at each zoom, for regions centred within `slack` px of
     (cx, cy); the window is cut from the full image and reduced so the template keeps a short
     side of `side` px (or full resolution)."""
-    ph, pw = needle.full.shape
-    full = pyr.full
-    H, W = full.shape
     best = None
     for z in zooms:
-        rw, rh = pw / z, ph / z
-        if rw > W or rh > H:
-            continue
-        a = min(1.0, side / min(rw, rh))
-        border = _BAND_OUTER / a                   # context for the band filter, full-res px
-        X0 = max(0, int(math.floor(cx - rw / 2 - slack[0] - border)))
-        Y0 = max(0, int(math.floor(cy - rh / 2 - slack[1] - border)))
-        X1 = min(W, int(math.ceil(cx + rw / 2 + slack[0] + border)))
-        Y1 = min(H, int(math.ceil(cy + rh / 2 + slack[1] + border)))
-        win, (ox, oy, ow, oh) = _window(pyr, X0, Y0, X1, Y1, a)
-        sx, sy = win.shape[1] / ow, win.shape[0] / oh
-        tw, th = round(rw * sx), round(rh * sy)
-        if tw > win.shape[1] or th > win.shape[0] or (made := _template(needle, tw, th, clip)) is None:
-            continue
-        tpl, m = made
-        res = cv2.matchTemplate(_band(win, clip, dither=True), tpl, cv2.TM_CCOEFF_NORMED)
-        _, score, _, (lx, ly) = cv2.minMaxLoc(res)
-        if not math.isfinite(score) or (best is not None and score <= best.score):
-            continue
-        bx, by = ox + (lx - m) / sx, oy + (ly - m) / sy
-        best = Found(float(score), (bx, by, bx + rw, by + rh), pw / rw)
+        found = _match_at(needle, pyr, z, cx, cy, slack, side, clip)
+        if found is not None and (best is None or found.score > best.score):
+            best = found
     return best
 
 
-def _window(pyr: Pyramid, X0: int, Y0: int, X1: int, Y1: int, a: float):
+def _match_at(needle: Pyramid, pyr: Pyramid, z: float, cx: float, cy: float,
+              slack: tuple[float, float], side: float, clip: float | None,
+              aligned: bool = False) -> Found | None:
+    """`_search_local` at one zoom. `aligned`: the window's sampling grid is laid so that the
+    region centred on (cx, cy) starts on a pixel boundary (`_window`)."""
+    ph, pw = needle.full.shape
+    H, W = pyr.full.shape
+    rw, rh = pw / z, ph / z
+    if rw > W or rh > H:
+        return None
+    a = min(1.0, side / min(rw, rh))
+    border = _BAND_OUTER / a                   # context for the band filter, full-res px
+    X0 = max(0, int(math.floor(cx - rw / 2 - slack[0] - border)))
+    Y0 = max(0, int(math.floor(cy - rh / 2 - slack[1] - border)))
+    X1 = min(W, int(math.ceil(cx + rw / 2 + slack[0] + border)))
+    Y1 = min(H, int(math.ceil(cy + rh / 2 + slack[1] + border)))
+    win, (ox, oy, ow, oh) = _window(pyr, X0, Y0, X1, Y1, a,
+                                    (cx - rw / 2, cy - rh / 2) if aligned else None)
+    sx, sy = win.shape[1] / ow, win.shape[0] / oh
+    tw, th = round(rw * sx), round(rh * sy)
+    if tw > win.shape[1] or th > win.shape[0] or (made := _template(needle, tw, th, clip)) is None:
+        return None
+    tpl, m = made
+    res = cv2.matchTemplate(_band(win, clip, dither=True), tpl, cv2.TM_CCOEFF_NORMED)
+    _, score, _, (lx, ly) = cv2.minMaxLoc(res)
+    if not math.isfinite(score):
+        return None
+    bx, by = ox + (lx - m) / sx, oy + (ly - m) / sy
+    return Found(float(score), (bx, by, bx + rw, by + rh), pw / rw)
+
+
+# A window reduced by a factor that is not whole samples the image on a grid whose phase
+# follows where the window starts, while the template's follows the needle: matching runs at
+# whole-pixel offsets, and half a reduced pixel out of phase costs band-passed matching up to
+# ~0.15 of score (an exact crop at its exact place: 0.99 or 0.85, by where its window starts).
+# Where the region's place is known (a hinted box), the window starts where its grid meets it.
+_ALIGN_SHIFT_MAX = 16       # pixels of the cut grid a window may start further out for that
+
+
+def _window(pyr: Pyramid, X0: int, Y0: int, X1: int, Y1: int, a: float,
+            align: tuple[float, float] | None = None):
     """The full image's pixels X0..X1 x Y0..Y1 reduced by `a` (<= 1), and the full-resolution
     rectangle (x, y, width, height) they cover. Cut from the coarsest halving of the pyramid
     (an even level: cheap to build) at least a sqrt(2) step finer than `a`, where its grid lands,
     not from the full image: reducing a big window of a large image at full resolution was most
-    of the audit's time."""
+    of the audit's time. `align`: a full-resolution point the reduced grid should meet; the
+    window then starts up to _ALIGN_SHIFT_MAX pixels further left and up, where it comes closest."""
     full = pyr.full
+    if a >= 1.0:
+        return full[Y0:Y1, X0:X1], (X0, Y0, X1 - X0, Y1 - Y0)
     k = pyr.index(a) - 1
     k -= k % 2
-    if a >= 1.0 or k < 1:
-        win = full[Y0:Y1, X0:X1]
-        if a < 1.0:
-            size = (max(1, round((X1 - X0) * a)), max(1, round((Y1 - Y0) * a)))
-            win = cv2.resize(win, size, interpolation=cv2.INTER_AREA)
-        return win, (X0, Y0, X1 - X0, Y1 - Y0)
-    level = pyr.raw(k)
-    kx, ky = level.shape[1] / full.shape[1], level.shape[0] / full.shape[0]
+    grid = full if k < 1 else pyr.raw(k)
+    kx, ky = grid.shape[1] / full.shape[1], grid.shape[0] / full.shape[0]
     x0, y0 = int(math.floor(X0 * kx)), int(math.floor(Y0 * ky))
-    x1 = min(level.shape[1], int(math.ceil(X1 * kx)))
-    y1 = min(level.shape[0], int(math.ceil(Y1 * ky)))
+    x1 = min(grid.shape[1], int(math.ceil(X1 * kx)))
+    y1 = min(grid.shape[0], int(math.ceil(Y1 * ky)))
+    if align is not None:
+        x0 = _aligned_start(x0, x1, kx, a, align[0])
+        y0 = _aligned_start(y0, y1, ky, a, align[1])
     ow, oh = (x1 - x0) / kx, (y1 - y0) / ky
     size = (max(1, round(ow * a)), max(1, round(oh * a)))
-    win = cv2.resize(level[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+    win = cv2.resize(grid[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
     return win, (x0 / kx, y0 / ky, ow, oh)
+
+
+def _aligned_start(start: int, end: int, k: float, a: float, point: float) -> int:
+    """The start (start - 0.._ALIGN_SHIFT_MAX, >= 0) of a cut end - start pixels long of a grid
+    at scale k, reduced as `_window` does, that puts the full-resolution `point` closest to a
+    pixel boundary of the reduced window."""
+    best, best_off = start, 1.0
+    for s in range(start, max(-1, start - _ALIGN_SHIFT_MAX - 1), -1):
+        size = max(1, round((end - s) / k * a))
+        pos = (point * k - s) * size / (end - s)
+        off = abs(pos - round(pos))
+        if off < best_off - 1e-9:
+            best, best_off = s, off
+    return best
 
 
 # Boxes are (x1, y1, x2, y2), x2 and y2 exclusive, as `Found.box` and the ground truth's `box`.
