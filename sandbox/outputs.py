@@ -153,7 +153,9 @@ PROBLEMS = {
 
 def check_image(data: bytes, max_pixels: int) -> dict:
     """Decode `data` completely: {"ext": extension to store it under, "problem": a key of
-    PROBLEMS or None}."""
+    PROBLEMS or None}. A JPEG's every entropy-coded block is decoded, at 1/8 scale: its
+    full-size inverse DCT and colour conversion cannot fail where that succeeded (libjpeg
+    reports corrupt entropy data as warnings either way), and cost ~55 % of its time."""
     from PIL import Image
 
     default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels  # raise on the header
@@ -175,6 +177,8 @@ def _check_image(data: bytes, max_pixels: int) -> dict:
                 return {"ext": ext, "problem": "pixels"}
             img.verify()  # structure and checksums (PNG chunks, ...)
         with Image.open(io.BytesIO(data), formats=["JPEG" if fmt == "MPO" else fmt]) as img:
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(width // 8, 1), max(height // 8, 1)))
             img.load()    # every pixel: a truncated or corrupt stream fails here
     except Image.DecompressionBombError:
         return {"ext": ext, "problem": "pixels"}
