@@ -173,8 +173,9 @@ def locate(needle: np.ndarray | Pyramid, pyr: Pyramid, cfg: AuditConfig, zoom_lo
     """Where `needle` (a possibly zoomed crop) lies in the pyramid's image.
 
     First the `hints` (boxes where the needle may come from: those its code names, `hints.py`),
-    each refined around its place at the zoom its size implies; one that reaches early_exit (the
-    search's own acceptance rule) is the answer, and otherwise the search below runs unchanged.
+    each matched at its place on an aligned window, then refined around it (`confirm`); one
+    that reaches early_exit (the search's own acceptance rule) is the answer, and otherwise the
+    search below runs unchanged.
 
     Coarse: for each zoom on a geometric grid, the needle shrunk to the region it would cover
     is matched against the coarsest pyramid level where that template keeps a short side of
