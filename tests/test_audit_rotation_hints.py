@@ -134,7 +134,14 @@ def _check(s, code: str | None, rel: str, root: Path, config: AuditConfig | None
     return next(c for c in audit(t, s, root, config or AuditConfig()).audit if c.name == "rotation_semantics")
 
 
-def test_the_rotation_the_code_names_is_confirmed_without_a_search(rotate_case, searches):
+def test_the_rotation_the_code_names_is_confirmed_without_a_search(rotate_case, searches, monkeypatch):
+    """... and without a refinement: the claim's place is matched first on a window aligned to
+    it (`locate.confirm(enough=...)`), which an exact turn reaches."""
+    from pipelines.samples.audit import locate as locate_module
+
+    refinements = []
+    refine = locate_module._refine
+    monkeypatch.setattr(locate_module, "_refine", lambda *a: refinements.append(a) or refine(*a))
     store, s, img, _ = rotate_case
     a = -s.meta["angle"]
     w, h = img.size
@@ -153,7 +160,7 @@ def test_the_rotation_the_code_names_is_confirmed_without_a_search(rotate_case, 
     for i, (code, out) in enumerate(cases.items()):
         check = _check(s, code, _produce(store.root, out, f"named_{i}"), store.root)
         assert check.verdict == PASS and "the code turns the input" in check.reason, (code, check.reason)
-    assert searches == []
+    assert searches == [] and refinements == []
     # the search alone says the same
     for i, code in enumerate(cases):
         rel = f"produced/named_{i}.png"

@@ -174,7 +174,8 @@ def _code_claim(hint: RotationHint, angle: float, haystack, full_shape: tuple[in
     bh = (oh - 2 * (oh // 4)) / oh * region_h * ky
     if min(bw, bh) < 1 or not (0 <= cx <= hay.full.shape[1] and 0 <= cy <= hay.full.shape[0]):
         return None     # a claim that puts the output off the turned input is not one to refine
-    found = confirm(needle, hay, cfg, (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), lo, hi)
+    found = confirm(needle, hay, cfg, (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), lo, hi,
+                    enough=cfg.rotation_fast_score)
     if found is None or found.score < cfg.rotation_fast_score:
         return None
     return d, found
