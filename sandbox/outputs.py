@@ -179,7 +179,7 @@ def _check_image(data: bytes, max_pixels: int) -> dict:
         with Image.open(io.BytesIO(data), formats=["JPEG" if fmt == "MPO" else fmt]) as img:
             if img.format == "JPEG":
                 img.draft(img.mode, (max(width // 8, 1), max(height // 8, 1)))
-            img.load()    # every pixel: a truncated or corrupt stream fails here
+            img.load()    # every pixel (a JPEG: every block): a truncated or corrupt stream fails here
     except Image.DecompressionBombError:
         return {"ext": ext, "problem": "pixels"}
     except UnidentifiedImageError:
