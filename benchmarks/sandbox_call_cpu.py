@@ -10,8 +10,15 @@ A last row, "funnel", runs the template teacher's trajectories on `--samples` ge
 gives CPU per trajectory. `--system-zlib` adds rows for this tree with the workers on the
 system's zlib instead of the zlib-ng `make` builds (sandbox/deflate.py), alternating too.
 
+`--floor` adds two rows that run the same trajectories' code without the sandbox, in a process
+set up as a worker is (the same zlib and malloc settings, `warm_up`, a frozen heap), each block
+repaired as the worker repairs it: "in one process" runs every trajectory in one forked process
+(what the code itself costs), "a bare fork each" forks that process once per trajectory with no
+confinement, zygote, worker, checker or pipes (what a fresh process per trajectory costs). The
+gap from the second to the sandbox's funnel row is the sandbox's own machinery.
+
     python benchmarks/sandbox_call_cpu.py [--calls 300] [--rounds 4] [--samples 200] [--against DIR]
-                                          [--system-zlib]
+                                          [--system-zlib] [--floor]
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,6 +76,72 @@ def _funnel_sessions(samples: int, tmp: str) -> list[tuple[list[str], list[str]]
     return sessions
 
 
+def write_sessions(samples: int, folder: str) -> None:
+    """The funnel's sessions, for `floor`, generated in a process of their own: the process that
+    forks then holds no pool-generation garbage, as a zygote holds none."""
+    Path(folder, "sessions.json").write_text(json.dumps(_funnel_sessions(samples, folder)))
+
+
+def _run_blocks(image: str | None, scratch: str, blocks: list) -> None:
+    """A trajectory's compiled blocks in one namespace, as a session runs them (a failed block
+    is a result like any other; what the code prints is discarded)."""
+    import contextlib
+    import io
+
+    from sandbox import runner
+
+    namespace = runner.initial_namespace(image, scratch, "compat")
+    with contextlib.redirect_stdout(io.StringIO()):
+        for block in blocks:
+            try:
+                exec(block, namespace)
+            except Exception:  # noqa: BLE001, S110
+                pass
+
+
+def floor(folder: str) -> dict[str, dict[str, float]]:
+    """ms of CPU per trajectory for the funnel's code without the sandbox (see the docstring)."""
+    import gc
+
+    from sandbox import warm
+    from sandbox.repair import RepairContext, image_size, output_subfolders, repair
+
+    warm.warm_up()
+    sessions = json.loads(Path(folder, "sessions.json").read_text())
+    jobs = []
+    for k, (inputs, blocks) in enumerate(sessions):
+        scratch = os.path.join(folder, "scratch", str(k))
+        os.makedirs(scratch)
+        compiled = []
+        for code in blocks:   # repaired as the worker does, outside the measured part
+            size = image_size(inputs[0]) if inputs else None
+            fixed, _ = repair(code, RepairContext(inputs=inputs, image_size=lambda s=size: s,
+                                                  output_dir=scratch))
+            for sub in output_subfolders(fixed, scratch):
+                os.makedirs(sub, exist_ok=True)
+            compiled.append(compile(fixed, "<code>", "exec"))
+        jobs.append((inputs[0] if inputs else None, scratch, compiled))
+    gc.collect()
+    gc.freeze()
+
+    def forked(body) -> float:
+        pid = os.fork()
+        if pid == 0:
+            body()
+            os._exit(0)
+        _, _, usage = os.wait4(pid, 0)
+        return usage.ru_utime + usage.ru_stime
+
+    parent = time.process_time()
+    children = sum(forked(lambda job=job: _run_blocks(*job)) for job in jobs if job[2])
+    parent = time.process_time() - parent
+    one = forked(lambda: [_run_blocks(*job) for job in jobs])
+    n = len(jobs) / 1000
+    zero = dict.fromkeys(PARTS, 0.0)
+    return {"funnel, in one process": {**zero, "children": one / n},
+            "funnel, a bare fork each": {**zero, "children": children / n, "caller": parent / n}}
+
+
 def measure(calls: int, samples: int) -> dict[str, dict[str, float]]:
     """ms of CPU per call, by process, for each snippet (this process's `sandbox`)."""
     from sandbox import Sandbox
@@ -114,10 +188,20 @@ def main() -> int:
     ap.add_argument("--against", help="another checkout to compare with, measured alternately")
     ap.add_argument("--system-zlib", action="store_true",
                     help="also this tree with the workers on the system's zlib")
+    ap.add_argument("--floor", action="store_true",
+                    help="add the funnel's code without the sandbox: in one process, a bare fork each")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--write-sessions", metavar="DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--floor-one", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(measure(args.calls, args.samples)))
+        return 0
+    if args.write_sessions:
+        write_sessions(args.samples, args.write_sessions)
+        return 0
+    if args.floor_one:
+        print(json.dumps(floor(args.floor_one)))
         return 0
     trees = {"this tree": (str(HERE), {})}
     if args.system_zlib:
@@ -125,13 +209,24 @@ def main() -> int:
     if args.against:
         trees[f"{args.against}"] = (str(Path(args.against).resolve()), {})
     runs: dict[str, list[dict]] = {t: [] for t in trees}
-    for _ in range(args.rounds):
-        for label, (root, extra) in trees.items():
-            env = {**os.environ, "PYTHONPATH": root, **extra}
-            proc = subprocess.run([sys.executable, __file__, "--one", "--calls", str(args.calls),
-                                   "--samples", str(args.samples)],
-                                  env=env, capture_output=True, text=True, check=True)
-            runs[label].append(json.loads(proc.stdout))
+    floor_runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="thyme-call-cpu-") as tmp:
+        sessions = os.path.join(tmp, "sessions")
+        if args.floor:
+            os.makedirs(sessions)
+            _self(["--write-sessions", sessions, "--samples", str(args.samples)], {})
+        for r in range(args.rounds):
+            for label, (root, extra) in trees.items():
+                out = _self(["--one", "--calls", str(args.calls), "--samples", str(args.samples)],
+                            {"PYTHONPATH": root, **extra})
+                runs[label].append(json.loads(out))
+            if args.floor:
+                folder = os.path.join(tmp, f"floor-{r}")
+                shutil.copytree(sessions, folder)
+                floor_runs.append(json.loads(_self(["--floor-one", folder], _worker_env())))
+                shutil.rmtree(folder)
+    if floor_runs:
+        runs["this tree, without the sandbox"] = floor_runs
     print(f"CPU ms per call (median of {args.rounds} rounds of {args.calls} calls, one worker; "
           f"load {os.getloadavg()[0]:.1f})\n")
     print("| tree | snippet | worker | zygote | children | caller | total |")
@@ -143,6 +238,24 @@ def main() -> int:
             print(f"| {label} | {snippet} | " + " | ".join(f"{med[p]:.2f}" for p in PARTS)
                   + f" | {total:.2f} |")
     return 0
+
+
+def _self(args: list[str], env: dict[str, str]) -> str:
+    """This script with `args` in a fresh process; its standard output."""
+    env = {**os.environ, "PYTHONPATH": str(HERE), **env}
+    return subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def _worker_env() -> dict[str, str]:
+    """What a worker's interpreter starts with that changes what its code costs: the zlib it
+    preloads and the malloc settings (sandbox.core.launch_subprocess)."""
+    from sandbox import deflate
+    from sandbox.core import MALLOC_TUNABLES
+
+    zlib = deflate.resolve(None)
+    return {"GLIBC_TUNABLES": MALLOC_TUNABLES, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1", **({"LD_PRELOAD": zlib} if zlib else {})}
 
 
 if __name__ == "__main__":
