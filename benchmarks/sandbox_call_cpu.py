@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -110,7 +109,7 @@ def floor(folder: str) -> dict[str, dict[str, float]]:
     sessions = json.loads(Path(folder, "sessions.json").read_text())
     jobs = []
     for k, (inputs, blocks) in enumerate(sessions):
-        scratch = os.path.join(folder, "scratch", str(k))
+        scratch = os.path.join(folder, f"scratch-{os.getpid()}", str(k))
         os.makedirs(scratch)
         compiled = []
         for code in blocks:   # repaired as the worker does, outside the measured part
@@ -215,16 +214,13 @@ def main() -> int:
         if args.floor:
             os.makedirs(sessions)
             _self(["--write-sessions", sessions, "--samples", str(args.samples)], {})
-        for r in range(args.rounds):
+        for _ in range(args.rounds):
             for label, (root, extra) in trees.items():
                 out = _self(["--one", "--calls", str(args.calls), "--samples", str(args.samples)],
                             {"PYTHONPATH": root, **extra})
                 runs[label].append(json.loads(out))
             if args.floor:
-                folder = os.path.join(tmp, f"floor-{r}")
-                shutil.copytree(sessions, folder)
-                floor_runs.append(json.loads(_self(["--floor-one", folder], _worker_env())))
-                shutil.rmtree(folder)
+                floor_runs.append(json.loads(_self(["--floor-one", sessions], _worker_env())))
     if floor_runs:
         runs["this tree, without the sandbox"] = floor_runs
     print(f"CPU ms per call (median of {args.rounds} rounds of {args.calls} calls, one worker; "
