@@ -1,5 +1,6 @@
 """The sandbox on realistic Thyme snippets: images, computations, sessions, errors, the pool."""
 
+import ctypes
 import functools
 import json
 import os
@@ -315,6 +316,47 @@ def test_model_code_sees_library_defaults(sandbox):
     """The worker's warm-up (which runs the image checker once) changes nothing a snippet sees."""
     r = sandbox.run("from PIL import Image\nprint(Image.MAX_IMAGE_PIXELS)")
     assert r.ok and r.text == str(1024 * 1024 * 1024 // 4 // 3), r  # PIL's own default
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="glibc < 2.33")
+def test_a_child_finds_opencv_colour_tables_built(sandbox):
+    """OpenCV builds its Lab/Luv tables on the first such conversion (~4.6 MB, ~75 ms): the
+    warm-up builds them once, so a child that enhances contrast in Lab allocates nothing for
+    them (what malloc holds before and after, from glibc's mallinfo2)."""
+    code = """import ctypes
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+def held():
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+small = np.zeros((8, 8, 3), np.uint8)
+before = held()
+cv2.cvtColor(cv2.cvtColor(small, cv2.COLOR_BGR2LAB), cv2.COLOR_LAB2BGR)
+cv2.cvtColor(cv2.cvtColor(small, cv2.COLOR_BGR2LUV), cv2.COLOR_LUV2BGR)
+print(held() - before)"""
+    r = sandbox.run(code)
+    assert r.ok, r.error
+    assert int(r.text) < 64 * 1024, f"the conversions kept {r.text} bytes (~4.6 MB unwarmed)"
+
+
+def test_a_child_imports_nothing_for_common_numerics(sandbox):
+    """What contrast and computation snippets use was imported by the warm-up: a percentile
+    (numpy.ma), a definite integral (sympy.integrals' methods), the statistics module."""
+    code = """import sys
+before = set(sys.modules)
+import statistics
+import sympy as sp
+x = sp.symbols("x")
+np.percentile(np.arange(100), (1, 99))
+sp.integrate(x**3 - x, (x, 0, 2))
+statistics.median([3, 1, 2])
+print(sorted(set(sys.modules) - before))"""
+    r = sandbox.run(code)
+    assert r.ok, r.error
+    assert r.text == "[]", f"imported in the child: {r.text}"
 
 
 def _huge_pages_on_malloc() -> bool:
