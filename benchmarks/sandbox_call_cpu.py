@@ -209,6 +209,10 @@ def main() -> int:
         trees[f"{args.against}"] = (str(Path(args.against).resolve()), {})
     runs: dict[str, list[dict]] = {t: [] for t in trees}
     floor_runs: list[dict] = []
+    if args.floor:   # (this tree's sandbox: the floor rows run this tree's code)
+        from sandbox import deflate
+        from sandbox.core import worker_environment
+        worker_env = worker_environment(deflate.resolve(None))   # the zlib and malloc a worker has
     with tempfile.TemporaryDirectory(prefix="thyme-call-cpu-") as tmp:
         sessions = os.path.join(tmp, "sessions")
         if args.floor:
@@ -220,7 +224,7 @@ def main() -> int:
                             {"PYTHONPATH": root, **extra})
                 runs[label].append(json.loads(out))
             if args.floor:
-                floor_runs.append(json.loads(_self(["--floor-one", sessions], _worker_env())))
+                floor_runs.append(json.loads(_self(["--floor-one", sessions], worker_env)))
     if floor_runs:
         runs["this tree, without the sandbox"] = floor_runs
     print(f"CPU ms per call (median of {args.rounds} rounds of {args.calls} calls, one worker; "
@@ -241,17 +245,6 @@ def _self(args: list[str], env: dict[str, str]) -> str:
     env = {**os.environ, "PYTHONPATH": str(HERE), **env}
     return subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True,
                           text=True, check=True).stdout
-
-
-def _worker_env() -> dict[str, str]:
-    """What a worker's interpreter starts with that changes what its code costs: the zlib it
-    preloads and the malloc settings (sandbox.core.launch_subprocess)."""
-    from sandbox import deflate
-    from sandbox.core import MALLOC_TUNABLES
-
-    zlib = deflate.resolve(None)
-    return {"GLIBC_TUNABLES": MALLOC_TUNABLES, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1", **({"LD_PRELOAD": zlib} if zlib else {})}
 
 
 if __name__ == "__main__":

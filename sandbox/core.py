@@ -71,14 +71,21 @@ Launcher = Callable[[WorkerConfig], tuple[int, int, int]]
 MALLOC_TUNABLES = "glibc.malloc.hugetlb=1"
 
 
+def worker_environment(zlib: str | None) -> dict[str, str]:
+    """What a worker's interpreter starts with, besides PATH and PYTHONPATH: single-threaded
+    numerics, malloc's huge pages, and `zlib` preloaded (sandbox.deflate; the worker checks that
+    it loaded)."""
+    env = {"LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "GLIBC_TUNABLES": MALLOC_TUNABLES}
+    if zlib:
+        env["LD_PRELOAD"] = zlib
+    return env
+
+
 def launch_subprocess(config: WorkerConfig, prelude: str = "") -> tuple[int, int, int]:
     """Start a worker as a fresh interpreter with a minimal environment (`prelude`: Python run
     before the worker starts, e.g. a test that simulates a host without Landlock)."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": _PACKAGE_PARENT, "LANG": "C.UTF-8",
-           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONDONTWRITEBYTECODE": "1", "GLIBC_TUNABLES": MALLOC_TUNABLES}
-    if config.zlib:
-        env["LD_PRELOAD"] = config.zlib     # sandbox.deflate; the worker checks that it loaded
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": _PACKAGE_PARENT, **worker_environment(config.zlib)}
     for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # host-specific BLAS workarounds
         if key in os.environ:
             env[key] = os.environ[key]
