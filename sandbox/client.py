@@ -73,6 +73,7 @@ class SandboxClient:
         self.isolation_report: dict = info["isolation"]
         # the service's workers' zlib (sandbox.deflate); a service older than that does not say
         self.zlib: str = info.get("zlib", "unknown")
+        self.png_level: int | None = info.get("png_level")  # PIL's PNG level there (sandbox.deflate)
         refused = policy.refusal(policy.resolve(isolation), self.isolation_report["missing"])
         if refused:
             self.close()

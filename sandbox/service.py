@@ -120,7 +120,7 @@ class SandboxService:
         sb = self.sandbox
         return {"workers": sb.workers, "timeout": sb.timeout, "namespace": sb.namespace,
                 "degraded": list(sb.degraded), "isolation": sb.isolation_report,
-                "zlib": sb.zlib,
+                "zlib": sb.zlib, "png_level": sb.png_level,
                 "max_timeout": self.max_timeout,
                 "max_body_bytes": self.max_body, "max_inflight": self.admission.limit,
                 "inflight": self.admission.inside, "sessions": len(self.sessions),

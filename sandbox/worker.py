@@ -57,6 +57,7 @@ class WorkerConfig:
     isolation: str = "strict"         # the isolation policy (sandbox.policy): what must be active
     namespace: str = "compat"         # pre-bound names: "compat" (the original's) or "strict"
     zlib: str | None = None           # a libz.so.1 build preloaded in place of the system's (sandbox.deflate)
+    png_level: int | None = deflate.PNG_LEVEL  # PIL's PNG level when the code names none (None: zlib's)
 
 
 class Worker(ForkServer):
@@ -96,6 +97,7 @@ class Worker(ForkServer):
             raise confine.ConfinementError(refusal)
         self.degraded = [m for m in policy.MECHANISMS if m in self.missing]
         self.zlib = deflate.check_loaded(self.cfg.zlib)
+        deflate.set_png_level(self.cfg.png_level)
         _warm_up()
         self.read_only = _library_paths()
         # Compiled once; per child only when signals cannot be scoped by Landlock.

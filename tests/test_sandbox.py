@@ -313,7 +313,8 @@ def test_printed_image_paths():
 
 
 def test_model_code_sees_library_defaults(sandbox):
-    """The worker's warm-up (which runs the image checker once) changes nothing a snippet sees."""
+    """The worker's warm-up (which runs the image checker once) changes nothing a snippet sees
+    (PIL's PNG level aside, on purpose: sandbox.deflate and test_sandbox_zlib.py)."""
     r = sandbox.run("from PIL import Image\nprint(Image.MAX_IMAGE_PIXELS)")
     assert r.ok and r.text == str(1024 * 1024 * 1024 // 4 // 3), r  # PIL's own default
 

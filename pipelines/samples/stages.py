@@ -336,6 +336,7 @@ def executions_shard(layout: Layout, key: str, sandbox, cache=None, timeout: flo
         # the zlib its PNGs were deflated with: the pixels never depend on it, the bytes (and so
         # the images' content-addressed names) do (sandbox.deflate)
         "sandbox_zlib": sandbox.zlib,
+        "sandbox_png_level": sandbox.png_level,   # PIL's level where the code names none
     }
 
 
