@@ -14,7 +14,8 @@ system's zlib instead of the zlib-ng `make` builds (sandbox/deflate.py), alterna
 set up as a worker is (the same zlib and malloc settings, `warm_up`, a frozen heap), each block
 repaired as the worker repairs it: "in one process" runs every trajectory in one forked process
 (what the code itself costs), "a bare fork each" forks that process once per trajectory with no
-confinement, zygote, worker, checker or pipes (what a fresh process per trajectory costs). The
+confinement, zygote, worker, checker or pipes (what a fresh process per trajectory costs; the
+trajectories that name sympy after it has warmed sympy too, as the worker's two zygotes are). The
 gap from the second to the sandbox's funnel row is the sandbox's own machinery.
 
     python benchmarks/sandbox_call_cpu.py [--calls 300] [--rounds 4] [--samples 200] [--against DIR]
@@ -42,20 +43,26 @@ def _stat(pid: int) -> list[str]:
         return f.read().rsplit(")", 1)[1].split()  # [1] ppid, [11] utime ... [14] cstime
 
 
-def _cpu(worker: int, zygote: int) -> dict[str, float]:
+def _cpu(worker: int, zygotes: list[int]) -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
-    w, z = _stat(worker), _stat(zygote)
-    children = int(z[13]) + int(z[14])  # reaped by the zygote
+    w, zs = _stat(worker), [_stat(z) for z in zygotes]
+    children = sum(int(z[13]) + int(z[14]) for z in zs)  # reaped by the zygotes
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 s = _stat(int(entry))
             except OSError:
                 continue
-            if int(s[1]) == zygote:
+            if int(s[1]) in zygotes:
                 children += int(s[11]) + int(s[12])  # still alive (a session, the checker)
-    return {"worker": (int(w[11]) + int(w[12])) / tick, "zygote": (int(z[11]) + int(z[12])) / tick,
+    return {"worker": (int(w[11]) + int(w[12])) / tick,
+            "zygote": sum(int(z[11]) + int(z[12]) for z in zs) / tick,
             "children": children / tick, "caller": time.process_time()}
+
+
+def _zygotes(info: dict) -> list[int]:
+    """A worker's zygotes (one before the lean/sympy split, sandbox.fork_server)."""
+    return list(info.get("zygote_pids", {"": info["zygote_pid"]}).values())
 
 
 def _funnel_sessions(samples: int, tmp: str) -> list[tuple[list[str], list[str]]]:
@@ -105,7 +112,7 @@ def floor(folder: str) -> dict[str, dict[str, float]]:
     from sandbox import warm
     from sandbox.repair import RepairContext, image_size, output_subfolders, repair
 
-    warm.warm_up()
+    warm.warm_up()   # the lean zygote's warm-up; the sympy one's is added below, as a worker does
     sessions = json.loads(Path(folder, "sessions.json").read_text())
     jobs = []
     for k, (inputs, blocks) in enumerate(sessions):
@@ -119,7 +126,8 @@ def floor(folder: str) -> dict[str, dict[str, float]]:
             for sub in output_subfolders(fixed, scratch):
                 os.makedirs(sub, exist_ok=True)
             compiled.append(compile(fixed, "<code>", "exec"))
-        jobs.append((inputs[0] if inputs else None, scratch, compiled))
+        jobs.append((inputs[0] if inputs else None, scratch, compiled,
+                     warm.needs_sympy(blocks[0]) if blocks else False))
     gc.collect()
     gc.freeze()
 
@@ -131,10 +139,18 @@ def floor(folder: str) -> dict[str, dict[str, float]]:
         _, _, usage = os.wait4(pid, 0)
         return usage.ru_utime + usage.ru_stime
 
-    parent = time.process_time()
-    children = sum(forked(lambda job=job: _run_blocks(*job)) for job in jobs if job[2])
-    parent = time.process_time() - parent
-    one = forked(lambda: [_run_blocks(*job) for job in jobs])
+    def fork_each(sympy: bool) -> tuple[float, float]:
+        parent = time.process_time()
+        children = sum(forked(lambda job=job: _run_blocks(*job[:3])) for job in jobs
+                       if job[2] and job[3] == sympy)
+        return children, time.process_time() - parent
+
+    children, parent = fork_each(sympy=False)      # from a process warmed as the lean zygote
+    warm.warm_up_sympy()
+    gc.freeze()
+    more, more_parent = fork_each(sympy=True)      # ... and as the sympy zygote
+    children, parent = children + more, parent + more_parent
+    one = forked(lambda: [_run_blocks(*job[:3]) for job in jobs])
     n = len(jobs) / 1000
     zero = dict.fromkeys(PARTS, 0.0)
     return {"funnel, in one process": {**zero, "children": one / n},
@@ -157,22 +173,22 @@ def measure(calls: int, samples: int) -> dict[str, dict[str, float]]:
         for name, code, inputs, n in (("print(1)", "print(1)", [], calls),
                                       ("image", IMAGE_SNIPPET, [image], calls),
                                       ("sympy", SYMPY_SNIPPET, [], max(calls // 4, 1))):
-            before = _cpu(handle.pid, handle.info["zygote_pid"])
+            before = _cpu(handle.pid, _zygotes(handle.info))
             for _ in range(n):
                 r = sb.run(code, inputs=inputs)
                 if not r.ok:
                     raise RuntimeError(f"{name} failed: {r.error}")
-            after = _cpu(handle.pid, handle.info["zygote_pid"])
+            after = _cpu(handle.pid, _zygotes(handle.info))
             out[name] = {p: (after[p] - before[p]) / n * 1000 for p in PARTS}
         if samples:
             sessions = _funnel_sessions(samples, tmp)
-            before = _cpu(handle.pid, handle.info["zygote_pid"])
+            before = _cpu(handle.pid, _zygotes(handle.info))
             for inputs, blocks in sessions:
                 if blocks:
                     with sb.session(inputs=inputs) as session:
                         for code in blocks:
                             session.run(code)  # a failed block is a result like any other
-            after = _cpu(handle.pid, handle.info["zygote_pid"])
+            after = _cpu(handle.pid, _zygotes(handle.info))
             out["funnel (per trajectory)"] = {p: (after[p] - before[p]) / len(sessions) * 1000
                                               for p in PARTS}
     return out

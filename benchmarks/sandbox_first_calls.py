@@ -2,7 +2,7 @@
 
 Every code block runs in a fresh fork of a warmed worker, so whatever a library initialises on
 first use (tables, lazy imports, caches) is paid again by every child that uses it, unless
-`sandbox.warm.warm_up` did it before the zygote forked. This forks a process warmed the same way
+the warm-up (`sandbox.warm`) did it before the zygote forked. This forks a process warmed the same way
 once per operation and times the operation's first and second call in that child (a small input,
 so the first call's extra is initialisation, not page faults on big buffers). Rows whose first
 call costs more than `--flag-ms` over the second are marked. Sympy caches what it computes: its
@@ -130,6 +130,7 @@ def main() -> int:
     args = parser.parse_args()
     from sandbox import warm
     warm.warm_up()
+    warm.warm_up_sympy()   # (the sympy zygote's: its operations are timed here too)
     ops = operations()
     gc.collect()
     gc.freeze()   # as the worker does before its zygote forks

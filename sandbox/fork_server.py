@@ -1,10 +1,14 @@
-"""The worker's fork server: the zygote, and the life of each child it forks.
+"""The worker's fork server: the zygotes, and the life of each child they fork.
 
-The zygote is a copy of the warmed worker made before any request; it forks every child, so
-no child inherits a heap that held another job's code or output. A child confines itself
+A zygote is a copy of the warmed worker made before any request; it forks children, so no
+child inherits a heap that held another job's code or output. There are two (`ZYGOTES`): "lean"
+(cv2, numpy, PIL) forks most children and the image checkers; "sympy", made after the worker
+also warmed sympy, forks the children whose code names it (`sandbox.warm.needs_sympy`). sympy
+is over half the warmed heap, and a child's fork and exit cost grows with the pages it
+inherits: ~1-3 ms less CPU per child (docs/benchmarks.md). A child confines itself
 (sandbox.confine) and says so before it reads any input, then serves code blocks (sandbox.runner)
 or image checks (sandbox.outputs). The worker confirms that report, resumes and freezes a
-session's child between blocks, and kills it, has the zygote reap it and removes its scratch.
+session's child between blocks, and kills it, has its zygote reap it and removes its scratch.
 `ForkServer` holds these steps; the `Worker` (sandbox.worker) is one and sets what they read.
 """
 
@@ -33,7 +37,17 @@ class Unfit(RuntimeError):
 
 
 class ZygoteLost(Unfit):
-    """The zygote died or hung: this worker can no longer start children."""
+    """A zygote died or hung: this worker can no longer start children."""
+
+
+ZYGOTES = ("lean", "sympy")     # in the order the worker makes them
+
+
+@dataclass
+class Zygote:
+    name: str                         # one of ZYGOTES
+    pid: int
+    sock: socket.socket               # requests and replies (fds ride along)
 
 
 # How long the worker waits to see a session's child stopped before it reads its folder.
@@ -50,6 +64,7 @@ class Child:
     from_child: int
     scratch: str | None               # None for an image checker (it writes nothing)
     inputs: list[str]
+    zygote: str = "lean"              # the zygote that forked it (and reaps it)
     confined: bool = False            # it reported confinement (before reading any input)
     _image_size: tuple[int, int] | None = field(default=None, init=False)
 
@@ -71,15 +86,16 @@ class ForkServer:
     seccomp_per_child: bool
     seccomp_bpf: bytes
     read_only: list[str]
-    baseline_vm: int
+    baseline_vm: int                  # (each zygote keeps the value it was made with)
+    zygotes: dict[str, Zygote]
     counter: int                      # children started (names their scratch folders)
     lost: str | None
     cleanup_problem: str | None
 
-    # ------------------------------------------------------------ the zygote
-    # Children are forked from a copy of this process made now, before any request: this
-    # process's heap soon holds other jobs' code and output, which a child could scan.
-    def _start_zygote(self) -> None:
+    # ------------------------------------------------------------ the zygotes
+    # Children are forked from copies of this process made at start-up, before any request:
+    # this process's heap soon holds other jobs' code and output, which a child could scan.
+    def _start_zygote(self, name: str) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
@@ -94,7 +110,7 @@ class ForkServer:
                 os._exit(0)
         theirs.close()
         ours.settimeout(self.cfg.zygote_timeout_s)
-        self.zygote_pid, self.zygote = pid, ours
+        self.zygotes[name] = Zygote(name, pid, ours)
 
     def _zygote_loop(self, sock: socket.socket) -> None:
         while True:
@@ -140,24 +156,25 @@ class ForkServer:
         finally:
             os._exit(status)
 
-    def _zygote_call(self, message: dict, fds: list[int] = ()) -> tuple[dict, list[int]]:
-        """The zygote's answer; ZygoteLost (and the worker retires) if it is gone or hung."""
-        msg, got = b"", []
+    def _zygote_call(self, name: str, message: dict, fds: list[int] = ()) -> tuple[dict, list[int]]:
+        """Zygote `name`'s answer; ZygoteLost (and the worker retires) if it is gone or hung."""
+        zygote, msg, got = self.zygotes[name], b"", []
         try:
-            socket.send_fds(self.zygote, [json.dumps(message).encode()], list(fds))
-            msg, got, _, _ = socket.recv_fds(self.zygote, 1 << 16, 1)
+            socket.send_fds(zygote.sock, [json.dumps(message).encode()], list(fds))
+            msg, got, _, _ = socket.recv_fds(zygote.sock, 1 << 16, 1)
         except TimeoutError:
-            self.lost = f"the zygote did not answer within {self.cfg.zygote_timeout_s:g} s"
+            self.lost = f"the {name} zygote did not answer within {self.cfg.zygote_timeout_s:g} s"
         except OSError as exc:
-            self.lost = f"the zygote is gone ({type(exc).__name__})"
+            self.lost = f"the {name} zygote is gone ({type(exc).__name__})"
         if not msg:
-            self.lost = self.lost or "the zygote is gone"
+            self.lost = self.lost or f"the {name} zygote is gone"
             raise ZygoteLost(self.lost)
         return json.loads(msg), got
 
     # ------------------------------------------------------------ children
-    def _spawn(self, inputs: list[str], role: str = "code", files: dict | None = None) -> Child:
-        """A new child (forked by the zygote) that confines itself, then serves code blocks
+    def _spawn(self, inputs: list[str], role: str = "code", files: dict | None = None,
+               zygote: str = "lean") -> Child:
+        """A new child (forked by `zygote`) that confines itself, then serves code blocks
         (or image checks). It reports whether it is confined before it reads anything, and
         never runs code unconfined. Its scratch holds `files` before it exists. Raises OSError
         when no scratch directory can be made."""
@@ -169,8 +186,9 @@ class ForkServer:
         c_in, p_out = os.pipe()
         p_in, c_out = os.pipe()
         try:
-            reply, fds = self._zygote_call({"op": "spawn", "role": role, "scratch": scratch,
-                                            "inputs": inputs}, [c_in, c_out])
+            reply, fds = self._zygote_call(zygote, {"op": "spawn", "role": role,
+                                                    "scratch": scratch, "inputs": inputs},
+                                           [c_in, c_out])
         except ZygoteLost:
             for fd in (p_in, p_out):
                 os.close(fd)
@@ -180,7 +198,7 @@ class ForkServer:
             os.close(c_out)
         os.set_blocking(p_out, False)
         os.set_blocking(p_in, False)
-        return Child(reply["pid"], fds[0], p_out, p_in, scratch, inputs)
+        return Child(reply["pid"], fds[0], p_out, p_in, scratch, inputs, zygote)
 
     def _confirm(self, child: Child) -> str | None:
         """None once the child has reported its confinement, else what went wrong."""
@@ -224,7 +242,7 @@ class ForkServer:
         status, cpu = None, 0.0
         if self.lost is None:
             try:
-                reply, _ = self._zygote_call({"op": "reap", "pid": child.pid})
+                reply, _ = self._zygote_call(child.zygote, {"op": "reap", "pid": child.pid})
                 status, cpu = reply["status"], reply["cpu_s"]
             except ZygoteLost:
                 pass  # the worker retires after this request

@@ -1,5 +1,6 @@
-"""What a worker does before it forks its zygote: load and exercise everything model code and
+"""What a worker does before it forks its zygotes: load and exercise everything model code and
 the image checker use (so a child pays a fork, not an import), and list what children may read.
+sympy is warmed apart, for the zygote of the code that names it (`needs_sympy`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,23 @@ def library_paths() -> list[str]:
     return sorted(p for p in paths if p and os.path.exists(p))
 
 
+# What only the "sympy" zygote has warmed (mpmath comes with sympy). sympy is over half the
+# warmed heap: code that does not name it runs in a child forked without it, whose fork and
+# exit cost ~1-3 ms less CPU. A name in a comment or string only picks the larger zygote.
+SYMPY_MODULES = ("sympy", "mpmath")
+
+
+def needs_sympy(code: str) -> bool:
+    """Whether `code` names a module only the sympy zygote has loaded (a plain substring test:
+    code that imports it some other way imports it in its child, once)."""
+    return any(name in code for name in SYMPY_MODULES)
+
+
 def warm_up() -> None:
-    """Import and exercise what model code uses, so children pay a fork, not an import; and
-    load every decoder the image checker accepts."""
+    """Import and exercise what model code uses (sympy aside: `warm_up_sympy`), so children pay
+    a fork, not an import; and load every decoder the image checker accepts."""
     import cv2
     import numpy as np
-    import sympy
     from PIL import (  # noqa: F401
         BmpImagePlugin,
         GifImagePlugin,
@@ -62,12 +74,18 @@ def warm_up() -> None:
         pil.save(encoded, format=fmt)
         outputs.check_image(encoded.getvalue(), 1 << 20)
     runner.initial_namespace(None, None, "compat")  # imports what compat children pre-bind
+    np.linalg.solve(np.eye(3), np.ones(3))
+    np.percentile(img, (1, 99))  # imports numpy.ma (~15 ms): a percentile stretch needs it
+    import statistics  # noqa: F401  (not pre-bound, but model code imports it)
+    replies.valid_text("\ud800")  # the codec that replaces lone surrogates
+
+
+def warm_up_sympy() -> None:
+    """Import and exercise sympy, for the zygote of the code that names it."""
+    import sympy
+
     x = sympy.symbols("x")
     sympy.solve(sympy.Eq(x**2 - 2 * x, 3), x)
     sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
     sympy.integrate(x**2 - 7 * x + 12, (x, 3, 4))  # imports sympy.integrals' methods (~30 ms)
     sympy.nsimplify(0.25)
-    np.linalg.solve(np.eye(3), np.ones(3))
-    np.percentile(img, (1, 99))  # imports numpy.ma (~15 ms): a percentile stretch needs it
-    import statistics  # noqa: F401  (not pre-bound, but model code imports it)
-    replies.valid_text("\ud800")  # the codec that replaces lone surrogates

@@ -1,14 +1,15 @@
 """A sandbox worker: a pre-warmed fork server, one per core.
 
 Started once (`sandbox.worker.main`), it enters its own user/mount/network namespaces,
-mounts a size-capped tmpfs for scratch, imports and exercises cv2, numpy, PIL and sympy, then
-serves requests from the `Sandbox` over a pipe. Each trajectory gets a child, forked by the
-zygote (sandbox.fork_server), that confines itself (sandbox.confine) before any model code runs;
-a one-shot job is a one-block trajectory.
+mounts a size-capped tmpfs for scratch, imports and exercises cv2, numpy and PIL, forks its
+"lean" zygote, does the same for sympy, forks its "sympy" zygote, then serves requests from the
+`Sandbox` over a pipe. Each trajectory gets a child, forked by one of the zygotes
+(sandbox.fork_server: the sympy one when the code names sympy), that confines itself
+(sandbox.confine) before any model code runs; a one-shot job is a one-block trajectory.
 The worker enforces wall time from outside, collects outputs itself (regular files inside the
 child's scratch only), has images decoded by a confined checker child, and cleans up. It trusts
 nothing a child says (sandbox.replies), and after every request it checks that it can still
-serve: a worker whose zygote is gone or whose scratch could not be freed retires, and the
+serve: a worker with a zygote gone or whose scratch could not be freed retires, and the
 `Sandbox` starts a fresh one.
 """
 
@@ -27,11 +28,11 @@ from dataclasses import dataclass
 
 from sandbox import call_files, confine, deflate, outputs, policy, replies, runner
 from sandbox import result as R
-from sandbox.fork_server import Child, ForkServer, Unfit, ZygoteLost, _exited
+from sandbox.fork_server import ZYGOTES, Child, ForkServer, Unfit, ZygoteLost, _exited
 from sandbox.protocol import VIRTUAL_OUTPUT_DIR
 from sandbox.repair import RepairContext, output_subfolders, repair
 from sandbox.warm import library_paths as _library_paths
-from sandbox.warm import warm_up as _warm_up
+from sandbox.warm import needs_sympy, warm_up, warm_up_sympy
 
 # What the probe job prints: a worker that cannot run it is replaced.
 PROBE_CODE, PROBE_OUTPUT = "print('probe', 6 * 7)", "probe 42\n"
@@ -71,7 +72,8 @@ class Worker(ForkServer):
         # each open session's files ({path: base64}), kept to start a fresh interpreter with
         self.session_files: dict[str, dict] = {}
         self.counter = 0
-        self.lost: str | None = None      # why the zygote can no longer be used
+        self.zygotes = {}
+        self.lost: str | None = None      # why a zygote can no longer be used
         self.cleanup_problem: str | None = None
         self.suspect = False              # the last request stopped a child abnormally
         self.checker: Child | None = None  # decodes produced images (see _check_images)
@@ -98,16 +100,19 @@ class Worker(ForkServer):
         self.degraded = [m for m in policy.MECHANISMS if m in self.missing]
         self.zlib = deflate.check_loaded(self.cfg.zlib)
         deflate.set_png_level(self.cfg.png_level)
-        _warm_up()
         self.read_only = _library_paths()
         # Compiled once; per child only when signals cannot be scoped by Landlock.
         self.seccomp_per_child = self.seccomp and self.landlock_abi < 6
         self.seccomp_bpf = confine.seccomp_program() if self.seccomp else b""
-        # Keep the warmed heap out of the collector so children do not copy it page by page.
-        gc.freeze()
-        self.huge_pages_bytes = confine.collapse_heap_to_huge_pages()
-        self.baseline_vm = confine.address_space_bytes()
-        self._start_zygote()
+        self.huge_pages_bytes = 0
+        for name, warm in zip(ZYGOTES, (warm_up, warm_up_sympy), strict=True):
+            warm()
+            # Keep the warmed heap out of the collector so children do not copy it page by page.
+            gc.freeze()
+            self.huge_pages_bytes = confine.collapse_heap_to_huge_pages()
+            # A child may allocate memory_mb beyond its zygote's size.
+            self.baseline_vm = confine.address_space_bytes()
+            self._start_zygote(name)
 
     def isolation(self) -> dict:
         """What confines this worker's children: the policy, the active mechanisms, and the
@@ -120,13 +125,15 @@ class Worker(ForkServer):
     def health(self) -> str | None:
         """Why this worker can no longer serve (it then retires), or None. Cheap enough to run
         after every request."""
-        if self.lost is None:
+        for zygote in self.zygotes.values():
+            if self.lost is not None:
+                break
             try:
-                gone = os.waitpid(self.zygote_pid, os.WNOHANG)[0] != 0
+                gone = os.waitpid(zygote.pid, os.WNOHANG)[0] != 0
             except ChildProcessError:
                 gone = True
             if gone:
-                self.lost = "the zygote died"
+                self.lost = f"the {zygote.name} zygote died"
         if self.lost or self.cleanup_problem:
             return self.lost or self.cleanup_problem
         if not self.sessions and os.listdir(self.cfg.scratch_root):
@@ -188,7 +195,8 @@ class Worker(ForkServer):
                 return {"need_files": True}  # the Sandbox sends them with this request again
             files = self.session_files.get(sid, {}) if sid else req.get("files") or {}
             try:
-                child = self._spawn(inputs, files=call_files.decode(files))
+                child = self._spawn(inputs, files=call_files.decode(files),
+                                    zygote="sympy" if needs_sympy(req["code"]) else "lean")
             except OSError as exc:  # the scratch tmpfs is full (of open sessions' files)
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -382,7 +390,8 @@ class Worker(ForkServer):
     def serve(self, fd_in: int, fd_out: int) -> None:
         hello = {"ready": True, "pid": os.getpid(), "degraded": self.degraded,
                  "isolation": self.isolation(), "landlock_abi": self.landlock_abi, "huge_pages_bytes": self.huge_pages_bytes,
-                 "zygote_pid": self.zygote_pid, "zlib": self.zlib}
+                 "zygote_pid": self.zygotes["lean"].pid,
+                 "zygote_pids": {name: z.pid for name, z in self.zygotes.items()}, "zlib": self.zlib}
         runner.write_frame(fd_out, json.dumps(hello).encode())
         while True:
             frame = runner.read_frame(fd_in, 1 << 26)

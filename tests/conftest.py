@@ -81,7 +81,8 @@ MODE = container_modes.current()
 
 def _warm_for_forking() -> None:
     worker._library_paths()
-    worker._warm_up()  # import everything the worker needs while we can still read it
+    worker.warm_up()  # import everything the worker needs while we can still read it
+    worker.warm_up_sympy()
     import socket  # noqa: F401  hostile snippets import these; preload them for the same reason  # noqa: F401
     import subprocess  # noqa: F401
 

@@ -60,8 +60,8 @@ def assert_healthy(sb, pids: list[int] | None = None) -> None:
     if pids is not None:
         assert worker_pids(sb) == pids, "a worker died and was replaced"
     for h in sb._handles:
-        # below a worker: its zygote, and at most one idle image checker
-        others = descendants(h.pid) - {h.info["zygote_pid"]}
+        # below a worker: its zygotes, and at most one idle image checker
+        others = descendants(h.pid) - set(h.info["zygote_pids"].values())
         assert len(others) <= 1 and all(process_name(p) == "thyme-checker" for p in others), \
             f"processes left behind under worker {h.pid}: {[(p, process_name(p)) for p in others]}"
 

@@ -360,6 +360,22 @@ print(sorted(set(sys.modules) - before))"""
     assert r.text == "[]", f"imported in the child: {r.text}"
 
 
+def test_sympy_is_loaded_in_the_children_of_code_that_names_it():
+    """Two zygotes (sandbox.fork_server): code that names sympy gets a child with sympy warmed;
+    other code a leaner one (no sympy: a cheaper fork and exit), where importing it later in a
+    session still works, and the session keeps its variables. (A worker of its own, started as
+    in production: the emulated deployments fork theirs from this process, sympy loaded.)"""
+    check = 'import sys\nprint(("sym" + "py") in sys.modules)'   # (names it only at run time)
+    with Sandbox(workers=1) as sandbox:
+        assert sandbox.run(check).text == "False"
+        r = sandbox.run("import sys\nloaded = 'sympy' in sys.modules\nimport sympy\nprint(loaded)")
+        assert r.ok and r.text == "True", r
+        with sandbox.session() as s:
+            assert s.run("x = 3\n" + check).text == "False"
+            r = s.run("import sympy\nprint(sympy.sqrt(16) + x)")
+            assert r.ok and r.text == "7", r
+
+
 def _huge_pages_on_malloc() -> bool:
     """glibc 2.35+ (the `hugetlb` tunable) and a kernel that gives huge pages on madvise."""
     version = os.confstr("CS_GNU_LIBC_VERSION") or ""
