@@ -5,7 +5,7 @@ child inherits a heap that held another job's code or output. There are two (`ZY
 (cv2, numpy, PIL) forks most children and the image checkers; "sympy", made after the worker
 also warmed sympy, forks the children whose code names it (`sandbox.warm.needs_sympy`). sympy
 is over half the warmed heap, and a child's fork and exit cost grows with the pages it
-inherits: ~1-3 ms less CPU per child (docs/benchmarks.md). A child confines itself
+inherits: 0.2-0.7 ms less CPU per call (docs/benchmarks.md). A child confines itself
 (sandbox.confine) and says so before it reads any input, then serves code blocks (sandbox.runner)
 or image checks (sandbox.outputs). The worker confirms that report, resumes and freezes a
 session's child between blocks, and kills it, has its zygote reap it and removes its scratch.

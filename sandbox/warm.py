@@ -28,7 +28,8 @@ def library_paths() -> list[str]:
 
 # What only the "sympy" zygote has warmed (mpmath comes with sympy). sympy is over half the
 # warmed heap: code that does not name it runs in a child forked without it, whose fork and
-# exit cost ~1-3 ms less CPU. A name in a comment or string only picks the larger zygote.
+# exit cost less (0.2-0.7 ms of CPU per call). A name in a comment or string only picks the
+# larger zygote.
 SYMPY_MODULES = ("sympy", "mpmath")
 
 
