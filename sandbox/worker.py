@@ -109,7 +109,7 @@ class Worker(ForkServer):
             warm()
             # Keep the warmed heap out of the collector so children do not copy it page by page.
             gc.freeze()
-            self.huge_pages_bytes = confine.collapse_heap_to_huge_pages()
+            self.huge_pages_bytes += confine.collapse_heap_to_huge_pages()
             # A child may allocate memory_mb beyond its zygote's size.
             self.baseline_vm = confine.address_space_bytes()
             self._start_zygote(name)
