@@ -326,9 +326,13 @@ class RayEngine:
 
     # -- dispatch ----------------------------------------------------------------------------
     def _remote_fn(self, fn):
+        # SPREAD: shards are alike, so each goes to the least busy node. Ray's default packs
+        # tasks onto the driver's node until it looks busy, and a node whose load report lags
+        # then gets none of a stage's shards.
         if fn not in self._remote:
             self._remote[fn] = self.ray.remote(num_cpus=1, max_retries=self.task_retries,
-                                               retry_exceptions=False)(fn)
+                                               retry_exceptions=False,
+                                               scheduling_strategy="SPREAD")(fn)
         return self._remote[fn]
 
     def _remote_class(self, cls):
