@@ -216,6 +216,17 @@ def _png_rows_problem(data: bytes) -> str | None:
     if depth != 8 or colour not in _PNG_CHANNELS or interlace or not width or not height:
         return DECODE_WHOLE
     stride = 1 + width * _PNG_CHANNELS[colour]
+    try:
+        rows = zlib.decompressobj().decompress(png_image_data(data), stride * height)
+    except zlib.error:
+        return "corrupt"
+    if len(rows) < stride * height:
+        return "truncated"
+    return "corrupt" if max(rows[::stride]) >= _PNG_FILTERS else None
+
+
+def png_image_data(data: bytes) -> bytes:
+    """A PNG's zlib stream as PIL's decoder reads it: its first run of IDAT chunks, joined."""
     pos, parts = 8, []
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
@@ -224,13 +235,7 @@ def _png_rows_problem(data: bytes) -> str | None:
         elif parts or kind == b"IEND":
             break
         pos += 12 + length
-    try:
-        rows = zlib.decompressobj().decompress(b"".join(parts), stride * height)
-    except zlib.error:
-        return "corrupt"
-    if len(rows) < stride * height:
-        return "truncated"
-    return "corrupt" if max(rows[::stride]) >= _PNG_FILTERS else None
+    return b"".join(parts)
 
 
 def serve_checks(fd_in: int, fd_out: int, max_pixels: int, max_bytes: int) -> None:

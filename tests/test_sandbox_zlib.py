@@ -6,13 +6,13 @@ when the code names none."""
 from __future__ import annotations
 
 import os
-import struct
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from sandbox import Sandbox, SandboxUnavailable, deflate
+from sandbox.outputs import png_image_data
 
 SAVE_PNG = """
 import zlib
@@ -83,15 +83,9 @@ for name, options in (("plain", {}), ("six", {"compress_level": 6}), ("small", {
 
 
 def _zlib_level_class(png: bytes) -> int:
-    """The FLEVEL field of the first IDAT's zlib header: 0 for level 0-1, 1 for 2-5, 2 for 6,
+    """The FLEVEL field of the image data's zlib header: 0 for level 0-1, 1 for 2-5, 2 for 6,
     3 for 7-9 (RFC 1950; zlib and zlib-ng write it from the level they were given)."""
-    pos = 8
-    while pos < len(png):
-        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
-        if kind == b"IDAT":
-            return png[pos + 9] >> 6
-        pos += 12 + length
-    raise AssertionError("no IDAT chunk")
+    return png_image_data(png)[1] >> 6
 
 
 @pytest.mark.parametrize("png_level, plain", [(deflate.PNG_LEVEL, 1), (None, 2), (9, 3)])
